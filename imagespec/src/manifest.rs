@@ -1,0 +1,109 @@
+//! Manifests, indexes and descriptors (OCI image spec v1.1, Docker schema 2 compatible).
+
+use crate::Digest;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// OCI image manifest.
+pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index.
+pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image config.
+pub const MEDIA_TYPE_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// OCI gzip layer.
+pub const MEDIA_TYPE_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// OCI uncompressed layer.
+pub const MEDIA_TYPE_OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Docker schema 2 manifest.
+pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker image config.
+pub const MEDIA_TYPE_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// Docker gzip layer.
+pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Points at a blob: what it is, its digest and size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    /// What the blob is.
+    pub media_type: String,
+    /// Its sha256.
+    pub digest: Digest,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Free-form annotations (`org.opencontainers.image.ref.name` in an OCI layout index).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The platform of a manifest in an index.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub platform: Option<Platform>,
+}
+
+impl Descriptor {
+    /// A descriptor without annotations or platform.
+    pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
+        Descriptor { media_type: media_type.to_string(), digest, size, annotations: BTreeMap::new(), platform: None }
+    }
+
+    /// True for a gzip-compressed layer media type (OCI or Docker).
+    pub fn is_gzip_layer(&self) -> bool {
+        self.media_type.ends_with("+gzip") || self.media_type.ends_with(".tar.gzip")
+    }
+}
+
+/// An OS/architecture pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    /// GOARCH spelling.
+    pub architecture: String,
+    /// GOOS spelling.
+    pub os: String,
+    /// CPU variant.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub variant: Option<String>,
+}
+
+/// An image manifest: one config and its layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// Always 2.
+    pub schema_version: u32,
+    /// The manifest's own media type.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub media_type: Option<String>,
+    /// The config blob.
+    pub config: Descriptor,
+    /// Layers, bottom first.
+    pub layers: Vec<Descriptor>,
+    /// Annotations.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An image index: a list of manifests (one per platform, or an OCI layout's root).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    /// Always 2.
+    pub schema_version: u32,
+    /// The index's own media type.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub media_type: Option<String>,
+    /// The manifests.
+    pub manifests: Vec<Descriptor>,
+}
+
+impl Manifest {
+    /// Compact JSON, as stored and hashed.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+impl Index {
+    /// Compact JSON, as stored and hashed.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}

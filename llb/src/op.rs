@@ -1,0 +1,273 @@
+//! The op kinds: source, exec, file, merge and diff.
+
+use crate::OpDigest;
+use serde::{Deserialize, Serialize};
+
+/// A reference to one output of another node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Input {
+    /// The producing node.
+    pub digest: OpDigest,
+    /// Which of its outputs (an exec op has one per writable mount).
+    pub index: u32,
+}
+
+/// Everything a node can do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Brings in content from outside the graph.
+    Source(SourceOp),
+    /// Runs a process on mounted inputs.
+    Exec(ExecOp),
+    /// Copies, creates and removes files natively.
+    File(FileOp),
+    /// Stacks inputs on top of each other.
+    Merge(MergeOp),
+    /// The difference between two inputs.
+    Diff(DiffOp),
+}
+
+/// A source: `docker-image://REF`, `local://NAME`, later `git://`, `https://`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceOp {
+    /// The scheme-prefixed identifier.
+    pub identifier: String,
+    /// Sorted key/value attributes (for local sources: include and exclude patterns).
+    pub attrs: Vec<(String, String)>,
+}
+
+impl SourceOp {
+    /// An image source for a fully normalised reference.
+    pub fn image(reference: &str) -> SourceOp {
+        SourceOp { identifier: format!("docker-image://{reference}"), attrs: Vec::new() }
+    }
+
+    /// A local directory (`context`, `dockerfile`) with optional include/exclude patterns.
+    pub fn local(name: &str, include: &[String], exclude: &[String]) -> SourceOp {
+        let mut attrs = Vec::new();
+        if !exclude.is_empty() {
+            attrs.push(("local.excludepatterns".to_string(), join_patterns(exclude)));
+        }
+        if !include.is_empty() {
+            attrs.push(("local.includepatterns".to_string(), join_patterns(include)));
+        }
+        SourceOp { identifier: format!("local://{name}"), attrs }
+    }
+
+    /// The value of attribute `key`.
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Patterns stored by [`SourceOp::local`] under `key`.
+    pub fn patterns(&self, key: &str) -> Vec<String> {
+        self.attr(key).map(|v| serde_json::from_str(v).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+fn join_patterns(p: &[String]) -> String {
+    serde_json::to_string(p).unwrap_or_default()
+}
+
+/// Network mode of an exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Network {
+    /// A new network namespace with loopback only (rdock has no bridge yet).
+    #[default]
+    Sandbox,
+    /// The host's network namespace.
+    Host,
+    /// A new network namespace with nothing up.
+    None,
+}
+
+/// Security mode of an exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Security {
+    /// Docker's default capability set, no_new_privs.
+    #[default]
+    Sandbox,
+    /// All capabilities (RUN --security=insecure).
+    Insecure,
+}
+
+/// What a mount is backed by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountKind {
+    /// An input (or scratch when `input` is None), writable if it has an output.
+    Bind,
+    /// A fresh tmpfs.
+    Tmpfs,
+}
+
+/// One mount of an exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Index into the node's inputs; None mounts an empty directory.
+    pub input: Option<u32>,
+    /// Where it appears in the container.
+    pub dest: String,
+    /// Sub-path of the input to mount.
+    pub selector: String,
+    /// The output index this mount produces, if it is writable and kept.
+    pub output: Option<u32>,
+    /// Mounted read-only.
+    pub readonly: bool,
+    /// Backing.
+    pub kind: MountKind,
+}
+
+/// Runs a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOp {
+    /// argv.
+    pub args: Vec<String>,
+    /// `KEY=value` environment.
+    pub env: Vec<String>,
+    /// Working directory (absolute).
+    pub cwd: String,
+    /// `user[:group]`, names or ids, resolved in the root filesystem.
+    pub user: String,
+    /// Network mode.
+    pub network: Network,
+    /// Security mode.
+    pub security: Security,
+    /// Mounts; the one at `/` is the root filesystem.
+    pub mounts: Vec<Mount>,
+}
+
+/// Ownership for created or copied files: names or numeric ids, resolved against the
+/// destination's /etc/passwd and /etc/group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChownOpt {
+    /// User name or uid.
+    pub user: String,
+    /// Group name or gid; None means the user's primary group.
+    pub group: Option<String>,
+}
+
+/// Copies from a secondary input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyAction {
+    /// Index into the node's inputs of the source.
+    pub src_input: u32,
+    /// Source paths (may contain wildcards when `allow_wildcard`).
+    pub src: Vec<String>,
+    /// Destination path; a trailing slash means "into this directory".
+    pub dest: String,
+    /// Owner of copied files.
+    pub chown: Option<ChownOpt>,
+    /// Mode of copied files (octal).
+    pub chmod: Option<u32>,
+    /// Expand wildcards in `src`.
+    pub allow_wildcard: bool,
+    /// A wildcard matching nothing is not an error.
+    pub allow_empty_wildcard: bool,
+    /// Unpack local tar archives at the destination (ADD).
+    pub unpack_archives: bool,
+    /// Exclusion patterns applied to the copied tree.
+    pub exclude: Vec<String>,
+}
+
+/// One step of a file op.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileAction {
+    /// Copy files in.
+    Copy(CopyAction),
+    /// Make a directory.
+    Mkdir {
+        /// Absolute path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Create missing parents.
+        make_parents: bool,
+        /// Owner.
+        chown: Option<ChownOpt>,
+    },
+    /// Write a file.
+    Mkfile {
+        /// Absolute path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Content.
+        data: Vec<u8>,
+        /// Owner.
+        chown: Option<ChownOpt>,
+    },
+    /// Remove a path.
+    Rm {
+        /// Absolute path.
+        path: String,
+        /// Missing is fine.
+        allow_not_found: bool,
+    },
+    /// Make a symlink.
+    Symlink {
+        /// Link target.
+        target: String,
+        /// Where the link is created.
+        path: String,
+    },
+}
+
+/// A sequence of file actions applied to a base input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOp {
+    /// Index into the node's inputs of the tree to modify; None starts from scratch.
+    pub base: Option<u32>,
+    /// Applied in order.
+    pub actions: Vec<FileAction>,
+}
+
+/// Layers inputs, later ones on top.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeOp {
+    /// Indexes into the node's inputs, bottom first.
+    pub inputs: Vec<u32>,
+}
+
+/// What `upper` changed relative to `lower`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffOp {
+    /// Index of the lower input; None is scratch.
+    pub lower: Option<u32>,
+    /// Index of the upper input.
+    pub upper: u32,
+}
+
+impl Op {
+    /// A short human label: `exec`, `file`, …
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Source(_) => "source",
+            Op::Exec(_) => "exec",
+            Op::File(_) => "file",
+            Op::Merge(_) => "merge",
+            Op::Diff(_) => "diff",
+        }
+    }
+
+    /// A one-line summary for dumps and progress.
+    pub fn summary(&self) -> String {
+        match self {
+            Op::Source(s) => s.identifier.clone(),
+            Op::Exec(e) => e.args.join(" "),
+            Op::File(f) => f
+                .actions
+                .iter()
+                .map(|a| match a {
+                    FileAction::Copy(c) => format!("copy {} {}", c.src.join(" "), c.dest),
+                    FileAction::Mkdir { path, .. } => format!("mkdir {path}"),
+                    FileAction::Mkfile { path, .. } => format!("mkfile {path}"),
+                    FileAction::Rm { path, .. } => format!("rm {path}"),
+                    FileAction::Symlink { target, path } => format!("symlink {path} -> {target}"),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            Op::Merge(m) => format!("merge {} inputs", m.inputs.len()),
+            Op::Diff(_) => "diff".to_string(),
+        }
+    }
+}
