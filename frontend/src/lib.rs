@@ -1,1 +1,28 @@
-//! stub
+//! The Dockerfile frontend: parse a Dockerfile, expand its words, and lower it to an LLB
+//! definition plus the image config BuildKit would write.
+//!
+//! Architecture invariant: no I/O. The Dockerfile text, the `.dockerignore` patterns and
+//! the build options come in as data; base images are looked up through the
+//! [`ImageResolver`] the caller supplies. Everything here is testable as data in, data out.
+//!
+//! ```
+//! use rdock_frontend::{lower, BuildOptions, ImageResolver, ResolvedImage};
+//! struct NoImages;
+//! impl ImageResolver for NoImages {
+//!     fn resolve(&self, r: &rdock_imagespec::ImageRef) -> Result<ResolvedImage, String> {
+//!         Err(format!("{r} not found"))
+//!     }
+//! }
+//! let out = lower("FROM scratch\nCOPY a /a\n", &BuildOptions::default(), &NoImages).unwrap();
+//! assert_eq!(out.definition.nodes.len(), 2);
+//! ```
+
+pub mod dockerignore;
+mod error;
+pub mod instructions;
+mod lower;
+pub mod parser;
+pub mod shell;
+
+pub use error::{DockerfileError, Location};
+pub use lower::{host_arch, lower, BuildOptions, FrontendError, ImageResolver, Lowered, ResolvedImage, DEFAULT_PATH, HISTORY_COMMENT};

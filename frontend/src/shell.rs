@@ -19,7 +19,7 @@ impl Env for [(String, String)] {
 
 impl Env for Vec<(String, String)> {
     fn get(&self, name: &str) -> Option<String> {
-        self.as_slice().get(name)
+        Env::get(self.as_slice(), name)
     }
 }
 

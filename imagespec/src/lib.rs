@@ -19,6 +19,9 @@
 mod digest;
 mod image;
 mod manifest;
+mod reference;
+
+pub use reference::{ImageRef, ReferenceError};
 
 pub use digest::{Digest, DigestError};
 pub use image::{ContainerConfig, Empty, HealthConfig, History, ImageConfig, RootFs};

@@ -1,0 +1,807 @@
+//! Lowering: typed instructions to an LLB definition plus the image config, the way
+//! BuildKit's dockerfile2llb does it (ARG scoping, stage resolution, history wording).
+
+use crate::error::{DockerfileError, Location};
+use crate::instructions::{parse_instruction, CommandForm, CopyArgs, Healthcheck, Instruction, Located};
+use crate::parser::parse;
+use crate::shell::Lexer;
+use rdock_imagespec::{Empty, HealthConfig, History, ImageConfig, ImageRef, Platform};
+use rdock_llb::{
+    ChownOpt, CopyAction, Definition, DefinitionBuilder, ExecOp, FileAction, FileOp, Input, Mount, MountKind, Network, Op,
+    OpMetadata, Security, SourceOp,
+};
+use std::collections::{BTreeMap, HashMap};
+
+/// BuildKit's comment on history entries it writes.
+pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+/// PATH set when the base image has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the frontend needs to know about a base image. Implemented by the caller over its
+/// image store, so the frontend itself does no I/O.
+pub trait ImageResolver: Sync {
+    /// Finds `image` and returns its config and the reference to pin in the source op
+    /// (normally with the manifest digest, so the cache follows the image's content).
+    fn resolve(&self, image: &ImageRef) -> Result<ResolvedImage, String>;
+}
+
+/// A resolved base image.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The reference to build from, pinned by digest where known.
+    pub pinned: String,
+    /// Its config.
+    pub config: ImageConfig,
+}
+
+/// Options for a build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The Dockerfile's name, for errors.
+    pub filename: String,
+    /// `--opt target=`.
+    pub target: Option<String>,
+    /// `--opt build-arg:K=V`.
+    pub build_args: BTreeMap<String, String>,
+    /// The platform built for (and on).
+    pub platform: Platform,
+    /// `.dockerignore` patterns, applied to the context.
+    pub excludes: Vec<String>,
+    /// `--no-cache`.
+    pub no_cache: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            filename: "Dockerfile".into(),
+            target: None,
+            build_args: BTreeMap::new(),
+            platform: Platform { architecture: host_arch().into(), os: "linux".into(), variant: None },
+            excludes: Vec::new(),
+            no_cache: false,
+        }
+    }
+}
+
+/// GOARCH spelling of the architecture this was compiled for.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+}
+
+/// Why lowering failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    /// Something in the Dockerfile.
+    #[error("{0}")]
+    Dockerfile(#[from] DockerfileError),
+    /// `--opt target=` names no stage.
+    #[error("target stage {name:?} could not be found (stages: {available})")]
+    UnknownTarget {
+        /// Requested.
+        name: String,
+        /// What there is.
+        available: String,
+    },
+    /// No FROM at all.
+    #[error("{file}: the Dockerfile has no FROM instruction, so there is no stage to build")]
+    NoStages {
+        /// The file.
+        file: String,
+    },
+}
+
+/// The result of lowering.
+#[derive(Debug, Clone)]
+pub struct Lowered {
+    /// The graph.
+    pub definition: Definition,
+    /// The image config of the target stage (rootfs and times are filled in by the exporter).
+    pub image: ImageConfig,
+    /// The syntax directive, if any (recorded, not fetched).
+    pub syntax: Option<String>,
+}
+
+struct Stage {
+    name: Option<String>,
+    base: String,
+    location: Location,
+    commands: Vec<Located>,
+}
+
+#[derive(Clone)]
+struct StageResult {
+    state: Option<Input>,
+    image: ImageConfig,
+}
+
+struct Ctx<'a> {
+    opts: &'a BuildOptions,
+    resolver: &'a dyn ImageResolver,
+    lexer: Lexer,
+    builder: DefinitionBuilder,
+    stages: Vec<Stage>,
+    results: HashMap<usize, StageResult>,
+    meta_args: Vec<(String, String)>,
+    context: Option<Input>,
+}
+
+/// Parses and lowers a Dockerfile.
+pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) -> Result<Lowered, FrontendError> {
+    let df = parse(&opts.filename, source)?;
+    let escape = df.directives.escape;
+    let mut located = Vec::new();
+    for raw in &df.instructions {
+        located.push(parse_instruction(raw, escape)?);
+    }
+
+    // Split into the global section and stages.
+    let mut globals = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    for l in located {
+        match (&l.instruction, stages.last_mut()) {
+            (Instruction::From { image, name, .. }, _) => {
+                if let Some(n) = name
+                    && stages.iter().any(|s| s.name.as_deref() == Some(n.as_str()))
+                {
+                    return Err(DockerfileError::new(l.location.at(n), format!("duplicate stage name {n:?}")).expected("a stage name not used before").into());
+                }
+                stages.push(Stage { name: name.clone(), base: image.clone(), location: l.location.clone(), commands: Vec::new() });
+            }
+            (Instruction::Arg(_), None) => globals.push(l),
+            (_, None) => {
+                return Err(DockerfileError::new(l.location.clone(), "no build stage in current context: only ARG may come before the first FROM")
+                    .expected("FROM")
+                    .into());
+            }
+            (_, Some(stage)) => stage.commands.push(l),
+        }
+    }
+    if stages.is_empty() {
+        return Err(FrontendError::NoStages { file: opts.filename.clone() });
+    }
+
+    let lexer = Lexer { escape };
+    let mut meta_args = builtin_args(&opts.platform);
+    for g in &globals {
+        if let Instruction::Arg(args) = &g.instruction {
+            for (k, default) in args {
+                let value = match opts.build_args.get(k) {
+                    Some(v) => Some(v.clone()),
+                    None => match default {
+                        Some(d) => Some(lexer.process_word(d, &meta_args).map_err(|e| expand_error(g, e))?),
+                        None => None,
+                    },
+                };
+                meta_args.retain(|(mk, _)| mk != k);
+                // An ARG without a value is declared but empty for FROM.
+                meta_args.push((k.clone(), value.unwrap_or_default()));
+            }
+        }
+    }
+
+    let target = match &opts.target {
+        Some(t) => {
+            let t = t.to_ascii_lowercase();
+            stages.iter().position(|s| s.name.as_deref() == Some(t.as_str())).ok_or_else(|| FrontendError::UnknownTarget {
+                name: t.clone(),
+                available: stages.iter().enumerate().map(|(i, s)| s.name.clone().unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join(", "),
+            })?
+        }
+        None => stages.len() - 1,
+    };
+
+    let mut ctx = Ctx { opts, resolver, lexer, builder: DefinitionBuilder::default(), stages, results: HashMap::new(), meta_args, context: None };
+    let result = ctx.lower_stage(target)?;
+    let mut image = result.image;
+    image.rootfs = Default::default();
+    image.created = None;
+    if image.architecture.is_empty() {
+        image.architecture = opts.platform.architecture.clone();
+    }
+    if image.os.is_empty() {
+        image.os = opts.platform.os.clone();
+    }
+    Ok(Lowered { definition: ctx.builder.finish(result.state), image, syntax: df.directives.syntax })
+}
+
+fn builtin_args(p: &Platform) -> Vec<(String, String)> {
+    let plat = match &p.variant {
+        Some(v) => format!("{}/{}/{}", p.os, p.architecture, v),
+        None => format!("{}/{}", p.os, p.architecture),
+    };
+    let variant = p.variant.clone().unwrap_or_default();
+    vec![
+        ("BUILDPLATFORM".into(), plat.clone()),
+        ("BUILDOS".into(), p.os.clone()),
+        ("BUILDARCH".into(), p.architecture.clone()),
+        ("BUILDVARIANT".into(), variant.clone()),
+        ("TARGETPLATFORM".into(), plat),
+        ("TARGETOS".into(), p.os.clone()),
+        ("TARGETARCH".into(), p.architecture.clone()),
+        ("TARGETVARIANT".into(), variant),
+    ]
+}
+
+fn expand_error(l: &Located, e: crate::shell::ExpandError) -> DockerfileError {
+    DockerfileError::new(l.location.clone(), e.to_string()).expected("a well-formed word (closed quotes, ${name} with a known operator)")
+}
+
+/// Go's strconv.Quote for the strings we print (JSON escaping agrees for printable text).
+fn go_quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// Go's `%q` of a []string: `["a" "b"]`.
+fn go_quote_list(v: &[String]) -> String {
+    format!("[{}]", v.iter().map(|s| go_quote(s)).collect::<Vec<_>>().join(" "))
+}
+
+/// Go's time.Duration String().
+fn go_duration(ns: i64) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let total_s = ns as f64 / 1e9;
+    if total_s < 1.0 {
+        return if ns % 1_000_000 == 0 { format!("{}ms", ns / 1_000_000) } else { format!("{}µs", ns / 1000) };
+    }
+    let h = (total_s / 3600.0).floor() as i64;
+    let m = ((total_s - h as f64 * 3600.0) / 60.0).floor() as i64;
+    let s = total_s - h as f64 * 3600.0 - m as f64 * 60.0;
+    let s_str = if s.fract() == 0.0 { format!("{}s", s as i64) } else { format!("{s}s") };
+    if h > 0 {
+        format!("{h}h{m}m{s_str}")
+    } else if m > 0 {
+        format!("{m}m{s_str}")
+    } else {
+        s_str
+    }
+}
+
+fn set_env(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+    match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(e) => e.1 = v.to_string(),
+        None => env.push((k.to_string(), v.to_string())),
+    }
+}
+
+fn env_from_config(cfg: &ImageConfig) -> Vec<(String, String)> {
+    cfg.config
+        .env
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn history(image: &mut ImageConfig, created_by: String, layer: bool) {
+    let created_by = if layer { format!("{created_by} # buildkit") } else { created_by };
+    image.history.push(History { created_by: Some(created_by), comment: Some(HISTORY_COMMENT.into()), empty_layer: !layer, ..Default::default() });
+}
+
+/// Cleans an absolute container path, keeping a trailing slash.
+fn clean_abs(p: &str) -> String {
+    let trailing = p.ends_with('/') && p != "/";
+    let cleaned = rdock_llb::patterns::clean_path(p);
+    let mut out = if cleaned == "." { "/".to_string() } else { format!("/{cleaned}") };
+    if trailing && out != "/" {
+        out.push('/');
+    }
+    out
+}
+
+/// WORKDIR-relative path resolution as BuildKit's pathRelativeToWorkingDir.
+fn relative_to(workdir: &str, p: &str) -> String {
+    if p.starts_with('/') {
+        return clean_abs(p);
+    }
+    let p = if p.is_empty() || p == "." { "./" } else { p };
+    let joined = format!("{}/{}", workdir.trim_end_matches('/'), p);
+    let mut out = clean_abs(&joined);
+    if (p.ends_with('/') || p.ends_with("/.") || p == "./") && !out.ends_with('/') {
+        out.push('/');
+    }
+    out
+}
+
+fn parse_chown(s: &str) -> ChownOpt {
+    match s.split_once(':') {
+        Some((u, g)) => ChownOpt { user: u.to_string(), group: Some(g.to_string()) },
+        None => ChownOpt { user: s.to_string(), group: None },
+    }
+}
+
+struct StageRun {
+    idx: usize,
+    state: Option<Input>,
+    image: ImageConfig,
+    env: Vec<(String, String)>,
+    build_args: Vec<(String, Option<String>)>,
+    workdir: String,
+    shell: Vec<String>,
+    cmd_set: bool,
+    step: usize,
+    steps: usize,
+    prefix: String,
+}
+
+impl Ctx<'_> {
+    fn meta(&self, description: String, l: &Located) -> OpMetadata {
+        OpMetadata { description, ignore_cache: self.opts.no_cache, source_lines: Some((l.location.start_line, l.location.end_line)) }
+    }
+
+    fn context_source(&mut self) -> Input {
+        if let Some(c) = &self.context {
+            return c.clone();
+        }
+        let op = Op::Source(SourceOp::local("context", &[], &self.opts.excludes));
+        let input = self.builder.add(op, vec![], OpMetadata { description: "[internal] load build context".into(), ..Default::default() });
+        self.context = Some(input.clone());
+        input
+    }
+
+    fn stage_by_name(&self, name: &str, before: usize) -> Option<usize> {
+        let lname = name.to_ascii_lowercase();
+        if let Some(i) = self.stages[..before].iter().position(|s| s.name.as_deref() == Some(lname.as_str())) {
+            return Some(i);
+        }
+        None
+    }
+
+    fn image_source(&mut self, image: &str, l: &Location) -> Result<(Input, ImageConfig), FrontendError> {
+        let r = ImageRef::parse(image).map_err(|e| DockerfileError::new(l.at(image), e.to_string()).expected("an image reference such as busybox:1.36"))?;
+        let resolved = self
+            .resolver
+            .resolve(&r)
+            .map_err(|e| DockerfileError::new(l.at(image), format!("failed to resolve image {}: {e}", r.familiar())).expected("an image in the local store (rdock load / rdock pull)"))?;
+        let op = Op::Source(SourceOp::image(&resolved.pinned));
+        let input = self.builder.add(op, vec![], OpMetadata { description: format!("[internal] load metadata for {}", r), ..Default::default() });
+        Ok((input, resolved.config))
+    }
+
+    fn lower_stage(&mut self, idx: usize) -> Result<StageResult, FrontendError> {
+        if let Some(r) = self.results.get(&idx) {
+            return Ok(r.clone());
+        }
+        let loc = self.stages[idx].location.clone();
+        let base_word = self.stages[idx].base.clone();
+        let base = self.lexer.process_word(&base_word, &self.meta_args).map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;
+        if base.is_empty() {
+            return Err(DockerfileError::new(loc.at(&base_word), format!("base name ({base_word}) should not be blank")).expected("an image or stage name").into());
+        }
+        let (state, mut image) = if base == "scratch" {
+            (None, ImageConfig { architecture: self.opts.platform.architecture.clone(), os: self.opts.platform.os.clone(), ..Default::default() })
+        } else if let Some(s) = self.stage_by_name(&base, idx) {
+            let r = self.lower_stage(s)?;
+            (r.state, r.image)
+        } else {
+            let (input, cfg) = self.image_source(&base, &loc)?;
+            (Some(input), cfg)
+        };
+        // ONBUILD triggers of the base are consumed by this build (run in a later issue).
+        image.config.on_build.clear();
+        if image.env_value("PATH").is_none() {
+            image.config.env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        let env = env_from_config(&image);
+        let workdir = image.config.working_dir.clone().unwrap_or_else(|| "/".into());
+        let multi = self.stages.len() > 1;
+        let prefix = match &self.stages[idx].name {
+            Some(n) => format!("{n} "),
+            None if multi => format!("stage-{idx} "),
+            None => String::new(),
+        };
+        let steps = self.stages[idx].commands.len() + 1;
+        let mut run = StageRun { idx, state, image, env, build_args: Vec::new(), workdir, shell: vec!["/bin/sh".into(), "-c".into()], cmd_set: false, step: 1, steps, prefix };
+        if !run.image.config.shell.is_empty() {
+            run.shell = run.image.config.shell.clone();
+        }
+        let commands = std::mem::take(&mut self.stages[idx].commands);
+        let outcome = commands.iter().try_for_each(|c| {
+            run.step += 1;
+            self.dispatch(&mut run, c)
+        });
+        self.stages[idx].commands = commands;
+        outcome?;
+        let r = StageResult { state: run.state, image: run.image };
+        self.results.insert(idx, r.clone());
+        Ok(r)
+    }
+
+    fn expand(&self, run: &StageRun, l: &Located, w: &str) -> Result<String, FrontendError> {
+        Ok(self.lexer.process_word(w, &run.env).map_err(|e| expand_error(l, e))?)
+    }
+
+    fn expand_words(&self, run: &StageRun, l: &Located, w: &str) -> Result<Vec<String>, FrontendError> {
+        Ok(self.lexer.process_words(w, &run.env).map_err(|e| expand_error(l, e))?)
+    }
+
+    fn description(&self, run: &StageRun, l: &Located) -> String {
+        let mut parts = l.original.splitn(2, char::is_whitespace);
+        let kw = parts.next().unwrap_or("").to_ascii_uppercase();
+        let rest = parts.next().unwrap_or("");
+        format!("[{}{}/{}] {} {}", run.prefix, run.step, run.steps, kw, rest.trim())
+    }
+
+    fn dispatch(&mut self, run: &mut StageRun, l: &Located) -> Result<(), FrontendError> {
+        match &l.instruction {
+            // FROM starts a stage and never reaches dispatch.
+            Instruction::From { .. } => {}
+            Instruction::Env(kvs) => {
+                let mut msg = String::from("ENV");
+                for (k, v) in kvs {
+                    let v = self.expand(run, l, v)?;
+                    set_env(&mut run.env, k, &v);
+                    match run.image.config.env.iter_mut().find(|e| e.split_once('=').map(|x| x.0).unwrap_or(e) == k) {
+                        Some(e) => *e = format!("{k}={v}"),
+                        None => run.image.config.env.push(format!("{k}={v}")),
+                    }
+                    msg.push_str(&format!(" {k}={v}"));
+                }
+                history(&mut run.image, msg, false);
+            }
+            Instruction::Arg(args) => {
+                let mut parts = Vec::new();
+                for (k, default) in args {
+                    let value = if let Some(v) = self.opts.build_args.get(k) {
+                        Some(v.clone())
+                    } else if let Some(d) = default {
+                        Some(self.expand(run, l, d)?)
+                    } else {
+                        self.meta_args.iter().rev().find(|(mk, _)| mk == k).map(|(_, v)| v.clone())
+                    };
+                    if let Some(v) = &value {
+                        // ENV set earlier in the stage wins over an ARG of the same name.
+                        if !run.image.config.env.iter().any(|e| e.split_once('=').map(|x| x.0) == Some(k.as_str())) {
+                            set_env(&mut run.env, k, v);
+                        }
+                        parts.push(format!("{k}={v}"));
+                    } else {
+                        parts.push(k.clone());
+                    }
+                    run.build_args.retain(|(bk, _)| bk != k);
+                    run.build_args.push((k.clone(), value));
+                }
+                history(&mut run.image, format!("ARG {}", parts.join(" ")), false);
+            }
+            Instruction::Workdir(w) => {
+                let w = self.expand(run, l, w)?;
+                let wd = relative_to(&run.workdir, &w);
+                let wd = if wd.len() > 1 { wd.trim_end_matches('/').to_string() } else { wd };
+                run.workdir = wd.clone();
+                run.image.config.working_dir = Some(wd.clone());
+                if wd != "/" {
+                    let chown = run.image.config.user.as_deref().filter(|u| !u.is_empty()).map(parse_chown);
+                    let action = FileAction::Mkdir { path: wd.clone(), mode: 0o755, make_parents: true, chown };
+                    self.file_op(run, l, vec![action], vec![])?;
+                    history(&mut run.image, format!("WORKDIR {wd}"), true);
+                    // BuildKit writes no " # buildkit" suffix for WORKDIR.
+                    if let Some(h) = run.image.history.last_mut() {
+                        h.created_by = Some(format!("WORKDIR {wd}"));
+                    }
+                } else {
+                    history(&mut run.image, format!("WORKDIR {wd}"), false);
+                }
+            }
+            Instruction::User(u) => {
+                let u = self.expand(run, l, u)?;
+                run.image.config.user = Some(u.clone());
+                history(&mut run.image, format!("USER {u}"), false);
+            }
+            Instruction::Label(kvs) => {
+                let mut msg = String::from("LABEL");
+                for (k, v) in kvs {
+                    let k = self.expand(run, l, k)?;
+                    let v = self.expand(run, l, v)?;
+                    msg.push_str(&format!(" {k}={v}"));
+                    run.image.config.labels.insert(k, v);
+                }
+                history(&mut run.image, msg, false);
+            }
+            Instruction::Expose(ports) => {
+                let mut specs = Vec::new();
+                for p in ports {
+                    for w in self.expand_words(run, l, p)? {
+                        specs.extend(parse_port(&w).map_err(|m| DockerfileError::new(l.location.at(p), m).expected("PORT[/PROTOCOL] or a range START-END[/PROTOCOL]"))?);
+                    }
+                }
+                for s in &specs {
+                    run.image.config.exposed_ports.insert(s.clone(), Empty {});
+                }
+                history(&mut run.image, format!("EXPOSE [{}]", specs.join(" ")), false);
+            }
+            Instruction::Cmd(c) => {
+                let args = self.command_args(run, c);
+                run.image.config.cmd = Some(args.clone());
+                run.cmd_set = true;
+                history(&mut run.image, format!("CMD {}", go_quote_list(&args)), false);
+            }
+            Instruction::Entrypoint(c) => {
+                let args = self.command_args(run, c);
+                run.image.config.entrypoint = Some(args.clone());
+                if !run.cmd_set {
+                    run.image.config.cmd = None;
+                }
+                history(&mut run.image, format!("ENTRYPOINT {}", go_quote_list(&args)), false);
+            }
+            Instruction::Volume(vs) => {
+                let mut list = Vec::new();
+                for v in vs {
+                    let v = self.expand(run, l, v)?;
+                    if v.trim().is_empty() {
+                        return Err(DockerfileError::new(l.location.clone(), "VOLUME specified can not be an empty string").expected("a path").into());
+                    }
+                    run.image.config.volumes.insert(v.clone(), Empty {});
+                    list.push(v);
+                }
+                history(&mut run.image, format!("VOLUME [{}]", list.join(" ")), false);
+            }
+            Instruction::StopSignal(s) => {
+                let s = self.expand(run, l, s)?;
+                run.image.config.stop_signal = Some(s.clone());
+                history(&mut run.image, format!("STOPSIGNAL {s}"), false);
+            }
+            Instruction::Shell(sh) => {
+                run.shell = sh.clone();
+                run.image.config.shell = sh.clone();
+                history(&mut run.image, format!("SHELL [{}]", sh.join(" ")), false);
+            }
+            Instruction::Maintainer(m) => {
+                run.image.author = Some(m.clone());
+                history(&mut run.image, format!("MAINTAINER {m}"), false);
+            }
+            Instruction::Onbuild(t) => {
+                let mut parts = t.trim().splitn(2, char::is_whitespace);
+                let kw = parts.next().unwrap_or("").to_ascii_uppercase();
+                let rest = parts.next().unwrap_or("");
+                run.image.config.on_build.push(if rest.is_empty() { kw } else { format!("{kw} {rest}") });
+            }
+            Instruction::Healthcheck(h) => {
+                let hc = match h {
+                    Healthcheck::None => HealthConfig { test: vec!["NONE".into()], ..Default::default() },
+                    Healthcheck::Cmd { cmd, interval, timeout, start_period, start_interval, retries } => {
+                        let test = match cmd {
+                            CommandForm::Shell(s) => vec!["CMD-SHELL".into(), s.clone()],
+                            CommandForm::Exec(v) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
+                        };
+                        HealthConfig { test, interval: *interval, timeout: *timeout, start_period: *start_period, start_interval: *start_interval, retries: *retries }
+                    }
+                };
+                let msg = format!(
+                    "HEALTHCHECK &{{[{}] {:?} {:?} {:?} {:?} {:?}}}",
+                    hc.test.join(" "),
+                    hc.interval.map(go_duration).unwrap_or_else(|| "0s".into()),
+                    hc.timeout.map(go_duration).unwrap_or_else(|| "0s".into()),
+                    hc.start_period.map(go_duration).unwrap_or_else(|| "0s".into()),
+                    hc.start_interval.map(go_duration).unwrap_or_else(|| "0s".into()),
+                    hc.retries.unwrap_or(0)
+                );
+                run.image.config.healthcheck = Some(hc);
+                history(&mut run.image, msg, false);
+            }
+            Instruction::Run { cmd, network, security } => self.dispatch_run(run, l, cmd, network.as_deref(), security.as_deref())?,
+            Instruction::Copy(args) => self.dispatch_copy(run, l, args, false)?,
+            Instruction::Add(args) => self.dispatch_copy(run, l, args, true)?,
+        }
+        Ok(())
+    }
+
+    fn command_args(&self, run: &StageRun, c: &CommandForm) -> Vec<String> {
+        match c {
+            CommandForm::Exec(v) => v.clone(),
+            CommandForm::Shell(s) => run.shell.iter().cloned().chain(std::iter::once(s.clone())).collect(),
+        }
+    }
+
+    fn dispatch_run(&mut self, run: &mut StageRun, l: &Located, cmd: &CommandForm, network: Option<&str>, security: Option<&str>) -> Result<(), FrontendError> {
+        let args = self.command_args(run, cmd);
+        if args.is_empty() {
+            return Err(DockerfileError::new(l.location.clone(), "RUN has an empty command").expected("a command").into());
+        }
+        let network = match network.map(|n| self.expand(run, l, n)).transpose()?.as_deref() {
+            None | Some("default") | Some("sandbox") => Network::Sandbox,
+            Some("none") => Network::None,
+            Some("host") => Network::Host,
+            Some(other) => {
+                return Err(DockerfileError::new(l.location.at(other), format!("unsupported network mode {other:?}")).expected("default, none or host").into());
+            }
+        };
+        let security = match security {
+            None | Some("sandbox") => Security::Sandbox,
+            Some("insecure") => Security::Insecure,
+            Some(other) => {
+                return Err(DockerfileError::new(l.location.at(other), format!("unsupported security mode {other:?}")).expected("sandbox or insecure").into());
+            }
+        };
+        let exec = ExecOp {
+            args: args.clone(),
+            env: run.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd: run.workdir.clone(),
+            user: run.image.config.user.clone().unwrap_or_default(),
+            network,
+            security,
+            mounts: vec![Mount { input: run.state.as_ref().map(|_| 0), dest: "/".into(), selector: String::new(), output: Some(0), readonly: false, kind: MountKind::Bind }],
+        };
+        let desc = self.description(run, l);
+        let meta = self.meta(desc, l);
+        let inputs = run.state.iter().cloned().collect();
+        run.state = Some(self.builder.add(Op::Exec(exec), inputs, meta));
+        // History: `RUN |N K=V… cmd` when build args are in scope, as BuildKit writes it.
+        let mut prefix: Vec<String> = Vec::new();
+        for (k, v) in &run.build_args {
+            let val = run.env.iter().rev().find(|(ek, _)| ek == k).map(|(_, v)| v.clone()).or_else(|| v.clone()).unwrap_or_default();
+            prefix.push(format!("{k}={val}"));
+        }
+        let mut words = Vec::new();
+        if !prefix.is_empty() {
+            words.push(format!("|{}", prefix.len()));
+            words.extend(prefix);
+        }
+        words.extend(args);
+        history(&mut run.image, format!("RUN {}", words.join(" ")), true);
+        Ok(())
+    }
+
+    fn dispatch_copy(&mut self, run: &mut StageRun, l: &Located, args: &CopyArgs, is_add: bool) -> Result<(), FrontendError> {
+        let what = if is_add { "ADD" } else { "COPY" };
+        let mut srcs = Vec::new();
+        for s in &args.srcs {
+            let e = self.expand(run, l, s)?;
+            if e.starts_with("http://") || e.starts_with("https://") || e.starts_with("git@") {
+                return Err(DockerfileError::new(l.location.at(s), format!("{what} of a remote URL is not supported yet")).expected("a path in the build context").into());
+            }
+            srcs.push(e);
+        }
+        let dest_word = self.expand(run, l, &args.dest)?;
+        if srcs.len() > 1 && !dest_word.ends_with('/') {
+            return Err(DockerfileError::new(l.location.at(&args.dest), format!("When using {what} with more than one source file, the destination must be a directory and end with a /"))
+                .expected(format!("{}/", args.dest))
+                .into());
+        }
+        let dest = relative_to(&run.workdir, &dest_word);
+        let chown = args.chown.as_ref().map(|c| self.expand(run, l, c)).transpose()?;
+        let chmod = match &args.chmod {
+            None => None,
+            Some(m) => Some(u32::from_str_radix(m, 8).ok().filter(|v| *v <= 0o7777).ok_or_else(|| {
+                DockerfileError::new(l.location.at(m), format!("invalid chmod parameter {m:?}")).expected("an octal mode such as 0755")
+            })?),
+        };
+        let exclude = args.exclude.iter().map(|e| self.expand(run, l, e)).collect::<Result<Vec<_>, _>>()?;
+        // The source: the build context, an earlier stage, or an image.
+        let src_state = match &args.from {
+            None => Some(self.context_source()),
+            Some(from) => {
+                let from = self.expand(run, l, from)?;
+                let stage = self.stage_by_name(&from, run.idx).or_else(|| from.parse::<usize>().ok().filter(|i| *i < run.idx));
+                match stage {
+                    Some(s) => self.lower_stage(s)?.state,
+                    None => {
+                        if self.stages.iter().any(|s| s.name.as_deref() == Some(from.to_ascii_lowercase().as_str())) || from.parse::<usize>().is_ok() {
+                            return Err(DockerfileError::new(l.location.at(&from), format!("{what} --from={from} refers to a stage that is not defined before this one"))
+                                .expected("the name or index of an earlier stage")
+                                .into());
+                        }
+                        Some(self.image_source(&from, &l.location)?.0)
+                    }
+                }
+            }
+        };
+        let src_paths: Vec<String> = srcs
+            .iter()
+            .map(|s| {
+                let c = rdock_llb::patterns::clean_path(s);
+                if c == "." { "/".to_string() } else { format!("/{c}") }
+            })
+            .collect();
+        let mut extra = Vec::new();
+        let base_inputs = usize::from(run.state.is_some());
+        let src_input = match src_state {
+            Some(s) => {
+                extra.push(s);
+                Some(base_inputs as u32)
+            }
+            None => None,
+        };
+        let mut msg = String::from(what);
+        if let Some(c) = &chown {
+            msg.push_str(&format!(" --chown={c}"));
+        }
+        if let Some(c) = &args.chmod {
+            msg.push_str(&format!(" --chmod={c}"));
+        }
+        for s in &srcs {
+            msg.push_str(&format!(" {s}"));
+        }
+        msg.push_str(&format!(" {dest_word}"));
+        match src_input {
+            Some(src_input) => {
+                let action = FileAction::Copy(CopyAction {
+                    src_input,
+                    src: src_paths,
+                    dest,
+                    chown: chown.as_deref().map(parse_chown),
+                    chmod,
+                    allow_wildcard: true,
+                    allow_empty_wildcard: false,
+                    unpack_archives: is_add,
+                    exclude,
+                });
+                self.file_op(run, l, vec![action], extra)?;
+            }
+            None => {
+                // Copying from an empty (scratch) stage: nothing to copy, as BuildKit fails.
+                return Err(DockerfileError::new(l.location.clone(), format!("{what} --from refers to an empty stage")).into());
+            }
+        }
+        history(&mut run.image, msg, true);
+        Ok(())
+    }
+
+    fn file_op(&mut self, run: &mut StageRun, l: &Located, actions: Vec<FileAction>, extra: Vec<Input>) -> Result<(), FrontendError> {
+        let desc = self.description(run, l);
+        let meta = self.meta(desc, l);
+        let mut inputs: Vec<Input> = run.state.iter().cloned().collect();
+        let base = run.state.as_ref().map(|_| 0);
+        inputs.extend(extra);
+        run.state = Some(self.builder.add(Op::File(FileOp { base, actions }), inputs, meta));
+        Ok(())
+    }
+}
+
+/// EXPOSE port specs: `80`, `80/tcp`, `8000-8002/udp`.
+fn parse_port(s: &str) -> Result<Vec<String>, String> {
+    let (range, proto) = match s.split_once('/') {
+        Some((r, p)) => (r, p.to_ascii_lowercase()),
+        None => (s, "tcp".to_string()),
+    };
+    if !["tcp", "udp", "sctp"].contains(&proto.as_str()) {
+        return Err(format!("invalid proto: {proto}"));
+    }
+    // `ip:host:container` mappings keep the container port, as Docker does.
+    let range = range.rsplit(':').next().unwrap_or(range);
+    let (a, b) = match range.split_once('-') {
+        Some((a, b)) => (a, b),
+        None => (range, range),
+    };
+    let a: u32 = a.parse().map_err(|_| format!("invalid containerPort: {range}"))?;
+    let b: u32 = b.parse().map_err(|_| format!("invalid containerPort: {range}"))?;
+    if b < a || b > 65535 {
+        return Err(format!("invalid range specified for containerPort: {range}"));
+    }
+    Ok((a..=b).map(|p| format!("{p}/{proto}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_relative_to_workdir() {
+        assert_eq!(relative_to("/app", "x"), "/app/x");
+        assert_eq!(relative_to("/app", "x/"), "/app/x/");
+        assert_eq!(relative_to("/app", "."), "/app/");
+        assert_eq!(relative_to("/app", "/abs/../y"), "/y");
+        assert_eq!(relative_to("/", "../../etc"), "/etc");
+    }
+
+    #[test]
+    fn ports_and_durations() {
+        assert_eq!(parse_port("8000-8002/UDP").unwrap(), vec!["8000/udp", "8001/udp", "8002/udp"]);
+        assert!(parse_port("80/xyz").is_err());
+        assert_eq!(go_duration(90_000_000_000), "1m30s");
+        assert_eq!(go_duration(5_000_000_000), "5s");
+        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+    }
+}
