@@ -1,1 +1,109 @@
-//! stub
+//! Filesystem state: overlay snapshots with containerd's verbs, diffs committed as tar
+//! layers with OCI whiteouts, layers applied back into snapshots, and the
+//! content-addressed blob store.
+//!
+//! Architecture invariant: depends on no other rdock crate but the pure `imagespec`.
+//! Committed snapshots are immutable; every write into the store goes to `tmp/` first and
+//! is renamed into place once complete and verified, so a killed process leaves nothing
+//! half-written where a reader would find it.
+//!
+//! Layout under the store root:
+//! ```text
+//! metadata.db        snapshot, layer, image and cache records (SQLite, WAL)
+//! blobs/sha256/HEX   content store
+//! snapshots/ID/fs    snapshot contents (an overlay upper dir)
+//! snapshots/ID/work  overlay work dir while active
+//! tmp/               in-flight writes
+//! ```
+//!
+//! ```no_run
+//! use rdock_snapshotter::{Snapshotter, Store};
+//! let store = Store::open("/var/lib/rdock".as_ref()).unwrap();
+//! let mounts = store.snapshots().prepare("active-1", None).unwrap();
+//! # let _ = mounts;
+//! ```
+
+mod apply;
+mod content;
+mod db;
+mod diff;
+mod error;
+mod mount;
+mod overlay;
+mod whiteout;
+
+pub use apply::apply_layer;
+pub use content::ContentStore;
+pub use db::Db;
+pub use diff::{write_layer, LayerBlob};
+pub use error::SnapshotError;
+pub use mount::{MountSpec, Mounted};
+pub use overlay::{active_key, Info, Kind, LayerInfo, OverlaySnapshotter, Usage};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// containerd's snapshotter verbs. Keys name active snapshots and views; names are the
+/// keys committed snapshots are given.
+pub trait Snapshotter: Send + Sync {
+    /// A writable snapshot on top of `parent`; returns the mounts that make it appear.
+    fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<MountSpec>, SnapshotError>;
+    /// A read-only view of `parent`.
+    fn view(&self, key: &str, parent: Option<&str>) -> Result<Vec<MountSpec>, SnapshotError>;
+    /// The mounts of an existing active snapshot or view.
+    fn mounts(&self, key: &str) -> Result<Vec<MountSpec>, SnapshotError>;
+    /// Makes the active snapshot `key` an immutable committed snapshot called `name`.
+    fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError>;
+    /// Removes a snapshot that no other snapshot has as parent.
+    fn remove(&self, key: &str) -> Result<(), SnapshotError>;
+    /// What is known about a snapshot.
+    fn stat(&self, key: &str) -> Result<Info, SnapshotError>;
+    /// Disk used by the snapshot's own layer.
+    fn usage(&self, key: &str) -> Result<Usage, SnapshotError>;
+    /// Every snapshot.
+    fn walk(&self) -> Result<Vec<Info>, SnapshotError>;
+}
+
+/// The store: metadata database, content store and snapshotter over one root directory.
+#[derive(Clone)]
+pub struct Store {
+    root: PathBuf,
+    db: Arc<Db>,
+    content: ContentStore,
+    snapshots: Arc<OverlaySnapshotter>,
+}
+
+impl Store {
+    /// Opens (creating on first use) the store at `root`, and clears what a killed
+    /// process left: its temporary files and its active snapshots.
+    pub fn open(root: &Path) -> Result<Store, SnapshotError> {
+        for d in ["blobs/sha256", "snapshots", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).map_err(|e| SnapshotError::io(root.join(d), e))?;
+        }
+        let db = Arc::new(Db::open(&root.join("metadata.db"))?);
+        let content = ContentStore::new(root);
+        let snapshots = Arc::new(OverlaySnapshotter::new(root, db.clone(), content.clone())?);
+        snapshots.clean_abandoned()?;
+        Ok(Store { root: root.to_path_buf(), db, content, snapshots })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The metadata database, shared by every crate that keeps records.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    /// The blob store.
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    /// The snapshotter.
+    pub fn snapshots(&self) -> &Arc<OverlaySnapshotter> {
+        &self.snapshots
+    }
+}

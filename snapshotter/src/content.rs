@@ -1,0 +1,159 @@
+//! The content-addressed blob store: `blobs/sha256/HEX`, written through `tmp/` and
+//! renamed into place only once the digest is verified.
+
+use crate::SnapshotError;
+use rdock_imagespec::Digest;
+use sha2::{Digest as _, Sha256};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The blob store under a store root.
+#[derive(Clone, Debug)]
+pub struct ContentStore {
+    root: PathBuf,
+}
+
+/// A blob being written: bytes go to a temp file and through sha256.
+pub struct BlobWriter {
+    file: std::io::BufWriter<File>,
+    tmp: PathBuf,
+    hasher: Sha256,
+    size: u64,
+    blobs: PathBuf,
+}
+
+impl ContentStore {
+    /// The store rooted at `root` (blobs in `root/blobs/sha256`, temp files in `root/tmp`).
+    pub fn new(root: &Path) -> ContentStore {
+        ContentStore { root: root.to_path_buf() }
+    }
+
+    /// Where a blob lives (it may not exist).
+    pub fn path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    /// True if the blob is present.
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.path(d).exists()
+    }
+
+    /// Opens a blob for reading.
+    pub fn open(&self, d: &Digest) -> Result<File, SnapshotError> {
+        File::open(self.path(d)).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SnapshotError::BlobNotFound(d.to_string()),
+            _ => SnapshotError::io(self.path(d), e),
+        })
+    }
+
+    /// Reads a whole (small) blob, verifying its digest.
+    pub fn read(&self, d: &Digest) -> Result<Vec<u8>, SnapshotError> {
+        let mut buf = Vec::new();
+        self.open(d)?.read_to_end(&mut buf).map_err(|e| SnapshotError::io(self.path(d), e))?;
+        let actual = Digest::of(&buf);
+        if &actual != d {
+            return Err(SnapshotError::DigestMismatch { what: format!("blob {}", self.path(d).display()), expected: d.to_string(), actual: actual.to_string() });
+        }
+        Ok(buf)
+    }
+
+    /// Stores bytes, returning their digest.
+    pub fn put(&self, bytes: &[u8]) -> Result<Digest, SnapshotError> {
+        let d = Digest::of(bytes);
+        if self.contains(&d) {
+            return Ok(d);
+        }
+        let mut w = self.writer()?;
+        w.write_all(bytes).map_err(|e| SnapshotError::io(&w.tmp, e))?;
+        w.commit(Some(&d))?;
+        Ok(d)
+    }
+
+    /// Starts writing a blob of unknown digest.
+    pub fn writer(&self) -> Result<BlobWriter, SnapshotError> {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("blob-{}-{n}", std::process::id()));
+        let file = File::create(&tmp).map_err(|e| SnapshotError::io(&tmp, e))?;
+        Ok(BlobWriter { file: std::io::BufWriter::with_capacity(256 * 1024, file), tmp, hasher: Sha256::new(), size: 0, blobs: self.root.join("blobs/sha256") })
+    }
+
+    /// Copies a stream into the store, verifying it against `expected` if given.
+    pub fn put_reader(&self, r: &mut dyn Read, expected: Option<&Digest>) -> Result<(Digest, u64), SnapshotError> {
+        let mut w = self.writer()?;
+        std::io::copy(r, &mut w).map_err(|e| SnapshotError::io(&w.tmp, e))?;
+        w.commit(expected)
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl BlobWriter {
+    /// Finishes: verifies against `expected` and renames into place. On mismatch the temp
+    /// file is removed and nothing enters the store.
+    pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64), SnapshotError> {
+        self.file.flush().map_err(|e| SnapshotError::io(&self.tmp, e))?;
+        let d = Digest::from_sha256(self.hasher.finalize_reset().into());
+        if let Some(e) = expected
+            && e != &d
+        {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(SnapshotError::DigestMismatch { what: "blob".into(), expected: e.to_string(), actual: d.to_string() });
+        }
+        let dest = self.blobs.join(d.hex());
+        std::fs::rename(&self.tmp, &dest).map_err(|e| SnapshotError::io(&dest, e))?;
+        Ok((d, self.size))
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // After commit the temp path no longer exists; otherwise this discards a partial blob.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mismatch_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let cs = ContentStore::new(dir.path());
+        let wrong = Digest::of(b"something else");
+        let err = cs.put_reader(&mut &b"hello"[..], Some(&wrong)).unwrap_err();
+        assert!(matches!(err, SnapshotError::DigestMismatch { .. }));
+        assert_eq!(std::fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let d = cs.put(b"hello").unwrap();
+        assert_eq!(cs.read(&d).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn corrupted_blob_is_detected_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let cs = ContentStore::new(dir.path());
+        let d = cs.put(b"hello").unwrap();
+        std::fs::write(cs.path(&d), b"hellO").unwrap();
+        assert!(matches!(cs.read(&d), Err(SnapshotError::DigestMismatch { .. })));
+    }
+}

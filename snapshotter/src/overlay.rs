@@ -1,0 +1,430 @@
+//! The overlay snapshotter: each snapshot is a directory used as an overlay upper dir;
+//! its parents are the lower dirs. Records live in the `snapshots` table.
+
+use crate::content::ContentStore;
+use crate::db::Db;
+use crate::diff::write_layer;
+use crate::mount::MountSpec;
+use crate::whiteout::is_overlay_whiteout;
+use crate::{SnapshotError, Snapshotter};
+use rdock_imagespec::{Digest, MEDIA_TYPE_OCI_LAYER_GZIP};
+use rusqlite::{params, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a snapshot is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Writable, being built.
+    Active,
+    /// A read-only view.
+    View,
+    /// Immutable.
+    Committed,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Active => "active",
+            Kind::View => "view",
+            Kind::Committed => "committed",
+        }
+    }
+
+    fn parse(s: &str) -> Kind {
+        match s {
+            "active" => Kind::Active,
+            "view" => Kind::View,
+            _ => Kind::Committed,
+        }
+    }
+}
+
+/// A snapshot record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// Internal id (the directory name).
+    pub id: i64,
+    /// Key or committed name.
+    pub key: String,
+    /// The parent's key.
+    pub parent: Option<String>,
+    /// Kind.
+    pub kind: Kind,
+}
+
+/// Disk use of one snapshot's own directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Bytes in regular files.
+    pub size: u64,
+    /// Number of entries.
+    pub inodes: u64,
+}
+
+/// The layer blob of a committed snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// Uncompressed digest.
+    pub diff_id: Digest,
+    /// Blob digest.
+    pub blob: Digest,
+    /// Blob size.
+    pub size: u64,
+    /// Blob media type.
+    pub media_type: String,
+}
+
+/// The overlay snapshotter over a store root.
+pub struct OverlaySnapshotter {
+    root: PathBuf,
+    db: Arc<Db>,
+    content: ContentStore,
+    empty: PathBuf,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl OverlaySnapshotter {
+    /// The snapshotter for a store root; `Store::open` makes one.
+    pub fn new(root: &Path, db: Arc<Db>, content: ContentStore) -> Result<OverlaySnapshotter, SnapshotError> {
+        let empty = root.join("snapshots/empty");
+        std::fs::create_dir_all(&empty).map_err(|e| SnapshotError::io(&empty, e))?;
+        Ok(OverlaySnapshotter { root: root.to_path_buf(), db, content, empty })
+    }
+
+    fn dir(&self, id: i64) -> PathBuf {
+        self.root.join("snapshots").join(id.to_string())
+    }
+
+    /// The directory holding a snapshot's own contents (its upper dir).
+    pub fn fs_dir(&self, key: &str) -> Result<PathBuf, SnapshotError> {
+        Ok(self.dir(self.info(key)?.id).join("fs"))
+    }
+
+    fn info(&self, key: &str) -> Result<Info, SnapshotError> {
+        self.find(key)?.ok_or_else(|| SnapshotError::NotFound(key.to_string()))
+    }
+
+    fn find(&self, key: &str) -> Result<Option<Info>, SnapshotError> {
+        let conn = self.db.conn();
+        let row = conn
+            .query_row(
+                "SELECT s.id, s.key, p.key, s.kind FROM snapshots s LEFT JOIN snapshots p ON s.parent = p.id WHERE s.key = ?1",
+                params![key],
+                |r| Ok(Info { id: r.get(0)?, key: r.get(1)?, parent: r.get(2)?, kind: Kind::parse(&r.get::<_, String>(3)?) }),
+            )
+            .optional()?;
+        Ok(row)
+    }
+
+    /// True if a snapshot with this key or name exists.
+    pub fn exists(&self, key: &str) -> Result<bool, SnapshotError> {
+        Ok(self.find(key)?.is_some())
+    }
+
+    /// Keys of the committed chain from `name` down to the bottom, top first.
+    pub fn chain(&self, name: &str) -> Result<Vec<Info>, SnapshotError> {
+        let mut out = Vec::new();
+        let mut cur = Some(name.to_string());
+        while let Some(k) = cur {
+            let i = self.info(&k)?;
+            cur = i.parent.clone();
+            out.push(i);
+        }
+        Ok(out)
+    }
+
+    /// Lower dirs for a snapshot on top of `parent`, top first.
+    fn lowers(&self, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
+        match parent {
+            None => Ok(Vec::new()),
+            Some(p) => Ok(self.chain(p)?.iter().map(|i| self.dir(i.id).join("fs")).collect()),
+        }
+    }
+
+    fn create(&self, key: &str, parent: Option<&str>, kind: Kind) -> Result<Vec<MountSpec>, SnapshotError> {
+        let parent_id = match parent {
+            Some(p) => {
+                let i = self.info(p)?;
+                if i.kind != Kind::Committed {
+                    return Err(SnapshotError::WrongKind { key: p.to_string(), actual: i.kind.as_str(), expected: "committed" });
+                }
+                Some(i.id)
+            }
+            None => None,
+        };
+        let id = {
+            let conn = self.db.conn();
+            let r = conn.execute("INSERT INTO snapshots (key, parent, kind, created) VALUES (?1, ?2, ?3, ?4)", params![key, parent_id, kind.as_str(), now()]);
+            match r {
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    return Err(SnapshotError::Exists(key.to_string()));
+                }
+                r => r?,
+            };
+            conn.last_insert_rowid()
+        };
+        let dir = self.dir(id);
+        let made = std::fs::create_dir_all(dir.join("fs")).and_then(|_| if kind == Kind::Active { std::fs::create_dir_all(dir.join("work")) } else { Ok(()) });
+        if let Err(e) = made {
+            let _ = self.db.conn().execute("DELETE FROM snapshots WHERE id = ?1", params![id]);
+            return Err(SnapshotError::io(dir, e));
+        }
+        self.mounts(key)
+    }
+
+    /// Removes active snapshots and views whose creating process is gone, and stray temp
+    /// files: what a killed build leaves behind.
+    pub fn clean_abandoned(&self) -> Result<(), SnapshotError> {
+        let stale: Vec<String> = {
+            let conn = self.db.conn();
+            let mut stmt = conn.prepare("SELECT key FROM snapshots WHERE kind != 'committed'")?;
+            let keys = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            keys.into_iter().filter(|k| !owner_alive(k)).collect()
+        };
+        for k in stale {
+            let _ = self.remove(&k);
+        }
+        if let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !owner_alive(&name) {
+                    let p = e.path();
+                    let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The layer blob of a committed snapshot, computing and storing it the first time.
+    pub fn layer(&self, name: &str) -> Result<LayerInfo, SnapshotError> {
+        let info = self.info(name)?;
+        if info.kind != Kind::Committed {
+            return Err(SnapshotError::WrongKind { key: name.to_string(), actual: info.kind.as_str(), expected: "committed" });
+        }
+        if let Some(l) = self.recorded_layer(info.id)?
+            && self.content.contains(&l.blob)
+        {
+            return Ok(l);
+        }
+        let blob = write_layer(&self.dir(info.id).join("fs"), &self.content)?;
+        let l = LayerInfo { diff_id: blob.diff_id, blob: blob.blob, size: blob.size, media_type: MEDIA_TYPE_OCI_LAYER_GZIP.to_string() };
+        self.record_layer(info.id, &l)?;
+        Ok(l)
+    }
+
+    fn recorded_layer(&self, id: i64) -> Result<Option<LayerInfo>, SnapshotError> {
+        let conn = self.db.conn();
+        let row = conn
+            .query_row("SELECT diff_id, blob, size, media_type FROM layers WHERE snapshot = ?1", params![id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+            })
+            .optional()?;
+        Ok(row.and_then(|(d, b, s, m)| Some(LayerInfo { diff_id: Digest::parse(&d).ok()?, blob: Digest::parse(&b).ok()?, size: s as u64, media_type: m })))
+    }
+
+    fn record_layer(&self, id: i64, l: &LayerInfo) -> Result<(), SnapshotError> {
+        self.db.conn().execute(
+            "INSERT OR REPLACE INTO layers (snapshot, diff_id, blob, size, media_type) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, l.diff_id.as_str(), l.blob.as_str(), l.size as i64, l.media_type],
+        )?;
+        Ok(())
+    }
+
+    /// The layers of a committed snapshot's chain, bottom first.
+    pub fn chain_layers(&self, name: &str) -> Result<Vec<LayerInfo>, SnapshotError> {
+        let mut chain = self.chain(name)?;
+        chain.reverse();
+        chain.iter().map(|i| self.layer(&i.key)).collect()
+    }
+
+    /// Unpacks a layer blob from the content store into a new committed snapshot `name`
+    /// on top of `parent`, recording the blob as its layer. Nothing is left behind on error.
+    pub fn import_layer(&self, name: &str, parent: Option<&str>, blob: &Digest, media_type: &str) -> Result<LayerInfo, SnapshotError> {
+        if self.exists(name)? {
+            return self.layer(name);
+        }
+        let key = active_key("import");
+        self.create(&key, parent, Kind::Active)?;
+        let result = (|| {
+            let fs = self.fs_dir(&key)?;
+            let file = self.content.open(blob)?;
+            let mut buffered = std::io::BufReader::with_capacity(256 * 1024, file);
+            let gz = is_gzip(&mut buffered).map_err(|e| SnapshotError::io(self.content.path(blob), e))?;
+            let diff_id = if gz {
+                let mut r = flate2::bufread::MultiGzDecoder::new(buffered);
+                crate::apply_layer(&mut r, &fs, blob.as_str())?
+            } else {
+                crate::apply_layer(&mut buffered, &fs, blob.as_str())?
+            };
+            let size = std::fs::metadata(self.content.path(blob)).map(|m| m.len()).unwrap_or(0);
+            Ok(LayerInfo { diff_id, blob: blob.clone(), size, media_type: media_type.to_string() })
+        })();
+        match result {
+            Ok(l) => {
+                match self.commit(name, &key) {
+                    Ok(()) => {}
+                    Err(SnapshotError::Exists(_)) => {
+                        // Another process imported the same layer first: use theirs.
+                        let _ = self.remove(&key);
+                        return self.layer(name);
+                    }
+                    Err(e) => {
+                        let _ = self.remove(&key);
+                        return Err(e);
+                    }
+                }
+                let id = self.info(name)?.id;
+                self.record_layer(id, &l)?;
+                Ok(l)
+            }
+            Err(e) => {
+                let _ = self.remove(&key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads a file as it appears in the committed snapshot `name` (through its layers),
+    /// without mounting. Used to resolve users and groups. Symlinks are not followed.
+    pub fn read_file(&self, name: &str, path: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
+        let rel = path.trim_start_matches('/');
+        for info in self.chain(name)? {
+            let p = self.dir(info.id).join("fs").join(rel);
+            match std::fs::symlink_metadata(&p) {
+                Ok(md) if is_overlay_whiteout(&md) => return Ok(None),
+                Ok(md) if md.is_file() => return std::fs::read(&p).map(Some).map_err(|e| SnapshotError::io(&p, e)),
+                Ok(_) => return Ok(None),
+                Err(_) => continue,
+            }
+        }
+        Ok(None)
+    }
+
+    /// True if `path` exists in the committed snapshot `name` (or anywhere below it).
+    pub fn path_exists(&self, name: Option<&str>, path: &str) -> Result<bool, SnapshotError> {
+        let Some(name) = name else { return Ok(false) };
+        let rel = path.trim_start_matches('/');
+        for info in self.chain(name)? {
+            let p = self.dir(info.id).join("fs").join(rel);
+            if let Ok(md) = std::fs::symlink_metadata(&p) {
+                return Ok(!is_overlay_whiteout(&md));
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// An active-snapshot key that records the creating process, so that a later process
+/// can tell an abandoned one.
+pub fn active_key(purpose: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{purpose}-{}-{n}-{}", std::process::id(), now())
+}
+
+/// Parses the pid out of keys and temp names written as `purpose-PID-…`.
+fn owner_alive(name: &str) -> bool {
+    let Some(pid) = name.split('-').nth(1).and_then(|p| p.parse::<i32>().ok()) else { return true };
+    pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn is_gzip(r: &mut impl std::io::BufRead) -> std::io::Result<bool> {
+    let buf = r.fill_buf()?;
+    Ok(buf.len() >= 2 && buf[0] == 0x1f && buf[1] == 0x8b)
+}
+
+impl Snapshotter for OverlaySnapshotter {
+    fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<MountSpec>, SnapshotError> {
+        self.create(key, parent, Kind::Active)
+    }
+
+    fn view(&self, key: &str, parent: Option<&str>) -> Result<Vec<MountSpec>, SnapshotError> {
+        self.create(key, parent, Kind::View)
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<MountSpec>, SnapshotError> {
+        let info = self.info(key)?;
+        let own = self.dir(info.id);
+        let readonly = |mut lower: Vec<PathBuf>| match lower.len() {
+            0 => MountSpec::Bind { source: self.empty.clone(), readonly: true },
+            1 => MountSpec::Bind { source: lower.remove(0), readonly: true },
+            // overlay needs at least two lower dirs when it has no upper.
+            _ => MountSpec::Overlay { lower, upper: None, work: None },
+        };
+        let spec = match info.kind {
+            Kind::Active => {
+                let mut lower = self.lowers(info.parent.as_deref())?;
+                if lower.is_empty() {
+                    lower.push(self.empty.clone());
+                }
+                MountSpec::Overlay { lower, upper: Some(own.join("fs")), work: Some(own.join("work")) }
+            }
+            Kind::View => readonly(self.lowers(info.parent.as_deref())?),
+            Kind::Committed => readonly(self.lowers(Some(key))?),
+        };
+        Ok(vec![spec])
+    }
+
+    fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError> {
+        let info = self.info(key)?;
+        if info.kind != Kind::Active {
+            return Err(SnapshotError::WrongKind { key: key.to_string(), actual: info.kind.as_str(), expected: "active" });
+        }
+        let r = self.db.conn().execute("UPDATE snapshots SET key = ?1, kind = 'committed' WHERE id = ?2", params![name, info.id]);
+        match r {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(SnapshotError::Exists(name.to_string()));
+            }
+            r => r?,
+        };
+        let work = self.dir(info.id).join("work");
+        let _ = std::fs::remove_dir_all(work);
+        Ok(())
+    }
+
+    fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        let info = self.info(key)?;
+        {
+            let conn = self.db.conn();
+            let children: i64 = conn.query_row("SELECT COUNT(*) FROM snapshots WHERE parent = ?1", params![info.id], |r| r.get(0))?;
+            if children > 0 {
+                return Err(SnapshotError::InUse(key.to_string()));
+            }
+            conn.execute("DELETE FROM layers WHERE snapshot = ?1", params![info.id])?;
+            conn.execute("DELETE FROM snapshots WHERE id = ?1", params![info.id])?;
+        }
+        let dir = self.dir(info.id);
+        std::fs::remove_dir_all(&dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(|e| SnapshotError::io(dir, e))
+    }
+
+    fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+        self.info(key)
+    }
+
+    fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        let fs = self.fs_dir(key)?;
+        let mut u = Usage::default();
+        for e in walkdir::WalkDir::new(&fs).min_depth(1).into_iter().flatten() {
+            u.inodes += 1;
+            if let Ok(md) = e.metadata()
+                && md.is_file()
+            {
+                u.size += md.len();
+            }
+        }
+        Ok(u)
+    }
+
+    fn walk(&self) -> Result<Vec<Info>, SnapshotError> {
+        let conn = self.db.conn();
+        let mut stmt = conn.prepare("SELECT s.id, s.key, p.key, s.kind FROM snapshots s LEFT JOIN snapshots p ON s.parent = p.id ORDER BY s.id")?;
+        let rows = stmt.query_map([], |r| Ok(Info { id: r.get(0)?, key: r.get(1)?, parent: r.get(2)?, kind: Kind::parse(&r.get::<_, String>(3)?) }))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
