@@ -1,1 +1,28 @@
-//! stub
+//! Images: the local image store (name → manifest), committing a snapshot chain and a
+//! config as an image, exporters (docker-archive, OCI layout, local directory, tarball)
+//! and loading docker-archive and OCI-layout tarballs.
+//!
+//! Architecture invariant: depends on `snapshotter` for blobs and snapshots and on the
+//! pure `imagespec` types; knows nothing of Dockerfiles, LLB or the solver.
+//!
+//! ```no_run
+//! let store = rdock_snapshotter::Store::open("/var/lib/rdock".as_ref()).unwrap();
+//! let images = rdock_oci::ImageStore::new(store);
+//! for img in images.list().unwrap() {
+//!     println!("{} {}", img.name, img.manifest);
+//! }
+//! ```
+
+mod archive;
+mod error;
+mod filesystem;
+mod image;
+mod load;
+mod store;
+
+pub use archive::{export_archive, ArchiveFormat};
+pub use error::OciError;
+pub use filesystem::{export_local, export_tar};
+pub use image::{chain_snapshot_name, commit_image, ensure_unpacked, CommittedImage};
+pub use load::load_archive;
+pub use store::{ImageRecord, ImageStore};

@@ -62,6 +62,16 @@ pub fn write_layer(upper: &Path, content: &ContentStore) -> Result<LayerBlob, Sn
     Ok(LayerBlob { diff_id, blob: digest, size })
 }
 
+/// Writes the tree under `root` (not `root` itself) as an uncompressed tar stream, with
+/// the same ordering and header rules as layers. Used for `--output type=tar`.
+pub fn write_tree_tar<W: Write>(root: &Path, w: W) -> Result<W, SnapshotError> {
+    let mut tar = tar::Builder::new(w);
+    tar.mode(tar::HeaderMode::Complete);
+    tar.follow_symlinks(false);
+    append_tree(&mut tar, root)?;
+    tar.into_inner().map_err(|e| SnapshotError::io(root, e))
+}
+
 fn header_for(md: &std::fs::Metadata, kind: tar::EntryType) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);

@@ -35,9 +35,10 @@ mod whiteout;
 pub use apply::apply_layer;
 pub use content::ContentStore;
 pub use db::Db;
-pub use diff::{write_layer, LayerBlob};
+pub use diff::{write_layer, write_tree_tar, LayerBlob};
 pub use error::SnapshotError;
 pub use mount::{MountSpec, Mounted};
+pub use whiteout::is_opaque;
 pub use overlay::{active_key, Info, Kind, LayerInfo, OverlaySnapshotter, Usage};
 
 use std::path::{Path, PathBuf};

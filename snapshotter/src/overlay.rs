@@ -96,6 +96,11 @@ impl OverlaySnapshotter {
         Ok(OverlaySnapshotter { root: root.to_path_buf(), db, content, empty })
     }
 
+    /// An empty directory, the root of scratch.
+    pub fn empty_dir(&self) -> &Path {
+        &self.empty
+    }
+
     fn dir(&self, id: i64) -> PathBuf {
         self.root.join("snapshots").join(id.to_string())
     }

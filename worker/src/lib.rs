@@ -1,1 +1,282 @@
-//! stub
+//! Executes LLB ops on snapshots: exec ops in a namespace sandbox through the
+//! [`Executor`] trait, file ops natively, each producing a committed snapshot.
+//!
+//! Architecture invariant: depends on `llb` (what to do) and `snapshotter` (where), never
+//! on the solver: the solver decides *whether* to run an op; the worker only runs it. The
+//! executor is a trait so the solver can be tested with a recording one and another
+//! runtime (an external OCI runtime) can slot in.
+//!
+//! ```no_run
+//! use rdock_worker::{NamespaceExecutor, Worker};
+//! let store = rdock_snapshotter::Store::open("/var/lib/rdock".as_ref()).unwrap();
+//! let worker = Worker::new(store.clone(), std::sync::Arc::new(NamespaceExecutor::new(store.root().join("tmp"))));
+//! # let _ = worker;
+//! ```
+
+pub mod fileop;
+mod sandbox;
+pub mod user;
+
+pub use fileop::{resolve_in_root, CopySource};
+pub use sandbox::{NamespaceExecutor, SANDBOX_HOSTNAME};
+pub use user::{resolve_user, ResolvedUser};
+
+use rdock_llb::patterns::PatternMatcher;
+use rdock_llb::{ExecOp, FileOp, Network, Security};
+use rdock_snapshotter::{active_key, MountSpec, Mounted, SnapshotError, Snapshotter, Store};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the executor runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// argv.
+    pub args: Vec<String>,
+    /// `KEY=value`.
+    pub env: Vec<String>,
+    /// Absolute working directory (created if missing).
+    pub cwd: String,
+    /// The resolved user.
+    pub user: ResolvedUser,
+    /// Network mode.
+    pub network: Network,
+    /// Security mode.
+    pub security: Security,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecResult {
+    /// Exit status (128+N for signal N).
+    pub exit_code: i32,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// The executor could not run the command at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The sandbox could not be set up.
+    #[error("sandbox: {0}")]
+    Setup(String),
+    /// The program does not exist in the root filesystem.
+    #[error("failed to execute {program:?}: {reason} (is it in the image and on its PATH?)")]
+    NotFound {
+        /// argv\[0\].
+        program: String,
+        /// The OS's word.
+        reason: String,
+    },
+    /// Preparing the run's files failed.
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+}
+
+/// Runs a command on a root filesystem.
+pub trait Executor: Send + Sync {
+    /// Runs `spec` with `root` mounted as `/`, streaming combined stdout and stderr.
+    fn run(&self, spec: &ExecSpec, root: &MountSpec, output: &mut dyn FnMut(&[u8])) -> Result<ExecResult, ExecError>;
+}
+
+/// Why an op failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Snapshot or layer trouble.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The executor failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// The command ran and failed.
+    #[error("process {command:?} did not complete successfully: exit code: {code}")]
+    ExitCode {
+        /// The command line.
+        command: String,
+        /// Its exit code.
+        code: i32,
+    },
+    /// User resolution failed.
+    #[error("{0}")]
+    User(String),
+    /// A COPY source is missing.
+    #[error("failed to compute cache key: {0:?}: not found")]
+    SourceNotFound(String),
+    /// A path problem.
+    #[error("{path}: {reason}")]
+    Path {
+        /// The path.
+        path: String,
+        /// The problem.
+        reason: String,
+    },
+    /// I/O at a path.
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+}
+
+/// The inputs a file op reads, by index.
+#[derive(Debug, Clone)]
+pub enum FileInput {
+    /// A committed snapshot (None: scratch).
+    Snapshot(Option<String>),
+    /// A local directory (the build context) with its exclude patterns.
+    Local {
+        /// The directory.
+        dir: PathBuf,
+        /// `.dockerignore` patterns.
+        excludes: Vec<String>,
+    },
+}
+
+/// Paths the sandbox creates as mount points if the image lacks them; removed from the
+/// step's layer afterwards so they never land in an image (BuildKit's mount stubs).
+const MOUNT_STUBS: &[&str] = &["etc/hosts", "etc/resolv.conf", "proc", "dev", "sys", "etc"];
+
+/// Runs ops against a store.
+#[derive(Clone)]
+pub struct Worker {
+    store: Store,
+    executor: Arc<dyn Executor>,
+}
+
+impl Worker {
+    /// A worker over `store` running steps with `executor`.
+    pub fn new(store: Store, executor: Arc<dyn Executor>) -> Worker {
+        Worker { store, executor }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs an exec op on `parent` (None: scratch) and commits the result as `name`.
+    pub fn exec(&self, op: &ExecOp, parent: Option<&str>, name: &str, output: &mut dyn FnMut(&[u8])) -> Result<(), WorkerError> {
+        let snaps = self.store.snapshots();
+        let key = active_key("exec");
+        let mounts = snaps.prepare(&key, parent)?;
+        let result = (|| {
+            let read = |p: &str| -> Result<Option<String>, WorkerError> {
+                Ok(match parent {
+                    Some(parent) => snaps.read_file(parent, p)?.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    None => None,
+                })
+            };
+            let user = resolve_user(&op.user, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref()).map_err(|e| WorkerError::User(e.to_string()))?;
+            let mut env = op.env.clone();
+            if !env.iter().any(|e| e.starts_with("HOME=")) {
+                env.push(format!("HOME={}", user.home));
+            }
+            let existed: Vec<bool> = MOUNT_STUBS.iter().map(|s| snaps.path_exists(parent, s)).collect::<Result<_, _>>()?;
+            let spec = ExecSpec { args: op.args.clone(), env, cwd: op.cwd.clone(), user, network: op.network, security: op.security };
+            let res = self.executor.run(&spec, &mounts[0], output)?;
+            if res.exit_code != 0 {
+                return Err(WorkerError::ExitCode { command: op.args.join(" "), code: res.exit_code });
+            }
+            let upper = snaps.fs_dir(&key)?;
+            remove_stubs(&upper, &existed);
+            Ok(())
+        })();
+        self.finish(result, name, &key)
+    }
+
+    fn finish(&self, result: Result<(), WorkerError>, name: &str, key: &str) -> Result<(), WorkerError> {
+        let snaps = self.store.snapshots();
+        match result {
+            Ok(()) => match snaps.commit(name, key) {
+                Ok(()) => Ok(()),
+                Err(SnapshotError::Exists(_)) => {
+                    // Another build committed the same result first; theirs is as good.
+                    let _ = snaps.remove(key);
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = snaps.remove(key);
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                let _ = snaps.remove(key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs a file op: `inputs` are the op's inputs by index; the result is committed as `name`.
+    pub fn file(&self, op: &FileOp, inputs: &[FileInput], name: &str) -> Result<(), WorkerError> {
+        let snaps = self.store.snapshots();
+        let base = match op.base.and_then(|i| inputs.get(i as usize)) {
+            Some(FileInput::Snapshot(s)) => s.clone(),
+            _ => None,
+        };
+        let key = active_key("file");
+        let result = (|| {
+            let mounts = snaps.prepare(&key, base.as_deref())?;
+            let tmp = self.store.root().join("tmp");
+            let root = Mounted::new(&mounts[0], tmp.join(format!("{key}-root")))?;
+            let mut views: Vec<(String, Option<Mounted>)> = Vec::new();
+            let mut matchers: Vec<Option<PatternMatcher>> = Vec::new();
+            let mut roots: Vec<Option<(PathBuf, bool)>> = Vec::new();
+            for (i, input) in inputs.iter().enumerate() {
+                match input {
+                    FileInput::Snapshot(None) => {
+                        roots.push(Some((snaps.empty_dir().to_path_buf(), false)));
+                        matchers.push(None);
+                    }
+                    FileInput::Snapshot(Some(s)) => {
+                        let vkey = format!("{key}-view{i}");
+                        let m = snaps.view(&vkey, Some(s))?;
+                        let mounted = Mounted::new(&m[0], tmp.join(&vkey));
+                        match mounted {
+                            Ok(mt) => {
+                                roots.push(Some((mt.path().to_path_buf(), false)));
+                                views.push((vkey, Some(mt)));
+                            }
+                            Err(e) => {
+                                let _ = snaps.remove(&vkey);
+                                return Err(e.into());
+                            }
+                        }
+                        matchers.push(None);
+                    }
+                    FileInput::Local { dir, excludes } => {
+                        roots.push(Some((dir.clone(), true)));
+                        matchers.push(Some(PatternMatcher::new(excludes).map_err(|e| WorkerError::Path { path: e.pattern, reason: e.reason })?));
+                    }
+                }
+            }
+            let sources: Vec<Option<CopySource<'_>>> = roots
+                .iter()
+                .zip(matchers.iter())
+                .map(|(r, m)| r.as_ref().map(|(p, reset)| CopySource { root: p.as_path(), excludes: m.as_ref(), reset_ownership: *reset }))
+                .collect();
+            let applied = fileop::apply_actions(root.path(), &op.actions, &sources);
+            drop(root);
+            for (vkey, m) in views {
+                drop(m);
+                let _ = snaps.remove(&vkey);
+            }
+            applied
+        })();
+        self.finish(result, name, &key)
+    }
+}
+
+fn remove_stubs(upper: &Path, existed: &[bool]) {
+    for (stub, existed) in MOUNT_STUBS.iter().zip(existed) {
+        let p = upper.join(stub);
+        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+        if md.is_dir() {
+            // Only an empty directory is a stub: a step may have written into /etc.
+            if !*existed || stub != &"etc" {
+                let _ = std::fs::remove_dir(&p);
+            } else if std::fs::read_dir(&p).map(|mut d| d.next().is_none()).unwrap_or(false) && !rdock_snapshotter::is_opaque(&p) {
+                // A copied-up /etc that ended up unchanged.
+                let _ = std::fs::remove_dir(&p);
+            }
+        } else if !*existed && md.len() == 0 {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
