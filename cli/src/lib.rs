@@ -1,1 +1,46 @@
+//! The command-line layer shared by `rdock-build` and `rdock`: opening the store, the
+//! build pipeline (frontend → solver → exporters), progress rendering and the small
+//! image-management commands. Binaries parse flags and call into here.
 
+pub mod build;
+pub mod commands;
+pub mod progress;
+pub mod timefmt;
+
+use anyhow::Context;
+use rdock_snapshotter::Store;
+use std::path::PathBuf;
+
+/// A failure that should exit with status 2 (usage), as opposed to 1 (the build failed).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The store root: `RDOCK_ROOT`, else `/var/lib/rdock` for root, else
+/// `$XDG_DATA_HOME/rdock` (or `~/.local/share/rdock`).
+pub fn store_root() -> PathBuf {
+    if let Some(r) = std::env::var_os("RDOCK_ROOT") {
+        return PathBuf::from(r);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/rdock");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("rdock");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/share/rdock")
+}
+
+/// Opens the store at [`store_root`].
+pub fn open_store() -> anyhow::Result<Store> {
+    let root = store_root();
+    Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
+}
+
+/// Maps an error to the exit status of the contract: 2 for usage, 1 otherwise, printing it.
+pub fn exit_with(err: anyhow::Error) -> ! {
+    let usage = err.downcast_ref::<UsageError>().is_some();
+    eprintln!("error: {err:#}");
+    std::process::exit(if usage { 2 } else { 1 });
+}

@@ -1,1 +1,79 @@
-//! stub
+//! The solver: takes an LLB definition, computes every vertex's cache key bottom-up, reuses
+//! cached results from the persistent store, and runs what misses through the worker,
+//! independent branches in parallel and each distinct vertex at most once.
+//!
+//! Architecture invariant: the solver decides what runs; the worker runs it; `oci` turns
+//! snapshots into images. Cache keys are blake3 over the op's definition and its inputs'
+//! keys (and, for build-context files, their content): they never leave the machine.
+//!
+//! ```no_run
+//! use rdock_solver::{Solver, SolveRequest, NoProgress};
+//! # fn demo(solver: &Solver, def: &rdock_llb::Definition) {
+//! let locals = std::collections::HashMap::from([("context".to_string(), std::path::PathBuf::from("."))]);
+//! let out = solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress }).unwrap();
+//! println!("result snapshot: {:?}", out.top);
+//! # }
+//! ```
+
+mod cache;
+mod contenthash;
+mod progress;
+mod solve;
+
+pub use cache::CacheStore;
+pub use progress::{Event, EventKind, NoProgress, ProgressSink, RecordingProgress};
+pub use solve::{SolveOutput, SolveRequest, Solver};
+
+/// Why a solve failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SolveError {
+    /// A step failed; carries what a user needs to find and fix it.
+    #[error("{}", render_step(.name, .lines, .error, .output))]
+    Step {
+        /// The vertex's name (`[2/3] RUN make`).
+        name: String,
+        /// Dockerfile lines it came from.
+        lines: Option<(usize, usize)>,
+        /// The worker's error.
+        error: String,
+        /// The last lines of its output.
+        output: Vec<String>,
+    },
+    /// A COPY/ADD source is not in the build context.
+    #[error("failed to compute cache key: {0:?}: not found in the build context")]
+    SourceNotFound(String),
+    /// The build context could not be read.
+    #[error("build context: {0}")]
+    Context(String),
+    /// A base image is not available.
+    #[error(transparent)]
+    Image(#[from] rdock_oci::OciError),
+    /// Store trouble.
+    #[error(transparent)]
+    Snapshot(#[from] rdock_snapshotter::SnapshotError),
+    /// Database trouble.
+    #[error("metadata database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The definition is malformed or uses what is not supported yet.
+    #[error("invalid definition: {0}")]
+    Definition(String),
+}
+
+fn render_step(name: &str, lines: &Option<(usize, usize)>, error: &str, output: &[String]) -> String {
+    let mut s = format!("{name}: {error}");
+    if let Some((a, b)) = lines {
+        if a == b {
+            s.push_str(&format!("\n  (Dockerfile line {a})"));
+        } else {
+            s.push_str(&format!("\n  (Dockerfile lines {a}-{b})"));
+        }
+    }
+    if !output.is_empty() {
+        s.push_str("\n  last output:");
+        for l in output {
+            s.push_str("\n  > ");
+            s.push_str(l);
+        }
+    }
+    s
+}

@@ -171,8 +171,9 @@ pub fn apply_actions(root: &Path, actions: &[FileAction], sources: &[Option<Copy
     Ok(())
 }
 
-/// Expands one source pattern to paths relative to the source root.
-fn expand_source(src: &CopySource<'_>, pattern: &str, allow_wildcard: bool) -> Result<Vec<String>, WorkerError> {
+/// Expands one source pattern to paths relative to the source root (the solver hashes
+/// exactly what the copy will read).
+pub fn expand_source(src: &CopySource<'_>, pattern: &str, allow_wildcard: bool) -> Result<Vec<String>, WorkerError> {
     let clean = clean_path(pattern);
     if !allow_wildcard || !has_wildcard(&clean) {
         return Ok(vec![clean]);
@@ -193,7 +194,8 @@ fn expand_source(src: &CopySource<'_>, pattern: &str, allow_wildcard: bool) -> R
     Ok(out)
 }
 
-fn excluded(src: &CopySource<'_>, rel: &str) -> bool {
+/// True if the source excludes `rel`.
+pub fn excluded(src: &CopySource<'_>, rel: &str) -> bool {
     src.excludes.is_some_and(|m| !m.is_empty() && m.matches(rel))
 }
 

@@ -1,0 +1,282 @@
+//! Scheduling: cache keys bottom-up, then a parallel walk where every vertex is solved
+//! once (later callers wait on the first) and independent inputs run on their own threads.
+
+use crate::cache::CacheStore;
+use crate::contenthash::hash_copy_sources;
+use crate::progress::{Event, EventKind, ProgressSink};
+use crate::SolveError;
+use rdock_imagespec::ImageRef;
+use rdock_llb::patterns::PatternMatcher;
+use rdock_llb::{Definition, FileAction, Node, Op, OpDigest};
+use rdock_oci::{ensure_unpacked, ImageStore};
+use rdock_worker::{FileInput, Worker};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+/// What to solve.
+pub struct SolveRequest<'a> {
+    /// The graph.
+    pub definition: &'a Definition,
+    /// Local sources by name (`context`) → directory.
+    pub locals: &'a HashMap<String, PathBuf>,
+    /// Where events go.
+    pub progress: &'a dyn ProgressSink,
+}
+
+/// The result of a solve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SolveOutput {
+    /// The committed snapshot of the terminal output (None: empty/scratch).
+    pub top: Option<String>,
+    /// How many vertices ran.
+    pub executed: usize,
+    /// How many came from the cache.
+    pub cached: usize,
+}
+
+/// A vertex's result.
+#[derive(Debug, Clone)]
+enum Output {
+    Snapshot(Option<String>),
+    Local { dir: PathBuf, excludes: Vec<String> },
+}
+
+/// The solver over a worker and an image store.
+#[derive(Clone)]
+pub struct Solver {
+    worker: Worker,
+    images: ImageStore,
+    cache: CacheStore,
+}
+
+/// Number of output lines kept for an error message.
+const TAIL_LINES: usize = 12;
+
+struct Run<'a> {
+    req: &'a SolveRequest<'a>,
+    nodes: Vec<&'a Node>,
+    index: HashMap<OpDigest, usize>,
+    keys: Vec<String>,
+    results: Vec<OnceLock<Result<Output, Arc<SolveError>>>>,
+    executed: std::sync::atomic::AtomicUsize,
+    cached: std::sync::atomic::AtomicUsize,
+}
+
+impl Solver {
+    /// A solver running ops on `worker`, resolving images from `images`.
+    pub fn new(worker: Worker, images: ImageStore) -> Result<Solver, SolveError> {
+        let cache = CacheStore::new(worker.store().clone())?;
+        Ok(Solver { worker, images, cache })
+    }
+
+    /// The cache records.
+    pub fn cache(&self) -> &CacheStore {
+        &self.cache
+    }
+
+    /// Solves the definition's terminal output.
+    pub fn solve(&self, req: &SolveRequest<'_>) -> Result<SolveOutput, SolveError> {
+        let def = req.definition;
+        def.validate().map_err(|e| SolveError::Definition(e.to_string()))?;
+        let nodes: Vec<&Node> = def.nodes.iter().collect();
+        let index: HashMap<OpDigest, usize> = nodes.iter().enumerate().map(|(i, n)| (n.digest(), i)).collect();
+        let mut run = Run {
+            req,
+            nodes,
+            index,
+            keys: Vec::new(),
+            results: (0..def.nodes.len()).map(|_| OnceLock::new()).collect(),
+            executed: Default::default(),
+            cached: Default::default(),
+        };
+        run.keys = self.cache_keys(&run)?;
+        let Some(terminal) = &def.terminal else {
+            return Ok(SolveOutput { top: None, executed: 0, cached: 0 });
+        };
+        let t = *run.index.get(&terminal.digest).ok_or_else(|| SolveError::Definition("terminal is not in the definition".into()))?;
+        let out = std::thread::scope(|s| self.solve_node(s, &run, t));
+        let top = match out {
+            Ok(Output::Snapshot(s)) => s,
+            Ok(Output::Local { .. }) => return Err(SolveError::Definition("a local source cannot be the build result".into())),
+            Err(e) => return Err(Arc::try_unwrap(e).unwrap_or_else(|a| SolveError::Definition(a.to_string()))),
+        };
+        Ok(SolveOutput {
+            top,
+            executed: run.executed.load(std::sync::atomic::Ordering::Relaxed),
+            cached: run.cached.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// Cache keys in topological order: blake3 over a version tag, the op's canonical
+    /// encoding, its inputs' keys and, for copies from a local source, the content of
+    /// exactly what they copy.
+    fn cache_keys(&self, run: &Run<'_>) -> Result<Vec<String>, SolveError> {
+        let mut keys: Vec<String> = Vec::with_capacity(run.nodes.len());
+        let mut matchers: HashMap<usize, (PathBuf, PatternMatcher)> = HashMap::new();
+        for (i, node) in run.nodes.iter().enumerate() {
+            let mut h = blake3::Hasher::new();
+            h.update(b"rdock-cache-v1\0");
+            h.update(&serde_json::to_vec(&node.op).unwrap_or_default());
+            for input in &node.inputs {
+                let j = run.index[&input.digest];
+                h.update(keys[j].as_bytes());
+                h.update(&input.index.to_le_bytes());
+            }
+            match &node.op {
+                Op::Source(src) if src.identifier.starts_with("local://") => {
+                    let name = &src.identifier["local://".len()..];
+                    let dir = run.req.locals.get(name).ok_or_else(|| SolveError::Context(format!("no directory given for local source {name:?}")))?;
+                    let m = PatternMatcher::new(&src.patterns("local.excludepatterns")).map_err(|e| SolveError::Context(e.to_string()))?;
+                    matchers.insert(i, (dir.clone(), m));
+                }
+                Op::File(f) => {
+                    for a in &f.actions {
+                        if let FileAction::Copy(c) = a
+                            && let Some(input) = node.inputs.get(c.src_input as usize)
+                            && let Some((dir, m)) = matchers.get(&run.index[&input.digest])
+                        {
+                            hash_copy_sources(&mut h, dir, m, c)?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            keys.push(h.finalize().to_hex().to_string());
+        }
+        Ok(keys)
+    }
+
+    fn solve_node<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, run: &'s Run<'s>, i: usize) -> Result<Output, Arc<SolveError>> {
+        run.results[i]
+            .get_or_init(|| {
+                let node = run.nodes[i];
+                // Inputs in parallel: all but the last on their own threads.
+                let input_idx: Vec<usize> = node.inputs.iter().map(|inp| run.index[&inp.digest]).collect();
+                let mut outs: Vec<Option<Result<Output, Arc<SolveError>>>> = vec![None; input_idx.len()];
+                if input_idx.len() > 1 {
+                    let handles: Vec<_> = input_idx[..input_idx.len() - 1].iter().map(|&j| s.spawn(move || self.solve_node(s, run, j))).collect();
+                    let last = self.solve_node(s, run, input_idx[input_idx.len() - 1]);
+                    for (k, h) in handles.into_iter().enumerate() {
+                        outs[k] = Some(h.join().unwrap_or_else(|_| Err(Arc::new(SolveError::Definition("a solver thread panicked".into())))));
+                    }
+                    outs[input_idx.len() - 1] = Some(last);
+                } else if let Some(&j) = input_idx.first() {
+                    outs[0] = Some(self.solve_node(s, run, j));
+                }
+                let mut inputs = Vec::with_capacity(outs.len());
+                for o in outs.into_iter().flatten() {
+                    inputs.push(o?);
+                }
+                self.run_vertex(run, i, &inputs).map_err(Arc::new)
+            })
+            .clone()
+    }
+
+    fn run_vertex(&self, run: &Run<'_>, i: usize, inputs: &[Output]) -> Result<Output, SolveError> {
+        let node = run.nodes[i];
+        let digest = node.digest();
+        let meta = run.req.definition.metadata.get(&digest).cloned().unwrap_or_default();
+        let name = if meta.description.is_empty() { node.op.summary() } else { meta.description.clone() };
+        let key = &run.keys[i];
+        let progress = run.req.progress;
+        let vertex = digest.to_string();
+        match &node.op {
+            Op::Source(src) => {
+                if let Some(name_str) = src.identifier.strip_prefix("local://") {
+                    let dir = run.req.locals.get(name_str).cloned().ok_or_else(|| SolveError::Context(format!("no directory for local source {name_str:?}")))?;
+                    return Ok(Output::Local { dir, excludes: src.patterns("local.excludepatterns") });
+                }
+                if let Some(reference) = src.identifier.strip_prefix("docker-image://") {
+                    let r = ImageRef::parse(reference).map_err(|e| SolveError::Definition(e.to_string()))?;
+                    let m = self.images.get(&r)?.ok_or_else(|| rdock_oci::OciError::NotFound(r.familiar()))?;
+                    let (top, _) = ensure_unpacked(&self.images, &m)?;
+                    return Ok(Output::Snapshot(top));
+                }
+                Err(SolveError::Definition(format!("unsupported source {}", src.identifier)))
+            }
+            Op::Exec(_) | Op::File(_) => {
+                if !meta.ignore_cache
+                    && let Some(snap) = self.cache.get(key)?
+                {
+                    progress.event(Event::new(EventKind::Cached, &vertex, &name));
+                    run.cached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(Output::Snapshot(Some(snap)));
+                }
+                progress.event(Event::new(EventKind::Started, &vertex, &name));
+                let started = std::time::Instant::now();
+                let snap_name = if self.worker.store().snapshots().exists(&format!("op-{key}"))? {
+                    format!("op-{key}-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0))
+                } else {
+                    format!("op-{key}")
+                };
+                let mut tail: VecDeque<String> = VecDeque::new();
+                let mut partial = String::new();
+                let result = match &node.op {
+                    Op::Exec(e) => {
+                        let parent = match e.mounts.iter().find(|m| m.dest == "/").and_then(|m| m.input) {
+                            Some(ix) => match inputs.get(ix as usize) {
+                                Some(Output::Snapshot(s)) => s.clone(),
+                                _ => return Err(SolveError::Definition("exec root must be a snapshot".into())),
+                            },
+                            None => None,
+                        };
+                        let mut on_output = |bytes: &[u8]| {
+                            let text = String::from_utf8_lossy(bytes);
+                            let mut ev = Event::new(EventKind::Log, &vertex, &name);
+                            ev.detail = text.to_string();
+                            progress.event(ev);
+                            partial.push_str(&text);
+                            while let Some(p) = partial.find('\n') {
+                                let line: String = partial.drain(..=p).collect();
+                                tail.push_back(line.trim_end().to_string());
+                                if tail.len() > TAIL_LINES {
+                                    tail.pop_front();
+                                }
+                            }
+                        };
+                        self.worker.exec(e, parent.as_deref(), &snap_name, &mut on_output)
+                    }
+                    Op::File(f) => {
+                        let file_inputs: Vec<FileInput> = inputs
+                            .iter()
+                            .map(|o| match o {
+                                Output::Snapshot(s) => FileInput::Snapshot(s.clone()),
+                                Output::Local { dir, excludes } => FileInput::Local { dir: dir.clone(), excludes: excludes.clone() },
+                            })
+                            .collect();
+                        self.worker.file(f, &file_inputs, &snap_name)
+                    }
+                    _ => Ok(()),
+                };
+                if !partial.trim().is_empty() {
+                    tail.push_back(partial.trim_end().to_string());
+                    if tail.len() > TAIL_LINES {
+                        tail.pop_front();
+                    }
+                }
+                match result {
+                    Ok(()) => {
+                        let committed = if self.worker.store().snapshots().exists(&snap_name)? { snap_name } else { format!("op-{key}") };
+                        self.cache.put(key, &committed)?;
+                        let mut ev = Event::new(EventKind::Completed, &vertex, &name);
+                        ev.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                        progress.event(ev);
+                        run.executed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Ok(Output::Snapshot(Some(committed)))
+                    }
+                    Err(err) => {
+                        let mut ev = Event::new(EventKind::Failed, &vertex, &name);
+                        ev.detail = err.to_string();
+                        progress.event(ev);
+                        if let rdock_worker::WorkerError::SourceNotFound(p) = &err {
+                            return Err(SolveError::SourceNotFound(p.clone()));
+                        }
+                        Err(SolveError::Step { name, lines: meta.source_lines, error: err.to_string(), output: tail.into_iter().collect() })
+                    }
+                }
+            }
+            Op::Merge(_) | Op::Diff(_) => Err(SolveError::Definition(format!("{} ops are not supported yet", node.op.kind()))),
+        }
+    }
+}
