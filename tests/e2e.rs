@@ -1,1 +1,543 @@
+//! End to end: a Dockerfile in, an image out, checked — its files, config, history and
+//! layers — plus the cache, the sandbox, the outputs (checked with skopeo and umoci) and
+//! what the store looks like after failures. Runs as root on real overlay mounts and
+//! namespaces; no registry, no network.
 
+mod support;
+
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use support::*;
+
+fn tar_bytes(entries: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, c) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(c.len() as u64);
+        h.set_mode(0o600);
+        h.set_uid(1234);
+        h.set_gid(1234);
+        h.set_mtime(1_600_000_000);
+        b.append_data(&mut h, p, c.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+const CORE: &str = r#"FROM busybox AS base
+ARG VERSION=1.0
+ENV APP_HOME=/srv/app PATH_EXTRA="a b"
+LABEL org.example.version=$VERSION maintainer="me"
+WORKDIR $APP_HOME
+COPY --chown=app:app --chmod=640 conf.txt ./conf/
+COPY src/ ./src/
+COPY *.md /docs/
+ADD archive.tar /unpacked/
+RUN echo "built $VERSION" > built.txt
+EXPOSE 8080 53/udp
+USER app
+RUN id -u > /tmp/uid && id -G > /tmp/gids
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat built.txt"]
+"#;
+
+fn core_context(f: &Fixture) -> std::path::PathBuf {
+    let ctx = f.ctx(
+        "core",
+        &[
+            ("Dockerfile", CORE),
+            ("conf.txt", "conf\n"),
+            ("src/main.c", "int main(){}\n"),
+            ("src/lib/util.c", "util\n"),
+            ("src/lib/secret.key", "do not ship\n"),
+            ("a.md", "A\n"),
+            ("b.md", "B\n"),
+            (".dockerignore", "# comment\nsrc/lib/secret.key\n*.md\n!a.md\n"),
+        ],
+    );
+    std::fs::write(ctx.join("archive.tar"), tar_bytes(&[("dir/inner.txt", "inner\n")])).unwrap();
+    ctx
+}
+
+#[test]
+fn core_dockerfile_gives_buildkits_config_history_and_files() {
+    let f = Fixture::new();
+    let ctx = core_context(&f);
+    let oci = f.path("core.tar");
+    let out = f.build(&ctx, &["--output", &format!("type=oci,dest={},name=core:1", oci.display()), "--output", &format!("type=local,dest={}", f.path("fs").display())]);
+    assert_ok(&out);
+    let img = read_image(&oci);
+    let cfg = &img.config["config"];
+    assert_eq!(cfg["Env"], json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "APP_HOME=/srv/app", "PATH_EXTRA=a b"]));
+    assert_eq!(cfg["Labels"], json!({"org.example.version": "1.0", "maintainer": "me"}));
+    assert_eq!(cfg["WorkingDir"], json!("/srv/app"));
+    assert_eq!(cfg["ExposedPorts"], json!({"53/udp": {}, "8080/tcp": {}}));
+    assert_eq!(cfg["User"], json!("app"));
+    assert_eq!(cfg["Entrypoint"], json!(["/bin/sh", "-c"]));
+    assert_eq!(cfg["Cmd"], json!(["cat built.txt"]));
+    assert_eq!(img.config["architecture"], json!("amd64"));
+    assert_eq!(img.config["os"], json!("linux"));
+    let history = img.history();
+    assert_eq!(
+        history[2..],
+        [
+            "ARG VERSION=1.0",
+            "ENV APP_HOME=/srv/app PATH_EXTRA=a b",
+            "LABEL org.example.version=1.0 maintainer=me",
+            "WORKDIR /srv/app",
+            "COPY --chown=app:app --chmod=640 conf.txt ./conf/ # buildkit",
+            "COPY src/ ./src/ # buildkit",
+            "COPY *.md /docs/ # buildkit",
+            "ADD archive.tar /unpacked/ # buildkit",
+            "RUN |1 VERSION=1.0 /bin/sh -c echo \"built $VERSION\" > built.txt # buildkit",
+            "EXPOSE [8080/tcp 53/udp]",
+            "USER app",
+            "RUN |1 VERSION=1.0 /bin/sh -c id -u > /tmp/uid && id -G > /tmp/gids # buildkit",
+            "ENTRYPOINT [\"/bin/sh\" \"-c\"]",
+            "CMD [\"cat built.txt\"]",
+        ]
+    );
+    // One layer per filesystem step, and history agrees.
+    let layered = img.config["history"].as_array().unwrap().iter().filter(|h| h["empty_layer"] != json!(true)).count();
+    assert_eq!(layered, img.layers.len());
+    assert_eq!(img.layers.len(), 1 + 7);
+    assert_eq!(img.config["rootfs"]["diff_ids"].as_array().unwrap().len(), img.layers.len());
+    assert!(img.config["history"].as_array().unwrap().iter().all(|h| h["comment"] == json!("buildkit.dockerfile.v0") || h["created_by"].as_str().unwrap().starts_with("/bin/sh")));
+
+    // The files.
+    let fs = f.path("fs");
+    let conf = std::fs::metadata(fs.join("srv/app/conf/conf.txt")).unwrap();
+    assert_eq!((conf.uid(), conf.gid(), conf.mode() & 0o7777), (1000, 1000, 0o640));
+    assert_eq!(std::fs::read_to_string(fs.join("srv/app/src/main.c")).unwrap(), "int main(){}\n");
+    assert!(fs.join("srv/app/src/lib/util.c").exists());
+    assert!(!fs.join("srv/app/src/lib/secret.key").exists(), ".dockerignore'd file was copied");
+    assert!(fs.join("docs/a.md").exists());
+    assert!(!fs.join("docs/b.md").exists(), "*.md is ignored except a.md");
+    let src = std::fs::metadata(fs.join("srv/app/src/main.c")).unwrap();
+    assert_eq!((src.uid(), src.gid()), (0, 0), "context files are owned by root");
+    assert_eq!(std::fs::read_to_string(fs.join("unpacked/dir/inner.txt")).unwrap(), "inner\n");
+    assert_eq!(std::fs::metadata(fs.join("unpacked/dir/inner.txt")).unwrap().uid(), 1234, "ADD keeps archive owners");
+    assert_eq!(std::fs::read_to_string(fs.join("srv/app/built.txt")).unwrap(), "built 1.0\n");
+    assert_eq!(std::fs::read_to_string(fs.join("tmp/uid")).unwrap(), "1000\n", "USER app is resolved from /etc/passwd");
+    assert_eq!(std::fs::read_to_string(fs.join("tmp/gids")).unwrap(), "1000 10\n", "supplementary groups from /etc/group");
+    assert!(!fs.join("archive.tar").exists());
+}
+
+#[test]
+fn build_args_override_defaults() {
+    let f = Fixture::new();
+    let ctx = core_context(&f);
+    let oci = f.path("args.tar");
+    assert_ok(&f.build(&ctx, &["--opt", "build-arg:VERSION=2.5", "--output", &format!("type=oci,dest={}", oci.display())]));
+    let img = read_image(&oci);
+    assert_eq!(img.config["config"]["Labels"]["org.example.version"], json!("2.5"));
+    let built = img.new_entries().into_iter().find(|e| e.path == "srv/app/built.txt").unwrap().data.clone();
+    assert_eq!(String::from_utf8(built).unwrap(), "built 2.5\n");
+}
+
+#[test]
+fn multi_stage_builds_only_what_the_target_needs() {
+    let f = Fixture::new();
+    let df = "FROM busybox AS builder\nRUN mkdir /out && echo built > /out/artifact && chown 1000:1000 /out/artifact\n\
+              FROM busybox AS unused\nRUN exit 1\n\
+              FROM scratch AS final\nCOPY --from=builder /out/artifact /artifact\nCOPY --from=0 /bin/busybox /bin/\n";
+    let ctx = f.ctx("ms", &[("Dockerfile", df)]);
+    let out = f.build(&ctx, &["--output", &format!("type=local,dest={}", f.path("final").display())]);
+    assert_ok(&out);
+    let fin = f.path("final");
+    let art = std::fs::metadata(fin.join("artifact")).unwrap();
+    assert_eq!((art.uid(), art.gid()), (1000, 1000), "COPY --from keeps the stage's owners");
+    assert!(fin.join("bin/busybox").is_file());
+    assert!(!fin.join("out").exists());
+
+    let out = f.build(&ctx, &["--opt", "target=builder", "--output", &format!("type=local,dest={}", f.path("builder").display())]);
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(f.path("builder/out/artifact")).unwrap(), "built\n");
+    assert!(f.path("builder/bin/sh").exists());
+}
+
+#[test]
+fn copy_follows_dockers_destination_rules() {
+    let f = Fixture::new();
+    let df = "FROM busybox\nCOPY one.txt /file-as-name\nCOPY one.txt /into-dir/\nCOPY one.txt two.txt /many/\nCOPY dir /dir-contents\nCOPY dir/ /existing/\nCOPY t?o.txt /glob/\nWORKDIR /w\nCOPY one.txt rel\n";
+    let ctx = f.ctx("copy", &[("Dockerfile", df), ("one.txt", "1"), ("two.txt", "2"), ("dir/sub/deep.txt", "d")]);
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", f.path("o").display())]));
+    let o = f.path("o");
+    assert_eq!(std::fs::read_to_string(o.join("file-as-name")).unwrap(), "1");
+    assert_eq!(std::fs::read_to_string(o.join("into-dir/one.txt")).unwrap(), "1");
+    assert!(o.join("many/one.txt").is_file() && o.join("many/two.txt").is_file());
+    assert_eq!(std::fs::read_to_string(o.join("dir-contents/sub/deep.txt")).unwrap(), "d", "a directory source copies its contents");
+    assert!(!o.join("dir-contents/dir").exists());
+    assert!(o.join("existing/sub/deep.txt").is_file());
+    assert!(o.join("glob/two.txt").is_file());
+    assert_eq!(std::fs::read_to_string(o.join("w/rel")).unwrap(), "1", "relative destinations are under WORKDIR");
+
+    let bad = f.ctx("copy-bad", &[("Dockerfile", "FROM busybox\nCOPY one.txt two.txt /notadir\n"), ("one.txt", "1"), ("two.txt", "2")]);
+    let out = f.build(&bad, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("must be a directory and end with a /"), "{}", stderr(&out));
+}
+
+#[test]
+fn run_is_sandboxed_and_mount_stubs_never_land_in_layers() {
+    let f = Fixture::new();
+    let marker = f.path("host-only-marker");
+    std::fs::write(&marker, "host").unwrap();
+    let df = format!(
+        "FROM busybox\n\
+         RUN test \"$(hostname)\" = buildkitsandbox\n\
+         RUN test ! -e {marker}\n\
+         RUN test \"$$\" = 1 && n=$(ls /proc | grep -c '^[0-9]') && test \"$n\" -lt 8\n\
+         RUN test \"$(grep -c : /proc/net/dev)\" = 1 && grep -q lo: /proc/net/dev\n\
+         RUN test -c /dev/null && echo ok > /dev/null && grep -q buildkitsandbox /etc/hosts\n\
+         RUN echo layer > /f\n",
+        marker = marker.display()
+    );
+    let ctx = f.ctx("sandbox", &[("Dockerfile", &df)]);
+    let oci = f.path("sb.tar");
+    let out = f.build(&ctx, &["--output", &format!("type=oci,dest={}", oci.display())]);
+    assert_ok(&out);
+    let img = read_image(&oci);
+    let paths: Vec<String> = img.new_entries().iter().map(|e| e.path.clone()).collect();
+    assert_eq!(paths, vec!["f"], "only the step's own change is in the layers");
+
+    // A root without /proc, /dev, /sys or /etc: the stubs made for the sandbox are removed.
+    let df = "FROM busybox AS bb\nFROM scratch\nCOPY --from=bb /bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"touch\", \"/made\"]\n";
+    let ctx = f.ctx("stubs", &[("Dockerfile", df)]);
+    let oci = f.path("stubs.tar");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={}", oci.display())]));
+    let img = read_image(&oci);
+    let run_layer: Vec<&str> = img.layers.last().unwrap().iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(run_layer, vec!["made"]);
+}
+
+#[test]
+fn failing_run_reports_exit_code_and_last_output_and_keeps_the_store_consistent() {
+    let f = Fixture::new();
+    let ctx = f.ctx("fail", &[("Dockerfile", "FROM busybox\nRUN echo ok > /ok\nRUN echo line-one && echo line-two >&2 && exit 3\n")]);
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("exit code: 3"), "{err}");
+    assert!(err.contains("> line-one") && err.contains("> line-two"), "{err}");
+    assert!(err.contains("RUN echo line-one"), "{err}");
+    assert!(err.contains("Dockerfile line 3"), "{err}");
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+    // The next build works and reuses the step that completed.
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN echo ok > /ok\nRUN echo fixed\n").unwrap();
+    let (out, events) = f.build_events(&ctx, &[]);
+    assert_ok(&out);
+    assert!(events.iter().any(|e| e["kind"] == "cached" && e["name"].as_str().unwrap().contains("echo ok")));
+}
+
+#[test]
+fn malformed_dockerfiles_get_file_line_column_and_what_was_expected() {
+    let f = Fixture::new();
+    let ctx = f.ctx("bad", &[("Dockerfile", "FROM busybox\nCOPY --form=x a b\n")]);
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("Dockerfile:2:6"), "{err}");
+    assert!(err.contains("2 | COPY --form=x a b"), "{err}");
+    assert!(err.contains("  |      ^^^^^^^^ expected one of --from"), "{err}");
+
+    std::fs::write(ctx.join("Dockerfile"), "FORM busybox\n").unwrap();
+    let err = stderr(&f.build(&ctx, &[]));
+    assert!(err.contains("unknown instruction: FORM") && err.contains("Dockerfile:1:1") && err.contains("expected one of"), "{err}");
+
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN echo \\\n").unwrap();
+    assert_ok(&f.build(&ctx, &[]));
+    assert!(f.leftovers().is_empty());
+}
+
+#[test]
+fn missing_sources_unknown_images_stages_and_targets_are_named() {
+    let f = Fixture::new();
+    let ctx = f.ctx("missing", &[("Dockerfile", "FROM busybox\nCOPY nothere.txt /x\n")]);
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nothere.txt"), "{}", stderr(&out));
+
+    std::fs::write(ctx.join("Dockerfile"), "FROM nosuchimage:1.0\n").unwrap();
+    let err = stderr(&f.build(&ctx, &[]));
+    assert!(err.contains("nosuchimage:1.0") && err.contains("Dockerfile:1"), "{err}");
+
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY --from=nosuchstage /a /a\n").unwrap();
+    let err = stderr(&f.build(&ctx, &[]));
+    assert!(err.contains("nosuchstage"), "{err}");
+
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox AS one\n").unwrap();
+    let out = f.build(&ctx, &["--opt", "target=nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("\"nope\"") && stderr(&out).contains("one"), "{}", stderr(&out));
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+}
+
+fn started(events: &[serde_json::Value]) -> Vec<String> {
+    events.iter().filter(|e| e["kind"] == "started").map(|e| e["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn cache_reruns_only_what_changed_by_content_not_mtime() {
+    let f = Fixture::new();
+    let df = "FROM busybox\nRUN echo one > /one\nCOPY a.txt /a.txt\nRUN cat /a.txt > /copy\nCOPY b.txt /b.txt\n";
+    let ctx = f.ctx("cache", &[("Dockerfile", df), ("a.txt", "a"), ("b.txt", "b")]);
+    let (out, ev) = f.build_events(&ctx, &[]);
+    assert_ok(&out);
+    assert_eq!(started(&ev).len(), 4);
+
+    let (out, ev) = f.build_events(&ctx, &[]);
+    assert_ok(&out);
+    assert!(started(&ev).is_empty(), "second build ran {:?}", started(&ev));
+    assert_eq!(ev.iter().filter(|e| e["kind"] == "cached").count(), 4);
+
+    // mtime only: nothing runs.
+    for p in ["a.txt", "b.txt"] {
+        let t = nix_time(2_000_000_000);
+        set_mtime(&ctx.join(p), t);
+    }
+    let (_, ev) = f.build_events(&ctx, &[]);
+    assert!(started(&ev).is_empty(), "touching files re-ran {:?}", started(&ev));
+
+    std::fs::write(ctx.join("b.txt"), "b2").unwrap();
+    let (_, ev) = f.build_events(&ctx, &[]);
+    assert_eq!(started(&ev), vec!["[5/5] COPY b.txt /b.txt"]);
+
+    std::fs::write(ctx.join("a.txt"), "a2").unwrap();
+    let (_, ev) = f.build_events(&ctx, &[]);
+    assert_eq!(started(&ev), vec!["[3/5] COPY a.txt /a.txt", "[4/5] RUN cat /a.txt > /copy", "[5/5] COPY b.txt /b.txt"]);
+
+    let (_, ev) = f.build_events(&ctx, &["--no-cache"]);
+    assert_eq!(started(&ev).len(), 4, "--no-cache runs everything");
+}
+
+fn nix_time(s: i64) -> i64 {
+    s
+}
+
+fn set_mtime(p: &std::path::Path, secs: i64) {
+    let st = Command::new("touch").arg("-d").arg(format!("@{secs}")).arg(p).status().unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn independent_stages_run_concurrently() {
+    let f = Fixture::new();
+    let df = "FROM busybox AS a\nRUN sleep 1 && echo a > /a\nFROM busybox AS b\nRUN sleep 1 && echo b > /b\nFROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n";
+    let ctx = f.ctx("par", &[("Dockerfile", df)]);
+    let (out, ev) = f.build_events(&ctx, &[]);
+    assert_ok(&out);
+    let span = |stage: &str| {
+        let name = |e: &serde_json::Value| e["name"].as_str().unwrap().starts_with(&format!("[{stage} 2/2] RUN"));
+        let s = ev.iter().find(|e| e["kind"] == "started" && name(e)).unwrap()["time_ns"].as_u64().unwrap();
+        let c = ev.iter().find(|e| e["kind"] == "completed" && name(e)).unwrap()["time_ns"].as_u64().unwrap();
+        (s, c)
+    };
+    let (sa, ca) = span("a");
+    let (sb, cb) = span("b");
+    assert!(sa < cb && sb < ca, "stage a [{sa}, {ca}] and stage b [{sb}, {cb}] did not overlap");
+}
+
+#[test]
+fn identical_steps_are_solved_once() {
+    let f = Fixture::new();
+    let df = "FROM busybox AS a\nRUN echo same > /same\nFROM busybox AS b\nRUN echo same > /same\nFROM busybox\nCOPY --from=a /same /a\nCOPY --from=b /same /b\n";
+    let ctx = f.ctx("dedup", &[("Dockerfile", df)]);
+    let (out, ev) = f.build_events(&ctx, &[]);
+    assert_ok(&out);
+    let runs = started(&ev).into_iter().filter(|n| n.contains("RUN echo same")).count();
+    assert_eq!(runs, 1);
+}
+
+#[test]
+fn outputs_are_accepted_by_skopeo_and_umoci() {
+    let f = Fixture::new();
+    let ctx = f.ctx("out", &[("Dockerfile", "FROM busybox\nRUN echo hello > /hello\nCMD [\"cat\", \"/hello\"]\n")]);
+    let oci = f.path("o.tar");
+    let docker = f.path("d.tar");
+    let tarball = f.path("fs.tar");
+    let out = f.build(
+        &ctx,
+        &[
+            "--output",
+            &format!("type=oci,dest={},name=example.com/out:v1", oci.display()),
+            "--output",
+            &format!("type=docker,dest={},name=out:v1", docker.display()),
+            "--output",
+            &format!("type=tar,dest={}", tarball.display()),
+            "--metadata-file",
+            f.path("meta.json").to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let inspect: serde_json::Value = serde_json::from_str(&sh("skopeo", &["inspect", &format!("oci-archive:{}", oci.display())])).unwrap();
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 2);
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path("meta.json")).unwrap()).unwrap();
+    assert_eq!(inspect["Digest"], meta["containerimage.digest"]);
+    assert_eq!(meta["image.name"], json!("example.com/out:v1,docker.io/library/out:v1"));
+
+    let d: serde_json::Value = serde_json::from_str(&sh("skopeo", &["inspect", &format!("docker-archive:{}", docker.display())])).unwrap();
+    assert_eq!(d["Layers"].as_array().unwrap().len(), 2);
+    let files = read_tar_files(&docker);
+    let mj: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    assert_eq!(mj[0]["RepoTags"], json!(["out:v1"]));
+
+    let layout = f.path("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    assert!(Command::new("tar").arg("xf").arg(&oci).arg("-C").arg(&layout).status().unwrap().success());
+    let bundle = f.path("bundle");
+    sh("umoci", &["unpack", "--image", &format!("{}:v1", layout.display()), bundle.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(bundle.join("rootfs/hello")).unwrap(), "hello\n");
+    let rt: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(rt["process"]["args"], json!(["cat", "/hello"]));
+
+    let listing = sh("tar", &["tf", tarball.to_str().unwrap()]);
+    assert!(listing.lines().any(|l| l == "hello") && listing.lines().any(|l| l == "bin/busybox"), "{listing}");
+}
+
+#[test]
+fn layers_carry_whiteouts_and_identical_content_gives_identical_digests() {
+    let f = Fixture::new();
+    let df = "FROM busybox\nRUN rm /bin/vi\nRUN rm -rf /home && mkdir /home && touch /home/new\n";
+    let ctx = f.ctx("wh", &[("Dockerfile", df)]);
+    let oci = f.path("wh.tar");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={}", oci.display())]));
+    let img = read_image(&oci);
+    let rm: Vec<&str> = img.layers[1].iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(rm, vec!["bin/", "bin/.wh.vi"]);
+    let replaced: Vec<&str> = img.layers[2].iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(replaced, vec!["home/", "home/.wh..wh..opq", "home/new"]);
+
+    // The same Dockerfile and context in two stores give byte-identical images.
+    let df = "FROM scratch\nCOPY a.txt /a.txt\nCOPY d /d\n";
+    let ctx = f.ctx("det", &[("Dockerfile", df), ("a.txt", "a"), ("d/e.txt", "e")]);
+    let digests: Vec<String> = (0..2)
+        .map(|i| {
+            let g = Fixture::empty();
+            let dest = f.path(&format!("det{i}.tar"));
+            let out = Command::new(RDOCK_BUILD)
+                .args(["--frontend", "dockerfile", "--local", &format!("context={}", ctx.display()), "--progress=quiet"])
+                .arg("--output")
+                .arg(format!("type=oci,dest={}", dest.display()))
+                .env("RDOCK_ROOT", &g.root)
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .output()
+                .unwrap();
+            assert_ok(&out);
+            read_image(&dest).index["manifests"][0]["digest"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(digests[0], digests[1]);
+}
+
+#[test]
+fn llb_dumps_are_stable() {
+    let f = Fixture::new();
+    let ctx = core_context(&f);
+    let dump = |fmt: &str| {
+        let out = f.build(&ctx, &["--dump-llb", fmt]);
+        assert_ok(&out);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let a = dump("json");
+    assert_eq!(a, dump("json"));
+    let def: serde_json::Value = serde_json::from_str(&a).unwrap();
+    assert!(def["nodes"].as_array().unwrap().len() >= 9);
+    assert!(dump("ron").contains("Exec("));
+    assert!(dump("dot").starts_with("digraph llb"));
+    // Dumping builds nothing.
+    assert!(f.leftovers().is_empty());
+}
+
+#[test]
+fn progress_modes() {
+    let f = Fixture::new();
+    let ctx = f.ctx("prog", &[("Dockerfile", "FROM busybox\nRUN echo visible-output\n")]);
+    let out = f.build(&ctx, &["--progress=quiet", "--no-cache"]);
+    assert_ok(&out);
+    assert!(out.stderr.is_empty(), "quiet printed {}", stderr(&out));
+    let out = f.build(&ctx, &["--progress=plain", "--no-cache"]);
+    assert!(stderr(&out).contains("#1 [2/2] RUN echo visible-output") && stderr(&out).contains("visible-output\n") && stderr(&out).contains("DONE"), "{}", stderr(&out));
+    let (_, ev) = f.build_events(&ctx, &["--no-cache"]);
+    assert!(ev.iter().any(|e| e["kind"] == "log" && e["detail"].as_str().unwrap().contains("visible-output")));
+    // tty mode under a pseudo-terminal.
+    let cmd = format!(
+        "RDOCK_ROOT={} {} --frontend dockerfile --local context={} --progress=tty --no-cache",
+        f.root.display(),
+        RDOCK_BUILD,
+        ctx.display()
+    );
+    let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("=> [2/2] RUN echo visible-output"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn docker_style_cli_builds_tags_saves_and_loads() {
+    let f = Fixture::new();
+    let ctx = f.ctx("cli", &[("Dockerfile", "FROM busybox\nLABEL a=b\nCMD [\"echo\", \"hi\"]\n")]);
+    let out = Command::new(RDOCK).args(["build", "-t", "myimg:1", "--progress=quiet", ctx.to_str().unwrap()]).env("RDOCK_ROOT", &f.root).output().unwrap();
+    assert_ok(&out);
+    let images = String::from_utf8(f.rdock(&["images"]).stdout).unwrap();
+    assert!(images.lines().any(|l| l.starts_with("myimg ") && l.contains(" 1 ")), "{images}");
+    let inspect: serde_json::Value = serde_json::from_slice(&f.rdock(&["inspect", "myimg:1"]).stdout).unwrap();
+    assert_eq!(inspect[0]["Config"]["Cmd"], json!(["echo", "hi"]));
+    assert_eq!(inspect[0]["Config"]["Labels"], json!({"a": "b"}));
+    let hist = String::from_utf8(f.rdock(&["history", "myimg:1"]).stdout).unwrap();
+    assert!(hist.contains("LABEL a=b"), "{hist}");
+    assert_ok(&f.rdock(&["tag", "myimg:1", "other/name:2"]));
+    let saved = f.path("saved.tar");
+    assert_ok(&f.rdock(&["save", "-o", saved.to_str().unwrap(), "other/name:2"]));
+    let g = Fixture::empty();
+    let out = g.rdock(&["load", "-i", saved.to_str().unwrap()]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Loaded image: other/name:2"));
+    assert_ok(&f.rdock(&["rmi", "other/name:2"]));
+    assert!(!String::from_utf8(f.rdock(&["images"]).stdout).unwrap().contains("other/name"));
+    assert_eq!(f.rdock(&["run", "myimg:1"]).status.code(), Some(2), "not yet supported is a usage error");
+    assert_eq!(f.rdock(&["build", "--cache-to", "x", ctx.to_str().unwrap()]).status.code(), Some(2));
+}
+
+#[test]
+fn oci_layouts_load_and_serve_as_base_images() {
+    let f = Fixture::new();
+    let ctx = f.ctx("base", &[("Dockerfile", "FROM busybox\nRUN echo base > /base\n")]);
+    let oci = f.path("base.tar");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={},name=mybase:2", oci.display())]));
+    let g = Fixture::empty();
+    let out = g.rdock(&["load", "-i", oci.to_str().unwrap()]);
+    assert_ok(&out);
+    let ctx2 = g.ctx("child", &[("Dockerfile", "FROM mybase:2\nRUN cat /base > /child\n")]);
+    let out = g.build(&ctx2, &["--output", &format!("type=local,dest={}", g.path("o").display())]);
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(g.path("o/child")).unwrap(), "base\n");
+}
+
+#[test]
+fn a_killed_build_leaves_a_store_the_next_build_reuses() {
+    let f = Fixture::new();
+    let ctx = f.ctx("kill", &[("Dockerfile", "FROM busybox\nRUN echo done-before > /before\nRUN sleep 60\n")]);
+    let c = format!("context={}", ctx.display());
+    let mut child = Command::new(RDOCK_BUILD)
+        .args(["--frontend", "dockerfile", "--local", &c, "--progress=rawjson"])
+        .env("RDOCK_ROOT", &f.root)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait, by reading its progress, until the long step has started; then kill -9.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("\"started\"") && line.contains("RUN sleep 60") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN echo done-before > /before\nRUN echo after\n").unwrap();
+    let (out, ev) = f.build_events(&ctx, &[]);
+    assert_ok(&out);
+    assert!(ev.iter().any(|e| e["kind"] == "cached" && e["name"].as_str().unwrap().contains("done-before")), "completed work is reused");
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+}

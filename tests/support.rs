@@ -1,1 +1,221 @@
-//! support
+//! Fixtures for the end-to-end tests: a store per test with the busybox base image loaded
+//! (made once per run by scripts/make-busybox-image.sh, without any registry), context
+//! directories, and readers for the image tarballs the builds write.
+
+#![allow(dead_code)]
+
+use flate2::read::GzDecoder;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub const RDOCK: &str = env!("CARGO_BIN_EXE_rdock");
+pub const RDOCK_BUILD: &str = env!("CARGO_BIN_EXE_rdock-build");
+
+/// The busybox docker-archive, made once per test run.
+pub fn busybox_tar() -> &'static Path {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("rdock-e2e-base-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("busybox.tar");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.sh");
+        let st = Command::new("bash").arg(script).arg(&out).output().unwrap();
+        assert!(st.status.success(), "make-busybox-image.sh failed: {}", String::from_utf8_lossy(&st.stderr));
+        out
+    })
+}
+
+/// A store with busybox:latest loaded, and a scratch directory.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let f = Fixture::empty();
+        let out = f.rdock(&["load", "-i", busybox_tar().to_str().unwrap()]);
+        assert_ok(&out);
+        f
+    }
+
+    /// A store with nothing loaded.
+    pub fn empty() -> Fixture {
+        let dir = tempfile::Builder::new().prefix("rdock-e2e-").tempdir().unwrap();
+        let root = dir.path().join("store");
+        Fixture { dir, root }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Writes a context directory `name` with `files` (path, content).
+    pub fn ctx(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let d = self.path(name);
+        for (p, c) in files {
+            let full = d.join(p);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(full, c).unwrap();
+        }
+        d
+    }
+
+    pub fn rdock(&self, args: &[&str]) -> Output {
+        Command::new(RDOCK).args(args).env("RDOCK_ROOT", &self.root).output().unwrap()
+    }
+
+    /// `rdock-build --frontend dockerfile --local context=CTX --local dockerfile=CTX` + extra.
+    pub fn build(&self, ctx: &Path, extra: &[&str]) -> Output {
+        let c = format!("context={}", ctx.display());
+        let d = format!("dockerfile={}", ctx.display());
+        let mut args = vec!["--frontend", "dockerfile", "--local", &c, "--local", &d];
+        if !extra.iter().any(|a| a.starts_with("--progress")) {
+            args.push("--progress=plain");
+        }
+        args.extend_from_slice(extra);
+        Command::new(RDOCK_BUILD).args(&args).env("RDOCK_ROOT", &self.root).output().unwrap()
+    }
+
+    /// Builds with `--progress=rawjson` and returns the events.
+    pub fn build_events(&self, ctx: &Path, extra: &[&str]) -> (Output, Vec<Value>) {
+        let mut args = vec!["--progress=rawjson"];
+        args.extend_from_slice(extra);
+        let out = self.build(ctx, &args);
+        let events = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad rawjson line {l:?}: {e}")))
+            .collect();
+        (out, events)
+    }
+
+    /// Active snapshots and temp files left in the store (a consistent store has none).
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root.join("tmp")).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+        let db = self.root.join("metadata.db");
+        if db.exists() {
+            let out = Command::new("python3")
+                .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print('\\n'.join(r[0] for r in c.execute(\"select key from snapshots where kind!='committed'\")))"])
+                .arg(&db)
+                .output()
+                .unwrap();
+            v.extend(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(|l| format!("snapshot:{l}")));
+        }
+        v
+    }
+}
+
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "command failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One entry of a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub kind: tar::EntryType,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub data: Vec<u8>,
+    pub link: Option<String>,
+}
+
+/// An image read back from an OCI-layout or docker tarball.
+pub struct Image {
+    pub index: Value,
+    pub manifest: Value,
+    pub config: Value,
+    pub layers: Vec<Vec<Entry>>,
+    pub layer_digests: Vec<String>,
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+pub fn read_tar_files(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut a = tar::Archive::new(std::fs::File::open(path).unwrap());
+    let mut files = BTreeMap::new();
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().trim_start_matches("./").to_string();
+        let mut buf = Vec::new();
+        e.read_to_end(&mut buf).unwrap();
+        files.insert(p, buf);
+    }
+    files
+}
+
+pub fn layer_entries(blob: &[u8]) -> Vec<Entry> {
+    let mut raw = Vec::new();
+    if blob.starts_with(&[0x1f, 0x8b]) {
+        GzDecoder::new(blob).read_to_end(&mut raw).unwrap();
+    } else {
+        raw = blob.to_vec();
+    }
+    let mut a = tar::Archive::new(&raw[..]);
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let h = e.header().clone();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            Entry {
+                path: e.path().unwrap().to_string_lossy().into_owned(),
+                kind: h.entry_type(),
+                mode: h.mode().unwrap(),
+                uid: h.uid().unwrap(),
+                gid: h.gid().unwrap(),
+                data,
+                link: e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned()),
+            }
+        })
+        .collect()
+}
+
+pub fn read_image(path: &Path) -> Image {
+    let files = read_tar_files(path);
+    let blob = |d: &str| files.get(&format!("blobs/sha256/{}", d.trim_start_matches("sha256:"))).unwrap_or_else(|| panic!("blob {d} missing")).clone();
+    let index: Value = serde_json::from_slice(&files["index.json"]).unwrap();
+    let mdigest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let mbytes = blob(&mdigest);
+    assert_eq!(format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&mbytes))), mdigest, "manifest digest");
+    let manifest: Value = serde_json::from_slice(&mbytes).unwrap();
+    let config: Value = serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    let layer_digests: Vec<String> = manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
+    let layers = layer_digests.iter().map(|d| layer_entries(&blob(d))).collect();
+    Image { index, manifest, config, layers, layer_digests, files }
+}
+
+impl Image {
+    /// created_by of every history entry.
+    pub fn history(&self) -> Vec<String> {
+        self.config["history"].as_array().unwrap().iter().map(|h| h["created_by"].as_str().unwrap_or("").to_string()).collect()
+    }
+
+    /// Entries of the layers this build added (after the base's one layer).
+    pub fn new_entries(&self) -> Vec<&Entry> {
+        self.layers.iter().skip(1).flatten().collect()
+    }
+}
+
+/// Runs a command and returns stdout, asserting success.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd} could not run ({e}); .ci/run installs it"));
+    assert_ok(&out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

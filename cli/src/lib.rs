@@ -41,6 +41,12 @@ pub fn open_store() -> anyhow::Result<Store> {
 /// Maps an error to the exit status of the contract: 2 for usage, 1 otherwise, printing it.
 pub fn exit_with(err: anyhow::Error) -> ! {
     let usage = err.downcast_ref::<UsageError>().is_some();
-    eprintln!("error: {err:#}");
+    let text = format!("{err:#}");
+    // Dockerfile errors render their own `error:` header, like rustc's.
+    if text.starts_with("error:") {
+        eprintln!("{text}");
+    } else {
+        eprintln!("error: {text}");
+    }
     std::process::exit(if usage { 2 } else { 1 });
 }

@@ -82,7 +82,7 @@ pub fn host_arch() -> &'static str {
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
     /// Something in the Dockerfile.
-    #[error("{0}")]
+    #[error(transparent)]
     Dockerfile(#[from] DockerfileError),
     /// `--opt target=` names no stage.
     #[error("target stage {name:?} could not be found (stages: {available})")]

@@ -194,7 +194,24 @@ impl OverlaySnapshotter {
         for k in stale {
             let _ = self.remove(&k);
         }
-        if let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) {
+        // Mounts a killed process left under tmp/ (file ops mount in the host namespace):
+        // detach them before anything below is removed, or removal would reach into
+        // committed snapshots.
+        let tmp = self.root.join("tmp");
+        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut points: Vec<PathBuf> = info
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .map(PathBuf::from)
+                .filter(|p| p.starts_with(&tmp))
+                .filter(|p| p.strip_prefix(&tmp).ok().and_then(|r| r.components().next()).is_some_and(|c| !owner_alive(&c.as_os_str().to_string_lossy())))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+            for p in points {
+                let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(&tmp) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if !owner_alive(&name) {

@@ -290,6 +290,8 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
     // which this process has a copy of; no allocation happens below.
     unsafe {
         let null: *const libc::c_char = std::ptr::null();
+        // Die with the thread that waits for us, so a killed build leaves no step running.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
         if libc::mount(null, c"/".as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
             return fail(p.err_fd, Stage::PrivateMounts);
         }
@@ -377,7 +379,13 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
                 return fail(p.err_fd, Stage::Caps);
             }
         }
-        if libc::setgroups(p.groups.len(), p.groups.as_ptr()) != 0 || libc::setgid(p.gid) != 0 || libc::setuid(p.uid) != 0 {
+        // Raw syscalls, not glibc's setgroups/setgid/setuid: those broadcast the change to
+        // every thread glibc believes the process has, and this copy of a multi-threaded
+        // parent has only one, so glibc would wait for the others forever.
+        if libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr()) != 0
+            || libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) != 0
+            || libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) != 0
+        {
             return fail(p.err_fd, Stage::User);
         }
         let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
