@@ -1,1 +1,288 @@
-fn main(){}
+//! rdock-bench: builds named workloads with rdock and, when they are installed, with
+//! BuildKit (`DOCKER_BUILDKIT=1 docker build`, against a dockerd you started) and Buildah,
+//! and prints a table of medians and ratios. Benchmarks measure; tests check behaviour.
+//!
+//!   cargo build --release && cargo run --release -p rdock-benches -- [--runs N] [WORKLOAD...]
+//!
+//! Workloads:
+//!   run30-cold    30 trivial `RUN echo N > /fN` steps on busybox, empty cache, image stored
+//!   run30-noop    the same Dockerfile rebuilt with everything cached
+//!   context-hash  `COPY . /app` of 2,000 files (32 MiB), then a no-op rebuild that must
+//!                 re-hash the whole context
+//!   layer-commit  one RUN writing 64 MiB of incompressible data: snapshot commit, diff,
+//!                 gzip, sha256 (exported as an OCI tarball)
+//!   oci-export    exporting that image again as an OCI tarball (layers already compressed)
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Tools {
+    rdock: PathBuf,
+    rdock_build: PathBuf,
+    docker: bool,
+    buildah: bool,
+    base_tar: PathBuf,
+}
+
+fn bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.parent().context("no parent of current exe")?.to_path_buf())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn time(cmd: &mut Command) -> Result<Duration> {
+    let t = Instant::now();
+    run(cmd)?;
+    Ok(t.elapsed())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn available(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd).args(args).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// A fresh rdock store with the base image loaded.
+fn fresh_store(t: &Tools, dir: &Path) -> Result<PathBuf> {
+    let root = dir.join(format!("store-{}", Instant::now().elapsed().as_nanos()));
+    let _ = std::fs::remove_dir_all(&root);
+    run(Command::new(&t.rdock).args(["load", "-i"]).arg(&t.base_tar).env("RDOCK_ROOT", &root))?;
+    Ok(root)
+}
+
+fn rdock_build(t: &Tools, root: &Path, ctx: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(&t.rdock_build);
+    c.args(["--frontend", "dockerfile", "--progress", "quiet"]).arg(format!("--local=context={}", ctx.display())).args(extra).env("RDOCK_ROOT", root);
+    c
+}
+
+fn docker_build(ctx: &Path, no_cache: bool) -> Command {
+    let mut c = Command::new("docker");
+    c.env("DOCKER_BUILDKIT", "1").args(["build", "-q", "-t", "rdock-bench:latest"]);
+    if no_cache {
+        c.arg("--no-cache");
+    }
+    c.arg(ctx);
+    c
+}
+
+fn buildah_build(ctx: &Path, no_cache: bool) -> Command {
+    let mut c = Command::new("buildah");
+    c.args(["bud", "-q", "--layers", "--isolation", "chroot", "-t", "rdock-bench:latest"]);
+    if no_cache {
+        c.arg("--no-cache");
+    }
+    c.arg(ctx);
+    c
+}
+
+struct Row {
+    name: &'static str,
+    rdock: Duration,
+    buildkit: Option<Duration>,
+    buildah: Option<Duration>,
+    per: Option<(u32, &'static str)>,
+}
+
+fn workload_run30(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let ctx = dir.join("run30");
+    std::fs::create_dir_all(&ctx)?;
+    let mut df = String::from("FROM busybox\n");
+    for i in 1..=30 {
+        df.push_str(&format!("RUN echo {i} > /f{i}\n"));
+    }
+    std::fs::write(ctx.join("Dockerfile"), df)?;
+    let mut cold = Vec::new();
+    let mut noop = Vec::new();
+    for _ in 0..runs {
+        let root = fresh_store(t, dir)?;
+        cold.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
+        noop.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    let (mut bk_cold, mut bk_noop, mut ba_cold, mut ba_noop) = (None, None, None, None);
+    if t.docker {
+        let mut c = Vec::new();
+        let mut n = Vec::new();
+        for _ in 0..runs {
+            c.push(time(&mut docker_build(&ctx, true))?);
+            n.push(time(&mut docker_build(&ctx, false))?);
+        }
+        bk_cold = Some(median(c));
+        bk_noop = Some(median(n));
+    }
+    if t.buildah {
+        let mut c = Vec::new();
+        let mut n = Vec::new();
+        for _ in 0..runs {
+            c.push(time(&mut buildah_build(&ctx, true))?);
+            n.push(time(&mut buildah_build(&ctx, false))?);
+        }
+        ba_cold = Some(median(c));
+        ba_noop = Some(median(n));
+    }
+    Ok(vec![
+        Row { name: "run30-cold", rdock: median(cold), buildkit: bk_cold, buildah: ba_cold, per: Some((30, "step")) },
+        Row { name: "run30-noop", rdock: median(noop), buildkit: bk_noop, buildah: ba_noop, per: None },
+    ])
+}
+
+fn workload_context(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let ctx = dir.join("context");
+    if !ctx.join("Dockerfile").exists() {
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..2000 {
+            let d = ctx.join(format!("d{}", i % 40));
+            std::fs::create_dir_all(&d)?;
+            let mut buf = vec![0u8; 16 * 1024];
+            for b in buf.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            std::fs::write(d.join(format!("f{i}.bin")), buf)?;
+        }
+        std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY . /app\n")?;
+    }
+    let mut cold = Vec::new();
+    let mut noop = Vec::new();
+    for _ in 0..runs {
+        let root = fresh_store(t, dir)?;
+        cold.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:ctx"]))?);
+        noop.push(time(&mut rdock_build(t, &root, &ctx, &[]))?);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    let mut bk = (None, None);
+    if t.docker {
+        let mut c = Vec::new();
+        let mut n = Vec::new();
+        for _ in 0..runs {
+            c.push(time(&mut docker_build(&ctx, true))?);
+            n.push(time(&mut docker_build(&ctx, false))?);
+        }
+        bk = (Some(median(c)), Some(median(n)));
+    }
+    let mut ba = (None, None);
+    if t.buildah {
+        let mut c = Vec::new();
+        let mut n = Vec::new();
+        for _ in 0..runs {
+            c.push(time(&mut buildah_build(&ctx, true))?);
+            n.push(time(&mut buildah_build(&ctx, false))?);
+        }
+        ba = (Some(median(c)), Some(median(n)));
+    }
+    Ok(vec![
+        Row { name: "context-copy-cold", rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
+        Row { name: "context-hash-noop", rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
+    ])
+}
+
+fn workload_layer(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let ctx = dir.join("layer");
+    std::fs::create_dir_all(&ctx)?;
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN head -c 67108864 /dev/urandom > /big\n")?;
+    let mut commit = Vec::new();
+    let mut export = Vec::new();
+    for _ in 0..runs {
+        let root = fresh_store(t, dir)?;
+        let out = dir.join("layer.tar");
+        commit.push(time(&mut rdock_build(t, &root, &ctx, &["--output", &format!("type=oci,dest={}", out.display())]))?);
+        export.push(time(&mut rdock_build(t, &root, &ctx, &["--output", &format!("type=oci,dest={}", out.display())]))?);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    let mut bk = None;
+    if t.docker {
+        let mut c = Vec::new();
+        for _ in 0..runs {
+            c.push(time(&mut docker_build(&ctx, true))?);
+        }
+        bk = Some(median(c));
+    }
+    let mut ba = None;
+    if t.buildah {
+        let mut c = Vec::new();
+        for _ in 0..runs {
+            c.push(time(&mut buildah_build(&ctx, true))?);
+        }
+        ba = Some(median(c));
+    }
+    Ok(vec![
+        Row { name: "layer-commit-64MiB", rdock: median(commit), buildkit: bk, buildah: ba, per: None },
+        Row { name: "oci-export-64MiB", rdock: median(export), buildkit: None, buildah: None, per: None },
+    ])
+}
+
+fn fmt(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into())
+}
+
+fn ratio(a: Duration, b: Option<Duration>) -> String {
+    b.map(|b| format!("{:.1}x", b.as_secs_f64() / a.as_secs_f64())).unwrap_or_else(|| "-".into())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut runs = 5;
+    let mut wanted: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--runs" {
+            runs = args.get(i + 1).context("--runs N")?.parse()?;
+            i += 2;
+        } else {
+            wanted.push(args[i].clone());
+            i += 1;
+        }
+    }
+    let bins = bin_dir()?;
+    let dir = std::env::temp_dir().join("rdock-bench");
+    std::fs::create_dir_all(&dir)?;
+    let base_tar = dir.join("busybox.tar");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.sh");
+    run(Command::new("bash").arg(&script).arg(&base_tar))?;
+    let docker = available("docker", &["info"]);
+    if docker {
+        run(Command::new("docker").arg("load").arg("-i").arg(&base_tar))?;
+    }
+    let buildah = available("buildah", &["--version"]);
+    if buildah {
+        run(Command::new("buildah").args(["pull", "-q"]).arg(format!("docker-archive:{}", base_tar.display())))?;
+    }
+    let t = Tools { rdock: bins.join("rdock"), rdock_build: bins.join("rdock-build"), docker, buildah, base_tar };
+    if !t.rdock_build.exists() {
+        bail!("{} not built: run `cargo build --release` first", t.rdock_build.display());
+    }
+    let all = wanted.is_empty();
+    let mut rows = Vec::new();
+    if all || wanted.iter().any(|w| w.starts_with("run30")) {
+        rows.extend(workload_run30(&t, &dir, runs)?);
+    }
+    if all || wanted.iter().any(|w| w.starts_with("context")) {
+        rows.extend(workload_context(&t, &dir, runs)?);
+    }
+    if all || wanted.iter().any(|w| w.starts_with("layer") || w.starts_with("oci")) {
+        rows.extend(workload_layer(&t, &dir, runs)?);
+    }
+    println!("medians of {runs} runs; BuildKit: {}; Buildah: {}", if docker { "docker (DOCKER_BUILDKIT=1)" } else { "not running" }, if buildah { "installed" } else { "not installed" });
+    println!("| workload | rdock | per unit | BuildKit | rdock vs BuildKit | Buildah | rdock vs Buildah |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        let per = r.per.map(|(n, unit)| format!("{:.1} ms/{unit}", r.rdock.as_secs_f64() * 1000.0 / n as f64)).unwrap_or_default();
+        println!("| {} | {} | {} | {} | {} | {} | {} |", r.name, fmt(Some(r.rdock)), per, fmt(r.buildkit), ratio(r.rdock, r.buildkit), fmt(r.buildah), ratio(r.rdock, r.buildah));
+    }
+    Ok(())
+}

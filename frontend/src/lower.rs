@@ -579,13 +579,14 @@ impl Ctx<'_> {
                         HealthConfig { test, interval: *interval, timeout: *timeout, start_period: *start_period, start_interval: *start_interval, retries: *retries }
                     }
                 };
+                // Go's `%+v` of BuildKit's HealthcheckConfig value.
                 let msg = format!(
-                    "HEALTHCHECK &{{[{}] {:?} {:?} {:?} {:?} {:?}}}",
+                    "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
                     hc.test.join(" "),
-                    hc.interval.map(go_duration).unwrap_or_else(|| "0s".into()),
-                    hc.timeout.map(go_duration).unwrap_or_else(|| "0s".into()),
-                    hc.start_period.map(go_duration).unwrap_or_else(|| "0s".into()),
-                    hc.start_interval.map(go_duration).unwrap_or_else(|| "0s".into()),
+                    go_duration(hc.interval.unwrap_or(0)),
+                    go_duration(hc.timeout.unwrap_or(0)),
+                    go_duration(hc.start_period.unwrap_or(0)),
+                    go_duration(hc.start_interval.unwrap_or(0)),
                     hc.retries.unwrap_or(0)
                 );
                 run.image.config.healthcheck = Some(hc);
@@ -794,6 +795,21 @@ mod tests {
         assert_eq!(relative_to("/app", "."), "/app/");
         assert_eq!(relative_to("/app", "/abs/../y"), "/y");
         assert_eq!(relative_to("/", "../../etc"), "/etc");
+    }
+
+    #[test]
+    fn healthcheck_history_is_gos_plus_v() {
+        struct NoImages;
+        impl ImageResolver for NoImages {
+            fn resolve(&self, _: &ImageRef) -> Result<ResolvedImage, String> {
+                Err("none".into())
+            }
+        }
+        let out = lower("FROM scratch\nHEALTHCHECK --interval=30s --retries=2 CMD true\n", &BuildOptions::default(), &NoImages).unwrap();
+        assert_eq!(
+            out.image.history[0].created_by.as_deref(),
+            Some("HEALTHCHECK {Test:[CMD-SHELL true] Interval:30s Timeout:0s StartPeriod:0s StartInterval:0s Retries:2}")
+        );
     }
 
     #[test]

@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "hello from $(hostname), built by rdock"
