@@ -13,7 +13,7 @@
 //!                 gzip, sha256 (exported as an OCI tarball)
 //!   oci-export    exporting that image again as an OCI tarball (layers already compressed)
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,7 +28,10 @@ struct Tools {
 
 fn bin_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    Ok(exe.parent().context("no parent of current exe")?.to_path_buf())
+    Ok(exe
+        .parent()
+        .context("no parent of current exe")?
+        .to_path_buf())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -51,26 +54,45 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn available(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd).args(args).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
-/// A fresh rdock store with the base image loaded.
+/// A fresh rdock store with the base image loaded. Stores are only removed when the whole
+/// run is over: ext4 skips recently freed inodes when allocating, so creating thousands
+/// of files right after deleting thousands measures the allocator, not the builder.
 fn fresh_store(t: &Tools, dir: &Path) -> Result<PathBuf> {
-    let root = dir.join(format!("store-{}", Instant::now().elapsed().as_nanos()));
-    let _ = std::fs::remove_dir_all(&root);
-    run(Command::new(&t.rdock).args(["load", "-i"]).arg(&t.base_tar).env("RDOCK_ROOT", &root))?;
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let root = dir.join("stores").join(format!("{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    run(Command::new(&t.rdock)
+        .args(["load", "-i"])
+        .arg(&t.base_tar)
+        .env("RDOCK_ROOT", &root))?;
     Ok(root)
 }
 
 fn rdock_build(t: &Tools, root: &Path, ctx: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(&t.rdock_build);
-    c.args(["--frontend", "dockerfile", "--progress", "quiet"]).arg(format!("--local=context={}", ctx.display())).args(extra).env("RDOCK_ROOT", root);
+    c.args(["--frontend", "dockerfile", "--progress", "quiet"])
+        .arg(format!("--local=context={}", ctx.display()))
+        .args(extra)
+        .env("RDOCK_ROOT", root);
     c
 }
 
+/// Debian's docker.io client: it drives its daemon's built-in BuildKit with
+/// DOCKER_BUILDKIT=1 (a newer client elsewhere on PATH may insist on buildx).
+fn docker_cli() -> &'static str {
+    if Path::new("/usr/bin/docker").exists() { "/usr/bin/docker" } else { "docker" }
+}
+
 fn docker_build(ctx: &Path, no_cache: bool) -> Command {
-    let mut c = Command::new("docker");
-    c.env("DOCKER_BUILDKIT", "1").args(["build", "-q", "-t", "rdock-bench:latest"]);
+    let mut c = Command::new(docker_cli());
+    c.env("DOCKER_BUILDKIT", "1")
+        .args(["build", "-q", "-t", "rdock-bench:latest"]);
     if no_cache {
         c.arg("--no-cache");
     }
@@ -80,7 +102,15 @@ fn docker_build(ctx: &Path, no_cache: bool) -> Command {
 
 fn buildah_build(ctx: &Path, no_cache: bool) -> Command {
     let mut c = Command::new("buildah");
-    c.args(["bud", "-q", "--layers", "--isolation", "chroot", "-t", "rdock-bench:latest"]);
+    c.args([
+        "bud",
+        "-q",
+        "--layers",
+        "--isolation",
+        "chroot",
+        "-t",
+        "rdock-bench:latest",
+    ]);
     if no_cache {
         c.arg("--no-cache");
     }
@@ -108,9 +138,18 @@ fn workload_run30(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     let mut noop = Vec::new();
     for _ in 0..runs {
         let root = fresh_store(t, dir)?;
-        cold.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
-        noop.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
-        let _ = std::fs::remove_dir_all(&root);
+        cold.push(time(&mut rdock_build(
+            t,
+            &root,
+            &ctx,
+            &["--output", "type=image,name=bench:run30"],
+        ))?);
+        noop.push(time(&mut rdock_build(
+            t,
+            &root,
+            &ctx,
+            &["--output", "type=image,name=bench:run30"],
+        ))?);
     }
     let (mut bk_cold, mut bk_noop, mut ba_cold, mut ba_noop) = (None, None, None, None);
     if t.docker {
@@ -134,8 +173,20 @@ fn workload_run30(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         ba_noop = Some(median(n));
     }
     Ok(vec![
-        Row { name: "run30-cold", rdock: median(cold), buildkit: bk_cold, buildah: ba_cold, per: Some((30, "step")) },
-        Row { name: "run30-noop", rdock: median(noop), buildkit: bk_noop, buildah: ba_noop, per: None },
+        Row {
+            name: "run30-cold",
+            rdock: median(cold),
+            buildkit: bk_cold,
+            buildah: ba_cold,
+            per: Some((30, "step")),
+        },
+        Row {
+            name: "run30-noop",
+            rdock: median(noop),
+            buildkit: bk_noop,
+            buildah: ba_noop,
+            per: None,
+        },
     ])
 }
 
@@ -161,9 +212,13 @@ fn workload_context(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     let mut noop = Vec::new();
     for _ in 0..runs {
         let root = fresh_store(t, dir)?;
-        cold.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:ctx"]))?);
+        cold.push(time(&mut rdock_build(
+            t,
+            &root,
+            &ctx,
+            &["--output", "type=image,name=bench:ctx"],
+        ))?);
         noop.push(time(&mut rdock_build(t, &root, &ctx, &[]))?);
-        let _ = std::fs::remove_dir_all(&root);
     }
     let mut bk = (None, None);
     if t.docker {
@@ -186,23 +241,47 @@ fn workload_context(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         ba = (Some(median(c)), Some(median(n)));
     }
     Ok(vec![
-        Row { name: "context-copy-cold", rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
-        Row { name: "context-hash-noop", rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
+        Row {
+            name: "context-copy-cold",
+            rdock: median(cold),
+            buildkit: bk.0,
+            buildah: ba.0,
+            per: None,
+        },
+        Row {
+            name: "context-hash-noop",
+            rdock: median(noop),
+            buildkit: bk.1,
+            buildah: ba.1,
+            per: None,
+        },
     ])
 }
 
 fn workload_layer(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     let ctx = dir.join("layer");
     std::fs::create_dir_all(&ctx)?;
-    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN head -c 67108864 /dev/urandom > /big\n")?;
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN head -c 67108864 /dev/urandom > /big\n",
+    )?;
     let mut commit = Vec::new();
     let mut export = Vec::new();
     for _ in 0..runs {
         let root = fresh_store(t, dir)?;
         let out = dir.join("layer.tar");
-        commit.push(time(&mut rdock_build(t, &root, &ctx, &["--output", &format!("type=oci,dest={}", out.display())]))?);
-        export.push(time(&mut rdock_build(t, &root, &ctx, &["--output", &format!("type=oci,dest={}", out.display())]))?);
-        let _ = std::fs::remove_dir_all(&root);
+        commit.push(time(&mut rdock_build(
+            t,
+            &root,
+            &ctx,
+            &["--output", &format!("type=oci,dest={}", out.display())],
+        ))?);
+        export.push(time(&mut rdock_build(
+            t,
+            &root,
+            &ctx,
+            &["--output", &format!("type=oci,dest={}", out.display())],
+        ))?);
     }
     let mut bk = None;
     if t.docker {
@@ -221,17 +300,31 @@ fn workload_layer(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         ba = Some(median(c));
     }
     Ok(vec![
-        Row { name: "layer-commit-64MiB", rdock: median(commit), buildkit: bk, buildah: ba, per: None },
-        Row { name: "oci-export-64MiB", rdock: median(export), buildkit: None, buildah: None, per: None },
+        Row {
+            name: "layer-commit-64MiB",
+            rdock: median(commit),
+            buildkit: bk,
+            buildah: ba,
+            per: None,
+        },
+        Row {
+            name: "oci-export-64MiB",
+            rdock: median(export),
+            buildkit: None,
+            buildah: None,
+            per: None,
+        },
     ])
 }
 
 fn fmt(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into())
+    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn ratio(a: Duration, b: Option<Duration>) -> String {
-    b.map(|b| format!("{:.1}x", b.as_secs_f64() / a.as_secs_f64())).unwrap_or_else(|| "-".into())
+    b.map(|b| format!("{:.1}x", b.as_secs_f64() / a.as_secs_f64()))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn main() -> Result<()> {
@@ -254,17 +347,28 @@ fn main() -> Result<()> {
     let base_tar = dir.join("busybox.tar");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.sh");
     run(Command::new("bash").arg(&script).arg(&base_tar))?;
-    let docker = available("docker", &["info"]);
+    let docker = available(docker_cli(), &["info"]);
     if docker {
-        run(Command::new("docker").arg("load").arg("-i").arg(&base_tar))?;
+        run(Command::new(docker_cli()).arg("load").arg("-i").arg(&base_tar))?;
     }
     let buildah = available("buildah", &["--version"]);
     if buildah {
-        run(Command::new("buildah").args(["pull", "-q"]).arg(format!("docker-archive:{}", base_tar.display())))?;
+        run(Command::new("buildah")
+            .args(["pull", "-q"])
+            .arg(format!("docker-archive:{}", base_tar.display())))?;
     }
-    let t = Tools { rdock: bins.join("rdock"), rdock_build: bins.join("rdock-build"), docker, buildah, base_tar };
+    let t = Tools {
+        rdock: bins.join("rdock"),
+        rdock_build: bins.join("rdock-build"),
+        docker,
+        buildah,
+        base_tar,
+    };
     if !t.rdock_build.exists() {
-        bail!("{} not built: run `cargo build --release` first", t.rdock_build.display());
+        bail!(
+            "{} not built: run `cargo build --release` first",
+            t.rdock_build.display()
+        );
     }
     let all = wanted.is_empty();
     let mut rows = Vec::new();
@@ -274,15 +378,46 @@ fn main() -> Result<()> {
     if all || wanted.iter().any(|w| w.starts_with("context")) {
         rows.extend(workload_context(&t, &dir, runs)?);
     }
-    if all || wanted.iter().any(|w| w.starts_with("layer") || w.starts_with("oci")) {
+    if all
+        || wanted
+            .iter()
+            .any(|w| w.starts_with("layer") || w.starts_with("oci"))
+    {
         rows.extend(workload_layer(&t, &dir, runs)?);
     }
-    println!("medians of {runs} runs; BuildKit: {}; Buildah: {}", if docker { "docker (DOCKER_BUILDKIT=1)" } else { "not running" }, if buildah { "installed" } else { "not installed" });
-    println!("| workload | rdock | per unit | BuildKit | rdock vs BuildKit | Buildah | rdock vs Buildah |");
+    let _ = std::fs::remove_dir_all(dir.join("stores"));
+    println!(
+        "medians of {runs} runs; BuildKit: {}; Buildah: {}",
+        if docker {
+            "docker (DOCKER_BUILDKIT=1)"
+        } else {
+            "not running"
+        },
+        if buildah {
+            "installed"
+        } else {
+            "not installed"
+        }
+    );
+    println!(
+        "| workload | rdock | per unit | BuildKit | rdock vs BuildKit | Buildah | rdock vs Buildah |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for r in rows {
-        let per = r.per.map(|(n, unit)| format!("{:.1} ms/{unit}", r.rdock.as_secs_f64() * 1000.0 / n as f64)).unwrap_or_default();
-        println!("| {} | {} | {} | {} | {} | {} | {} |", r.name, fmt(Some(r.rdock)), per, fmt(r.buildkit), ratio(r.rdock, r.buildkit), fmt(r.buildah), ratio(r.rdock, r.buildah));
+        let per = r
+            .per
+            .map(|(n, unit)| format!("{:.1} ms/{unit}", r.rdock.as_secs_f64() * 1000.0 / n as f64))
+            .unwrap_or_default();
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            fmt(Some(r.rdock)),
+            per,
+            fmt(r.buildkit),
+            ratio(r.rdock, r.buildkit),
+            fmt(r.buildah),
+            ratio(r.rdock, r.buildah)
+        );
     }
     Ok(())
 }

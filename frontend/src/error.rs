@@ -60,7 +60,11 @@ pub struct DockerfileError {
 impl DockerfileError {
     /// An error at `location`.
     pub fn new(location: Location, message: impl Into<String>) -> DockerfileError {
-        DockerfileError { location, message: message.into(), expected: None }
+        DockerfileError {
+            location,
+            message: message.into(),
+            expected: None,
+        }
     }
 
     /// Adds what was expected.
@@ -100,7 +104,8 @@ mod tests {
     #[test]
     fn renders_like_rustc() {
         let loc = Location::line("Dockerfile", 3, "FORM busybox").at("FORM");
-        let e = DockerfileError::new(loc, "unknown instruction: FORM").expected("an instruction such as FROM");
+        let e = DockerfileError::new(loc, "unknown instruction: FORM")
+            .expected("an instruction such as FROM");
         assert_eq!(
             e.to_string(),
             "error: unknown instruction: FORM\n --> Dockerfile:3:1\n  |\n3 | FORM busybox\n  | ^^^^ expected an instruction such as FROM"

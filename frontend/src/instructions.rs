@@ -123,8 +123,24 @@ pub struct Located {
 }
 
 const KEYWORDS: &[&str] = &[
-    "add", "arg", "cmd", "copy", "entrypoint", "env", "expose", "from", "healthcheck", "label", "maintainer", "onbuild", "run",
-    "shell", "stopsignal", "user", "volume", "workdir",
+    "add",
+    "arg",
+    "cmd",
+    "copy",
+    "entrypoint",
+    "env",
+    "expose",
+    "from",
+    "healthcheck",
+    "label",
+    "maintainer",
+    "onbuild",
+    "run",
+    "shell",
+    "stopsignal",
+    "user",
+    "volume",
+    "workdir",
 ];
 
 struct Flags<'a> {
@@ -145,9 +161,20 @@ impl<'a> Flags<'a> {
                 let expected = if allowed.is_empty() {
                     "no flags on this instruction".to_string()
                 } else {
-                    format!("one of {}", allowed.iter().map(|a| format!("--{a}")).collect::<Vec<_>>().join(", "))
+                    format!(
+                        "one of {}",
+                        allowed
+                            .iter()
+                            .map(|a| format!("--{a}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 };
-                return Err(DockerfileError::new(raw.location.at(f), format!("unknown flag: --{name}")).expected(expected));
+                return Err(DockerfileError::new(
+                    raw.location.at(f),
+                    format!("unknown flag: --{name}"),
+                )
+                .expected(expected));
             }
             values.push((name, value));
         }
@@ -158,13 +185,20 @@ impl<'a> Flags<'a> {
         match self.values.iter().rev().find(|(n, _)| n == name) {
             None => Ok(None),
             Some((_, Some(v))) => Ok(Some(v.clone())),
-            Some((_, None)) => Err(DockerfileError::new(self.raw.location.at(&format!("--{name}")), format!("missing a value on flag: --{name}"))
-                .expected(format!("--{name}=VALUE"))),
+            Some((_, None)) => Err(DockerfileError::new(
+                self.raw.location.at(&format!("--{name}")),
+                format!("missing a value on flag: --{name}"),
+            )
+            .expected(format!("--{name}=VALUE"))),
         }
     }
 
     fn strings(&self, name: &str) -> Vec<String> {
-        self.values.iter().filter(|(n, _)| n == name).filter_map(|(_, v)| v.clone()).collect()
+        self.values
+            .iter()
+            .filter(|(n, _)| n == name)
+            .filter_map(|(_, v)| v.clone())
+            .collect()
     }
 
     fn bool(&self, name: &str) -> Result<bool, DockerfileError> {
@@ -174,8 +208,11 @@ impl<'a> Flags<'a> {
             Some((_, Some(v))) => match v.as_str() {
                 "true" | "" => Ok(true),
                 "false" => Ok(false),
-                _ => Err(DockerfileError::new(self.raw.location.at(&format!("--{name}")), format!("expecting boolean value for flag {name}, not: {v}"))
-                    .expected("true or false")),
+                _ => Err(DockerfileError::new(
+                    self.raw.location.at(&format!("--{name}")),
+                    format!("expecting boolean value for flag {name}, not: {v}"),
+                )
+                .expected("true or false")),
             },
         }
     }
@@ -236,10 +273,18 @@ pub(crate) fn split_keep_quotes(s: &str, escape: char) -> Vec<String> {
     words
 }
 
-fn name_values(raw: &RawInstruction, escape: char, what: &str) -> Result<Vec<(String, String)>, DockerfileError> {
+fn name_values(
+    raw: &RawInstruction,
+    escape: char,
+    what: &str,
+) -> Result<Vec<(String, String)>, DockerfileError> {
     let rest = raw.rest.trim();
     if rest.is_empty() {
-        return Err(DockerfileError::new(raw.location.clone(), format!("{what} requires at least one argument")).expected("KEY=VALUE"));
+        return Err(DockerfileError::new(
+            raw.location.clone(),
+            format!("{what} requires at least one argument"),
+        )
+        .expected("KEY=VALUE"));
     }
     let words = split_keep_quotes(rest, escape);
     if !words[0].contains('=') {
@@ -247,18 +292,29 @@ fn name_values(raw: &RawInstruction, escape: char, what: &str) -> Result<Vec<(St
         let key = words[0].clone();
         let value = rest[key.len()..].trim_start().to_string();
         if value.is_empty() && what == "ENV" {
-            return Err(DockerfileError::new(raw.location.at(&key), format!("{what} must have two arguments")).expected("KEY=VALUE or KEY VALUE"));
+            return Err(DockerfileError::new(
+                raw.location.at(&key),
+                format!("{what} must have two arguments"),
+            )
+            .expected("KEY=VALUE or KEY VALUE"));
         }
         return Ok(vec![(key, value)]);
     }
     let mut out = Vec::new();
     for w in words {
         let Some((k, v)) = w.split_once('=') else {
-            return Err(DockerfileError::new(raw.location.at(&w), format!("Syntax error - can't find = in {w:?}. Must be of the form: name=value"))
-                .expected("name=value"));
+            return Err(DockerfileError::new(
+                raw.location.at(&w),
+                format!("Syntax error - can't find = in {w:?}. Must be of the form: name=value"),
+            )
+            .expected("name=value"));
         };
         if k.is_empty() {
-            return Err(DockerfileError::new(raw.location.at(&w), format!("{what} names can not be blank")).expected("name=value"));
+            return Err(DockerfileError::new(
+                raw.location.at(&w),
+                format!("{what} names can not be blank"),
+            )
+            .expected("name=value"));
         }
         out.push((k.to_string(), v.to_string()));
     }
@@ -267,7 +323,11 @@ fn name_values(raw: &RawInstruction, escape: char, what: &str) -> Result<Vec<(St
 
 fn need_args(raw: &RawInstruction, n: usize, what: &str) -> Result<(), DockerfileError> {
     if raw.rest.split_whitespace().count() < n {
-        let msg = if n == 1 { format!("{what} requires at least one argument") } else { format!("{what} requires at least {n} arguments") };
+        let msg = if n == 1 {
+            format!("{what} requires at least one argument")
+        } else {
+            format!("{what} requires at least {n} arguments")
+        };
         return Err(DockerfileError::new(raw.location.clone(), msg));
     }
     Ok(())
@@ -275,19 +335,36 @@ fn need_args(raw: &RawInstruction, n: usize, what: &str) -> Result<(), Dockerfil
 
 fn parse_duration(raw: &RawInstruction, flag: &str, v: &str) -> Result<i64, DockerfileError> {
     // Go's time.ParseDuration for the units a HEALTHCHECK uses.
-    let units: [(&str, f64); 6] = [("ns", 1.0), ("us", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)];
+    let units: [(&str, f64); 6] = [
+        ("ns", 1.0),
+        ("us", 1e3),
+        ("ms", 1e6),
+        ("s", 1e9),
+        ("m", 60e9),
+        ("h", 3600e9),
+    ];
     let mut total = 0f64;
     let mut rest = v;
     if rest == "0" {
         return Ok(0);
     }
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let num: f64 = rest[..num_end].parse().map_err(|_| bad_duration(raw, flag, v))?;
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let num: f64 = rest[..num_end]
+            .parse()
+            .map_err(|_| bad_duration(raw, flag, v))?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_end];
-        let mult = units.iter().find(|(u, _)| *u == unit).map(|(_, m)| *m).ok_or_else(|| bad_duration(raw, flag, v))?;
+        let mult = units
+            .iter()
+            .find(|(u, _)| *u == unit)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| bad_duration(raw, flag, v))?;
         total += num * mult;
         rest = &rest[unit_end..];
     }
@@ -295,7 +372,11 @@ fn parse_duration(raw: &RawInstruction, flag: &str, v: &str) -> Result<i64, Dock
 }
 
 fn bad_duration(raw: &RawInstruction, flag: &str, v: &str) -> DockerfileError {
-    DockerfileError::new(raw.location.at(v), format!("invalid duration {v:?} for --{flag}")).expected("a duration such as 30s or 1m30s")
+    DockerfileError::new(
+        raw.location.at(v),
+        format!("invalid duration {v:?} for --{flag}"),
+    )
+    .expected("a duration such as 30s or 1m30s")
 }
 
 /// Types one raw instruction.
@@ -307,10 +388,15 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
             let words: Vec<&str> = raw.rest.split_whitespace().collect();
             let (image, name) = match words.as_slice() {
                 [img] => (img.to_string(), None),
-                [img, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => (img.to_string(), Some(name.to_ascii_lowercase())),
+                [img, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
+                    (img.to_string(), Some(name.to_ascii_lowercase()))
+                }
                 _ => {
-                    return Err(DockerfileError::new(raw.location.clone(), "FROM requires either one or three arguments")
-                        .expected("FROM IMAGE [AS NAME]"));
+                    return Err(DockerfileError::new(
+                        raw.location.clone(),
+                        "FROM requires either one or three arguments",
+                    )
+                    .expected("FROM IMAGE [AS NAME]"));
                 }
             };
             if let Some(n) = &name
@@ -319,31 +405,61 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
                 return Err(DockerfileError::new(raw.location.at(words[2]), format!("invalid name for build stage: {n:?}, name can't start with a number or contain symbols"))
                     .expected("a name of letters, digits, '-', '_' and '.' starting with a letter"));
             }
-            Instruction::From { image, name, platform: f.string("platform")? }
+            Instruction::From {
+                image,
+                name,
+                platform: f.string("platform")?,
+            }
         }
         "run" => {
             let f = Flags::new(raw, &["network", "security", "mount", "device"])?;
             if !f.strings("mount").is_empty() {
-                return Err(DockerfileError::new(raw.location.at("--mount"), "RUN --mount is not supported yet").expected("RUN without --mount"));
+                return Err(DockerfileError::new(
+                    raw.location.at("--mount"),
+                    "RUN --mount is not supported yet",
+                )
+                .expected("RUN without --mount"));
             }
             need_args(raw, 1, "RUN")?;
-            Instruction::Run { cmd: command_form(&raw.rest), network: f.string("network")?, security: f.string("security")? }
+            Instruction::Run {
+                cmd: command_form(&raw.rest),
+                network: f.string("network")?,
+                security: f.string("security")?,
+            }
         }
         "copy" | "add" => {
             let allowed: &[&str] = if raw.keyword == "copy" {
                 &["from", "chown", "chmod", "link", "exclude", "parents"]
             } else {
-                &["chown", "chmod", "link", "exclude", "keep-git-dir", "checksum", "unpack", "parents"]
+                &[
+                    "chown",
+                    "chmod",
+                    "link",
+                    "exclude",
+                    "keep-git-dir",
+                    "checksum",
+                    "unpack",
+                    "parents",
+                ]
             };
             let f = Flags::new(raw, allowed)?;
             let (words, json) = match json_array(&raw.rest) {
                 Some(v) => (v, true),
-                None => (raw.rest.split_whitespace().map(str::to_string).collect(), false),
+                None => (
+                    raw.rest.split_whitespace().map(str::to_string).collect(),
+                    false,
+                ),
             };
             let what = raw.keyword.to_ascii_uppercase();
             if words.len() < 2 {
-                return Err(DockerfileError::new(raw.location.clone(), format!("{what} requires at least two arguments, but only {} provided", words.len()))
-                    .expected(format!("{what} SRC... DEST")));
+                return Err(DockerfileError::new(
+                    raw.location.clone(),
+                    format!(
+                        "{what} requires at least two arguments, but only {} provided",
+                        words.len()
+                    ),
+                )
+                .expected(format!("{what} SRC... DEST")));
             }
             let (srcs, dest) = words.split_at(words.len() - 1);
             let args = CopyArgs {
@@ -356,7 +472,11 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
                 exclude: f.strings("exclude"),
                 json,
             };
-            if raw.keyword == "copy" { Instruction::Copy(args) } else { Instruction::Add(args) }
+            if raw.keyword == "copy" {
+                Instruction::Copy(args)
+            } else {
+                Instruction::Add(args)
+            }
         }
         "env" => {
             Flags::new(raw, none)?;
@@ -404,7 +524,8 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
         "volume" => {
             Flags::new(raw, none)?;
             need_args(raw, 1, "VOLUME")?;
-            let v = json_array(&raw.rest).unwrap_or_else(|| raw.rest.split_whitespace().map(str::to_string).collect());
+            let v = json_array(&raw.rest)
+                .unwrap_or_else(|| raw.rest.split_whitespace().map(str::to_string).collect());
             Instruction::Volume(v)
         }
         "stopsignal" => {
@@ -417,8 +538,11 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
             match json_array(&raw.rest) {
                 Some(v) if !v.is_empty() => Instruction::Shell(v),
                 _ => {
-                    return Err(DockerfileError::new(raw.location.clone(), "SHELL requires the arguments to be in JSON form")
-                        .expected("SHELL [\"executable\", \"parameters\"]"));
+                    return Err(DockerfileError::new(
+                        raw.location.clone(),
+                        "SHELL requires the arguments to be in JSON form",
+                    )
+                    .expected("SHELL [\"executable\", \"parameters\"]"));
                 }
             }
         }
@@ -430,36 +554,71 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
         "onbuild" => {
             Flags::new(raw, none)?;
             need_args(raw, 1, "ONBUILD")?;
-            let first = raw.rest.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+            let first = raw
+                .rest
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
             if first == "onbuild" || first == "from" || first == "maintainer" {
-                return Err(DockerfileError::new(raw.location.at(raw.rest.split_whitespace().next().unwrap_or("")), format!("{} isn't allowed as an ONBUILD trigger", first.to_uppercase())));
+                return Err(DockerfileError::new(
+                    raw.location
+                        .at(raw.rest.split_whitespace().next().unwrap_or("")),
+                    format!(
+                        "{} isn't allowed as an ONBUILD trigger",
+                        first.to_uppercase()
+                    ),
+                ));
             }
             Instruction::Onbuild(raw.rest.clone())
         }
         "healthcheck" => {
-            let f = Flags::new(raw, &["interval", "timeout", "start-period", "start-interval", "retries"])?;
+            let f = Flags::new(
+                raw,
+                &[
+                    "interval",
+                    "timeout",
+                    "start-period",
+                    "start-interval",
+                    "retries",
+                ],
+            )?;
             let mut words = raw.rest.splitn(2, char::is_whitespace);
             let kind = words.next().unwrap_or("").to_ascii_uppercase();
             let rest = words.next().unwrap_or("").trim();
             match kind.as_str() {
                 "NONE" => {
                     if !rest.is_empty() || !raw.flags.is_empty() {
-                        return Err(DockerfileError::new(raw.location.clone(), "HEALTHCHECK NONE takes no arguments").expected("HEALTHCHECK NONE"));
+                        return Err(DockerfileError::new(
+                            raw.location.clone(),
+                            "HEALTHCHECK NONE takes no arguments",
+                        )
+                        .expected("HEALTHCHECK NONE"));
                     }
                     Instruction::Healthcheck(Healthcheck::None)
                 }
                 "CMD" => {
                     let dur = |name: &str| -> Result<Option<i64>, DockerfileError> {
-                        f.string(name)?.map(|v| parse_duration(raw, name, &v)).transpose()
+                        f.string(name)?
+                            .map(|v| parse_duration(raw, name, &v))
+                            .transpose()
                     };
                     let retries = match f.string("retries")? {
                         None => None,
                         Some(v) => Some(v.parse::<i64>().map_err(|_| {
-                            DockerfileError::new(raw.location.at(&v), format!("invalid --retries value {v:?}")).expected("a whole number")
+                            DockerfileError::new(
+                                raw.location.at(&v),
+                                format!("invalid --retries value {v:?}"),
+                            )
+                            .expected("a whole number")
                         })?),
                     };
                     if rest.is_empty() {
-                        return Err(DockerfileError::new(raw.location.clone(), "missing command after HEALTHCHECK CMD").expected("HEALTHCHECK CMD command"));
+                        return Err(DockerfileError::new(
+                            raw.location.clone(),
+                            "missing command after HEALTHCHECK CMD",
+                        )
+                        .expected("HEALTHCHECK CMD command"));
                     }
                     Instruction::Healthcheck(Healthcheck::Cmd {
                         cmd: command_form(rest),
@@ -471,20 +630,40 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
                     })
                 }
                 _ => {
-                    return Err(DockerfileError::new(raw.location.clone(), format!("unknown type {kind:?} in HEALTHCHECK")).expected("CMD or NONE"));
+                    return Err(DockerfileError::new(
+                        raw.location.clone(),
+                        format!("unknown type {kind:?} in HEALTHCHECK"),
+                    )
+                    .expected("CMD or NONE"));
                 }
             }
         }
         _ => {
-            return Err(DockerfileError::new(raw.location.clone(), format!("unknown instruction: {}", raw.keyword_as_written))
-                .expected(format!("one of {}", KEYWORDS.iter().map(|k| k.to_uppercase()).collect::<Vec<_>>().join(", "))));
+            return Err(DockerfileError::new(
+                raw.location.clone(),
+                format!("unknown instruction: {}", raw.keyword_as_written),
+            )
+            .expected(format!(
+                "one of {}",
+                KEYWORDS
+                    .iter()
+                    .map(|k| k.to_uppercase())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
     };
-    Ok(Located { instruction, original: raw.original.clone(), location: raw.location.clone() })
+    Ok(Located {
+        instruction,
+        original: raw.original.clone(),
+        location: raw.location.clone(),
+    })
 }
 
 fn valid_stage_name(n: &str) -> bool {
-    n.starts_with(|c: char| c.is_ascii_alphabetic()) && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    n.starts_with(|c: char| c.is_ascii_alphabetic())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 #[cfg(test)]
@@ -499,8 +678,17 @@ mod tests {
 
     #[test]
     fn env_forms() {
-        assert_eq!(one("ENV a=1 b=\"two words\"").unwrap(), Instruction::Env(vec![("a".into(), "1".into()), ("b".into(), "\"two words\"".into())]));
-        assert_eq!(one("ENV a one two").unwrap(), Instruction::Env(vec![("a".into(), "one two".into())]));
+        assert_eq!(
+            one("ENV a=1 b=\"two words\"").unwrap(),
+            Instruction::Env(vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "\"two words\"".into())
+            ])
+        );
+        assert_eq!(
+            one("ENV a one two").unwrap(),
+            Instruction::Env(vec![("a".into(), "one two".into())])
+        );
         assert!(one("ENV a=1 b").is_err());
     }
 
@@ -513,14 +701,22 @@ mod tests {
 
     #[test]
     fn exec_and_shell_forms() {
-        assert_eq!(one("CMD [\"a\", \"b\"]").unwrap(), Instruction::Cmd(CommandForm::Exec(vec!["a".into(), "b".into()])));
-        assert_eq!(one("CMD [\"a\", b]").unwrap(), Instruction::Cmd(CommandForm::Shell("[\"a\", b]".into())));
+        assert_eq!(
+            one("CMD [\"a\", \"b\"]").unwrap(),
+            Instruction::Cmd(CommandForm::Exec(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(
+            one("CMD [\"a\", b]").unwrap(),
+            Instruction::Cmd(CommandForm::Shell("[\"a\", b]".into()))
+        );
     }
 
     #[test]
     fn healthcheck_durations() {
         match one("HEALTHCHECK --interval=1m30s --retries=3 CMD true").unwrap() {
-            Instruction::Healthcheck(Healthcheck::Cmd { interval, retries, .. }) => {
+            Instruction::Healthcheck(Healthcheck::Cmd {
+                interval, retries, ..
+            }) => {
                 assert_eq!(interval, Some(90_000_000_000));
                 assert_eq!(retries, Some(3));
             }

@@ -17,6 +17,11 @@
 //! assert_eq!(out.definition.nodes.len(), 2);
 //! ```
 
+// Dockerfile errors carry their location inline (file, line, column, source line) so they
+// are cheap to build and easy to match in tests; they are the cold path, so their size in
+// `Result` does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod dockerignore;
 mod error;
 pub mod instructions;
@@ -25,4 +30,7 @@ pub mod parser;
 pub mod shell;
 
 pub use error::{DockerfileError, Location};
-pub use lower::{host_arch, lower, BuildOptions, FrontendError, ImageResolver, Lowered, ResolvedImage, DEFAULT_PATH, HISTORY_COMMENT};
+pub use lower::{
+    BuildOptions, DEFAULT_PATH, FrontendError, HISTORY_COMMENT, ImageResolver, Lowered,
+    ResolvedImage, host_arch, lower,
+};

@@ -17,7 +17,11 @@ pub struct Directives {
 
 impl Default for Directives {
     fn default() -> Self {
-        Directives { escape: '\\', syntax: None, check: None }
+        Directives {
+            escape: '\\',
+            syntax: None,
+            check: None,
+        }
     }
 }
 
@@ -49,12 +53,17 @@ pub struct Dockerfile {
 
 /// Parses `source`; `file` names it in errors.
 pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
-    let lines: Vec<&str> = source.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    let lines: Vec<&str> = source
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect();
     let mut directives = Directives::default();
     let mut i = 0;
     // Directives: `# key=value` lines before anything else; the first other line ends them.
     while i < lines.len() {
-        let Some((key, value)) = directive(lines[i]) else { break };
+        let Some((key, value)) = directive(lines[i]) else {
+            break;
+        };
         let key = key.to_ascii_lowercase();
         let loc = Location::line(file, i + 1, lines[i]);
         match key.as_str() {
@@ -63,8 +72,11 @@ pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
                     "\\" => '\\',
                     "`" => '`',
                     _ => {
-                        return Err(DockerfileError::new(loc, format!("invalid escape token '{value}'"))
-                            .expected("`\\` or a backtick"));
+                        return Err(DockerfileError::new(
+                            loc,
+                            format!("invalid escape token '{value}'"),
+                        )
+                        .expected("`\\` or a backtick"));
                     }
                 }
             }
@@ -130,14 +142,20 @@ pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
         instructions.push(split_instruction(&text, location)?);
         i += 1;
     }
-    Ok(Dockerfile { directives, instructions })
+    Ok(Dockerfile {
+        directives,
+        instructions,
+    })
 }
 
 fn directive(line: &str) -> Option<(String, String)> {
     let rest = line.trim_start().strip_prefix('#')?.trim();
     let (k, v) = rest.split_once('=')?;
     let k = k.trim();
-    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric()) || !k.starts_with(|c: char| c.is_ascii_alphabetic()) {
+    if k.is_empty()
+        || !k.chars().all(|c| c.is_ascii_alphanumeric())
+        || !k.starts_with(|c: char| c.is_ascii_alphabetic())
+    {
         return None;
     }
     Some((k.to_string(), v.trim().to_string()))

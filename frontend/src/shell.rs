@@ -13,7 +13,10 @@ pub trait Env {
 
 impl Env for [(String, String)] {
     fn get(&self, name: &str) -> Option<String> {
-        self.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        self.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
 }
 
@@ -67,16 +70,40 @@ struct Run<'a, E: Env + ?Sized> {
 
 impl Lexer {
     /// Expands one word (quotes removed, variables substituted, no field splitting).
-    pub fn process_word<E: Env + ?Sized>(&self, word: &str, env: &E) -> Result<String, ExpandError> {
-        let mut r = Run { chars: word.chars().peekable(), escape: self.escape, env, words: None, cur: String::new(), cur_started: false, input: word };
+    pub fn process_word<E: Env + ?Sized>(
+        &self,
+        word: &str,
+        env: &E,
+    ) -> Result<String, ExpandError> {
+        let mut r = Run {
+            chars: word.chars().peekable(),
+            escape: self.escape,
+            env,
+            words: None,
+            cur: String::new(),
+            cur_started: false,
+            input: word,
+        };
         let s = r.process(None)?;
         Ok(s)
     }
 
     /// Expands and splits into words on unquoted white space (and in unquoted variable
     /// values), as for EXPOSE, VOLUME and COPY arguments.
-    pub fn process_words<E: Env + ?Sized>(&self, word: &str, env: &E) -> Result<Vec<String>, ExpandError> {
-        let mut r = Run { chars: word.chars().peekable(), escape: self.escape, env, words: Some(Vec::new()), cur: String::new(), cur_started: false, input: word };
+    pub fn process_words<E: Env + ?Sized>(
+        &self,
+        word: &str,
+        env: &E,
+    ) -> Result<Vec<String>, ExpandError> {
+        let mut r = Run {
+            chars: word.chars().peekable(),
+            escape: self.escape,
+            env,
+            words: Some(Vec::new()),
+            cur: String::new(),
+            cur_started: false,
+            input: word,
+        };
         let rest = r.process(None)?;
         let mut words = r.words.take().unwrap_or_default();
         if r.cur_started || !rest.is_empty() {
@@ -101,9 +128,9 @@ impl<E: Env + ?Sized> Run<'_, E> {
             }
             self.chars.next();
             if c == self.escape {
-                match self.chars.next() {
-                    Some(n) => self.push(n),
-                    None => {}
+                // An escape at the very end of the word is dropped, as BuildKit does.
+                if let Some(n) = self.chars.next() {
+                    self.push(n);
                 }
             } else if c == '\'' {
                 self.cur_started = true;
@@ -125,19 +152,12 @@ impl<E: Env + ?Sized> Run<'_, E> {
                 let v = self.dollar()?;
                 if self.words.is_some() && stop.is_none() {
                     // Unquoted expansion is split into fields.
-                    let mut first = true;
-                    let parts: Vec<&str> = v.split(char::is_whitespace).collect();
-                    let n = parts.len();
-                    for (i, p) in parts.into_iter().enumerate() {
-                        if !first {
+                    for (i, p) in v.split(char::is_whitespace).enumerate() {
+                        if i > 0 {
                             self.split_word();
                         }
-                        first = false;
                         if !p.is_empty() {
                             self.push_str(p);
-                        }
-                        if i + 1 == n && p.is_empty() && n > 1 {
-                            // trailing whitespace: the word was ended already
                         }
                     }
                 } else {
@@ -247,13 +267,24 @@ impl<E: Env + ?Sized> Run<'_, E> {
                 let word = self.nested_word()?;
                 let set_nonempty = value.as_deref().is_some_and(|v| !v.is_empty());
                 match op2 {
-                    '-' => Ok(if set_nonempty { value.unwrap_or_default() } else { word }),
+                    '-' => Ok(if set_nonempty {
+                        value.unwrap_or_default()
+                    } else {
+                        word
+                    }),
                     '+' => Ok(if set_nonempty { word } else { String::new() }),
                     '?' => {
                         if set_nonempty {
                             Ok(value.unwrap_or_default())
                         } else {
-                            Err(ExpandError::Required { name, message: if word.is_empty() { "is not allowed to be unset".into() } else { word } })
+                            Err(ExpandError::Required {
+                                name,
+                                message: if word.is_empty() {
+                                    "is not allowed to be unset".into()
+                                } else {
+                                    word
+                                },
+                            })
                         }
                     }
                     _ => Err(ExpandError::BadSubstitution(self.input.to_string())),
@@ -264,7 +295,14 @@ impl<E: Env + ?Sized> Run<'_, E> {
                 match op {
                     '-' => Ok(value.unwrap_or(word)),
                     '+' => Ok(if value.is_some() { word } else { String::new() }),
-                    _ => value.ok_or(ExpandError::Required { name, message: if word.is_empty() { "is not allowed to be unset".into() } else { word } }),
+                    _ => value.ok_or(ExpandError::Required {
+                        name,
+                        message: if word.is_empty() {
+                            "is not allowed to be unset".into()
+                        } else {
+                            word
+                        },
+                    }),
                 }
             }
             '#' | '%' => {
@@ -298,10 +336,18 @@ impl<E: Env + ?Sized> Run<'_, E> {
                     if c == self.escape
                         && let Some(n) = self.chars.next()
                     {
-                        if in_repl { replacement.push(n) } else { pattern.push(n) }
+                        if in_repl {
+                            replacement.push(n)
+                        } else {
+                            pattern.push(n)
+                        }
                         continue;
                     }
-                    if in_repl { replacement.push(c) } else { pattern.push(c) }
+                    if in_repl {
+                        replacement.push(c)
+                    } else {
+                        pattern.push(c)
+                    }
                 }
                 let v = value.unwrap_or_default();
                 Ok(replace_pattern(&v, &pattern, &replacement, all))
@@ -371,16 +417,28 @@ fn trim_pattern(v: &str, pattern: &str, prefix: bool, longest: bool) -> String {
     let Ok(re) = regex::Regex::new(&format!("^(?s:{})$", glob_to_regex(pattern))) else {
         return v.to_string();
     };
-    let bounds: Vec<usize> = v.char_indices().map(|(i, _)| i).chain(std::iter::once(v.len())).collect();
+    let bounds: Vec<usize> = v
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(v.len()))
+        .collect();
     if prefix {
-        let iter: Box<dyn Iterator<Item = &usize>> = if longest { Box::new(bounds.iter().rev()) } else { Box::new(bounds.iter()) };
+        let iter: Box<dyn Iterator<Item = &usize>> = if longest {
+            Box::new(bounds.iter().rev())
+        } else {
+            Box::new(bounds.iter())
+        };
         for &i in iter {
             if re.is_match(&v[..i]) {
                 return v[i..].to_string();
             }
         }
     } else {
-        let iter: Box<dyn Iterator<Item = &usize>> = if longest { Box::new(bounds.iter()) } else { Box::new(bounds.iter().rev()) };
+        let iter: Box<dyn Iterator<Item = &usize>> = if longest {
+            Box::new(bounds.iter())
+        } else {
+            Box::new(bounds.iter().rev())
+        };
         for &i in iter {
             if re.is_match(&v[i..]) {
                 return v[..i].to_string();
@@ -410,7 +468,11 @@ mod tests {
     use super::*;
 
     fn env() -> Vec<(String, String)> {
-        vec![("A".into(), "hello world".into()), ("E".into(), "".into()), ("P".into(), "/usr/local/bin/tool.tar.gz".into())]
+        vec![
+            ("A".into(), "hello world".into()),
+            ("E".into(), "".into()),
+            ("P".into(), "/usr/local/bin/tool.tar.gz".into()),
+        ]
     }
 
     fn w(s: &str) -> String {
@@ -436,13 +498,19 @@ mod tests {
         assert_eq!(w("\"$A\""), "hello world");
         assert_eq!(w("\\$A"), "$A");
         assert_eq!(w("${U:-${A}}"), "hello world");
-        assert!(Lexer::default().process_word("${U:?missing}", &env()).is_err());
+        assert!(
+            Lexer::default()
+                .process_word("${U:?missing}", &env())
+                .is_err()
+        );
         assert!(Lexer::default().process_word("'open", &env()).is_err());
     }
 
     #[test]
     fn words_split_unquoted_values() {
-        let ws = Lexer::default().process_words("a \"b c\" $A", &env()).unwrap();
+        let ws = Lexer::default()
+            .process_words("a \"b c\" $A", &env())
+            .unwrap();
         assert_eq!(ws, vec!["a", "b c", "hello", "world"]);
     }
 }

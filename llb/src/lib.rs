@@ -22,6 +22,6 @@ pub mod patterns;
 
 pub use definition::{Definition, DefinitionBuilder, Node, OpDigest, OpMetadata};
 pub use op::{
-    ChownOpt, CopyAction, Op, ExecOp, FileAction, FileOp, Input, MergeOp, DiffOp, Mount, MountKind, Network,
-    Security, SourceOp,
+    ChownOpt, CopyAction, DiffOp, ExecOp, FileAction, FileOp, Input, MergeOp, Mount, MountKind,
+    Network, Op, Security, SourceOp,
 };

@@ -3,7 +3,9 @@
 //! file is written beside its destination and renamed into place when complete.
 
 use crate::{ImageStore, OciError};
-use rdock_imagespec::{Descriptor, Digest, ImageRef, Index, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST};
+use rdock_imagespec::{
+    Descriptor, Digest, ImageRef, Index, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
+};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -17,7 +19,11 @@ pub enum ArchiveFormat {
     Oci,
 }
 
-fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, path: &str, bytes: &[u8]) -> std::io::Result<()> {
+fn append_bytes<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     let mut h = tar::Header::new_ustar();
     h.set_size(bytes.len() as u64);
     h.set_mode(0o644);
@@ -36,37 +42,72 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str) -> std::io::Resul
 }
 
 /// Writes the image with manifest `manifest` to `dest`, named `names` (may be empty).
-pub fn export_archive(images: &ImageStore, manifest: &Digest, names: &[ImageRef], format: ArchiveFormat, dest: &Path) -> Result<(), OciError> {
+pub fn export_archive(
+    images: &ImageStore,
+    manifest: &Digest,
+    names: &[ImageRef],
+    format: ArchiveFormat,
+    dest: &Path,
+) -> Result<(), OciError> {
     let m = images.manifest(manifest)?;
     let manifest_bytes = images.store().content().read(manifest)?;
-    let tmp = dest.with_file_name(format!(".{}.rdock-tmp-{}", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    let tmp = dest.with_file_name(format!(
+        ".{}.rdock-tmp-{}",
+        dest.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
     let io = |e: std::io::Error| OciError::Io(dest.to_path_buf(), e);
     let result = (|| {
         let file = std::fs::File::create(&tmp).map_err(io)?;
         let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
         append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io)?;
         let mut manifests = Vec::new();
-        let targets: Vec<Option<&ImageRef>> = if names.is_empty() { vec![None] } else { names.iter().map(Some).collect() };
+        let targets: Vec<Option<&ImageRef>> = if names.is_empty() {
+            vec![None]
+        } else {
+            names.iter().map(Some).collect()
+        };
         for name in &targets {
             let mut annotations = BTreeMap::new();
             if let Some(n) = name {
                 annotations.insert("io.containerd.image.name".to_string(), n.to_string());
                 if let Some(tag) = &n.tag {
-                    annotations.insert("org.opencontainers.image.ref.name".to_string(), tag.clone());
+                    annotations
+                        .insert("org.opencontainers.image.ref.name".to_string(), tag.clone());
                 }
             }
-            let mut d = Descriptor::new(MEDIA_TYPE_OCI_MANIFEST, manifest.clone(), manifest_bytes.len() as u64);
+            let mut d = Descriptor::new(
+                MEDIA_TYPE_OCI_MANIFEST,
+                manifest.clone(),
+                manifest_bytes.len() as u64,
+            );
             d.annotations = annotations;
             manifests.push(d);
         }
-        let index = Index { schema_version: 2, media_type: Some(MEDIA_TYPE_OCI_INDEX.to_string()), manifests };
+        let index = Index {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_OCI_INDEX.to_string()),
+            manifests,
+        };
         append_bytes(&mut tar, "index.json", &index.to_json()).map_err(io)?;
         append_dir(&mut tar, "blobs/").map_err(io)?;
         append_dir(&mut tar, "blobs/sha256/").map_err(io)?;
         let content = images.store().content();
-        append_bytes(&mut tar, &format!("blobs/sha256/{}", manifest.hex()), &manifest_bytes).map_err(io)?;
+        append_bytes(
+            &mut tar,
+            &format!("blobs/sha256/{}", manifest.hex()),
+            &manifest_bytes,
+        )
+        .map_err(io)?;
         let config_bytes = content.read(&m.config.digest)?;
-        append_bytes(&mut tar, &format!("blobs/sha256/{}", m.config.digest.hex()), &config_bytes).map_err(io)?;
+        append_bytes(
+            &mut tar,
+            &format!("blobs/sha256/{}", m.config.digest.hex()),
+            &config_bytes,
+        )
+        .map_err(io)?;
         let mut seen = std::collections::BTreeSet::new();
         for l in &m.layers {
             if !seen.insert(l.digest.clone()) {
@@ -79,10 +120,15 @@ pub fn export_archive(images: &ImageStore, manifest: &Digest, names: &[ImageRef]
             h.set_mode(0o644);
             h.set_mtime(0);
             h.set_entry_type(tar::EntryType::Regular);
-            tar.append_data(&mut h, format!("blobs/sha256/{}", l.digest.hex()), f).map_err(io)?;
+            tar.append_data(&mut h, format!("blobs/sha256/{}", l.digest.hex()), f)
+                .map_err(io)?;
         }
         if format == ArchiveFormat::Docker {
-            let repo_tags: Vec<String> = names.iter().filter(|n| n.tag.is_some()).map(|n| n.familiar()).collect();
+            let repo_tags: Vec<String> = names
+                .iter()
+                .filter(|n| n.tag.is_some())
+                .map(|n| n.familiar())
+                .collect();
             let doc = serde_json::json!([{
                 "Config": format!("blobs/sha256/{}", m.config.digest.hex()),
                 "RepoTags": repo_tags,

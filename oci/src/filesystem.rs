@@ -6,7 +6,11 @@ use rdock_snapshotter::{Mounted, Snapshotter, Store};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-fn with_view<T>(store: &Store, top: Option<&str>, f: impl FnOnce(&Path) -> Result<T, OciError>) -> Result<T, OciError> {
+fn with_view<T>(
+    store: &Store,
+    top: Option<&str>,
+    f: impl FnOnce(&Path) -> Result<T, OciError>,
+) -> Result<T, OciError> {
     let snaps = store.snapshots();
     let key = rdock_snapshotter::active_key("export");
     let mounts = snaps.view(&key, top)?;
@@ -27,7 +31,13 @@ pub fn export_local(store: &Store, top: Option<&str>, dest: &Path) -> Result<(),
 
 /// Writes the filesystem of `top` as a tarball at `dest` (renamed into place when complete).
 pub fn export_tar(store: &Store, top: Option<&str>, dest: &Path) -> Result<(), OciError> {
-    let tmp = dest.with_file_name(format!(".{}.rdock-tmp-{}", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    let tmp = dest.with_file_name(format!(
+        ".{}.rdock-tmp-{}",
+        dest.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
     let io = |e: std::io::Error| OciError::Io(dest.to_path_buf(), e);
     let r = with_view(store, top, |root| {
         let f = std::fs::File::create(&tmp).map_err(io)?;
@@ -46,8 +56,13 @@ pub fn export_tar(store: &Store, top: Option<&str>, dest: &Path) -> Result<(), O
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), OciError> {
     let mut dirs = Vec::new();
-    for e in walkdir::WalkDir::new(from).min_depth(1).follow_links(false).sort_by_file_name() {
-        let e = e.map_err(|e| OciError::Io(from.to_path_buf(), std::io::Error::other(e.to_string())))?;
+    for e in walkdir::WalkDir::new(from)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let e =
+            e.map_err(|e| OciError::Io(from.to_path_buf(), std::io::Error::other(e.to_string())))?;
         let rel = e.path().strip_prefix(from).unwrap_or(e.path());
         let target = to.join(rel);
         let io = |err: std::io::Error| OciError::Io(target.clone(), err);
@@ -63,17 +78,26 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), OciError> {
                 std::fs::remove_file(&target).map_err(io)?;
             }
             if ft.is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(e.path()).map_err(io)?, &target).map_err(io)?;
+                std::os::unix::fs::symlink(std::fs::read_link(e.path()).map_err(io)?, &target)
+                    .map_err(io)?;
             } else if ft.is_file() {
                 std::fs::copy(e.path(), &target).map_err(io)?;
             } else {
-                nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::from_bits_truncate(md.mode() & libc::S_IFMT), nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777), md.rdev())
-                    .map_err(|err| io(err.into()))?;
+                nix::sys::stat::mknod(
+                    &target,
+                    nix::sys::stat::SFlag::from_bits_truncate(md.mode() & libc::S_IFMT),
+                    nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777),
+                    md.rdev(),
+                )
+                .map_err(|err| io(err.into()))?;
             }
         }
         let _ = std::os::unix::fs::lchown(&target, Some(md.uid()), Some(md.gid()));
         if !ft.is_symlink() && !ft.is_dir() {
-            let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(md.mode() & 0o7777));
+            let _ = std::fs::set_permissions(
+                &target,
+                std::fs::Permissions::from_mode(md.mode() & 0o7777),
+            );
         }
         set_times(&target, &md);
     }
@@ -87,5 +111,11 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), OciError> {
 
 fn set_times(p: &Path, md: &std::fs::Metadata) {
     let t = nix::sys::time::TimeSpec::new(md.mtime(), md.mtime_nsec());
-    let _ = nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, p, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink);
+    let _ = nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    );
 }

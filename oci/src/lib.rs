@@ -20,9 +20,9 @@ mod image;
 mod load;
 mod store;
 
-pub use archive::{export_archive, ArchiveFormat};
+pub use archive::{ArchiveFormat, export_archive};
 pub use error::OciError;
 pub use filesystem::{export_local, export_tar};
-pub use image::{chain_snapshot_name, commit_image, ensure_unpacked, CommittedImage};
+pub use image::{CommittedImage, chain_snapshot_name, commit_image, ensure_unpacked};
 pub use load::load_archive;
 pub use store::{ImageRecord, ImageStore};

@@ -35,11 +35,11 @@ mod whiteout;
 pub use apply::apply_layer;
 pub use content::ContentStore;
 pub use db::Db;
-pub use diff::{write_layer, write_tree_tar, LayerBlob};
+pub use diff::{LayerBlob, write_layer, write_tree_tar};
 pub use error::SnapshotError;
 pub use mount::{MountSpec, Mounted};
+pub use overlay::{Info, Kind, LayerInfo, OverlaySnapshotter, Usage, active_key};
 pub use whiteout::is_opaque;
-pub use overlay::{active_key, Info, Kind, LayerInfo, OverlaySnapshotter, Usage};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,13 +79,19 @@ impl Store {
     /// process left: its temporary files and its active snapshots.
     pub fn open(root: &Path) -> Result<Store, SnapshotError> {
         for d in ["blobs/sha256", "snapshots", "tmp"] {
-            std::fs::create_dir_all(root.join(d)).map_err(|e| SnapshotError::io(root.join(d), e))?;
+            std::fs::create_dir_all(root.join(d))
+                .map_err(|e| SnapshotError::io(root.join(d), e))?;
         }
         let db = Arc::new(Db::open(&root.join("metadata.db"))?);
         let content = ContentStore::new(root);
         let snapshots = Arc::new(OverlaySnapshotter::new(root, db.clone(), content.clone())?);
         snapshots.clean_abandoned()?;
-        Ok(Store { root: root.to_path_buf(), db, content, snapshots })
+        Ok(Store {
+            root: root.to_path_buf(),
+            db,
+            content,
+            snapshots,
+        })
     }
 
     /// The root directory.

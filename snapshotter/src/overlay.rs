@@ -8,7 +8,7 @@ use crate::mount::MountSpec;
 use crate::whiteout::is_overlay_whiteout;
 use crate::{SnapshotError, Snapshotter};
 use rdock_imagespec::{Digest, MEDIA_TYPE_OCI_LAYER_GZIP};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -85,15 +85,27 @@ pub struct OverlaySnapshotter {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl OverlaySnapshotter {
     /// The snapshotter for a store root; `Store::open` makes one.
-    pub fn new(root: &Path, db: Arc<Db>, content: ContentStore) -> Result<OverlaySnapshotter, SnapshotError> {
+    pub fn new(
+        root: &Path,
+        db: Arc<Db>,
+        content: ContentStore,
+    ) -> Result<OverlaySnapshotter, SnapshotError> {
         let empty = root.join("snapshots/empty");
         std::fs::create_dir_all(&empty).map_err(|e| SnapshotError::io(&empty, e))?;
-        Ok(OverlaySnapshotter { root: root.to_path_buf(), db, content, empty })
+        Ok(OverlaySnapshotter {
+            root: root.to_path_buf(),
+            db,
+            content,
+            empty,
+        })
     }
 
     /// An empty directory, the root of scratch.
@@ -111,7 +123,8 @@ impl OverlaySnapshotter {
     }
 
     fn info(&self, key: &str) -> Result<Info, SnapshotError> {
-        self.find(key)?.ok_or_else(|| SnapshotError::NotFound(key.to_string()))
+        self.find(key)?
+            .ok_or_else(|| SnapshotError::NotFound(key.to_string()))
     }
 
     fn find(&self, key: &str) -> Result<Option<Info>, SnapshotError> {
@@ -147,16 +160,29 @@ impl OverlaySnapshotter {
     fn lowers(&self, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
         match parent {
             None => Ok(Vec::new()),
-            Some(p) => Ok(self.chain(p)?.iter().map(|i| self.dir(i.id).join("fs")).collect()),
+            Some(p) => Ok(self
+                .chain(p)?
+                .iter()
+                .map(|i| self.dir(i.id).join("fs"))
+                .collect()),
         }
     }
 
-    fn create(&self, key: &str, parent: Option<&str>, kind: Kind) -> Result<Vec<MountSpec>, SnapshotError> {
+    fn create(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+    ) -> Result<Vec<MountSpec>, SnapshotError> {
         let parent_id = match parent {
             Some(p) => {
                 let i = self.info(p)?;
                 if i.kind != Kind::Committed {
-                    return Err(SnapshotError::WrongKind { key: p.to_string(), actual: i.kind.as_str(), expected: "committed" });
+                    return Err(SnapshotError::WrongKind {
+                        key: p.to_string(),
+                        actual: i.kind.as_str(),
+                        expected: "committed",
+                    });
                 }
                 Some(i.id)
             }
@@ -164,9 +190,14 @@ impl OverlaySnapshotter {
         };
         let id = {
             let conn = self.db.conn();
-            let r = conn.execute("INSERT INTO snapshots (key, parent, kind, created) VALUES (?1, ?2, ?3, ?4)", params![key, parent_id, kind.as_str(), now()]);
+            let r = conn.execute(
+                "INSERT INTO snapshots (key, parent, kind, created) VALUES (?1, ?2, ?3, ?4)",
+                params![key, parent_id, kind.as_str(), now()],
+            );
             match r {
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
                     return Err(SnapshotError::Exists(key.to_string()));
                 }
                 r => r?,
@@ -174,9 +205,18 @@ impl OverlaySnapshotter {
             conn.last_insert_rowid()
         };
         let dir = self.dir(id);
-        let made = std::fs::create_dir_all(dir.join("fs")).and_then(|_| if kind == Kind::Active { std::fs::create_dir_all(dir.join("work")) } else { Ok(()) });
+        let made = std::fs::create_dir_all(dir.join("fs")).and_then(|_| {
+            if kind == Kind::Active {
+                std::fs::create_dir_all(dir.join("work"))
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = made {
-            let _ = self.db.conn().execute("DELETE FROM snapshots WHERE id = ?1", params![id]);
+            let _ = self
+                .db
+                .conn()
+                .execute("DELETE FROM snapshots WHERE id = ?1", params![id]);
             return Err(SnapshotError::io(dir, e));
         }
         self.mounts(key)
@@ -188,7 +228,9 @@ impl OverlaySnapshotter {
         let stale: Vec<String> = {
             let conn = self.db.conn();
             let mut stmt = conn.prepare("SELECT key FROM snapshots WHERE kind != 'committed'")?;
-            let keys = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            let keys = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
             keys.into_iter().filter(|k| !owner_alive(k)).collect()
         };
         for k in stale {
@@ -204,7 +246,12 @@ impl OverlaySnapshotter {
                 .filter_map(|l| l.split(' ').nth(4))
                 .map(PathBuf::from)
                 .filter(|p| p.starts_with(&tmp))
-                .filter(|p| p.strip_prefix(&tmp).ok().and_then(|r| r.components().next()).is_some_and(|c| !owner_alive(&c.as_os_str().to_string_lossy())))
+                .filter(|p| {
+                    p.strip_prefix(&tmp)
+                        .ok()
+                        .and_then(|r| r.components().next())
+                        .is_some_and(|c| !owner_alive(&c.as_os_str().to_string_lossy()))
+                })
                 .collect();
             points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
             for p in points {
@@ -216,7 +263,11 @@ impl OverlaySnapshotter {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if !owner_alive(&name) {
                     let p = e.path();
-                    let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                    let _ = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
                 }
             }
         }
@@ -227,7 +278,11 @@ impl OverlaySnapshotter {
     pub fn layer(&self, name: &str) -> Result<LayerInfo, SnapshotError> {
         let info = self.info(name)?;
         if info.kind != Kind::Committed {
-            return Err(SnapshotError::WrongKind { key: name.to_string(), actual: info.kind.as_str(), expected: "committed" });
+            return Err(SnapshotError::WrongKind {
+                key: name.to_string(),
+                actual: info.kind.as_str(),
+                expected: "committed",
+            });
         }
         if let Some(l) = self.recorded_layer(info.id)?
             && self.content.contains(&l.blob)
@@ -235,7 +290,12 @@ impl OverlaySnapshotter {
             return Ok(l);
         }
         let blob = write_layer(&self.dir(info.id).join("fs"), &self.content)?;
-        let l = LayerInfo { diff_id: blob.diff_id, blob: blob.blob, size: blob.size, media_type: MEDIA_TYPE_OCI_LAYER_GZIP.to_string() };
+        let l = LayerInfo {
+            diff_id: blob.diff_id,
+            blob: blob.blob,
+            size: blob.size,
+            media_type: MEDIA_TYPE_OCI_LAYER_GZIP.to_string(),
+        };
         self.record_layer(info.id, &l)?;
         Ok(l)
     }
@@ -243,11 +303,27 @@ impl OverlaySnapshotter {
     fn recorded_layer(&self, id: i64) -> Result<Option<LayerInfo>, SnapshotError> {
         let conn = self.db.conn();
         let row = conn
-            .query_row("SELECT diff_id, blob, size, media_type FROM layers WHERE snapshot = ?1", params![id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
-            })
+            .query_row(
+                "SELECT diff_id, blob, size, media_type FROM layers WHERE snapshot = ?1",
+                params![id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )
             .optional()?;
-        Ok(row.and_then(|(d, b, s, m)| Some(LayerInfo { diff_id: Digest::parse(&d).ok()?, blob: Digest::parse(&b).ok()?, size: s as u64, media_type: m })))
+        Ok(row.and_then(|(d, b, s, m)| {
+            Some(LayerInfo {
+                diff_id: Digest::parse(&d).ok()?,
+                blob: Digest::parse(&b).ok()?,
+                size: s as u64,
+                media_type: m,
+            })
+        }))
     }
 
     fn record_layer(&self, id: i64, l: &LayerInfo) -> Result<(), SnapshotError> {
@@ -267,7 +343,13 @@ impl OverlaySnapshotter {
 
     /// Unpacks a layer blob from the content store into a new committed snapshot `name`
     /// on top of `parent`, recording the blob as its layer. Nothing is left behind on error.
-    pub fn import_layer(&self, name: &str, parent: Option<&str>, blob: &Digest, media_type: &str) -> Result<LayerInfo, SnapshotError> {
+    pub fn import_layer(
+        &self,
+        name: &str,
+        parent: Option<&str>,
+        blob: &Digest,
+        media_type: &str,
+    ) -> Result<LayerInfo, SnapshotError> {
         if self.exists(name)? {
             return self.layer(name);
         }
@@ -277,15 +359,23 @@ impl OverlaySnapshotter {
             let fs = self.fs_dir(&key)?;
             let file = self.content.open(blob)?;
             let mut buffered = std::io::BufReader::with_capacity(256 * 1024, file);
-            let gz = is_gzip(&mut buffered).map_err(|e| SnapshotError::io(self.content.path(blob), e))?;
+            let gz = is_gzip(&mut buffered)
+                .map_err(|e| SnapshotError::io(self.content.path(blob), e))?;
             let diff_id = if gz {
                 let mut r = flate2::bufread::MultiGzDecoder::new(buffered);
                 crate::apply_layer(&mut r, &fs, blob.as_str())?
             } else {
                 crate::apply_layer(&mut buffered, &fs, blob.as_str())?
             };
-            let size = std::fs::metadata(self.content.path(blob)).map(|m| m.len()).unwrap_or(0);
-            Ok(LayerInfo { diff_id, blob: blob.clone(), size, media_type: media_type.to_string() })
+            let size = std::fs::metadata(self.content.path(blob))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            Ok(LayerInfo {
+                diff_id,
+                blob: blob.clone(),
+                size,
+                media_type: media_type.to_string(),
+            })
         })();
         match result {
             Ok(l) => {
@@ -320,7 +410,11 @@ impl OverlaySnapshotter {
             let p = self.dir(info.id).join("fs").join(rel);
             match std::fs::symlink_metadata(&p) {
                 Ok(md) if is_overlay_whiteout(&md) => return Ok(None),
-                Ok(md) if md.is_file() => return std::fs::read(&p).map(Some).map_err(|e| SnapshotError::io(&p, e)),
+                Ok(md) if md.is_file() => {
+                    return std::fs::read(&p)
+                        .map(Some)
+                        .map_err(|e| SnapshotError::io(&p, e));
+                }
                 Ok(_) => return Ok(None),
                 Err(_) => continue,
             }
@@ -352,7 +446,9 @@ pub fn active_key(purpose: &str) -> String {
 
 /// Parses the pid out of keys and temp names written as `purpose-PID-…`.
 fn owner_alive(name: &str) -> bool {
-    let Some(pid) = name.split('-').nth(1).and_then(|p| p.parse::<i32>().ok()) else { return true };
+    let Some(pid) = name.split('-').nth(1).and_then(|p| p.parse::<i32>().ok()) else {
+        return true;
+    };
     pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists()
 }
 
@@ -374,10 +470,20 @@ impl Snapshotter for OverlaySnapshotter {
         let info = self.info(key)?;
         let own = self.dir(info.id);
         let readonly = |mut lower: Vec<PathBuf>| match lower.len() {
-            0 => MountSpec::Bind { source: self.empty.clone(), readonly: true },
-            1 => MountSpec::Bind { source: lower.remove(0), readonly: true },
+            0 => MountSpec::Bind {
+                source: self.empty.clone(),
+                readonly: true,
+            },
+            1 => MountSpec::Bind {
+                source: lower.remove(0),
+                readonly: true,
+            },
             // overlay needs at least two lower dirs when it has no upper.
-            _ => MountSpec::Overlay { lower, upper: None, work: None },
+            _ => MountSpec::Overlay {
+                lower,
+                upper: None,
+                work: None,
+            },
         };
         let spec = match info.kind {
             Kind::Active => {
@@ -385,7 +491,11 @@ impl Snapshotter for OverlaySnapshotter {
                 if lower.is_empty() {
                     lower.push(self.empty.clone());
                 }
-                MountSpec::Overlay { lower, upper: Some(own.join("fs")), work: Some(own.join("work")) }
+                MountSpec::Overlay {
+                    lower,
+                    upper: Some(own.join("fs")),
+                    work: Some(own.join("work")),
+                }
             }
             Kind::View => readonly(self.lowers(info.parent.as_deref())?),
             Kind::Committed => readonly(self.lowers(Some(key))?),
@@ -396,11 +506,20 @@ impl Snapshotter for OverlaySnapshotter {
     fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError> {
         let info = self.info(key)?;
         if info.kind != Kind::Active {
-            return Err(SnapshotError::WrongKind { key: key.to_string(), actual: info.kind.as_str(), expected: "active" });
+            return Err(SnapshotError::WrongKind {
+                key: key.to_string(),
+                actual: info.kind.as_str(),
+                expected: "active",
+            });
         }
-        let r = self.db.conn().execute("UPDATE snapshots SET key = ?1, kind = 'committed' WHERE id = ?2", params![name, info.id]);
+        let r = self.db.conn().execute(
+            "UPDATE snapshots SET key = ?1, kind = 'committed' WHERE id = ?2",
+            params![name, info.id],
+        );
         match r {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
                 return Err(SnapshotError::Exists(name.to_string()));
             }
             r => r?,
@@ -414,7 +533,11 @@ impl Snapshotter for OverlaySnapshotter {
         let info = self.info(key)?;
         {
             let conn = self.db.conn();
-            let children: i64 = conn.query_row("SELECT COUNT(*) FROM snapshots WHERE parent = ?1", params![info.id], |r| r.get(0))?;
+            let children: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM snapshots WHERE parent = ?1",
+                params![info.id],
+                |r| r.get(0),
+            )?;
             if children > 0 {
                 return Err(SnapshotError::InUse(key.to_string()));
             }
@@ -422,7 +545,15 @@ impl Snapshotter for OverlaySnapshotter {
             conn.execute("DELETE FROM snapshots WHERE id = ?1", params![info.id])?;
         }
         let dir = self.dir(info.id);
-        std::fs::remove_dir_all(&dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(|e| SnapshotError::io(dir, e))
+        std::fs::remove_dir_all(&dir)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| SnapshotError::io(dir, e))
     }
 
     fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
@@ -432,7 +563,11 @@ impl Snapshotter for OverlaySnapshotter {
     fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
         let fs = self.fs_dir(key)?;
         let mut u = Usage::default();
-        for e in walkdir::WalkDir::new(&fs).min_depth(1).into_iter().flatten() {
+        for e in walkdir::WalkDir::new(&fs)
+            .min_depth(1)
+            .into_iter()
+            .flatten()
+        {
             u.inodes += 1;
             if let Ok(md) = e.metadata()
                 && md.is_file()
@@ -446,7 +581,14 @@ impl Snapshotter for OverlaySnapshotter {
     fn walk(&self) -> Result<Vec<Info>, SnapshotError> {
         let conn = self.db.conn();
         let mut stmt = conn.prepare("SELECT s.id, s.key, p.key, s.kind FROM snapshots s LEFT JOIN snapshots p ON s.parent = p.id ORDER BY s.id")?;
-        let rows = stmt.query_map([], |r| Ok(Info { id: r.get(0)?, key: r.get(1)?, parent: r.get(2)?, kind: Kind::parse(&r.get::<_, String>(3)?) }))?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Info {
+                id: r.get(0)?,
+                key: r.get(1)?,
+                parent: r.get(2)?,
+                kind: Kind::parse(&r.get::<_, String>(3)?),
+            })
+        })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 }

@@ -17,13 +17,13 @@ pub mod fileop;
 mod sandbox;
 pub mod user;
 
-pub use fileop::{resolve_in_root, CopySource};
+pub use fileop::{CopySource, resolve_in_root};
 pub use sandbox::{NamespaceExecutor, SANDBOX_HOSTNAME};
-pub use user::{resolve_user, ResolvedUser};
+pub use user::{ResolvedUser, resolve_user};
 
 use rdock_llb::patterns::PatternMatcher;
 use rdock_llb::{ExecOp, FileOp, Network, Security};
-use rdock_snapshotter::{active_key, MountSpec, Mounted, SnapshotError, Snapshotter, Store};
+use rdock_snapshotter::{MountSpec, Mounted, SnapshotError, Snapshotter, Store, active_key};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +76,12 @@ pub enum ExecError {
 /// Runs a command on a root filesystem.
 pub trait Executor: Send + Sync {
     /// Runs `spec` with `root` mounted as `/`, streaming combined stdout and stderr.
-    fn run(&self, spec: &ExecSpec, root: &MountSpec, output: &mut dyn FnMut(&[u8])) -> Result<ExecResult, ExecError>;
+    fn run(
+        &self,
+        spec: &ExecSpec,
+        root: &MountSpec,
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<ExecResult, ExecError>;
 }
 
 /// Why an op failed.
@@ -152,27 +157,53 @@ impl Worker {
     }
 
     /// Runs an exec op on `parent` (None: scratch) and commits the result as `name`.
-    pub fn exec(&self, op: &ExecOp, parent: Option<&str>, name: &str, output: &mut dyn FnMut(&[u8])) -> Result<(), WorkerError> {
+    pub fn exec(
+        &self,
+        op: &ExecOp,
+        parent: Option<&str>,
+        name: &str,
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), WorkerError> {
         let snaps = self.store.snapshots();
         let key = active_key("exec");
         let mounts = snaps.prepare(&key, parent)?;
         let result = (|| {
             let read = |p: &str| -> Result<Option<String>, WorkerError> {
                 Ok(match parent {
-                    Some(parent) => snaps.read_file(parent, p)?.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    Some(parent) => snaps
+                        .read_file(parent, p)?
+                        .map(|b| String::from_utf8_lossy(&b).into_owned()),
                     None => None,
                 })
             };
-            let user = resolve_user(&op.user, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref()).map_err(|e| WorkerError::User(e.to_string()))?;
+            let user = resolve_user(
+                &op.user,
+                read("/etc/passwd")?.as_deref(),
+                read("/etc/group")?.as_deref(),
+            )
+            .map_err(|e| WorkerError::User(e.to_string()))?;
             let mut env = op.env.clone();
             if !env.iter().any(|e| e.starts_with("HOME=")) {
                 env.push(format!("HOME={}", user.home));
             }
-            let existed: Vec<bool> = MOUNT_STUBS.iter().map(|s| snaps.path_exists(parent, s)).collect::<Result<_, _>>()?;
-            let spec = ExecSpec { args: op.args.clone(), env, cwd: op.cwd.clone(), user, network: op.network, security: op.security };
+            let existed: Vec<bool> = MOUNT_STUBS
+                .iter()
+                .map(|s| snaps.path_exists(parent, s))
+                .collect::<Result<_, _>>()?;
+            let spec = ExecSpec {
+                args: op.args.clone(),
+                env,
+                cwd: op.cwd.clone(),
+                user,
+                network: op.network,
+                security: op.security,
+            };
             let res = self.executor.run(&spec, &mounts[0], output)?;
             if res.exit_code != 0 {
-                return Err(WorkerError::ExitCode { command: op.args.join(" "), code: res.exit_code });
+                return Err(WorkerError::ExitCode {
+                    command: op.args.join(" "),
+                    code: res.exit_code,
+                });
             }
             let upper = snaps.fs_dir(&key)?;
             remove_stubs(&upper, &existed);
@@ -181,7 +212,12 @@ impl Worker {
         self.finish(result, name, &key)
     }
 
-    fn finish(&self, result: Result<(), WorkerError>, name: &str, key: &str) -> Result<(), WorkerError> {
+    fn finish(
+        &self,
+        result: Result<(), WorkerError>,
+        name: &str,
+        key: &str,
+    ) -> Result<(), WorkerError> {
         let snaps = self.store.snapshots();
         match result {
             Ok(()) => match snaps.commit(name, key) {
@@ -242,14 +278,25 @@ impl Worker {
                     }
                     FileInput::Local { dir, excludes } => {
                         roots.push(Some((dir.clone(), true)));
-                        matchers.push(Some(PatternMatcher::new(excludes).map_err(|e| WorkerError::Path { path: e.pattern, reason: e.reason })?));
+                        matchers.push(Some(PatternMatcher::new(excludes).map_err(|e| {
+                            WorkerError::Path {
+                                path: e.pattern,
+                                reason: e.reason,
+                            }
+                        })?));
                     }
                 }
             }
             let sources: Vec<Option<CopySource<'_>>> = roots
                 .iter()
                 .zip(matchers.iter())
-                .map(|(r, m)| r.as_ref().map(|(p, reset)| CopySource { root: p.as_path(), excludes: m.as_ref(), reset_ownership: *reset }))
+                .map(|(r, m)| {
+                    r.as_ref().map(|(p, reset)| CopySource {
+                        root: p.as_path(),
+                        excludes: m.as_ref(),
+                        reset_ownership: *reset,
+                    })
+                })
                 .collect();
             let applied = fileop::apply_actions(root.path(), &op.actions, &sources);
             drop(root);
@@ -266,12 +313,18 @@ impl Worker {
 fn remove_stubs(upper: &Path, existed: &[bool]) {
     for (stub, existed) in MOUNT_STUBS.iter().zip(existed) {
         let p = upper.join(stub);
-        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if md.is_dir() {
             // Only an empty directory is a stub: a step may have written into /etc.
             if !*existed || stub != &"etc" {
                 let _ = std::fs::remove_dir(&p);
-            } else if std::fs::read_dir(&p).map(|mut d| d.next().is_none()).unwrap_or(false) && !rdock_snapshotter::is_opaque(&p) {
+            } else if std::fs::read_dir(&p)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false)
+                && !rdock_snapshotter::is_opaque(&p)
+            {
                 // A copied-up /etc that ended up unchanged.
                 let _ = std::fs::remove_dir(&p);
             }

@@ -108,7 +108,8 @@ struct Plan {
 }
 
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString, ExecError> {
-    CString::new(s.as_ref().to_vec()).map_err(|_| ExecError::Setup("argument or path contains a NUL byte".into()))
+    CString::new(s.as_ref().to_vec())
+        .map_err(|_| ExecError::Setup("argument or path contains a NUL byte".into()))
 }
 
 fn cpath(p: &Path) -> Result<CString, ExecError> {
@@ -143,7 +144,12 @@ fn host_resolv_conf() -> Vec<u8> {
 }
 
 impl Executor for NamespaceExecutor {
-    fn run(&self, spec: &ExecSpec, root: &MountSpec, output: &mut dyn FnMut(&[u8])) -> Result<ExecResult, ExecError> {
+    fn run(
+        &self,
+        spec: &ExecSpec,
+        root: &MountSpec,
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<ExecResult, ExecError> {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = RunDir(self.scratch.join(format!("run-{}-{n}", std::process::id())));
@@ -152,10 +158,18 @@ impl Executor for NamespaceExecutor {
         let hosts = dir.0.join("hosts");
         std::fs::write(&hosts, format!("127.0.0.1\tlocalhost {SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n")).map_err(|e| ExecError::Io(hosts.clone(), e))?;
         let resolv = dir.0.join("resolv.conf");
-        std::fs::write(&resolv, host_resolv_conf()).map_err(|e| ExecError::Io(resolv.clone(), e))?;
+        std::fs::write(&resolv, host_resolv_conf())
+            .map_err(|e| ExecError::Io(resolv.clone(), e))?;
 
         let (overlay_opts, bind_root) = match root {
-            MountSpec::Overlay { .. } => (Some(cstr(root.overlay_options("run").map_err(|e| ExecError::Setup(e.to_string()))?.unwrap_or_default())?), None),
+            MountSpec::Overlay { .. } => (
+                Some(cstr(
+                    root.overlay_options("run")
+                        .map_err(|e| ExecError::Setup(e.to_string()))?
+                        .unwrap_or_default(),
+                )?),
+                None,
+            ),
             MountSpec::Bind { source, readonly } => (None, Some((cpath(source)?, *readonly))),
         };
 
@@ -168,34 +182,62 @@ impl Executor for NamespaceExecutor {
             cwd_parts.push(cstr(&acc)?);
         }
         // PATH lookup happens here, against the container's PATH, as runc does.
-        let prog = spec.args.first().ok_or_else(|| ExecError::Setup("empty command".into()))?;
+        let prog = spec
+            .args
+            .first()
+            .ok_or_else(|| ExecError::Setup("empty command".into()))?;
         let exec_paths = if prog.contains('/') {
             vec![cstr(prog)?]
         } else {
-            let path = spec.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-            path.split(':').filter(|d| !d.is_empty()).map(|d| cstr(format!("{d}/{prog}"))).collect::<Result<Vec<_>, _>>()?
+            let path = spec
+                .env
+                .iter()
+                .find_map(|e| e.strip_prefix("PATH="))
+                .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+            path.split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| cstr(format!("{d}/{prog}")))
+                .collect::<Result<Vec<_>, _>>()?
         };
-        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Setup(format!("pipe: {e}")))?;
-        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Setup(format!("pipe: {e}")))?;
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| ExecError::Setup(format!("pipe: {e}")))?;
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| ExecError::Setup(format!("pipe: {e}")))?;
         let plan = Plan {
             root: cpath(&rootfs)?,
             overlay_opts,
             bind_root,
             proc_dir: rp("proc")?,
             dev_dir: rp("dev")?,
-            dev_nodes: [("null", (1, 3)), ("zero", (1, 5)), ("full", (1, 7)), ("random", (1, 8)), ("urandom", (1, 9)), ("tty", (5, 0))]
-                .iter()
-                .map(|(name, (ma, mi))| Ok((rp(&format!("dev/{name}"))?, libc::makedev(*ma, *mi))))
-                .collect::<Result<_, ExecError>>()?,
+            dev_nodes: [
+                ("null", (1, 3)),
+                ("zero", (1, 5)),
+                ("full", (1, 7)),
+                ("random", (1, 8)),
+                ("urandom", (1, 9)),
+                ("tty", (5, 0)),
+            ]
+            .iter()
+            .map(|(name, (ma, mi))| Ok((rp(&format!("dev/{name}"))?, libc::makedev(*ma, *mi))))
+            .collect::<Result<_, ExecError>>()?,
             dev_pts: rp("dev/pts")?,
             dev_shm: rp("dev/shm")?,
-            dev_links: [("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr"), ("pts/ptmx", "ptmx")]
-                .iter()
-                .map(|(t, l)| Ok((cstr(*t)?, rp(&format!("dev/{l}"))?)))
-                .collect::<Result<_, ExecError>>()?,
+            dev_links: [
+                ("/proc/self/fd", "fd"),
+                ("/proc/self/fd/0", "stdin"),
+                ("/proc/self/fd/1", "stdout"),
+                ("/proc/self/fd/2", "stderr"),
+                ("pts/ptmx", "ptmx"),
+            ]
+            .iter()
+            .map(|(t, l)| Ok((cstr(*t)?, rp(&format!("dev/{l}"))?)))
+            .collect::<Result<_, ExecError>>()?,
             sys_dir: rp("sys")?,
             etc_dir: rp("etc")?,
-            etc_files: vec![(cpath(&hosts)?, rp("etc/hosts")?), (cpath(&resolv)?, rp("etc/resolv.conf")?)],
+            etc_files: vec![
+                (cpath(&hosts)?, rp("etc/hosts")?),
+                (cpath(&resolv)?, rp("etc/resolv.conf")?),
+            ],
             hostname: cstr(SANDBOX_HOSTNAME)?,
             cwd_parts,
             cwd: cstr(if spec.cwd.is_empty() { "/" } else { &spec.cwd })?,
@@ -210,19 +252,37 @@ impl Executor for NamespaceExecutor {
             out_fd: out_w.as_raw_fd(),
             err_fd: err_w.as_raw_fd(),
         };
-        let mut flags = nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::CLONE_NEWUTS | nix::sched::CloneFlags::CLONE_NEWIPC;
+        let mut flags = nix::sched::CloneFlags::CLONE_NEWNS
+            | nix::sched::CloneFlags::CLONE_NEWPID
+            | nix::sched::CloneFlags::CLONE_NEWUTS
+            | nix::sched::CloneFlags::CLONE_NEWIPC;
         if spec.network != Network::Host {
             flags |= nix::sched::CloneFlags::CLONE_NEWNET;
         }
         let mut stack = vec![0u8; 256 * 1024];
-        let argv_ptrs: Vec<*const libc::c_char> = plan.argv.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let envp_ptrs: Vec<*const libc::c_char> = plan.envp.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let argv_ptrs: Vec<*const libc::c_char> = plan
+            .argv
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp_ptrs: Vec<*const libc::c_char> = plan
+            .envp
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
         let started = std::time::Instant::now();
         // SAFETY: the child only reads `plan` and the pointer arrays (its own copy of this
         // address space) and makes raw syscalls; it never returns into Rust code that
         // could allocate or unwind, ending in execve or _exit.
         let pid = unsafe {
-            nix::sched::clone(Box::new(|| child(&plan, &argv_ptrs, &envp_ptrs)), &mut stack, flags, Some(libc::SIGCHLD))
+            nix::sched::clone(
+                Box::new(|| child(&plan, &argv_ptrs, &envp_ptrs)),
+                &mut stack,
+                flags,
+                Some(libc::SIGCHLD),
+            )
         }
         .map_err(|e| ExecError::Setup(format!("clone into new namespaces: {e}")))?;
         drop(out_w);
@@ -252,16 +312,25 @@ impl Executor for NamespaceExecutor {
             let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
             let err = std::io::Error::from_raw_os_error(errno);
             if report[0] == Stage::Exec as u8 {
-                return Err(ExecError::NotFound { program: prog.clone(), reason: err.to_string() });
+                return Err(ExecError::NotFound {
+                    program: prog.clone(),
+                    reason: err.to_string(),
+                });
             }
-            return Err(ExecError::Setup(format!("{}: {err}", Stage::describe(report[0]))));
+            return Err(ExecError::Setup(format!(
+                "{}: {err}",
+                Stage::describe(report[0])
+            )));
         }
         let code = match status {
             nix::sys::wait::WaitStatus::Exited(_, c) => c,
             nix::sys::wait::WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
             _ => -1,
         };
-        Ok(ExecResult { exit_code: code, duration: started.elapsed() })
+        Ok(ExecResult {
+            exit_code: code,
+            duration: started.elapsed(),
+        })
     }
 }
 
@@ -291,13 +360,38 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
     unsafe {
         let null: *const libc::c_char = std::ptr::null();
         // Die with the thread that waits for us, so a killed build leaves no step running.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-        if libc::mount(null, c"/".as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::mount(
+            null,
+            c"/".as_ptr(),
+            null,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
             return fail(p.err_fd, Stage::PrivateMounts);
         }
         let rc = match (&p.overlay_opts, &p.bind_root) {
-            (Some(opts), _) => libc::mount(c"overlay".as_ptr(), p.root.as_ptr(), c"overlay".as_ptr(), 0, opts.as_ptr().cast()),
-            (None, Some((src, _))) => libc::mount(src.as_ptr(), p.root.as_ptr(), null, libc::MS_BIND | libc::MS_REC, std::ptr::null()),
+            (Some(opts), _) => libc::mount(
+                c"overlay".as_ptr(),
+                p.root.as_ptr(),
+                c"overlay".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            ),
+            (None, Some((src, _))) => libc::mount(
+                src.as_ptr(),
+                p.root.as_ptr(),
+                null,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ),
             (None, None) => -1,
         };
         if rc != 0 {
@@ -305,11 +399,25 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
         }
         libc::umask(0);
         mkdir_quiet(&p.proc_dir, 0o555);
-        if libc::mount(c"proc".as_ptr(), p.proc_dir.as_ptr(), c"proc".as_ptr(), libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV, std::ptr::null()) != 0 {
+        if libc::mount(
+            c"proc".as_ptr(),
+            p.proc_dir.as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV,
+            std::ptr::null(),
+        ) != 0
+        {
             return fail(p.err_fd, Stage::Proc);
         }
         mkdir_quiet(&p.dev_dir, 0o755);
-        if libc::mount(c"tmpfs".as_ptr(), p.dev_dir.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_STRICTATIME, c"mode=755,size=65536k".as_ptr().cast()) != 0 {
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            p.dev_dir.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            c"mode=755,size=65536k".as_ptr().cast(),
+        ) != 0
+        {
             return fail(p.err_fd, Stage::Dev);
         }
         for (path, dev) in &p.dev_nodes {
@@ -318,18 +426,49 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
             }
         }
         mkdir_quiet(&p.dev_pts, 0o755);
-        libc::mount(c"devpts".as_ptr(), p.dev_pts.as_ptr(), c"devpts".as_ptr(), libc::MS_NOSUID | libc::MS_NOEXEC, c"newinstance,ptmxmode=0666,mode=0620".as_ptr().cast());
+        libc::mount(
+            c"devpts".as_ptr(),
+            p.dev_pts.as_ptr(),
+            c"devpts".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            c"newinstance,ptmxmode=0666,mode=0620".as_ptr().cast(),
+        );
         mkdir_quiet(&p.dev_shm, 0o1777);
-        libc::mount(c"shm".as_ptr(), p.dev_shm.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV, c"mode=1777,size=65536k".as_ptr().cast());
+        libc::mount(
+            c"shm".as_ptr(),
+            p.dev_shm.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV,
+            c"mode=1777,size=65536k".as_ptr().cast(),
+        );
         for (target, link) in &p.dev_links {
             libc::symlink(target.as_ptr(), link.as_ptr());
         }
         mkdir_quiet(&p.sys_dir, 0o555);
         let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
-        if libc::mount(c"sysfs".as_ptr(), p.sys_dir.as_ptr(), c"sysfs".as_ptr(), ro, std::ptr::null()) != 0 {
+        if libc::mount(
+            c"sysfs".as_ptr(),
+            p.sys_dir.as_ptr(),
+            c"sysfs".as_ptr(),
+            ro,
+            std::ptr::null(),
+        ) != 0
+        {
             // In the host network namespace sysfs may be refused; bind the host's read-only.
-            if libc::mount(c"/sys".as_ptr(), p.sys_dir.as_ptr(), null, libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0
-                || libc::mount(null, p.sys_dir.as_ptr(), null, libc::MS_BIND | libc::MS_REMOUNT | ro, std::ptr::null()) != 0
+            if libc::mount(
+                c"/sys".as_ptr(),
+                p.sys_dir.as_ptr(),
+                null,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
+                || libc::mount(
+                    null,
+                    p.sys_dir.as_ptr(),
+                    null,
+                    libc::MS_BIND | libc::MS_REMOUNT | ro,
+                    std::ptr::null(),
+                ) != 0
             {
                 return fail(p.err_fd, Stage::Sys);
             }
@@ -337,16 +476,33 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
         umask_default();
         mkdir_quiet(&p.etc_dir, 0o755);
         for (src, dst) in &p.etc_files {
-            let fd = libc::open(dst.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o644);
+            let fd = libc::open(
+                dst.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o644,
+            );
             if fd >= 0 {
                 libc::close(fd);
             }
-            if libc::mount(src.as_ptr(), dst.as_ptr(), null, libc::MS_BIND, std::ptr::null()) != 0 {
+            if libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                null,
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
                 return fail(p.err_fd, Stage::EtcFiles);
             }
         }
         if let Some((_, true)) = &p.bind_root {
-            libc::mount(null, p.root.as_ptr(), null, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, std::ptr::null());
+            libc::mount(
+                null,
+                p.root.as_ptr(),
+                null,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            );
         }
         // pivot_root(".", ".") then detach the old root: no put_old directory needed.
         if libc::chdir(p.root.as_ptr()) != 0

@@ -1,15 +1,18 @@
 //! `rdock`: docker-like. Parses flags and calls `rdock_cli`.
 
 use clap::{Parser, Subcommand};
-use rdock_cli::build::{parse_output, run, BuildRequest, Output};
+use rdock_cli::build::{BuildRequest, Output, parse_output, run};
 use rdock_cli::progress::Mode;
-use rdock_cli::{commands, exit_with, UsageError};
+use rdock_cli::{UsageError, commands, exit_with};
 use rdock_imagespec::ImageRef;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "rdock", about = "Build and manage container images without a daemon")]
+#[command(
+    name = "rdock",
+    about = "Build and manage container images without a daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -126,13 +129,31 @@ fn not_yet(what: &str) -> anyhow::Result<()> {
 
 fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Build { tags, file, target, build_args, outputs, cache_from, cache_to, no_cache, progress, metadata_file, context } => {
+        Command::Build {
+            tags,
+            file,
+            target,
+            build_args,
+            outputs,
+            cache_from,
+            cache_to,
+            no_cache,
+            progress,
+            metadata_file,
+            context,
+        } => {
             if !cache_from.is_empty() || !cache_to.is_empty() {
                 return not_yet("--cache-from/--cache-to");
             }
-            let mut outs: Vec<Output> = outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
+            let mut outs: Vec<Output> = outputs
+                .iter()
+                .map(|o| parse_output(o))
+                .collect::<anyhow::Result<_>>()?;
             if !tags.is_empty() {
-                let names = tags.iter().map(|t| ImageRef::parse(t).map_err(|e| UsageError(e.to_string()).into())).collect::<anyhow::Result<Vec<_>>>()?;
+                let names = tags
+                    .iter()
+                    .map(|t| ImageRef::parse(t).map_err(|e| UsageError(e.to_string()).into()))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
                 outs.push(Output::Image { names });
             }
             let mut args = BTreeMap::new();
@@ -140,7 +161,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 match a.split_once('=') {
                     Some((k, v)) => args.insert(k.to_string(), v.to_string()),
                     // `--build-arg K` takes K from the environment, as docker does.
-                    None => std::env::var(&a).ok().map(|v| args.insert(a.clone(), v)).unwrap_or(None),
+                    None => std::env::var(&a)
+                        .ok()
+                        .map(|v| args.insert(a.clone(), v))
+                        .unwrap_or(None),
                 };
             }
             let req = BuildRequest {
@@ -150,7 +174,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 build_args: args,
                 outputs: outs,
                 no_cache,
-                progress: Mode::parse(&progress).ok_or_else(|| UsageError(format!("--progress {progress}: expected auto, tty, plain, rawjson or quiet")))?,
+                progress: Mode::parse(&progress).ok_or_else(|| {
+                    UsageError(format!(
+                        "--progress {progress}: expected auto, tty, plain, rawjson or quiet"
+                    ))
+                })?,
                 metadata_file,
                 dump: None,
             };
