@@ -66,7 +66,11 @@ fn available(cmd: &str, args: &[&str]) -> bool {
 /// of files right after deleting thousands measures the allocator, not the builder.
 fn fresh_store(t: &Tools, dir: &Path) -> Result<PathBuf> {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let root = dir.join("stores").join(format!("{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    let root = dir.join("stores").join(format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     run(Command::new(&t.rdock)
         .args(["load", "-i"])
         .arg(&t.base_tar)
@@ -86,7 +90,11 @@ fn rdock_build(t: &Tools, root: &Path, ctx: &Path, extra: &[&str]) -> Command {
 /// Debian's docker.io client: it drives its daemon's built-in BuildKit with
 /// DOCKER_BUILDKIT=1 (a newer client elsewhere on PATH may insist on buildx).
 fn docker_cli() -> &'static str {
-    if Path::new("/usr/bin/docker").exists() { "/usr/bin/docker" } else { "docker" }
+    if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    }
 }
 
 fn docker_build(ctx: &Path, no_cache: bool) -> Command {
@@ -349,7 +357,10 @@ fn main() -> Result<()> {
     run(Command::new("bash").arg(&script).arg(&base_tar))?;
     let docker = available(docker_cli(), &["info"]);
     if docker {
-        run(Command::new(docker_cli()).arg("load").arg("-i").arg(&base_tar))?;
+        run(Command::new(docker_cli())
+            .arg("load")
+            .arg("-i")
+            .arg(&base_tar))?;
     }
     let buildah = available("buildah", &["--version"]);
     if buildah {

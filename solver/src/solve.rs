@@ -112,6 +112,11 @@ impl Solver {
             .get(&terminal.digest)
             .ok_or_else(|| SolveError::Definition("terminal is not in the definition".into()))?;
         let out = std::thread::scope(|s| self.solve_node(s, &run, t));
+        // Every vertex that failed holds a clone of the error; drop them so the caller
+        // gets the typed error itself.
+        let executed = run.executed.load(std::sync::atomic::Ordering::Relaxed);
+        let cached = run.cached.load(std::sync::atomic::Ordering::Relaxed);
+        run.results.clear();
         let top = match out {
             Ok(Output::Snapshot(s)) => s,
             Ok(Output::Local { .. }) => {
@@ -127,8 +132,8 @@ impl Solver {
         };
         Ok(SolveOutput {
             top,
-            executed: run.executed.load(std::sync::atomic::Ordering::Relaxed),
-            cached: run.cached.load(std::sync::atomic::Ordering::Relaxed),
+            executed,
+            cached,
         })
     }
 
