@@ -48,6 +48,52 @@ fn time(cmd: &mut Command) -> Result<Duration> {
     Ok(t.elapsed())
 }
 
+/// Medians over `runs` of a cold build followed by a warm rebuild (None: no warm run).
+fn cold_warm(
+    runs: usize,
+    mut cold: impl FnMut() -> Command,
+    mut warm: Option<&mut dyn FnMut() -> Command>,
+) -> Result<(Duration, Option<Duration>)> {
+    let mut c = Vec::new();
+    let mut w = Vec::new();
+    for _ in 0..runs {
+        c.push(time(&mut cold())?);
+        if let Some(warm) = warm.as_mut() {
+            w.push(time(&mut warm())?);
+        }
+    }
+    Ok((median(c), (!w.is_empty()).then(|| median(w))))
+}
+
+/// BuildKit and Buildah medians for a context, where installed.
+fn others(
+    t: &Tools,
+    ctx: &Path,
+    runs: usize,
+    warm: bool,
+) -> Result<[(Option<Duration>, Option<Duration>); 2]> {
+    let mut out = [(None, None), (None, None)];
+    if t.docker {
+        let mut w = || docker_build(ctx, false);
+        let (c, w) = cold_warm(
+            runs,
+            || docker_build(ctx, true),
+            if warm { Some(&mut w) } else { None },
+        )?;
+        out[0] = (Some(c), w);
+    }
+    if t.buildah {
+        let mut w = || buildah_build(ctx, false);
+        let (c, w) = cold_warm(
+            runs,
+            || buildah_build(ctx, true),
+            if warm { Some(&mut w) } else { None },
+        )?;
+        out[1] = (Some(c), w);
+    }
+    Ok(out)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -159,27 +205,7 @@ fn workload_run30(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
             &["--output", "type=image,name=bench:run30"],
         ))?);
     }
-    let (mut bk_cold, mut bk_noop, mut ba_cold, mut ba_noop) = (None, None, None, None);
-    if t.docker {
-        let mut c = Vec::new();
-        let mut n = Vec::new();
-        for _ in 0..runs {
-            c.push(time(&mut docker_build(&ctx, true))?);
-            n.push(time(&mut docker_build(&ctx, false))?);
-        }
-        bk_cold = Some(median(c));
-        bk_noop = Some(median(n));
-    }
-    if t.buildah {
-        let mut c = Vec::new();
-        let mut n = Vec::new();
-        for _ in 0..runs {
-            c.push(time(&mut buildah_build(&ctx, true))?);
-            n.push(time(&mut buildah_build(&ctx, false))?);
-        }
-        ba_cold = Some(median(c));
-        ba_noop = Some(median(n));
-    }
+    let [(bk_cold, bk_noop), (ba_cold, ba_noop)] = others(t, &ctx, runs, true)?;
     Ok(vec![
         Row {
             name: "run30-cold",
@@ -228,26 +254,7 @@ fn workload_context(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         ))?);
         noop.push(time(&mut rdock_build(t, &root, &ctx, &[]))?);
     }
-    let mut bk = (None, None);
-    if t.docker {
-        let mut c = Vec::new();
-        let mut n = Vec::new();
-        for _ in 0..runs {
-            c.push(time(&mut docker_build(&ctx, true))?);
-            n.push(time(&mut docker_build(&ctx, false))?);
-        }
-        bk = (Some(median(c)), Some(median(n)));
-    }
-    let mut ba = (None, None);
-    if t.buildah {
-        let mut c = Vec::new();
-        let mut n = Vec::new();
-        for _ in 0..runs {
-            c.push(time(&mut buildah_build(&ctx, true))?);
-            n.push(time(&mut buildah_build(&ctx, false))?);
-        }
-        ba = (Some(median(c)), Some(median(n)));
-    }
+    let [bk, ba] = others(t, &ctx, runs, true)?;
     Ok(vec![
         Row {
             name: "context-copy-cold",
@@ -291,22 +298,7 @@ fn workload_layer(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
             &["--output", &format!("type=oci,dest={}", out.display())],
         ))?);
     }
-    let mut bk = None;
-    if t.docker {
-        let mut c = Vec::new();
-        for _ in 0..runs {
-            c.push(time(&mut docker_build(&ctx, true))?);
-        }
-        bk = Some(median(c));
-    }
-    let mut ba = None;
-    if t.buildah {
-        let mut c = Vec::new();
-        for _ in 0..runs {
-            c.push(time(&mut buildah_build(&ctx, true))?);
-        }
-        ba = Some(median(c));
-    }
+    let [(bk, _), (ba, _)] = others(t, &ctx, runs, false)?;
     Ok(vec![
         Row {
             name: "layer-commit-64MiB",

@@ -19,15 +19,34 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// docker-archive tarball.
-    Docker { dest: PathBuf, names: Vec<ImageRef> },
+    Docker {
+        /// The tarball.
+        dest: PathBuf,
+        /// Names recorded in it.
+        names: Vec<ImageRef>,
+    },
     /// OCI layout tarball.
-    Oci { dest: PathBuf, names: Vec<ImageRef> },
+    Oci {
+        /// The tarball.
+        dest: PathBuf,
+        /// Names recorded in it.
+        names: Vec<ImageRef>,
+    },
     /// The final filesystem in a directory.
-    Local { dest: PathBuf },
+    Local {
+        /// The directory.
+        dest: PathBuf,
+    },
     /// The final filesystem as a tarball.
-    Tar { dest: PathBuf },
+    Tar {
+        /// The tarball.
+        dest: PathBuf,
+    },
     /// The local image store under names.
-    Image { names: Vec<ImageRef> },
+    Image {
+        /// The names.
+        names: Vec<ImageRef>,
+    },
 }
 
 /// LLB dump formats.

@@ -155,8 +155,10 @@ fn unknown_image_error_points_at_from() {
 fn unreachable_stages_are_not_lowered() {
     // The `broken` stage names a missing image; building `ok` must not resolve it.
     let df = "FROM nope:1 AS broken\nRUN x\nFROM busybox AS ok\nRUN true\n";
-    let mut opts = BuildOptions::default();
-    opts.target = Some("ok".into());
+    let opts = BuildOptions {
+        target: Some("ok".into()),
+        ..Default::default()
+    };
     assert!(lower(df, &opts, &Images).is_ok());
 }
 

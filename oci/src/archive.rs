@@ -2,6 +2,7 @@
 //! for the docker format the same plus `manifest.json`, which `docker load` reads. The
 //! file is written beside its destination and renamed into place when complete.
 
+use crate::atomic::write_atomically;
 use crate::{ImageStore, OciError};
 use rdock_imagespec::{
     Descriptor, Digest, ImageRef, Index, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
@@ -51,17 +52,9 @@ pub fn export_archive(
 ) -> Result<(), OciError> {
     let m = images.manifest(manifest)?;
     let manifest_bytes = images.store().content().read(manifest)?;
-    let tmp = dest.with_file_name(format!(
-        ".{}.rdock-tmp-{}",
-        dest.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
     let io = |e: std::io::Error| OciError::Io(dest.to_path_buf(), e);
-    let result = (|| {
-        let file = std::fs::File::create(&tmp).map_err(io)?;
-        let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    write_atomically(dest, |w| {
+        let mut tar = tar::Builder::new(w);
         append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io)?;
         let mut manifests = Vec::new();
         let targets: Vec<Option<&ImageRef>> = if names.is_empty() {
@@ -136,15 +129,7 @@ pub fn export_archive(
             }]);
             append_bytes(&mut tar, "manifest.json", doc.to_string().as_bytes()).map_err(io)?;
         }
-        let mut w = tar.into_inner().map_err(io)?;
-        w.flush().map_err(io)?;
+        tar.into_inner().map_err(io)?;
         Ok(())
-    })();
-    match result {
-        Ok(()) => std::fs::rename(&tmp, dest).map_err(io),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    })
 }

@@ -2,6 +2,7 @@
 //! `type=tar` (the same tree as a tarball). Both read a read-only view of the result.
 
 use crate::OciError;
+use crate::atomic::write_atomically;
 use rdock_snapshotter::{Mounted, Snapshotter, Store};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -31,27 +32,12 @@ pub fn export_local(store: &Store, top: Option<&str>, dest: &Path) -> Result<(),
 
 /// Writes the filesystem of `top` as a tarball at `dest` (renamed into place when complete).
 pub fn export_tar(store: &Store, top: Option<&str>, dest: &Path) -> Result<(), OciError> {
-    let tmp = dest.with_file_name(format!(
-        ".{}.rdock-tmp-{}",
-        dest.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let io = |e: std::io::Error| OciError::Io(dest.to_path_buf(), e);
-    let r = with_view(store, top, |root| {
-        let f = std::fs::File::create(&tmp).map_err(io)?;
-        let mut w = rdock_snapshotter::write_tree_tar(root, std::io::BufWriter::new(f))?;
-        std::io::Write::flush(&mut w).map_err(io)?;
-        Ok(())
-    });
-    match r {
-        Ok(()) => std::fs::rename(&tmp, dest).map_err(io),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    with_view(store, top, |root| {
+        write_atomically(dest, |w| {
+            rdock_snapshotter::write_tree_tar(root, w)?;
+            Ok(())
+        })
+    })
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), OciError> {

@@ -14,6 +14,7 @@
 //! ```
 
 mod archive;
+mod atomic;
 mod error;
 mod filesystem;
 mod image;
