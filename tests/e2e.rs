@@ -954,7 +954,11 @@ fn a_killed_build_leaves_a_store_the_next_build_reuses() {
 }
 
 /// Rewrites the tarball at `src` into `dst`; `edit` returns each file's new name and bytes.
-fn rewrite_tar(src: &std::path::Path, dst: &std::path::Path, edit: impl Fn(String, Vec<u8>) -> (String, Vec<u8>)) {
+fn rewrite_tar(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    edit: impl Fn(String, Vec<u8>) -> (String, Vec<u8>),
+) {
     let mut out = tar::Builder::new(std::fs::File::create(dst).unwrap());
     for (path, data) in read_tar_files(src) {
         if path.ends_with('/') {
@@ -976,11 +980,25 @@ fn sha256_hex(b: &[u8]) -> String {
 #[test]
 fn broken_archives_are_refused_and_leave_the_store_usable() {
     let f = Fixture::new();
-    let ctx = f.ctx("src", &[("Dockerfile", "FROM busybox\nRUN echo payload > /p\n")]);
+    let ctx = f.ctx(
+        "src",
+        &[("Dockerfile", "FROM busybox\nRUN echo payload > /p\n")],
+    );
     let good = f.path("good.tar");
-    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={},name=victim:1", good.display())]));
+    assert_ok(&f.build(
+        &ctx,
+        &[
+            "--output",
+            &format!("type=oci,dest={},name=victim:1", good.display()),
+        ],
+    ));
     let img = read_image(&good);
-    let hex_of = |d: &serde_json::Value| d.as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let hex_of = |d: &serde_json::Value| {
+        d.as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string()
+    };
     let layer = hex_of(&json!(img.layer_digests[1]));
     let g = Fixture::empty();
 
@@ -998,7 +1016,10 @@ fn broken_archives_are_refused_and_leave_the_store_usable() {
     assert!(stderr(&out).contains("digest mismatch"), "{}", stderr(&out));
 
     // A well-formed image whose config claims a diff ID its layer does not unpack to.
-    let (old_cfg, old_m) = (hex_of(&img.manifest["config"]["digest"]), hex_of(&img.index["manifests"][0]["digest"]));
+    let (old_cfg, old_m) = (
+        hex_of(&img.manifest["config"]["digest"]),
+        hex_of(&img.index["manifests"][0]["digest"]),
+    );
     let mut cfg = img.config.clone();
     cfg["rootfs"]["diff_ids"][1] = json!(format!("sha256:{}", "0".repeat(64)));
     let cfg_bytes = serde_json::to_vec(&cfg).unwrap();
@@ -1014,9 +1035,15 @@ fn broken_archives_are_refused_and_leave_the_store_usable() {
         if p == "index.json" {
             (p, serde_json::to_vec(&index).unwrap())
         } else if p.ends_with(&old_cfg) {
-            (format!("blobs/sha256/{}", sha256_hex(&cfg_bytes)), cfg_bytes.clone())
+            (
+                format!("blobs/sha256/{}", sha256_hex(&cfg_bytes)),
+                cfg_bytes.clone(),
+            )
         } else if p.ends_with(&old_m) {
-            (format!("blobs/sha256/{}", sha256_hex(&m_bytes)), m_bytes.clone())
+            (
+                format!("blobs/sha256/{}", sha256_hex(&m_bytes)),
+                m_bytes.clone(),
+            )
         } else {
             (p, d)
         }
@@ -1025,7 +1052,12 @@ fn broken_archives_are_refused_and_leave_the_store_usable() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unpacks to"), "{}", stderr(&out));
 
-    assert!(!String::from_utf8(g.rdock(&["images"]).stdout).unwrap().contains("victim"), "a refused image was tagged");
+    assert!(
+        !String::from_utf8(g.rdock(&["images"]).stdout)
+            .unwrap()
+            .contains("victim"),
+        "a refused image was tagged"
+    );
     assert!(g.leftovers().is_empty(), "{:?}", g.leftovers());
     // The good archive still loads and builds on top.
     assert_ok(&g.rdock(&["load", "-i", good.to_str().unwrap()]));

@@ -254,7 +254,21 @@ impl Worker {
             let mut views: Vec<(String, Option<Mounted>)> = Vec::new();
             let mut matchers: Vec<Option<PatternMatcher>> = Vec::new();
             let mut roots: Vec<Option<(PathBuf, bool)>> = Vec::new();
+            // Only inputs that copies read need a view; the base is the mounted root.
+            let read: std::collections::BTreeSet<usize> = op
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    rdock_llb::FileAction::Copy(c) => Some(c.src_input as usize),
+                    _ => None,
+                })
+                .collect();
             for (i, input) in inputs.iter().enumerate() {
+                if !read.contains(&i) {
+                    roots.push(None);
+                    matchers.push(None);
+                    continue;
+                }
                 match input {
                     FileInput::Snapshot(None) => {
                         roots.push(Some((snaps.empty_dir().to_path_buf(), false)));
