@@ -146,17 +146,39 @@ impl OverlaySnapshotter {
 
     /// Keys of the committed chain from `name` down to the bottom, top first.
     pub fn chain(&self, name: &str) -> Result<Vec<Info>, SnapshotError> {
-        let mut out = Vec::new();
-        let mut cur = Some(name.to_string());
-        while let Some(k) = cur {
-            let i = self.info(&k)?;
-            cur = i.parent.clone();
-            out.push(i);
+        // One recursive query rather than one per layer: deep images walk this often.
+        let conn = self.db.conn();
+        let mut stmt = conn.prepare_cached(
+            "WITH RECURSIVE c(id, key, parent, kind, depth) AS (
+                 SELECT id, key, parent, kind, 0 FROM snapshots WHERE key = ?1
+                 UNION ALL
+                 SELECT s.id, s.key, s.parent, s.kind, c.depth + 1 FROM snapshots s JOIN c ON s.id = c.parent
+             )
+             SELECT c.id, c.key, p.key, c.kind FROM c LEFT JOIN snapshots p ON c.parent = p.id ORDER BY c.depth",
+        )?;
+        let rows = stmt.query_map(params![name], |r| {
+            Ok(Info {
+                id: r.get(0)?,
+                key: r.get(1)?,
+                parent: r.get(2)?,
+                kind: Kind::parse(&r.get::<_, String>(3)?),
+            })
+        })?;
+        let out = rows.collect::<Result<Vec<_>, _>>()?;
+        if out.is_empty() {
+            return Err(SnapshotError::NotFound(name.to_string()));
         }
         Ok(out)
     }
 
-    /// Lower dirs for a snapshot on top of `parent`, top first.
+    /// The directories of `name`'s chain, top first: what an overlay of it stacks, and
+    /// what [`Layers`] looks paths up in.
+    pub fn layer_dirs(&self, name: Option<&str>) -> Result<Layers, SnapshotError> {
+        Ok(Layers {
+            dirs: self.lowers(name)?,
+        })
+    }
+
     fn lowers(&self, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
         match parent {
             None => Ok(Vec::new()),
@@ -405,34 +427,53 @@ impl OverlaySnapshotter {
     /// Reads a file as it appears in the committed snapshot `name` (through its layers),
     /// without mounting. Used to resolve users and groups. Symlinks are not followed.
     pub fn read_file(&self, name: &str, path: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
-        let rel = path.trim_start_matches('/');
-        for info in self.chain(name)? {
-            let p = self.dir(info.id).join("fs").join(rel);
-            match std::fs::symlink_metadata(&p) {
-                Ok(md) if is_overlay_whiteout(&md) => return Ok(None),
-                Ok(md) if md.is_file() => {
-                    return std::fs::read(&p)
-                        .map(Some)
-                        .map_err(|e| SnapshotError::io(&p, e));
-                }
-                Ok(_) => return Ok(None),
-                Err(_) => continue,
-            }
-        }
-        Ok(None)
+        self.layer_dirs(Some(name))?.read_file(path)
     }
 
-    /// True if `path` exists in the committed snapshot `name` (or anywhere below it).
+    /// True if `path` exists in the committed snapshot `name`.
     pub fn path_exists(&self, name: Option<&str>, path: &str) -> Result<bool, SnapshotError> {
-        let Some(name) = name else { return Ok(false) };
+        Ok(self.layer_dirs(name)?.exists(path))
+    }
+}
+
+/// A snapshot's layer directories, top first, for looking paths up as an overlay of them
+/// would show them, without mounting.
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    dirs: Vec<PathBuf>,
+}
+
+impl Layers {
+    /// The directories, top first.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// The topmost entry for `path` (None if absent or whited out).
+    fn find(&self, path: &str) -> Option<(PathBuf, std::fs::Metadata)> {
         let rel = path.trim_start_matches('/');
-        for info in self.chain(name)? {
-            let p = self.dir(info.id).join("fs").join(rel);
+        for d in &self.dirs {
+            let p = d.join(rel);
             if let Ok(md) = std::fs::symlink_metadata(&p) {
-                return Ok(!is_overlay_whiteout(&md));
+                return (!is_overlay_whiteout(&md)).then_some((p, md));
             }
         }
-        Ok(false)
+        None
+    }
+
+    /// True if `path` exists.
+    pub fn exists(&self, path: &str) -> bool {
+        self.find(path).is_some()
+    }
+
+    /// A regular file's contents (None if absent, whited out or not a regular file).
+    pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
+        match self.find(path) {
+            Some((p, md)) if md.is_file() => std::fs::read(&p)
+                .map(Some)
+                .map_err(|e| SnapshotError::io(&p, e)),
+            _ => Ok(None),
+        }
     }
 }
 

@@ -168,13 +168,11 @@ impl Worker {
         let key = active_key("exec");
         let mounts = snaps.prepare(&key, parent)?;
         let result = (|| {
+            let layers = snaps.layer_dirs(parent)?;
             let read = |p: &str| -> Result<Option<String>, WorkerError> {
-                Ok(match parent {
-                    Some(parent) => snaps
-                        .read_file(parent, p)?
-                        .map(|b| String::from_utf8_lossy(&b).into_owned()),
-                    None => None,
-                })
+                Ok(layers
+                    .read_file(p)?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()))
             };
             let user = resolve_user(
                 &op.user,
@@ -186,10 +184,7 @@ impl Worker {
             if !env.iter().any(|e| e.starts_with("HOME=")) {
                 env.push(format!("HOME={}", user.home));
             }
-            let existed: Vec<bool> = MOUNT_STUBS
-                .iter()
-                .map(|s| snaps.path_exists(parent, s))
-                .collect::<Result<_, _>>()?;
+            let existed: Vec<bool> = MOUNT_STUBS.iter().map(|s| layers.exists(s)).collect();
             let spec = ExecSpec {
                 args: op.args.clone(),
                 env,
