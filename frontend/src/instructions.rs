@@ -2,7 +2,7 @@
 //! stay unexpanded here; lowering expands them with the environment in scope.
 
 use crate::error::{DockerfileError, Location};
-use crate::parser::RawInstruction;
+use crate::parser::{Args, RawInstruction};
 
 /// Shell form (run through SHELL) or exec form (a JSON array).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,116 +219,28 @@ impl<'a> Flags<'a> {
 }
 
 /// Parses a JSON array of strings, if the text is one.
-fn json_array(s: &str) -> Option<Vec<String>> {
-    let t = s.trim();
-    if !t.starts_with('[') {
-        return None;
-    }
-    serde_json::from_str::<Vec<String>>(t).ok()
-}
-
-fn command_form(rest: &str) -> CommandForm {
-    match json_array(rest) {
-        Some(v) => CommandForm::Exec(v),
-        None => CommandForm::Shell(rest.to_string()),
+fn command_form(args: &Args) -> Option<CommandForm> {
+    match args {
+        Args::Json(v) => Some(CommandForm::Exec(v.clone())),
+        Args::Words(v) => Some(CommandForm::Shell(v.join(" "))),
+        _ => None,
     }
 }
 
-/// Splits on unquoted white space, keeping quotes and escapes in the words (they are
-/// removed later by expansion), as BuildKit's parser does for ENV and LABEL.
-pub(crate) fn split_keep_quotes(s: &str, escape: char) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quote: Option<char> = None;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == escape && quote != Some('\'') {
-            cur.push(c);
-            if let Some(n) = chars.next() {
-                cur.push(n);
-            }
-            continue;
-        }
-        match quote {
-            Some(q) if c == q => {
-                quote = None;
-                cur.push(c);
-            }
-            Some(_) => cur.push(c),
-            None if c == '"' || c == '\'' => {
-                quote = Some(c);
-                cur.push(c);
-            }
-            None if c.is_whitespace() => {
-                if !cur.is_empty() {
-                    words.push(std::mem::take(&mut cur));
-                }
-            }
-            None => cur.push(c),
-        }
+fn words(args: &Args) -> Vec<String> {
+    match args {
+        Args::Words(v) | Args::Json(v) => v.clone(),
+        _ => Vec::new(),
     }
-    if !cur.is_empty() {
-        words.push(cur);
-    }
-    words
 }
 
-fn name_values(
-    raw: &RawInstruction,
-    escape: char,
-    what: &str,
-) -> Result<Vec<(String, String)>, DockerfileError> {
-    let rest = raw.rest.trim();
-    if rest.is_empty() {
+fn need_args(raw: &RawInstruction, what: &str) -> Result<(), DockerfileError> {
+    if words(&raw.args).is_empty() {
         return Err(DockerfileError::new(
             raw.location.clone(),
             format!("{what} requires at least one argument"),
         )
-        .expected("KEY=VALUE"));
-    }
-    let words = split_keep_quotes(rest, escape);
-    if !words[0].contains('=') {
-        // Legacy `ENV key value` form: the rest of the line is the value.
-        let key = words[0].clone();
-        let value = rest[key.len()..].trim_start().to_string();
-        if value.is_empty() && what == "ENV" {
-            return Err(DockerfileError::new(
-                raw.location.at(&key),
-                format!("{what} must have two arguments"),
-            )
-            .expected("KEY=VALUE or KEY VALUE"));
-        }
-        return Ok(vec![(key, value)]);
-    }
-    let mut out = Vec::new();
-    for w in words {
-        let Some((k, v)) = w.split_once('=') else {
-            return Err(DockerfileError::new(
-                raw.location.at(&w),
-                format!("Syntax error - can't find = in {w:?}. Must be of the form: name=value"),
-            )
-            .expected("name=value"));
-        };
-        if k.is_empty() {
-            return Err(DockerfileError::new(
-                raw.location.at(&w),
-                format!("{what} names can not be blank"),
-            )
-            .expected("name=value"));
-        }
-        out.push((k.to_string(), v.to_string()));
-    }
-    Ok(out)
-}
-
-fn need_args(raw: &RawInstruction, n: usize, what: &str) -> Result<(), DockerfileError> {
-    if raw.rest.split_whitespace().count() < n {
-        let msg = if n == 1 {
-            format!("{what} requires at least one argument")
-        } else {
-            format!("{what} requires at least {n} arguments")
-        };
-        return Err(DockerfileError::new(raw.location.clone(), msg));
+        .expected(format!("{what} followed by its arguments")));
     }
     Ok(())
 }
@@ -380,16 +292,17 @@ fn bad_duration(raw: &RawInstruction, flag: &str, v: &str) -> DockerfileError {
 }
 
 /// Types one raw instruction.
-pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, DockerfileError> {
+pub fn parse_instruction(raw: &RawInstruction) -> Result<Located, DockerfileError> {
     let none: &[&str] = &[];
+    let upper = raw.keyword.to_ascii_uppercase();
     let instruction = match raw.keyword.as_str() {
         "from" => {
             let f = Flags::new(raw, &["platform"])?;
-            let words: Vec<&str> = raw.rest.split_whitespace().collect();
-            let (image, name) = match words.as_slice() {
-                [img] => (img.to_string(), None),
+            let ws = words(&raw.args);
+            let (image, name) = match ws.as_slice() {
+                [img] => (img.clone(), None),
                 [img, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
-                    (img.to_string(), Some(name.to_ascii_lowercase()))
+                    (img.clone(), Some(name.to_ascii_lowercase()))
                 }
                 _ => {
                     return Err(DockerfileError::new(
@@ -402,7 +315,7 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
             if let Some(n) = &name
                 && !valid_stage_name(n)
             {
-                return Err(DockerfileError::new(raw.location.at(words[2]), format!("invalid name for build stage: {n:?}, name can't start with a number or contain symbols"))
+                return Err(DockerfileError::new(raw.location.at(&ws[2]), format!("invalid name for build stage: {n:?}, name can't start with a number or contain symbols"))
                     .expected("a name of letters, digits, '-', '_' and '.' starting with a letter"));
             }
             Instruction::From {
@@ -420,9 +333,12 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
                 )
                 .expected("RUN without --mount"));
             }
-            need_args(raw, 1, "RUN")?;
+            let cmd = command_form(&raw.args).ok_or_else(|| {
+                DockerfileError::new(raw.location.clone(), "RUN requires at least one argument")
+                    .expected("a command")
+            })?;
             Instruction::Run {
-                cmd: command_form(&raw.rest),
+                cmd,
                 network: f.string("network")?,
                 security: f.string("security")?,
             }
@@ -443,25 +359,18 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
                 ]
             };
             let f = Flags::new(raw, allowed)?;
-            let (words, json) = match json_array(&raw.rest) {
-                Some(v) => (v, true),
-                None => (
-                    raw.rest.split_whitespace().map(str::to_string).collect(),
-                    false,
-                ),
-            };
-            let what = raw.keyword.to_ascii_uppercase();
-            if words.len() < 2 {
+            let ws = words(&raw.args);
+            if ws.len() < 2 {
                 return Err(DockerfileError::new(
                     raw.location.clone(),
                     format!(
-                        "{what} requires at least two arguments, but only {} provided",
-                        words.len()
+                        "{upper} requires at least two arguments, but only {} provided",
+                        ws.len()
                     ),
                 )
-                .expected(format!("{what} SRC... DEST")));
+                .expected(format!("{upper} SRC... DEST")));
             }
-            let (srcs, dest) = words.split_at(words.len() - 1);
+            let (srcs, dest) = ws.split_at(ws.len() - 1);
             let args = CopyArgs {
                 srcs: srcs.to_vec(),
                 dest: dest[0].clone(),
@@ -470,7 +379,7 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
                 chmod: f.string("chmod")?,
                 link: f.bool("link")?,
                 exclude: f.strings("exclude"),
-                json,
+                json: matches!(raw.args, Args::Json(_)),
             };
             if raw.keyword == "copy" {
                 Instruction::Copy(args)
@@ -478,65 +387,70 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
                 Instruction::Add(args)
             }
         }
-        "env" => {
+        "env" | "label" => {
             Flags::new(raw, none)?;
-            Instruction::Env(name_values(raw, escape, "ENV")?)
-        }
-        "label" => {
-            Flags::new(raw, none)?;
-            Instruction::Label(name_values(raw, escape, "LABEL")?)
+            let Args::KeyValues(kvs) = &raw.args else {
+                return Err(DockerfileError::new(
+                    raw.location.clone(),
+                    format!("{upper} requires at least one argument"),
+                )
+                .expected("KEY=VALUE"));
+            };
+            let pairs = kvs
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect();
+            if raw.keyword == "env" {
+                Instruction::Env(pairs)
+            } else {
+                Instruction::Label(pairs)
+            }
         }
         "arg" => {
             Flags::new(raw, none)?;
-            need_args(raw, 1, "ARG")?;
-            let mut out = Vec::new();
-            for w in split_keep_quotes(&raw.rest, escape) {
-                match w.split_once('=') {
-                    Some((k, v)) => out.push((k.to_string(), Some(v.to_string()))),
-                    None => out.push((w.clone(), None)),
-                }
+            need_args(raw, "ARG")?;
+            let pairs = words(&raw.args)
+                .into_iter()
+                .map(|w| match w.split_once('=') {
+                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                    None => (w, None),
+                })
+                .collect();
+            Instruction::Arg(pairs)
+        }
+        "workdir" | "user" | "maintainer" | "stopsignal" => {
+            Flags::new(raw, none)?;
+            need_args(raw, &upper)?;
+            let v = words(&raw.args).join(" ");
+            match raw.keyword.as_str() {
+                "workdir" => Instruction::Workdir(v),
+                "user" => Instruction::User(v),
+                "maintainer" => Instruction::Maintainer(v),
+                _ => Instruction::StopSignal(v),
             }
-            Instruction::Arg(out)
         }
-        "workdir" => {
+        "expose" | "volume" => {
             Flags::new(raw, none)?;
-            need_args(raw, 1, "WORKDIR")?;
-            Instruction::Workdir(raw.rest.clone())
+            need_args(raw, &upper)?;
+            if raw.keyword == "expose" {
+                Instruction::Expose(words(&raw.args))
+            } else {
+                Instruction::Volume(words(&raw.args))
+            }
         }
-        "user" => {
+        "cmd" | "entrypoint" => {
             Flags::new(raw, none)?;
-            need_args(raw, 1, "USER")?;
-            Instruction::User(raw.rest.clone())
-        }
-        "expose" => {
-            Flags::new(raw, none)?;
-            need_args(raw, 1, "EXPOSE")?;
-            Instruction::Expose(raw.rest.split_whitespace().map(str::to_string).collect())
-        }
-        "cmd" => {
-            Flags::new(raw, none)?;
-            Instruction::Cmd(command_form(&raw.rest))
-        }
-        "entrypoint" => {
-            Flags::new(raw, none)?;
-            Instruction::Entrypoint(command_form(&raw.rest))
-        }
-        "volume" => {
-            Flags::new(raw, none)?;
-            need_args(raw, 1, "VOLUME")?;
-            let v = json_array(&raw.rest)
-                .unwrap_or_else(|| raw.rest.split_whitespace().map(str::to_string).collect());
-            Instruction::Volume(v)
-        }
-        "stopsignal" => {
-            Flags::new(raw, none)?;
-            need_args(raw, 1, "STOPSIGNAL")?;
-            Instruction::StopSignal(raw.rest.trim().to_string())
+            let cmd = command_form(&raw.args).unwrap_or(CommandForm::Exec(Vec::new()));
+            if raw.keyword == "cmd" {
+                Instruction::Cmd(cmd)
+            } else {
+                Instruction::Entrypoint(cmd)
+            }
         }
         "shell" => {
             Flags::new(raw, none)?;
-            match json_array(&raw.rest) {
-                Some(v) if !v.is_empty() => Instruction::Shell(v),
+            match &raw.args {
+                Args::Json(v) if !v.is_empty() => Instruction::Shell(v.clone()),
                 _ => {
                     return Err(DockerfileError::new(
                         raw.location.clone(),
@@ -546,29 +460,24 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
                 }
             }
         }
-        "maintainer" => {
-            Flags::new(raw, none)?;
-            need_args(raw, 1, "MAINTAINER")?;
-            Instruction::Maintainer(raw.rest.clone())
-        }
         "onbuild" => {
             Flags::new(raw, none)?;
-            need_args(raw, 1, "ONBUILD")?;
-            let first = raw
-                .rest
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            if first == "onbuild" || first == "from" || first == "maintainer" {
+            let Args::Sub(child) = &raw.args else {
                 return Err(DockerfileError::new(
-                    raw.location
-                        .at(raw.rest.split_whitespace().next().unwrap_or("")),
+                    raw.location.clone(),
+                    "ONBUILD requires at least one argument",
+                )
+                .expected("ONBUILD INSTRUCTION"));
+            };
+            if matches!(child.keyword.as_str(), "onbuild" | "from" | "maintainer") {
+                return Err(DockerfileError::new(
+                    raw.location.at(&child.keyword_as_written),
                     format!(
                         "{} isn't allowed as an ONBUILD trigger",
-                        first.to_uppercase()
+                        child.keyword.to_uppercase()
                     ),
-                ));
+                )
+                .expected("an instruction other than ONBUILD, FROM or MAINTAINER"));
             }
             Instruction::Onbuild(raw.rest.clone())
         }
@@ -583,12 +492,16 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
                     "retries",
                 ],
             )?;
-            let mut words = raw.rest.splitn(2, char::is_whitespace);
-            let kind = words.next().unwrap_or("").to_ascii_uppercase();
-            let rest = words.next().unwrap_or("").trim();
-            match kind.as_str() {
+            let Args::Health { kind, cmd } = &raw.args else {
+                return Err(DockerfileError::new(
+                    raw.location.clone(),
+                    "HEALTHCHECK requires at least one argument",
+                )
+                .expected("HEALTHCHECK [OPTIONS] CMD command, or HEALTHCHECK NONE"));
+            };
+            match kind.to_ascii_uppercase().as_str() {
                 "NONE" => {
-                    if !rest.is_empty() || !raw.flags.is_empty() {
+                    if **cmd != Args::Empty || !raw.flags.is_empty() {
                         return Err(DockerfileError::new(
                             raw.location.clone(),
                             "HEALTHCHECK NONE takes no arguments",
@@ -613,15 +526,15 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
                             .expected("a whole number")
                         })?),
                     };
-                    if rest.is_empty() {
+                    let Some(cmd) = command_form(cmd) else {
                         return Err(DockerfileError::new(
                             raw.location.clone(),
                             "missing command after HEALTHCHECK CMD",
                         )
                         .expected("HEALTHCHECK CMD command"));
-                    }
+                    };
                     Instruction::Healthcheck(Healthcheck::Cmd {
-                        cmd: command_form(rest),
+                        cmd,
                         interval: dur("interval")?,
                         timeout: dur("timeout")?,
                         start_period: dur("start-period")?,
@@ -629,10 +542,10 @@ pub fn parse_instruction(raw: &RawInstruction, escape: char) -> Result<Located, 
                         retries,
                     })
                 }
-                _ => {
+                other => {
                     return Err(DockerfileError::new(
-                        raw.location.clone(),
-                        format!("unknown type {kind:?} in HEALTHCHECK"),
+                        raw.location.at(kind),
+                        format!("unknown type {other:?} in HEALTHCHECK"),
                     )
                     .expected("CMD or NONE"));
                 }
@@ -672,8 +585,8 @@ mod tests {
     use crate::parser::parse;
 
     fn one(s: &str) -> Result<Instruction, DockerfileError> {
-        let d = parse("Dockerfile", s).unwrap();
-        parse_instruction(&d.instructions[0], '\\').map(|l| l.instruction)
+        let d = parse("Dockerfile", s)?;
+        parse_instruction(&d.instructions[0]).map(|l| l.instruction)
     }
 
     #[test]

@@ -151,7 +151,7 @@ pub fn lower(
     let escape = df.directives.escape;
     let mut located = Vec::new();
     for raw in &df.instructions {
-        located.push(parse_instruction(raw, escape)?);
+        located.push(parse_instruction(raw)?);
     }
 
     // Split into the global section and stages.

@@ -1,8 +1,11 @@
-//! The Dockerfile parser: directives, comments, line continuations and flags, to a list
-//! of raw instructions with their source spans. Instruction semantics live in
-//! `instructions.rs`; word expansion in `shell.rs`.
+//! The Dockerfile parser, a port of BuildKit's `frontend/dockerfile/parser`: directives,
+//! comments, line continuations (and empty continuation lines), flags, and each
+//! instruction's arguments split the way BuildKit's line parsers split them. The result
+//! dumps in BuildKit's s-expression format, so it can be compared with BuildKit's own test
+//! data. Instruction semantics live in `instructions.rs`; word expansion in `shell.rs`.
 
 use crate::error::{DockerfileError, Location};
+use std::fmt::Write;
 
 /// Parser directives from the top of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,18 +28,53 @@ impl Default for Directives {
     }
 }
 
-/// One instruction as written: keyword, flags and the rest of its (joined) text.
+/// One `KEY=VALUE` of ENV or LABEL; `sep` is `=` or empty for the legacy `KEY VALUE` form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key, quotes and escapes still in it.
+    pub key: String,
+    /// The value, quotes and escapes still in it.
+    pub value: String,
+    /// `=`, or empty for the legacy form.
+    pub sep: String,
+}
+
+/// An instruction's arguments as BuildKit's line parsers split them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Args {
+    /// Nothing after the keyword.
+    Empty,
+    /// Plain strings (whitespace-delimited words, or the whole rest as one string).
+    Words(Vec<String>),
+    /// A JSON array of strings (exec form).
+    Json(Vec<String>),
+    /// ENV and LABEL pairs.
+    KeyValues(Vec<KeyValue>),
+    /// HEALTHCHECK: the type (`CMD`, `NONE`) and the command.
+    Health {
+        /// `CMD` or `NONE` as written.
+        kind: String,
+        /// The command after it.
+        cmd: Box<Args>,
+    },
+    /// ONBUILD's trigger, itself an instruction.
+    Sub(Box<RawInstruction>),
+}
+
+/// One instruction as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawInstruction {
     /// The keyword in lower case (`run`).
     pub keyword: String,
     /// The keyword as written (`Run`).
     pub keyword_as_written: String,
-    /// Leading `--name=value` flags, as written.
+    /// Leading `--name=value` flags, quotes removed as BuildKit does.
     pub flags: Vec<String>,
-    /// The text after keyword and flags, continuation lines joined, trimmed.
+    /// The text after keyword and flags, trimmed.
     pub rest: String,
-    /// The whole instruction text, continuation lines joined.
+    /// The arguments, split.
+    pub args: Args,
+    /// The whole instruction, continuation lines joined.
     pub original: String,
     /// Where it starts and ends.
     pub location: Location,
@@ -49,161 +87,610 @@ pub struct Dockerfile {
     pub directives: Directives,
     /// Instructions in order.
     pub instructions: Vec<RawInstruction>,
+    /// Lines of instructions that contained empty continuation lines (BuildKit warns).
+    pub empty_continuations: Vec<usize>,
+}
+
+const VALID_DIRECTIVES: &[&str] = &["syntax", "escape", "check"];
+
+struct DirectiveParser {
+    done: bool,
+    seen: Vec<String>,
+}
+
+impl DirectiveParser {
+    /// BuildKit's DirectiveParser.ParseLine: `# key=value` lines until the first other line.
+    fn parse_line(&mut self, line: &str) -> Result<Option<(String, String)>, String> {
+        if self.done {
+            return Ok(None);
+        }
+        let Some(rest) = line.strip_prefix('#') else {
+            self.done = true;
+            return Ok(None);
+        };
+        let rest = rest.trim_start();
+        let Some((k, v)) = rest.split_once('=') else {
+            self.done = true;
+            return Ok(None);
+        };
+        let k = k.trim_end();
+        let v = v.trim();
+        let key_ok = k.starts_with(|c: char| c.is_ascii_alphabetic())
+            && k.chars().all(|c| c.is_ascii_alphanumeric());
+        if !key_ok || v.is_empty() {
+            self.done = true;
+            return Ok(None);
+        }
+        let k = k.to_ascii_lowercase();
+        if !VALID_DIRECTIVES.contains(&k.as_str()) {
+            self.done = true;
+            return Ok(None);
+        }
+        if self.seen.contains(&k) {
+            return Err(format!("only one {k} parser directive can be used"));
+        }
+        self.seen.push(k.clone());
+        Ok(Some((k, v.to_string())))
+    }
+}
+
+fn is_comment(line: &str) -> bool {
+    line.trim_start().starts_with('#')
+}
+
+/// BuildKit's `([^\\])\\[ \t]*$|^\\[ \t]*$` with `$1`: strips a trailing escape.
+fn trim_continuation(line: &str, escape: char) -> (String, bool) {
+    let t = line.trim_end_matches([' ', '\t']);
+    if let Some(body) = t.strip_suffix(escape) {
+        if body.is_empty() {
+            return (String::new(), false);
+        }
+        if !body.ends_with(escape) {
+            return (body.to_string(), false);
+        }
+    }
+    (line.to_string(), true)
+}
+
+/// Go's `[\t\v\f\r ]+`.
+fn is_ws(c: char) -> bool {
+    matches!(c, '\t' | '\u{b}' | '\u{c}' | '\r' | ' ')
 }
 
 /// Parses `source`; `file` names it in errors.
 pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
+    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
+    // scanLines: lines keep their '\n' until trimNewline removes "\r\n".
     let lines: Vec<&str> = source
-        .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .split_inclusive('\n')
+        .map(|l| l.trim_end_matches(['\r', '\n']))
         .collect();
     let mut directives = Directives::default();
+    let mut dp = DirectiveParser {
+        done: false,
+        seen: Vec::new(),
+    };
+    let mut instructions = Vec::new();
+    let mut empty_continuations = Vec::new();
+    let err_at = |line: usize, msg: String| {
+        DockerfileError::new(
+            Location::line(
+                file,
+                line,
+                lines.get(line.saturating_sub(1)).copied().unwrap_or(""),
+            ),
+            msg,
+        )
+    };
     let mut i = 0;
-    // Directives: `# key=value` lines before anything else; the first other line ends them.
     while i < lines.len() {
-        let Some((key, value)) = directive(lines[i]) else {
-            break;
-        };
-        let key = key.to_ascii_lowercase();
-        let loc = Location::line(file, i + 1, lines[i]);
-        match key.as_str() {
-            "escape" => {
-                directives.escape = match value.as_str() {
-                    "\\" => '\\',
-                    "`" => '`',
-                    _ => {
-                        return Err(DockerfileError::new(
-                            loc,
-                            format!("invalid escape token '{value}'"),
-                        )
-                        .expected("`\\` or a backtick"));
+        let raw = lines[i];
+        let token = raw.trim_start();
+        match dp.parse_line(token) {
+            Ok(Some((k, v))) => match k.as_str() {
+                "escape" => {
+                    directives.escape = match v.as_str() {
+                        "\\" => '\\',
+                        "`" => '`',
+                        _ => {
+                            return Err(err_at(
+                                i + 1,
+                                format!("invalid escape token '{v}' does not match ` or \\"),
+                            )
+                            .expected("`\\` or a backtick"));
+                        }
                     }
                 }
-            }
-            "syntax" => directives.syntax = Some(value),
-            "check" => directives.check = Some(value),
-            _ => break,
+                "syntax" => directives.syntax = Some(v),
+                _ => directives.check = Some(v),
+            },
+            Ok(None) => {}
+            Err(m) => return Err(err_at(i + 1, m)),
         }
+        let escape = directives.escape;
+        let token = if is_comment(token) { "" } else { token };
         i += 1;
-    }
-    let escape = directives.escape;
-    let mut instructions = Vec::new();
-    let mut offsets = Vec::with_capacity(lines.len());
-    let mut off = 0;
-    for l in source.split('\n') {
-        offsets.push(off);
-        off += l.len() + 1;
-    }
-    while i < lines.len() {
-        let line = lines[i];
-        let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            i += 1;
+        let start_line = i;
+        let (first, mut end_of_line) = trim_continuation(token, escape);
+        if end_of_line && first.is_empty() {
             continue;
         }
-        let start = i;
-        let mut text = String::new();
-        let mut cur = line.to_string();
-        loop {
-            let (body, continues) = split_continuation(&cur, escape);
-            text.push_str(body);
-            if !continues {
-                break;
-            }
-            // Skip comment lines and empty lines inside a continuation, as BuildKit does.
+        let mut buf = first;
+        let mut had_empty = false;
+        while !end_of_line && i < lines.len() {
+            let next = lines[i];
             i += 1;
-            loop {
-                if i >= lines.len() {
-                    break;
-                }
-                let t = lines[i].trim_start();
-                if t.starts_with('#') || t.is_empty() {
-                    i += 1;
-                    continue;
-                }
-                break;
+            if is_comment(next) {
+                continue;
             }
-            if i >= lines.len() {
-                // A continuation at the end of the file ends the instruction.
-                i = lines.len() - 1;
-                break;
+            if next.trim_start().is_empty() {
+                had_empty = true;
+                continue;
             }
-            cur = lines[i].to_string();
+            let (t, eol) = trim_continuation(next, escape);
+            buf.push_str(&t);
+            end_of_line = eol;
         }
-        let end = i;
+        if had_empty {
+            empty_continuations.push(start_line);
+        }
         let location = Location {
             file: file.to_string(),
-            start_line: start + 1,
-            end_line: end + 1,
-            column: line.len() - trimmed.len() + 1,
+            start_line,
+            end_line: i,
+            column: raw.len() - raw.trim_start().len() + 1,
             width: 0,
-            source_line: line.to_string(),
+            source_line: raw.to_string(),
         };
-        instructions.push(split_instruction(&text, location)?);
-        i += 1;
+        instructions.push(node_from_line(&buf, escape, location)?);
+    }
+    if instructions.is_empty() {
+        return Err(DockerfileError::new(
+            Location::line(
+                file,
+                lines.len().max(1),
+                lines.last().copied().unwrap_or(""),
+            ),
+            "file with no instructions",
+        )
+        .expected("at least one instruction, such as FROM"));
     }
     Ok(Dockerfile {
         directives,
         instructions,
+        empty_continuations,
     })
 }
 
-fn directive(line: &str) -> Option<(String, String)> {
-    let rest = line.trim_start().strip_prefix('#')?.trim();
-    let (k, v) = rest.split_once('=')?;
-    let k = k.trim();
-    if k.is_empty()
-        || !k.chars().all(|c| c.is_ascii_alphanumeric())
-        || !k.starts_with(|c: char| c.is_ascii_alphabetic())
-    {
-        return None;
-    }
-    Some((k.to_string(), v.trim().to_string()))
-}
-
-/// Returns the line without a trailing escape (and the whitespace after it), and whether it
-/// continues onto the next line.
-fn split_continuation(line: &str, escape: char) -> (&str, bool) {
-    let t = line.trim_end();
-    if let Some(body) = t.strip_suffix(escape) {
-        // An escaped escape (`\\` at the end) does not continue.
-        let esc_count = body.chars().rev().take_while(|c| *c == escape).count();
-        if esc_count % 2 == 0 {
-            return (body, true);
-        }
-    }
-    (line, false)
-}
-
-fn split_instruction(text: &str, location: Location) -> Result<RawInstruction, DockerfileError> {
-    let t = text.trim();
-    let (kw, rest) = match t.find(char::is_whitespace) {
-        Some(p) => (&t[..p], t[p..].trim_start()),
+/// BuildKit's newNodeFromLine: split off the keyword and flags, then the arguments.
+fn node_from_line(
+    line: &str,
+    escape: char,
+    location: Location,
+) -> Result<RawInstruction, DockerfileError> {
+    let t = line.trim();
+    let (kw, rest) = match t.find(is_ws) {
+        Some(p) => (&t[..p], t[p..].trim_start_matches(is_ws)),
         None => (t, ""),
     };
-    let mut flags = Vec::new();
-    let mut rest = rest;
-    // Leading `--flag[=value]` words; `--` alone ends them.
-    while let Some(r) = rest.strip_prefix("--") {
-        let end = r.find(char::is_whitespace).unwrap_or(r.len());
-        let word = &r[..end];
-        if word.is_empty() {
-            rest = r[end..].trim_start();
-            break;
-        }
-        flags.push(format!("--{word}"));
-        rest = r[end..].trim_start();
-    }
+    let (rest, flags) = extract_flags(rest, escape);
+    let rest = rest.trim().to_string();
+    let keyword = kw.to_ascii_lowercase();
     let mut loc = location;
-    loc.width = kw.len();
+    loc.width = kw.chars().count();
+    let fail = |m: String| DockerfileError::new(loc.clone(), m);
+    let args = match keyword.as_str() {
+        "add" | "copy" | "volume" => maybe_json_list(&rest).map_err(fail)?,
+        "arg" => words_or_empty(parse_words(&rest, escape)),
+        "cmd" | "entrypoint" | "run" | "shell" => maybe_json(&rest).map_err(fail)?,
+        "env" | "label" => {
+            name_values(&rest, &keyword.to_ascii_uppercase(), escape).map_err(fail)?
+        }
+        "expose" | "from" => whitespace_delimited(&rest),
+        "healthcheck" => health(&rest).map_err(fail)?,
+        "maintainer" | "stopsignal" | "user" | "workdir" => {
+            if rest.is_empty() {
+                Args::Empty
+            } else {
+                Args::Words(vec![rest.clone()])
+            }
+        }
+        "onbuild" => {
+            if rest.is_empty() {
+                Args::Empty
+            } else {
+                Args::Sub(Box::new(node_from_line(&rest, escape, loc.clone())?))
+            }
+        }
+        _ => Args::Empty,
+    };
     Ok(RawInstruction {
-        keyword: kw.to_ascii_lowercase(),
+        keyword,
         keyword_as_written: kw.to_string(),
         flags,
-        rest: rest.to_string(),
+        rest,
+        args,
         original: t.to_string(),
         location: loc,
     })
+}
+
+fn words_or_empty(w: Vec<String>) -> Args {
+    if w.is_empty() {
+        Args::Empty
+    } else {
+        Args::Words(w)
+    }
+}
+
+/// BuildKit's extractBuilderFlags: leading `--…` words, quotes removed, escapes applied.
+fn extract_flags(line: &str, escape: char) -> (String, Vec<String>) {
+    let chars: Vec<(usize, char)> = line.char_indices().collect();
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut blank_ok = false;
+    #[derive(PartialEq)]
+    enum Phase {
+        Spaces,
+        Word,
+        Quote(char),
+    }
+    let mut phase = Phase::Spaces;
+    let mut k = 0;
+    loop {
+        let at_end = k >= chars.len();
+        if phase == Phase::Spaces {
+            if at_end {
+                break;
+            }
+            let (pos, ch) = chars[k];
+            if ch.is_whitespace() {
+                k += 1;
+                continue;
+            }
+            if ch != '-' || chars.get(k + 1).map(|c| c.1) != Some('-') {
+                return (line[pos..].to_string(), words);
+            }
+            phase = Phase::Word;
+        }
+        if at_end {
+            if cur != "--" && (blank_ok || !cur.is_empty()) {
+                words.push(cur);
+            }
+            break;
+        }
+        let (pos, ch) = chars[k];
+        match phase {
+            Phase::Word => {
+                if ch.is_whitespace() {
+                    if cur == "--" {
+                        return (line[pos..].to_string(), words);
+                    }
+                    if blank_ok || !cur.is_empty() {
+                        words.push(std::mem::take(&mut cur));
+                    }
+                    cur.clear();
+                    blank_ok = false;
+                    phase = Phase::Spaces;
+                    k += 1;
+                    continue;
+                }
+                if ch == '\'' || ch == '"' {
+                    phase = Phase::Quote(ch);
+                    blank_ok = true;
+                    k += 1;
+                    continue;
+                }
+                if ch == escape {
+                    if k + 1 == chars.len() {
+                        k += 1;
+                        continue;
+                    }
+                    k += 1;
+                    cur.push(chars[k].1);
+                    k += 1;
+                    continue;
+                }
+                cur.push(ch);
+                k += 1;
+            }
+            Phase::Quote(q) => {
+                if ch == q {
+                    phase = Phase::Word;
+                    k += 1;
+                    continue;
+                }
+                if ch == escape {
+                    if k + 1 == chars.len() {
+                        phase = Phase::Word;
+                        k += 1;
+                        continue;
+                    }
+                    k += 1;
+                    cur.push(chars[k].1);
+                    k += 1;
+                    continue;
+                }
+                cur.push(ch);
+                k += 1;
+            }
+            Phase::Spaces => {}
+        }
+    }
+    (String::new(), words)
+}
+
+/// BuildKit's parseWords: words split on unquoted white space, quotes and escapes kept.
+pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<String> {
+    let chars: Vec<char> = rest.chars().collect();
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut blank_ok = false;
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut k = 0;
+    while k <= chars.len() {
+        if k == chars.len() {
+            if (in_word || quote.is_some()) && (blank_ok || !cur.is_empty()) {
+                words.push(cur);
+            }
+            break;
+        }
+        let ch = chars[k];
+        if !in_word && quote.is_none() {
+            if ch.is_whitespace() {
+                k += 1;
+                continue;
+            }
+            in_word = true;
+        }
+        if let Some(q) = quote {
+            if ch == q {
+                quote = None;
+                in_word = true;
+            }
+            if ch == escape && q != '\'' {
+                if k + 1 == chars.len() {
+                    quote = None;
+                    in_word = true;
+                    k += 1;
+                    continue;
+                }
+                cur.push(ch);
+                k += 1;
+                cur.push(chars[k]);
+                k += 1;
+                continue;
+            }
+            cur.push(ch);
+            k += 1;
+            continue;
+        }
+        if ch.is_whitespace() {
+            in_word = false;
+            if blank_ok || !cur.is_empty() {
+                words.push(std::mem::take(&mut cur));
+            }
+            blank_ok = false;
+            k += 1;
+            continue;
+        }
+        if ch == '\'' || ch == '"' {
+            quote = Some(ch);
+            blank_ok = true;
+        }
+        if ch == escape {
+            if k + 1 == chars.len() {
+                k += 1;
+                continue;
+            }
+            cur.push(ch);
+            k += 1;
+            cur.push(chars[k]);
+            k += 1;
+            continue;
+        }
+        cur.push(ch);
+        k += 1;
+    }
+    words
+}
+
+fn name_values(rest: &str, key: &str, escape: char) -> Result<Args, String> {
+    let words = parse_words(rest, escape);
+    if words.is_empty() {
+        return Ok(Args::Empty);
+    }
+    if !words[0].contains('=') {
+        let mut parts = rest.splitn(2, is_ws);
+        let k = parts.next().unwrap_or("");
+        let v = parts.next().map(|v| v.trim_start_matches(is_ws));
+        return match v {
+            Some(v) => Ok(Args::KeyValues(vec![KeyValue {
+                key: k.to_string(),
+                value: v.to_string(),
+                sep: String::new(),
+            }])),
+            None => Err(format!("{key} must have two arguments")),
+        };
+    }
+    let mut out = Vec::new();
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            return Err(format!(
+                "Syntax error - can't find = in {w:?}. Must be of the form: name=value"
+            ));
+        };
+        out.push(KeyValue {
+            key: k.to_string(),
+            value: v.to_string(),
+            sep: "=".to_string(),
+        });
+    }
+    Ok(Args::KeyValues(out))
+}
+
+fn whitespace_delimited(rest: &str) -> Args {
+    if rest.is_empty() {
+        return Args::Empty;
+    }
+    Args::Words(
+        rest.split(is_ws)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+enum JsonErr {
+    NotJson,
+    NotStrings,
+}
+
+fn parse_json(rest: &str) -> Result<Vec<String>, JsonErr> {
+    let t = rest.trim_start();
+    if !t.starts_with('[') {
+        return Err(JsonErr::NotJson);
+    }
+    let values: Vec<serde_json::Value> = serde_json::from_str(t).map_err(|_| JsonErr::NotJson)?;
+    values
+        .into_iter()
+        .map(|v| {
+            if let serde_json::Value::String(s) = v {
+                Ok(s)
+            } else {
+                Err(JsonErr::NotStrings)
+            }
+        })
+        .collect()
+}
+
+const NOT_STRINGS: &str = "when using JSON array syntax, arrays must be comprised of strings only";
+
+fn maybe_json(rest: &str) -> Result<Args, String> {
+    if rest.is_empty() {
+        return Ok(Args::Empty);
+    }
+    match parse_json(rest) {
+        Ok(v) => Ok(Args::Json(v)),
+        Err(JsonErr::NotStrings) => Err(NOT_STRINGS.into()),
+        Err(JsonErr::NotJson) => Ok(Args::Words(vec![rest.to_string()])),
+    }
+}
+
+fn maybe_json_list(rest: &str) -> Result<Args, String> {
+    match parse_json(rest) {
+        Ok(v) => Ok(Args::Json(v)),
+        Err(JsonErr::NotStrings) => Err(NOT_STRINGS.into()),
+        Err(JsonErr::NotJson) => Ok(whitespace_delimited(rest)),
+    }
+}
+
+fn health(rest: &str) -> Result<Args, String> {
+    let sep = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    if sep == 0 {
+        return Ok(Args::Empty);
+    }
+    let kind = rest[..sep].to_string();
+    let cmd = maybe_json(rest[sep..].trim_start())?;
+    Ok(Args::Health {
+        kind,
+        cmd: Box::new(cmd),
+    })
+}
+
+/// Go's strconv.Quote.
+pub fn go_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() => {
+                if (c as u32) < 0x10000 {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                } else {
+                    let _ = write!(out, "\\U{:08x}", c as u32);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl Args {
+    fn dump_into(&self, out: &mut String) {
+        match self {
+            Args::Empty => {}
+            Args::Words(v) | Args::Json(v) => {
+                for w in v {
+                    out.push(' ');
+                    out.push_str(&go_quote(w));
+                }
+            }
+            Args::KeyValues(kvs) => {
+                for kv in kvs {
+                    for part in [&kv.key, &kv.value, &kv.sep] {
+                        out.push(' ');
+                        out.push_str(&go_quote(part));
+                    }
+                }
+            }
+            Args::Health { kind, cmd } => {
+                out.push(' ');
+                out.push_str(&go_quote(kind));
+                cmd.dump_into(out);
+            }
+            Args::Sub(child) => {
+                out.push_str(" (");
+                out.push_str(&child.dump());
+                out.push(')');
+            }
+        }
+    }
+}
+
+impl RawInstruction {
+    /// BuildKit's Node.Dump: `run ["--flag"] "arg"` (without the surrounding parentheses).
+    pub fn dump(&self) -> String {
+        let mut out = self.keyword.clone();
+        if !self.flags.is_empty() {
+            out.push_str(" [");
+            out.push_str(
+                &self
+                    .flags
+                    .iter()
+                    .map(|f| go_quote(f))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+            out.push(']');
+        }
+        self.args.dump_into(&mut out);
+        out.trim().to_string()
+    }
+}
+
+impl Dockerfile {
+    /// The whole AST in BuildKit's dump format, one `(instruction …)` per line.
+    pub fn dump(&self) -> String {
+        self.instructions
+            .iter()
+            .map(|i| format!("({})\n", i.dump()))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -212,7 +699,7 @@ mod tests {
 
     #[test]
     fn continuations_comments_and_directives() {
-        let df = "# escape=`\n# syntax=docker/dockerfile:1\nFROM busybox\n# comment\nRUN echo a `\n  # inner comment\n  && echo b\n\nCOPY --from=x --chown=1:2 a /b\n";
+        let df = "# escape=`\n# syntax=docker/dockerfile:1\nFROM busybox\n# comment\nRUN echo a `\n  # inner comment\n  && echo b\n\nCOPY --from=x --chown=\"1:2\" a /b\n";
         let d = parse("Dockerfile", df).unwrap();
         assert_eq!(d.directives.escape, '`');
         assert_eq!(d.directives.syntax.as_deref(), Some("docker/dockerfile:1"));
@@ -223,7 +710,7 @@ mod tests {
         assert_eq!((run.location.start_line, run.location.end_line), (5, 7));
         let copy = &d.instructions[2];
         assert_eq!(copy.flags, vec!["--from=x", "--chown=1:2"]);
-        assert_eq!(copy.rest, "a /b");
+        assert_eq!(copy.dump(), r#"copy ["--from=x" "--chown=1:2"] "a" "/b""#);
     }
 
     #[test]
@@ -231,5 +718,11 @@ mod tests {
         let err = parse("Dockerfile", "# escape=x\nFROM a\n").unwrap_err();
         assert_eq!(err.location.start_line, 1);
         assert!(err.to_string().contains("invalid escape token"));
+    }
+
+    #[test]
+    fn go_quoting() {
+        assert_eq!(go_quote("a\"b\\c\td\u{1b}"), r#""a\"b\\c\td\x1b""#);
+        assert_eq!(go_quote("한국어"), "\"한국어\"");
     }
 }

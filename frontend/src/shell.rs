@@ -219,15 +219,27 @@ impl<E: Env + ?Sized> Run<'_, E> {
         }
     }
 
+    /// BuildKit's processName: a run of digits (positional, always unset here), one
+    /// special parameter (`@ * # ? - $ ! 0`, always unset), or letters, digits and `_`.
     fn name(&mut self) -> String {
         let mut name = String::new();
-        if let Some(&c) = self.chars.peek()
-            && c.is_ascii_digit()
-        {
-            // Positional parameters are one digit and always empty here.
-            self.chars.next();
-            name.push(c);
-            return name;
+        match self.chars.peek() {
+            Some(c) if c.is_ascii_digit() => {
+                while let Some(&c) = self.chars.peek() {
+                    if !c.is_ascii_digit() {
+                        break;
+                    }
+                    name.push(c);
+                    self.chars.next();
+                }
+                return name;
+            }
+            Some(&c) if "@*#?-$!".contains(c) => {
+                self.chars.next();
+                name.push(c);
+                return name;
+            }
+            _ => {}
         }
         while let Some(&c) = self.chars.peek() {
             if c.is_alphanumeric() || c == '_' {
@@ -240,6 +252,14 @@ impl<E: Env + ?Sized> Run<'_, E> {
         name
     }
 
+    /// The value of a name; positional and special parameters are never set in a build.
+    fn lookup(&self, name: &str) -> Option<String> {
+        if name.starts_with(|c: char| c.is_ascii_digit() || "@*#?-$!".contains(c)) {
+            return None;
+        }
+        self.env.get(name)
+    }
+
     /// After a `$`.
     fn dollar(&mut self) -> Result<String, ExpandError> {
         if self.chars.peek() != Some(&'{') {
@@ -247,14 +267,14 @@ impl<E: Env + ?Sized> Run<'_, E> {
             if name.is_empty() {
                 return Ok("$".to_string());
             }
-            return Ok(self.env.get(&name).unwrap_or_default());
+            return Ok(self.lookup(&name).unwrap_or_default());
         }
         self.chars.next();
         let name = self.name();
         if name.is_empty() {
             return Err(ExpandError::BadSubstitution(self.input.to_string()));
         }
-        let value = self.env.get(&name);
+        let value = self.lookup(&name);
         let Some(op) = self.chars.next() else {
             return Err(ExpandError::BadSubstitution(self.input.to_string()));
         };
