@@ -28,10 +28,7 @@ struct Tools {
 
 fn bin_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    Ok(exe
-        .parent()
-        .context("no parent of current exe")?
-        .to_path_buf())
+    Ok(exe.parent().context("no parent of current exe")?.to_path_buf())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -66,29 +63,16 @@ fn cold_warm(
 }
 
 /// BuildKit and Buildah medians for a context, where installed.
-fn others(
-    t: &Tools,
-    ctx: &Path,
-    runs: usize,
-    warm: bool,
-) -> Result<[(Option<Duration>, Option<Duration>); 2]> {
+fn others(t: &Tools, ctx: &Path, runs: usize, warm: bool) -> Result<[(Option<Duration>, Option<Duration>); 2]> {
     let mut out = [(None, None), (None, None)];
     if t.docker {
         let mut w = || docker_build(ctx, false);
-        let (c, w) = cold_warm(
-            runs,
-            || docker_build(ctx, true),
-            if warm { Some(&mut w) } else { None },
-        )?;
+        let (c, w) = cold_warm(runs, || docker_build(ctx, true), if warm { Some(&mut w) } else { None })?;
         out[0] = (Some(c), w);
     }
     if t.buildah {
         let mut w = || buildah_build(ctx, false);
-        let (c, w) = cold_warm(
-            runs,
-            || buildah_build(ctx, true),
-            if warm { Some(&mut w) } else { None },
-        )?;
+        let (c, w) = cold_warm(runs, || buildah_build(ctx, true), if warm { Some(&mut w) } else { None })?;
         out[1] = (Some(c), w);
     }
     Ok(out)
@@ -100,11 +84,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn available(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new(cmd).args(args).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// A fresh rdock store with the base image loaded. Stores are only removed when the whole
@@ -112,15 +92,8 @@ fn available(cmd: &str, args: &[&str]) -> bool {
 /// of files right after deleting thousands measures the allocator, not the builder.
 fn fresh_store(t: &Tools, dir: &Path) -> Result<PathBuf> {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let root = dir.join("stores").join(format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    run(Command::new(&t.rdock)
-        .args(["load", "-i"])
-        .arg(&t.base_tar)
-        .env("RDOCK_ROOT", &root))?;
+    let root = dir.join("stores").join(format!("{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    run(Command::new(&t.rdock).args(["load", "-i"]).arg(&t.base_tar).env("RDOCK_ROOT", &root))?;
     Ok(root)
 }
 
@@ -136,17 +109,12 @@ fn rdock_build(t: &Tools, root: &Path, ctx: &Path, extra: &[&str]) -> Command {
 /// Debian's docker.io client: it drives its daemon's built-in BuildKit with
 /// DOCKER_BUILDKIT=1 (a newer client elsewhere on PATH may insist on buildx).
 fn docker_cli() -> &'static str {
-    if Path::new("/usr/bin/docker").exists() {
-        "/usr/bin/docker"
-    } else {
-        "docker"
-    }
+    if Path::new("/usr/bin/docker").exists() { "/usr/bin/docker" } else { "docker" }
 }
 
 fn docker_build(ctx: &Path, no_cache: bool) -> Command {
     let mut c = Command::new(docker_cli());
-    c.env("DOCKER_BUILDKIT", "1")
-        .args(["build", "-q", "-t", "rdock-bench:latest"]);
+    c.env("DOCKER_BUILDKIT", "1").args(["build", "-q", "-t", "rdock-bench:latest"]);
     if no_cache {
         c.arg("--no-cache");
     }
@@ -156,15 +124,7 @@ fn docker_build(ctx: &Path, no_cache: bool) -> Command {
 
 fn buildah_build(ctx: &Path, no_cache: bool) -> Command {
     let mut c = Command::new("buildah");
-    c.args([
-        "bud",
-        "-q",
-        "--layers",
-        "--isolation",
-        "chroot",
-        "-t",
-        "rdock-bench:latest",
-    ]);
+    c.args(["bud", "-q", "--layers", "--isolation", "chroot", "-t", "rdock-bench:latest"]);
     if no_cache {
         c.arg("--no-cache");
     }
@@ -192,35 +152,13 @@ fn workload_run30(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     let mut noop = Vec::new();
     for _ in 0..runs {
         let root = fresh_store(t, dir)?;
-        cold.push(time(&mut rdock_build(
-            t,
-            &root,
-            &ctx,
-            &["--output", "type=image,name=bench:run30"],
-        ))?);
-        noop.push(time(&mut rdock_build(
-            t,
-            &root,
-            &ctx,
-            &["--output", "type=image,name=bench:run30"],
-        ))?);
+        cold.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
+        noop.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
     }
     let [(bk_cold, bk_noop), (ba_cold, ba_noop)] = others(t, &ctx, runs, true)?;
     Ok(vec![
-        Row {
-            name: "run30-cold",
-            rdock: median(cold),
-            buildkit: bk_cold,
-            buildah: ba_cold,
-            per: Some((30, "step")),
-        },
-        Row {
-            name: "run30-noop",
-            rdock: median(noop),
-            buildkit: bk_noop,
-            buildah: ba_noop,
-            per: None,
-        },
+        Row { name: "run30-cold", rdock: median(cold), buildkit: bk_cold, buildah: ba_cold, per: Some((30, "step")) },
+        Row { name: "run30-noop", rdock: median(noop), buildkit: bk_noop, buildah: ba_noop, per: None },
     ])
 }
 
@@ -246,85 +184,41 @@ fn workload_context(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     let mut noop = Vec::new();
     for _ in 0..runs {
         let root = fresh_store(t, dir)?;
-        cold.push(time(&mut rdock_build(
-            t,
-            &root,
-            &ctx,
-            &["--output", "type=image,name=bench:ctx"],
-        ))?);
+        cold.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:ctx"]))?);
         noop.push(time(&mut rdock_build(t, &root, &ctx, &[]))?);
     }
     let [bk, ba] = others(t, &ctx, runs, true)?;
     Ok(vec![
-        Row {
-            name: "context-copy-cold",
-            rdock: median(cold),
-            buildkit: bk.0,
-            buildah: ba.0,
-            per: None,
-        },
-        Row {
-            name: "context-hash-noop",
-            rdock: median(noop),
-            buildkit: bk.1,
-            buildah: ba.1,
-            per: None,
-        },
+        Row { name: "context-copy-cold", rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
+        Row { name: "context-hash-noop", rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
     ])
 }
 
 fn workload_layer(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     let ctx = dir.join("layer");
     std::fs::create_dir_all(&ctx)?;
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM busybox\nRUN head -c 67108864 /dev/urandom > /big\n",
-    )?;
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN head -c 67108864 /dev/urandom > /big\n")?;
     let mut commit = Vec::new();
     let mut export = Vec::new();
     for _ in 0..runs {
         let root = fresh_store(t, dir)?;
         let out = dir.join("layer.tar");
-        commit.push(time(&mut rdock_build(
-            t,
-            &root,
-            &ctx,
-            &["--output", &format!("type=oci,dest={}", out.display())],
-        ))?);
-        export.push(time(&mut rdock_build(
-            t,
-            &root,
-            &ctx,
-            &["--output", &format!("type=oci,dest={}", out.display())],
-        ))?);
+        commit.push(time(&mut rdock_build(t, &root, &ctx, &["--output", &format!("type=oci,dest={}", out.display())]))?);
+        export.push(time(&mut rdock_build(t, &root, &ctx, &["--output", &format!("type=oci,dest={}", out.display())]))?);
     }
     let [(bk, _), (ba, _)] = others(t, &ctx, runs, false)?;
     Ok(vec![
-        Row {
-            name: "layer-commit-64MiB",
-            rdock: median(commit),
-            buildkit: bk,
-            buildah: ba,
-            per: None,
-        },
-        Row {
-            name: "oci-export-64MiB",
-            rdock: median(export),
-            buildkit: None,
-            buildah: None,
-            per: None,
-        },
+        Row { name: "layer-commit-64MiB", rdock: median(commit), buildkit: bk, buildah: ba, per: None },
+        Row { name: "oci-export-64MiB", rdock: median(export), buildkit: None, buildah: None, per: None },
     ])
 }
 
 fn fmt(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
-        .unwrap_or_else(|| "-".into())
+    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into())
 }
 
 fn ratio(a: Duration, b: Option<Duration>) -> String {
-    b.map(|b| format!("{:.1}x", b.as_secs_f64() / a.as_secs_f64()))
-        .unwrap_or_else(|| "-".into())
+    b.map(|b| format!("{:.1}x", b.as_secs_f64() / a.as_secs_f64())).unwrap_or_else(|| "-".into())
 }
 
 fn main() -> Result<()> {
@@ -349,29 +243,15 @@ fn main() -> Result<()> {
     run(Command::new("bash").arg(&script).arg(&base_tar))?;
     let docker = available(docker_cli(), &["info"]);
     if docker {
-        run(Command::new(docker_cli())
-            .arg("load")
-            .arg("-i")
-            .arg(&base_tar))?;
+        run(Command::new(docker_cli()).arg("load").arg("-i").arg(&base_tar))?;
     }
     let buildah = available("buildah", &["--version"]);
     if buildah {
-        run(Command::new("buildah")
-            .args(["pull", "-q"])
-            .arg(format!("docker-archive:{}", base_tar.display())))?;
+        run(Command::new("buildah").args(["pull", "-q"]).arg(format!("docker-archive:{}", base_tar.display())))?;
     }
-    let t = Tools {
-        rdock: bins.join("rdock"),
-        rdock_build: bins.join("rdock-build"),
-        docker,
-        buildah,
-        base_tar,
-    };
+    let t = Tools { rdock: bins.join("rdock"), rdock_build: bins.join("rdock-build"), docker, buildah, base_tar };
     if !t.rdock_build.exists() {
-        bail!(
-            "{} not built: run `cargo build --release` first",
-            t.rdock_build.display()
-        );
+        bail!("{} not built: run `cargo build --release` first", t.rdock_build.display());
     }
     let all = wanted.is_empty();
     let mut rows = Vec::new();
@@ -381,36 +261,19 @@ fn main() -> Result<()> {
     if all || wanted.iter().any(|w| w.starts_with("context")) {
         rows.extend(workload_context(&t, &dir, runs)?);
     }
-    if all
-        || wanted
-            .iter()
-            .any(|w| w.starts_with("layer") || w.starts_with("oci"))
-    {
+    if all || wanted.iter().any(|w| w.starts_with("layer") || w.starts_with("oci")) {
         rows.extend(workload_layer(&t, &dir, runs)?);
     }
     let _ = std::fs::remove_dir_all(dir.join("stores"));
     println!(
         "medians of {runs} runs; BuildKit: {}; Buildah: {}",
-        if docker {
-            "docker (DOCKER_BUILDKIT=1)"
-        } else {
-            "not running"
-        },
-        if buildah {
-            "installed"
-        } else {
-            "not installed"
-        }
+        if docker { "docker (DOCKER_BUILDKIT=1)" } else { "not running" },
+        if buildah { "installed" } else { "not installed" }
     );
-    println!(
-        "| workload | rdock | per unit | BuildKit | rdock vs BuildKit | Buildah | rdock vs Buildah |"
-    );
+    println!("| workload | rdock | per unit | BuildKit | rdock vs BuildKit | Buildah | rdock vs Buildah |");
     println!("|---|---|---|---|---|---|---|");
     for r in rows {
-        let per = r
-            .per
-            .map(|(n, unit)| format!("{:.1} ms/{unit}", r.rdock.as_secs_f64() * 1000.0 / n as f64))
-            .unwrap_or_default();
+        let per = r.per.map(|(n, unit)| format!("{:.1} ms/{unit}", r.rdock.as_secs_f64() * 1000.0 / n as f64)).unwrap_or_default();
         println!(
             "| {} | {} | {} | {} | {} | {} | {} |",
             r.name,

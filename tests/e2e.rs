@@ -53,17 +53,10 @@ fn core_context(f: &Fixture) -> std::path::PathBuf {
             ("src/lib/secret.key", "do not ship\n"),
             ("a.md", "A\n"),
             ("b.md", "B\n"),
-            (
-                ".dockerignore",
-                "# comment\nsrc/lib/secret.key\n*.md\n!a.md\n",
-            ),
+            (".dockerignore", "# comment\nsrc/lib/secret.key\n*.md\n!a.md\n"),
         ],
     );
-    std::fs::write(
-        ctx.join("archive.tar"),
-        tar_bytes(&[("dir/inner.txt", "inner\n")]),
-    )
-    .unwrap();
+    std::fs::write(ctx.join("archive.tar"), tar_bytes(&[("dir/inner.txt", "inner\n")])).unwrap();
     ctx
 }
 
@@ -86,16 +79,9 @@ fn core_dockerfile_gives_buildkits_config_history_and_files() {
     let cfg = &img.config["config"];
     assert_eq!(
         cfg["Env"],
-        json!([
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "APP_HOME=/srv/app",
-            "PATH_EXTRA=a b"
-        ])
+        json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "APP_HOME=/srv/app", "PATH_EXTRA=a b"])
     );
-    assert_eq!(
-        cfg["Labels"],
-        json!({"org.example.version": "1.0", "maintainer": "me"})
-    );
+    assert_eq!(cfg["Labels"], json!({"org.example.version": "1.0", "maintainer": "me"}));
     assert_eq!(cfg["WorkingDir"], json!("/srv/app"));
     assert_eq!(cfg["ExposedPorts"], json!({"53/udp": {}, "8080/tcp": {}}));
     assert_eq!(cfg["User"], json!("app"));
@@ -124,79 +110,34 @@ fn core_dockerfile_gives_buildkits_config_history_and_files() {
         ]
     );
     // One layer per filesystem step, and history agrees.
-    let layered = img.config["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["empty_layer"] != json!(true))
-        .count();
+    let layered = img.config["history"].as_array().unwrap().iter().filter(|h| h["empty_layer"] != json!(true)).count();
     assert_eq!(layered, img.layers.len());
     assert_eq!(img.layers.len(), 1 + 7);
-    assert_eq!(
-        img.config["rootfs"]["diff_ids"].as_array().unwrap().len(),
-        img.layers.len()
-    );
+    assert_eq!(img.config["rootfs"]["diff_ids"].as_array().unwrap().len(), img.layers.len());
     assert!(
         img.config["history"]
             .as_array()
             .unwrap()
             .iter()
-            .all(|h| h["comment"] == json!("buildkit.dockerfile.v0")
-                || h["created_by"].as_str().unwrap().starts_with("/bin/sh"))
+            .all(|h| h["comment"] == json!("buildkit.dockerfile.v0") || h["created_by"].as_str().unwrap().starts_with("/bin/sh"))
     );
 
     // The files.
     let fs = f.path("fs");
     let conf = std::fs::metadata(fs.join("srv/app/conf/conf.txt")).unwrap();
-    assert_eq!(
-        (conf.uid(), conf.gid(), conf.mode() & 0o7777),
-        (1000, 1000, 0o640)
-    );
-    assert_eq!(
-        std::fs::read_to_string(fs.join("srv/app/src/main.c")).unwrap(),
-        "int main(){}\n"
-    );
+    assert_eq!((conf.uid(), conf.gid(), conf.mode() & 0o7777), (1000, 1000, 0o640));
+    assert_eq!(std::fs::read_to_string(fs.join("srv/app/src/main.c")).unwrap(), "int main(){}\n");
     assert!(fs.join("srv/app/src/lib/util.c").exists());
-    assert!(
-        !fs.join("srv/app/src/lib/secret.key").exists(),
-        ".dockerignore'd file was copied"
-    );
+    assert!(!fs.join("srv/app/src/lib/secret.key").exists(), ".dockerignore'd file was copied");
     assert!(fs.join("docs/a.md").exists());
-    assert!(
-        !fs.join("docs/b.md").exists(),
-        "*.md is ignored except a.md"
-    );
+    assert!(!fs.join("docs/b.md").exists(), "*.md is ignored except a.md");
     let src = std::fs::metadata(fs.join("srv/app/src/main.c")).unwrap();
-    assert_eq!(
-        (src.uid(), src.gid()),
-        (0, 0),
-        "context files are owned by root"
-    );
-    assert_eq!(
-        std::fs::read_to_string(fs.join("unpacked/dir/inner.txt")).unwrap(),
-        "inner\n"
-    );
-    assert_eq!(
-        std::fs::metadata(fs.join("unpacked/dir/inner.txt"))
-            .unwrap()
-            .uid(),
-        1234,
-        "ADD keeps archive owners"
-    );
-    assert_eq!(
-        std::fs::read_to_string(fs.join("srv/app/built.txt")).unwrap(),
-        "built 1.0\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(fs.join("tmp/uid")).unwrap(),
-        "1000\n",
-        "USER app is resolved from /etc/passwd"
-    );
-    assert_eq!(
-        std::fs::read_to_string(fs.join("tmp/gids")).unwrap(),
-        "1000 10\n",
-        "supplementary groups from /etc/group"
-    );
+    assert_eq!((src.uid(), src.gid()), (0, 0), "context files are owned by root");
+    assert_eq!(std::fs::read_to_string(fs.join("unpacked/dir/inner.txt")).unwrap(), "inner\n");
+    assert_eq!(std::fs::metadata(fs.join("unpacked/dir/inner.txt")).unwrap().uid(), 1234, "ADD keeps archive owners");
+    assert_eq!(std::fs::read_to_string(fs.join("srv/app/built.txt")).unwrap(), "built 1.0\n");
+    assert_eq!(std::fs::read_to_string(fs.join("tmp/uid")).unwrap(), "1000\n", "USER app is resolved from /etc/passwd");
+    assert_eq!(std::fs::read_to_string(fs.join("tmp/gids")).unwrap(), "1000 10\n", "supplementary groups from /etc/group");
     assert!(!fs.join("archive.tar").exists());
 }
 
@@ -205,27 +146,10 @@ fn build_args_override_defaults() {
     let f = Fixture::new();
     let ctx = core_context(&f);
     let oci = f.path("args.tar");
-    assert_ok(&f.build(
-        &ctx,
-        &[
-            "--opt",
-            "build-arg:VERSION=2.5",
-            "--output",
-            &format!("type=oci,dest={}", oci.display()),
-        ],
-    ));
+    assert_ok(&f.build(&ctx, &["--opt", "build-arg:VERSION=2.5", "--output", &format!("type=oci,dest={}", oci.display())]));
     let img = read_image(&oci);
-    assert_eq!(
-        img.config["config"]["Labels"]["org.example.version"],
-        json!("2.5")
-    );
-    let built = img
-        .new_entries()
-        .into_iter()
-        .find(|e| e.path == "srv/app/built.txt")
-        .unwrap()
-        .data
-        .clone();
+    assert_eq!(img.config["config"]["Labels"]["org.example.version"], json!("2.5"));
+    let built = img.new_entries().into_iter().find(|e| e.path == "srv/app/built.txt").unwrap().data.clone();
     assert_eq!(String::from_utf8(built).unwrap(), "built 2.5\n");
 }
 
@@ -236,38 +160,17 @@ fn multi_stage_builds_only_what_the_target_needs() {
               FROM busybox AS unused\nRUN exit 1\n\
               FROM scratch AS final\nCOPY --from=builder /out/artifact /artifact\nCOPY --from=0 /bin/busybox /bin/\n";
     let ctx = f.ctx("ms", &[("Dockerfile", df)]);
-    let out = f.build(
-        &ctx,
-        &[
-            "--output",
-            &format!("type=local,dest={}", f.path("final").display()),
-        ],
-    );
+    let out = f.build(&ctx, &["--output", &format!("type=local,dest={}", f.path("final").display())]);
     assert_ok(&out);
     let fin = f.path("final");
     let art = std::fs::metadata(fin.join("artifact")).unwrap();
-    assert_eq!(
-        (art.uid(), art.gid()),
-        (1000, 1000),
-        "COPY --from keeps the stage's owners"
-    );
+    assert_eq!((art.uid(), art.gid()), (1000, 1000), "COPY --from keeps the stage's owners");
     assert!(fin.join("bin/busybox").is_file());
     assert!(!fin.join("out").exists());
 
-    let out = f.build(
-        &ctx,
-        &[
-            "--opt",
-            "target=builder",
-            "--output",
-            &format!("type=local,dest={}", f.path("builder").display()),
-        ],
-    );
+    let out = f.build(&ctx, &["--opt", "target=builder", "--output", &format!("type=local,dest={}", f.path("builder").display())]);
     assert_ok(&out);
-    assert_eq!(
-        std::fs::read_to_string(f.path("builder/out/artifact")).unwrap(),
-        "built\n"
-    );
+    assert_eq!(std::fs::read_to_string(f.path("builder/out/artifact")).unwrap(), "built\n");
     assert!(f.path("builder/bin/sh").exists());
 }
 
@@ -275,64 +178,22 @@ fn multi_stage_builds_only_what_the_target_needs() {
 fn copy_follows_dockers_destination_rules() {
     let f = Fixture::new();
     let df = "FROM busybox\nCOPY one.txt /file-as-name\nCOPY one.txt /into-dir/\nCOPY one.txt two.txt /many/\nCOPY dir /dir-contents\nCOPY dir/ /existing/\nCOPY t?o.txt /glob/\nWORKDIR /w\nCOPY one.txt rel\n";
-    let ctx = f.ctx(
-        "copy",
-        &[
-            ("Dockerfile", df),
-            ("one.txt", "1"),
-            ("two.txt", "2"),
-            ("dir/sub/deep.txt", "d"),
-        ],
-    );
-    assert_ok(&f.build(
-        &ctx,
-        &[
-            "--output",
-            &format!("type=local,dest={}", f.path("o").display()),
-        ],
-    ));
+    let ctx = f.ctx("copy", &[("Dockerfile", df), ("one.txt", "1"), ("two.txt", "2"), ("dir/sub/deep.txt", "d")]);
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", f.path("o").display())]));
     let o = f.path("o");
-    assert_eq!(
-        std::fs::read_to_string(o.join("file-as-name")).unwrap(),
-        "1"
-    );
-    assert_eq!(
-        std::fs::read_to_string(o.join("into-dir/one.txt")).unwrap(),
-        "1"
-    );
+    assert_eq!(std::fs::read_to_string(o.join("file-as-name")).unwrap(), "1");
+    assert_eq!(std::fs::read_to_string(o.join("into-dir/one.txt")).unwrap(), "1");
     assert!(o.join("many/one.txt").is_file() && o.join("many/two.txt").is_file());
-    assert_eq!(
-        std::fs::read_to_string(o.join("dir-contents/sub/deep.txt")).unwrap(),
-        "d",
-        "a directory source copies its contents"
-    );
+    assert_eq!(std::fs::read_to_string(o.join("dir-contents/sub/deep.txt")).unwrap(), "d", "a directory source copies its contents");
     assert!(!o.join("dir-contents/dir").exists());
     assert!(o.join("existing/sub/deep.txt").is_file());
     assert!(o.join("glob/two.txt").is_file());
-    assert_eq!(
-        std::fs::read_to_string(o.join("w/rel")).unwrap(),
-        "1",
-        "relative destinations are under WORKDIR"
-    );
+    assert_eq!(std::fs::read_to_string(o.join("w/rel")).unwrap(), "1", "relative destinations are under WORKDIR");
 
-    let bad = f.ctx(
-        "copy-bad",
-        &[
-            (
-                "Dockerfile",
-                "FROM busybox\nCOPY one.txt two.txt /notadir\n",
-            ),
-            ("one.txt", "1"),
-            ("two.txt", "2"),
-        ],
-    );
+    let bad = f.ctx("copy-bad", &[("Dockerfile", "FROM busybox\nCOPY one.txt two.txt /notadir\n"), ("one.txt", "1"), ("two.txt", "2")]);
     let out = f.build(&bad, &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("must be a directory and end with a /"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("must be a directory and end with a /"), "{}", stderr(&out));
 }
 
 #[test]
@@ -352,99 +213,55 @@ fn run_is_sandboxed_and_mount_stubs_never_land_in_layers() {
     );
     let ctx = f.ctx("sandbox", &[("Dockerfile", &df)]);
     let oci = f.path("sb.tar");
-    let out = f.build(
-        &ctx,
-        &["--output", &format!("type=oci,dest={}", oci.display())],
-    );
+    let out = f.build(&ctx, &["--output", &format!("type=oci,dest={}", oci.display())]);
     assert_ok(&out);
     let img = read_image(&oci);
     let paths: Vec<String> = img.new_entries().iter().map(|e| e.path.clone()).collect();
-    assert_eq!(
-        paths,
-        vec!["f"],
-        "only the step's own change is in the layers"
-    );
+    assert_eq!(paths, vec!["f"], "only the step's own change is in the layers");
 
     // A root without /proc, /dev, /sys or /etc: the stubs made for the sandbox are removed.
     let df = "FROM busybox AS bb\nFROM scratch\nCOPY --from=bb /bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"touch\", \"/made\"]\n";
     let ctx = f.ctx("stubs", &[("Dockerfile", df)]);
     let oci = f.path("stubs.tar");
-    assert_ok(&f.build(
-        &ctx,
-        &["--output", &format!("type=oci,dest={}", oci.display())],
-    ));
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={}", oci.display())]));
     let img = read_image(&oci);
-    let run_layer: Vec<&str> = img
-        .layers
-        .last()
-        .unwrap()
-        .iter()
-        .map(|e| e.path.as_str())
-        .collect();
+    let run_layer: Vec<&str> = img.layers.last().unwrap().iter().map(|e| e.path.as_str()).collect();
     assert_eq!(run_layer, vec!["made"]);
 }
 
 #[test]
 fn failing_run_reports_exit_code_and_last_output_and_keeps_the_store_consistent() {
     let f = Fixture::new();
-    let ctx = f.ctx(
-        "fail",
-        &[(
-            "Dockerfile",
-            "FROM busybox\nRUN echo ok > /ok\nRUN echo line-one && echo line-two >&2 && exit 3\n",
-        )],
-    );
+    let ctx = f.ctx("fail", &[("Dockerfile", "FROM busybox\nRUN echo ok > /ok\nRUN echo line-one && echo line-two >&2 && exit 3\n")]);
     let out = f.build(&ctx, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("exit code: 3"), "{err}");
-    assert!(
-        err.contains("> line-one") && err.contains("> line-two"),
-        "{err}"
-    );
+    assert!(err.contains("> line-one") && err.contains("> line-two"), "{err}");
     assert!(err.contains("RUN echo line-one"), "{err}");
     assert!(err.contains("Dockerfile line 3"), "{err}");
     assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
     // The next build works and reuses the step that completed.
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM busybox\nRUN echo ok > /ok\nRUN echo fixed\n",
-    )
-    .unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN echo ok > /ok\nRUN echo fixed\n").unwrap();
     let (out, events) = f.build_events(&ctx, &[]);
     assert_ok(&out);
-    assert!(
-        events
-            .iter()
-            .any(|e| e["kind"] == "cached" && e["name"].as_str().unwrap().contains("echo ok"))
-    );
+    assert!(events.iter().any(|e| e["kind"] == "cached" && e["name"].as_str().unwrap().contains("echo ok")));
 }
 
 #[test]
 fn malformed_dockerfiles_get_file_line_column_and_what_was_expected() {
     let f = Fixture::new();
-    let ctx = f.ctx(
-        "bad",
-        &[("Dockerfile", "FROM busybox\nCOPY --form=x a b\n")],
-    );
+    let ctx = f.ctx("bad", &[("Dockerfile", "FROM busybox\nCOPY --form=x a b\n")]);
     let out = f.build(&ctx, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("Dockerfile:2:6"), "{err}");
     assert!(err.contains("2 | COPY --form=x a b"), "{err}");
-    assert!(
-        err.contains("  |      ^^^^^^^^ expected one of --from"),
-        "{err}"
-    );
+    assert!(err.contains("  |      ^^^^^^^^ expected one of --from"), "{err}");
 
     std::fs::write(ctx.join("Dockerfile"), "FORM busybox\n").unwrap();
     let err = stderr(&f.build(&ctx, &[]));
-    assert!(
-        err.contains("unknown instruction: FORM")
-            && err.contains("Dockerfile:1:1")
-            && err.contains("expected one of"),
-        "{err}"
-    );
+    assert!(err.contains("unknown instruction: FORM") && err.contains("Dockerfile:1:1") && err.contains("expected one of"), "{err}");
 
     std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN echo \\\n").unwrap();
     assert_ok(&f.build(&ctx, &[]));
@@ -454,67 +271,42 @@ fn malformed_dockerfiles_get_file_line_column_and_what_was_expected() {
 #[test]
 fn missing_sources_unknown_images_stages_and_targets_are_named() {
     let f = Fixture::new();
-    let ctx = f.ctx(
-        "missing",
-        &[("Dockerfile", "FROM busybox\nCOPY nothere.txt /x\n")],
-    );
+    let ctx = f.ctx("missing", &[("Dockerfile", "FROM busybox\nCOPY nothere.txt /x\n")]);
     let out = f.build(&ctx, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("nothere.txt"), "{}", stderr(&out));
 
     std::fs::write(ctx.join("Dockerfile"), "FROM nosuchimage:1.0\n").unwrap();
     let err = stderr(&f.build(&ctx, &[]));
-    assert!(
-        err.contains("nosuchimage:1.0") && err.contains("Dockerfile:1"),
-        "{err}"
-    );
+    assert!(err.contains("nosuchimage:1.0") && err.contains("Dockerfile:1"), "{err}");
 
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM busybox\nCOPY --from=nosuchstage /a /a\n",
-    )
-    .unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY --from=nosuchstage /a /a\n").unwrap();
     let err = stderr(&f.build(&ctx, &[]));
     assert!(err.contains("nosuchstage"), "{err}");
 
     std::fs::write(ctx.join("Dockerfile"), "FROM busybox AS one\n").unwrap();
     let out = f.build(&ctx, &["--opt", "target=nope"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("\"nope\"") && stderr(&out).contains("one"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("\"nope\"") && stderr(&out).contains("one"), "{}", stderr(&out));
     assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
 }
 
 fn started(events: &[serde_json::Value]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["kind"] == "started")
-        .map(|e| e["name"].as_str().unwrap().to_string())
-        .collect()
+    events.iter().filter(|e| e["kind"] == "started").map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }
 
 #[test]
 fn cache_reruns_only_what_changed_by_content_not_mtime() {
     let f = Fixture::new();
     let df = "FROM busybox\nRUN echo one > /one\nCOPY a.txt /a.txt\nRUN cat /a.txt > /copy\nCOPY b.txt /b.txt\n";
-    let ctx = f.ctx(
-        "cache",
-        &[("Dockerfile", df), ("a.txt", "a"), ("b.txt", "b")],
-    );
+    let ctx = f.ctx("cache", &[("Dockerfile", df), ("a.txt", "a"), ("b.txt", "b")]);
     let (out, ev) = f.build_events(&ctx, &[]);
     assert_ok(&out);
     assert_eq!(started(&ev).len(), 4);
 
     let (out, ev) = f.build_events(&ctx, &[]);
     assert_ok(&out);
-    assert!(
-        started(&ev).is_empty(),
-        "second build ran {:?}",
-        started(&ev)
-    );
+    assert!(started(&ev).is_empty(), "second build ran {:?}", started(&ev));
     assert_eq!(ev.iter().filter(|e| e["kind"] == "cached").count(), 4);
 
     // mtime only: nothing runs.
@@ -523,11 +315,7 @@ fn cache_reruns_only_what_changed_by_content_not_mtime() {
         set_mtime(&ctx.join(p), t);
     }
     let (_, ev) = f.build_events(&ctx, &[]);
-    assert!(
-        started(&ev).is_empty(),
-        "touching files re-ran {:?}",
-        started(&ev)
-    );
+    assert!(started(&ev).is_empty(), "touching files re-ran {:?}", started(&ev));
 
     std::fs::write(ctx.join("b.txt"), "b2").unwrap();
     let (_, ev) = f.build_events(&ctx, &[]);
@@ -535,14 +323,7 @@ fn cache_reruns_only_what_changed_by_content_not_mtime() {
 
     std::fs::write(ctx.join("a.txt"), "a2").unwrap();
     let (_, ev) = f.build_events(&ctx, &[]);
-    assert_eq!(
-        started(&ev),
-        vec![
-            "[3/5] COPY a.txt /a.txt",
-            "[4/5] RUN cat /a.txt > /copy",
-            "[5/5] COPY b.txt /b.txt"
-        ]
-    );
+    assert_eq!(started(&ev), vec!["[3/5] COPY a.txt /a.txt", "[4/5] RUN cat /a.txt > /copy", "[5/5] COPY b.txt /b.txt"]);
 
     let (_, ev) = f.build_events(&ctx, &["--no-cache"]);
     assert_eq!(started(&ev).len(), 4, "--no-cache runs everything");
@@ -553,12 +334,7 @@ fn nix_time(s: i64) -> i64 {
 }
 
 fn set_mtime(p: &std::path::Path, secs: i64) {
-    let st = Command::new("touch")
-        .arg("-d")
-        .arg(format!("@{secs}"))
-        .arg(p)
-        .status()
-        .unwrap();
+    let st = Command::new("touch").arg("-d").arg(format!("@{secs}")).arg(p).status().unwrap();
     assert!(st.success());
 }
 
@@ -570,32 +346,14 @@ fn independent_stages_run_concurrently() {
     let (out, ev) = f.build_events(&ctx, &[]);
     assert_ok(&out);
     let span = |stage: &str| {
-        let name = |e: &serde_json::Value| {
-            e["name"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("[{stage} 2/2] RUN"))
-        };
-        let s = ev
-            .iter()
-            .find(|e| e["kind"] == "started" && name(e))
-            .unwrap()["time_ns"]
-            .as_u64()
-            .unwrap();
-        let c = ev
-            .iter()
-            .find(|e| e["kind"] == "completed" && name(e))
-            .unwrap()["time_ns"]
-            .as_u64()
-            .unwrap();
+        let name = |e: &serde_json::Value| e["name"].as_str().unwrap().starts_with(&format!("[{stage} 2/2] RUN"));
+        let s = ev.iter().find(|e| e["kind"] == "started" && name(e)).unwrap()["time_ns"].as_u64().unwrap();
+        let c = ev.iter().find(|e| e["kind"] == "completed" && name(e)).unwrap()["time_ns"].as_u64().unwrap();
         (s, c)
     };
     let (sa, ca) = span("a");
     let (sb, cb) = span("b");
-    assert!(
-        sa < cb && sb < ca,
-        "stage a [{sa}, {ca}] and stage b [{sb}, {cb}] did not overlap"
-    );
+    assert!(sa < cb && sb < ca, "stage a [{sa}, {ca}] and stage b [{sb}, {cb}] did not overlap");
 }
 
 #[test]
@@ -605,23 +363,14 @@ fn identical_steps_are_solved_once() {
     let ctx = f.ctx("dedup", &[("Dockerfile", df)]);
     let (out, ev) = f.build_events(&ctx, &[]);
     assert_ok(&out);
-    let runs = started(&ev)
-        .into_iter()
-        .filter(|n| n.contains("RUN echo same"))
-        .count();
+    let runs = started(&ev).into_iter().filter(|n| n.contains("RUN echo same")).count();
     assert_eq!(runs, 1);
 }
 
 #[test]
 fn outputs_are_accepted_by_skopeo_and_umoci() {
     let f = Fixture::new();
-    let ctx = f.ctx(
-        "out",
-        &[(
-            "Dockerfile",
-            "FROM busybox\nRUN echo hello > /hello\nCMD [\"cat\", \"/hello\"]\n",
-        )],
-    );
+    let ctx = f.ctx("out", &[("Dockerfile", "FROM busybox\nRUN echo hello > /hello\nCMD [\"cat\", \"/hello\"]\n")]);
     let oci = f.path("o.tar");
     let docker = f.path("d.tar");
     let tarball = f.path("fs.tar");
@@ -639,25 +388,13 @@ fn outputs_are_accepted_by_skopeo_and_umoci() {
         ],
     );
     assert_ok(&out);
-    let inspect: serde_json::Value = serde_json::from_str(&sh(
-        "skopeo",
-        &["inspect", &format!("oci-archive:{}", oci.display())],
-    ))
-    .unwrap();
+    let inspect: serde_json::Value = serde_json::from_str(&sh("skopeo", &["inspect", &format!("oci-archive:{}", oci.display())])).unwrap();
     assert_eq!(inspect["Layers"].as_array().unwrap().len(), 2);
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(f.path("meta.json")).unwrap()).unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path("meta.json")).unwrap()).unwrap();
     assert_eq!(inspect["Digest"], meta["containerimage.digest"]);
-    assert_eq!(
-        meta["image.name"],
-        json!("example.com/out:v1,docker.io/library/out:v1")
-    );
+    assert_eq!(meta["image.name"], json!("example.com/out:v1,docker.io/library/out:v1"));
 
-    let d: serde_json::Value = serde_json::from_str(&sh(
-        "skopeo",
-        &["inspect", &format!("docker-archive:{}", docker.display())],
-    ))
-    .unwrap();
+    let d: serde_json::Value = serde_json::from_str(&sh("skopeo", &["inspect", &format!("docker-archive:{}", docker.display())])).unwrap();
     assert_eq!(d["Layers"].as_array().unwrap().len(), 2);
     let files = read_tar_files(&docker);
     let mj: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
@@ -665,39 +402,15 @@ fn outputs_are_accepted_by_skopeo_and_umoci() {
 
     let layout = f.path("layout");
     std::fs::create_dir_all(&layout).unwrap();
-    assert!(
-        Command::new("tar")
-            .arg("xf")
-            .arg(&oci)
-            .arg("-C")
-            .arg(&layout)
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("tar").arg("xf").arg(&oci).arg("-C").arg(&layout).status().unwrap().success());
     let bundle = f.path("bundle");
-    sh(
-        "umoci",
-        &[
-            "unpack",
-            "--image",
-            &format!("{}:v1", layout.display()),
-            bundle.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(
-        std::fs::read_to_string(bundle.join("rootfs/hello")).unwrap(),
-        "hello\n"
-    );
-    let rt: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    sh("umoci", &["unpack", "--image", &format!("{}:v1", layout.display()), bundle.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(bundle.join("rootfs/hello")).unwrap(), "hello\n");
+    let rt: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     assert_eq!(rt["process"]["args"], json!(["cat", "/hello"]));
 
     let listing = sh("tar", &["tf", tarball.to_str().unwrap()]);
-    assert!(
-        listing.lines().any(|l| l == "hello") && listing.lines().any(|l| l == "bin/busybox"),
-        "{listing}"
-    );
+    assert!(listing.lines().any(|l| l == "hello") && listing.lines().any(|l| l == "bin/busybox"), "{listing}");
 }
 
 #[test]
@@ -706,10 +419,7 @@ fn layers_carry_whiteouts_and_identical_content_gives_identical_digests() {
     let df = "FROM busybox\nRUN rm /bin/vi\nRUN rm -rf /home && mkdir /home && touch /home/new\n";
     let ctx = f.ctx("wh", &[("Dockerfile", df)]);
     let oci = f.path("wh.tar");
-    assert_ok(&f.build(
-        &ctx,
-        &["--output", &format!("type=oci,dest={}", oci.display())],
-    ));
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={}", oci.display())]));
     let img = read_image(&oci);
     let rm: Vec<&str> = img.layers[1].iter().map(|e| e.path.as_str()).collect();
     assert_eq!(rm, vec!["bin/", "bin/.wh.vi"]);
@@ -718,22 +428,13 @@ fn layers_carry_whiteouts_and_identical_content_gives_identical_digests() {
 
     // The same Dockerfile and context in two stores give byte-identical images.
     let df = "FROM scratch\nCOPY a.txt /a.txt\nCOPY d /d\n";
-    let ctx = f.ctx(
-        "det",
-        &[("Dockerfile", df), ("a.txt", "a"), ("d/e.txt", "e")],
-    );
+    let ctx = f.ctx("det", &[("Dockerfile", df), ("a.txt", "a"), ("d/e.txt", "e")]);
     let digests: Vec<String> = (0..2)
         .map(|i| {
             let g = Fixture::empty();
             let dest = f.path(&format!("det{i}.tar"));
             let out = Command::new(RDOCK_BUILD)
-                .args([
-                    "--frontend",
-                    "dockerfile",
-                    "--local",
-                    &format!("context={}", ctx.display()),
-                    "--progress=quiet",
-                ])
+                .args(["--frontend", "dockerfile", "--local", &format!("context={}", ctx.display()), "--progress=quiet"])
                 .arg("--output")
                 .arg(format!("type=oci,dest={}", dest.display()))
                 .env("RDOCK_ROOT", &g.root)
@@ -741,10 +442,7 @@ fn layers_carry_whiteouts_and_identical_content_gives_identical_digests() {
                 .output()
                 .unwrap();
             assert_ok(&out);
-            read_image(&dest).index["manifests"][0]["digest"]
-                .as_str()
-                .unwrap()
-                .to_string()
+            read_image(&dest).index["manifests"][0]["digest"].as_str().unwrap().to_string()
         })
         .collect();
     assert_eq!(digests[0], digests[1]);
@@ -772,10 +470,7 @@ fn llb_dumps_are_stable() {
 #[test]
 fn progress_modes() {
     let f = Fixture::new();
-    let ctx = f.ctx(
-        "prog",
-        &[("Dockerfile", "FROM busybox\nRUN echo visible-output\n")],
-    );
+    let ctx = f.ctx("prog", &[("Dockerfile", "FROM busybox\nRUN echo visible-output\n")]);
     let out = f.build(&ctx, &["--progress=quiet", "--no-cache"]);
     assert_ok(&out);
     assert!(out.stderr.is_empty(), "quiet printed {}", stderr(&out));
@@ -796,49 +491,24 @@ fn progress_modes() {
         RDOCK_BUILD,
         ctx.display()
     );
-    let out = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .output()
-        .unwrap();
+    let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
     assert_ok(&out);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("=> [2/2] RUN echo visible-output"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("=> [2/2] RUN echo visible-output"), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
 fn docker_style_cli_builds_tags_saves_and_loads() {
     let f = Fixture::new();
-    let ctx = f.ctx(
-        "cli",
-        &[(
-            "Dockerfile",
-            "FROM busybox\nLABEL a=b\nCMD [\"echo\", \"hi\"]\n",
-        )],
-    );
+    let ctx = f.ctx("cli", &[("Dockerfile", "FROM busybox\nLABEL a=b\nCMD [\"echo\", \"hi\"]\n")]);
     let out = Command::new(RDOCK)
-        .args([
-            "build",
-            "-t",
-            "myimg:1",
-            "--progress=quiet",
-            ctx.to_str().unwrap(),
-        ])
+        .args(["build", "-t", "myimg:1", "--progress=quiet", ctx.to_str().unwrap()])
         .env("RDOCK_ROOT", &f.root)
         .output()
         .unwrap();
     assert_ok(&out);
     let images = String::from_utf8(f.rdock(&["images"]).stdout).unwrap();
-    assert!(
-        images
-            .lines()
-            .any(|l| l.starts_with("myimg ") && l.contains(" 1 ")),
-        "{images}"
-    );
-    let inspect: serde_json::Value =
-        serde_json::from_slice(&f.rdock(&["inspect", "myimg:1"]).stdout).unwrap();
+    assert!(images.lines().any(|l| l.starts_with("myimg ") && l.contains(" 1 ")), "{images}");
+    let inspect: serde_json::Value = serde_json::from_slice(&f.rdock(&["inspect", "myimg:1"]).stdout).unwrap();
     assert_eq!(inspect[0]["Config"]["Cmd"], json!(["echo", "hi"]));
     assert_eq!(inspect[0]["Config"]["Labels"], json!({"a": "b"}));
     let hist = String::from_utf8(f.rdock(&["history", "myimg:1"]).stdout).unwrap();
@@ -851,79 +521,33 @@ fn docker_style_cli_builds_tags_saves_and_loads() {
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Loaded image: other/name:2"));
     assert_ok(&f.rdock(&["rmi", "other/name:2"]));
-    assert!(
-        !String::from_utf8(f.rdock(&["images"]).stdout)
-            .unwrap()
-            .contains("other/name")
-    );
-    assert_eq!(
-        f.rdock(&["run", "myimg:1"]).status.code(),
-        Some(2),
-        "not yet supported is a usage error"
-    );
-    assert_eq!(
-        f.rdock(&["build", "--cache-to", "x", ctx.to_str().unwrap()])
-            .status
-            .code(),
-        Some(2)
-    );
+    assert!(!String::from_utf8(f.rdock(&["images"]).stdout).unwrap().contains("other/name"));
+    assert_eq!(f.rdock(&["run", "myimg:1"]).status.code(), Some(2), "not yet supported is a usage error");
+    assert_eq!(f.rdock(&["build", "--cache-to", "x", ctx.to_str().unwrap()]).status.code(), Some(2));
 }
 
 #[test]
 fn oci_layouts_load_and_serve_as_base_images() {
     let f = Fixture::new();
-    let ctx = f.ctx(
-        "base",
-        &[("Dockerfile", "FROM busybox\nRUN echo base > /base\n")],
-    );
+    let ctx = f.ctx("base", &[("Dockerfile", "FROM busybox\nRUN echo base > /base\n")]);
     let oci = f.path("base.tar");
-    assert_ok(&f.build(
-        &ctx,
-        &[
-            "--output",
-            &format!("type=oci,dest={},name=mybase:2", oci.display()),
-        ],
-    ));
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={},name=mybase:2", oci.display())]));
     let g = Fixture::empty();
     let out = g.rdock(&["load", "-i", oci.to_str().unwrap()]);
     assert_ok(&out);
-    let ctx2 = g.ctx(
-        "child",
-        &[("Dockerfile", "FROM mybase:2\nRUN cat /base > /child\n")],
-    );
-    let out = g.build(
-        &ctx2,
-        &[
-            "--output",
-            &format!("type=local,dest={}", g.path("o").display()),
-        ],
-    );
+    let ctx2 = g.ctx("child", &[("Dockerfile", "FROM mybase:2\nRUN cat /base > /child\n")]);
+    let out = g.build(&ctx2, &["--output", &format!("type=local,dest={}", g.path("o").display())]);
     assert_ok(&out);
-    assert_eq!(
-        std::fs::read_to_string(g.path("o/child")).unwrap(),
-        "base\n"
-    );
+    assert_eq!(std::fs::read_to_string(g.path("o/child")).unwrap(), "base\n");
 }
 
 #[test]
 fn a_killed_build_leaves_a_store_the_next_build_reuses() {
     let f = Fixture::new();
-    let ctx = f.ctx(
-        "kill",
-        &[(
-            "Dockerfile",
-            "FROM busybox\nRUN echo done-before > /before\nRUN sleep 60\n",
-        )],
-    );
+    let ctx = f.ctx("kill", &[("Dockerfile", "FROM busybox\nRUN echo done-before > /before\nRUN sleep 60\n")]);
     let c = format!("context={}", ctx.display());
     let mut child = Command::new(RDOCK_BUILD)
-        .args([
-            "--frontend",
-            "dockerfile",
-            "--local",
-            &c,
-            "--progress=rawjson",
-        ])
+        .args(["--frontend", "dockerfile", "--local", &c, "--progress=rawjson"])
         .env("RDOCK_ROOT", &f.root)
         .stderr(Stdio::piped())
         .spawn()
@@ -938,27 +562,15 @@ fn a_killed_build_leaves_a_store_the_next_build_reuses() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM busybox\nRUN echo done-before > /before\nRUN echo after\n",
-    )
-    .unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN echo done-before > /before\nRUN echo after\n").unwrap();
     let (out, ev) = f.build_events(&ctx, &[]);
     assert_ok(&out);
-    assert!(
-        ev.iter()
-            .any(|e| e["kind"] == "cached" && e["name"].as_str().unwrap().contains("done-before")),
-        "completed work is reused"
-    );
+    assert!(ev.iter().any(|e| e["kind"] == "cached" && e["name"].as_str().unwrap().contains("done-before")), "completed work is reused");
     assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
 }
 
 /// Rewrites the tarball at `src` into `dst`; `edit` returns each file's new name and bytes.
-fn rewrite_tar(
-    src: &std::path::Path,
-    dst: &std::path::Path,
-    edit: impl Fn(String, Vec<u8>) -> (String, Vec<u8>),
-) {
+fn rewrite_tar(src: &std::path::Path, dst: &std::path::Path, edit: impl Fn(String, Vec<u8>) -> (String, Vec<u8>)) {
     let mut out = tar::Builder::new(std::fs::File::create(dst).unwrap());
     for (path, data) in read_tar_files(src) {
         if path.ends_with('/') {
@@ -980,25 +592,11 @@ fn sha256_hex(b: &[u8]) -> String {
 #[test]
 fn broken_archives_are_refused_and_leave_the_store_usable() {
     let f = Fixture::new();
-    let ctx = f.ctx(
-        "src",
-        &[("Dockerfile", "FROM busybox\nRUN echo payload > /p\n")],
-    );
+    let ctx = f.ctx("src", &[("Dockerfile", "FROM busybox\nRUN echo payload > /p\n")]);
     let good = f.path("good.tar");
-    assert_ok(&f.build(
-        &ctx,
-        &[
-            "--output",
-            &format!("type=oci,dest={},name=victim:1", good.display()),
-        ],
-    ));
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={},name=victim:1", good.display())]));
     let img = read_image(&good);
-    let hex_of = |d: &serde_json::Value| {
-        d.as_str()
-            .unwrap()
-            .trim_start_matches("sha256:")
-            .to_string()
-    };
+    let hex_of = |d: &serde_json::Value| d.as_str().unwrap().trim_start_matches("sha256:").to_string();
     let layer = hex_of(&json!(img.layer_digests[1]));
     let g = Fixture::empty();
 
@@ -1016,10 +614,7 @@ fn broken_archives_are_refused_and_leave_the_store_usable() {
     assert!(stderr(&out).contains("digest mismatch"), "{}", stderr(&out));
 
     // A well-formed image whose config claims a diff ID its layer does not unpack to.
-    let (old_cfg, old_m) = (
-        hex_of(&img.manifest["config"]["digest"]),
-        hex_of(&img.index["manifests"][0]["digest"]),
-    );
+    let (old_cfg, old_m) = (hex_of(&img.manifest["config"]["digest"]), hex_of(&img.index["manifests"][0]["digest"]));
     let mut cfg = img.config.clone();
     cfg["rootfs"]["diff_ids"][1] = json!(format!("sha256:{}", "0".repeat(64)));
     let cfg_bytes = serde_json::to_vec(&cfg).unwrap();
@@ -1035,15 +630,9 @@ fn broken_archives_are_refused_and_leave_the_store_usable() {
         if p == "index.json" {
             (p, serde_json::to_vec(&index).unwrap())
         } else if p.ends_with(&old_cfg) {
-            (
-                format!("blobs/sha256/{}", sha256_hex(&cfg_bytes)),
-                cfg_bytes.clone(),
-            )
+            (format!("blobs/sha256/{}", sha256_hex(&cfg_bytes)), cfg_bytes.clone())
         } else if p.ends_with(&old_m) {
-            (
-                format!("blobs/sha256/{}", sha256_hex(&m_bytes)),
-                m_bytes.clone(),
-            )
+            (format!("blobs/sha256/{}", sha256_hex(&m_bytes)), m_bytes.clone())
         } else {
             (p, d)
         }
@@ -1052,15 +641,48 @@ fn broken_archives_are_refused_and_leave_the_store_usable() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unpacks to"), "{}", stderr(&out));
 
-    assert!(
-        !String::from_utf8(g.rdock(&["images"]).stdout)
-            .unwrap()
-            .contains("victim"),
-        "a refused image was tagged"
-    );
+    assert!(!String::from_utf8(g.rdock(&["images"]).stdout).unwrap().contains("victim"), "a refused image was tagged");
     assert!(g.leftovers().is_empty(), "{:?}", g.leftovers());
     // The good archive still loads and builds on top.
     assert_ok(&g.rdock(&["load", "-i", good.to_str().unwrap()]));
     let ctx2 = g.ctx("on-top", &[("Dockerfile", "FROM victim:1\nRUN cat /p\n")]);
     assert_ok(&g.build(&ctx2, &[]));
+}
+
+#[test]
+fn heredocs_on_run_copy_and_add() {
+    let f = Fixture::new();
+    let df = "FROM busybox\n\
+RUN <<EOF\necho one > /one\necho two > /two\nEOF\n\
+RUN <<EOF\n#!/bin/sh\necho \"shebang $0\" > /shebang\nEOF\n\
+RUN cat <<A > /a && cat <<B > /b\nalpha\nA\nbeta\nB\n\
+ARG NAME=world\n\
+COPY <<EOF /greeting\nhello $NAME \"quoted\"\nEOF\n\
+COPY <<\"EOF\" /raw\nhello $NAME\nEOF\n\
+ADD <<-EOF <<EOF2 /many/\n\ttabbed\n\tEOF\nx\nEOF2\n\
+RUN echo after > /after\n";
+    let ctx = f.ctx("heredoc", &[("Dockerfile", df)]);
+    let oci = f.path("hd.tar");
+    let out = f.build(
+        &ctx,
+        &["--output", &format!("type=local,dest={}", f.path("o").display()), "--output", &format!("type=oci,dest={}", oci.display())],
+    );
+    assert_ok(&out);
+    let read = |p: &str| std::fs::read_to_string(f.path("o").join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("one"), "one\n");
+    assert_eq!(read("two"), "two\n");
+    assert_eq!(read("shebang"), "shebang /dev/pipes/EOF\n", "a #! heredoc runs as a file from /dev/pipes");
+    assert_eq!(read("a"), "alpha\n");
+    assert_eq!(read("b"), "beta\n");
+    assert_eq!(read("greeting"), "hello world \"quoted\"\n", "unquoted delimiter: expanded, quotes kept");
+    assert_eq!(read("raw"), "hello $NAME\n", "quoted delimiter: not expanded");
+    assert_eq!(read("many/EOF"), "tabbed\n", "<<- strips leading tabs");
+    assert_eq!(read("many/EOF2"), "x\n");
+    assert_eq!(read("after"), "after\n", "lines after the heredocs are instructions again");
+    let img = read_image(&oci);
+    assert!(img.new_entries().iter().all(|e| !e.path.starts_with("dev")), "the /dev/pipes mount leaked into a layer");
+    let history = img.history();
+    assert!(history.iter().any(|h| h == "COPY <<EOF /greeting # buildkit"), "{history:?}");
+    let (_, ev) = f.build_events(&ctx, &["--no-cache"]);
+    assert!(ev.iter().any(|e| e["kind"] == "started" && e["name"] == "[2/9] RUN <<EOF (echo one > /one...)"), "{ev:?}");
 }

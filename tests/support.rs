@@ -24,11 +24,7 @@ pub fn busybox_tar() -> &'static Path {
         let out = dir.join("busybox.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.sh");
         let st = Command::new("bash").arg(script).arg(&out).output().unwrap();
-        assert!(
-            st.status.success(),
-            "make-busybox-image.sh failed: {}",
-            String::from_utf8_lossy(&st.stderr)
-        );
+        assert!(st.status.success(), "make-busybox-image.sh failed: {}", String::from_utf8_lossy(&st.stderr));
         out
     })
 }
@@ -49,10 +45,7 @@ impl Fixture {
 
     /// A store with nothing loaded.
     pub fn empty() -> Fixture {
-        let dir = tempfile::Builder::new()
-            .prefix("rdock-e2e-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("rdock-e2e-").tempdir().unwrap();
         let root = dir.path().join("store");
         Fixture { dir, root }
     }
@@ -73,11 +66,7 @@ impl Fixture {
     }
 
     pub fn rdock(&self, args: &[&str]) -> Output {
-        Command::new(RDOCK)
-            .args(args)
-            .env("RDOCK_ROOT", &self.root)
-            .output()
-            .unwrap()
+        Command::new(RDOCK).args(args).env("RDOCK_ROOT", &self.root).output().unwrap()
     }
 
     /// `rdock-build --frontend dockerfile --local context=CTX --local dockerfile=CTX` + extra.
@@ -89,11 +78,7 @@ impl Fixture {
             args.push("--progress=plain");
         }
         args.extend_from_slice(extra);
-        Command::new(RDOCK_BUILD)
-            .args(&args)
-            .env("RDOCK_ROOT", &self.root)
-            .output()
-            .unwrap()
+        Command::new(RDOCK_BUILD).args(&args).env("RDOCK_ROOT", &self.root).output().unwrap()
     }
 
     /// Builds with `--progress=rawjson` and returns the events.
@@ -104,9 +89,7 @@ impl Fixture {
         let events = String::from_utf8_lossy(&out.stderr)
             .lines()
             .filter(|l| l.starts_with('{'))
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad rawjson line {l:?}: {e}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad rawjson line {l:?}: {e}")))
             .collect();
         (out, events)
     }
@@ -114,18 +97,12 @@ impl Fixture {
     /// Active snapshots and temp files left in the store (a consistent store has none).
     pub fn leftovers(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.root.join("tmp"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         let db = self.root.join("metadata.db");
         if db.exists() {
             let conn = rusqlite::Connection::open(&db).unwrap();
-            let mut stmt = conn
-                .prepare("SELECT key FROM snapshots WHERE kind != 'committed'")
-                .unwrap();
+            let mut stmt = conn.prepare("SELECT key FROM snapshots WHERE kind != 'committed'").unwrap();
             let keys = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
             v.extend(keys.map(|k| format!("snapshot:{}", k.unwrap())));
         }
@@ -174,12 +151,7 @@ pub fn read_tar_files(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
     for e in a.entries().unwrap() {
         let mut e = e.unwrap();
-        let p = e
-            .path()
-            .unwrap()
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
+        let p = e.path().unwrap().to_string_lossy().trim_start_matches("./").to_string();
         let mut buf = Vec::new();
         e.read_to_end(&mut buf).unwrap();
         files.insert(p, buf);
@@ -209,10 +181,7 @@ pub fn layer_entries(blob: &[u8]) -> Vec<Entry> {
                 uid: h.uid().unwrap(),
                 gid: h.gid().unwrap(),
                 data,
-                link: e
-                    .link_name()
-                    .unwrap()
-                    .map(|l| l.to_string_lossy().into_owned()),
+                link: e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned()),
             }
         })
         .collect()
@@ -221,57 +190,24 @@ pub fn layer_entries(blob: &[u8]) -> Vec<Entry> {
 pub fn read_image(path: &Path) -> Image {
     let files = read_tar_files(path);
     let blob = |d: &str| {
-        files
-            .get(&format!("blobs/sha256/{}", d.trim_start_matches("sha256:")))
-            .unwrap_or_else(|| panic!("blob {d} missing"))
-            .clone()
+        files.get(&format!("blobs/sha256/{}", d.trim_start_matches("sha256:"))).unwrap_or_else(|| panic!("blob {d} missing")).clone()
     };
     let index: Value = serde_json::from_slice(&files["index.json"]).unwrap();
-    let mdigest = index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let mdigest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
     let mbytes = blob(&mdigest);
-    assert_eq!(
-        format!(
-            "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&mbytes))
-        ),
-        mdigest,
-        "manifest digest"
-    );
+    assert_eq!(format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&mbytes))), mdigest, "manifest digest");
     let manifest: Value = serde_json::from_slice(&mbytes).unwrap();
-    let config: Value =
-        serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
-    let layer_digests: Vec<String> = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect();
-    let layers = layer_digests
-        .iter()
-        .map(|d| layer_entries(&blob(d)))
-        .collect();
-    Image {
-        index,
-        manifest,
-        config,
-        layers,
-        layer_digests,
-        files,
-    }
+    let config: Value = serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    let layer_digests: Vec<String> =
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
+    let layers = layer_digests.iter().map(|d| layer_entries(&blob(d))).collect();
+    Image { index, manifest, config, layers, layer_digests, files }
 }
 
 impl Image {
     /// created_by of every history entry.
     pub fn history(&self) -> Vec<String> {
-        self.config["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["created_by"].as_str().unwrap_or("").to_string())
-            .collect()
+        self.config["history"].as_array().unwrap().iter().map(|h| h["created_by"].as_str().unwrap_or("").to_string()).collect()
     }
 
     /// Entries of the layers this build added (after the base's one layer).
@@ -282,10 +218,7 @@ impl Image {
 
 /// Runs a command and returns stdout, asserting success.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} could not run ({e}); .ci/run installs it"));
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd} could not run ({e}); .ci/run installs it"));
     assert_ok(&out);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -6,9 +6,7 @@ use crate::progress::{self, Mode};
 use anyhow::{Context, bail};
 use rdock_frontend::{BuildOptions, ImageResolver, ResolvedImage, lower};
 use rdock_imagespec::ImageRef;
-use rdock_oci::{
-    ArchiveFormat, ImageStore, commit_image, export_archive, export_local, export_tar,
-};
+use rdock_oci::{ArchiveFormat, ImageStore, commit_image, export_archive, export_local, export_tar};
 use rdock_solver::{SolveRequest, Solver};
 use rdock_worker::{NamespaceExecutor, Worker};
 use std::collections::{BTreeMap, HashMap};
@@ -84,20 +82,15 @@ pub struct BuildRequest {
 }
 
 fn kv(spec: &str) -> BTreeMap<String, String> {
-    spec.split(',')
-        .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
+    spec.split(',').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
 }
 
 fn names(v: Option<&String>) -> anyhow::Result<Vec<ImageRef>> {
     match v {
         None => Ok(Vec::new()),
-        Some(s) => s
-            .split(';')
-            .filter(|n| !n.is_empty())
-            .map(|n| ImageRef::parse(n).map_err(|e| UsageError(e.to_string()).into()))
-            .collect(),
+        Some(s) => {
+            s.split(';').filter(|n| !n.is_empty()).map(|n| ImageRef::parse(n).map_err(|e| UsageError(e.to_string()).into())).collect()
+        }
     }
 }
 
@@ -105,41 +98,26 @@ fn names(v: Option<&String>) -> anyhow::Result<Vec<ImageRef>> {
 /// `type=local,dest=PATH`, as in `docker build -o`.
 pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
     if !spec.contains('=') {
-        return Ok(Output::Local {
-            dest: PathBuf::from(spec),
-        });
+        return Ok(Output::Local { dest: PathBuf::from(spec) });
     }
     let m = kv(spec);
     let dest = || -> anyhow::Result<PathBuf> {
-        m.get("dest")
-            .map(PathBuf::from)
-            .ok_or_else(|| UsageError(format!("--output {spec}: dest= is required")).into())
+        m.get("dest").map(PathBuf::from).ok_or_else(|| UsageError(format!("--output {spec}: dest= is required")).into())
     };
     let ty = m.get("type").map(String::as_str).unwrap_or("local");
     Ok(match ty {
-        "docker" => Output::Docker {
-            dest: dest()?,
-            names: names(m.get("name"))?,
-        },
-        "oci" => Output::Oci {
-            dest: dest()?,
-            names: names(m.get("name"))?,
-        },
+        "docker" => Output::Docker { dest: dest()?, names: names(m.get("name"))? },
+        "oci" => Output::Oci { dest: dest()?, names: names(m.get("name"))? },
         "local" => Output::Local { dest: dest()? },
         "tar" => Output::Tar { dest: dest()? },
         "image" | "registry" => {
             if m.get("push").is_some_and(|p| p == "true") || ty == "registry" {
                 return Err(UsageError("pushing to a registry is not supported yet".into()).into());
             }
-            Output::Image {
-                names: names(m.get("name"))?,
-            }
+            Output::Image { names: names(m.get("name"))? }
         }
         other => {
-            return Err(UsageError(format!(
-                "unknown output type {other:?} (expected docker, oci, local, tar or image)"
-            ))
-            .into());
+            return Err(UsageError(format!("unknown output type {other:?} (expected docker, oci, local, tar or image)")).into());
         }
     })
 }
@@ -151,15 +129,15 @@ struct StoreResolver {
 
 impl ImageResolver for StoreResolver {
     fn resolve(&self, image: &ImageRef) -> Result<ResolvedImage, String> {
-        let digest = self.images.get(image).map_err(|e| e.to_string())?.ok_or_else(|| "not found in the local store (load it with `rdock load -i FILE`; pulling is not supported yet)".to_string())?;
+        let digest =
+            self.images.get(image).map_err(|e| e.to_string())?.ok_or_else(|| {
+                "not found in the local store (load it with `rdock load -i FILE`; pulling is not supported yet)".to_string()
+            })?;
         let m = self.images.manifest(&digest).map_err(|e| e.to_string())?;
         let config = self.images.config(&m).map_err(|e| e.to_string())?;
         let mut pinned = image.clone();
         pinned.digest = Some(digest);
-        Ok(ResolvedImage {
-            pinned: pinned.to_string(),
-            config,
-        })
+        Ok(ResolvedImage { pinned: pinned.to_string(), config })
     }
 }
 
@@ -176,19 +154,14 @@ pub struct BuildSummary {
 
 /// Runs a build.
 pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
-    let source = std::fs::read_to_string(&req.dockerfile)
-        .with_context(|| format!("reading Dockerfile {}", req.dockerfile.display()))?;
+    let source = std::fs::read_to_string(&req.dockerfile).with_context(|| format!("reading Dockerfile {}", req.dockerfile.display()))?;
     if !req.context.is_dir() {
-        bail!(UsageError(format!(
-            "build context {} is not a directory",
-            req.context.display()
-        )));
+        bail!(UsageError(format!("build context {} is not a directory", req.context.display())));
     }
     // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's, as in BuildKit.
     let specific = PathBuf::from(format!("{}.dockerignore", req.dockerfile.display()));
-    let ignore = std::fs::read_to_string(&specific)
-        .or_else(|_| std::fs::read_to_string(req.context.join(".dockerignore")))
-        .unwrap_or_default();
+    let ignore =
+        std::fs::read_to_string(&specific).or_else(|_| std::fs::read_to_string(req.context.join(".dockerignore"))).unwrap_or_default();
     let store = crate::open_store()?;
     let images = ImageStore::new(store.clone());
     let opts = BuildOptions {
@@ -199,13 +172,7 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
         no_cache: req.no_cache,
         ..Default::default()
     };
-    let lowered = lower(
-        &source,
-        &opts,
-        &StoreResolver {
-            images: images.clone(),
-        },
-    )?;
+    let lowered = lower(&source, &opts, &StoreResolver { images: images.clone() })?;
     if let Some(fmt) = req.dump {
         let text = match fmt {
             DumpFormat::Json => lowered.definition.to_json(),
@@ -220,44 +187,23 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
     let solver = Solver::new(worker, images.clone())?;
     let locals = HashMap::from([("context".to_string(), req.context.clone())]);
     let sink = progress::sink(req.progress);
-    let out = solver.solve(&SolveRequest {
-        definition: &lowered.definition,
-        locals: &locals,
-        progress: sink.as_ref(),
-    })?;
+    let out = solver.solve(&SolveRequest { definition: &lowered.definition, locals: &locals, progress: sink.as_ref() })?;
     drop(sink);
 
-    let mut summary = BuildSummary {
-        executed: out.executed,
-        cached: out.cached,
-        manifest: None,
-    };
+    let mut summary = BuildSummary { executed: out.executed, cached: out.cached, manifest: None };
     let mut committed = None;
     let mut image_names: Vec<ImageRef> = Vec::new();
     let created = crate::timefmt::build_time();
     for o in &req.outputs {
-        let needs_image = matches!(
-            o,
-            Output::Docker { .. } | Output::Oci { .. } | Output::Image { .. }
-        );
+        let needs_image = matches!(o, Output::Docker { .. } | Output::Oci { .. } | Output::Image { .. });
         if needs_image && committed.is_none() {
-            committed = Some(commit_image(
-                &images,
-                out.top.as_deref(),
-                lowered.image.clone(),
-                &created,
-            )?);
+            committed = Some(commit_image(&images, out.top.as_deref(), lowered.image.clone(), &created)?);
         }
         match o {
             Output::Docker { dest, names } | Output::Oci { dest, names } => {
-                let fmt = if matches!(o, Output::Docker { .. }) {
-                    ArchiveFormat::Docker
-                } else {
-                    ArchiveFormat::Oci
-                };
+                let fmt = if matches!(o, Output::Docker { .. }) { ArchiveFormat::Docker } else { ArchiveFormat::Oci };
                 if let Some(c) = &committed {
-                    export_archive(&images, &c.manifest, names, fmt, dest)
-                        .with_context(|| format!("exporting to {}", dest.display()))?;
+                    export_archive(&images, &c.manifest, names, fmt, dest).with_context(|| format!("exporting to {}", dest.display()))?;
                 }
                 image_names.extend(names.iter().cloned());
             }
@@ -269,10 +215,12 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
                 }
                 image_names.extend(names.iter().cloned());
             }
-            Output::Local { dest } => export_local(&store, out.top.as_deref(), dest)
-                .with_context(|| format!("exporting to {}", dest.display()))?,
-            Output::Tar { dest } => export_tar(&store, out.top.as_deref(), dest)
-                .with_context(|| format!("exporting to {}", dest.display()))?,
+            Output::Local { dest } => {
+                export_local(&store, out.top.as_deref(), dest).with_context(|| format!("exporting to {}", dest.display()))?
+            }
+            Output::Tar { dest } => {
+                export_tar(&store, out.top.as_deref(), dest).with_context(|| format!("exporting to {}", dest.display()))?
+            }
         }
     }
     if let Some(c) = &committed {
@@ -281,29 +229,17 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
     if let Some(path) = &req.metadata_file {
         let mut doc = serde_json::Map::new();
         if let Some(c) = &committed {
+            doc.insert("containerimage.digest".into(), c.manifest.to_string().into());
+            doc.insert("containerimage.config.digest".into(), c.config.to_string().into());
             doc.insert(
-                "containerimage.digest".into(),
-                c.manifest.to_string().into(),
+                "containerimage.descriptor".into(),
+                serde_json::json!({"mediaType": rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST, "digest": c.manifest, "size": c.manifest_size}),
             );
-            doc.insert(
-                "containerimage.config.digest".into(),
-                c.config.to_string().into(),
-            );
-            doc.insert("containerimage.descriptor".into(), serde_json::json!({"mediaType": rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST, "digest": c.manifest, "size": c.manifest_size}));
         }
         if !image_names.is_empty() {
-            doc.insert(
-                "image.name".into(),
-                image_names
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-                    .into(),
-            );
+            doc.insert("image.name".into(), image_names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",").into());
         }
-        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(summary)
 }

@@ -17,29 +17,20 @@ fn parse_ref(s: &str) -> anyhow::Result<ImageRef> {
 /// `rdock images`.
 pub fn list() -> anyhow::Result<()> {
     let images = images()?;
-    println!(
-        "{:<40} {:<16} {:<14} {:<22} {:>10}",
-        "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"
-    );
+    println!("{:<40} {:<16} {:<14} {:<22} {:>10}", "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE");
     for img in images.list()? {
         let r = ImageRef::parse(&img.name)?;
         let m = images.manifest(&img.manifest)?;
         let cfg = images.config(&m)?;
         let size: u64 = m.layers.iter().map(|l| l.size).sum();
         let repo = r.familiar();
-        let repo = repo
-            .rsplit_once(':')
-            .map(|(a, _)| a.to_string())
-            .unwrap_or(repo);
+        let repo = repo.rsplit_once(':').map(|(a, _)| a.to_string()).unwrap_or(repo);
         println!(
             "{:<40} {:<16} {:<14} {:<22} {:>10}",
             repo,
             r.tag.clone().unwrap_or_else(|| "<none>".into()),
             &m.config.digest.hex()[..12],
-            cfg.created
-                .as_deref()
-                .map(|c| c.get(..19).unwrap_or(c))
-                .unwrap_or(""),
+            cfg.created.as_deref().map(|c| c.get(..19).unwrap_or(c)).unwrap_or(""),
             human(size)
         );
     }
@@ -54,11 +45,7 @@ fn human(n: u64) -> String {
         v /= 1000.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.1}{}", units[u])
-    }
+    if u == 0 { format!("{n}B") } else { format!("{v:.1}{}", units[u]) }
 }
 
 /// `rdock tag SRC DST`.
@@ -91,11 +78,7 @@ pub fn inspect(name: &str) -> anyhow::Result<()> {
         .list()?
         .into_iter()
         .filter(|i| i.manifest == d)
-        .map(|i| {
-            ImageRef::parse(&i.name)
-                .map(|r| r.familiar())
-                .unwrap_or(i.name)
-        })
+        .map(|i| ImageRef::parse(&i.name).map(|r| r.familiar()).unwrap_or(i.name))
         .collect();
     let doc = serde_json::json!([{
         "Id": m.config.digest,
@@ -120,30 +103,15 @@ pub fn history(name: &str) -> anyhow::Result<()> {
     let d = images.find(name)?;
     let m = images.manifest(&d)?;
     let cfg = images.config(&m)?;
-    println!(
-        "{:<22} {:<60} {:>10}  COMMENT",
-        "CREATED", "CREATED BY", "SIZE"
-    );
+    println!("{:<22} {:<60} {:>10}  COMMENT", "CREATED", "CREATED BY", "SIZE");
     let mut layers = m.layers.iter();
     let mut rows = Vec::new();
     for h in &cfg.history {
-        let size = if h.empty_layer {
-            0
-        } else {
-            layers.next().map(|l| l.size).unwrap_or(0)
-        };
+        let size = if h.empty_layer { 0 } else { layers.next().map(|l| l.size).unwrap_or(0) };
         rows.push(format!(
             "{:<22} {:<60} {:>10}  {}",
-            h.created
-                .as_deref()
-                .map(|c| c.get(..19).unwrap_or(c))
-                .unwrap_or(""),
-            h.created_by
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .take(60)
-                .collect::<String>(),
+            h.created.as_deref().map(|c| c.get(..19).unwrap_or(c)).unwrap_or(""),
+            h.created_by.as_deref().unwrap_or("").chars().take(60).collect::<String>(),
             human(size),
             h.comment.as_deref().unwrap_or("")
         ));
@@ -157,8 +125,7 @@ pub fn history(name: &str) -> anyhow::Result<()> {
 /// `rdock load -i FILE`.
 pub fn load(file: &Path) -> anyhow::Result<()> {
     let images = images()?;
-    let loaded =
-        load_archive(&images, file).with_context(|| format!("loading {}", file.display()))?;
+    let loaded = load_archive(&images, file).with_context(|| format!("loading {}", file.display()))?;
     for (name, d) in loaded {
         match name {
             Some(n) => println!("Loaded image: {}", n.familiar()),
@@ -181,13 +148,7 @@ pub fn save(file: &Path, name: &str) -> anyhow::Result<()> {
 pub fn du() -> anyhow::Result<()> {
     let store = crate::open_store()?;
     let size = |p: &Path| -> u64 {
-        walkdir::WalkDir::new(p)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.metadata().ok())
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-            .sum()
+        walkdir::WalkDir::new(p).into_iter().flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
     };
     let blobs = size(&store.root().join("blobs"));
     let snaps = size(&store.root().join("snapshots"));

@@ -85,11 +85,7 @@ impl ProgressSink for Plain {
                 r
             }
             EventKind::Completed => {
-                let d = st
-                    .started
-                    .get(&e.vertex)
-                    .map(|s| s.elapsed().as_secs_f64())
-                    .unwrap_or(0.0);
+                let d = st.started.get(&e.vertex).map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
                 writeln!(err, "#{id} DONE {d:.1}s")
             }
             EventKind::Failed => writeln!(err, "#{id} ERROR: {}", e.detail),
@@ -116,10 +112,7 @@ pub struct Tty {
 
 impl Tty {
     fn new() -> Tty {
-        Tty {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
-            bars: Mutex::new(HashMap::new()),
-        }
+        Tty { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), bars: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -128,8 +121,7 @@ impl ProgressSink for Tty {
         let Ok(mut bars) = self.bars.lock() else {
             return;
         };
-        let style = ProgressStyle::with_template(" {spinner} {msg} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let style = ProgressStyle::with_template(" {spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner());
         match e.kind {
             EventKind::Started => {
                 let pb = self.multi.add(ProgressBar::new_spinner());
@@ -145,26 +137,14 @@ impl ProgressSink for Tty {
                 if let Some((pb, _)) = bars.get(&e.vertex)
                     && let Some(last) = e.detail.lines().last()
                 {
-                    pb.set_message(format!(
-                        "{}  {}",
-                        e.name,
-                        last.chars().take(60).collect::<String>()
-                    ));
+                    pb.set_message(format!("{}  {}", e.name, last.chars().take(60).collect::<String>()));
                 }
             }
             EventKind::Completed | EventKind::Failed => {
                 if let Some((pb, t)) = bars.remove(&e.vertex) {
                     pb.finish_and_clear();
-                    let verdict = if e.kind == EventKind::Failed {
-                        "ERROR"
-                    } else {
-                        "=>"
-                    };
-                    let _ = self.multi.println(format!(
-                        " {verdict} {} {:.1}s",
-                        e.name,
-                        t.elapsed().as_secs_f64()
-                    ));
+                    let verdict = if e.kind == EventKind::Failed { "ERROR" } else { "=>" };
+                    let _ = self.multi.println(format!(" {verdict} {} {:.1}s", e.name, t.elapsed().as_secs_f64()));
                 }
             }
         }

@@ -21,11 +21,7 @@ pub fn parse(content: &str) -> Vec<String> {
         }
         if !p.is_empty() {
             let cleaned = rdock_llb::patterns::clean_path(&p);
-            p = if cleaned == "." && p != "." {
-                p
-            } else {
-                cleaned
-            };
+            p = if cleaned == "." && p != "." { p } else { cleaned };
         }
         out.push(if invert { format!("!{p}") } else { p });
     }

@@ -60,11 +60,7 @@ pub struct DockerfileError {
 impl DockerfileError {
     /// An error at `location`.
     pub fn new(location: Location, message: impl Into<String>) -> DockerfileError {
-        DockerfileError {
-            location,
-            message: message.into(),
-            expected: None,
-        }
+        DockerfileError { location, message: message.into(), expected: None }
     }
 
     /// Adds what was expected.
@@ -84,12 +80,7 @@ impl fmt::Display for DockerfileError {
         writeln!(f, "{pad} |")?;
         writeln!(f, "{num} | {}", l.source_line.trim_end())?;
         let carets = "^".repeat(l.width.max(1));
-        let lead: String = l
-            .source_line
-            .chars()
-            .take(l.column.saturating_sub(1))
-            .map(|c| if c == '\t' { '\t' } else { ' ' })
-            .collect();
+        let lead: String = l.source_line.chars().take(l.column.saturating_sub(1)).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
         match &self.expected {
             Some(e) => write!(f, "{pad} | {lead}{carets} expected {e}"),
             None => write!(f, "{pad} | {lead}{carets}"),
@@ -104,8 +95,7 @@ mod tests {
     #[test]
     fn renders_like_rustc() {
         let loc = Location::line("Dockerfile", 3, "FORM busybox").at("FORM");
-        let e = DockerfileError::new(loc, "unknown instruction: FORM")
-            .expected("an instruction such as FROM");
+        let e = DockerfileError::new(loc, "unknown instruction: FORM").expected("an instruction such as FROM");
         assert_eq!(
             e.to_string(),
             "error: unknown instruction: FORM\n --> Dockerfile:3:1\n  |\n3 | FORM busybox\n  | ^^^^ expected an instruction such as FROM"

@@ -2,7 +2,7 @@
 //! stay unexpanded here; lowering expands them with the environment in scope.
 
 use crate::error::{DockerfileError, Location};
-use crate::parser::{Args, RawInstruction};
+use crate::parser::{Args, Heredoc, RawInstruction};
 
 /// Shell form (run through SHELL) or exec form (a JSON array).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub struct CopyArgs {
     pub exclude: Vec<String>,
     /// True if the sources were written in JSON form.
     pub json: bool,
+    /// Heredocs named by `<<NAME` sources.
+    pub heredocs: Vec<Heredoc>,
 }
 
 /// HEALTHCHECK.
@@ -76,6 +78,8 @@ pub enum Instruction {
         network: Option<String>,
         /// `--security=`.
         security: Option<String>,
+        /// Heredocs the command reads.
+        heredocs: Vec<Heredoc>,
     },
     /// COPY.
     Copy(CopyArgs),
@@ -161,20 +165,9 @@ impl<'a> Flags<'a> {
                 let expected = if allowed.is_empty() {
                     "no flags on this instruction".to_string()
                 } else {
-                    format!(
-                        "one of {}",
-                        allowed
-                            .iter()
-                            .map(|a| format!("--{a}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
+                    format!("one of {}", allowed.iter().map(|a| format!("--{a}")).collect::<Vec<_>>().join(", "))
                 };
-                return Err(DockerfileError::new(
-                    raw.location.at(f),
-                    format!("unknown flag: --{name}"),
-                )
-                .expected(expected));
+                return Err(DockerfileError::new(raw.location.at(f), format!("unknown flag: --{name}")).expected(expected));
             }
             values.push((name, value));
         }
@@ -185,20 +178,15 @@ impl<'a> Flags<'a> {
         match self.values.iter().rev().find(|(n, _)| n == name) {
             None => Ok(None),
             Some((_, Some(v))) => Ok(Some(v.clone())),
-            Some((_, None)) => Err(DockerfileError::new(
-                self.raw.location.at(&format!("--{name}")),
-                format!("missing a value on flag: --{name}"),
-            )
-            .expected(format!("--{name}=VALUE"))),
+            Some((_, None)) => {
+                Err(DockerfileError::new(self.raw.location.at(&format!("--{name}")), format!("missing a value on flag: --{name}"))
+                    .expected(format!("--{name}=VALUE")))
+            }
         }
     }
 
     fn strings(&self, name: &str) -> Vec<String> {
-        self.values
-            .iter()
-            .filter(|(n, _)| n == name)
-            .filter_map(|(_, v)| v.clone())
-            .collect()
+        self.values.iter().filter(|(n, _)| n == name).filter_map(|(_, v)| v.clone()).collect()
     }
 
     fn bool(&self, name: &str) -> Result<bool, DockerfileError> {
@@ -236,47 +224,27 @@ fn words(args: &Args) -> Vec<String> {
 
 fn need_args(raw: &RawInstruction, what: &str) -> Result<(), DockerfileError> {
     if words(&raw.args).is_empty() {
-        return Err(DockerfileError::new(
-            raw.location.clone(),
-            format!("{what} requires at least one argument"),
-        )
-        .expected(format!("{what} followed by its arguments")));
+        return Err(DockerfileError::new(raw.location.clone(), format!("{what} requires at least one argument"))
+            .expected(format!("{what} followed by its arguments")));
     }
     Ok(())
 }
 
 fn parse_duration(raw: &RawInstruction, flag: &str, v: &str) -> Result<i64, DockerfileError> {
     // Go's time.ParseDuration for the units a HEALTHCHECK uses.
-    let units: [(&str, f64); 6] = [
-        ("ns", 1.0),
-        ("us", 1e3),
-        ("ms", 1e6),
-        ("s", 1e9),
-        ("m", 60e9),
-        ("h", 3600e9),
-    ];
+    let units: [(&str, f64); 6] = [("ns", 1.0), ("us", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)];
     let mut total = 0f64;
     let mut rest = v;
     if rest == "0" {
         return Ok(0);
     }
     while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let num: f64 = rest[..num_end]
-            .parse()
-            .map_err(|_| bad_duration(raw, flag, v))?;
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num: f64 = rest[..num_end].parse().map_err(|_| bad_duration(raw, flag, v))?;
         rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit = &rest[..unit_end];
-        let mult = units
-            .iter()
-            .find(|(u, _)| *u == unit)
-            .map(|(_, m)| *m)
-            .ok_or_else(|| bad_duration(raw, flag, v))?;
+        let mult = units.iter().find(|(u, _)| *u == unit).map(|(_, m)| *m).ok_or_else(|| bad_duration(raw, flag, v))?;
         total += num * mult;
         rest = &rest[unit_end..];
     }
@@ -284,11 +252,7 @@ fn parse_duration(raw: &RawInstruction, flag: &str, v: &str) -> Result<i64, Dock
 }
 
 fn bad_duration(raw: &RawInstruction, flag: &str, v: &str) -> DockerfileError {
-    DockerfileError::new(
-        raw.location.at(v),
-        format!("invalid duration {v:?} for --{flag}"),
-    )
-    .expected("a duration such as 30s or 1m30s")
+    DockerfileError::new(raw.location.at(v), format!("invalid duration {v:?} for --{flag}")).expected("a duration such as 30s or 1m30s")
 }
 
 /// Types one raw instruction.
@@ -301,72 +265,46 @@ pub fn parse_instruction(raw: &RawInstruction) -> Result<Located, DockerfileErro
             let ws = words(&raw.args);
             let (image, name) = match ws.as_slice() {
                 [img] => (img.clone(), None),
-                [img, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
-                    (img.clone(), Some(name.to_ascii_lowercase()))
-                }
+                [img, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => (img.clone(), Some(name.to_ascii_lowercase())),
                 _ => {
-                    return Err(DockerfileError::new(
-                        raw.location.clone(),
-                        "FROM requires either one or three arguments",
-                    )
-                    .expected("FROM IMAGE [AS NAME]"));
+                    return Err(DockerfileError::new(raw.location.clone(), "FROM requires either one or three arguments")
+                        .expected("FROM IMAGE [AS NAME]"));
                 }
             };
             if let Some(n) = &name
                 && !valid_stage_name(n)
             {
-                return Err(DockerfileError::new(raw.location.at(&ws[2]), format!("invalid name for build stage: {n:?}, name can't start with a number or contain symbols"))
-                    .expected("a name of letters, digits, '-', '_' and '.' starting with a letter"));
+                return Err(DockerfileError::new(
+                    raw.location.at(&ws[2]),
+                    format!("invalid name for build stage: {n:?}, name can't start with a number or contain symbols"),
+                )
+                .expected("a name of letters, digits, '-', '_' and '.' starting with a letter"));
             }
-            Instruction::From {
-                image,
-                name,
-                platform: f.string("platform")?,
-            }
+            Instruction::From { image, name, platform: f.string("platform")? }
         }
         "run" => {
             let f = Flags::new(raw, &["network", "security", "mount", "device"])?;
             if !f.strings("mount").is_empty() {
-                return Err(DockerfileError::new(
-                    raw.location.at("--mount"),
-                    "RUN --mount is not supported yet",
-                )
-                .expected("RUN without --mount"));
+                return Err(
+                    DockerfileError::new(raw.location.at("--mount"), "RUN --mount is not supported yet").expected("RUN without --mount")
+                );
             }
-            let cmd = command_form(&raw.args).ok_or_else(|| {
-                DockerfileError::new(raw.location.clone(), "RUN requires at least one argument")
-                    .expected("a command")
-            })?;
-            Instruction::Run {
-                cmd,
-                network: f.string("network")?,
-                security: f.string("security")?,
-            }
+            let cmd = command_form(&raw.args)
+                .ok_or_else(|| DockerfileError::new(raw.location.clone(), "RUN requires at least one argument").expected("a command"))?;
+            Instruction::Run { cmd, network: f.string("network")?, security: f.string("security")?, heredocs: raw.heredocs.clone() }
         }
         "copy" | "add" => {
             let allowed: &[&str] = if raw.keyword == "copy" {
                 &["from", "chown", "chmod", "link", "exclude", "parents"]
             } else {
-                &[
-                    "chown",
-                    "chmod",
-                    "link",
-                    "exclude",
-                    "keep-git-dir",
-                    "checksum",
-                    "unpack",
-                    "parents",
-                ]
+                &["chown", "chmod", "link", "exclude", "keep-git-dir", "checksum", "unpack", "parents"]
             };
             let f = Flags::new(raw, allowed)?;
             let ws = words(&raw.args);
             if ws.len() < 2 {
                 return Err(DockerfileError::new(
                     raw.location.clone(),
-                    format!(
-                        "{upper} requires at least two arguments, but only {} provided",
-                        ws.len()
-                    ),
+                    format!("{upper} requires at least two arguments, but only {} provided", ws.len()),
                 )
                 .expected(format!("{upper} SRC... DEST")));
             }
@@ -380,31 +318,19 @@ pub fn parse_instruction(raw: &RawInstruction) -> Result<Located, DockerfileErro
                 link: f.bool("link")?,
                 exclude: f.strings("exclude"),
                 json: matches!(raw.args, Args::Json(_)),
+                heredocs: raw.heredocs.clone(),
             };
-            if raw.keyword == "copy" {
-                Instruction::Copy(args)
-            } else {
-                Instruction::Add(args)
-            }
+            if raw.keyword == "copy" { Instruction::Copy(args) } else { Instruction::Add(args) }
         }
         "env" | "label" => {
             Flags::new(raw, none)?;
             let Args::KeyValues(kvs) = &raw.args else {
-                return Err(DockerfileError::new(
-                    raw.location.clone(),
-                    format!("{upper} requires at least one argument"),
-                )
-                .expected("KEY=VALUE"));
+                return Err(
+                    DockerfileError::new(raw.location.clone(), format!("{upper} requires at least one argument")).expected("KEY=VALUE")
+                );
             };
-            let pairs = kvs
-                .iter()
-                .map(|kv| (kv.key.clone(), kv.value.clone()))
-                .collect();
-            if raw.keyword == "env" {
-                Instruction::Env(pairs)
-            } else {
-                Instruction::Label(pairs)
-            }
+            let pairs = kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect();
+            if raw.keyword == "env" { Instruction::Env(pairs) } else { Instruction::Label(pairs) }
         }
         "arg" => {
             Flags::new(raw, none)?;
@@ -432,106 +358,67 @@ pub fn parse_instruction(raw: &RawInstruction) -> Result<Located, DockerfileErro
         "expose" | "volume" => {
             Flags::new(raw, none)?;
             need_args(raw, &upper)?;
-            if raw.keyword == "expose" {
-                Instruction::Expose(words(&raw.args))
-            } else {
-                Instruction::Volume(words(&raw.args))
-            }
+            if raw.keyword == "expose" { Instruction::Expose(words(&raw.args)) } else { Instruction::Volume(words(&raw.args)) }
         }
         "cmd" | "entrypoint" => {
             Flags::new(raw, none)?;
             let cmd = command_form(&raw.args).unwrap_or(CommandForm::Exec(Vec::new()));
-            if raw.keyword == "cmd" {
-                Instruction::Cmd(cmd)
-            } else {
-                Instruction::Entrypoint(cmd)
-            }
+            if raw.keyword == "cmd" { Instruction::Cmd(cmd) } else { Instruction::Entrypoint(cmd) }
         }
         "shell" => {
             Flags::new(raw, none)?;
             match &raw.args {
                 Args::Json(v) if !v.is_empty() => Instruction::Shell(v.clone()),
                 _ => {
-                    return Err(DockerfileError::new(
-                        raw.location.clone(),
-                        "SHELL requires the arguments to be in JSON form",
-                    )
-                    .expected("SHELL [\"executable\", \"parameters\"]"));
+                    return Err(DockerfileError::new(raw.location.clone(), "SHELL requires the arguments to be in JSON form")
+                        .expected("SHELL [\"executable\", \"parameters\"]"));
                 }
             }
         }
         "onbuild" => {
             Flags::new(raw, none)?;
             let Args::Sub(child) = &raw.args else {
-                return Err(DockerfileError::new(
-                    raw.location.clone(),
-                    "ONBUILD requires at least one argument",
-                )
-                .expected("ONBUILD INSTRUCTION"));
+                return Err(
+                    DockerfileError::new(raw.location.clone(), "ONBUILD requires at least one argument").expected("ONBUILD INSTRUCTION")
+                );
             };
             if matches!(child.keyword.as_str(), "onbuild" | "from" | "maintainer") {
                 return Err(DockerfileError::new(
                     raw.location.at(&child.keyword_as_written),
-                    format!(
-                        "{} isn't allowed as an ONBUILD trigger",
-                        child.keyword.to_uppercase()
-                    ),
+                    format!("{} isn't allowed as an ONBUILD trigger", child.keyword.to_uppercase()),
                 )
                 .expected("an instruction other than ONBUILD, FROM or MAINTAINER"));
             }
             Instruction::Onbuild(raw.rest.clone())
         }
         "healthcheck" => {
-            let f = Flags::new(
-                raw,
-                &[
-                    "interval",
-                    "timeout",
-                    "start-period",
-                    "start-interval",
-                    "retries",
-                ],
-            )?;
+            let f = Flags::new(raw, &["interval", "timeout", "start-period", "start-interval", "retries"])?;
             let Args::Health { kind, cmd } = &raw.args else {
-                return Err(DockerfileError::new(
-                    raw.location.clone(),
-                    "HEALTHCHECK requires at least one argument",
-                )
-                .expected("HEALTHCHECK [OPTIONS] CMD command, or HEALTHCHECK NONE"));
+                return Err(DockerfileError::new(raw.location.clone(), "HEALTHCHECK requires at least one argument")
+                    .expected("HEALTHCHECK [OPTIONS] CMD command, or HEALTHCHECK NONE"));
             };
             match kind.to_ascii_uppercase().as_str() {
                 "NONE" => {
                     if **cmd != Args::Empty || !raw.flags.is_empty() {
-                        return Err(DockerfileError::new(
-                            raw.location.clone(),
-                            "HEALTHCHECK NONE takes no arguments",
-                        )
-                        .expected("HEALTHCHECK NONE"));
+                        return Err(
+                            DockerfileError::new(raw.location.clone(), "HEALTHCHECK NONE takes no arguments").expected("HEALTHCHECK NONE")
+                        );
                     }
                     Instruction::Healthcheck(Healthcheck::None)
                 }
                 "CMD" => {
                     let dur = |name: &str| -> Result<Option<i64>, DockerfileError> {
-                        f.string(name)?
-                            .map(|v| parse_duration(raw, name, &v))
-                            .transpose()
+                        f.string(name)?.map(|v| parse_duration(raw, name, &v)).transpose()
                     };
                     let retries = match f.string("retries")? {
                         None => None,
                         Some(v) => Some(v.parse::<i64>().map_err(|_| {
-                            DockerfileError::new(
-                                raw.location.at(&v),
-                                format!("invalid --retries value {v:?}"),
-                            )
-                            .expected("a whole number")
+                            DockerfileError::new(raw.location.at(&v), format!("invalid --retries value {v:?}")).expected("a whole number")
                         })?),
                     };
                     let Some(cmd) = command_form(cmd) else {
-                        return Err(DockerfileError::new(
-                            raw.location.clone(),
-                            "missing command after HEALTHCHECK CMD",
-                        )
-                        .expected("HEALTHCHECK CMD command"));
+                        return Err(DockerfileError::new(raw.location.clone(), "missing command after HEALTHCHECK CMD")
+                            .expected("HEALTHCHECK CMD command"));
                     };
                     Instruction::Healthcheck(Healthcheck::Cmd {
                         cmd,
@@ -543,40 +430,21 @@ pub fn parse_instruction(raw: &RawInstruction) -> Result<Located, DockerfileErro
                     })
                 }
                 other => {
-                    return Err(DockerfileError::new(
-                        raw.location.at(kind),
-                        format!("unknown type {other:?} in HEALTHCHECK"),
-                    )
-                    .expected("CMD or NONE"));
+                    return Err(DockerfileError::new(raw.location.at(kind), format!("unknown type {other:?} in HEALTHCHECK"))
+                        .expected("CMD or NONE"));
                 }
             }
         }
         _ => {
-            return Err(DockerfileError::new(
-                raw.location.clone(),
-                format!("unknown instruction: {}", raw.keyword_as_written),
-            )
-            .expected(format!(
-                "one of {}",
-                KEYWORDS
-                    .iter()
-                    .map(|k| k.to_uppercase())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            return Err(DockerfileError::new(raw.location.clone(), format!("unknown instruction: {}", raw.keyword_as_written))
+                .expected(format!("one of {}", KEYWORDS.iter().map(|k| k.to_uppercase()).collect::<Vec<_>>().join(", "))));
         }
     };
-    Ok(Located {
-        instruction,
-        original: raw.original.clone(),
-        location: raw.location.clone(),
-    })
+    Ok(Located { instruction, original: raw.original.clone(), location: raw.location.clone() })
 }
 
 fn valid_stage_name(n: &str) -> bool {
-    n.starts_with(|c: char| c.is_ascii_alphabetic())
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    n.starts_with(|c: char| c.is_ascii_alphabetic()) && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 #[cfg(test)]
@@ -593,15 +461,9 @@ mod tests {
     fn env_forms() {
         assert_eq!(
             one("ENV a=1 b=\"two words\"").unwrap(),
-            Instruction::Env(vec![
-                ("a".into(), "1".into()),
-                ("b".into(), "\"two words\"".into())
-            ])
+            Instruction::Env(vec![("a".into(), "1".into()), ("b".into(), "\"two words\"".into())])
         );
-        assert_eq!(
-            one("ENV a one two").unwrap(),
-            Instruction::Env(vec![("a".into(), "one two".into())])
-        );
+        assert_eq!(one("ENV a one two").unwrap(), Instruction::Env(vec![("a".into(), "one two".into())]));
         assert!(one("ENV a=1 b").is_err());
     }
 
@@ -614,22 +476,14 @@ mod tests {
 
     #[test]
     fn exec_and_shell_forms() {
-        assert_eq!(
-            one("CMD [\"a\", \"b\"]").unwrap(),
-            Instruction::Cmd(CommandForm::Exec(vec!["a".into(), "b".into()]))
-        );
-        assert_eq!(
-            one("CMD [\"a\", b]").unwrap(),
-            Instruction::Cmd(CommandForm::Shell("[\"a\", b]".into()))
-        );
+        assert_eq!(one("CMD [\"a\", \"b\"]").unwrap(), Instruction::Cmd(CommandForm::Exec(vec!["a".into(), "b".into()])));
+        assert_eq!(one("CMD [\"a\", b]").unwrap(), Instruction::Cmd(CommandForm::Shell("[\"a\", b]".into())));
     }
 
     #[test]
     fn healthcheck_durations() {
         match one("HEALTHCHECK --interval=1m30s --retries=3 CMD true").unwrap() {
-            Instruction::Healthcheck(Healthcheck::Cmd {
-                interval, retries, ..
-            }) => {
+            Instruction::Healthcheck(Healthcheck::Cmd { interval, retries, .. }) => {
                 assert_eq!(interval, Some(90_000_000_000));
                 assert_eq!(retries, Some(3));
             }

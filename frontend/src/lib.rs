@@ -30,7 +30,4 @@ pub mod parser;
 pub mod shell;
 
 pub use error::{DockerfileError, Location};
-pub use lower::{
-    BuildOptions, DEFAULT_PATH, FrontendError, HISTORY_COMMENT, ImageResolver, Lowered,
-    ResolvedImage, host_arch, lower,
-};
+pub use lower::{BuildOptions, DEFAULT_PATH, FrontendError, HISTORY_COMMENT, ImageResolver, Lowered, ResolvedImage, host_arch, lower};

@@ -2,15 +2,14 @@
 //! BuildKit's dockerfile2llb does it (ARG scoping, stage resolution, history wording).
 
 use crate::error::{DockerfileError, Location};
-use crate::instructions::{
-    CommandForm, CopyArgs, Healthcheck, Instruction, Located, parse_instruction,
-};
+use crate::instructions::{CommandForm, CopyArgs, Healthcheck, Instruction, Located, parse_instruction};
 use crate::parser::parse;
+use crate::parser::{Heredoc, heredoc_word};
 use crate::shell::Lexer;
 use rdock_imagespec::{Empty, HealthConfig, History, ImageConfig, ImageRef, Platform};
 use rdock_llb::{
-    ChownOpt, CopyAction, Definition, DefinitionBuilder, ExecOp, FileAction, FileOp, Input, Mount,
-    MountKind, Network, Op, OpMetadata, Security, SourceOp,
+    ChownOpt, CopyAction, Definition, DefinitionBuilder, ExecOp, FileAction, FileOp, Input, Mount, MountKind, Network, Op, OpMetadata,
+    Security, SourceOp,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -59,11 +58,7 @@ impl Default for BuildOptions {
             filename: "Dockerfile".into(),
             target: None,
             build_args: BTreeMap::new(),
-            platform: Platform {
-                architecture: host_arch().into(),
-                os: "linux".into(),
-                variant: None,
-            },
+            platform: Platform { architecture: host_arch().into(), os: "linux".into(), variant: None },
             excludes: Vec::new(),
             no_cache: false,
         }
@@ -142,11 +137,7 @@ struct Ctx<'a> {
 }
 
 /// Parses and lowers a Dockerfile.
-pub fn lower(
-    source: &str,
-    opts: &BuildOptions,
-    resolver: &dyn ImageResolver,
-) -> Result<Lowered, FrontendError> {
+pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) -> Result<Lowered, FrontendError> {
     let df = parse(&opts.filename, source)?;
     let escape = df.directives.escape;
     let mut located = Vec::new();
@@ -163,19 +154,11 @@ pub fn lower(
                 if let Some(n) = name
                     && stages.iter().any(|s| s.name.as_deref() == Some(n.as_str()))
                 {
-                    return Err(DockerfileError::new(
-                        l.location.at(n),
-                        format!("duplicate stage name {n:?}"),
-                    )
-                    .expected("a stage name not used before")
-                    .into());
+                    return Err(DockerfileError::new(l.location.at(n), format!("duplicate stage name {n:?}"))
+                        .expected("a stage name not used before")
+                        .into());
                 }
-                stages.push(Stage {
-                    name: name.clone(),
-                    base: image.clone(),
-                    location: l.location.clone(),
-                    commands: Vec::new(),
-                });
+                stages.push(Stage { name: name.clone(), base: image.clone(), location: l.location.clone(), commands: Vec::new() });
             }
             (Instruction::Arg(_), None) => globals.push(l),
             (_, None) => {
@@ -190,9 +173,7 @@ pub fn lower(
         }
     }
     if stages.is_empty() {
-        return Err(FrontendError::NoStages {
-            file: opts.filename.clone(),
-        });
+        return Err(FrontendError::NoStages { file: opts.filename.clone() });
     }
 
     let lexer = Lexer { escape };
@@ -203,11 +184,7 @@ pub fn lower(
                 let value = match opts.build_args.get(k) {
                     Some(v) => Some(v.clone()),
                     None => match default {
-                        Some(d) => Some(
-                            lexer
-                                .process_word(d, &meta_args)
-                                .map_err(|e| expand_error(g, e))?,
-                        ),
+                        Some(d) => Some(lexer.process_word(d, &meta_args).map_err(|e| expand_error(g, e))?),
                         None => None,
                     },
                 };
@@ -221,32 +198,21 @@ pub fn lower(
     let target = match &opts.target {
         Some(t) => {
             let t = t.to_ascii_lowercase();
-            stages
-                .iter()
-                .position(|s| s.name.as_deref() == Some(t.as_str()))
-                .ok_or_else(|| FrontendError::UnknownTarget {
-                    name: t.clone(),
-                    available: stages
-                        .iter()
-                        .enumerate()
-                        .map(|(i, s)| s.name.clone().unwrap_or_else(|| i.to_string()))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?
+            stages.iter().position(|s| s.name.as_deref() == Some(t.as_str())).ok_or_else(|| FrontendError::UnknownTarget {
+                name: t.clone(),
+                available: stages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| s.name.clone().unwrap_or_else(|| i.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?
         }
         None => stages.len() - 1,
     };
 
-    let mut ctx = Ctx {
-        opts,
-        resolver,
-        lexer,
-        builder: DefinitionBuilder::default(),
-        stages,
-        results: HashMap::new(),
-        meta_args,
-        context: None,
-    };
+    let mut ctx =
+        Ctx { opts, resolver, lexer, builder: DefinitionBuilder::default(), stages, results: HashMap::new(), meta_args, context: None };
     let result = ctx.lower_stage(target)?;
     let mut image = result.image;
     image.rootfs = Default::default();
@@ -257,11 +223,7 @@ pub fn lower(
     if image.os.is_empty() {
         image.os = opts.platform.os.clone();
     }
-    Ok(Lowered {
-        definition: ctx.builder.finish(result.state),
-        image,
-        syntax: df.directives.syntax,
-    })
+    Ok(Lowered { definition: ctx.builder.finish(result.state), image, syntax: df.directives.syntax })
 }
 
 fn builtin_args(p: &Platform) -> Vec<(String, String)> {
@@ -283,8 +245,7 @@ fn builtin_args(p: &Platform) -> Vec<(String, String)> {
 }
 
 fn expand_error(l: &Located, e: crate::shell::ExpandError) -> DockerfileError {
-    DockerfileError::new(l.location.clone(), e.to_string())
-        .expected("a well-formed word (closed quotes, ${name} with a known operator)")
+    DockerfileError::new(l.location.clone(), e.to_string()).expected("a well-formed word (closed quotes, ${name} with a known operator)")
 }
 
 /// Go's strconv.Quote for the strings we print (JSON escaping agrees for printable text).
@@ -294,10 +255,7 @@ fn go_quote(s: &str) -> String {
 
 /// Go's `%q` of a []string: `["a" "b"]`.
 fn go_quote_list(v: &[String]) -> String {
-    format!(
-        "[{}]",
-        v.iter().map(|s| go_quote(s)).collect::<Vec<_>>().join(" ")
-    )
+    format!("[{}]", v.iter().map(|s| go_quote(s)).collect::<Vec<_>>().join(" "))
 }
 
 /// Go's time.Duration String().
@@ -307,20 +265,12 @@ fn go_duration(ns: i64) -> String {
     }
     let total_s = ns as f64 / 1e9;
     if total_s < 1.0 {
-        return if ns % 1_000_000 == 0 {
-            format!("{}ms", ns / 1_000_000)
-        } else {
-            format!("{}µs", ns / 1000)
-        };
+        return if ns % 1_000_000 == 0 { format!("{}ms", ns / 1_000_000) } else { format!("{}µs", ns / 1000) };
     }
     let h = (total_s / 3600.0).floor() as i64;
     let m = ((total_s - h as f64 * 3600.0) / 60.0).floor() as i64;
     let s = total_s - h as f64 * 3600.0 - m as f64 * 60.0;
-    let s_str = if s.fract() == 0.0 {
-        format!("{}s", s as i64)
-    } else {
-        format!("{s}s")
-    };
+    let s_str = if s.fract() == 0.0 { format!("{}s", s as i64) } else { format!("{s}s") };
     if h > 0 {
         format!("{h}h{m}m{s_str}")
     } else if m > 0 {
@@ -349,11 +299,7 @@ fn env_from_config(cfg: &ImageConfig) -> Vec<(String, String)> {
 }
 
 fn history(image: &mut ImageConfig, created_by: String, layer: bool) {
-    let created_by = if layer {
-        format!("{created_by} # buildkit")
-    } else {
-        created_by
-    };
+    let created_by = if layer { format!("{created_by} # buildkit") } else { created_by };
     image.history.push(History {
         created_by: Some(created_by),
         comment: Some(HISTORY_COMMENT.into()),
@@ -366,11 +312,7 @@ fn history(image: &mut ImageConfig, created_by: String, layer: bool) {
 fn clean_abs(p: &str) -> String {
     let trailing = p.ends_with('/') && p != "/";
     let cleaned = rdock_llb::patterns::clean_path(p);
-    let mut out = if cleaned == "." {
-        "/".to_string()
-    } else {
-        format!("/{cleaned}")
-    };
+    let mut out = if cleaned == "." { "/".to_string() } else { format!("/{cleaned}") };
     if trailing && out != "/" {
         out.push('/');
     }
@@ -393,14 +335,8 @@ fn relative_to(workdir: &str, p: &str) -> String {
 
 fn parse_chown(s: &str) -> ChownOpt {
     match s.split_once(':') {
-        Some((u, g)) => ChownOpt {
-            user: u.to_string(),
-            group: Some(g.to_string()),
-        },
-        None => ChownOpt {
-            user: s.to_string(),
-            group: None,
-        },
+        Some((u, g)) => ChownOpt { user: u.to_string(), group: Some(g.to_string()) },
+        None => ChownOpt { user: s.to_string(), group: None },
     }
 }
 
@@ -420,11 +356,7 @@ struct StageRun {
 
 impl Ctx<'_> {
     fn meta(&self, description: String, l: &Located) -> OpMetadata {
-        OpMetadata {
-            description,
-            ignore_cache: self.opts.no_cache,
-            source_lines: Some((l.location.start_line, l.location.end_line)),
-        }
+        OpMetadata { description, ignore_cache: self.opts.no_cache, source_lines: Some((l.location.start_line, l.location.end_line)) }
     }
 
     fn context_source(&mut self) -> Input {
@@ -432,54 +364,29 @@ impl Ctx<'_> {
             return c.clone();
         }
         let op = Op::Source(SourceOp::local("context", &[], &self.opts.excludes));
-        let input = self.builder.add(
-            op,
-            vec![],
-            OpMetadata {
-                description: "[internal] load build context".into(),
-                ..Default::default()
-            },
-        );
+        let input = self.builder.add(op, vec![], OpMetadata { description: "[internal] load build context".into(), ..Default::default() });
         self.context = Some(input.clone());
         input
     }
 
     fn stage_by_name(&self, name: &str, before: usize) -> Option<usize> {
         let lname = name.to_ascii_lowercase();
-        if let Some(i) = self.stages[..before]
-            .iter()
-            .position(|s| s.name.as_deref() == Some(lname.as_str()))
-        {
+        if let Some(i) = self.stages[..before].iter().position(|s| s.name.as_deref() == Some(lname.as_str())) {
             return Some(i);
         }
         None
     }
 
-    fn image_source(
-        &mut self,
-        image: &str,
-        l: &Location,
-    ) -> Result<(Input, ImageConfig), FrontendError> {
-        let r = ImageRef::parse(image).map_err(|e| {
-            DockerfileError::new(l.at(image), e.to_string())
-                .expected("an image reference such as busybox:1.36")
-        })?;
+    fn image_source(&mut self, image: &str, l: &Location) -> Result<(Input, ImageConfig), FrontendError> {
+        let r = ImageRef::parse(image)
+            .map_err(|e| DockerfileError::new(l.at(image), e.to_string()).expected("an image reference such as busybox:1.36"))?;
         let resolved = self.resolver.resolve(&r).map_err(|e| {
-            DockerfileError::new(
-                l.at(image),
-                format!("failed to resolve image {}: {e}", r.familiar()),
-            )
-            .expected("an image in the local store (rdock load / rdock pull)")
+            DockerfileError::new(l.at(image), format!("failed to resolve image {}: {e}", r.familiar()))
+                .expected("an image in the local store (rdock load / rdock pull)")
         })?;
         let op = Op::Source(SourceOp::image(&resolved.pinned));
-        let input = self.builder.add(
-            op,
-            vec![],
-            OpMetadata {
-                description: format!("[internal] load metadata for {}", r),
-                ..Default::default()
-            },
-        );
+        let input =
+            self.builder.add(op, vec![], OpMetadata { description: format!("[internal] load metadata for {}", r), ..Default::default() });
         Ok((input, resolved.config))
     }
 
@@ -489,17 +396,11 @@ impl Ctx<'_> {
         }
         let loc = self.stages[idx].location.clone();
         let base_word = self.stages[idx].base.clone();
-        let base = self
-            .lexer
-            .process_word(&base_word, &self.meta_args)
-            .map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;
+        let base = self.lexer.process_word(&base_word, &self.meta_args).map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;
         if base.is_empty() {
-            return Err(DockerfileError::new(
-                loc.at(&base_word),
-                format!("base name ({base_word}) should not be blank"),
-            )
-            .expected("an image or stage name")
-            .into());
+            return Err(DockerfileError::new(loc.at(&base_word), format!("base name ({base_word}) should not be blank"))
+                .expected("an image or stage name")
+                .into());
         }
         let (state, mut image) = if base == "scratch" {
             (
@@ -523,11 +424,7 @@ impl Ctx<'_> {
             image.config.env.push(format!("PATH={DEFAULT_PATH}"));
         }
         let env = env_from_config(&image);
-        let workdir = image
-            .config
-            .working_dir
-            .clone()
-            .unwrap_or_else(|| "/".into());
+        let workdir = image.config.working_dir.clone().unwrap_or_else(|| "/".into());
         let multi = self.stages.len() > 1;
         let prefix = match &self.stages[idx].name {
             Some(n) => format!("{n} "),
@@ -558,45 +455,24 @@ impl Ctx<'_> {
         });
         self.stages[idx].commands = commands;
         outcome?;
-        let r = StageResult {
-            state: run.state,
-            image: run.image,
-        };
+        let r = StageResult { state: run.state, image: run.image };
         self.results.insert(idx, r.clone());
         Ok(r)
     }
 
     fn expand(&self, run: &StageRun, l: &Located, w: &str) -> Result<String, FrontendError> {
-        Ok(self
-            .lexer
-            .process_word(w, &run.env)
-            .map_err(|e| expand_error(l, e))?)
+        Ok(self.lexer.process_word(w, &run.env).map_err(|e| expand_error(l, e))?)
     }
 
-    fn expand_words(
-        &self,
-        run: &StageRun,
-        l: &Located,
-        w: &str,
-    ) -> Result<Vec<String>, FrontendError> {
-        Ok(self
-            .lexer
-            .process_words(w, &run.env)
-            .map_err(|e| expand_error(l, e))?)
+    fn expand_words(&self, run: &StageRun, l: &Located, w: &str) -> Result<Vec<String>, FrontendError> {
+        Ok(self.lexer.process_words(w, &run.env).map_err(|e| expand_error(l, e))?)
     }
 
     fn description(&self, run: &StageRun, l: &Located) -> String {
         let mut parts = l.original.splitn(2, char::is_whitespace);
         let kw = parts.next().unwrap_or("").to_ascii_uppercase();
         let rest = parts.next().unwrap_or("");
-        format!(
-            "[{}{}/{}] {} {}",
-            run.prefix,
-            run.step,
-            run.steps,
-            kw,
-            rest.trim()
-        )
+        format!("[{}{}/{}] {} {}", run.prefix, run.step, run.steps, kw, rest.trim())
     }
 
     fn dispatch(&mut self, run: &mut StageRun, l: &Located) -> Result<(), FrontendError> {
@@ -608,13 +484,7 @@ impl Ctx<'_> {
                 for (k, v) in kvs {
                     let v = self.expand(run, l, v)?;
                     set_env(&mut run.env, k, &v);
-                    match run
-                        .image
-                        .config
-                        .env
-                        .iter_mut()
-                        .find(|e| e.split_once('=').map(|x| x.0).unwrap_or(e) == k)
-                    {
+                    match run.image.config.env.iter_mut().find(|e| e.split_once('=').map(|x| x.0).unwrap_or(e) == k) {
                         Some(e) => *e = format!("{k}={v}"),
                         None => run.image.config.env.push(format!("{k}={v}")),
                     }
@@ -630,21 +500,11 @@ impl Ctx<'_> {
                     } else if let Some(d) = default {
                         Some(self.expand(run, l, d)?)
                     } else {
-                        self.meta_args
-                            .iter()
-                            .rev()
-                            .find(|(mk, _)| mk == k)
-                            .map(|(_, v)| v.clone())
+                        self.meta_args.iter().rev().find(|(mk, _)| mk == k).map(|(_, v)| v.clone())
                     };
                     if let Some(v) = &value {
                         // ENV set earlier in the stage wins over an ARG of the same name.
-                        if !run
-                            .image
-                            .config
-                            .env
-                            .iter()
-                            .any(|e| e.split_once('=').map(|x| x.0) == Some(k.as_str()))
-                        {
+                        if !run.image.config.env.iter().any(|e| e.split_once('=').map(|x| x.0) == Some(k.as_str())) {
                             set_env(&mut run.env, k, v);
                         }
                         parts.push(format!("{k}={v}"));
@@ -659,27 +519,12 @@ impl Ctx<'_> {
             Instruction::Workdir(w) => {
                 let w = self.expand(run, l, w)?;
                 let wd = relative_to(&run.workdir, &w);
-                let wd = if wd.len() > 1 {
-                    wd.trim_end_matches('/').to_string()
-                } else {
-                    wd
-                };
+                let wd = if wd.len() > 1 { wd.trim_end_matches('/').to_string() } else { wd };
                 run.workdir = wd.clone();
                 run.image.config.working_dir = Some(wd.clone());
                 if wd != "/" {
-                    let chown = run
-                        .image
-                        .config
-                        .user
-                        .as_deref()
-                        .filter(|u| !u.is_empty())
-                        .map(parse_chown);
-                    let action = FileAction::Mkdir {
-                        path: wd.clone(),
-                        mode: 0o755,
-                        make_parents: true,
-                        chown,
-                    };
+                    let chown = run.image.config.user.as_deref().filter(|u| !u.is_empty()).map(parse_chown);
+                    let action = FileAction::Mkdir { path: wd.clone(), mode: 0o755, make_parents: true, chown };
                     self.file_op(run, l, vec![action], vec![])?;
                     history(&mut run.image, format!("WORKDIR {wd}"), true);
                     // BuildKit writes no " # buildkit" suffix for WORKDIR.
@@ -710,29 +555,20 @@ impl Ctx<'_> {
                 for p in ports {
                     for w in self.expand_words(run, l, p)? {
                         specs.extend(parse_port(&w).map_err(|m| {
-                            DockerfileError::new(l.location.at(p), m)
-                                .expected("PORT[/PROTOCOL] or a range START-END[/PROTOCOL]")
+                            DockerfileError::new(l.location.at(p), m).expected("PORT[/PROTOCOL] or a range START-END[/PROTOCOL]")
                         })?);
                     }
                 }
                 for s in &specs {
                     run.image.config.exposed_ports.insert(s.clone(), Empty {});
                 }
-                history(
-                    &mut run.image,
-                    format!("EXPOSE [{}]", specs.join(" ")),
-                    false,
-                );
+                history(&mut run.image, format!("EXPOSE [{}]", specs.join(" ")), false);
             }
             Instruction::Cmd(c) => {
                 let args = self.command_args(run, c);
                 run.image.config.cmd = Some(args.clone());
                 run.cmd_set = true;
-                history(
-                    &mut run.image,
-                    format!("CMD {}", go_quote_list(&args)),
-                    false,
-                );
+                history(&mut run.image, format!("CMD {}", go_quote_list(&args)), false);
             }
             Instruction::Entrypoint(c) => {
                 let args = self.command_args(run, c);
@@ -740,32 +576,21 @@ impl Ctx<'_> {
                 if !run.cmd_set {
                     run.image.config.cmd = None;
                 }
-                history(
-                    &mut run.image,
-                    format!("ENTRYPOINT {}", go_quote_list(&args)),
-                    false,
-                );
+                history(&mut run.image, format!("ENTRYPOINT {}", go_quote_list(&args)), false);
             }
             Instruction::Volume(vs) => {
                 let mut list = Vec::new();
                 for v in vs {
                     let v = self.expand(run, l, v)?;
                     if v.trim().is_empty() {
-                        return Err(DockerfileError::new(
-                            l.location.clone(),
-                            "VOLUME specified can not be an empty string",
-                        )
-                        .expected("a path")
-                        .into());
+                        return Err(DockerfileError::new(l.location.clone(), "VOLUME specified can not be an empty string")
+                            .expected("a path")
+                            .into());
                     }
                     run.image.config.volumes.insert(v.clone(), Empty {});
                     list.push(v);
                 }
-                history(
-                    &mut run.image,
-                    format!("VOLUME [{}]", list.join(" ")),
-                    false,
-                );
+                history(&mut run.image, format!("VOLUME [{}]", list.join(" ")), false);
             }
             Instruction::StopSignal(s) => {
                 let s = self.expand(run, l, s)?;
@@ -785,31 +610,15 @@ impl Ctx<'_> {
                 let mut parts = t.trim().splitn(2, char::is_whitespace);
                 let kw = parts.next().unwrap_or("").to_ascii_uppercase();
                 let rest = parts.next().unwrap_or("");
-                run.image.config.on_build.push(if rest.is_empty() {
-                    kw
-                } else {
-                    format!("{kw} {rest}")
-                });
+                run.image.config.on_build.push(if rest.is_empty() { kw } else { format!("{kw} {rest}") });
             }
             Instruction::Healthcheck(h) => {
                 let hc = match h {
-                    Healthcheck::None => HealthConfig {
-                        test: vec!["NONE".into()],
-                        ..Default::default()
-                    },
-                    Healthcheck::Cmd {
-                        cmd,
-                        interval,
-                        timeout,
-                        start_period,
-                        start_interval,
-                        retries,
-                    } => {
+                    Healthcheck::None => HealthConfig { test: vec!["NONE".into()], ..Default::default() },
+                    Healthcheck::Cmd { cmd, interval, timeout, start_period, start_interval, retries } => {
                         let test = match cmd {
                             CommandForm::Shell(s) => vec!["CMD-SHELL".into(), s.clone()],
-                            CommandForm::Exec(v) => std::iter::once("CMD".to_string())
-                                .chain(v.iter().cloned())
-                                .collect(),
+                            CommandForm::Exec(v) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
                         };
                         HealthConfig {
                             test,
@@ -834,11 +643,9 @@ impl Ctx<'_> {
                 run.image.config.healthcheck = Some(hc);
                 history(&mut run.image, msg, false);
             }
-            Instruction::Run {
-                cmd,
-                network,
-                security,
-            } => self.dispatch_run(run, l, cmd, network.as_deref(), security.as_deref())?,
+            Instruction::Run { cmd, network, security, heredocs } => {
+                self.dispatch_run(run, l, cmd, network.as_deref(), security.as_deref(), heredocs)?
+            }
             Instruction::Copy(args) => self.dispatch_copy(run, l, args, false)?,
             Instruction::Add(args) => self.dispatch_copy(run, l, args, true)?,
         }
@@ -848,15 +655,11 @@ impl Ctx<'_> {
     fn command_args(&self, run: &StageRun, c: &CommandForm) -> Vec<String> {
         match c {
             CommandForm::Exec(v) => v.clone(),
-            CommandForm::Shell(s) => run
-                .shell
-                .iter()
-                .cloned()
-                .chain(std::iter::once(s.clone()))
-                .collect(),
+            CommandForm::Shell(s) => run.shell.iter().cloned().chain(std::iter::once(s.clone())).collect(),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn dispatch_run(
         &mut self,
         run: &mut StageRun,
@@ -864,44 +667,98 @@ impl Ctx<'_> {
         cmd: &CommandForm,
         network: Option<&str>,
         security: Option<&str>,
+        heredocs: &[Heredoc],
     ) -> Result<(), FrontendError> {
-        let args = self.command_args(run, cmd);
-        if args.is_empty() {
-            return Err(
-                DockerfileError::new(l.location.clone(), "RUN has an empty command")
-                    .expected("a command")
-                    .into(),
-            );
+        let mut args = self.command_args(run, cmd);
+        let mut extra_mounts: Vec<(Input, Mount)> = Vec::new();
+        let mut summary = None;
+        if !heredocs.is_empty() {
+            let CommandForm::Shell(text) = cmd else {
+                return Err(DockerfileError::new(l.location.clone(), "heredocs need the shell form of RUN").expected("RUN <<EOF").into());
+            };
+            let text = text.trim();
+            if heredoc_word(text).is_some() {
+                // A lone heredoc: its content is the script.
+                let doc = &heredocs[0];
+                let data = doc.data();
+                summary = Some(summarize_heredoc(&doc.content));
+                if data.starts_with("#!") {
+                    // With a shebang it runs as a file, mounted read-only at /dev/pipes/.
+                    let file = self.builder.add(
+                        Op::File(FileOp {
+                            base: None,
+                            actions: vec![FileAction::Mkfile {
+                                path: format!("/{}", doc.name),
+                                mode: 0o755,
+                                data: data.into_bytes(),
+                                chown: None,
+                            }],
+                        }),
+                        vec![],
+                        OpMetadata { description: "[internal] preparing inline document".into(), ..Default::default() },
+                    );
+                    extra_mounts.push((
+                        file,
+                        Mount {
+                            input: None,
+                            dest: "/dev/pipes/".into(),
+                            selector: "/".into(),
+                            output: None,
+                            readonly: true,
+                            kind: MountKind::Bind,
+                        },
+                    ));
+                    args = run.shell.iter().cloned().chain(std::iter::once(format!("/dev/pipes/{}", doc.name))).collect();
+                } else {
+                    args = run.shell.iter().cloned().chain(std::iter::once(data)).collect();
+                }
+            } else {
+                // Heredocs within a longer command: hand the whole script to the shell.
+                let mut script = text.to_string();
+                for doc in heredocs {
+                    script.push('\n');
+                    script.push_str(&doc.content);
+                    script.push_str(&doc.name);
+                }
+                args = run.shell.iter().cloned().chain(std::iter::once(script)).collect();
+            }
         }
-        let network = match network
-            .map(|n| self.expand(run, l, n))
-            .transpose()?
-            .as_deref()
-        {
+        if args.is_empty() {
+            return Err(DockerfileError::new(l.location.clone(), "RUN has an empty command").expected("a command").into());
+        }
+        let network = match network.map(|n| self.expand(run, l, n)).transpose()?.as_deref() {
             None | Some("default") | Some("sandbox") => Network::Sandbox,
             Some("none") => Network::None,
             Some("host") => Network::Host,
             Some(other) => {
-                return Err(DockerfileError::new(
-                    l.location.at(other),
-                    format!("unsupported network mode {other:?}"),
-                )
-                .expected("default, none or host")
-                .into());
+                return Err(DockerfileError::new(l.location.at(other), format!("unsupported network mode {other:?}"))
+                    .expected("default, none or host")
+                    .into());
             }
         };
         let security = match security {
             None | Some("sandbox") => Security::Sandbox,
             Some("insecure") => Security::Insecure,
             Some(other) => {
-                return Err(DockerfileError::new(
-                    l.location.at(other),
-                    format!("unsupported security mode {other:?}"),
-                )
-                .expected("sandbox or insecure")
-                .into());
+                return Err(DockerfileError::new(l.location.at(other), format!("unsupported security mode {other:?}"))
+                    .expected("sandbox or insecure")
+                    .into());
             }
         };
+        let mut inputs: Vec<Input> = run.state.iter().cloned().collect();
+        let mut mounts = vec![Mount {
+            input: run.state.as_ref().map(|_| 0),
+            dest: "/".into(),
+            selector: String::new(),
+            output: Some(0),
+            readonly: false,
+            kind: MountKind::Bind,
+        }];
+        for (input, mut m) in extra_mounts {
+            m.input = Some(inputs.len() as u32);
+            inputs.push(input);
+            mounts.push(m);
+        }
         let exec = ExecOp {
             args: args.clone(),
             env: run.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -909,30 +766,18 @@ impl Ctx<'_> {
             user: run.image.config.user.clone().unwrap_or_default(),
             network,
             security,
-            mounts: vec![Mount {
-                input: run.state.as_ref().map(|_| 0),
-                dest: "/".into(),
-                selector: String::new(),
-                output: Some(0),
-                readonly: false,
-                kind: MountKind::Bind,
-            }],
+            mounts,
         };
-        let desc = self.description(run, l);
+        let mut desc = self.description(run, l);
+        if let Some(s) = summary {
+            desc = format!("{desc} ({s})");
+        }
         let meta = self.meta(desc, l);
-        let inputs = run.state.iter().cloned().collect();
         run.state = Some(self.builder.add(Op::Exec(exec), inputs, meta));
         // History: `RUN |N K=V… cmd` when build args are in scope, as BuildKit writes it.
         let mut prefix: Vec<String> = Vec::new();
         for (k, v) in &run.build_args {
-            let val = run
-                .env
-                .iter()
-                .rev()
-                .find(|(ek, _)| ek == k)
-                .map(|(_, v)| v.clone())
-                .or_else(|| v.clone())
-                .unwrap_or_default();
+            let val = run.env.iter().rev().find(|(ek, _)| ek == k).map(|(_, v)| v.clone()).or_else(|| v.clone()).unwrap_or_default();
             prefix.push(format!("{k}={val}"));
         }
         let mut words = Vec::new();
@@ -945,105 +790,122 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn dispatch_copy(
-        &mut self,
-        run: &mut StageRun,
-        l: &Located,
-        args: &CopyArgs,
-        is_add: bool,
-    ) -> Result<(), FrontendError> {
+    fn dispatch_copy(&mut self, run: &mut StageRun, l: &Located, args: &CopyArgs, is_add: bool) -> Result<(), FrontendError> {
         let what = if is_add { "ADD" } else { "COPY" };
         let mut srcs = Vec::new();
+        let mut contents: Vec<&Heredoc> = Vec::new();
         for s in &args.srcs {
+            if let Some((name, _, _)) = heredoc_word(s)
+                && let Some(doc) = args.heredocs.iter().find(|d| d.name == name)
+            {
+                contents.push(doc);
+                continue;
+            }
             let e = self.expand(run, l, s)?;
             if e.starts_with("http://") || e.starts_with("https://") || e.starts_with("git@") {
-                return Err(DockerfileError::new(
-                    l.location.at(s),
-                    format!("{what} of a remote URL is not supported yet"),
-                )
-                .expected("a path in the build context")
-                .into());
+                return Err(DockerfileError::new(l.location.at(s), format!("{what} of a remote URL is not supported yet"))
+                    .expected("a path in the build context")
+                    .into());
             }
             srcs.push(e);
         }
         let dest_word = self.expand(run, l, &args.dest)?;
-        if srcs.len() > 1 && !dest_word.ends_with('/') {
-            return Err(DockerfileError::new(l.location.at(&args.dest), format!("When using {what} with more than one source file, the destination must be a directory and end with a /"))
-                .expected(format!("{}/", args.dest))
-                .into());
+        if srcs.len() + contents.len() > 1 && !dest_word.ends_with('/') {
+            return Err(DockerfileError::new(
+                l.location.at(&args.dest),
+                format!("When using {what} with more than one source file, the destination must be a directory and end with a /"),
+            )
+            .expected(format!("{}/", args.dest))
+            .into());
         }
         let dest = relative_to(&run.workdir, &dest_word);
-        let chown = args
-            .chown
-            .as_ref()
-            .map(|c| self.expand(run, l, c))
-            .transpose()?;
+        let chown = args.chown.as_ref().map(|c| self.expand(run, l, c)).transpose()?;
         let chmod = match &args.chmod {
             None => None,
-            Some(m) => Some(
-                u32::from_str_radix(m, 8)
-                    .ok()
-                    .filter(|v| *v <= 0o7777)
-                    .ok_or_else(|| {
-                        DockerfileError::new(
-                            l.location.at(m),
-                            format!("invalid chmod parameter {m:?}"),
-                        )
-                        .expected("an octal mode such as 0755")
-                    })?,
-            ),
+            Some(m) => Some(u32::from_str_radix(m, 8).ok().filter(|v| *v <= 0o7777).ok_or_else(|| {
+                DockerfileError::new(l.location.at(m), format!("invalid chmod parameter {m:?}")).expected("an octal mode such as 0755")
+            })?),
         };
-        let exclude = args
-            .exclude
-            .iter()
-            .map(|e| self.expand(run, l, e))
-            .collect::<Result<Vec<_>, _>>()?;
-        // The source: the build context, an earlier stage, or an image.
-        let src_state = match &args.from {
-            None => Some(self.context_source()),
-            Some(from) => {
-                let from = self.expand(run, l, from)?;
-                let stage = self
-                    .stage_by_name(&from, run.idx)
-                    .or_else(|| from.parse::<usize>().ok().filter(|i| *i < run.idx));
-                match stage {
-                    Some(s) => self.lower_stage(s)?.state,
-                    None => {
-                        if self
-                            .stages
-                            .iter()
-                            .any(|s| s.name.as_deref() == Some(from.to_ascii_lowercase().as_str()))
-                            || from.parse::<usize>().is_ok()
-                        {
-                            return Err(DockerfileError::new(l.location.at(&from), format!("{what} --from={from} refers to a stage that is not defined before this one"))
+        let exclude = args.exclude.iter().map(|e| self.expand(run, l, e)).collect::<Result<Vec<_>, _>>()?;
+        let base_inputs = usize::from(run.state.is_some());
+        let mut extra = Vec::new();
+        let mut actions = Vec::new();
+        if !srcs.is_empty() {
+            // The source: the build context, an earlier stage, or an image.
+            let src_state = match &args.from {
+                None => Some(self.context_source()),
+                Some(from) => {
+                    let from = self.expand(run, l, from)?;
+                    let stage = self.stage_by_name(&from, run.idx).or_else(|| from.parse::<usize>().ok().filter(|i| *i < run.idx));
+                    match stage {
+                        Some(s) => self.lower_stage(s)?.state,
+                        None => {
+                            if self.stages.iter().any(|s| s.name.as_deref() == Some(from.to_ascii_lowercase().as_str()))
+                                || from.parse::<usize>().is_ok()
+                            {
+                                return Err(DockerfileError::new(
+                                    l.location.at(&from),
+                                    format!("{what} --from={from} refers to a stage that is not defined before this one"),
+                                )
                                 .expected("the name or index of an earlier stage")
                                 .into());
+                            }
+                            Some(self.image_source(&from, &l.location)?.0)
                         }
-                        Some(self.image_source(&from, &l.location)?.0)
                     }
                 }
+            };
+            let Some(src_state) = src_state else {
+                // Copying from an empty (scratch) stage: nothing to copy, as BuildKit fails.
+                return Err(DockerfileError::new(l.location.clone(), format!("{what} --from refers to an empty stage")).into());
+            };
+            let src_paths: Vec<String> = srcs
+                .iter()
+                .map(|s| {
+                    let c = rdock_llb::patterns::clean_path(s);
+                    if c == "." { "/".to_string() } else { format!("/{c}") }
+                })
+                .collect();
+            extra.push(src_state);
+            actions.push(FileAction::Copy(CopyAction {
+                src_input: (base_inputs + extra.len() - 1) as u32,
+                src: src_paths,
+                dest: dest.clone(),
+                chown: chown.as_deref().map(parse_chown),
+                chmod,
+                allow_wildcard: true,
+                allow_empty_wildcard: false,
+                unpack_archives: is_add,
+                exclude: exclude.clone(),
+            }));
+        }
+        // Heredoc sources: each becomes a one-file scratch state copied like a file.
+        for doc in &contents {
+            let mut data = doc.data();
+            if doc.expand {
+                data = self.lexer.process_heredoc(&data, &run.env).map_err(|e| expand_error(l, e))?;
             }
-        };
-        let src_paths: Vec<String> = srcs
-            .iter()
-            .map(|s| {
-                let c = rdock_llb::patterns::clean_path(s);
-                if c == "." {
-                    "/".to_string()
-                } else {
-                    format!("/{c}")
-                }
-            })
-            .collect();
-        let mut extra = Vec::new();
-        let base_inputs = usize::from(run.state.is_some());
-        let src_input = match src_state {
-            Some(s) => {
-                extra.push(s);
-                Some(base_inputs as u32)
-            }
-            None => None,
-        };
+            let file = self.builder.add(
+                Op::File(FileOp {
+                    base: None,
+                    actions: vec![FileAction::Mkfile { path: format!("/{}", doc.name), mode: 0o644, data: data.into_bytes(), chown: None }],
+                }),
+                vec![],
+                OpMetadata { description: "[internal] preparing inline document".into(), ..Default::default() },
+            );
+            extra.push(file);
+            actions.push(FileAction::Copy(CopyAction {
+                src_input: (base_inputs + extra.len() - 1) as u32,
+                src: vec![format!("/{}", doc.name)],
+                dest: dest.clone(),
+                chown: chown.as_deref().map(parse_chown),
+                chmod,
+                allow_wildcard: false,
+                allow_empty_wildcard: false,
+                unpack_archives: false,
+                exclude: Vec::new(),
+            }));
+        }
         let mut msg = String::from(what);
         if let Some(c) = &chown {
             msg.push_str(&format!(" --chown={c}"));
@@ -1054,53 +916,32 @@ impl Ctx<'_> {
         for s in &srcs {
             msg.push_str(&format!(" {s}"));
         }
-        msg.push_str(&format!(" {dest_word}"));
-        match src_input {
-            Some(src_input) => {
-                let action = FileAction::Copy(CopyAction {
-                    src_input,
-                    src: src_paths,
-                    dest,
-                    chown: chown.as_deref().map(parse_chown),
-                    chmod,
-                    allow_wildcard: true,
-                    allow_empty_wildcard: false,
-                    unpack_archives: is_add,
-                    exclude,
-                });
-                self.file_op(run, l, vec![action], extra)?;
-            }
-            None => {
-                // Copying from an empty (scratch) stage: nothing to copy, as BuildKit fails.
-                return Err(DockerfileError::new(
-                    l.location.clone(),
-                    format!("{what} --from refers to an empty stage"),
-                )
-                .into());
-            }
+        for doc in &contents {
+            msg.push_str(&format!(" <<{}", doc.name));
         }
+        msg.push_str(&format!(" {dest_word}"));
+        self.file_op(run, l, actions, extra)?;
         history(&mut run.image, msg, true);
         Ok(())
     }
 
-    fn file_op(
-        &mut self,
-        run: &mut StageRun,
-        l: &Located,
-        actions: Vec<FileAction>,
-        extra: Vec<Input>,
-    ) -> Result<(), FrontendError> {
+    fn file_op(&mut self, run: &mut StageRun, l: &Located, actions: Vec<FileAction>, extra: Vec<Input>) -> Result<(), FrontendError> {
         let desc = self.description(run, l);
         let meta = self.meta(desc, l);
         let mut inputs: Vec<Input> = run.state.iter().cloned().collect();
         let base = run.state.as_ref().map(|_| 0);
         inputs.extend(extra);
-        run.state = Some(
-            self.builder
-                .add(Op::File(FileOp { base, actions }), inputs, meta),
-        );
+        run.state = Some(self.builder.add(Op::File(FileOp { base, actions }), inputs, meta));
         Ok(())
     }
+}
+
+/// BuildKit's summarizeHeredoc: the first line, and `...` if there are more.
+fn summarize_heredoc(doc: &str) -> String {
+    let doc = doc.trim();
+    let mut lines = doc.split('\n');
+    let first = lines.next().unwrap_or("").to_string();
+    if lines.next().is_some() { format!("{first}...") } else { first }
 }
 
 /// EXPOSE port specs: `80`, `80/tcp`, `8000-8002/udp`.
@@ -1118,16 +959,10 @@ fn parse_port(s: &str) -> Result<Vec<String>, String> {
         Some((a, b)) => (a, b),
         None => (range, range),
     };
-    let a: u32 = a
-        .parse()
-        .map_err(|_| format!("invalid containerPort: {range}"))?;
-    let b: u32 = b
-        .parse()
-        .map_err(|_| format!("invalid containerPort: {range}"))?;
+    let a: u32 = a.parse().map_err(|_| format!("invalid containerPort: {range}"))?;
+    let b: u32 = b.parse().map_err(|_| format!("invalid containerPort: {range}"))?;
     if b < a || b > 65535 {
-        return Err(format!(
-            "invalid range specified for containerPort: {range}"
-        ));
+        return Err(format!("invalid range specified for containerPort: {range}"));
     }
     Ok((a..=b).map(|p| format!("{p}/{proto}")).collect())
 }
@@ -1153,26 +988,16 @@ mod tests {
                 Err("none".into())
             }
         }
-        let out = lower(
-            "FROM scratch\nHEALTHCHECK --interval=30s --retries=2 CMD true\n",
-            &BuildOptions::default(),
-            &NoImages,
-        )
-        .unwrap();
+        let out = lower("FROM scratch\nHEALTHCHECK --interval=30s --retries=2 CMD true\n", &BuildOptions::default(), &NoImages).unwrap();
         assert_eq!(
             out.image.history[0].created_by.as_deref(),
-            Some(
-                "HEALTHCHECK {Test:[CMD-SHELL true] Interval:30s Timeout:0s StartPeriod:0s StartInterval:0s Retries:2}"
-            )
+            Some("HEALTHCHECK {Test:[CMD-SHELL true] Interval:30s Timeout:0s StartPeriod:0s StartInterval:0s Retries:2}")
         );
     }
 
     #[test]
     fn ports_and_durations() {
-        assert_eq!(
-            parse_port("8000-8002/UDP").unwrap(),
-            vec!["8000/udp", "8001/udp", "8002/udp"]
-        );
+        assert_eq!(parse_port("8000-8002/UDP").unwrap(), vec!["8000/udp", "8001/udp", "8002/udp"]);
         assert!(parse_port("80/xyz").is_err());
         assert_eq!(go_duration(90_000_000_000), "1m30s");
         assert_eq!(go_duration(5_000_000_000), "5s");

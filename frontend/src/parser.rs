@@ -20,11 +20,7 @@ pub struct Directives {
 
 impl Default for Directives {
     fn default() -> Self {
-        Directives {
-            escape: '\\',
-            syntax: None,
-            check: None,
-        }
+        Directives { escape: '\\', syntax: None, check: None }
     }
 }
 
@@ -61,6 +57,43 @@ pub enum Args {
     Sub(Box<RawInstruction>),
 }
 
+/// A heredoc attached to RUN, COPY or ADD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heredoc {
+    /// The delimiter, quotes removed.
+    pub name: String,
+    /// The lines up to the delimiter, each ending in a newline.
+    pub content: String,
+    /// True unless the delimiter was quoted (then `$` is not expanded).
+    pub expand: bool,
+    /// `<<-`: leading tabs are stripped from content and delimiter lines.
+    pub chomp: bool,
+}
+
+impl Heredoc {
+    /// The content with `<<-` tab stripping applied.
+    pub fn data(&self) -> String {
+        if self.chomp { self.content.split_inclusive('\n').map(|l| l.trim_start_matches('\t')).collect() } else { self.content.clone() }
+    }
+}
+
+/// If `word` is a heredoc redirection (`<<EOF`, `<<-"EOF"`, `3<<EOF`): the delimiter,
+/// whether content is expanded, and whether tabs are stripped.
+pub fn heredoc_word(word: &str) -> Option<(String, bool, bool)> {
+    let rest = word.trim_start_matches(|c: char| c.is_ascii_digit());
+    let rest = rest.strip_prefix("<<")?;
+    let (chomp, rest) = match rest.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    if rest.is_empty() || rest.contains('<') {
+        return None;
+    }
+    let words = crate::shell::Lexer::default().process_words(rest, &Vec::<(String, String)>::new()).ok()?;
+    let [name] = words.as_slice() else { return None };
+    Some((name.clone(), !rest.contains(['"', '\'']), chomp))
+}
+
 /// One instruction as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawInstruction {
@@ -76,6 +109,8 @@ pub struct RawInstruction {
     pub args: Args,
     /// The whole instruction, continuation lines joined.
     pub original: String,
+    /// Heredocs read after the instruction's line, in order.
+    pub heredocs: Vec<Heredoc>,
     /// Where it starts and ends.
     pub location: Location,
 }
@@ -115,8 +150,7 @@ impl DirectiveParser {
         };
         let k = k.trim_end();
         let v = v.trim();
-        let key_ok = k.starts_with(|c: char| c.is_ascii_alphabetic())
-            && k.chars().all(|c| c.is_ascii_alphanumeric());
+        let key_ok = k.starts_with(|c: char| c.is_ascii_alphabetic()) && k.chars().all(|c| c.is_ascii_alphanumeric());
         if !key_ok || v.is_empty() {
             self.done = true;
             return Ok(None);
@@ -161,26 +195,13 @@ fn is_ws(c: char) -> bool {
 pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
     let source = source.strip_prefix('\u{feff}').unwrap_or(source);
     // scanLines: lines keep their '\n' until trimNewline removes "\r\n".
-    let lines: Vec<&str> = source
-        .split_inclusive('\n')
-        .map(|l| l.trim_end_matches(['\r', '\n']))
-        .collect();
+    let lines: Vec<&str> = source.split_inclusive('\n').map(|l| l.trim_end_matches(['\r', '\n'])).collect();
     let mut directives = Directives::default();
-    let mut dp = DirectiveParser {
-        done: false,
-        seen: Vec::new(),
-    };
+    let mut dp = DirectiveParser { done: false, seen: Vec::new() };
     let mut instructions = Vec::new();
     let mut empty_continuations = Vec::new();
     let err_at = |line: usize, msg: String| {
-        DockerfileError::new(
-            Location::line(
-                file,
-                line,
-                lines.get(line.saturating_sub(1)).copied().unwrap_or(""),
-            ),
-            msg,
-        )
+        DockerfileError::new(Location::line(file, line, lines.get(line.saturating_sub(1)).copied().unwrap_or("")), msg)
     };
     let mut i = 0;
     while i < lines.len() {
@@ -193,11 +214,9 @@ pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
                         "\\" => '\\',
                         "`" => '`',
                         _ => {
-                            return Err(err_at(
-                                i + 1,
-                                format!("invalid escape token '{v}' does not match ` or \\"),
-                            )
-                            .expected("`\\` or a backtick"));
+                            return Err(
+                                err_at(i + 1, format!("invalid escape token '{v}' does not match ` or \\")).expected("`\\` or a backtick")
+                            );
                         }
                     }
                 }
@@ -242,32 +261,48 @@ pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
             width: 0,
             source_line: raw.to_string(),
         };
-        instructions.push(node_from_line(&buf, escape, location)?);
+        let mut inst = node_from_line(&buf, escape, location)?;
+        if can_contain_heredoc(&inst) && buf.contains("<<") {
+            for word in parse_words(&buf, '\\') {
+                let Some((name, expand, chomp)) = heredoc_word(&word) else { continue };
+                let mut content = String::new();
+                let mut terminated = false;
+                while i < lines.len() {
+                    let line = lines[i];
+                    i += 1;
+                    let candidate = if chomp { line.trim_start_matches('\t') } else { line };
+                    if candidate == name {
+                        terminated = true;
+                        break;
+                    }
+                    content.push_str(line);
+                    content.push('\n');
+                }
+                if !terminated {
+                    return Err(DockerfileError::new(inst.location.at(&word), format!("unterminated heredoc {name:?}"))
+                        .expected(format!("a line with just {name} to end it")));
+                }
+                inst.heredocs.push(Heredoc { name, content, expand, chomp });
+            }
+            inst.location.end_line = i;
+            if let Args::Sub(child) = &mut inst.args {
+                child.heredocs = inst.heredocs.clone();
+            }
+        }
+        instructions.push(inst);
     }
     if instructions.is_empty() {
         return Err(DockerfileError::new(
-            Location::line(
-                file,
-                lines.len().max(1),
-                lines.last().copied().unwrap_or(""),
-            ),
+            Location::line(file, lines.len().max(1), lines.last().copied().unwrap_or("")),
             "file with no instructions",
         )
         .expected("at least one instruction, such as FROM"));
     }
-    Ok(Dockerfile {
-        directives,
-        instructions,
-        empty_continuations,
-    })
+    Ok(Dockerfile { directives, instructions, empty_continuations })
 }
 
 /// BuildKit's newNodeFromLine: split off the keyword and flags, then the arguments.
-fn node_from_line(
-    line: &str,
-    escape: char,
-    location: Location,
-) -> Result<RawInstruction, DockerfileError> {
+fn node_from_line(line: &str, escape: char, location: Location) -> Result<RawInstruction, DockerfileError> {
     let t = line.trim();
     let (kw, rest) = match t.find(is_ws) {
         Some(p) => (&t[..p], t[p..].trim_start_matches(is_ws)),
@@ -283,9 +318,7 @@ fn node_from_line(
         "add" | "copy" | "volume" => maybe_json_list(&rest).map_err(fail)?,
         "arg" => words_or_empty(parse_words(&rest, escape)),
         "cmd" | "entrypoint" | "run" | "shell" => maybe_json(&rest).map_err(fail)?,
-        "env" | "label" => {
-            name_values(&rest, &keyword.to_ascii_uppercase(), escape).map_err(fail)?
-        }
+        "env" | "label" => name_values(&rest, &keyword.to_ascii_uppercase(), escape).map_err(fail)?,
         "expose" | "from" => whitespace_delimited(&rest),
         "healthcheck" => health(&rest).map_err(fail)?,
         "maintainer" | "stopsignal" | "user" | "workdir" => {
@@ -312,15 +345,20 @@ fn node_from_line(
         args,
         original: t.to_string(),
         location: loc,
+        heredocs: Vec::new(),
     })
 }
 
+fn can_contain_heredoc(inst: &RawInstruction) -> bool {
+    let kw = match &inst.args {
+        Args::Sub(child) if inst.keyword == "onbuild" => child.keyword.as_str(),
+        _ => inst.keyword.as_str(),
+    };
+    matches!(kw, "run" | "copy" | "add")
+}
+
 fn words_or_empty(w: Vec<String>) -> Args {
-    if w.is_empty() {
-        Args::Empty
-    } else {
-        Args::Words(w)
-    }
+    if w.is_empty() { Args::Empty } else { Args::Words(w) }
 }
 
 /// BuildKit's extractBuilderFlags: leading `--…` words, quotes removed, escapes applied.
@@ -506,26 +544,16 @@ fn name_values(rest: &str, key: &str, escape: char) -> Result<Args, String> {
         let k = parts.next().unwrap_or("");
         let v = parts.next().map(|v| v.trim_start_matches(is_ws));
         return match v {
-            Some(v) => Ok(Args::KeyValues(vec![KeyValue {
-                key: k.to_string(),
-                value: v.to_string(),
-                sep: String::new(),
-            }])),
+            Some(v) => Ok(Args::KeyValues(vec![KeyValue { key: k.to_string(), value: v.to_string(), sep: String::new() }])),
             None => Err(format!("{key} must have two arguments")),
         };
     }
     let mut out = Vec::new();
     for w in words {
         let Some((k, v)) = w.split_once('=') else {
-            return Err(format!(
-                "Syntax error - can't find = in {w:?}. Must be of the form: name=value"
-            ));
+            return Err(format!("Syntax error - can't find = in {w:?}. Must be of the form: name=value"));
         };
-        out.push(KeyValue {
-            key: k.to_string(),
-            value: v.to_string(),
-            sep: "=".to_string(),
-        });
+        out.push(KeyValue { key: k.to_string(), value: v.to_string(), sep: "=".to_string() });
     }
     Ok(Args::KeyValues(out))
 }
@@ -534,12 +562,7 @@ fn whitespace_delimited(rest: &str) -> Args {
     if rest.is_empty() {
         return Args::Empty;
     }
-    Args::Words(
-        rest.split(is_ws)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-    )
+    Args::Words(rest.split(is_ws).filter(|s| !s.is_empty()).map(str::to_string).collect())
 }
 
 enum JsonErr {
@@ -553,16 +576,7 @@ fn parse_json(rest: &str) -> Result<Vec<String>, JsonErr> {
         return Err(JsonErr::NotJson);
     }
     let values: Vec<serde_json::Value> = serde_json::from_str(t).map_err(|_| JsonErr::NotJson)?;
-    values
-        .into_iter()
-        .map(|v| {
-            if let serde_json::Value::String(s) = v {
-                Ok(s)
-            } else {
-                Err(JsonErr::NotStrings)
-            }
-        })
-        .collect()
+    values.into_iter().map(|v| if let serde_json::Value::String(s) = v { Ok(s) } else { Err(JsonErr::NotStrings) }).collect()
 }
 
 const NOT_STRINGS: &str = "when using JSON array syntax, arrays must be comprised of strings only";
@@ -593,10 +607,7 @@ fn health(rest: &str) -> Result<Args, String> {
     }
     let kind = rest[..sep].to_string();
     let cmd = maybe_json(rest[sep..].trim_start())?;
-    Ok(Args::Health {
-        kind,
-        cmd: Box::new(cmd),
-    })
+    Ok(Args::Health { kind, cmd: Box::new(cmd) })
 }
 
 /// Go's strconv.Quote.
@@ -668,14 +679,7 @@ impl RawInstruction {
         let mut out = self.keyword.clone();
         if !self.flags.is_empty() {
             out.push_str(" [");
-            out.push_str(
-                &self
-                    .flags
-                    .iter()
-                    .map(|f| go_quote(f))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            );
+            out.push_str(&self.flags.iter().map(|f| go_quote(f)).collect::<Vec<_>>().join(" "));
             out.push(']');
         }
         self.args.dump_into(&mut out);
@@ -686,10 +690,7 @@ impl RawInstruction {
 impl Dockerfile {
     /// The whole AST in BuildKit's dump format, one `(instruction …)` per line.
     pub fn dump(&self) -> String {
-        self.instructions
-            .iter()
-            .map(|i| format!("({})\n", i.dump()))
-            .collect()
+        self.instructions.iter().map(|i| format!("({})\n", i.dump())).collect()
     }
 }
 
@@ -718,6 +719,21 @@ mod tests {
         let err = parse("Dockerfile", "# escape=x\nFROM a\n").unwrap_err();
         assert_eq!(err.location.start_line, 1);
         assert!(err.to_string().contains("invalid escape token"));
+    }
+
+    #[test]
+    fn heredocs_are_read_with_their_lines() {
+        let df = "FROM x\nRUN <<EOF\necho a\necho b\nEOF\nCOPY <<-\"A\" <<B /dst/\n\tone $X\n\tA\ntwo\nB\nRUN echo after\n";
+        let d = parse("Dockerfile", df).unwrap();
+        let run = &d.instructions[1];
+        assert_eq!(run.heredocs, vec![Heredoc { name: "EOF".into(), content: "echo a\necho b\n".into(), expand: true, chomp: false }]);
+        assert_eq!((run.location.start_line, run.location.end_line), (2, 5));
+        let copy = &d.instructions[2];
+        assert_eq!(copy.heredocs.len(), 2);
+        assert_eq!(copy.heredocs[0].data(), "one $X\n");
+        assert!(!copy.heredocs[0].expand && copy.heredocs[1].expand);
+        assert_eq!(d.instructions[3].rest, "echo after");
+        assert!(parse("Dockerfile", "FROM x\nRUN <<EOF\nnever ends\n").unwrap_err().to_string().contains("unterminated heredoc"));
     }
 
     #[test]

@@ -13,10 +13,7 @@ pub trait Env {
 
 impl Env for [(String, String)] {
     fn get(&self, name: &str) -> Option<String> {
-        self.iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+        self.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 }
 
@@ -66,15 +63,14 @@ struct Run<'a, E: Env + ?Sized> {
     cur: String,
     cur_started: bool,
     input: &'a str,
+    /// Heredoc content: quotes are plain characters and the escape only protects `$`,
+    /// itself and a backtick, as a shell expands an unquoted heredoc.
+    heredoc: bool,
 }
 
 impl Lexer {
     /// Expands one word (quotes removed, variables substituted, no field splitting).
-    pub fn process_word<E: Env + ?Sized>(
-        &self,
-        word: &str,
-        env: &E,
-    ) -> Result<String, ExpandError> {
+    pub fn process_word<E: Env + ?Sized>(&self, word: &str, env: &E) -> Result<String, ExpandError> {
         let mut r = Run {
             chars: word.chars().peekable(),
             escape: self.escape,
@@ -83,18 +79,31 @@ impl Lexer {
             cur: String::new(),
             cur_started: false,
             input: word,
+            heredoc: false,
         };
         let s = r.process(None)?;
         Ok(s)
     }
 
+    /// Expands heredoc content (COPY/ADD `<<EOF` with an unquoted delimiter): variables
+    /// are substituted, quotes are kept.
+    pub fn process_heredoc<E: Env + ?Sized>(&self, content: &str, env: &E) -> Result<String, ExpandError> {
+        let mut r = Run {
+            chars: content.chars().peekable(),
+            escape: '\\',
+            env,
+            words: None,
+            cur: String::new(),
+            cur_started: false,
+            input: content,
+            heredoc: true,
+        };
+        r.process(None)
+    }
+
     /// Expands and splits into words on unquoted white space (and in unquoted variable
     /// values), as for EXPOSE, VOLUME and COPY arguments.
-    pub fn process_words<E: Env + ?Sized>(
-        &self,
-        word: &str,
-        env: &E,
-    ) -> Result<Vec<String>, ExpandError> {
+    pub fn process_words<E: Env + ?Sized>(&self, word: &str, env: &E) -> Result<Vec<String>, ExpandError> {
         let mut r = Run {
             chars: word.chars().peekable(),
             escape: self.escape,
@@ -103,6 +112,7 @@ impl Lexer {
             cur: String::new(),
             cur_started: false,
             input: word,
+            heredoc: false,
         };
         let rest = r.process(None)?;
         let mut words = r.words.take().unwrap_or_default();
@@ -127,6 +137,20 @@ impl<E: Env + ?Sized> Run<'_, E> {
                 continue;
             }
             self.chars.next();
+            if self.heredoc && c != '$' && c != self.escape {
+                self.push(c);
+                continue;
+            }
+            if self.heredoc && c == self.escape {
+                match self.chars.peek().copied() {
+                    Some(n) if n == '$' || n == self.escape || n == '`' => {
+                        self.chars.next();
+                        self.push(n);
+                    }
+                    _ => self.push(c),
+                }
+                continue;
+            }
             if c == self.escape {
                 // An escape at the very end of the word is dropped, as BuildKit does.
                 if let Some(n) = self.chars.next() {
@@ -287,11 +311,7 @@ impl<E: Env + ?Sized> Run<'_, E> {
                 let word = self.nested_word()?;
                 let set_nonempty = value.as_deref().is_some_and(|v| !v.is_empty());
                 match op2 {
-                    '-' => Ok(if set_nonempty {
-                        value.unwrap_or_default()
-                    } else {
-                        word
-                    }),
+                    '-' => Ok(if set_nonempty { value.unwrap_or_default() } else { word }),
                     '+' => Ok(if set_nonempty { word } else { String::new() }),
                     '?' => {
                         if set_nonempty {
@@ -299,11 +319,7 @@ impl<E: Env + ?Sized> Run<'_, E> {
                         } else {
                             Err(ExpandError::Required {
                                 name,
-                                message: if word.is_empty() {
-                                    "is not allowed to be unset".into()
-                                } else {
-                                    word
-                                },
+                                message: if word.is_empty() { "is not allowed to be unset".into() } else { word },
                             })
                         }
                     }
@@ -317,11 +333,7 @@ impl<E: Env + ?Sized> Run<'_, E> {
                     '+' => Ok(if value.is_some() { word } else { String::new() }),
                     _ => value.ok_or(ExpandError::Required {
                         name,
-                        message: if word.is_empty() {
-                            "is not allowed to be unset".into()
-                        } else {
-                            word
-                        },
+                        message: if word.is_empty() { "is not allowed to be unset".into() } else { word },
                     }),
                 }
             }
@@ -363,11 +375,7 @@ impl<E: Env + ?Sized> Run<'_, E> {
                         }
                         continue;
                     }
-                    if in_repl {
-                        replacement.push(c)
-                    } else {
-                        pattern.push(c)
-                    }
+                    if in_repl { replacement.push(c) } else { pattern.push(c) }
                 }
                 let v = value.unwrap_or_default();
                 Ok(replace_pattern(&v, &pattern, &replacement, all))
@@ -437,28 +445,16 @@ fn trim_pattern(v: &str, pattern: &str, prefix: bool, longest: bool) -> String {
     let Ok(re) = regex::Regex::new(&format!("^(?s:{})$", glob_to_regex(pattern))) else {
         return v.to_string();
     };
-    let bounds: Vec<usize> = v
-        .char_indices()
-        .map(|(i, _)| i)
-        .chain(std::iter::once(v.len()))
-        .collect();
+    let bounds: Vec<usize> = v.char_indices().map(|(i, _)| i).chain(std::iter::once(v.len())).collect();
     if prefix {
-        let iter: Box<dyn Iterator<Item = &usize>> = if longest {
-            Box::new(bounds.iter().rev())
-        } else {
-            Box::new(bounds.iter())
-        };
+        let iter: Box<dyn Iterator<Item = &usize>> = if longest { Box::new(bounds.iter().rev()) } else { Box::new(bounds.iter()) };
         for &i in iter {
             if re.is_match(&v[..i]) {
                 return v[i..].to_string();
             }
         }
     } else {
-        let iter: Box<dyn Iterator<Item = &usize>> = if longest {
-            Box::new(bounds.iter())
-        } else {
-            Box::new(bounds.iter().rev())
-        };
+        let iter: Box<dyn Iterator<Item = &usize>> = if longest { Box::new(bounds.iter()) } else { Box::new(bounds.iter().rev()) };
         for &i in iter {
             if re.is_match(&v[i..]) {
                 return v[..i].to_string();
@@ -488,11 +484,7 @@ mod tests {
     use super::*;
 
     fn env() -> Vec<(String, String)> {
-        vec![
-            ("A".into(), "hello world".into()),
-            ("E".into(), "".into()),
-            ("P".into(), "/usr/local/bin/tool.tar.gz".into()),
-        ]
+        vec![("A".into(), "hello world".into()), ("E".into(), "".into()), ("P".into(), "/usr/local/bin/tool.tar.gz".into())]
     }
 
     fn w(s: &str) -> String {
@@ -518,19 +510,19 @@ mod tests {
         assert_eq!(w("\"$A\""), "hello world");
         assert_eq!(w("\\$A"), "$A");
         assert_eq!(w("${U:-${A}}"), "hello world");
-        assert!(
-            Lexer::default()
-                .process_word("${U:?missing}", &env())
-                .is_err()
-        );
+        assert!(Lexer::default().process_word("${U:?missing}", &env()).is_err());
         assert!(Lexer::default().process_word("'open", &env()).is_err());
     }
 
     #[test]
+    fn heredoc_content_keeps_quotes() {
+        let out = Lexer::default().process_heredoc("echo \"$A\" '${E:-x}' \\$A\n", &env()).unwrap();
+        assert_eq!(out, "echo \"hello world\" 'x' $A\n");
+    }
+
+    #[test]
     fn words_split_unquoted_values() {
-        let ws = Lexer::default()
-            .process_words("a \"b c\" $A", &env())
-            .unwrap();
+        let ws = Lexer::default().process_words("a \"b c\" $A", &env()).unwrap();
         assert_eq!(ws, vec!["a", "b c", "hello", "world"]);
     }
 }

@@ -9,20 +9,13 @@ use std::path::PathBuf;
 
 fn data() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/buildkit");
-    assert!(
-        p.is_dir(),
-        "{} is missing: the conformance data lives in ../shared beside the checkout",
-        p.display()
-    );
+    assert!(p.is_dir(), "{} is missing: the conformance data lives in ../shared beside the checkout", p.display());
     p
 }
 
 fn cases(dir: &str) -> Vec<(String, PathBuf)> {
-    let mut v: Vec<(String, PathBuf)> = std::fs::read_dir(data().join(dir))
-        .unwrap()
-        .flatten()
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-        .collect();
+    let mut v: Vec<(String, PathBuf)> =
+        std::fs::read_dir(data().join(dir)).unwrap().flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())).collect();
     v.sort();
     v
 }
@@ -31,11 +24,7 @@ fn cases(dir: &str) -> Vec<(String, PathBuf)> {
 fn testfiles_dump_to_buildkits_results() {
     let mut failures = Vec::new();
     let all = cases("testfiles");
-    assert!(
-        all.len() >= 33,
-        "expected the 33 cases, found {}",
-        all.len()
-    );
+    assert!(all.len() >= 33, "expected the 33 cases, found {}", all.len());
     for (name, dir) in &all {
         let source = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
         let expected = std::fs::read_to_string(dir.join("result")).unwrap();
@@ -49,13 +38,7 @@ fn testfiles_dump_to_buildkits_results() {
             Err(e) => failures.push(format!("== {name}: rejected: {e}")),
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases differ:\n{}",
-        failures.len(),
-        all.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), all.len(), failures.join("\n"));
 }
 
 #[test]
@@ -73,21 +56,12 @@ fn negative_testfiles_are_rejected_with_a_location() {
 fn parser_line_ranges() {
     let source = std::fs::read_to_string(data().join("parser-line/Dockerfile")).unwrap();
     let df = parse("Dockerfile", &source).unwrap();
-    let ranges: Vec<(usize, usize)> = df
-        .instructions
-        .iter()
-        .map(|i| (i.location.start_line, i.location.end_line))
-        .collect();
+    let ranges: Vec<(usize, usize)> = df.instructions.iter().map(|i| (i.location.start_line, i.location.end_line)).collect();
     assert_eq!(ranges, vec![(5, 5), (11, 12), (17, 31)]);
 }
 
 fn env_var_env() -> Vec<(String, String)> {
-    vec![
-        ("PWD".into(), "/home".into()),
-        ("SHELL".into(), "bash".into()),
-        ("KOREAN".into(), "한국어".into()),
-        ("NULL".into(), "".into()),
-    ]
+    vec![("PWD".into(), "/home".into()), ("SHELL".into(), "bash".into()), ("KOREAN".into(), "한국어".into()), ("NULL".into(), "".into())]
 }
 
 #[test]
@@ -115,12 +89,7 @@ fn env_var_expansion_table() {
         }
     }
     assert!(n > 100, "only {n} cases read");
-    assert!(
-        failures.is_empty(),
-        "{} of {n} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {n} cases failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -148,18 +117,11 @@ fn words_table() {
         n += 1;
         let input = input.trim();
         let expected: Vec<&str> = expected.trim_start_matches(' ').split(',').collect();
-        let got = lexer
-            .process_words(input, &env)
-            .unwrap_or_else(|_| vec!["error".to_string()]);
+        let got = lexer.process_words(input, &env).unwrap_or_else(|_| vec!["error".to_string()]);
         if got != expected {
             failures.push(format!("{input:?}: expected {expected:?}, got {got:?}"));
         }
     }
     assert!(n > 5, "only {n} cases read");
-    assert!(
-        failures.is_empty(),
-        "{} of {n} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {n} cases failed:\n{}", failures.len(), failures.join("\n"));
 }

@@ -21,10 +21,7 @@ impl ImageResolver for Images {
                 },
                 ..Default::default()
             };
-            Ok(ResolvedImage {
-                pinned: format!("{r}@sha256:{}", "a".repeat(64)),
-                config,
-            })
+            Ok(ResolvedImage { pinned: format!("{r}@sha256:{}", "a".repeat(64)), config })
         } else {
             Err(format!("{r}: no such image"))
         }
@@ -33,33 +30,15 @@ impl ImageResolver for Images {
 
 fn execs(df: &str, opts: &BuildOptions) -> Vec<rdock_llb::ExecOp> {
     let out = lower(df, opts, &Images).unwrap();
-    out.definition
-        .nodes
-        .iter()
-        .filter_map(|n| {
-            if let Op::Exec(e) = &n.op {
-                Some(e.clone())
-            } else {
-                None
-            }
-        })
-        .collect()
+    out.definition.nodes.iter().filter_map(|n| if let Op::Exec(e) = &n.op { Some(e.clone()) } else { None }).collect()
 }
 
 #[test]
 fn global_args_reach_from_only_unless_redeclared() {
     let df = "ARG BASE=busybox\nARG V=global\nFROM $BASE\nRUN echo $V\nARG V\nRUN echo $V\n";
     let e = execs(df, &BuildOptions::default());
-    assert!(
-        !e[0].env.iter().any(|v| v.starts_with("V=")),
-        "global ARG leaked into the stage: {:?}",
-        e[0].env
-    );
-    assert!(
-        e[1].env.contains(&"V=global".to_string()),
-        "redeclared ARG takes the global value: {:?}",
-        e[1].env
-    );
+    assert!(!e[0].env.iter().any(|v| v.starts_with("V=")), "global ARG leaked into the stage: {:?}", e[0].env);
+    assert!(e[1].env.contains(&"V=global".to_string()), "redeclared ARG takes the global value: {:?}", e[1].env);
     let mut opts = BuildOptions::default();
     opts.build_args.insert("V".into(), "cli".into());
     let e = execs(df, &opts);
@@ -70,50 +49,20 @@ fn global_args_reach_from_only_unless_redeclared() {
 fn env_wins_over_arg_and_base_config_is_inherited() {
     let df = "FROM busybox\nENV A=env\nARG A=arg\nRUN true\n";
     let out = lower(df, &BuildOptions::default(), &Images).unwrap();
-    let e: Vec<_> = out
-        .definition
-        .nodes
-        .iter()
-        .filter_map(|n| {
-            if let Op::Exec(e) = &n.op {
-                Some(e.clone())
-            } else {
-                None
-            }
-        })
-        .collect();
+    let e: Vec<_> = out.definition.nodes.iter().filter_map(|n| if let Op::Exec(e) = &n.op { Some(e.clone()) } else { None }).collect();
     assert!(e[0].env.contains(&"A=env".to_string()), "{:?}", e[0].env);
     assert_eq!(e[0].user, "app", "USER from the base image applies to RUN");
-    assert_eq!(
-        e[0].cwd, "/home",
-        "WORKDIR from the base image applies to RUN"
-    );
-    assert!(
-        out.image.config.on_build.is_empty(),
-        "the base's ONBUILD triggers are consumed, not inherited"
-    );
+    assert_eq!(e[0].cwd, "/home", "WORKDIR from the base image applies to RUN");
+    assert!(out.image.config.on_build.is_empty(), "the base's ONBUILD triggers are consumed, not inherited");
     assert_eq!(out.image.config.env, vec!["PATH=/bin", "A=env"]);
     // The source op is pinned by digest, so the cache follows the base image's content.
-    assert!(
-        out.definition
-            .nodes
-            .iter()
-            .any(|n| matches!(&n.op, Op::Source(s) if s.identifier.ends_with(&"a".repeat(64))))
-    );
+    assert!(out.definition.nodes.iter().any(|n| matches!(&n.op, Op::Source(s) if s.identifier.ends_with(&"a".repeat(64)))));
 }
 
 #[test]
 fn scratch_gets_a_default_path_and_workdir_is_made() {
-    let out = lower(
-        "FROM scratch\nWORKDIR /a/b\nWORKDIR c\n",
-        &BuildOptions::default(),
-        &Images,
-    )
-    .unwrap();
-    assert_eq!(
-        out.image.config.env,
-        vec![format!("PATH={}", rdock_frontend::DEFAULT_PATH)]
-    );
+    let out = lower("FROM scratch\nWORKDIR /a/b\nWORKDIR c\n", &BuildOptions::default(), &Images).unwrap();
+    assert_eq!(out.image.config.env, vec![format!("PATH={}", rdock_frontend::DEFAULT_PATH)]);
     assert_eq!(out.image.config.working_dir.as_deref(), Some("/a/b/c"));
     let mkdirs: Vec<String> = out
         .definition
@@ -121,13 +70,7 @@ fn scratch_gets_a_default_path_and_workdir_is_made() {
         .iter()
         .filter_map(|n| {
             if let Op::File(f) = &n.op {
-                f.actions.iter().find_map(|a| {
-                    if let FileAction::Mkdir { path, .. } = a {
-                        Some(path.clone())
-                    } else {
-                        None
-                    }
-                })
+                f.actions.iter().find_map(|a| if let FileAction::Mkdir { path, .. } = a { Some(path.clone()) } else { None })
             } else {
                 None
             }
@@ -138,15 +81,8 @@ fn scratch_gets_a_default_path_and_workdir_is_made() {
 
 #[test]
 fn unknown_image_error_points_at_from() {
-    let err = lower(
-        "FROM busybox\nFROM nope:1 AS x\n",
-        &BuildOptions::default(),
-        &Images,
-    )
-    .unwrap_err();
-    let FrontendError::Dockerfile(e) = err else {
-        panic!("{err}")
-    };
+    let err = lower("FROM busybox\nFROM nope:1 AS x\n", &BuildOptions::default(), &Images).unwrap_err();
+    let FrontendError::Dockerfile(e) = err else { panic!("{err}") };
     assert_eq!(e.location.start_line, 2);
     assert!(e.message.contains("nope:1"), "{}", e.message);
 }
@@ -155,10 +91,7 @@ fn unknown_image_error_points_at_from() {
 fn unreachable_stages_are_not_lowered() {
     // The `broken` stage names a missing image; building `ok` must not resolve it.
     let df = "FROM nope:1 AS broken\nRUN x\nFROM busybox AS ok\nRUN true\n";
-    let opts = BuildOptions {
-        target: Some("ok".into()),
-        ..Default::default()
-    };
+    let opts = BuildOptions { target: Some("ok".into()), ..Default::default() };
     assert!(lower(df, &opts, &Images).is_ok());
 }
 
@@ -170,8 +103,5 @@ fn shell_and_exec_forms_and_shell_instruction() {
     );
     assert_eq!(e[0].args, vec!["/bin/sh", "-c", "echo a"]);
     assert_eq!(e[1].args, vec!["echo", "b"]);
-    assert_eq!(
-        e[2].args,
-        vec!["/bin/ash", "-eo", "pipefail", "-c", "echo c"]
-    );
+    assert_eq!(e[2].args, vec!["/bin/ash", "-eo", "pipefail", "-c", "echo c"]);
 }

@@ -37,11 +37,7 @@ impl Digest {
         let Some(hex) = s.strip_prefix("sha256:") else {
             return Err(DigestError::Algorithm(s.to_string()));
         };
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(DigestError::Malformed(s.to_string()));
         }
         Ok(Digest(s.to_string()))
@@ -88,23 +84,14 @@ mod tests {
 
     #[test]
     fn rejects_path_escapes_and_other_algorithms() {
-        assert!(matches!(
-            Digest::parse("sha256:../../etc/passwd"),
-            Err(DigestError::Malformed(_))
-        ));
-        assert!(matches!(
-            Digest::parse("md5:abc"),
-            Err(DigestError::Algorithm(_))
-        ));
+        assert!(matches!(Digest::parse("sha256:../../etc/passwd"), Err(DigestError::Malformed(_))));
+        assert!(matches!(Digest::parse("md5:abc"), Err(DigestError::Algorithm(_))));
         let upper = format!("sha256:{}", "A".repeat(64));
         assert!(Digest::parse(&upper).is_err());
     }
 
     #[test]
     fn digest_of_empty_is_the_well_known_value() {
-        assert_eq!(
-            Digest::of(b"").as_str(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(Digest::of(b"").as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 }

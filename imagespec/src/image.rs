@@ -120,10 +120,7 @@ pub struct RootFs {
 
 impl Default for RootFs {
     fn default() -> Self {
-        RootFs {
-            kind: "layers".to_string(),
-            diff_ids: Vec::new(),
-        }
+        RootFs { kind: "layers".to_string(), diff_ids: Vec::new() }
     }
 }
 
@@ -169,16 +166,9 @@ mod tests {
 
     #[test]
     fn omits_empty_fields_like_go() {
-        let cfg = ImageConfig {
-            architecture: "amd64".into(),
-            os: "linux".into(),
-            ..Default::default()
-        };
+        let cfg = ImageConfig { architecture: "amd64".into(), os: "linux".into(), ..Default::default() };
         let json = String::from_utf8(cfg.to_json()).unwrap();
-        assert_eq!(
-            json,
-            r#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#
-        );
+        assert_eq!(json, r#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#);
     }
 
     #[test]

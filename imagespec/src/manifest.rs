@@ -42,13 +42,7 @@ pub struct Descriptor {
 impl Descriptor {
     /// A descriptor without annotations or platform.
     pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
-        Descriptor {
-            media_type: media_type.to_string(),
-            digest,
-            size,
-            annotations: BTreeMap::new(),
-            platform: None,
-        }
+        Descriptor { media_type: media_type.to_string(), digest, size, annotations: BTreeMap::new(), platform: None }
     }
 
     /// True for a gzip-compressed layer media type (OCI or Docker).

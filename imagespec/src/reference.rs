@@ -30,10 +30,7 @@ pub struct ImageRef {
 impl ImageRef {
     /// Parses and normalises.
     pub fn parse(s: &str) -> Result<ImageRef, ReferenceError> {
-        let err = |reason| ReferenceError {
-            reference: s.to_string(),
-            reason,
-        };
+        let err = |reason| ReferenceError { reference: s.to_string(), reason };
         if s.is_empty() {
             return Err(err("empty"));
         }
@@ -44,58 +41,33 @@ impl ImageRef {
         // A tag is after the last ':' that follows the last '/'.
         let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
         let (name, tag) = match rest[last_slash..].rfind(':') {
-            Some(i) => (
-                &rest[..last_slash + i],
-                Some(rest[last_slash + i + 1..].to_string()),
-            ),
+            Some(i) => (&rest[..last_slash + i], Some(rest[last_slash + i + 1..].to_string())),
             None => (rest, None),
         };
         if let Some(t) = &tag
             && (t.is_empty()
                 || t.len() > 128
-                || !t
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                || !t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
                 || t.starts_with(['.', '-']))
         {
             return Err(err("bad tag"));
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => {
-                (first.to_string(), path.to_string())
-            }
+            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => (first.to_string(), path.to_string()),
             _ => {
-                let repo = if name.contains('/') {
-                    name.to_string()
-                } else {
-                    format!("library/{name}")
-                };
+                let repo = if name.contains('/') { name.to_string() } else { format!("library/{name}") };
                 ("docker.io".to_string(), repo)
             }
         };
         if repository.is_empty()
-            || !repository.split('/').all(|c| {
-                !c.is_empty()
-                    && c.chars().all(|ch| {
-                        ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch)
-                    })
-            })
+            || !repository
+                .split('/')
+                .all(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch)))
         {
-            return Err(err(
-                "repository names must be lower-case letters, digits and separators",
-            ));
+            return Err(err("repository names must be lower-case letters, digits and separators"));
         }
-        let tag = if tag.is_none() && digest.is_none() {
-            Some("latest".to_string())
-        } else {
-            tag
-        };
-        Ok(ImageRef {
-            registry,
-            repository,
-            tag,
-            digest,
-        })
+        let tag = if tag.is_none() && digest.is_none() { Some("latest".to_string()) } else { tag };
+        Ok(ImageRef { registry, repository, tag, digest })
     }
 
     /// `registry/repository` without tag or digest.
@@ -106,10 +78,7 @@ impl ImageRef {
     /// The short form Docker prints (`busybox:latest`, `localhost:5000/x:1`).
     pub fn familiar(&self) -> String {
         let mut s = if self.registry == "docker.io" {
-            self.repository
-                .strip_prefix("library/")
-                .unwrap_or(&self.repository)
-                .to_string()
+            self.repository.strip_prefix("library/").unwrap_or(&self.repository).to_string()
         } else {
             self.name()
         };
@@ -144,30 +113,12 @@ mod tests {
 
     #[test]
     fn normalises_like_docker() {
-        assert_eq!(
-            ImageRef::parse("bb:1").unwrap().to_string(),
-            "docker.io/library/bb:1"
-        );
-        assert_eq!(
-            ImageRef::parse("busybox").unwrap().to_string(),
-            "docker.io/library/busybox:latest"
-        );
-        assert_eq!(
-            ImageRef::parse("me/app").unwrap().to_string(),
-            "docker.io/me/app:latest"
-        );
-        assert_eq!(
-            ImageRef::parse("localhost:5000/a/b:2").unwrap().to_string(),
-            "localhost:5000/a/b:2"
-        );
-        assert_eq!(
-            ImageRef::parse("localhost:5000/a/b:2").unwrap().familiar(),
-            "localhost:5000/a/b:2"
-        );
-        assert_eq!(
-            ImageRef::parse("busybox").unwrap().familiar(),
-            "busybox:latest"
-        );
+        assert_eq!(ImageRef::parse("bb:1").unwrap().to_string(), "docker.io/library/bb:1");
+        assert_eq!(ImageRef::parse("busybox").unwrap().to_string(), "docker.io/library/busybox:latest");
+        assert_eq!(ImageRef::parse("me/app").unwrap().to_string(), "docker.io/me/app:latest");
+        assert_eq!(ImageRef::parse("localhost:5000/a/b:2").unwrap().to_string(), "localhost:5000/a/b:2");
+        assert_eq!(ImageRef::parse("localhost:5000/a/b:2").unwrap().familiar(), "localhost:5000/a/b:2");
+        assert_eq!(ImageRef::parse("busybox").unwrap().familiar(), "busybox:latest");
         assert!(ImageRef::parse("UPPER").is_err());
         assert!(ImageRef::parse("a:").is_err());
     }

@@ -54,10 +54,7 @@ impl Node {
 
     /// The node's digest.
     pub fn digest(&self) -> OpDigest {
-        OpDigest(format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(self.canonical_bytes()))
-        ))
+        OpDigest(format!("sha256:{}", hex::encode(Sha256::digest(self.canonical_bytes()))))
     }
 }
 
@@ -110,10 +107,7 @@ impl Definition {
             let d = n.digest();
             for i in &n.inputs {
                 if !seen.contains(&i.digest) {
-                    return Err(DefinitionError::DanglingInput {
-                        node: d,
-                        input: i.digest.clone(),
-                    });
+                    return Err(DefinitionError::DanglingInput { node: d, input: i.digest.clone() });
                 }
             }
             seen.insert(d);
@@ -159,20 +153,8 @@ impl DefinitionBuilder {
                 stack.extend(self.nodes[i].inputs.iter().map(|x| x.digest.clone()));
             }
         }
-        let nodes: Vec<Node> = self
-            .nodes
-            .into_iter()
-            .filter(|n| keep.contains(&n.digest()))
-            .collect();
-        let metadata = self
-            .metadata
-            .into_iter()
-            .filter(|(d, _)| keep.contains(d))
-            .collect();
-        Definition {
-            nodes,
-            metadata,
-            terminal,
-        }
+        let nodes: Vec<Node> = self.nodes.into_iter().filter(|n| keep.contains(&n.digest())).collect();
+        let metadata = self.metadata.into_iter().filter(|(d, _)| keep.contains(d)).collect();
+        Definition { nodes, metadata, terminal }
     }
 }

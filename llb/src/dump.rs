@@ -17,29 +17,14 @@ impl Definition {
     /// Graphviz DOT: one box per node labelled with its kind, summary and short digest; an
     /// edge per input.
     pub fn to_dot(&self) -> String {
-        let mut out =
-            String::from("digraph llb {\n  rankdir=BT;\n  node [shape=box, fontname=monospace];\n");
+        let mut out = String::from("digraph llb {\n  rankdir=BT;\n  node [shape=box, fontname=monospace];\n");
         for n in &self.nodes {
             let d = n.digest();
-            let desc = self
-                .metadata
-                .get(&d)
-                .map(|m| m.description.as_str())
-                .unwrap_or("");
-            let label = format!(
-                "{} {}\\n{}\\n{}",
-                n.op.kind(),
-                d.short(),
-                escape(desc),
-                escape(&n.op.summary())
-            );
+            let desc = self.metadata.get(&d).map(|m| m.description.as_str()).unwrap_or("");
+            let label = format!("{} {}\\n{}\\n{}", n.op.kind(), d.short(), escape(desc), escape(&n.op.summary()));
             let _ = writeln!(out, "  \"{}\" [label=\"{}\"];", d, label);
             for i in &n.inputs {
-                let _ = writeln!(
-                    out,
-                    "  \"{}\" -> \"{}\" [label=\"{}\"];",
-                    i.digest, d, i.index
-                );
+                let _ = writeln!(out, "  \"{}\" -> \"{}\" [label=\"{}\"];", i.digest, d, i.index);
             }
         }
         out.push_str("}\n");
@@ -49,9 +34,7 @@ impl Definition {
 
 fn escape(s: &str) -> String {
     let s: String = s.chars().take(80).collect();
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', " ")
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', " ")
 }
 
 #[cfg(test)]
@@ -60,11 +43,7 @@ mod tests {
 
     fn sample() -> Definition {
         let mut b = DefinitionBuilder::default();
-        let img = b.add(
-            Op::Source(SourceOp::image("docker.io/library/busybox:latest")),
-            vec![],
-            OpMetadata::default(),
-        );
+        let img = b.add(Op::Source(SourceOp::image("docker.io/library/busybox:latest")), vec![], OpMetadata::default());
         let run = b.add(
             Op::Exec(ExecOp {
                 args: vec!["/bin/sh".into(), "-c".into(), "echo hi > /f".into()],
@@ -83,10 +62,7 @@ mod tests {
                 }],
             }),
             vec![img],
-            OpMetadata {
-                description: "RUN echo hi > /f".into(),
-                ..Default::default()
-            },
+            OpMetadata { description: "RUN echo hi > /f".into(), ..Default::default() },
         );
         b.finish(Some(run))
     }
@@ -99,20 +75,15 @@ mod tests {
         assert_eq!(
             digests,
             vec![
-                "sha256:aefb647629a9fa939df2f35b014780cc430aa847f076d6f70688ed4fefdcc925"
-                    .to_string(),
-                "sha256:a5cd150f8c2e5bd1361617702ba47bf8b3e010aa571d2baef2a12694e0ae845b"
-                    .to_string()
+                "sha256:aefb647629a9fa939df2f35b014780cc430aa847f076d6f70688ed4fefdcc925".to_string(),
+                "sha256:a5cd150f8c2e5bd1361617702ba47bf8b3e010aa571d2baef2a12694e0ae845b".to_string()
             ]
         );
     }
 
     #[test]
     fn canonical_encoding_is_plain_ordered_json() {
-        let n = Node {
-            op: Op::Source(SourceOp::image("docker.io/library/busybox:latest")),
-            inputs: vec![],
-        };
+        let n = Node { op: Op::Source(SourceOp::image("docker.io/library/busybox:latest")), inputs: vec![] };
         assert_eq!(
             String::from_utf8(n.canonical_bytes()).unwrap(),
             r#"{"op":{"Source":{"identifier":"docker-image://docker.io/library/busybox:latest","attrs":[]}},"inputs":[]}"#
@@ -126,11 +97,7 @@ mod tests {
         let img = b.add(
             Op::Source(SourceOp::image("docker.io/library/busybox:latest")),
             vec![],
-            OpMetadata {
-                description: "other".into(),
-                ignore_cache: true,
-                source_lines: Some((1, 1)),
-            },
+            OpMetadata { description: "other".into(), ignore_cache: true, source_lines: Some((1, 1)) },
         );
         assert_eq!(img.digest, a.nodes[0].digest());
     }
@@ -149,16 +116,8 @@ mod tests {
     #[test]
     fn identical_nodes_are_added_once() {
         let mut b = DefinitionBuilder::default();
-        let x = b.add(
-            Op::Source(SourceOp::image("a")),
-            vec![],
-            OpMetadata::default(),
-        );
-        let y = b.add(
-            Op::Source(SourceOp::image("a")),
-            vec![],
-            OpMetadata::default(),
-        );
+        let x = b.add(Op::Source(SourceOp::image("a")), vec![], OpMetadata::default());
+        let y = b.add(Op::Source(SourceOp::image("a")), vec![], OpMetadata::default());
         assert_eq!(x, y);
         assert_eq!(b.finish(Some(x)).nodes.len(), 1);
     }

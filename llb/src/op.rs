@@ -39,10 +39,7 @@ pub struct SourceOp {
 impl SourceOp {
     /// An image source for a fully normalised reference.
     pub fn image(reference: &str) -> SourceOp {
-        SourceOp {
-            identifier: format!("docker-image://{reference}"),
-            attrs: Vec::new(),
-        }
+        SourceOp { identifier: format!("docker-image://{reference}"), attrs: Vec::new() }
     }
 
     /// A local directory (`context`, `dockerfile`) with optional include/exclude patterns.
@@ -54,25 +51,17 @@ impl SourceOp {
         if !include.is_empty() {
             attrs.push(("local.includepatterns".to_string(), join_patterns(include)));
         }
-        SourceOp {
-            identifier: format!("local://{name}"),
-            attrs,
-        }
+        SourceOp { identifier: format!("local://{name}"), attrs }
     }
 
     /// The value of attribute `key`.
     pub fn attr(&self, key: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// Patterns stored by [`SourceOp::local`] under `key`.
     pub fn patterns(&self, key: &str) -> Vec<String> {
-        self.attr(key)
-            .map(|v| serde_json::from_str(v).unwrap_or_default())
-            .unwrap_or_default()
+        self.attr(key).map(|v| serde_json::from_str(v).unwrap_or_default()).unwrap_or_default()
     }
 }
 

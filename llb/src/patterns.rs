@@ -41,11 +41,7 @@ pub fn clean_path(p: &str) -> String {
             x => out.push(x),
         }
     }
-    if out.is_empty() {
-        ".".to_string()
-    } else {
-        out.join("/")
-    }
+    if out.is_empty() { ".".to_string() } else { out.join("/") }
 }
 
 impl PatternMatcher {
@@ -63,23 +59,14 @@ impl PatternMatcher {
                 None => (false, p),
             };
             if body.is_empty() {
-                return Err(PatternError {
-                    pattern: p.to_string(),
-                    reason: "illegal exclusion pattern: \"!\"".into(),
-                });
+                return Err(PatternError { pattern: p.to_string(), reason: "illegal exclusion pattern: \"!\"".into() });
             }
             has_exclusions |= exclusion;
             let cleaned = clean_path(body);
-            let re = Regex::new(&pattern_regex(&cleaned)).map_err(|e| PatternError {
-                pattern: p.to_string(),
-                reason: e.to_string(),
-            })?;
+            let re = Regex::new(&pattern_regex(&cleaned)).map_err(|e| PatternError { pattern: p.to_string(), reason: e.to_string() })?;
             out.push(Pattern { re, exclusion });
         }
-        Ok(PatternMatcher {
-            patterns: out,
-            has_exclusions,
-        })
+        Ok(PatternMatcher { patterns: out, has_exclusions })
     }
 
     /// True if there are no patterns.
@@ -188,9 +175,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     // `**` is not special in filepath.Match; pattern_regex only widens it, which is harmless
     // for COPY sources because BuildKit accepts it there too.
     body = body.replace("(.*/)?", "[^/]*");
-    Regex::new(&body)
-        .map(|re| re.is_match(&clean_path(name)))
-        .unwrap_or(false)
+    Regex::new(&body).map(|re| re.is_match(&clean_path(name))).unwrap_or(false)
 }
 
 /// True if the pattern has a wildcard character.
@@ -208,10 +193,7 @@ mod tests {
         assert!(m.matches("notes.md"));
         assert!(!m.matches("README.md"));
         assert!(!m.matches("docs/notes.md"), "* does not cross directories");
-        assert!(
-            m.matches("build/out/x"),
-            "a matched parent excludes its children"
-        );
+        assert!(m.matches("build/out/x"), "a matched parent excludes its children");
         assert!(m.matches("a/b/c.o"));
         assert!(m.matches("c.o"));
         assert!(m.matches("tmp/x/y"));

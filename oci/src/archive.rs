@@ -4,9 +4,7 @@
 
 use crate::atomic::write_atomically;
 use crate::{ImageStore, OciError};
-use rdock_imagespec::{
-    Descriptor, Digest, ImageRef, Index, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
-};
+use rdock_imagespec::{Descriptor, Digest, ImageRef, Index, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -20,11 +18,7 @@ pub enum ArchiveFormat {
     Oci,
 }
 
-fn append_bytes<W: Write>(
-    tar: &mut tar::Builder<W>,
-    path: &str,
-    bytes: &[u8],
-) -> std::io::Result<()> {
+fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, path: &str, bytes: &[u8]) -> std::io::Result<()> {
     let mut h = tar::Header::new_ustar();
     h.set_size(bytes.len() as u64);
     h.set_mode(0o644);
@@ -57,50 +51,27 @@ pub fn export_archive(
         let mut tar = tar::Builder::new(w);
         append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io)?;
         let mut manifests = Vec::new();
-        let targets: Vec<Option<&ImageRef>> = if names.is_empty() {
-            vec![None]
-        } else {
-            names.iter().map(Some).collect()
-        };
+        let targets: Vec<Option<&ImageRef>> = if names.is_empty() { vec![None] } else { names.iter().map(Some).collect() };
         for name in &targets {
             let mut annotations = BTreeMap::new();
             if let Some(n) = name {
                 annotations.insert("io.containerd.image.name".to_string(), n.to_string());
                 if let Some(tag) = &n.tag {
-                    annotations
-                        .insert("org.opencontainers.image.ref.name".to_string(), tag.clone());
+                    annotations.insert("org.opencontainers.image.ref.name".to_string(), tag.clone());
                 }
             }
-            let mut d = Descriptor::new(
-                MEDIA_TYPE_OCI_MANIFEST,
-                manifest.clone(),
-                manifest_bytes.len() as u64,
-            );
+            let mut d = Descriptor::new(MEDIA_TYPE_OCI_MANIFEST, manifest.clone(), manifest_bytes.len() as u64);
             d.annotations = annotations;
             manifests.push(d);
         }
-        let index = Index {
-            schema_version: 2,
-            media_type: Some(MEDIA_TYPE_OCI_INDEX.to_string()),
-            manifests,
-        };
+        let index = Index { schema_version: 2, media_type: Some(MEDIA_TYPE_OCI_INDEX.to_string()), manifests };
         append_bytes(&mut tar, "index.json", &index.to_json()).map_err(io)?;
         append_dir(&mut tar, "blobs/").map_err(io)?;
         append_dir(&mut tar, "blobs/sha256/").map_err(io)?;
         let content = images.store().content();
-        append_bytes(
-            &mut tar,
-            &format!("blobs/sha256/{}", manifest.hex()),
-            &manifest_bytes,
-        )
-        .map_err(io)?;
+        append_bytes(&mut tar, &format!("blobs/sha256/{}", manifest.hex()), &manifest_bytes).map_err(io)?;
         let config_bytes = content.read(&m.config.digest)?;
-        append_bytes(
-            &mut tar,
-            &format!("blobs/sha256/{}", m.config.digest.hex()),
-            &config_bytes,
-        )
-        .map_err(io)?;
+        append_bytes(&mut tar, &format!("blobs/sha256/{}", m.config.digest.hex()), &config_bytes).map_err(io)?;
         let mut seen = std::collections::BTreeSet::new();
         for l in &m.layers {
             if !seen.insert(l.digest.clone()) {
@@ -113,15 +84,10 @@ pub fn export_archive(
             h.set_mode(0o644);
             h.set_mtime(0);
             h.set_entry_type(tar::EntryType::Regular);
-            tar.append_data(&mut h, format!("blobs/sha256/{}", l.digest.hex()), f)
-                .map_err(io)?;
+            tar.append_data(&mut h, format!("blobs/sha256/{}", l.digest.hex()), f).map_err(io)?;
         }
         if format == ArchiveFormat::Docker {
-            let repo_tags: Vec<String> = names
-                .iter()
-                .filter(|n| n.tag.is_some())
-                .map(|n| n.familiar())
-                .collect();
+            let repo_tags: Vec<String> = names.iter().filter(|n| n.tag.is_some()).map(|n| n.familiar()).collect();
             let doc = serde_json::json!([{
                 "Config": format!("blobs/sha256/{}", m.config.digest.hex()),
                 "RepoTags": repo_tags,

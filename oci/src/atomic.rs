@@ -10,10 +10,7 @@ pub(crate) fn write_atomically(
     dest: &Path,
     fill: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<(), OciError>,
 ) -> Result<(), OciError> {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dest.with_file_name(format!(".{name}.rdock-tmp-{}", std::process::id()));
     let io = |e: std::io::Error| OciError::Io(dest.to_path_buf(), e);
     let result = (|| {

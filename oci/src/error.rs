@@ -49,9 +49,6 @@ pub enum OciError {
 
 impl OciError {
     pub(crate) fn json(what: impl Into<String>, source: serde_json::Error) -> OciError {
-        OciError::Json {
-            what: what.into(),
-            source,
-        }
+        OciError::Json { what: what.into(), source }
     }
 }

@@ -7,11 +7,7 @@ use rdock_snapshotter::{Mounted, Snapshotter, Store};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-fn with_view<T>(
-    store: &Store,
-    top: Option<&str>,
-    f: impl FnOnce(&Path) -> Result<T, OciError>,
-) -> Result<T, OciError> {
+fn with_view<T>(store: &Store, top: Option<&str>, f: impl FnOnce(&Path) -> Result<T, OciError>) -> Result<T, OciError> {
     let snaps = store.snapshots();
     let key = rdock_snapshotter::active_key("export");
     let mounts = snaps.view(&key, top)?;
@@ -42,13 +38,8 @@ pub fn export_tar(store: &Store, top: Option<&str>, dest: &Path) -> Result<(), O
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), OciError> {
     let mut dirs = Vec::new();
-    for e in walkdir::WalkDir::new(from)
-        .min_depth(1)
-        .follow_links(false)
-        .sort_by_file_name()
-    {
-        let e =
-            e.map_err(|e| OciError::Io(from.to_path_buf(), std::io::Error::other(e.to_string())))?;
+    for e in walkdir::WalkDir::new(from).min_depth(1).follow_links(false).sort_by_file_name() {
+        let e = e.map_err(|e| OciError::Io(from.to_path_buf(), std::io::Error::other(e.to_string())))?;
         let rel = e.path().strip_prefix(from).unwrap_or(e.path());
         let target = to.join(rel);
         let io = |err: std::io::Error| OciError::Io(target.clone(), err);
@@ -64,8 +55,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), OciError> {
                 std::fs::remove_file(&target).map_err(io)?;
             }
             if ft.is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(e.path()).map_err(io)?, &target)
-                    .map_err(io)?;
+                std::os::unix::fs::symlink(std::fs::read_link(e.path()).map_err(io)?, &target).map_err(io)?;
             } else if ft.is_file() {
                 std::fs::copy(e.path(), &target).map_err(io)?;
             } else {
@@ -80,10 +70,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), OciError> {
         }
         let _ = std::os::unix::fs::lchown(&target, Some(md.uid()), Some(md.gid()));
         if !ft.is_symlink() && !ft.is_dir() {
-            let _ = std::fs::set_permissions(
-                &target,
-                std::fs::Permissions::from_mode(md.mode() & 0o7777),
-            );
+            let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(md.mode() & 0o7777));
         }
         set_times(&target, &md);
     }
@@ -97,11 +84,5 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), OciError> {
 
 fn set_times(p: &Path, md: &std::fs::Metadata) {
     let t = nix::sys::time::TimeSpec::new(md.mtime(), md.mtime_nsec());
-    let _ = nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        p,
-        &t,
-        &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    );
+    let _ = nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, p, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink);
 }

@@ -2,9 +2,7 @@
 //! ID, and committing a snapshot chain plus a config as a new image.
 
 use crate::{ImageStore, OciError};
-use rdock_imagespec::{
-    Descriptor, Digest, ImageConfig, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Manifest,
-};
+use rdock_imagespec::{Descriptor, Digest, ImageConfig, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Manifest};
 use sha2::{Digest as _, Sha256};
 
 /// The snapshot name for the chain of `diff_ids` (OCI chain ID), shared by every image
@@ -22,20 +20,13 @@ pub fn chain_snapshot_name(diff_ids: &[Digest]) -> Option<String> {
 
 /// Makes sure every layer of the image with manifest `manifest` is unpacked; returns the
 /// top snapshot's name (None for an image without layers) and the config.
-pub fn ensure_unpacked(
-    images: &ImageStore,
-    manifest: &Digest,
-) -> Result<(Option<String>, ImageConfig), OciError> {
+pub fn ensure_unpacked(images: &ImageStore, manifest: &Digest) -> Result<(Option<String>, ImageConfig), OciError> {
     let m = images.manifest(manifest)?;
     let config = images.config(&m)?;
     if config.rootfs.diff_ids.len() != m.layers.len() {
         return Err(OciError::Inconsistent {
             image: manifest.to_string(),
-            reason: format!(
-                "{} layers but {} diff_ids in the config",
-                m.layers.len(),
-                config.rootfs.diff_ids.len()
-            ),
+            reason: format!("{} layers but {} diff_ids in the config", m.layers.len(), config.rootfs.diff_ids.len()),
         });
     }
     let snaps = images.store().snapshots();
@@ -43,8 +34,7 @@ pub fn ensure_unpacked(
     for (i, layer) in m.layers.iter().enumerate() {
         let name = chain_snapshot_name(&config.rootfs.diff_ids[..=i]).unwrap_or_default();
         if !snaps.exists(&name)? {
-            let info =
-                snaps.import_layer(&name, parent.as_deref(), &layer.digest, &layer.media_type)?;
+            let info = snaps.import_layer(&name, parent.as_deref(), &layer.digest, &layer.media_type)?;
             if info.diff_id != config.rootfs.diff_ids[i] {
                 let _ = rdock_snapshotter::Snapshotter::remove(snaps.as_ref(), &name);
                 return Err(OciError::Inconsistent {
@@ -76,12 +66,7 @@ pub struct CommittedImage {
 
 /// Writes the image made of the snapshot chain ending at `top` with `config`: fills in
 /// the layers' diff IDs and any missing creation times (`created`, RFC 3339).
-pub fn commit_image(
-    images: &ImageStore,
-    top: Option<&str>,
-    mut config: ImageConfig,
-    created: &str,
-) -> Result<CommittedImage, OciError> {
+pub fn commit_image(images: &ImageStore, top: Option<&str>, mut config: ImageConfig, created: &str) -> Result<CommittedImage, OciError> {
     let snaps = images.store().snapshots();
     let layers = match top {
         Some(t) => snaps.chain_layers(t)?,
@@ -100,10 +85,7 @@ pub fn commit_image(
     if !config.history.is_empty() && non_empty != layers.len() {
         return Err(OciError::Inconsistent {
             image: top.unwrap_or("scratch").to_string(),
-            reason: format!(
-                "{} layers but {non_empty} history entries with a layer",
-                layers.len()
-            ),
+            reason: format!("{} layers but {non_empty} history entries with a layer", layers.len()),
         });
     }
     let config_bytes = config.to_json();
@@ -112,23 +94,11 @@ pub fn commit_image(
     let manifest_doc = Manifest {
         schema_version: 2,
         media_type: Some(MEDIA_TYPE_OCI_MANIFEST.to_string()),
-        config: Descriptor::new(
-            MEDIA_TYPE_OCI_CONFIG,
-            config_digest.clone(),
-            config_bytes.len() as u64,
-        ),
-        layers: layers
-            .iter()
-            .map(|l| Descriptor::new(&l.media_type, l.blob.clone(), l.size))
-            .collect(),
+        config: Descriptor::new(MEDIA_TYPE_OCI_CONFIG, config_digest.clone(), config_bytes.len() as u64),
+        layers: layers.iter().map(|l| Descriptor::new(&l.media_type, l.blob.clone(), l.size)).collect(),
         annotations: Default::default(),
     };
     let manifest_bytes = manifest_doc.to_json();
     let manifest = content.put(&manifest_bytes)?;
-    Ok(CommittedImage {
-        manifest,
-        manifest_size: manifest_bytes.len() as u64,
-        config: config_digest,
-        manifest_doc,
-    })
+    Ok(CommittedImage { manifest, manifest_size: manifest_bytes.len() as u64, config: config_digest, manifest_doc })
 }

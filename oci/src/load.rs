@@ -5,8 +5,8 @@
 
 use crate::{ImageStore, OciError, ensure_unpacked};
 use rdock_imagespec::{
-    Descriptor, Digest, ImageRef, Index, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER,
-    MEDIA_TYPE_OCI_LAYER_GZIP, MEDIA_TYPE_OCI_MANIFEST, Manifest,
+    Descriptor, Digest, ImageRef, Index, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_LAYER_GZIP, MEDIA_TYPE_OCI_MANIFEST,
+    Manifest,
 };
 use std::collections::HashMap;
 use std::io::Read;
@@ -30,23 +30,15 @@ const SMALL: u64 = 64 << 20;
 
 /// Loads every image in the tarball at `path`.
 pub fn load_archive(images: &ImageStore, path: &Path) -> Result<Loaded, OciError> {
-    let bad = |reason: String| OciError::BadArchive {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| OciError::BadArchive { path: path.to_path_buf(), reason };
     let content = images.store().content();
     let file = std::fs::File::open(path).map_err(|e| OciError::Io(path.to_path_buf(), e))?;
     let mut buffered = std::io::BufReader::with_capacity(1 << 20, file);
     let gz = {
-        let head = std::io::BufRead::fill_buf(&mut buffered)
-            .map_err(|e| OciError::Io(path.to_path_buf(), e))?;
+        let head = std::io::BufRead::fill_buf(&mut buffered).map_err(|e| OciError::Io(path.to_path_buf(), e))?;
         head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b
     };
-    let reader: Box<dyn Read> = if gz {
-        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
-    } else {
-        Box::new(buffered)
-    };
+    let reader: Box<dyn Read> = if gz { Box::new(flate2::bufread::MultiGzDecoder::new(buffered)) } else { Box::new(buffered) };
     let mut archive = tar::Archive::new(reader);
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
     let mut blobs: HashMap<String, Digest> = HashMap::new();
@@ -55,15 +47,9 @@ pub fn load_archive(images: &ImageStore, path: &Path) -> Result<Loaded, OciError
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let p = entry
-            .path()
-            .map_err(|e| bad(e.to_string()))?
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
+        let p = entry.path().map_err(|e| bad(e.to_string()))?.to_string_lossy().trim_start_matches("./").to_string();
         if let Some(hex) = p.strip_prefix("blobs/sha256/") {
-            let expected =
-                Digest::parse(&format!("sha256:{hex}")).map_err(|e| bad(e.to_string()))?;
+            let expected = Digest::parse(&format!("sha256:{hex}")).map_err(|e| bad(e.to_string()))?;
             if !content.contains(&expected) {
                 content.put_reader(&mut entry, Some(&expected))?;
             }
@@ -73,9 +59,7 @@ pub fn load_archive(images: &ImageStore, path: &Path) -> Result<Loaded, OciError
                 return Err(bad(format!("{p} is implausibly large")));
             }
             let mut buf = Vec::new();
-            entry
-                .read_to_end(&mut buf)
-                .map_err(|e| bad(e.to_string()))?;
+            entry.read_to_end(&mut buf).map_err(|e| bad(e.to_string()))?;
             small.insert(p, buf);
         } else {
             let (d, _) = content.put_reader(&mut entry, None)?;
@@ -93,8 +77,8 @@ pub fn load_archive(images: &ImageStore, path: &Path) -> Result<Loaded, OciError
     };
     let mut loaded = Vec::new();
     if small.contains_key("manifest.json") {
-        let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&bytes_at("manifest.json")?)
-            .map_err(|e| OciError::json("manifest.json", e))?;
+        let entries: Vec<DockerManifestEntry> =
+            serde_json::from_slice(&bytes_at("manifest.json")?).map_err(|e| OciError::json("manifest.json", e))?;
         for e in entries {
             let config = bytes_at(&e.config)?;
             let config_digest = content.put(&config)?;
@@ -103,21 +87,13 @@ pub fn load_archive(images: &ImageStore, path: &Path) -> Result<Loaded, OciError
                 let d = match blobs.get(l) {
                     Some(d) => d.clone(),
                     None => {
-                        return Err(bad(format!(
-                            "layer {l} is referenced but not in the archive"
-                        )));
+                        return Err(bad(format!("layer {l} is referenced but not in the archive")));
                     }
                 };
                 let mut head = [0u8; 2];
                 let n = content.open(&d)?.read(&mut head).unwrap_or(0);
-                let media = if n == 2 && head == [0x1f, 0x8b] {
-                    MEDIA_TYPE_OCI_LAYER_GZIP
-                } else {
-                    MEDIA_TYPE_OCI_LAYER
-                };
-                let size = std::fs::metadata(content.path(&d))
-                    .map(|m| m.len())
-                    .unwrap_or(0);
+                let media = if n == 2 && head == [0x1f, 0x8b] { MEDIA_TYPE_OCI_LAYER_GZIP } else { MEDIA_TYPE_OCI_LAYER };
+                let size = std::fs::metadata(content.path(&d)).map(|m| m.len()).unwrap_or(0);
                 layers.push(Descriptor::new(media, d, size));
             }
             let m = Manifest {
@@ -140,19 +116,14 @@ pub fn load_archive(images: &ImageStore, path: &Path) -> Result<Loaded, OciError
             }
         }
     } else if small.contains_key("index.json") {
-        let index: Index = serde_json::from_slice(&bytes_at("index.json")?)
-            .map_err(|e| OciError::json("index.json", e))?;
+        let index: Index = serde_json::from_slice(&bytes_at("index.json")?).map_err(|e| OciError::json("index.json", e))?;
         for d in index.manifests {
             let md = resolve_manifest(images, &d)?;
             ensure_unpacked(images, &md)?;
             let name = d
                 .annotations
                 .get("io.containerd.image.name")
-                .or_else(|| {
-                    d.annotations
-                        .get("org.opencontainers.image.ref.name")
-                        .filter(|n| n.contains('/') || n.contains(':'))
-                })
+                .or_else(|| d.annotations.get("org.opencontainers.image.ref.name").filter(|n| n.contains('/') || n.contains(':')))
                 .map(|n| ImageRef::parse(n))
                 .transpose()?;
             if let Some(r) = &name {
@@ -170,22 +141,14 @@ pub fn load_archive(images: &ImageStore, path: &Path) -> Result<Loaded, OciError
 fn resolve_manifest(images: &ImageStore, d: &Descriptor) -> Result<Digest, OciError> {
     if d.media_type.contains("index") || d.media_type.contains("manifest.list") {
         let bytes = images.store().content().read(&d.digest)?;
-        let idx: Index = serde_json::from_slice(&bytes)
-            .map_err(|e| OciError::json(format!("index {}", d.digest), e))?;
+        let idx: Index = serde_json::from_slice(&bytes).map_err(|e| OciError::json(format!("index {}", d.digest), e))?;
         let arch = crate_arch();
         let pick = idx
             .manifests
             .iter()
-            .find(|m| {
-                m.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-            })
+            .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
             .or_else(|| idx.manifests.first())
-            .ok_or_else(|| OciError::Inconsistent {
-                image: d.digest.to_string(),
-                reason: "empty index".into(),
-            })?;
+            .ok_or_else(|| OciError::Inconsistent { image: d.digest.to_string(), reason: "empty index".into() })?;
         return resolve_manifest(images, pick);
     }
     Ok(d.digest.clone())

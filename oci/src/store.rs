@@ -25,9 +25,10 @@ pub struct ImageStore {
 impl ImageStore {
     /// The image store of `store`, creating its table on first use.
     pub fn new(store: Store) -> ImageStore {
-        let _ = store.db().conn().execute_batch(
-            "CREATE TABLE IF NOT EXISTS images (name TEXT PRIMARY KEY, manifest TEXT NOT NULL, created INTEGER NOT NULL);",
-        );
+        let _ = store
+            .db()
+            .conn()
+            .execute_batch("CREATE TABLE IF NOT EXISTS images (name TEXT PRIMARY KEY, manifest TEXT NOT NULL, created INTEGER NOT NULL);");
         ImageStore { store }
     }
 
@@ -38,10 +39,7 @@ impl ImageStore {
 
     /// Points `name` at `manifest`.
     pub fn tag(&self, name: &ImageRef, manifest: &Digest) -> Result<(), OciError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         self.store.db().conn().execute(
             "INSERT OR REPLACE INTO images (name, manifest, created) VALUES (?1, ?2, ?3)",
             params![name.to_string(), manifest.as_str(), now],
@@ -60,11 +58,7 @@ impl ImageStore {
             .store
             .db()
             .conn()
-            .query_row(
-                "SELECT manifest FROM images WHERE name = ?1",
-                params![name.to_string()],
-                |r| r.get(0),
-            )
+            .query_row("SELECT manifest FROM images WHERE name = ?1", params![name.to_string()], |r| r.get(0))
             .optional()?;
         Ok(row.and_then(|s| Digest::parse(&s).ok()))
     }
@@ -91,22 +85,12 @@ impl ImageStore {
     pub fn list(&self) -> Result<Vec<ImageRecord>, OciError> {
         let conn = self.store.db().conn();
         let mut stmt = conn.prepare("SELECT name, manifest, created FROM images ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (name, m, created) = row?;
             if let Ok(manifest) = Digest::parse(&m) {
-                out.push(ImageRecord {
-                    name,
-                    manifest,
-                    created,
-                });
+                out.push(ImageRecord { name, manifest, created });
             }
         }
         Ok(out)
@@ -114,10 +98,7 @@ impl ImageStore {
 
     /// Removes a name; returns false if it did not exist.
     pub fn untag(&self, name: &ImageRef) -> Result<bool, OciError> {
-        let n = self.store.db().conn().execute(
-            "DELETE FROM images WHERE name = ?1",
-            params![name.to_string()],
-        )?;
+        let n = self.store.db().conn().execute("DELETE FROM images WHERE name = ?1", params![name.to_string()])?;
         Ok(n > 0)
     }
 
@@ -130,7 +111,6 @@ impl ImageStore {
     /// Reads and verifies an image config.
     pub fn config(&self, m: &Manifest) -> Result<ImageConfig, OciError> {
         let bytes = self.store.content().read(&m.config.digest)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| OciError::json(format!("config {}", m.config.digest), e))
+        serde_json::from_slice(&bytes).map_err(|e| OciError::json(format!("config {}", m.config.digest), e))
     }
 }

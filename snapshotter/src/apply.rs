@@ -29,9 +29,7 @@ fn safe_relative(p: &Path) -> Result<PathBuf, SnapshotError> {
             Component::Normal(n) => out.push(n),
             Component::CurDir | Component::RootDir => {}
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(SnapshotError::PathEscape {
-                    entry: p.display().to_string(),
-                });
+                return Err(SnapshotError::PathEscape { entry: p.display().to_string() });
             }
         }
     }
@@ -41,14 +39,8 @@ fn safe_relative(p: &Path) -> Result<PathBuf, SnapshotError> {
 /// Applies the uncompressed tar stream `layer` into `dest`, returning the stream's sha256
 /// (the layer's diff ID). `what` names the layer in errors.
 pub fn apply_layer(layer: &mut dyn Read, dest: &Path, what: &str) -> Result<Digest, SnapshotError> {
-    let broken = |reason: String| SnapshotError::BrokenLayer {
-        what: what.to_string(),
-        reason,
-    };
-    let mut reader = HashingReader {
-        inner: layer,
-        hasher: Sha256::new(),
-    };
+    let broken = |reason: String| SnapshotError::BrokenLayer { what: what.to_string(), reason };
+    let mut reader = HashingReader { inner: layer, hasher: Sha256::new() };
     let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut reader);
@@ -60,18 +52,12 @@ pub fn apply_layer(layer: &mut dyn Read, dest: &Path, what: &str) -> Result<Dige
         let entries = archive.entries().map_err(|e| broken(e.to_string()))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| broken(e.to_string()))?;
-            let raw = entry
-                .path()
-                .map_err(|e| broken(e.to_string()))?
-                .into_owned();
+            let raw = entry.path().map_err(|e| broken(e.to_string()))?.into_owned();
             let rel = safe_relative(&raw)?;
             if rel.as_os_str().is_empty() {
                 continue;
             }
-            let name = rel
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
             if name == OPAQUE_MARKER {
                 let dir = dest.join(&parent);
@@ -95,13 +81,9 @@ pub fn apply_layer(layer: &mut dyn Read, dest: &Path, what: &str) -> Result<Dige
             }
             let is_dir = entry.header().entry_type().is_dir();
             let mtime = entry.header().mtime().unwrap_or(0) as i64;
-            let unpacked = entry
-                .unpack_in(dest)
-                .map_err(|e| broken(format!("{}: {e}", raw.display())))?;
+            let unpacked = entry.unpack_in(dest).map_err(|e| broken(format!("{}: {e}", raw.display())))?;
             if !unpacked {
-                return Err(SnapshotError::PathEscape {
-                    entry: raw.display().to_string(),
-                });
+                return Err(SnapshotError::PathEscape { entry: raw.display().to_string() });
             }
             if is_dir {
                 dir_times.push((dest.join(&rel), mtime));
@@ -113,13 +95,7 @@ pub fn apply_layer(layer: &mut dyn Read, dest: &Path, what: &str) -> Result<Dige
     // Files created inside a directory changed its mtime after its own entry was applied.
     for (dir, mtime) in dir_times.iter().rev() {
         let t = nix::sys::time::TimeSpec::new(*mtime, 0);
-        let _ = nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
-            dir.as_path(),
-            &t,
-            &t,
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        );
+        let _ = nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, dir.as_path(), &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink);
     }
     Ok(Digest::from_sha256(reader.hasher.finalize().into()))
 }

@@ -29,9 +29,7 @@ pub struct BlobWriter {
 impl ContentStore {
     /// The store rooted at `root` (blobs in `root/blobs/sha256`, temp files in `root/tmp`).
     pub fn new(root: &Path) -> ContentStore {
-        ContentStore {
-            root: root.to_path_buf(),
-        }
+        ContentStore { root: root.to_path_buf() }
     }
 
     /// Where a blob lives (it may not exist).
@@ -55,9 +53,7 @@ impl ContentStore {
     /// Reads a whole (small) blob, verifying its digest.
     pub fn read(&self, d: &Digest) -> Result<Vec<u8>, SnapshotError> {
         let mut buf = Vec::new();
-        self.open(d)?
-            .read_to_end(&mut buf)
-            .map_err(|e| SnapshotError::io(self.path(d), e))?;
+        self.open(d)?.read_to_end(&mut buf).map_err(|e| SnapshotError::io(self.path(d), e))?;
         let actual = Digest::of(&buf);
         if &actual != d {
             return Err(SnapshotError::DigestMismatch {
@@ -76,8 +72,7 @@ impl ContentStore {
             return Ok(d);
         }
         let mut w = self.writer()?;
-        w.write_all(bytes)
-            .map_err(|e| SnapshotError::io(&w.tmp, e))?;
+        w.write_all(bytes).map_err(|e| SnapshotError::io(&w.tmp, e))?;
         w.commit(Some(&d))?;
         Ok(d)
     }
@@ -85,10 +80,7 @@ impl ContentStore {
     /// Starts writing a blob of unknown digest.
     pub fn writer(&self) -> Result<BlobWriter, SnapshotError> {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("blob-{}-{n}", std::process::id()));
+        let tmp = self.root.join("tmp").join(format!("blob-{}-{n}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| SnapshotError::io(&tmp, e))?;
         Ok(BlobWriter {
             file: std::io::BufWriter::with_capacity(256 * 1024, file),
@@ -100,11 +92,7 @@ impl ContentStore {
     }
 
     /// Copies a stream into the store, verifying it against `expected` if given.
-    pub fn put_reader(
-        &self,
-        r: &mut dyn Read,
-        expected: Option<&Digest>,
-    ) -> Result<(Digest, u64), SnapshotError> {
+    pub fn put_reader(&self, r: &mut dyn Read, expected: Option<&Digest>) -> Result<(Digest, u64), SnapshotError> {
         let mut w = self.writer()?;
         std::io::copy(r, &mut w).map_err(|e| SnapshotError::io(&w.tmp, e))?;
         w.commit(expected)
@@ -128,19 +116,13 @@ impl BlobWriter {
     /// Finishes: verifies against `expected` and renames into place. On mismatch the temp
     /// file is removed and nothing enters the store.
     pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64), SnapshotError> {
-        self.file
-            .flush()
-            .map_err(|e| SnapshotError::io(&self.tmp, e))?;
+        self.file.flush().map_err(|e| SnapshotError::io(&self.tmp, e))?;
         let d = Digest::from_sha256(self.hasher.finalize_reset().into());
         if let Some(e) = expected
             && e != &d
         {
             let _ = std::fs::remove_file(&self.tmp);
-            return Err(SnapshotError::DigestMismatch {
-                what: "blob".into(),
-                expected: e.to_string(),
-                actual: d.to_string(),
-            });
+            return Err(SnapshotError::DigestMismatch { what: "blob".into(), expected: e.to_string(), actual: d.to_string() });
         }
         let dest = self.blobs.join(d.hex());
         std::fs::rename(&self.tmp, &dest).map_err(|e| SnapshotError::io(&dest, e))?;
@@ -168,16 +150,8 @@ mod tests {
         let wrong = Digest::of(b"something else");
         let err = cs.put_reader(&mut &b"hello"[..], Some(&wrong)).unwrap_err();
         assert!(matches!(err, SnapshotError::DigestMismatch { .. }));
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("blobs/sha256"))
-                .unwrap()
-                .count(),
-            0
-        );
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         let d = cs.put(b"hello").unwrap();
         assert_eq!(cs.read(&d).unwrap(), b"hello");
     }
@@ -190,9 +164,6 @@ mod tests {
         let cs = ContentStore::new(dir.path());
         let d = cs.put(b"hello").unwrap();
         std::fs::write(cs.path(&d), b"hellO").unwrap();
-        assert!(matches!(
-            cs.read(&d),
-            Err(SnapshotError::DigestMismatch { .. })
-        ));
+        assert!(matches!(cs.read(&d), Err(SnapshotError::DigestMismatch { .. })));
     }
 }

@@ -50,26 +50,16 @@ impl<W: Write> Write for Tee<W> {
 pub fn write_layer(upper: &Path, content: &ContentStore) -> Result<LayerBlob, SnapshotError> {
     let blob: BlobWriter = content.writer()?;
     let gz = GzEncoder::new(blob, Compression::new(GZIP_LEVEL));
-    let tee = Tee {
-        inner: gz,
-        hasher: Sha256::new(),
-    };
+    let tee = Tee { inner: gz, hasher: Sha256::new() };
     let mut tar = tar::Builder::new(tee);
     tar.mode(tar::HeaderMode::Complete);
     tar.follow_symlinks(false);
     append_tree(&mut tar, upper)?;
     let tee = tar.into_inner().map_err(|e| SnapshotError::io(upper, e))?;
     let diff_id = Digest::from_sha256(tee.hasher.finalize().into());
-    let blob = tee
-        .inner
-        .finish()
-        .map_err(|e| SnapshotError::io(upper, e))?;
+    let blob = tee.inner.finish().map_err(|e| SnapshotError::io(upper, e))?;
     let (digest, size) = blob.commit(None)?;
-    Ok(LayerBlob {
-        diff_id,
-        blob: digest,
-        size,
-    })
+    Ok(LayerBlob { diff_id, blob: digest, size })
 }
 
 /// Writes the tree under `root` (not `root` itself) as an uncompressed tar stream, with
@@ -96,27 +86,16 @@ fn header_for(md: &std::fs::Metadata, kind: tar::EntryType) -> tar::Header {
 /// Appends every entry under `root` (not `root` itself).
 fn append_tree<W: Write>(tar: &mut tar::Builder<W>, root: &Path) -> Result<(), SnapshotError> {
     let mut links: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
-    let walker = walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .follow_links(false)
-        .sort_by(|a, b| a.file_name().cmp(b.file_name()));
+    let walker = walkdir::WalkDir::new(root).min_depth(1).follow_links(false).sort_by(|a, b| a.file_name().cmp(b.file_name()));
     for entry in walker {
-        let entry =
-            entry.map_err(|e| SnapshotError::io(root, std::io::Error::other(e.to_string())))?;
+        let entry = entry.map_err(|e| SnapshotError::io(root, std::io::Error::other(e.to_string())))?;
         let path = entry.path();
         let rel = path.strip_prefix(root).unwrap_or(path);
-        let md = entry
-            .metadata()
-            .map_err(|e| SnapshotError::io(path, std::io::Error::other(e.to_string())))?;
+        let md = entry.metadata().map_err(|e| SnapshotError::io(path, std::io::Error::other(e.to_string())))?;
         let io = |e: std::io::Error| SnapshotError::io(path, e);
         let ft = md.file_type();
         if is_overlay_whiteout(&md) {
-            let name = format!(
-                "{WHITEOUT_PREFIX}{}",
-                rel.file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default()
-            );
+            let name = format!("{WHITEOUT_PREFIX}{}", rel.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
             let wh = rel.with_file_name(name);
             let mut h = header_for(&md, tar::EntryType::Regular);
             h.set_mode(0o644);
@@ -127,13 +106,11 @@ fn append_tree<W: Write>(tar: &mut tar::Builder<W>, root: &Path) -> Result<(), S
             let mut h = header_for(&md, tar::EntryType::Directory);
             let mut name = rel.as_os_str().to_owned();
             name.push("/");
-            tar.append_data(&mut h, Path::new(&name), std::io::empty())
-                .map_err(io)?;
+            tar.append_data(&mut h, Path::new(&name), std::io::empty()).map_err(io)?;
             if is_opaque(path) {
                 let mut h = header_for(&md, tar::EntryType::Regular);
                 h.set_mode(0o644);
-                tar.append_data(&mut h, rel.join(OPAQUE_MARKER), std::io::empty())
-                    .map_err(io)?;
+                tar.append_data(&mut h, rel.join(OPAQUE_MARKER), std::io::empty()).map_err(io)?;
             }
         } else if ft.is_file() {
             if md.nlink() > 1 {
@@ -154,17 +131,11 @@ fn append_tree<W: Write>(tar: &mut tar::Builder<W>, root: &Path) -> Result<(), S
             let mut h = header_for(&md, tar::EntryType::Symlink);
             tar.append_link(&mut h, rel, &target).map_err(io)?;
         } else if ft.is_char_device() || ft.is_block_device() {
-            let kind = if ft.is_char_device() {
-                tar::EntryType::Char
-            } else {
-                tar::EntryType::Block
-            };
+            let kind = if ft.is_char_device() { tar::EntryType::Char } else { tar::EntryType::Block };
             let mut h = header_for(&md, kind);
             let rdev = md.rdev();
-            h.set_device_major(nix::sys::stat::major(rdev) as u32)
-                .map_err(io)?;
-            h.set_device_minor(nix::sys::stat::minor(rdev) as u32)
-                .map_err(io)?;
+            h.set_device_major(nix::sys::stat::major(rdev) as u32).map_err(io)?;
+            h.set_device_minor(nix::sys::stat::minor(rdev) as u32).map_err(io)?;
             tar.append_data(&mut h, rel, std::io::empty()).map_err(io)?;
         } else if ft.is_fifo() {
             let mut h = header_for(&md, tar::EntryType::Fifo);

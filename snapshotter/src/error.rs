@@ -74,9 +74,7 @@ pub enum SnapshotError {
         errno: nix::Error,
     },
     /// Too many layers for one overlay mount's option string.
-    #[error(
-        "overlay mount option string for {key:?} is {len} bytes, more than the kernel's page limit; squash some layers"
-    )]
+    #[error("overlay mount option string for {key:?} is {len} bytes, more than the kernel's page limit; squash some layers")]
     TooManyLayers {
         /// The snapshot.
         key: String,
@@ -88,9 +86,6 @@ pub enum SnapshotError {
 impl SnapshotError {
     /// An I/O error at `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> SnapshotError {
-        SnapshotError::Io {
-            path: path.into(),
-            source,
-        }
+        SnapshotError::Io { path: path.into(), source }
     }
 }

@@ -79,19 +79,13 @@ impl Store {
     /// process left: its temporary files and its active snapshots.
     pub fn open(root: &Path) -> Result<Store, SnapshotError> {
         for d in ["blobs/sha256", "snapshots", "tmp"] {
-            std::fs::create_dir_all(root.join(d))
-                .map_err(|e| SnapshotError::io(root.join(d), e))?;
+            std::fs::create_dir_all(root.join(d)).map_err(|e| SnapshotError::io(root.join(d), e))?;
         }
         let db = Arc::new(Db::open(&root.join("metadata.db"))?);
         let content = ContentStore::new(root);
         let snapshots = Arc::new(OverlaySnapshotter::new(root, db.clone(), content.clone())?);
         snapshots.clean_abandoned()?;
-        Ok(Store {
-            root: root.to_path_buf(),
-            db,
-            content,
-            snapshots,
-        })
+        Ok(Store { root: root.to_path_buf(), db, content, snapshots })
     }
 
     /// The root directory.

@@ -37,19 +37,12 @@ impl MountSpec {
         let lowers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
         let mut opts = format!("lowerdir={}", lowers.join(":"));
         if let (Some(u), Some(w)) = (upper, work) {
-            opts.push_str(&format!(
-                ",upperdir={},workdir={}",
-                u.display(),
-                w.display()
-            ));
+            opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
         }
         // index=off and metacopy=off keep upper dirs plain, portable layer diffs.
         opts.push_str(",index=off,metacopy=off");
         if opts.len() >= PAGE {
-            return Err(SnapshotError::TooManyLayers {
-                key: key.to_string(),
-                len: opts.len(),
-            });
+            return Err(SnapshotError::TooManyLayers { key: key.to_string(), len: opts.len() });
         }
         Ok(Some(opts))
     }
@@ -58,48 +51,17 @@ impl MountSpec {
     pub fn mount_at(&self, target: &Path) -> Result<(), SnapshotError> {
         match self {
             MountSpec::Overlay { .. } => {
-                let opts = self
-                    .overlay_options(&target.display().to_string())?
-                    .unwrap_or_default();
-                mount(
-                    Some("overlay"),
-                    target,
-                    Some("overlay"),
-                    MsFlags::empty(),
-                    Some(opts.as_str()),
-                )
-                .map_err(|errno| SnapshotError::Mount {
-                    what: format!("overlay ({opts})"),
-                    target: target.to_path_buf(),
-                    errno,
-                })
+                let opts = self.overlay_options(&target.display().to_string())?.unwrap_or_default();
+                mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+                    .map_err(|errno| SnapshotError::Mount { what: format!("overlay ({opts})"), target: target.to_path_buf(), errno })
             }
             MountSpec::Bind { source, readonly } => {
-                mount(
-                    Some(source.as_path()),
-                    target,
-                    None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None::<&str>,
-                )
-                .map_err(|errno| SnapshotError::Mount {
-                    what: format!("bind {}", source.display()),
-                    target: target.to_path_buf(),
-                    errno,
+                mount(Some(source.as_path()), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(|errno| {
+                    SnapshotError::Mount { what: format!("bind {}", source.display()), target: target.to_path_buf(), errno }
                 })?;
                 if *readonly {
-                    mount(
-                        None::<&str>,
-                        target,
-                        None::<&str>,
-                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                        None::<&str>,
-                    )
-                    .map_err(|errno| SnapshotError::Mount {
-                        what: "read-only remount".into(),
-                        target: target.to_path_buf(),
-                        errno,
-                    })?;
+                    mount(None::<&str>, target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+                        .map_err(|errno| SnapshotError::Mount { what: "read-only remount".into(), target: target.to_path_buf(), errno })?;
                 }
                 Ok(())
             }
@@ -122,10 +84,7 @@ impl Mounted {
             let _ = std::fs::remove_dir(&target);
             return Err(e);
         }
-        Ok(Mounted {
-            target,
-            remove_dir: true,
-        })
+        Ok(Mounted { target, remove_dir: true })
     }
 
     /// Where it is mounted.

@@ -85,27 +85,15 @@ pub struct OverlaySnapshotter {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 impl OverlaySnapshotter {
     /// The snapshotter for a store root; `Store::open` makes one.
-    pub fn new(
-        root: &Path,
-        db: Arc<Db>,
-        content: ContentStore,
-    ) -> Result<OverlaySnapshotter, SnapshotError> {
+    pub fn new(root: &Path, db: Arc<Db>, content: ContentStore) -> Result<OverlaySnapshotter, SnapshotError> {
         let empty = root.join("snapshots/empty");
         std::fs::create_dir_all(&empty).map_err(|e| SnapshotError::io(&empty, e))?;
-        Ok(OverlaySnapshotter {
-            root: root.to_path_buf(),
-            db,
-            content,
-            empty,
-        })
+        Ok(OverlaySnapshotter { root: root.to_path_buf(), db, content, empty })
     }
 
     /// An empty directory, the root of scratch.
@@ -123,8 +111,7 @@ impl OverlaySnapshotter {
     }
 
     fn info(&self, key: &str) -> Result<Info, SnapshotError> {
-        self.find(key)?
-            .ok_or_else(|| SnapshotError::NotFound(key.to_string()))
+        self.find(key)?.ok_or_else(|| SnapshotError::NotFound(key.to_string()))
     }
 
     fn find(&self, key: &str) -> Result<Option<Info>, SnapshotError> {
@@ -157,12 +144,7 @@ impl OverlaySnapshotter {
              SELECT c.id, c.key, p.key, c.kind FROM c LEFT JOIN snapshots p ON c.parent = p.id ORDER BY c.depth",
         )?;
         let rows = stmt.query_map(params![name], |r| {
-            Ok(Info {
-                id: r.get(0)?,
-                key: r.get(1)?,
-                parent: r.get(2)?,
-                kind: Kind::parse(&r.get::<_, String>(3)?),
-            })
+            Ok(Info { id: r.get(0)?, key: r.get(1)?, parent: r.get(2)?, kind: Kind::parse(&r.get::<_, String>(3)?) })
         })?;
         let out = rows.collect::<Result<Vec<_>, _>>()?;
         if out.is_empty() {
@@ -174,37 +156,22 @@ impl OverlaySnapshotter {
     /// The directories of `name`'s chain, top first: what an overlay of it stacks, and
     /// what [`Layers`] looks paths up in.
     pub fn layer_dirs(&self, name: Option<&str>) -> Result<Layers, SnapshotError> {
-        Ok(Layers {
-            dirs: self.lowers(name)?,
-        })
+        Ok(Layers { dirs: self.lowers(name)? })
     }
 
     fn lowers(&self, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
         match parent {
             None => Ok(Vec::new()),
-            Some(p) => Ok(self
-                .chain(p)?
-                .iter()
-                .map(|i| self.dir(i.id).join("fs"))
-                .collect()),
+            Some(p) => Ok(self.chain(p)?.iter().map(|i| self.dir(i.id).join("fs")).collect()),
         }
     }
 
-    fn create(
-        &self,
-        key: &str,
-        parent: Option<&str>,
-        kind: Kind,
-    ) -> Result<Vec<MountSpec>, SnapshotError> {
+    fn create(&self, key: &str, parent: Option<&str>, kind: Kind) -> Result<Vec<MountSpec>, SnapshotError> {
         let parent_id = match parent {
             Some(p) => {
                 let i = self.info(p)?;
                 if i.kind != Kind::Committed {
-                    return Err(SnapshotError::WrongKind {
-                        key: p.to_string(),
-                        actual: i.kind.as_str(),
-                        expected: "committed",
-                    });
+                    return Err(SnapshotError::WrongKind { key: p.to_string(), actual: i.kind.as_str(), expected: "committed" });
                 }
                 Some(i.id)
             }
@@ -217,9 +184,7 @@ impl OverlaySnapshotter {
                 params![key, parent_id, kind.as_str(), now()],
             );
             match r {
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
                     return Err(SnapshotError::Exists(key.to_string()));
                 }
                 r => r?,
@@ -227,18 +192,10 @@ impl OverlaySnapshotter {
             conn.last_insert_rowid()
         };
         let dir = self.dir(id);
-        let made = std::fs::create_dir_all(dir.join("fs")).and_then(|_| {
-            if kind == Kind::Active {
-                std::fs::create_dir_all(dir.join("work"))
-            } else {
-                Ok(())
-            }
-        });
+        let made = std::fs::create_dir_all(dir.join("fs"))
+            .and_then(|_| if kind == Kind::Active { std::fs::create_dir_all(dir.join("work")) } else { Ok(()) });
         if let Err(e) = made {
-            let _ = self
-                .db
-                .conn()
-                .execute("DELETE FROM snapshots WHERE id = ?1", params![id]);
+            let _ = self.db.conn().execute("DELETE FROM snapshots WHERE id = ?1", params![id]);
             return Err(SnapshotError::io(dir, e));
         }
         self.mounts(key)
@@ -250,9 +207,7 @@ impl OverlaySnapshotter {
         let stale: Vec<String> = {
             let conn = self.db.conn();
             let mut stmt = conn.prepare("SELECT key FROM snapshots WHERE kind != 'committed'")?;
-            let keys = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
+            let keys = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
             keys.into_iter().filter(|k| !owner_alive(k)).collect()
         };
         for k in stale {
@@ -285,11 +240,7 @@ impl OverlaySnapshotter {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if !owner_alive(&name) {
                     let p = e.path();
-                    let _ = if p.is_dir() {
-                        std::fs::remove_dir_all(&p)
-                    } else {
-                        std::fs::remove_file(&p)
-                    };
+                    let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
                 }
             }
         }
@@ -300,11 +251,7 @@ impl OverlaySnapshotter {
     pub fn layer(&self, name: &str) -> Result<LayerInfo, SnapshotError> {
         let info = self.info(name)?;
         if info.kind != Kind::Committed {
-            return Err(SnapshotError::WrongKind {
-                key: name.to_string(),
-                actual: info.kind.as_str(),
-                expected: "committed",
-            });
+            return Err(SnapshotError::WrongKind { key: name.to_string(), actual: info.kind.as_str(), expected: "committed" });
         }
         if let Some(l) = self.recorded_layer(info.id)?
             && self.content.contains(&l.blob)
@@ -312,12 +259,7 @@ impl OverlaySnapshotter {
             return Ok(l);
         }
         let blob = write_layer(&self.dir(info.id).join("fs"), &self.content)?;
-        let l = LayerInfo {
-            diff_id: blob.diff_id,
-            blob: blob.blob,
-            size: blob.size,
-            media_type: MEDIA_TYPE_OCI_LAYER_GZIP.to_string(),
-        };
+        let l = LayerInfo { diff_id: blob.diff_id, blob: blob.blob, size: blob.size, media_type: MEDIA_TYPE_OCI_LAYER_GZIP.to_string() };
         self.record_layer(info.id, &l)?;
         Ok(l)
     }
@@ -325,26 +267,12 @@ impl OverlaySnapshotter {
     fn recorded_layer(&self, id: i64) -> Result<Option<LayerInfo>, SnapshotError> {
         let conn = self.db.conn();
         let row = conn
-            .query_row(
-                "SELECT diff_id, blob, size, media_type FROM layers WHERE snapshot = ?1",
-                params![id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                },
-            )
+            .query_row("SELECT diff_id, blob, size, media_type FROM layers WHERE snapshot = ?1", params![id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+            })
             .optional()?;
         Ok(row.and_then(|(d, b, s, m)| {
-            Some(LayerInfo {
-                diff_id: Digest::parse(&d).ok()?,
-                blob: Digest::parse(&b).ok()?,
-                size: s as u64,
-                media_type: m,
-            })
+            Some(LayerInfo { diff_id: Digest::parse(&d).ok()?, blob: Digest::parse(&b).ok()?, size: s as u64, media_type: m })
         }))
     }
 
@@ -365,13 +293,7 @@ impl OverlaySnapshotter {
 
     /// Unpacks a layer blob from the content store into a new committed snapshot `name`
     /// on top of `parent`, recording the blob as its layer. Nothing is left behind on error.
-    pub fn import_layer(
-        &self,
-        name: &str,
-        parent: Option<&str>,
-        blob: &Digest,
-        media_type: &str,
-    ) -> Result<LayerInfo, SnapshotError> {
+    pub fn import_layer(&self, name: &str, parent: Option<&str>, blob: &Digest, media_type: &str) -> Result<LayerInfo, SnapshotError> {
         if self.exists(name)? {
             return self.layer(name);
         }
@@ -381,23 +303,15 @@ impl OverlaySnapshotter {
             let fs = self.fs_dir(&key)?;
             let file = self.content.open(blob)?;
             let mut buffered = std::io::BufReader::with_capacity(256 * 1024, file);
-            let gz = is_gzip(&mut buffered)
-                .map_err(|e| SnapshotError::io(self.content.path(blob), e))?;
+            let gz = is_gzip(&mut buffered).map_err(|e| SnapshotError::io(self.content.path(blob), e))?;
             let diff_id = if gz {
                 let mut r = flate2::bufread::MultiGzDecoder::new(buffered);
                 crate::apply_layer(&mut r, &fs, blob.as_str())?
             } else {
                 crate::apply_layer(&mut buffered, &fs, blob.as_str())?
             };
-            let size = std::fs::metadata(self.content.path(blob))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            Ok(LayerInfo {
-                diff_id,
-                blob: blob.clone(),
-                size,
-                media_type: media_type.to_string(),
-            })
+            let size = std::fs::metadata(self.content.path(blob)).map(|m| m.len()).unwrap_or(0);
+            Ok(LayerInfo { diff_id, blob: blob.clone(), size, media_type: media_type.to_string() })
         })();
         match result {
             Ok(l) => {
@@ -469,9 +383,7 @@ impl Layers {
     /// A regular file's contents (None if absent, whited out or not a regular file).
     pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
         match self.find(path) {
-            Some((p, md)) if md.is_file() => std::fs::read(&p)
-                .map(Some)
-                .map_err(|e| SnapshotError::io(&p, e)),
+            Some((p, md)) if md.is_file() => std::fs::read(&p).map(Some).map_err(|e| SnapshotError::io(&p, e)),
             _ => Ok(None),
         }
     }
@@ -511,20 +423,10 @@ impl Snapshotter for OverlaySnapshotter {
         let info = self.info(key)?;
         let own = self.dir(info.id);
         let readonly = |mut lower: Vec<PathBuf>| match lower.len() {
-            0 => MountSpec::Bind {
-                source: self.empty.clone(),
-                readonly: true,
-            },
-            1 => MountSpec::Bind {
-                source: lower.remove(0),
-                readonly: true,
-            },
+            0 => MountSpec::Bind { source: self.empty.clone(), readonly: true },
+            1 => MountSpec::Bind { source: lower.remove(0), readonly: true },
             // overlay needs at least two lower dirs when it has no upper.
-            _ => MountSpec::Overlay {
-                lower,
-                upper: None,
-                work: None,
-            },
+            _ => MountSpec::Overlay { lower, upper: None, work: None },
         };
         let spec = match info.kind {
             Kind::Active => {
@@ -532,11 +434,7 @@ impl Snapshotter for OverlaySnapshotter {
                 if lower.is_empty() {
                     lower.push(self.empty.clone());
                 }
-                MountSpec::Overlay {
-                    lower,
-                    upper: Some(own.join("fs")),
-                    work: Some(own.join("work")),
-                }
+                MountSpec::Overlay { lower, upper: Some(own.join("fs")), work: Some(own.join("work")) }
             }
             Kind::View => readonly(self.lowers(info.parent.as_deref())?),
             Kind::Committed => readonly(self.lowers(Some(key))?),
@@ -547,20 +445,11 @@ impl Snapshotter for OverlaySnapshotter {
     fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError> {
         let info = self.info(key)?;
         if info.kind != Kind::Active {
-            return Err(SnapshotError::WrongKind {
-                key: key.to_string(),
-                actual: info.kind.as_str(),
-                expected: "active",
-            });
+            return Err(SnapshotError::WrongKind { key: key.to_string(), actual: info.kind.as_str(), expected: "active" });
         }
-        let r = self.db.conn().execute(
-            "UPDATE snapshots SET key = ?1, kind = 'committed' WHERE id = ?2",
-            params![name, info.id],
-        );
+        let r = self.db.conn().execute("UPDATE snapshots SET key = ?1, kind = 'committed' WHERE id = ?2", params![name, info.id]);
         match r {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
                 return Err(SnapshotError::Exists(name.to_string()));
             }
             r => r?,
@@ -574,11 +463,7 @@ impl Snapshotter for OverlaySnapshotter {
         let info = self.info(key)?;
         {
             let conn = self.db.conn();
-            let children: i64 = conn.query_row(
-                "SELECT COUNT(*) FROM snapshots WHERE parent = ?1",
-                params![info.id],
-                |r| r.get(0),
-            )?;
+            let children: i64 = conn.query_row("SELECT COUNT(*) FROM snapshots WHERE parent = ?1", params![info.id], |r| r.get(0))?;
             if children > 0 {
                 return Err(SnapshotError::InUse(key.to_string()));
             }
@@ -587,13 +472,7 @@ impl Snapshotter for OverlaySnapshotter {
         }
         let dir = self.dir(info.id);
         std::fs::remove_dir_all(&dir)
-            .or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
+            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
             .map_err(|e| SnapshotError::io(dir, e))
     }
 
@@ -604,11 +483,7 @@ impl Snapshotter for OverlaySnapshotter {
     fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
         let fs = self.fs_dir(key)?;
         let mut u = Usage::default();
-        for e in walkdir::WalkDir::new(&fs)
-            .min_depth(1)
-            .into_iter()
-            .flatten()
-        {
+        for e in walkdir::WalkDir::new(&fs).min_depth(1).into_iter().flatten() {
             u.inodes += 1;
             if let Ok(md) = e.metadata()
                 && md.is_file()
@@ -621,15 +496,10 @@ impl Snapshotter for OverlaySnapshotter {
 
     fn walk(&self) -> Result<Vec<Info>, SnapshotError> {
         let conn = self.db.conn();
-        let mut stmt = conn.prepare("SELECT s.id, s.key, p.key, s.kind FROM snapshots s LEFT JOIN snapshots p ON s.parent = p.id ORDER BY s.id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Info {
-                id: r.get(0)?,
-                key: r.get(1)?,
-                parent: r.get(2)?,
-                kind: Kind::parse(&r.get::<_, String>(3)?),
-            })
-        })?;
+        let mut stmt =
+            conn.prepare("SELECT s.id, s.key, p.key, s.kind FROM snapshots s LEFT JOIN snapshots p ON s.parent = p.id ORDER BY s.id")?;
+        let rows = stmt
+            .query_map([], |r| Ok(Info { id: r.get(0)?, key: r.get(1)?, parent: r.get(2)?, kind: Kind::parse(&r.get::<_, String>(3)?) }))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 }

@@ -25,14 +25,7 @@ pub fn is_opaque(dir: &Path) -> bool {
     };
     let mut buf = [0u8; 4];
     // SAFETY: c and buf are valid for the duration of the call; the name is NUL-terminated.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            OPAQUE_XATTR.as_ptr().cast(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let n = unsafe { libc::lgetxattr(c.as_ptr(), OPAQUE_XATTR.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
     n == 1 && buf[0] == b'y'
 }
 
@@ -40,15 +33,7 @@ pub fn is_opaque(dir: &Path) -> bool {
 pub fn set_opaque(dir: &Path) -> std::io::Result<()> {
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: pointers are valid and NUL-terminated; the value is one byte.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            OPAQUE_XATTR.as_ptr().cast(),
-            b"y".as_ptr().cast(),
-            1,
-            0,
-        )
-    };
+    let r = unsafe { libc::lsetxattr(c.as_ptr(), OPAQUE_XATTR.as_ptr().cast(), b"y".as_ptr().cast(), 1, 0) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -57,11 +42,5 @@ pub fn set_opaque(dir: &Path) -> std::io::Result<()> {
 
 /// Creates an overlay whiteout at `path`.
 pub fn make_overlay_whiteout(path: &Path) -> std::io::Result<()> {
-    nix::sys::stat::mknod(
-        path,
-        nix::sys::stat::SFlag::S_IFCHR,
-        nix::sys::stat::Mode::empty(),
-        0,
-    )
-    .map_err(std::io::Error::from)
+    nix::sys::stat::mknod(path, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0).map_err(std::io::Error::from)
 }

@@ -9,20 +9,13 @@ fn layer_entries(store: &Store, name: &str) -> Vec<(String, tar::EntryType)> {
     let mut gz = flate2::read::GzDecoder::new(f);
     let mut raw = Vec::new();
     gz.read_to_end(&mut raw).unwrap();
-    assert_eq!(
-        rdock_imagespec::Digest::of(&raw),
-        l.diff_id,
-        "diff id is the sha256 of the uncompressed tar"
-    );
+    assert_eq!(rdock_imagespec::Digest::of(&raw), l.diff_id, "diff id is the sha256 of the uncompressed tar");
     let mut a = tar::Archive::new(&raw[..]);
     a.entries()
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            (
-                e.path().unwrap().display().to_string(),
-                e.header().entry_type(),
-            )
+            (e.path().unwrap().display().to_string(), e.header().entry_type())
         })
         .collect()
 }
@@ -62,10 +55,7 @@ fn diff_of_an_overlay_upper_has_oci_whiteouts_in_order() {
 
     let entries = layer_entries(&store, "child");
     let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        vec!["a/", "a/.wh.gone", "b", "d/", "d/.wh..wh..opq", "d/new"]
-    );
+    assert_eq!(names, vec!["a/", "a/.wh.gone", "b", "d/", "d/.wh..wh..opq", "d/new"]);
 
     // The committed view shows the merged tree.
     let v = snaps.view("child-view", Some("child")).unwrap();
@@ -75,10 +65,7 @@ fn diff_of_an_overlay_upper_has_oci_whiteouts_in_order() {
         assert!(!mnt.path().join("a/gone").exists());
         assert!(!mnt.path().join("d/old").exists());
         assert!(mnt.path().join("d/new").exists());
-        assert!(
-            std::fs::write(mnt.path().join("z"), "no").is_err(),
-            "views are read-only"
-        );
+        assert!(std::fs::write(mnt.path().join("z"), "no").is_err(), "views are read-only");
     }
     snaps.remove("child-view").unwrap();
     assert!(snaps.remove("base").is_err(), "a parent cannot be removed");
@@ -97,14 +84,7 @@ fn identical_content_gives_identical_layer_digests() {
         std::fs::write(fs.join("etc/conf"), "same").unwrap();
         let t = nix::sys::time::TimeSpec::new(1_700_000_000, 0);
         for p in ["etc/conf", "etc"] {
-            nix::sys::stat::utimensat(
-                nix::fcntl::AT_FDCWD,
-                &fs.join(p),
-                &t,
-                &t,
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            )
-            .unwrap();
+            nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &fs.join(p), &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
         }
         snaps.commit(name, &key).unwrap();
     }
@@ -127,26 +107,16 @@ fn layers_round_trip_through_apply() {
     std::fs::hard_link(fs.join("bin/tool"), fs.join("bin/hard")).unwrap();
     snaps.commit("src", "src-active").unwrap();
     let l = snaps.layer("src").unwrap();
-    let imported = snaps
-        .import_layer("copy", None, &l.blob, &l.media_type)
-        .unwrap();
+    let imported = snaps.import_layer("copy", None, &l.blob, &l.media_type).unwrap();
     assert_eq!(imported.diff_id, l.diff_id);
     let out = snaps.fs_dir("copy").unwrap();
-    assert_eq!(
-        std::fs::read_link(out.join("bin/alias")).unwrap().to_str(),
-        Some("tool")
-    );
+    assert_eq!(std::fs::read_link(out.join("bin/alias")).unwrap().to_str(), Some("tool"));
     assert_eq!(std::fs::read(out.join("bin/hard")).unwrap(), b"#!/bin/sh\n");
     // Re-diffing the imported snapshot gives the same layer.
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(store.content().open(&l.blob).unwrap())
-        .read_to_end(&mut raw)
-        .unwrap();
+    flate2::read::GzDecoder::new(store.content().open(&l.blob).unwrap()).read_to_end(&mut raw).unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    assert_eq!(
-        apply_layer(&mut &raw[..], scratch.path(), "again").unwrap(),
-        l.diff_id
-    );
+    assert_eq!(apply_layer(&mut &raw[..], scratch.path(), "again").unwrap(), l.diff_id);
 }
 
 #[test]
@@ -155,10 +125,7 @@ fn abandoned_active_snapshots_are_cleaned_on_open() {
     {
         let store = Store::open(dir.path()).unwrap();
         // A key written by a process that no longer exists.
-        store
-            .snapshots()
-            .prepare("build-999999999-0-0", None)
-            .unwrap();
+        store.snapshots().prepare("build-999999999-0-0", None).unwrap();
         std::fs::write(dir.path().join("tmp/blob-999999999-3"), "partial").unwrap();
     }
     let store = Store::open(dir.path()).unwrap();

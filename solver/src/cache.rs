@@ -11,10 +11,7 @@ pub struct CacheStore {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 impl CacheStore {
@@ -28,22 +25,11 @@ impl CacheStore {
 
     /// The snapshot recorded for `key`, if it still exists.
     pub fn get(&self, key: &str) -> Result<Option<String>, SolveError> {
-        let snap: Option<String> = self
-            .store
-            .db()
-            .conn()
-            .query_row(
-                "SELECT snapshot FROM cache WHERE key = ?1",
-                params![key],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let snap: Option<String> =
+            self.store.db().conn().query_row("SELECT snapshot FROM cache WHERE key = ?1", params![key], |r| r.get(0)).optional()?;
         match snap {
             Some(s) if self.store.snapshots().exists(&s)? => {
-                let _ = self.store.db().conn().execute(
-                    "UPDATE cache SET last_used = ?1 WHERE key = ?2",
-                    params![now(), key],
-                );
+                let _ = self.store.db().conn().execute("UPDATE cache SET last_used = ?1 WHERE key = ?2", params![now(), key]);
                 Ok(Some(s))
             }
             _ => Ok(None),
@@ -62,11 +48,7 @@ impl CacheStore {
 
     /// Number of records.
     pub fn len(&self) -> Result<usize, SolveError> {
-        let n: i64 = self
-            .store
-            .db()
-            .conn()
-            .query_row("SELECT COUNT(*) FROM cache", [], |r| r.get(0))?;
+        let n: i64 = self.store.db().conn().query_row("SELECT COUNT(*) FROM cache", [], |r| r.get(0))?;
         Ok(n as usize)
     }
 

@@ -13,68 +13,38 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Hashes what `copy` reads from the context at `dir` into `h`.
-pub fn hash_copy_sources(
-    h: &mut blake3::Hasher,
-    dir: &Path,
-    excludes: &PatternMatcher,
-    copy: &CopyAction,
-) -> Result<(), SolveError> {
-    let src = CopySource {
-        root: dir,
-        excludes: Some(excludes),
-        reset_ownership: true,
-    };
-    let copy_excludes = PatternMatcher::new(&copy.exclude)
-        .map_err(|e| SolveError::Context(format!("invalid --exclude pattern: {e}")))?;
+pub fn hash_copy_sources(h: &mut blake3::Hasher, dir: &Path, excludes: &PatternMatcher, copy: &CopyAction) -> Result<(), SolveError> {
+    let src = CopySource { root: dir, excludes: Some(excludes), reset_ownership: true };
+    let copy_excludes = PatternMatcher::new(&copy.exclude).map_err(|e| SolveError::Context(format!("invalid --exclude pattern: {e}")))?;
     for pattern in &copy.src {
-        let found = expand_source(&src, pattern, copy.allow_wildcard)
-            .map_err(|e| SolveError::Context(e.to_string()))?;
+        let found = expand_source(&src, pattern, copy.allow_wildcard).map_err(|e| SolveError::Context(e.to_string()))?;
         if found.is_empty() && !copy.allow_empty_wildcard {
-            return Err(SolveError::SourceNotFound(
-                pattern.trim_start_matches('/').to_string(),
-            ));
+            return Err(SolveError::SourceNotFound(pattern.trim_start_matches('/').to_string()));
         }
         for rel in found {
             let p = if rel == "." {
                 dir.to_path_buf()
             } else {
-                rdock_worker::resolve_in_root(dir, &rel, true)
-                    .map_err(|e| SolveError::Context(e.to_string()))?
+                rdock_worker::resolve_in_root(dir, &rel, true).map_err(|e| SolveError::Context(e.to_string()))?
             };
             if rel != "." && excluded(&src, &rel) {
-                return Err(SolveError::SourceNotFound(format!(
-                    "{rel} (excluded by .dockerignore)"
-                )));
+                return Err(SolveError::SourceNotFound(format!("{rel} (excluded by .dockerignore)")));
             }
-            let md = std::fs::symlink_metadata(&p)
-                .map_err(|_| SolveError::SourceNotFound(rel.clone()))?;
+            let md = std::fs::symlink_metadata(&p).map_err(|_| SolveError::SourceNotFound(rel.clone()))?;
             h.update(b"src\0");
             h.update(rel.as_bytes());
             h.update(b"\0");
             hash_entry(h, &p, &md)?;
             if md.is_dir() {
-                let base = if rel == "." {
-                    String::new()
-                } else {
-                    rel.clone()
-                };
+                let base = if rel == "." { String::new() } else { rel.clone() };
                 for e in walkdir::WalkDir::new(&p).min_depth(1).sort_by_file_name() {
                     let e = e.map_err(|e| SolveError::Context(e.to_string()))?;
-                    let r = e
-                        .path()
-                        .strip_prefix(dir)
-                        .unwrap_or(e.path())
-                        .to_string_lossy()
-                        .into_owned();
+                    let r = e.path().strip_prefix(dir).unwrap_or(e.path()).to_string_lossy().into_owned();
                     let in_copy = r.strip_prefix(&base).unwrap_or(&r).trim_start_matches('/');
-                    if excluded(&src, &r)
-                        || (!copy_excludes.is_empty() && copy_excludes.matches(in_copy))
-                    {
+                    if excluded(&src, &r) || (!copy_excludes.is_empty() && copy_excludes.matches(in_copy)) {
                         continue;
                     }
-                    let md = e
-                        .metadata()
-                        .map_err(|e| SolveError::Context(e.to_string()))?;
+                    let md = e.metadata().map_err(|e| SolveError::Context(e.to_string()))?;
                     h.update(in_copy.as_bytes());
                     h.update(b"\0");
                     hash_entry(h, e.path(), &md)?;
@@ -90,20 +60,16 @@ fn hash_entry(h: &mut blake3::Hasher, p: &Path, md: &std::fs::Metadata) -> Resul
     let ft = md.file_type();
     if ft.is_file() {
         h.update(&md.len().to_le_bytes());
-        let mut f = std::fs::File::open(p)
-            .map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
+        let mut f = std::fs::File::open(p).map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
         if md.len() > 1 << 20 {
-            h.update_reader(&mut f)
-                .map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
+            h.update_reader(&mut f).map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
         } else {
             let mut buf = Vec::with_capacity(md.len() as usize);
-            f.read_to_end(&mut buf)
-                .map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
+            f.read_to_end(&mut buf).map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
             h.update(&buf);
         }
     } else if ft.is_symlink() {
-        let t = std::fs::read_link(p)
-            .map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
+        let t = std::fs::read_link(p).map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
         h.update(t.as_os_str().as_encoded_bytes());
     }
     Ok(())

@@ -59,12 +59,7 @@ pub enum SolveError {
     Definition(String),
 }
 
-fn render_step(
-    name: &str,
-    lines: &Option<(usize, usize)>,
-    error: &str,
-    output: &[String],
-) -> String {
+fn render_step(name: &str, lines: &Option<(usize, usize)>, error: &str, output: &[String]) -> String {
     let mut s = format!("{name}: {error}");
     if let Some((a, b)) = lines {
         if a == b {

@@ -42,18 +42,8 @@ pub struct Event {
 impl Event {
     /// A new event stamped now.
     pub fn new(kind: EventKind, vertex: &str, name: &str) -> Event {
-        let time_ns = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        Event {
-            kind,
-            vertex: vertex.to_string(),
-            name: name.to_string(),
-            time_ns,
-            detail: String::new(),
-            duration_ms: None,
-        }
+        let time_ns = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        Event { kind, vertex: vertex.to_string(), name: name.to_string(), time_ns, detail: String::new(), duration_ms: None }
     }
 }
 

@@ -67,11 +67,7 @@ impl Solver {
     /// A solver running ops on `worker`, resolving images from `images`.
     pub fn new(worker: Worker, images: ImageStore) -> Result<Solver, SolveError> {
         let cache = CacheStore::new(worker.store().clone())?;
-        Ok(Solver {
-            worker,
-            images,
-            cache,
-        })
+        Ok(Solver { worker, images, cache })
     }
 
     /// The cache records.
@@ -82,14 +78,9 @@ impl Solver {
     /// Solves the definition's terminal output.
     pub fn solve(&self, req: &SolveRequest<'_>) -> Result<SolveOutput, SolveError> {
         let def = req.definition;
-        def.validate()
-            .map_err(|e| SolveError::Definition(e.to_string()))?;
+        def.validate().map_err(|e| SolveError::Definition(e.to_string()))?;
         let nodes: Vec<&Node> = def.nodes.iter().collect();
-        let index: HashMap<OpDigest, usize> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.digest(), i))
-            .collect();
+        let index: HashMap<OpDigest, usize> = nodes.iter().enumerate().map(|(i, n)| (n.digest(), i)).collect();
         let mut run = Run {
             req,
             nodes,
@@ -101,16 +92,9 @@ impl Solver {
         };
         run.keys = self.cache_keys(&run)?;
         let Some(terminal) = &def.terminal else {
-            return Ok(SolveOutput {
-                top: None,
-                executed: 0,
-                cached: 0,
-            });
+            return Ok(SolveOutput { top: None, executed: 0, cached: 0 });
         };
-        let t = *run
-            .index
-            .get(&terminal.digest)
-            .ok_or_else(|| SolveError::Definition("terminal is not in the definition".into()))?;
+        let t = *run.index.get(&terminal.digest).ok_or_else(|| SolveError::Definition("terminal is not in the definition".into()))?;
         let out = std::thread::scope(|s| self.solve_node(s, &run, t));
         // Every vertex that failed holds a clone of the error; drop them so the caller
         // gets the typed error itself.
@@ -120,21 +104,13 @@ impl Solver {
         let top = match out {
             Ok(Output::Snapshot(s)) => s,
             Ok(Output::Local { .. }) => {
-                return Err(SolveError::Definition(
-                    "a local source cannot be the build result".into(),
-                ));
+                return Err(SolveError::Definition("a local source cannot be the build result".into()));
             }
             Err(e) => {
-                return Err(
-                    Arc::try_unwrap(e).unwrap_or_else(|a| SolveError::Definition(a.to_string()))
-                );
+                return Err(Arc::try_unwrap(e).unwrap_or_else(|a| SolveError::Definition(a.to_string())));
             }
         };
-        Ok(SolveOutput {
-            top,
-            executed,
-            cached,
-        })
+        Ok(SolveOutput { top, executed, cached })
     }
 
     /// Cache keys in topological order: blake3 over a version tag, the op's canonical
@@ -155,11 +131,12 @@ impl Solver {
             match &node.op {
                 Op::Source(src) if src.identifier.starts_with("local://") => {
                     let name = &src.identifier["local://".len()..];
-                    let dir = run.req.locals.get(name).ok_or_else(|| {
-                        SolveError::Context(format!("no directory given for local source {name:?}"))
-                    })?;
-                    let m = PatternMatcher::new(&src.patterns("local.excludepatterns"))
-                        .map_err(|e| SolveError::Context(e.to_string()))?;
+                    let dir = run
+                        .req
+                        .locals
+                        .get(name)
+                        .ok_or_else(|| SolveError::Context(format!("no directory given for local source {name:?}")))?;
+                    let m = PatternMatcher::new(&src.patterns("local.excludepatterns")).map_err(|e| SolveError::Context(e.to_string()))?;
                     matchers.insert(i, (dir.clone(), m));
                 }
                 Op::File(f) => {
@@ -179,35 +156,20 @@ impl Solver {
         Ok(keys)
     }
 
-    fn solve_node<'s>(
-        &'s self,
-        s: &'s std::thread::Scope<'s, '_>,
-        run: &'s Run<'s>,
-        i: usize,
-    ) -> Result<Output, Arc<SolveError>> {
+    fn solve_node<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, run: &'s Run<'s>, i: usize) -> Result<Output, Arc<SolveError>> {
         run.results[i]
             .get_or_init(|| {
                 let node = run.nodes[i];
                 // Inputs in parallel: all but the last on their own threads.
-                let input_idx: Vec<usize> = node
-                    .inputs
-                    .iter()
-                    .map(|inp| run.index[&inp.digest])
-                    .collect();
-                let mut outs: Vec<Option<Result<Output, Arc<SolveError>>>> =
-                    vec![None; input_idx.len()];
+                let input_idx: Vec<usize> = node.inputs.iter().map(|inp| run.index[&inp.digest]).collect();
+                let mut outs: Vec<Option<Result<Output, Arc<SolveError>>>> = vec![None; input_idx.len()];
                 if input_idx.len() > 1 {
-                    let handles: Vec<_> = input_idx[..input_idx.len() - 1]
-                        .iter()
-                        .map(|&j| s.spawn(move || self.solve_node(s, run, j)))
-                        .collect();
+                    let handles: Vec<_> =
+                        input_idx[..input_idx.len() - 1].iter().map(|&j| s.spawn(move || self.solve_node(s, run, j))).collect();
                     let last = self.solve_node(s, run, input_idx[input_idx.len() - 1]);
                     for (k, h) in handles.into_iter().enumerate() {
-                        outs[k] = Some(h.join().unwrap_or_else(|_| {
-                            Err(Arc::new(SolveError::Definition(
-                                "a solver thread panicked".into(),
-                            )))
-                        }));
+                        outs[k] =
+                            Some(h.join().unwrap_or_else(|_| Err(Arc::new(SolveError::Definition("a solver thread panicked".into())))));
                     }
                     outs[input_idx.len() - 1] = Some(last);
                 } else if let Some(&j) = input_idx.first() {
@@ -225,70 +187,44 @@ impl Solver {
     fn run_vertex(&self, run: &Run<'_>, i: usize, inputs: &[Output]) -> Result<Output, SolveError> {
         let node = run.nodes[i];
         let digest = node.digest();
-        let meta = run
-            .req
-            .definition
-            .metadata
-            .get(&digest)
-            .cloned()
-            .unwrap_or_default();
-        let name = if meta.description.is_empty() {
-            node.op.summary()
-        } else {
-            meta.description.clone()
-        };
+        let meta = run.req.definition.metadata.get(&digest).cloned().unwrap_or_default();
+        let name = if meta.description.is_empty() { node.op.summary() } else { meta.description.clone() };
         let key = &run.keys[i];
         let progress = run.req.progress;
         let vertex = digest.to_string();
         match &node.op {
             Op::Source(src) => {
                 if let Some(name_str) = src.identifier.strip_prefix("local://") {
-                    let dir = run.req.locals.get(name_str).cloned().ok_or_else(|| {
-                        SolveError::Context(format!("no directory for local source {name_str:?}"))
-                    })?;
-                    return Ok(Output::Local {
-                        dir,
-                        excludes: src.patterns("local.excludepatterns"),
-                    });
+                    let dir = run
+                        .req
+                        .locals
+                        .get(name_str)
+                        .cloned()
+                        .ok_or_else(|| SolveError::Context(format!("no directory for local source {name_str:?}")))?;
+                    return Ok(Output::Local { dir, excludes: src.patterns("local.excludepatterns") });
                 }
                 if let Some(reference) = src.identifier.strip_prefix("docker-image://") {
-                    let r = ImageRef::parse(reference)
-                        .map_err(|e| SolveError::Definition(e.to_string()))?;
-                    let m = self
-                        .images
-                        .get(&r)?
-                        .ok_or_else(|| rdock_oci::OciError::NotFound(r.familiar()))?;
+                    let r = ImageRef::parse(reference).map_err(|e| SolveError::Definition(e.to_string()))?;
+                    let m = self.images.get(&r)?.ok_or_else(|| rdock_oci::OciError::NotFound(r.familiar()))?;
                     let (top, _) = ensure_unpacked(&self.images, &m)?;
                     return Ok(Output::Snapshot(top));
                 }
-                Err(SolveError::Definition(format!(
-                    "unsupported source {}",
-                    src.identifier
-                )))
+                Err(SolveError::Definition(format!("unsupported source {}", src.identifier)))
             }
             Op::Exec(_) | Op::File(_) => {
                 if !meta.ignore_cache
                     && let Some(snap) = self.cache.get(key)?
                 {
                     progress.event(Event::new(EventKind::Cached, &vertex, &name));
-                    run.cached
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    run.cached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(Output::Snapshot(Some(snap)));
                 }
                 progress.event(Event::new(EventKind::Started, &vertex, &name));
                 let started = std::time::Instant::now();
-                let snap_name = if self
-                    .worker
-                    .store()
-                    .snapshots()
-                    .exists(&format!("op-{key}"))?
-                {
+                let snap_name = if self.worker.store().snapshots().exists(&format!("op-{key}"))? {
                     format!(
                         "op-{key}-{}",
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_nanos())
-                            .unwrap_or(0)
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
                     )
                 } else {
                     format!("op-{key}")
@@ -297,22 +233,15 @@ impl Solver {
                 let mut partial = String::new();
                 let result = match &node.op {
                     Op::Exec(e) => {
-                        let parent = match e
-                            .mounts
-                            .iter()
-                            .find(|m| m.dest == "/")
-                            .and_then(|m| m.input)
-                        {
-                            Some(ix) => match inputs.get(ix as usize) {
-                                Some(Output::Snapshot(s)) => s.clone(),
-                                _ => {
-                                    return Err(SolveError::Definition(
-                                        "exec root must be a snapshot".into(),
-                                    ));
+                        let mut snaps_in = Vec::with_capacity(inputs.len());
+                        for o in inputs {
+                            match o {
+                                Output::Snapshot(s) => snaps_in.push(s.clone()),
+                                Output::Local { .. } => {
+                                    return Err(SolveError::Definition("an exec op cannot mount a local source".into()));
                                 }
-                            },
-                            None => None,
-                        };
+                            }
+                        }
                         let mut on_output = |bytes: &[u8]| {
                             let text = String::from_utf8_lossy(bytes);
                             let mut ev = Event::new(EventKind::Log, &vertex, &name);
@@ -327,18 +256,14 @@ impl Solver {
                                 }
                             }
                         };
-                        self.worker
-                            .exec(e, parent.as_deref(), &snap_name, &mut on_output)
+                        self.worker.exec(e, &snaps_in, &snap_name, &mut on_output)
                     }
                     Op::File(f) => {
                         let file_inputs: Vec<FileInput> = inputs
                             .iter()
                             .map(|o| match o {
                                 Output::Snapshot(s) => FileInput::Snapshot(s.clone()),
-                                Output::Local { dir, excludes } => FileInput::Local {
-                                    dir: dir.clone(),
-                                    excludes: excludes.clone(),
-                                },
+                                Output::Local { dir, excludes } => FileInput::Local { dir: dir.clone(), excludes: excludes.clone() },
                             })
                             .collect();
                         self.worker.file(f, &file_inputs, &snap_name)
@@ -353,17 +278,12 @@ impl Solver {
                 }
                 match result {
                     Ok(()) => {
-                        let committed = if self.worker.store().snapshots().exists(&snap_name)? {
-                            snap_name
-                        } else {
-                            format!("op-{key}")
-                        };
+                        let committed = if self.worker.store().snapshots().exists(&snap_name)? { snap_name } else { format!("op-{key}") };
                         self.cache.put(key, &committed)?;
                         let mut ev = Event::new(EventKind::Completed, &vertex, &name);
                         ev.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                         progress.event(ev);
-                        run.executed
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        run.executed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         Ok(Output::Snapshot(Some(committed)))
                     }
                     Err(err) => {
@@ -373,19 +293,11 @@ impl Solver {
                         if let rdock_worker::WorkerError::SourceNotFound(p) = &err {
                             return Err(SolveError::SourceNotFound(p.clone()));
                         }
-                        Err(SolveError::Step {
-                            name,
-                            lines: meta.source_lines,
-                            error: err.to_string(),
-                            output: tail.into_iter().collect(),
-                        })
+                        Err(SolveError::Step { name, lines: meta.source_lines, error: err.to_string(), output: tail.into_iter().collect() })
                     }
                 }
             }
-            Op::Merge(_) | Op::Diff(_) => Err(SolveError::Definition(format!(
-                "{} ops are not supported yet",
-                node.op.kind()
-            ))),
+            Op::Merge(_) | Op::Diff(_) => Err(SolveError::Definition(format!("{} ops are not supported yet", node.op.kind()))),
         }
     }
 }

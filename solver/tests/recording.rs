@@ -1,10 +1,7 @@
 //! The solver against a recording executor: what runs, how often, in parallel or not,
 //! and what a failure reports. No namespaces or mounts needed.
 
-use rdock_llb::{
-    Definition, DefinitionBuilder, ExecOp, FileAction, FileOp, Input, Mount, MountKind, Network,
-    Op, OpMetadata, Security,
-};
+use rdock_llb::{Definition, DefinitionBuilder, ExecOp, FileAction, FileOp, Input, Mount, MountKind, Network, Op, OpMetadata, Security};
 use rdock_oci::ImageStore;
 use rdock_snapshotter::{MountSpec, Store};
 use rdock_solver::{NoProgress, SolveError, SolveRequest, Solver};
@@ -24,22 +21,14 @@ struct Recorder {
 }
 
 impl Executor for Recorder {
-    fn run(
-        &self,
-        spec: &ExecSpec,
-        _root: &MountSpec,
-        output: &mut dyn FnMut(&[u8]),
-    ) -> Result<ExecResult, ExecError> {
+    fn run(&self, spec: &ExecSpec, _root: &MountSpec, output: &mut dyn FnMut(&[u8])) -> Result<ExecResult, ExecError> {
         let cmd = spec.args.join(" ");
         self.calls.lock().unwrap().push(cmd.clone());
         if cmd.starts_with("meet-") {
             let mut n = self.waiting.lock().unwrap();
             *n += 1;
             self.cv.notify_all();
-            let (n, timeout) = self
-                .cv
-                .wait_timeout_while(n, Duration::from_secs(10), |n| *n < 2)
-                .unwrap();
+            let (n, timeout) = self.cv.wait_timeout_while(n, Duration::from_secs(10), |n| *n < 2).unwrap();
             drop(n);
             self.met.lock().unwrap().push(!timeout.timed_out());
         }
@@ -47,15 +36,9 @@ impl Executor for Recorder {
             for i in 0..20 {
                 output(format!("line {i}\n").as_bytes());
             }
-            return Ok(ExecResult {
-                exit_code: code.parse().unwrap(),
-                duration: Duration::ZERO,
-            });
+            return Ok(ExecResult { exit_code: code.parse().unwrap(), duration: Duration::ZERO });
         }
-        Ok(ExecResult {
-            exit_code: 0,
-            duration: Duration::ZERO,
-        })
+        Ok(ExecResult { exit_code: 0, duration: Duration::ZERO })
     }
 }
 
@@ -76,15 +59,7 @@ fn exec(b: &mut DefinitionBuilder, base: Option<Input>, cmd: &str, ignore_cache:
             kind: MountKind::Bind,
         }],
     };
-    b.add(
-        Op::Exec(op),
-        base.into_iter().collect(),
-        OpMetadata {
-            description: cmd.into(),
-            ignore_cache,
-            source_lines: Some((7, 7)),
-        },
-    )
+    b.add(Op::Exec(op), base.into_iter().collect(), OpMetadata { description: cmd.into(), ignore_cache, source_lines: Some((7, 7)) })
 }
 
 struct Env {
@@ -99,20 +74,12 @@ fn env() -> Env {
     let rec = Arc::new(Recorder::default());
     let worker = Worker::new(store.clone(), rec.clone());
     let solver = Solver::new(worker, ImageStore::new(store)).unwrap();
-    Env {
-        _dir: dir,
-        solver,
-        rec,
-    }
+    Env { _dir: dir, solver, rec }
 }
 
 fn solve(e: &Env, def: &Definition) -> Result<rdock_solver::SolveOutput, SolveError> {
     let locals = HashMap::new();
-    e.solver.solve(&SolveRequest {
-        definition: def,
-        locals: &locals,
-        progress: &NoProgress,
-    })
+    e.solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress })
 }
 
 #[test]
@@ -135,10 +102,7 @@ fn cached_vertices_do_not_run_and_ignore_cache_reruns() {
     let t = exec(&mut b, Some(a), "step-b", true);
     let out3 = solve(&e, &b.finish(Some(t))).unwrap();
     assert_eq!((out3.executed, out3.cached), (1, 1));
-    assert_eq!(
-        *e.rec.calls.lock().unwrap(),
-        vec!["step-a", "step-b", "step-b"]
-    );
+    assert_eq!(*e.rec.calls.lock().unwrap(), vec!["step-a", "step-b", "step-b"]);
 }
 
 #[test]
@@ -152,12 +116,7 @@ fn a_shared_vertex_runs_once_and_independent_branches_overlap() {
     let join = b.add(
         Op::File(FileOp {
             base: Some(0),
-            actions: vec![FileAction::Mkdir {
-                path: "/joined".into(),
-                mode: 0o755,
-                make_parents: true,
-                chown: None,
-            }],
+            actions: vec![FileAction::Mkdir { path: "/joined".into(), mode: 0o755, make_parents: true, chown: None }],
         }),
         vec![left, right],
         OpMetadata::default(),
@@ -166,16 +125,8 @@ fn a_shared_vertex_runs_once_and_independent_branches_overlap() {
     // The file op mounts overlays, which needs root; the exec part is what this test is about.
     let _ = solve(&e, &def);
     let calls = e.rec.calls.lock().unwrap().clone();
-    assert_eq!(
-        calls.iter().filter(|c| *c == "shared").count(),
-        1,
-        "{calls:?}"
-    );
-    assert_eq!(
-        *e.rec.met.lock().unwrap(),
-        vec![true, true],
-        "the two branches never ran at the same time"
-    );
+    assert_eq!(calls.iter().filter(|c| *c == "shared").count(), 1, "{calls:?}");
+    assert_eq!(*e.rec.met.lock().unwrap(), vec![true, true], "the two branches never ran at the same time");
 }
 
 #[test]
@@ -184,25 +135,14 @@ fn a_failing_step_reports_its_exit_code_line_and_last_output() {
     let mut b = DefinitionBuilder::default();
     let t = exec(&mut b, None, "fail 2", false);
     let err = solve(&e, &b.finish(Some(t))).unwrap_err();
-    let SolveError::Step {
-        name,
-        lines,
-        error,
-        output,
-    } = &err
-    else {
-        panic!("{err}")
-    };
+    let SolveError::Step { name, lines, error, output } = &err else { panic!("{err}") };
     assert_eq!(name, "fail 2");
     assert_eq!(*lines, Some((7, 7)));
     assert!(error.contains("exit code: 2"), "{error}");
     assert_eq!(output.first().map(String::as_str), Some("line 8"));
     assert_eq!(output.last().map(String::as_str), Some("line 19"));
     let text = err.to_string();
-    assert!(
-        text.contains("Dockerfile line 7") && text.contains("> line 19"),
-        "{text}"
-    );
+    assert!(text.contains("Dockerfile line 7") && text.contains("> line 19"), "{text}");
     // Nothing was cached for the failed step.
     assert!(e.solver.cache().is_empty().unwrap());
 }

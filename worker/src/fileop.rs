@@ -29,12 +29,7 @@ pub struct CopySource<'a> {
 /// followed only if `follow_last`.
 pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, WorkerError> {
     let mut parts: Vec<String> = Vec::new();
-    let mut pending: Vec<String> = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .rev()
-        .collect();
+    let mut pending: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_string).rev().collect();
     let mut hops = 0;
     while let Some(part) = pending.pop() {
         match part.as_str() {
@@ -51,13 +46,9 @@ pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<Pat
             Ok(md) if md.file_type().is_symlink() && (!is_last || follow_last) => {
                 hops += 1;
                 if hops > 40 {
-                    return Err(WorkerError::Path {
-                        path: path.to_string(),
-                        reason: "too many levels of symbolic links".into(),
-                    });
+                    return Err(WorkerError::Path { path: path.to_string(), reason: "too many levels of symbolic links".into() });
                 }
-                let target = std::fs::read_link(&candidate)
-                    .map_err(|e| WorkerError::Io(candidate.clone(), e))?;
+                let target = std::fs::read_link(&candidate).map_err(|e| WorkerError::Io(candidate.clone(), e))?;
                 let t = target.to_string_lossy().into_owned();
                 if t.starts_with('/') {
                     parts.clear();
@@ -87,32 +78,18 @@ fn resolve_owner(root: &Path, chown: &Option<ChownOpt>) -> Result<Option<Owner>,
         None => c.user.clone(),
     };
     // A group given without entries in a missing /etc/group is a plain id; names need files.
-    let u = resolve_user(
-        &spec,
-        read("/etc/passwd").as_deref(),
-        read("/etc/group").as_deref(),
-    )
-    .map_err(|e| WorkerError::User(e.to_string()))?;
-    Ok(Some(Owner {
-        uid: u.uid,
-        gid: u.gid,
-    }))
+    let u =
+        resolve_user(&spec, read("/etc/passwd").as_deref(), read("/etc/group").as_deref()).map_err(|e| WorkerError::User(e.to_string()))?;
+    Ok(Some(Owner { uid: u.uid, gid: u.gid }))
 }
 
 fn lchown(p: &Path, o: Owner) -> Result<(), WorkerError> {
-    std::os::unix::fs::lchown(p, Some(o.uid), Some(o.gid))
-        .map_err(|e| WorkerError::Io(p.to_path_buf(), e))
+    std::os::unix::fs::lchown(p, Some(o.uid), Some(o.gid)).map_err(|e| WorkerError::Io(p.to_path_buf(), e))
 }
 
 fn set_mtime(p: &Path, md: &std::fs::Metadata) {
     let t = nix::sys::time::TimeSpec::new(md.mtime(), md.mtime_nsec());
-    let _ = nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        p,
-        &t,
-        &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    );
+    let _ = nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, p, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink);
 }
 
 /// Creates `dir` (inside root) and missing parents with mode 0755 and `owner`.
@@ -128,8 +105,7 @@ fn mkdir_all(dir: &Path, root: &Path, owner: Option<Owner>) -> Result<(), Worker
     }
     match std::fs::create_dir(dir) {
         Ok(()) => {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| WorkerError::Io(dir.to_path_buf(), e))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| WorkerError::Io(dir.to_path_buf(), e))?;
             if let Some(o) = owner {
                 lchown(dir, o)?;
             }
@@ -142,29 +118,17 @@ fn mkdir_all(dir: &Path, root: &Path, owner: Option<Owner>) -> Result<(), Worker
 
 /// Applies `actions` to the tree mounted at `root`. `sources` are indexed by the copy
 /// action's `src_input`.
-pub fn apply_actions(
-    root: &Path,
-    actions: &[FileAction],
-    sources: &[Option<CopySource<'_>>],
-) -> Result<(), WorkerError> {
+pub fn apply_actions(root: &Path, actions: &[FileAction], sources: &[Option<CopySource<'_>>]) -> Result<(), WorkerError> {
     for a in actions {
         match a {
             FileAction::Copy(c) => {
                 let src = sources
                     .get(c.src_input as usize)
                     .and_then(|s| s.as_ref())
-                    .ok_or_else(|| WorkerError::Path {
-                        path: c.src.join(" "),
-                        reason: "copy source input is missing".into(),
-                    })?;
+                    .ok_or_else(|| WorkerError::Path { path: c.src.join(" "), reason: "copy source input is missing".into() })?;
                 copy(root, c, src)?;
             }
-            FileAction::Mkdir {
-                path,
-                mode,
-                make_parents,
-                chown,
-            } => {
+            FileAction::Mkdir { path, mode, make_parents, chown } => {
                 let owner = resolve_owner(root, chown)?;
                 let p = resolve_in_root(root, path, true)?;
                 if p.is_dir() {
@@ -178,28 +142,18 @@ pub fn apply_actions(
                         lchown(&p, o)?;
                     }
                 }
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
-                    .map_err(|e| WorkerError::Io(p.clone(), e))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).map_err(|e| WorkerError::Io(p.clone(), e))?;
             }
-            FileAction::Mkfile {
-                path,
-                mode,
-                data,
-                chown,
-            } => {
+            FileAction::Mkfile { path, mode, data, chown } => {
                 let owner = resolve_owner(root, chown)?;
                 let p = resolve_in_root(root, path, false)?;
                 std::fs::write(&p, data).map_err(|e| WorkerError::Io(p.clone(), e))?;
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
-                    .map_err(|e| WorkerError::Io(p.clone(), e))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).map_err(|e| WorkerError::Io(p.clone(), e))?;
                 if let Some(o) = owner {
                     lchown(&p, o)?;
                 }
             }
-            FileAction::Rm {
-                path,
-                allow_not_found,
-            } => {
+            FileAction::Rm { path, allow_not_found } => {
                 let p = resolve_in_root(root, path, false)?;
                 let r = match std::fs::symlink_metadata(&p) {
                     Ok(md) if md.is_dir() => std::fs::remove_dir_all(&p),
@@ -214,8 +168,7 @@ pub fn apply_actions(
             }
             FileAction::Symlink { target, path } => {
                 let p = resolve_in_root(root, path, false)?;
-                std::os::unix::fs::symlink(target, &p)
-                    .map_err(|e| WorkerError::Io(p.clone(), e))?;
+                std::os::unix::fs::symlink(target, &p).map_err(|e| WorkerError::Io(p.clone(), e))?;
             }
         }
     }
@@ -224,43 +177,20 @@ pub fn apply_actions(
 
 /// Expands one source pattern to paths relative to the source root (the solver hashes
 /// exactly what the copy will read).
-pub fn expand_source(
-    src: &CopySource<'_>,
-    pattern: &str,
-    allow_wildcard: bool,
-) -> Result<Vec<String>, WorkerError> {
+pub fn expand_source(src: &CopySource<'_>, pattern: &str, allow_wildcard: bool) -> Result<Vec<String>, WorkerError> {
     let clean = clean_path(pattern);
     if !allow_wildcard || !has_wildcard(&clean) {
         return Ok(vec![clean]);
     }
     // Walk the directory part before the first wildcard component.
     let comps: Vec<&str> = clean.split('/').collect();
-    let fixed: Vec<&str> = comps
-        .iter()
-        .take_while(|c| !has_wildcard(c))
-        .copied()
-        .collect();
+    let fixed: Vec<&str> = comps.iter().take_while(|c| !has_wildcard(c)).copied().collect();
     let depth = comps.len() - fixed.len();
     let base = fixed.join("/");
-    let base_dir = if base.is_empty() {
-        src.root.to_path_buf()
-    } else {
-        resolve_in_root(src.root, &base, true)?
-    };
+    let base_dir = if base.is_empty() { src.root.to_path_buf() } else { resolve_in_root(src.root, &base, true)? };
     let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(&base_dir)
-        .min_depth(depth)
-        .max_depth(depth)
-        .sort_by_file_name()
-        .into_iter()
-        .flatten()
-    {
-        let rel = e
-            .path()
-            .strip_prefix(src.root)
-            .unwrap_or(e.path())
-            .to_string_lossy()
-            .into_owned();
+    for e in walkdir::WalkDir::new(&base_dir).min_depth(depth).max_depth(depth).sort_by_file_name().into_iter().flatten() {
+        let rel = e.path().strip_prefix(src.root).unwrap_or(e.path()).to_string_lossy().into_owned();
         if glob_match(&clean, &rel) && !excluded(src, &rel) {
             out.push(rel);
         }
@@ -270,8 +200,7 @@ pub fn expand_source(
 
 /// True if the source excludes `rel`.
 pub fn excluded(src: &CopySource<'_>, rel: &str) -> bool {
-    src.excludes
-        .is_some_and(|m| !m.is_empty() && m.matches(rel))
+    src.excludes.is_some_and(|m| !m.is_empty() && m.matches(rel))
 }
 
 fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerError> {
@@ -279,47 +208,29 @@ fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerE
     let exclude = if c.exclude.is_empty() {
         None
     } else {
-        Some(
-            PatternMatcher::new(&c.exclude).map_err(|e| WorkerError::Path {
-                path: e.pattern.clone(),
-                reason: e.reason,
-            })?,
-        )
+        Some(PatternMatcher::new(&c.exclude).map_err(|e| WorkerError::Path { path: e.pattern.clone(), reason: e.reason })?)
     };
     let mut matches = Vec::new();
     for pattern in &c.src {
         let found = expand_source(src, pattern, c.allow_wildcard)?;
         if found.is_empty() && !c.allow_empty_wildcard {
-            return Err(WorkerError::SourceNotFound(
-                pattern.trim_start_matches('/').to_string(),
-            ));
+            return Err(WorkerError::SourceNotFound(pattern.trim_start_matches('/').to_string()));
         }
         matches.extend(found);
     }
     let dest_is_dir_hint = c.dest.ends_with('/') || matches.len() > 1;
     for rel in matches {
-        let src_path = if rel == "." {
-            src.root.to_path_buf()
-        } else {
-            resolve_in_root(src.root, &rel, true)?
-        };
-        let md = std::fs::symlink_metadata(&src_path)
-            .map_err(|_| WorkerError::SourceNotFound(rel.clone()))?;
+        let src_path = if rel == "." { src.root.to_path_buf() } else { resolve_in_root(src.root, &rel, true)? };
+        let md = std::fs::symlink_metadata(&src_path).map_err(|_| WorkerError::SourceNotFound(rel.clone()))?;
         if rel != "." && excluded(src, &rel) {
-            return Err(WorkerError::SourceNotFound(format!(
-                "{rel} (excluded by .dockerignore)"
-            )));
+            return Err(WorkerError::SourceNotFound(format!("{rel} (excluded by .dockerignore)")));
         }
         let ctx = CopyCtx {
             src,
             owner,
             chmod: c.chmod,
             exclude: exclude.as_ref(),
-            src_root_rel: if rel == "." {
-                String::new()
-            } else {
-                rel.clone()
-            },
+            src_root_rel: if rel == "." { String::new() } else { rel.clone() },
         };
         if md.is_dir() {
             let dest = resolve_in_root(root, &c.dest, true)?;
@@ -328,10 +239,7 @@ fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerE
         } else {
             let dest_resolved = resolve_in_root(root, &c.dest, true)?;
             let into_dir = dest_is_dir_hint || dest_resolved.is_dir();
-            let name = Path::new(&rel)
-                .file_name()
-                .map(|n| n.to_os_string())
-                .unwrap_or_default();
+            let name = Path::new(&rel).file_name().map(|n| n.to_os_string()).unwrap_or_default();
             if c.unpack_archives
                 && src.reset_ownership
                 && let Some(kind) = archive_kind(&src_path)
@@ -364,32 +272,20 @@ struct CopyCtx<'a> {
 }
 
 fn copy_dir_contents(from: &Path, to: &Path, ctx: &CopyCtx<'_>) -> Result<(), WorkerError> {
-    let mut entries: Vec<_> = std::fs::read_dir(from)
-        .map_err(|e| WorkerError::Io(from.to_path_buf(), e))?
-        .flatten()
-        .collect();
+    let mut entries: Vec<_> = std::fs::read_dir(from).map_err(|e| WorkerError::Io(from.to_path_buf(), e))?.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let p = e.path();
-        let rel_in_src = p
-            .strip_prefix(ctx.src.root)
-            .unwrap_or(&p)
-            .to_string_lossy()
-            .into_owned();
+        let rel_in_src = p.strip_prefix(ctx.src.root).unwrap_or(&p).to_string_lossy().into_owned();
         if excluded(ctx.src, &rel_in_src) {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false)
-                && ctx.src.excludes.is_some_and(|m| m.has_exclusions())
-            {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && ctx.src.excludes.is_some_and(|m| m.has_exclusions()) {
                 // A re-included path may live below an excluded directory.
             } else {
                 continue;
             }
         }
         if let Some(x) = ctx.exclude {
-            let rel_in_copy = rel_in_src
-                .strip_prefix(&ctx.src_root_rel)
-                .unwrap_or(&rel_in_src)
-                .trim_start_matches('/');
+            let rel_in_copy = rel_in_src.strip_prefix(&ctx.src_root_rel).unwrap_or(&rel_in_src).trim_start_matches('/');
             if x.matches(rel_in_copy) {
                 continue;
             }
@@ -400,12 +296,7 @@ fn copy_dir_contents(from: &Path, to: &Path, ctx: &CopyCtx<'_>) -> Result<(), Wo
     Ok(())
 }
 
-fn copy_entry(
-    from: &Path,
-    md: &std::fs::Metadata,
-    to: &Path,
-    ctx: &CopyCtx<'_>,
-) -> Result<(), WorkerError> {
+fn copy_entry(from: &Path, md: &std::fs::Metadata, to: &Path, ctx: &CopyCtx<'_>) -> Result<(), WorkerError> {
     let io = |e: std::io::Error| WorkerError::Io(to.to_path_buf(), e);
     let ft = md.file_type();
     if ft.is_dir() {
@@ -429,8 +320,7 @@ fn copy_entry(
             }
         }
         if ft.is_symlink() {
-            let target =
-                std::fs::read_link(from).map_err(|e| WorkerError::Io(from.to_path_buf(), e))?;
+            let target = std::fs::read_link(from).map_err(|e| WorkerError::Io(from.to_path_buf(), e))?;
             std::os::unix::fs::symlink(target, to).map_err(io)?;
         } else if ft.is_file() {
             std::fs::copy(from, to).map_err(io)?;
@@ -450,10 +340,7 @@ fn copy_entry(
     let owner = match (ctx.owner, ctx.src.reset_ownership) {
         (Some(o), _) => o,
         (None, true) => Owner { uid: 0, gid: 0 },
-        (None, false) => Owner {
-            uid: md.uid(),
-            gid: md.gid(),
-        },
+        (None, false) => Owner { uid: md.uid(), gid: md.gid() },
     };
     lchown(to, owner)?;
     set_mtime(to, md);
@@ -490,29 +377,14 @@ fn unpack_archive(p: &Path, kind: ArchiveKind, dest: &Path) -> Result<(), Worker
     a.set_preserve_ownerships(true);
     a.set_preserve_mtime(true);
     a.set_overwrite(true);
-    for entry in a
-        .entries()
-        .map_err(|e| WorkerError::Io(p.to_path_buf(), e))?
-    {
+    for entry in a.entries().map_err(|e| WorkerError::Io(p.to_path_buf(), e))? {
         let mut entry = entry.map_err(|e| WorkerError::Io(p.to_path_buf(), e))?;
-        let path = entry
-            .path()
-            .map_err(|e| WorkerError::Io(p.to_path_buf(), e))?
-            .into_owned();
+        let path = entry.path().map_err(|e| WorkerError::Io(p.to_path_buf(), e))?.into_owned();
         if path.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(WorkerError::Path {
-                path: path.display().to_string(),
-                reason: "archive entry escapes the destination".into(),
-            });
+            return Err(WorkerError::Path { path: path.display().to_string(), reason: "archive entry escapes the destination".into() });
         }
-        if !entry
-            .unpack_in(dest)
-            .map_err(|e| WorkerError::Io(dest.join(&path), e))?
-        {
-            return Err(WorkerError::Path {
-                path: path.display().to_string(),
-                reason: "archive entry escapes the destination".into(),
-            });
+        if !entry.unpack_in(dest).map_err(|e| WorkerError::Io(dest.join(&path), e))? {
+            return Err(WorkerError::Path { path: path.display().to_string(), reason: "archive entry escapes the destination".into() });
         }
     }
     Ok(())
@@ -529,21 +401,9 @@ mod tests {
         std::fs::create_dir_all(root.join("real")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("etc-link")).unwrap();
         std::os::unix::fs::symlink("../../../../real", root.join("up")).unwrap();
-        assert_eq!(
-            resolve_in_root(root, "/etc-link/passwd", true).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            resolve_in_root(root, "/up/x", true).unwrap(),
-            root.join("real/x")
-        );
-        assert_eq!(
-            resolve_in_root(root, "/../../x", true).unwrap(),
-            root.join("x")
-        );
-        assert_eq!(
-            resolve_in_root(root, "/etc-link", false).unwrap(),
-            root.join("etc-link")
-        );
+        assert_eq!(resolve_in_root(root, "/etc-link/passwd", true).unwrap(), root.join("etc/passwd"));
+        assert_eq!(resolve_in_root(root, "/up/x", true).unwrap(), root.join("real/x"));
+        assert_eq!(resolve_in_root(root, "/../../x", true).unwrap(), root.join("x"));
+        assert_eq!(resolve_in_root(root, "/etc-link", false).unwrap(), root.join("etc-link"));
     }
 }

@@ -43,6 +43,19 @@ pub struct ExecSpec {
     pub network: Network,
     /// Security mode.
     pub security: Security,
+    /// Mounts besides the root, in order.
+    pub mounts: Vec<ExtraMount>,
+}
+
+/// A mount besides the root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraMount {
+    /// A host directory to bind, or None for a fresh tmpfs.
+    pub source: Option<PathBuf>,
+    /// Absolute path in the container.
+    pub dest: String,
+    /// Read-only.
+    pub readonly: bool,
 }
 
 /// How a run ended.
@@ -76,12 +89,7 @@ pub enum ExecError {
 /// Runs a command on a root filesystem.
 pub trait Executor: Send + Sync {
     /// Runs `spec` with `root` mounted as `/`, streaming combined stdout and stderr.
-    fn run(
-        &self,
-        spec: &ExecSpec,
-        root: &MountSpec,
-        output: &mut dyn FnMut(&[u8]),
-    ) -> Result<ExecResult, ExecError>;
+    fn run(&self, spec: &ExecSpec, root: &MountSpec, output: &mut dyn FnMut(&[u8])) -> Result<ExecResult, ExecError>;
 }
 
 /// Why an op failed.
@@ -156,35 +164,73 @@ impl Worker {
         &self.store
     }
 
-    /// Runs an exec op on `parent` (None: scratch) and commits the result as `name`.
-    pub fn exec(
-        &self,
-        op: &ExecOp,
-        parent: Option<&str>,
-        name: &str,
-        output: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), WorkerError> {
+    /// Runs an exec op whose inputs are the committed snapshots `inputs` (None: scratch),
+    /// and commits its root mount's result as `name`.
+    pub fn exec(&self, op: &ExecOp, inputs: &[Option<String>], name: &str, output: &mut dyn FnMut(&[u8])) -> Result<(), WorkerError> {
         let snaps = self.store.snapshots();
+        let input = |ix: Option<u32>| -> Option<String> { ix.and_then(|i| inputs.get(i as usize).cloned().flatten()) };
+        let root_mount = op.mounts.iter().find(|m| m.dest == "/");
+        let parent = input(root_mount.and_then(|m| m.input));
+        let parent = parent.as_deref();
         let key = active_key("exec");
         let mounts = snaps.prepare(&key, parent)?;
+        let mut views: Vec<(String, Mounted)> = Vec::new();
         let result = (|| {
             let layers = snaps.layer_dirs(parent)?;
             let read = |p: &str| -> Result<Option<String>, WorkerError> {
-                Ok(layers
-                    .read_file(p)?
-                    .map(|b| String::from_utf8_lossy(&b).into_owned()))
+                Ok(layers.read_file(p)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
             };
-            let user = resolve_user(
-                &op.user,
-                read("/etc/passwd")?.as_deref(),
-                read("/etc/group")?.as_deref(),
-            )
-            .map_err(|e| WorkerError::User(e.to_string()))?;
+            let user = resolve_user(&op.user, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref())
+                .map_err(|e| WorkerError::User(e.to_string()))?;
             let mut env = op.env.clone();
             if !env.iter().any(|e| e.starts_with("HOME=")) {
                 env.push(format!("HOME={}", user.home));
             }
-            let existed: Vec<bool> = MOUNT_STUBS.iter().map(|s| layers.exists(s)).collect();
+            // Mount points the sandbox creates must not land in the layer: the usual stubs,
+            // and every directory an extra mount needs that the image lacks.
+            let mut stubs: Vec<String> = MOUNT_STUBS.iter().map(|s| s.to_string()).collect();
+            let mut extra = Vec::new();
+            for (i, m) in op.mounts.iter().enumerate().filter(|(_, m)| m.dest != "/") {
+                if !m.dest.starts_with("/dev/") {
+                    let mut acc = String::new();
+                    let mut chain = Vec::new();
+                    for part in m.dest.split('/').filter(|p| !p.is_empty()) {
+                        acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
+                        chain.push(acc.clone());
+                    }
+                    // Deepest first, so parents are removed after their children.
+                    stubs.splice(0..0, chain.into_iter().rev());
+                }
+                let source = match m.kind {
+                    rdock_llb::MountKind::Tmpfs => None,
+                    rdock_llb::MountKind::Bind => {
+                        let dirs = snaps.layer_dirs(input(m.input).as_deref())?;
+                        let base = match dirs.dirs() {
+                            [] => snaps.empty_dir().to_path_buf(),
+                            [one] => one.clone(),
+                            _ => {
+                                let vkey = format!("{key}-mount{i}");
+                                let spec = snaps.view(&vkey, input(m.input).as_deref())?;
+                                let mounted = Mounted::new(&spec[0], self.store.root().join("tmp").join(&vkey));
+                                match mounted {
+                                    Ok(mt) => {
+                                        let p = mt.path().to_path_buf();
+                                        views.push((vkey, mt));
+                                        p
+                                    }
+                                    Err(e) => {
+                                        let _ = snaps.remove(&vkey);
+                                        return Err(e.into());
+                                    }
+                                }
+                            }
+                        };
+                        Some(resolve_in_root(&base, &m.selector, true)?)
+                    }
+                };
+                extra.push(ExtraMount { source, dest: m.dest.clone(), readonly: m.readonly || m.output.is_none() });
+            }
+            let existed: Vec<bool> = stubs.iter().map(|s| layers.exists(s)).collect();
             let spec = ExecSpec {
                 args: op.args.clone(),
                 env,
@@ -192,27 +238,24 @@ impl Worker {
                 user,
                 network: op.network,
                 security: op.security,
+                mounts: extra,
             };
             let res = self.executor.run(&spec, &mounts[0], output)?;
             if res.exit_code != 0 {
-                return Err(WorkerError::ExitCode {
-                    command: op.args.join(" "),
-                    code: res.exit_code,
-                });
+                return Err(WorkerError::ExitCode { command: op.args.join(" "), code: res.exit_code });
             }
             let upper = snaps.fs_dir(&key)?;
-            remove_stubs(&upper, &existed);
+            remove_stubs(&upper, &stubs, &existed);
             Ok(())
         })();
+        for (vkey, m) in views {
+            drop(m);
+            let _ = snaps.remove(&vkey);
+        }
         self.finish(result, name, &key)
     }
 
-    fn finish(
-        &self,
-        result: Result<(), WorkerError>,
-        name: &str,
-        key: &str,
-    ) -> Result<(), WorkerError> {
+    fn finish(&self, result: Result<(), WorkerError>, name: &str, key: &str) -> Result<(), WorkerError> {
         let snaps = self.store.snapshots();
         match result {
             Ok(()) => match snaps.commit(name, key) {
@@ -287,25 +330,16 @@ impl Worker {
                     }
                     FileInput::Local { dir, excludes } => {
                         roots.push(Some((dir.clone(), true)));
-                        matchers.push(Some(PatternMatcher::new(excludes).map_err(|e| {
-                            WorkerError::Path {
-                                path: e.pattern,
-                                reason: e.reason,
-                            }
-                        })?));
+                        matchers.push(Some(
+                            PatternMatcher::new(excludes).map_err(|e| WorkerError::Path { path: e.pattern, reason: e.reason })?,
+                        ));
                     }
                 }
             }
             let sources: Vec<Option<CopySource<'_>>> = roots
                 .iter()
                 .zip(matchers.iter())
-                .map(|(r, m)| {
-                    r.as_ref().map(|(p, reset)| CopySource {
-                        root: p.as_path(),
-                        excludes: m.as_ref(),
-                        reset_ownership: *reset,
-                    })
-                })
+                .map(|(r, m)| r.as_ref().map(|(p, reset)| CopySource { root: p.as_path(), excludes: m.as_ref(), reset_ownership: *reset }))
                 .collect();
             let applied = fileop::apply_actions(root.path(), &op.actions, &sources);
             drop(root);
@@ -319,22 +353,15 @@ impl Worker {
     }
 }
 
-fn remove_stubs(upper: &Path, existed: &[bool]) {
-    for (stub, existed) in MOUNT_STUBS.iter().zip(existed) {
+fn remove_stubs(upper: &Path, stubs: &[String], existed: &[bool]) {
+    for (stub, existed) in stubs.iter().zip(existed) {
         let p = upper.join(stub);
-        let Ok(md) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
+        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+        let empty_dir = md.is_dir() && std::fs::read_dir(&p).map(|mut d| d.next().is_none()).unwrap_or(false);
         if md.is_dir() {
-            // Only an empty directory is a stub: a step may have written into /etc.
-            if !*existed || stub != &"etc" {
-                let _ = std::fs::remove_dir(&p);
-            } else if std::fs::read_dir(&p)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false)
-                && !rdock_snapshotter::is_opaque(&p)
-            {
-                // A copied-up /etc that ended up unchanged.
+            // Only an empty directory can be a stub; one the image had stays unless overlay
+            // merely copied it up unchanged (not opaque: a step that replaced it keeps it).
+            if empty_dir && (!*existed || !rdock_snapshotter::is_opaque(&p)) {
                 let _ = std::fs::remove_dir(&p);
             }
         } else if !*existed && md.len() == 0 {

@@ -48,6 +48,7 @@ enum Stage {
     Dev,
     Sys,
     EtcFiles,
+    Mounts,
     Pivot,
     Hostname,
     Loopback,
@@ -66,13 +67,14 @@ impl Stage {
             4 => "setting up /dev",
             5 => "mounting /sys",
             6 => "mounting /etc/hosts and /etc/resolv.conf",
-            7 => "pivoting into the root filesystem",
-            8 => "setting the hostname",
-            9 => "bringing up the loopback interface",
-            10 => "entering the working directory",
-            11 => "dropping capabilities",
-            12 => "switching user",
-            13 => "executing the command",
+            7 => "mounting the step's extra mounts",
+            8 => "pivoting into the root filesystem",
+            9 => "setting the hostname",
+            10 => "bringing up the loopback interface",
+            11 => "entering the working directory",
+            12 => "dropping capabilities",
+            13 => "switching user",
+            14 => "executing the command",
             _ => "setting up the sandbox",
         }
     }
@@ -92,6 +94,7 @@ struct Plan {
     sys_dir: CString,
     etc_dir: CString,
     etc_files: Vec<(CString, CString)>,
+    extra: Vec<ExtraPlan>,
     hostname: CString,
     cwd_parts: Vec<CString>,
     cwd: CString,
@@ -107,9 +110,17 @@ struct Plan {
     err_fd: i32,
 }
 
+/// An extra mount: directories to create (inside the root), the target, and the source
+/// (None: tmpfs).
+struct ExtraPlan {
+    dirs: Vec<CString>,
+    target: CString,
+    source: Option<CString>,
+    readonly: bool,
+}
+
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString, ExecError> {
-    CString::new(s.as_ref().to_vec())
-        .map_err(|_| ExecError::Setup("argument or path contains a NUL byte".into()))
+    CString::new(s.as_ref().to_vec()).map_err(|_| ExecError::Setup("argument or path contains a NUL byte".into()))
 }
 
 fn cpath(p: &Path) -> Result<CString, ExecError> {
@@ -144,32 +155,22 @@ fn host_resolv_conf() -> Vec<u8> {
 }
 
 impl Executor for NamespaceExecutor {
-    fn run(
-        &self,
-        spec: &ExecSpec,
-        root: &MountSpec,
-        output: &mut dyn FnMut(&[u8]),
-    ) -> Result<ExecResult, ExecError> {
+    fn run(&self, spec: &ExecSpec, root: &MountSpec, output: &mut dyn FnMut(&[u8])) -> Result<ExecResult, ExecError> {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = RunDir(self.scratch.join(format!("run-{}-{n}", std::process::id())));
         let rootfs = dir.0.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(|e| ExecError::Io(rootfs.clone(), e))?;
         let hosts = dir.0.join("hosts");
-        std::fs::write(&hosts, format!("127.0.0.1\tlocalhost {SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n")).map_err(|e| ExecError::Io(hosts.clone(), e))?;
+        std::fs::write(&hosts, format!("127.0.0.1\tlocalhost {SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"))
+            .map_err(|e| ExecError::Io(hosts.clone(), e))?;
         let resolv = dir.0.join("resolv.conf");
-        std::fs::write(&resolv, host_resolv_conf())
-            .map_err(|e| ExecError::Io(resolv.clone(), e))?;
+        std::fs::write(&resolv, host_resolv_conf()).map_err(|e| ExecError::Io(resolv.clone(), e))?;
 
         let (overlay_opts, bind_root) = match root {
-            MountSpec::Overlay { .. } => (
-                Some(cstr(
-                    root.overlay_options("run")
-                        .map_err(|e| ExecError::Setup(e.to_string()))?
-                        .unwrap_or_default(),
-                )?),
-                None,
-            ),
+            MountSpec::Overlay { .. } => {
+                (Some(cstr(root.overlay_options("run").map_err(|e| ExecError::Setup(e.to_string()))?.unwrap_or_default())?), None)
+            }
             MountSpec::Bind { source, readonly } => (None, Some((cpath(source)?, *readonly))),
         };
 
@@ -182,10 +183,7 @@ impl Executor for NamespaceExecutor {
             cwd_parts.push(cstr(&acc)?);
         }
         // PATH lookup happens here, against the container's PATH, as runc does.
-        let prog = spec
-            .args
-            .first()
-            .ok_or_else(|| ExecError::Setup("empty command".into()))?;
+        let prog = spec.args.first().ok_or_else(|| ExecError::Setup("empty command".into()))?;
         let exec_paths = if prog.contains('/') {
             vec![cstr(prog)?]
         } else {
@@ -194,32 +192,20 @@ impl Executor for NamespaceExecutor {
                 .iter()
                 .find_map(|e| e.strip_prefix("PATH="))
                 .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-            path.split(':')
-                .filter(|d| !d.is_empty())
-                .map(|d| cstr(format!("{d}/{prog}")))
-                .collect::<Result<Vec<_>, _>>()?
+            path.split(':').filter(|d| !d.is_empty()).map(|d| cstr(format!("{d}/{prog}"))).collect::<Result<Vec<_>, _>>()?
         };
-        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| ExecError::Setup(format!("pipe: {e}")))?;
-        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| ExecError::Setup(format!("pipe: {e}")))?;
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Setup(format!("pipe: {e}")))?;
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Setup(format!("pipe: {e}")))?;
         let plan = Plan {
             root: cpath(&rootfs)?,
             overlay_opts,
             bind_root,
             proc_dir: rp("proc")?,
             dev_dir: rp("dev")?,
-            dev_nodes: [
-                ("null", (1, 3)),
-                ("zero", (1, 5)),
-                ("full", (1, 7)),
-                ("random", (1, 8)),
-                ("urandom", (1, 9)),
-                ("tty", (5, 0)),
-            ]
-            .iter()
-            .map(|(name, (ma, mi))| Ok((rp(&format!("dev/{name}"))?, libc::makedev(*ma, *mi))))
-            .collect::<Result<_, ExecError>>()?,
+            dev_nodes: [("null", (1, 3)), ("zero", (1, 5)), ("full", (1, 7)), ("random", (1, 8)), ("urandom", (1, 9)), ("tty", (5, 0))]
+                .iter()
+                .map(|(name, (ma, mi))| Ok((rp(&format!("dev/{name}"))?, libc::makedev(*ma, *mi))))
+                .collect::<Result<_, ExecError>>()?,
             dev_pts: rp("dev/pts")?,
             dev_shm: rp("dev/shm")?,
             dev_links: [
@@ -234,10 +220,29 @@ impl Executor for NamespaceExecutor {
             .collect::<Result<_, ExecError>>()?,
             sys_dir: rp("sys")?,
             etc_dir: rp("etc")?,
-            etc_files: vec![
-                (cpath(&hosts)?, rp("etc/hosts")?),
-                (cpath(&resolv)?, rp("etc/resolv.conf")?),
-            ],
+            etc_files: vec![(cpath(&hosts)?, rp("etc/hosts")?), (cpath(&resolv)?, rp("etc/resolv.conf")?)],
+            extra: spec
+                .mounts
+                .iter()
+                .map(|m| {
+                    let mut dirs = Vec::new();
+                    let mut acc = String::new();
+                    for part in m.dest.split('/').filter(|p| !p.is_empty() && *p != "." && *p != "..") {
+                        acc.push('/');
+                        acc.push_str(part);
+                        dirs.push(rp(acc.trim_start_matches('/'))?);
+                    }
+                    Ok(ExtraPlan {
+                        target: dirs
+                            .last()
+                            .cloned()
+                            .ok_or_else(|| ExecError::Setup(format!("cannot mount over the root: {:?}", m.dest)))?,
+                        dirs,
+                        source: m.source.as_deref().map(cpath).transpose()?,
+                        readonly: m.readonly,
+                    })
+                })
+                .collect::<Result<_, ExecError>>()?,
             hostname: cstr(SANDBOX_HOSTNAME)?,
             cwd_parts,
             cwd: cstr(if spec.cwd.is_empty() { "/" } else { &spec.cwd })?,
@@ -260,31 +265,14 @@ impl Executor for NamespaceExecutor {
             flags |= nix::sched::CloneFlags::CLONE_NEWNET;
         }
         let mut stack = vec![0u8; 256 * 1024];
-        let argv_ptrs: Vec<*const libc::c_char> = plan
-            .argv
-            .iter()
-            .map(|c| c.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let envp_ptrs: Vec<*const libc::c_char> = plan
-            .envp
-            .iter()
-            .map(|c| c.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
+        let argv_ptrs: Vec<*const libc::c_char> = plan.argv.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let envp_ptrs: Vec<*const libc::c_char> = plan.envp.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
         let started = std::time::Instant::now();
         // SAFETY: the child only reads `plan` and the pointer arrays (its own copy of this
         // address space) and makes raw syscalls; it never returns into Rust code that
         // could allocate or unwind, ending in execve or _exit.
-        let pid = unsafe {
-            nix::sched::clone(
-                Box::new(|| child(&plan, &argv_ptrs, &envp_ptrs)),
-                &mut stack,
-                flags,
-                Some(libc::SIGCHLD),
-            )
-        }
-        .map_err(|e| ExecError::Setup(format!("clone into new namespaces: {e}")))?;
+        let pid = unsafe { nix::sched::clone(Box::new(|| child(&plan, &argv_ptrs, &envp_ptrs)), &mut stack, flags, Some(libc::SIGCHLD)) }
+            .map_err(|e| ExecError::Setup(format!("clone into new namespaces: {e}")))?;
         drop(out_w);
         drop(err_w);
 
@@ -312,25 +300,16 @@ impl Executor for NamespaceExecutor {
             let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
             let err = std::io::Error::from_raw_os_error(errno);
             if report[0] == Stage::Exec as u8 {
-                return Err(ExecError::NotFound {
-                    program: prog.clone(),
-                    reason: err.to_string(),
-                });
+                return Err(ExecError::NotFound { program: prog.clone(), reason: err.to_string() });
             }
-            return Err(ExecError::Setup(format!(
-                "{}: {err}",
-                Stage::describe(report[0])
-            )));
+            return Err(ExecError::Setup(format!("{}: {err}", Stage::describe(report[0]))));
         }
         let code = match status {
             nix::sys::wait::WaitStatus::Exited(_, c) => c,
             nix::sys::wait::WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
             _ => -1,
         };
-        Ok(ExecResult {
-            exit_code: code,
-            duration: started.elapsed(),
-        })
+        Ok(ExecResult { exit_code: code, duration: started.elapsed() })
     }
 }
 
@@ -360,38 +339,13 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
     unsafe {
         let null: *const libc::c_char = std::ptr::null();
         // Die with the thread that waits for us, so a killed build leaves no step running.
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        if libc::mount(
-            null,
-            c"/".as_ptr(),
-            null,
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        if libc::mount(null, c"/".as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
             return fail(p.err_fd, Stage::PrivateMounts);
         }
         let rc = match (&p.overlay_opts, &p.bind_root) {
-            (Some(opts), _) => libc::mount(
-                c"overlay".as_ptr(),
-                p.root.as_ptr(),
-                c"overlay".as_ptr(),
-                0,
-                opts.as_ptr().cast(),
-            ),
-            (None, Some((src, _))) => libc::mount(
-                src.as_ptr(),
-                p.root.as_ptr(),
-                null,
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ),
+            (Some(opts), _) => libc::mount(c"overlay".as_ptr(), p.root.as_ptr(), c"overlay".as_ptr(), 0, opts.as_ptr().cast()),
+            (None, Some((src, _))) => libc::mount(src.as_ptr(), p.root.as_ptr(), null, libc::MS_BIND | libc::MS_REC, std::ptr::null()),
             (None, None) => -1,
         };
         if rc != 0 {
@@ -446,29 +400,10 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
         }
         mkdir_quiet(&p.sys_dir, 0o555);
         let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
-        if libc::mount(
-            c"sysfs".as_ptr(),
-            p.sys_dir.as_ptr(),
-            c"sysfs".as_ptr(),
-            ro,
-            std::ptr::null(),
-        ) != 0
-        {
+        if libc::mount(c"sysfs".as_ptr(), p.sys_dir.as_ptr(), c"sysfs".as_ptr(), ro, std::ptr::null()) != 0 {
             // In the host network namespace sysfs may be refused; bind the host's read-only.
-            if libc::mount(
-                c"/sys".as_ptr(),
-                p.sys_dir.as_ptr(),
-                null,
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ) != 0
-                || libc::mount(
-                    null,
-                    p.sys_dir.as_ptr(),
-                    null,
-                    libc::MS_BIND | libc::MS_REMOUNT | ro,
-                    std::ptr::null(),
-                ) != 0
+            if libc::mount(c"/sys".as_ptr(), p.sys_dir.as_ptr(), null, libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0
+                || libc::mount(null, p.sys_dir.as_ptr(), null, libc::MS_BIND | libc::MS_REMOUNT | ro, std::ptr::null()) != 0
             {
                 return fail(p.err_fd, Stage::Sys);
             }
@@ -476,33 +411,39 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
         umask_default();
         mkdir_quiet(&p.etc_dir, 0o755);
         for (src, dst) in &p.etc_files {
-            let fd = libc::open(
-                dst.as_ptr(),
-                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-                0o644,
-            );
+            let fd = libc::open(dst.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o644);
             if fd >= 0 {
                 libc::close(fd);
             }
-            if libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                null,
-                libc::MS_BIND,
-                std::ptr::null(),
-            ) != 0
-            {
+            if libc::mount(src.as_ptr(), dst.as_ptr(), null, libc::MS_BIND, std::ptr::null()) != 0 {
                 return fail(p.err_fd, Stage::EtcFiles);
             }
         }
+        for m in &p.extra {
+            for d in &m.dirs {
+                mkdir_quiet(d, 0o755);
+            }
+            let rc = match &m.source {
+                Some(src) => libc::mount(src.as_ptr(), m.target.as_ptr(), null, libc::MS_BIND | libc::MS_REC, std::ptr::null()),
+                None => libc::mount(
+                    c"tmpfs".as_ptr(),
+                    m.target.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    c"mode=755".as_ptr().cast(),
+                ),
+            };
+            if rc != 0 {
+                return fail(p.err_fd, Stage::Mounts);
+            }
+            if m.readonly
+                && libc::mount(null, m.target.as_ptr(), null, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, std::ptr::null()) != 0
+            {
+                return fail(p.err_fd, Stage::Mounts);
+            }
+        }
         if let Some((_, true)) = &p.bind_root {
-            libc::mount(
-                null,
-                p.root.as_ptr(),
-                null,
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                std::ptr::null(),
-            );
+            libc::mount(null, p.root.as_ptr(), null, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, std::ptr::null());
         }
         // pivot_root(".", ".") then detach the old root: no put_old directory needed.
         if libc::chdir(p.root.as_ptr()) != 0

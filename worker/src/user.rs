@@ -39,12 +39,7 @@ fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
         if f.len() < 4 {
             return None;
         }
-        Some(PasswdEntry {
-            name: f[0],
-            uid: f[2].parse().ok()?,
-            gid: f[3].parse().ok()?,
-            home: f.get(5).copied().unwrap_or("/"),
-        })
+        Some(PasswdEntry { name: f[0], uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f.get(5).copied().unwrap_or("/") })
     })
 }
 
@@ -54,20 +49,13 @@ fn group_entries(group: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
         if f.len() < 3 {
             return None;
         }
-        let members = f
-            .get(3)
-            .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default();
+        let members = f.get(3).map(|m| m.split(',').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
         Some((f[0], f[2].parse().ok()?, members))
     })
 }
 
 /// Resolves `spec` (empty means root) given the files' contents (None when absent).
-pub fn resolve_user(
-    spec: &str,
-    passwd: Option<&str>,
-    group: Option<&str>,
-) -> Result<ResolvedUser, UserError> {
+pub fn resolve_user(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<ResolvedUser, UserError> {
     let passwd = passwd.unwrap_or("");
     let group = group.unwrap_or("");
     let (u, g) = match spec.split_once(':') {
@@ -76,10 +64,12 @@ pub fn resolve_user(
     };
     let u = if u.is_empty() { "0" } else { u };
     let entry = if let Ok(uid) = u.parse::<u32>() {
-        passwd_entries(passwd)
-            .find(|e| e.uid == uid)
-            .map(|e| (e.name.to_string(), e.uid, e.gid, e.home.to_string()))
-            .unwrap_or((String::new(), uid, 0, "/".into()))
+        passwd_entries(passwd).find(|e| e.uid == uid).map(|e| (e.name.to_string(), e.uid, e.gid, e.home.to_string())).unwrap_or((
+            String::new(),
+            uid,
+            0,
+            "/".into(),
+        ))
     } else {
         passwd_entries(passwd)
             .find(|e| e.name == u)
@@ -90,27 +80,18 @@ pub fn resolve_user(
     if let Some(g) = g {
         gid = match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => group_entries(group)
-                .find(|(n, _, _)| *n == g)
-                .map(|(_, id, _)| id)
-                .ok_or_else(|| UserError::NoGroup(g.to_string()))?,
+            Err(_) => {
+                group_entries(group).find(|(n, _, _)| *n == g).map(|(_, id, _)| id).ok_or_else(|| UserError::NoGroup(g.to_string()))?
+            }
         };
     }
     let additional_gids = if g.is_none() && !name.is_empty() {
-        group_entries(group)
-            .filter(|(_, id, members)| *id != gid && members.contains(&name.as_str()))
-            .map(|(_, id, _)| id)
-            .collect()
+        group_entries(group).filter(|(_, id, members)| *id != gid && members.contains(&name.as_str())).map(|(_, id, _)| id).collect()
     } else {
         Vec::new()
     };
     let home = if home.is_empty() { "/".into() } else { home };
-    Ok(ResolvedUser {
-        uid,
-        gid,
-        additional_gids,
-        home,
-    })
+    Ok(ResolvedUser { uid, gid, additional_gids, home })
 }
 
 #[cfg(test)]
@@ -122,25 +103,11 @@ mod tests {
 
     #[test]
     fn names_ids_and_groups() {
-        assert_eq!(
-            resolve_user("", Some(PASSWD), Some(GROUP)).unwrap().home,
-            "/root"
-        );
+        assert_eq!(resolve_user("", Some(PASSWD), Some(GROUP)).unwrap().home, "/root");
         let app = resolve_user("app", Some(PASSWD), Some(GROUP)).unwrap();
-        assert_eq!(
-            (app.uid, app.gid, app.additional_gids.clone()),
-            (1000, 1000, vec![10])
-        );
-        assert_eq!(
-            resolve_user("app:wheel", Some(PASSWD), Some(GROUP))
-                .unwrap()
-                .gid,
-            10
-        );
+        assert_eq!((app.uid, app.gid, app.additional_gids.clone()), (1000, 1000, vec![10]));
+        assert_eq!(resolve_user("app:wheel", Some(PASSWD), Some(GROUP)).unwrap().gid, 10);
         assert_eq!(resolve_user("4242:4343", None, None).unwrap().uid, 4242);
-        assert_eq!(
-            resolve_user("nobody", Some(PASSWD), Some(GROUP)).unwrap_err(),
-            UserError::NoUser("nobody".into())
-        );
+        assert_eq!(resolve_user("nobody", Some(PASSWD), Some(GROUP)).unwrap_err(), UserError::NoUser("nobody".into()));
     }
 }

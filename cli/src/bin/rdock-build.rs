@@ -8,10 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "rdock-build",
-    about = "Build a Dockerfile into an image, BuildKit-style, without a daemon"
-)]
+#[command(name = "rdock-build", about = "Build a Dockerfile into an image, BuildKit-style, without a daemon")]
 struct Args {
     /// The frontend; only `dockerfile`.
     #[arg(long)]
@@ -47,39 +44,23 @@ struct Args {
 
 fn request(a: Args) -> anyhow::Result<BuildRequest> {
     if a.frontend != "dockerfile" && a.frontend != "dockerfile.v0" {
-        return Err(UsageError(format!(
-            "unknown frontend {:?} (only dockerfile)",
-            a.frontend
-        ))
-        .into());
+        return Err(UsageError(format!("unknown frontend {:?} (only dockerfile)", a.frontend)).into());
     }
     if !a.export_cache.is_empty() || !a.import_cache.is_empty() {
-        return Err(
-            UsageError("--export-cache and --import-cache are not supported yet".into()).into(),
-        );
+        return Err(UsageError("--export-cache and --import-cache are not supported yet".into()).into());
     }
     let mut locals = BTreeMap::new();
     for l in &a.locals {
-        let (k, v) = l
-            .split_once('=')
-            .ok_or_else(|| UsageError(format!("--local {l}: expected NAME=DIR")))?;
+        let (k, v) = l.split_once('=').ok_or_else(|| UsageError(format!("--local {l}: expected NAME=DIR")))?;
         locals.insert(k.to_string(), PathBuf::from(v));
     }
-    let context = locals
-        .get("context")
-        .cloned()
-        .ok_or_else(|| UsageError("--local context=DIR is required".into()))?;
-    let dockerfile_dir = locals
-        .get("dockerfile")
-        .cloned()
-        .unwrap_or_else(|| context.clone());
+    let context = locals.get("context").cloned().ok_or_else(|| UsageError("--local context=DIR is required".into()))?;
+    let dockerfile_dir = locals.get("dockerfile").cloned().unwrap_or_else(|| context.clone());
     let mut filename = "Dockerfile".to_string();
     let mut target = None;
     let mut build_args = BTreeMap::new();
     for o in &a.opts {
-        let (k, v) = o
-            .split_once('=')
-            .ok_or_else(|| UsageError(format!("--opt {o}: expected KEY=VALUE")))?;
+        let (k, v) = o.split_once('=').ok_or_else(|| UsageError(format!("--opt {o}: expected KEY=VALUE")))?;
         if let Some(arg) = k.strip_prefix("build-arg:") {
             build_args.insert(arg.to_string(), v.to_string());
         } else {
@@ -90,21 +71,15 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
             }
         }
     }
-    let progress = Mode::parse(&a.progress).ok_or_else(|| {
-        UsageError(format!(
-            "--progress {}: expected auto, tty, plain, rawjson or quiet",
-            a.progress
-        ))
-    })?;
+    let progress = Mode::parse(&a.progress)
+        .ok_or_else(|| UsageError(format!("--progress {}: expected auto, tty, plain, rawjson or quiet", a.progress)))?;
     let dump = match a.dump_llb.as_deref() {
         None => None,
         Some("json") => Some(DumpFormat::Json),
         Some("ron") => Some(DumpFormat::Ron),
         Some("dot") => Some(DumpFormat::Dot),
         Some(other) => {
-            return Err(
-                UsageError(format!("--dump-llb {other}: expected json, ron or dot")).into(),
-            );
+            return Err(UsageError(format!("--dump-llb {other}: expected json, ron or dot")).into());
         }
     };
     Ok(BuildRequest {
@@ -112,11 +87,7 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
         dockerfile: dockerfile_dir.join(filename),
         target,
         build_args,
-        outputs: a
-            .outputs
-            .iter()
-            .map(|o| parse_output(o))
-            .collect::<anyhow::Result<_>>()?,
+        outputs: a.outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?,
         no_cache: a.no_cache,
         progress,
         metadata_file: a.metadata_file,

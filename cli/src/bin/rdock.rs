@@ -9,10 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "rdock",
-    about = "Build and manage container images without a daemon"
-)]
+#[command(name = "rdock", about = "Build and manage container images without a daemon")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -129,26 +126,11 @@ fn not_yet(what: &str) -> anyhow::Result<()> {
 
 fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Build {
-            tags,
-            file,
-            target,
-            build_args,
-            outputs,
-            cache_from,
-            cache_to,
-            no_cache,
-            progress,
-            metadata_file,
-            context,
-        } => {
+        Command::Build { tags, file, target, build_args, outputs, cache_from, cache_to, no_cache, progress, metadata_file, context } => {
             if !cache_from.is_empty() || !cache_to.is_empty() {
                 return not_yet("--cache-from/--cache-to");
             }
-            let mut outs: Vec<Output> = outputs
-                .iter()
-                .map(|o| parse_output(o))
-                .collect::<anyhow::Result<_>>()?;
+            let mut outs: Vec<Output> = outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
             if !tags.is_empty() {
                 let names = tags
                     .iter()
@@ -161,10 +143,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 match a.split_once('=') {
                     Some((k, v)) => args.insert(k.to_string(), v.to_string()),
                     // `--build-arg K` takes K from the environment, as docker does.
-                    None => std::env::var(&a)
-                        .ok()
-                        .map(|v| args.insert(a.clone(), v))
-                        .unwrap_or(None),
+                    None => std::env::var(&a).ok().map(|v| args.insert(a.clone(), v)).unwrap_or(None),
                 };
             }
             let req = BuildRequest {
@@ -174,11 +153,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 build_args: args,
                 outputs: outs,
                 no_cache,
-                progress: Mode::parse(&progress).ok_or_else(|| {
-                    UsageError(format!(
-                        "--progress {progress}: expected auto, tty, plain, rawjson or quiet"
-                    ))
-                })?,
+                progress: Mode::parse(&progress)
+                    .ok_or_else(|| UsageError(format!("--progress {progress}: expected auto, tty, plain, rawjson or quiet")))?,
                 metadata_file,
                 dump: None,
             };
