@@ -686,3 +686,90 @@ RUN echo after > /after\n";
     let (_, ev) = f.build_events(&ctx, &["--no-cache"]);
     assert!(ev.iter().any(|e| e["kind"] == "started" && e["name"] == "[2/9] RUN <<EOF (echo one > /one...)"), "{ev:?}");
 }
+
+fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn run_mounts_cache_tmpfs_bind_and_secrets() {
+    let f = Fixture::new();
+    let secret = "s3cr3t-value-9f8e7d";
+    std::fs::write(f.path("token"), secret).unwrap();
+    let df = "FROM busybox\n\
+RUN --mount=type=cache,target=/cache sh -c 'echo run >> /cache/log; wc -l < /cache/log > /count'\n\
+RUN --mount=type=tmpfs,target=/scratch sh -c 'echo t > /scratch/t && test -f /scratch/t && echo ok > /tmpfs-ok'\n\
+RUN --mount=type=bind,target=/ctx cat /ctx/input.txt > /from-ctx\n\
+RUN --mount=type=bind,target=/ctx,rw sh -c 'echo x > /ctx/new && cat /ctx/input.txt > /rw-ok'\n\
+RUN --mount=type=secret,id=token sh -c 'wc -c < /run/secrets/token > /secret-len'\n\
+RUN --mount=type=secret,id=token,env=TOKEN,target=/s sh -c 'test \"$TOKEN\" = \"$(cat /s)\" && echo ok > /env-ok'\n";
+    let ctx = f.ctx("mounts", &[("Dockerfile", df), ("input.txt", "from the context\n")]);
+    let secret_arg = format!("id=token,src={}", f.path("token").display());
+    let build = |extra: &[&str]| {
+        let mut args = vec!["--secret", &secret_arg];
+        args.extend_from_slice(extra);
+        f.build(&ctx, &args)
+    };
+    let oci = f.path("m.tar");
+    let out = build(&[
+        "--output",
+        &format!("type=oci,dest={}", oci.display()),
+        "--output",
+        &format!("type=local,dest={}", f.path("o").display()),
+    ]);
+    assert_ok(&out);
+    let read = |p: &str| std::fs::read_to_string(f.path("o").join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("count").trim(), "1");
+    assert_eq!(read("tmpfs-ok"), "ok\n");
+    assert_eq!(read("from-ctx"), "from the context\n");
+    assert_eq!(read("rw-ok"), "from the context\n");
+    assert!(!ctx.join("new").exists(), "a rw bind wrote into the build context");
+    assert_eq!(read("secret-len").trim(), secret.len().to_string());
+    assert_eq!(read("env-ok"), "ok\n");
+    let img = read_image(&oci);
+    let paths: Vec<&str> = img.new_entries().iter().map(|e| e.path.as_str()).collect();
+    for p in &paths {
+        let first = p.trim_end_matches('/').split('/').next().unwrap_or("");
+        assert!(!["cache", "scratch", "ctx", "run", "s"].contains(&first), "mount point {p} leaked into a layer: {paths:?}");
+    }
+    // The secret is nowhere: not in the store (blobs, snapshots, database), not in the log.
+    for e in walkdir_files(&f.root) {
+        let bytes = std::fs::read(&e).unwrap_or_default();
+        assert!(!contains_bytes(&bytes, secret.as_bytes()), "secret found in {}", e.display());
+    }
+    assert!(!stderr(&out).contains(secret));
+
+    // The cache mount persists between builds; the context bind is part of the cache key.
+    let out = build(&["--no-cache", "--output", &format!("type=local,dest={}", f.path("o2").display())]);
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(f.path("o2/count")).unwrap().trim(), "2");
+    std::fs::write(ctx.join("input.txt"), "changed\n").unwrap();
+    let mut args = vec!["--secret", secret_arg.as_str(), "--progress=rawjson"];
+    let o3 = format!("type=local,dest={}", f.path("o3").display());
+    args.extend_from_slice(&["--output", &o3]);
+    let out = f.build(&ctx, &args);
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(f.path("o3/from-ctx")).unwrap(), "changed\n");
+
+    // A required secret that was not given fails the step and names it.
+    let req = f.ctx("req", &[("Dockerfile", "FROM busybox\nRUN --mount=type=secret,id=missing,required cat /run/secrets/missing\n")]);
+    let out = f.build(&req, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("secret missing is required"), "{}", stderr(&out));
+}
+
+fn walkdir_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}

@@ -79,6 +79,32 @@ pub struct BuildRequest {
     pub metadata_file: Option<PathBuf>,
     /// Print the LLB and stop.
     pub dump: Option<DumpFormat>,
+    /// `--secret` values by id.
+    pub secrets: HashMap<String, Vec<u8>>,
+}
+
+/// Parses a `--secret` spec: `id=NAME,src=FILE` (also `source=`), `id=NAME,env=VAR`, or
+/// `id=NAME` alone (then the environment variable NAME, else the file NAME), as BuildKit does.
+pub fn parse_secret(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    let m = kv(spec);
+    let id = m.get("id").cloned().filter(|i| !i.is_empty()).ok_or_else(|| UsageError(format!("--secret {spec}: id= is required")))?;
+    if let Some(t) = m.get("type")
+        && t != "file"
+        && t != "env"
+    {
+        return Err(UsageError(format!("--secret {spec}: type must be file or env")).into());
+    }
+    let src = m.get("src").or_else(|| m.get("source"));
+    if let Some(file) = src {
+        let v = std::fs::read(file).map_err(|e| UsageError(format!("--secret {spec}: reading {file}: {e}")))?;
+        return Ok((id, v));
+    }
+    let var = m.get("env").cloned().unwrap_or_else(|| id.clone());
+    match std::env::var_os(&var) {
+        Some(v) => Ok((id, v.into_encoded_bytes())),
+        None if !m.contains_key("env") && std::path::Path::new(&id).is_file() => Ok((id.clone(), std::fs::read(&id)?)),
+        None => Err(UsageError(format!("--secret {spec}: environment variable {var} is not set")).into()),
+    }
 }
 
 fn kv(spec: &str) -> BTreeMap<String, String> {
@@ -187,7 +213,8 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
     let solver = Solver::new(worker, images.clone())?;
     let locals = HashMap::from([("context".to_string(), req.context.clone())]);
     let sink = progress::sink(req.progress);
-    let out = solver.solve(&SolveRequest { definition: &lowered.definition, locals: &locals, progress: sink.as_ref() })?;
+    let out =
+        solver.solve(&SolveRequest { definition: &lowered.definition, locals: &locals, progress: sink.as_ref(), secrets: &req.secrets })?;
     drop(sink);
 
     let mut summary = BuildSummary { executed: out.executed, cached: out.cached, manifest: None };

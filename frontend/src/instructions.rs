@@ -80,6 +80,8 @@ pub enum Instruction {
         security: Option<String>,
         /// Heredocs the command reads.
         heredocs: Vec<Heredoc>,
+        /// `--mount=` specs, unexpanded.
+        mounts: Vec<String>,
     },
     /// COPY.
     Copy(CopyArgs),
@@ -284,14 +286,15 @@ pub fn parse_instruction(raw: &RawInstruction) -> Result<Located, DockerfileErro
         }
         "run" => {
             let f = Flags::new(raw, &["network", "security", "mount", "device"])?;
-            if !f.strings("mount").is_empty() {
-                return Err(
-                    DockerfileError::new(raw.location.at("--mount"), "RUN --mount is not supported yet").expected("RUN without --mount")
-                );
-            }
             let cmd = command_form(&raw.args)
                 .ok_or_else(|| DockerfileError::new(raw.location.clone(), "RUN requires at least one argument").expected("a command"))?;
-            Instruction::Run { cmd, network: f.string("network")?, security: f.string("security")?, heredocs: raw.heredocs.clone() }
+            Instruction::Run {
+                cmd,
+                network: f.string("network")?,
+                security: f.string("security")?,
+                heredocs: raw.heredocs.clone(),
+                mounts: f.strings("mount"),
+            }
         }
         "copy" | "add" => {
             let allowed: &[&str] = if raw.keyword == "copy" {

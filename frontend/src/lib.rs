@@ -27,6 +27,7 @@ mod error;
 pub mod instructions;
 mod lower;
 pub mod parser;
+pub mod runmount;
 pub mod shell;
 
 pub use error::{DockerfileError, Location};

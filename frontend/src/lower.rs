@@ -5,6 +5,7 @@ use crate::error::{DockerfileError, Location};
 use crate::instructions::{CommandForm, CopyArgs, Healthcheck, Instruction, Located, parse_instruction};
 use crate::parser::parse;
 use crate::parser::{Heredoc, heredoc_word};
+use crate::runmount::{RunMount, parse_run_mount};
 use crate::shell::Lexer;
 use rdock_imagespec::{Empty, HealthConfig, History, ImageConfig, ImageRef, Platform};
 use rdock_llb::{
@@ -643,8 +644,8 @@ impl Ctx<'_> {
                 run.image.config.healthcheck = Some(hc);
                 history(&mut run.image, msg, false);
             }
-            Instruction::Run { cmd, network, security, heredocs } => {
-                self.dispatch_run(run, l, cmd, network.as_deref(), security.as_deref(), heredocs)?
+            Instruction::Run { cmd, network, security, heredocs, mounts } => {
+                self.dispatch_run(run, l, cmd, network.as_deref(), security.as_deref(), heredocs, mounts)?
             }
             Instruction::Copy(args) => self.dispatch_copy(run, l, args, false)?,
             Instruction::Add(args) => self.dispatch_copy(run, l, args, true)?,
@@ -668,9 +669,51 @@ impl Ctx<'_> {
         network: Option<&str>,
         security: Option<&str>,
         heredocs: &[Heredoc],
+        run_mounts: &[String],
     ) -> Result<(), FrontendError> {
         let mut args = self.command_args(run, cmd);
-        let mut extra_mounts: Vec<(Input, Mount)> = Vec::new();
+        let mut extra_mounts: Vec<(Option<Input>, Mount)> = Vec::new();
+        for spec in run_mounts {
+            let expanded = self.expand(run, l, spec)?;
+            let bad = |m: String| {
+                DockerfileError::new(l.location.at("--mount"), format!("invalid --mount={spec}: {m}"))
+                    .expected("type=bind|cache|tmpfs|secret,target=PATH,…")
+            };
+            let parsed = parse_run_mount(&expanded).map_err(bad)?;
+            let abs = |t: &str| relative_to(&run.workdir, t).trim_end_matches('/').to_string();
+            let mount = |dest: String, kind: MountKind, readonly: bool| Mount {
+                input: None,
+                dest,
+                selector: String::new(),
+                output: None,
+                readonly,
+                kind,
+            };
+            match parsed {
+                RunMount::Bind { target, source, from, rw } => {
+                    let state = match from {
+                        None => Some(self.context_source()),
+                        Some(from) => {
+                            match self.stage_by_name(&from, run.idx).or_else(|| from.parse::<usize>().ok().filter(|i| *i < run.idx)) {
+                                Some(s) => self.lower_stage(s)?.state,
+                                None => Some(self.image_source(&from, &l.location)?.0),
+                            }
+                        }
+                    };
+                    let mut m = mount(abs(&target), MountKind::Bind, !rw);
+                    m.selector = source;
+                    extra_mounts.push((state, m));
+                }
+                RunMount::Cache { target, id, sharing, mode, uid, gid, readonly } => {
+                    extra_mounts.push((None, mount(abs(&target), MountKind::Cache { id, sharing, mode, uid, gid }, readonly)));
+                }
+                RunMount::Tmpfs { target, size } => extra_mounts.push((None, mount(abs(&target), MountKind::Tmpfs { size }, false))),
+                RunMount::Secret { target, id, required, mode, uid, gid, env } => {
+                    let dest = if target.is_empty() { String::new() } else { abs(&target) };
+                    extra_mounts.push((None, mount(dest, MountKind::Secret { id, required, mode, uid, gid, env }, true)));
+                }
+            }
+        }
         let mut summary = None;
         if !heredocs.is_empty() {
             let CommandForm::Shell(text) = cmd else {
@@ -698,7 +741,7 @@ impl Ctx<'_> {
                         OpMetadata { description: "[internal] preparing inline document".into(), ..Default::default() },
                     );
                     extra_mounts.push((
-                        file,
+                        Some(file),
                         Mount {
                             input: None,
                             dest: "/dev/pipes/".into(),
@@ -755,8 +798,10 @@ impl Ctx<'_> {
             kind: MountKind::Bind,
         }];
         for (input, mut m) in extra_mounts {
-            m.input = Some(inputs.len() as u32);
-            inputs.push(input);
+            if let Some(input) = input {
+                m.input = Some(inputs.len() as u32);
+                inputs.push(input);
+            }
             mounts.push(m);
         }
         let exec = ExecOp {

@@ -21,4 +21,7 @@ mod op;
 pub mod patterns;
 
 pub use definition::{Definition, DefinitionBuilder, Node, OpDigest, OpMetadata};
-pub use op::{ChownOpt, CopyAction, DiffOp, ExecOp, FileAction, FileOp, Input, MergeOp, Mount, MountKind, Network, Op, Security, SourceOp};
+pub use op::{
+    CacheSharing, ChownOpt, CopyAction, DiffOp, ExecOp, FileAction, FileOp, Input, MergeOp, Mount, MountKind, Network, Op, Security,
+    SourceOp,
+};

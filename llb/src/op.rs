@@ -91,13 +91,57 @@ pub enum Security {
     Insecure,
 }
 
+/// How concurrent builds share a cache mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum CacheSharing {
+    /// Everyone uses the same directory at once.
+    #[default]
+    Shared,
+    /// A user that finds it busy gets a directory of its own.
+    Private,
+    /// Users wait for each other.
+    Locked,
+}
+
 /// What a mount is backed by.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MountKind {
     /// An input (or scratch when `input` is None), writable if it has an output.
     Bind,
     /// A fresh tmpfs.
-    Tmpfs,
+    Tmpfs {
+        /// Size limit in bytes.
+        size: Option<u64>,
+    },
+    /// A persistent directory shared between builds of one store, never in an image.
+    Cache {
+        /// The cache's identity.
+        id: String,
+        /// Concurrency.
+        sharing: CacheSharing,
+        /// Mode of the directory when first created.
+        mode: u32,
+        /// Owner of the directory when first created.
+        uid: u32,
+        /// Group of the directory when first created.
+        gid: u32,
+    },
+    /// A secret provided to the build, as a file at `dest` (or an env var); its value
+    /// never appears in the graph.
+    Secret {
+        /// The secret's id (`--secret id=…`).
+        id: String,
+        /// Fail if the secret was not provided.
+        required: bool,
+        /// File mode.
+        mode: u32,
+        /// File owner.
+        uid: u32,
+        /// File group.
+        gid: u32,
+        /// Also (or instead) expose it as this environment variable.
+        env: Option<String>,
+    },
 }
 
 /// One mount of an exec.

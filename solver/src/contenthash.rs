@@ -12,6 +12,22 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+/// Hashes the subtree `path` of the context at `dir` that a bind mount shows.
+pub fn hash_mount_source(h: &mut blake3::Hasher, dir: &Path, excludes: &PatternMatcher, path: &str) -> Result<(), SolveError> {
+    let copy = CopyAction {
+        src_input: 0,
+        src: vec![if path.is_empty() { "/".to_string() } else { path.to_string() }],
+        dest: String::new(),
+        chown: None,
+        chmod: None,
+        allow_wildcard: false,
+        allow_empty_wildcard: false,
+        unpack_archives: false,
+        exclude: Vec::new(),
+    };
+    hash_copy_sources(h, dir, excludes, &copy)
+}
+
 /// Hashes what `copy` reads from the context at `dir` into `h`.
 pub fn hash_copy_sources(h: &mut blake3::Hasher, dir: &Path, excludes: &PatternMatcher, copy: &CopyAction) -> Result<(), SolveError> {
     let src = CopySource { root: dir, excludes: Some(excludes), reset_ownership: true };

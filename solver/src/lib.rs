@@ -10,7 +10,8 @@
 //! use rdock_solver::{Solver, SolveRequest, NoProgress};
 //! # fn demo(solver: &Solver, def: &rdock_llb::Definition) {
 //! let locals = std::collections::HashMap::from([("context".to_string(), std::path::PathBuf::from("."))]);
-//! let out = solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress }).unwrap();
+//! let secrets = std::collections::HashMap::new();
+//! let out = solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress, secrets: &secrets }).unwrap();
 //! println!("result snapshot: {:?}", out.top);
 //! # }
 //! ```

@@ -3,7 +3,7 @@
 
 use crate::SolveError;
 use crate::cache::CacheStore;
-use crate::contenthash::hash_copy_sources;
+use crate::contenthash::{hash_copy_sources, hash_mount_source};
 use crate::progress::{Event, EventKind, ProgressSink};
 use rdock_imagespec::ImageRef;
 use rdock_llb::patterns::PatternMatcher;
@@ -22,6 +22,9 @@ pub struct SolveRequest<'a> {
     pub locals: &'a HashMap<String, PathBuf>,
     /// Where events go.
     pub progress: &'a dyn ProgressSink,
+    /// Secrets by id, for `RUN --mount=type=secret`. They are handed to the worker only:
+    /// never part of the graph, a cache key or an event.
+    pub secrets: &'a HashMap<String, Vec<u8>>,
 }
 
 /// The result of a solve.
@@ -40,6 +43,13 @@ pub struct SolveOutput {
 enum Output {
     Snapshot(Option<String>),
     Local { dir: PathBuf, excludes: Vec<String> },
+}
+
+fn file_input(o: &Output) -> FileInput {
+    match o {
+        Output::Snapshot(s) => FileInput::Snapshot(s.clone()),
+        Output::Local { dir, excludes } => FileInput::Local { dir: dir.clone(), excludes: excludes.clone() },
+    }
 }
 
 /// The solver over a worker and an image store.
@@ -139,6 +149,17 @@ impl Solver {
                     let m = PatternMatcher::new(&src.patterns("local.excludepatterns")).map_err(|e| SolveError::Context(e.to_string()))?;
                     matchers.insert(i, (dir.clone(), m));
                 }
+                Op::Exec(e) => {
+                    // A bind mount of the context makes the step depend on what it shows.
+                    for m in &e.mounts {
+                        if let (rdock_llb::MountKind::Bind, Some(ix)) = (&m.kind, m.input)
+                            && let Some(input) = node.inputs.get(ix as usize)
+                            && let Some((dir, matcher)) = matchers.get(&run.index[&input.digest])
+                        {
+                            hash_mount_source(&mut h, dir, matcher, &m.selector)?;
+                        }
+                    }
+                }
                 Op::File(f) => {
                     for a in &f.actions {
                         if let FileAction::Copy(c) = a
@@ -233,15 +254,7 @@ impl Solver {
                 let mut partial = String::new();
                 let result = match &node.op {
                     Op::Exec(e) => {
-                        let mut snaps_in = Vec::with_capacity(inputs.len());
-                        for o in inputs {
-                            match o {
-                                Output::Snapshot(s) => snaps_in.push(s.clone()),
-                                Output::Local { .. } => {
-                                    return Err(SolveError::Definition("an exec op cannot mount a local source".into()));
-                                }
-                            }
-                        }
+                        let exec_inputs: Vec<FileInput> = inputs.iter().map(file_input).collect();
                         let mut on_output = |bytes: &[u8]| {
                             let text = String::from_utf8_lossy(bytes);
                             let mut ev = Event::new(EventKind::Log, &vertex, &name);
@@ -256,16 +269,10 @@ impl Solver {
                                 }
                             }
                         };
-                        self.worker.exec(e, &snaps_in, &snap_name, &mut on_output)
+                        self.worker.exec(e, &exec_inputs, run.req.secrets, &snap_name, &mut on_output)
                     }
                     Op::File(f) => {
-                        let file_inputs: Vec<FileInput> = inputs
-                            .iter()
-                            .map(|o| match o {
-                                Output::Snapshot(s) => FileInput::Snapshot(s.clone()),
-                                Output::Local { dir, excludes } => FileInput::Local { dir: dir.clone(), excludes: excludes.clone() },
-                            })
-                            .collect();
+                        let file_inputs: Vec<FileInput> = inputs.iter().map(file_input).collect();
                         self.worker.file(f, &file_inputs, &snap_name)
                     }
                     _ => Ok(()),

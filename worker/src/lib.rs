@@ -13,6 +13,7 @@
 //! # let _ = worker;
 //! ```
 
+mod cachemount;
 pub mod fileop;
 mod sandbox;
 pub mod user;
@@ -24,6 +25,7 @@ pub use user::{ResolvedUser, resolve_user};
 use rdock_llb::patterns::PatternMatcher;
 use rdock_llb::{ExecOp, FileOp, Network, Security};
 use rdock_snapshotter::{MountSpec, Mounted, SnapshotError, Snapshotter, Store, active_key};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,12 +52,26 @@ pub struct ExecSpec {
 /// A mount besides the root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraMount {
-    /// A host directory to bind, or None for a fresh tmpfs.
-    pub source: Option<PathBuf>,
+    /// What is mounted.
+    pub source: MountSource,
     /// Absolute path in the container.
     pub dest: String,
     /// Read-only.
     pub readonly: bool,
+}
+
+/// What an extra mount shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A host directory, bound.
+    Dir(PathBuf),
+    /// A host file, bound onto a file.
+    File(PathBuf),
+    /// A fresh tmpfs.
+    Tmpfs {
+        /// Size limit in bytes.
+        size: Option<u64>,
+    },
 }
 
 /// How a run ended.
@@ -164,17 +180,33 @@ impl Worker {
         &self.store
     }
 
-    /// Runs an exec op whose inputs are the committed snapshots `inputs` (None: scratch),
-    /// and commits its root mount's result as `name`.
-    pub fn exec(&self, op: &ExecOp, inputs: &[Option<String>], name: &str, output: &mut dyn FnMut(&[u8])) -> Result<(), WorkerError> {
+    /// Runs an exec op whose inputs are `inputs` (committed snapshots, or the build
+    /// context for bind mounts), with `secrets` by id for secret mounts, and commits its
+    /// root mount's result as `name`.
+    pub fn exec(
+        &self,
+        op: &ExecOp,
+        inputs: &[FileInput],
+        secrets: &HashMap<String, Vec<u8>>,
+        name: &str,
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), WorkerError> {
         let snaps = self.store.snapshots();
-        let input = |ix: Option<u32>| -> Option<String> { ix.and_then(|i| inputs.get(i as usize).cloned().flatten()) };
+        let input = |ix: Option<u32>| -> Option<String> {
+            match ix.and_then(|i| inputs.get(i as usize)) {
+                Some(FileInput::Snapshot(s)) => s.clone(),
+                _ => None,
+            }
+        };
         let root_mount = op.mounts.iter().find(|m| m.dest == "/");
         let parent = input(root_mount.and_then(|m| m.input));
         let parent = parent.as_deref();
         let key = active_key("exec");
         let mounts = snaps.prepare(&key, parent)?;
         let mut views: Vec<(String, Mounted)> = Vec::new();
+        let mut held: Vec<cachemount::Held> = Vec::new();
+        let mut scratches: Vec<(PathBuf, Mounted)> = Vec::new();
+        let secret_dir = SecretDir::new(&self.store.root().join("tmp"));
         let result = (|| {
             let layers = snaps.layer_dirs(parent)?;
             let read = |p: &str| -> Result<Option<String>, WorkerError> {
@@ -201,34 +233,89 @@ impl Worker {
                     // Deepest first, so parents are removed after their children.
                     stubs.splice(0..0, chain.into_iter().rev());
                 }
-                let source = match m.kind {
-                    rdock_llb::MountKind::Tmpfs => None,
-                    rdock_llb::MountKind::Bind => {
-                        let dirs = snaps.layer_dirs(input(m.input).as_deref())?;
-                        let base = match dirs.dirs() {
-                            [] => snaps.empty_dir().to_path_buf(),
-                            [one] => one.clone(),
-                            _ => {
-                                let vkey = format!("{key}-mount{i}");
-                                let spec = snaps.view(&vkey, input(m.input).as_deref())?;
-                                let mounted = Mounted::new(&spec[0], self.store.root().join("tmp").join(&vkey));
-                                match mounted {
-                                    Ok(mt) => {
-                                        let p = mt.path().to_path_buf();
-                                        views.push((vkey, mt));
-                                        p
-                                    }
-                                    Err(e) => {
-                                        let _ = snaps.remove(&vkey);
-                                        return Err(e.into());
+                let source = match &m.kind {
+                    rdock_llb::MountKind::Tmpfs { size } => MountSource::Tmpfs { size: *size },
+                    rdock_llb::MountKind::Cache { id, sharing, mode, uid, gid } => {
+                        let h = cachemount::acquire(&self.store.root().join("cache"), id, *sharing, *mode, *uid, *gid)?;
+                        let dir = h.dir.clone();
+                        held.push(h);
+                        MountSource::Dir(dir)
+                    }
+                    rdock_llb::MountKind::Secret { id, required, mode, uid, gid, env: env_name } => {
+                        let Some(value) = secrets.get(id) else {
+                            if *required {
+                                return Err(WorkerError::Path {
+                                    path: m.dest.clone(),
+                                    reason: format!("secret {id} is required but was not provided (--secret id={id},src=FILE)"),
+                                });
+                            }
+                            continue;
+                        };
+                        if let Some(var) = env_name {
+                            env.push(format!("{var}={}", String::from_utf8_lossy(value)));
+                        }
+                        if m.dest.is_empty() {
+                            continue;
+                        }
+                        MountSource::File(secret_dir.write(i, value, *mode, *uid, *gid)?)
+                    }
+                    rdock_llb::MountKind::Bind => match m.input.and_then(|ix| inputs.get(ix as usize)) {
+                        Some(FileInput::Local { dir, .. }) => MountSource::Dir(resolve_in_root(dir, &m.selector, true)?),
+                        _ => {
+                            let dirs = snaps.layer_dirs(input(m.input).as_deref())?;
+                            let base = match dirs.dirs() {
+                                [] => snaps.empty_dir().to_path_buf(),
+                                [one] => one.clone(),
+                                _ => {
+                                    let vkey = format!("{key}-mount{i}");
+                                    let spec = snaps.view(&vkey, input(m.input).as_deref())?;
+                                    let mounted = Mounted::new(&spec[0], self.store.root().join("tmp").join(&vkey));
+                                    match mounted {
+                                        Ok(mt) => {
+                                            let p = mt.path().to_path_buf();
+                                            views.push((vkey, mt));
+                                            p
+                                        }
+                                        Err(e) => {
+                                            let _ = snaps.remove(&vkey);
+                                            return Err(e.into());
+                                        }
                                     }
                                 }
+                            };
+                            MountSource::Dir(resolve_in_root(&base, &m.selector, true)?)
+                        }
+                    },
+                };
+                // A writable bind must never write into a snapshot or the context: it gets
+                // a throwaway overlay on top, discarded after the step (as in BuildKit).
+                let source = match (source, &m.kind, m.readonly) {
+                    (MountSource::Dir(dir), rdock_llb::MountKind::Bind, false) => {
+                        let scratch = self.store.root().join("tmp").join(format!("{key}-rw{i}"));
+                        for d in ["upper", "work"] {
+                            std::fs::create_dir_all(scratch.join(d)).map_err(|e| WorkerError::Io(scratch.join(d), e))?;
+                        }
+                        let spec =
+                            MountSpec::Overlay { lower: vec![dir], upper: Some(scratch.join("upper")), work: Some(scratch.join("work")) };
+                        let mounted = Mounted::new(&spec, scratch.join("mnt"));
+                        let mounted = match mounted {
+                            Ok(mt) => mt,
+                            Err(e) => {
+                                let _ = std::fs::remove_dir_all(&scratch);
+                                return Err(e.into());
                             }
                         };
-                        Some(resolve_in_root(&base, &m.selector, true)?)
+                        let p = mounted.path().to_path_buf();
+                        scratches.push((scratch, mounted));
+                        MountSource::Dir(p)
                     }
+                    (source, _, _) => source,
                 };
-                extra.push(ExtraMount { source, dest: m.dest.clone(), readonly: m.readonly || m.output.is_none() });
+                let readonly = match m.kind {
+                    rdock_llb::MountKind::Secret { .. } => true,
+                    _ => m.readonly,
+                };
+                extra.push(ExtraMount { source, dest: m.dest.clone(), readonly });
             }
             let existed: Vec<bool> = stubs.iter().map(|s| layers.exists(s)).collect();
             let spec = ExecSpec {
@@ -251,6 +338,12 @@ impl Worker {
         for (vkey, m) in views {
             drop(m);
             let _ = snaps.remove(&vkey);
+        }
+        drop(held);
+        drop(secret_dir);
+        for (dir, m) in scratches {
+            drop(m);
+            let _ = std::fs::remove_dir_all(dir);
         }
         self.finish(result, name, &key)
     }
@@ -350,6 +443,37 @@ impl Worker {
             applied
         })();
         self.finish(result, name, &key)
+    }
+}
+
+/// Secret files for one step, in a private directory removed when the step ends.
+struct SecretDir {
+    dir: PathBuf,
+}
+
+impl SecretDir {
+    fn new(tmp: &Path) -> SecretDir {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SecretDir { dir: tmp.join(format!("secrets-{}-{n}", std::process::id())) }
+    }
+
+    fn write(&self, i: usize, value: &[u8], mode: u32, uid: u32, gid: u32) -> Result<PathBuf, WorkerError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new().mode(0o700).recursive(true).create(&self.dir).map_err(|e| WorkerError::Io(self.dir.clone(), e))?;
+        let p = self.dir.join(i.to_string());
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).map_err(|e| WorkerError::Io(p.clone(), e))?;
+        std::io::Write::write_all(&mut f, value).map_err(|e| WorkerError::Io(p.clone(), e))?;
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| WorkerError::Io(p.clone(), e))?;
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(|e| WorkerError::Io(p.clone(), e))?;
+        Ok(p)
+    }
+}
+
+impl Drop for SecretDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

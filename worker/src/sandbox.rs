@@ -8,7 +8,7 @@
 //! copy of a multi-threaded process, where only async-signal-safe calls are sound, so it
 //! makes raw syscalls only and never allocates.
 
-use crate::{ExecError, ExecResult, ExecSpec, Executor};
+use crate::{ExecError, ExecResult, ExecSpec, Executor, MountSource};
 use rdock_llb::{Network, Security};
 use rdock_snapshotter::MountSpec;
 use std::ffi::CString;
@@ -115,7 +115,11 @@ struct Plan {
 struct ExtraPlan {
     dirs: Vec<CString>,
     target: CString,
+    /// A host path to bind; None mounts a tmpfs with `tmpfs_opts`.
     source: Option<CString>,
+    /// The target is a file (created empty if missing), not a directory.
+    file: bool,
+    tmpfs_opts: CString,
     readonly: bool,
 }
 
@@ -225,22 +229,25 @@ impl Executor for NamespaceExecutor {
                 .mounts
                 .iter()
                 .map(|m| {
-                    let mut dirs = Vec::new();
+                    let mut dirs: Vec<CString> = Vec::new();
                     let mut acc = String::new();
                     for part in m.dest.split('/').filter(|p| !p.is_empty() && *p != "." && *p != "..") {
                         acc.push('/');
                         acc.push_str(part);
                         dirs.push(rp(acc.trim_start_matches('/'))?);
                     }
-                    Ok(ExtraPlan {
-                        target: dirs
-                            .last()
-                            .cloned()
-                            .ok_or_else(|| ExecError::Setup(format!("cannot mount over the root: {:?}", m.dest)))?,
-                        dirs,
-                        source: m.source.as_deref().map(cpath).transpose()?,
-                        readonly: m.readonly,
-                    })
+                    let target =
+                        dirs.last().cloned().ok_or_else(|| ExecError::Setup(format!("cannot mount over the root: {:?}", m.dest)))?;
+                    let file = matches!(m.source, MountSource::File(_));
+                    if file {
+                        dirs.pop();
+                    }
+                    let (source, tmpfs_opts) = match &m.source {
+                        MountSource::Dir(p) | MountSource::File(p) => (Some(cpath(p)?), cstr("")?),
+                        MountSource::Tmpfs { size: Some(n) } => (None, cstr(format!("mode=1777,size={n}"))?),
+                        MountSource::Tmpfs { size: None } => (None, cstr("mode=1777")?),
+                    };
+                    Ok(ExtraPlan { dirs, target, source, file, tmpfs_opts, readonly: m.readonly })
                 })
                 .collect::<Result<_, ExecError>>()?,
             hostname: cstr(SANDBOX_HOSTNAME)?,
@@ -423,6 +430,12 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
             for d in &m.dirs {
                 mkdir_quiet(d, 0o755);
             }
+            if m.file {
+                let fd = libc::open(m.target.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o600);
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+            }
             let rc = match &m.source {
                 Some(src) => libc::mount(src.as_ptr(), m.target.as_ptr(), null, libc::MS_BIND | libc::MS_REC, std::ptr::null()),
                 None => libc::mount(
@@ -430,7 +443,7 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
                     m.target.as_ptr(),
                     c"tmpfs".as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV,
-                    c"mode=755".as_ptr().cast(),
+                    m.tmpfs_opts.as_ptr().cast(),
                 ),
             };
             if rc != 0 {

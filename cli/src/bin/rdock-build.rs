@@ -1,7 +1,7 @@
 //! `rdock-build`: buildctl-like. Parses flags and calls `rdock_cli::build`.
 
 use clap::Parser;
-use rdock_cli::build::{BuildRequest, DumpFormat, parse_output, run};
+use rdock_cli::build::{BuildRequest, DumpFormat, parse_output, parse_secret, run};
 use rdock_cli::progress::Mode;
 use rdock_cli::{UsageError, exit_with};
 use std::collections::BTreeMap;
@@ -37,6 +37,9 @@ struct Args {
     /// Write result digests as JSON here.
     #[arg(long)]
     metadata_file: Option<PathBuf>,
+    /// `id=NAME,src=FILE` or `id=NAME,env=VAR`: a secret for RUN --mount=type=secret.
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
     /// Print the LLB definition (json, ron or dot) instead of building.
     #[arg(long, value_name = "FORMAT")]
     dump_llb: Option<String>,
@@ -92,6 +95,7 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
         progress,
         metadata_file: a.metadata_file,
         dump,
+        secrets: a.secrets.iter().map(|s| parse_secret(s)).collect::<anyhow::Result<_>>()?,
     })
 }
 

@@ -1,7 +1,7 @@
 //! `rdock`: docker-like. Parses flags and calls `rdock_cli`.
 
 use clap::{Parser, Subcommand};
-use rdock_cli::build::{BuildRequest, Output, parse_output, run};
+use rdock_cli::build::{BuildRequest, Output, parse_output, parse_secret, run};
 use rdock_cli::progress::Mode;
 use rdock_cli::{UsageError, commands, exit_with};
 use rdock_imagespec::ImageRef;
@@ -15,6 +15,8 @@ struct Cli {
     command: Command,
 }
 
+// `Build` carries many flags; the enum is parsed once per process, so its size is moot.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build an image from a Dockerfile.
@@ -49,6 +51,9 @@ enum Command {
         /// Write result digests as JSON here.
         #[arg(long)]
         metadata_file: Option<PathBuf>,
+        /// `id=NAME,src=FILE` or `id=NAME,env=VAR`: a secret for RUN --mount=type=secret.
+        #[arg(long = "secret")]
+        secrets: Vec<String>,
         /// The build context directory.
         context: PathBuf,
     },
@@ -126,7 +131,20 @@ fn not_yet(what: &str) -> anyhow::Result<()> {
 
 fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Build { tags, file, target, build_args, outputs, cache_from, cache_to, no_cache, progress, metadata_file, context } => {
+        Command::Build {
+            tags,
+            file,
+            target,
+            build_args,
+            outputs,
+            cache_from,
+            cache_to,
+            no_cache,
+            progress,
+            metadata_file,
+            secrets,
+            context,
+        } => {
             if !cache_from.is_empty() || !cache_to.is_empty() {
                 return not_yet("--cache-from/--cache-to");
             }
@@ -157,6 +175,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     .ok_or_else(|| UsageError(format!("--progress {progress}: expected auto, tty, plain, rawjson or quiet")))?,
                 metadata_file,
                 dump: None,
+                secrets: secrets.iter().map(|s| parse_secret(s)).collect::<anyhow::Result<_>>()?,
             };
             run(&req).map(|_| ())
         }

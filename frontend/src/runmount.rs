@@ -1,0 +1,228 @@
+//! `RUN --mount=…` specs, as BuildKit's `instructions/commands_runmount.go` reads them:
+//! comma-separated `key=value` fields (and bare `ro`, `rw`, `required`), `type=bind` by
+//! default.
+
+use rdock_llb::CacheSharing;
+
+/// A parsed `--mount`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMount {
+    /// `type=bind`: a read-only (unless `rw`) view of a stage, image or the context.
+    Bind {
+        /// Where.
+        target: String,
+        /// Path inside the source.
+        source: String,
+        /// Stage, image, or None for the build context.
+        from: Option<String>,
+        /// Writable (writes are discarded).
+        rw: bool,
+    },
+    /// `type=cache`.
+    Cache {
+        /// Where.
+        target: String,
+        /// Identity (default: the target).
+        id: String,
+        /// Concurrency.
+        sharing: CacheSharing,
+        /// Mode, owner and group when first created.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+        /// Mounted read-only.
+        readonly: bool,
+    },
+    /// `type=tmpfs`.
+    Tmpfs {
+        /// Where.
+        target: String,
+        /// Size in bytes.
+        size: Option<u64>,
+    },
+    /// `type=secret`.
+    Secret {
+        /// Where (default `/run/secrets/ID`); empty when only `env` is wanted.
+        target: String,
+        /// Secret id (default: the target's file name).
+        id: String,
+        /// Fail without the secret.
+        required: bool,
+        /// Mode (default 0400), owner and group of the file.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+        /// Also expose it as this environment variable.
+        env: Option<String>,
+    },
+}
+
+fn parse_bool(k: &str, v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("invalid value for {k}: {v:?} (expected true or false)")),
+    }
+}
+
+fn parse_num(k: &str, v: &str) -> Result<u32, String> {
+    v.parse().map_err(|_| format!("invalid value for {k}: {v:?} (expected a number)"))
+}
+
+fn parse_size(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let (num, mult) = match v.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = v[i..].to_ascii_lowercase();
+            let m: u64 = match unit.trim_end_matches('b').trim_end_matches('i') {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                _ => return Err(format!("invalid size {v:?}")),
+            };
+            (&v[..i], m)
+        }
+        None => (v, 1),
+    };
+    num.trim().parse::<u64>().map(|n| n * mult).map_err(|_| format!("invalid size {v:?}"))
+}
+
+/// Parses one `--mount` value.
+pub fn parse_run_mount(spec: &str) -> Result<RunMount, String> {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for f in spec.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let (k, v) = f.split_once('=').unwrap_or((f, ""));
+        fields.push((k.to_ascii_lowercase(), v.to_string()));
+    }
+    let get = |k: &[&str]| fields.iter().rev().find(|(fk, _)| k.contains(&fk.as_str())).map(|(_, v)| v.clone());
+    let ty = get(&["type"]).unwrap_or_else(|| "bind".into());
+    let known: &[&str] = match ty.as_str() {
+        "bind" => &["type", "target", "dst", "destination", "source", "src", "from", "ro", "rw", "readonly", "readwrite"],
+        "cache" => &[
+            "type",
+            "target",
+            "dst",
+            "destination",
+            "id",
+            "sharing",
+            "mode",
+            "uid",
+            "gid",
+            "ro",
+            "rw",
+            "readonly",
+            "readwrite",
+            "from",
+            "source",
+            "src",
+        ],
+        "tmpfs" => &["type", "target", "dst", "destination", "size"],
+        "secret" => &["type", "target", "dst", "destination", "id", "required", "mode", "uid", "gid", "env"],
+        "ssh" => return Err("RUN --mount=type=ssh is not supported yet".into()),
+        other => return Err(format!("unsupported mount type {other:?} (expected bind, cache, tmpfs, secret or ssh)")),
+    };
+    if let Some((k, _)) = fields.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return Err(format!("unexpected key {k:?} for a {ty} mount"));
+    }
+    let target = get(&["target", "dst", "destination"]).unwrap_or_default();
+    let flag = |names: &[&str]| -> Result<Option<bool>, String> {
+        match fields.iter().rev().find(|(k, _)| names.contains(&k.as_str())) {
+            Some((k, v)) => parse_bool(k, v).map(Some),
+            None => Ok(None),
+        }
+    };
+    let rw = flag(&["rw", "readwrite"])?.unwrap_or(false) || flag(&["ro", "readonly"])? == Some(false);
+    let need_target = || if target.is_empty() { Err(format!("a {ty} mount needs target=PATH")) } else { Ok(target.clone()) };
+    Ok(match ty.as_str() {
+        "bind" => RunMount::Bind {
+            target: need_target()?,
+            source: get(&["source", "src"]).unwrap_or_else(|| "/".into()),
+            from: get(&["from"]),
+            rw,
+        },
+        "cache" => {
+            let target = need_target()?;
+            let sharing = match get(&["sharing"]).as_deref() {
+                None | Some("shared") => CacheSharing::Shared,
+                Some("private") => CacheSharing::Private,
+                Some("locked") => CacheSharing::Locked,
+                Some(other) => return Err(format!("unsupported sharing value {other:?} (expected shared, private or locked)")),
+            };
+            let mode = match get(&["mode"]) {
+                Some(m) => u32::from_str_radix(&m, 8).map_err(|_| format!("invalid mode {m:?} (expected octal)"))?,
+                None => 0o755,
+            };
+            RunMount::Cache {
+                id: get(&["id"]).filter(|i| !i.is_empty()).unwrap_or_else(|| target.clone()),
+                target,
+                sharing,
+                mode,
+                uid: get(&["uid"]).map(|v| parse_num("uid", &v)).transpose()?.unwrap_or(0),
+                gid: get(&["gid"]).map(|v| parse_num("gid", &v)).transpose()?.unwrap_or(0),
+                readonly: flag(&["ro", "readonly"])?.unwrap_or(false),
+            }
+        }
+        "tmpfs" => RunMount::Tmpfs { target: need_target()?, size: get(&["size"]).map(|s| parse_size(&s)).transpose()? },
+        _ => {
+            let env = get(&["env"]).filter(|e| !e.is_empty());
+            let id = match get(&["id"]).filter(|i| !i.is_empty()) {
+                Some(i) => i,
+                None => target.rsplit('/').next().filter(|s| !s.is_empty()).map(str::to_string).ok_or("a secret mount needs id=NAME")?,
+            };
+            let target = if target.is_empty() && env.is_none() { format!("/run/secrets/{id}") } else { target };
+            let mode = match get(&["mode"]) {
+                Some(m) => u32::from_str_radix(&m, 8).map_err(|_| format!("invalid mode {m:?} (expected octal)"))?,
+                None => 0o400,
+            };
+            RunMount::Secret {
+                target,
+                id,
+                required: flag(&["required"])?.unwrap_or(false),
+                mode,
+                uid: get(&["uid"]).map(|v| parse_num("uid", &v)).transpose()?.unwrap_or(0),
+                gid: get(&["gid"]).map(|v| parse_num("gid", &v)).transpose()?.unwrap_or(0),
+                env,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_forms() {
+        assert_eq!(
+            parse_run_mount("target=/src").unwrap(),
+            RunMount::Bind { target: "/src".into(), source: "/".into(), from: None, rw: false }
+        );
+        assert_eq!(
+            parse_run_mount("type=cache,target=/root/.cache,sharing=locked,mode=0700,uid=1000").unwrap(),
+            RunMount::Cache {
+                target: "/root/.cache".into(),
+                id: "/root/.cache".into(),
+                sharing: CacheSharing::Locked,
+                mode: 0o700,
+                uid: 1000,
+                gid: 0,
+                readonly: false
+            }
+        );
+        assert_eq!(parse_run_mount("type=tmpfs,dst=/t,size=64m").unwrap(), RunMount::Tmpfs { target: "/t".into(), size: Some(64 << 20) });
+        match parse_run_mount("type=secret,id=tok,required").unwrap() {
+            RunMount::Secret { target, required, mode, .. } => {
+                assert_eq!((target.as_str(), required, mode), ("/run/secrets/tok", true, 0o400))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_run_mount("type=cache").unwrap_err().contains("target"));
+        assert!(parse_run_mount("type=bind,target=/a,bogus=1").unwrap_err().contains("bogus"));
+        assert!(parse_run_mount("type=nope,target=/a").is_err());
+    }
+}
