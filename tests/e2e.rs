@@ -773,3 +773,22 @@ fn walkdir_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn onbuild_triggers_run_when_the_image_is_a_base() {
+    let f = Fixture::new();
+    let base = f.ctx("onb-base", &[("Dockerfile", "FROM busybox\nONBUILD RUN echo triggered > /triggered\nONBUILD COPY marker /marker\n")]);
+    let base_tar = f.path("onb.tar");
+    assert_ok(&f.build(&base, &["--output", "type=image,name=onb:1", "--output", &format!("type=oci,dest={}", base_tar.display())]));
+    let img = read_image(&base_tar);
+    assert_eq!(img.config["config"]["OnBuild"], json!(["RUN echo triggered > /triggered", "COPY marker /marker"]));
+    assert!(img.layers.len() == 1, "ONBUILD adds no layer to the image that declares it");
+
+    let child = f.ctx("onb-child", &[("Dockerfile", "FROM onb:1\nRUN cat /triggered /marker > /both\n"), ("marker", "from the child's context\n")]);
+    let child_tar = f.path("child.tar");
+    let out = f.build(&child, &["--output", &format!("type=oci,dest={}", child_tar.display()), "--output", &format!("type=local,dest={}", f.path("o").display())]);
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(f.path("o/both")).unwrap(), "triggered\nfrom the child's context\n");
+    let img = read_image(&child_tar);
+    assert!(img.config["config"].get("OnBuild").is_none(), "triggers are not inherited: {}", img.config["config"]);
+}

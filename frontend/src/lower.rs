@@ -116,6 +116,7 @@ pub struct Lowered {
 struct Stage {
     name: Option<String>,
     base: String,
+    platform: Option<String>,
     location: Location,
     commands: Vec<Located>,
 }
@@ -151,7 +152,7 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     let mut stages: Vec<Stage> = Vec::new();
     for l in located {
         match (&l.instruction, stages.last_mut()) {
-            (Instruction::From { image, name, .. }, _) => {
+            (Instruction::From { image, name, platform }, _) => {
                 if let Some(n) = name
                     && stages.iter().any(|s| s.name.as_deref() == Some(n.as_str()))
                 {
@@ -159,7 +160,13 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
                         .expected("a stage name not used before")
                         .into());
                 }
-                stages.push(Stage { name: name.clone(), base: image.clone(), location: l.location.clone(), commands: Vec::new() });
+                stages.push(Stage {
+                    name: name.clone(),
+                    base: image.clone(),
+                    platform: platform.clone(),
+                    location: l.location.clone(),
+                    commands: Vec::new(),
+                });
             }
             (Instruction::Arg(_), None) => globals.push(l),
             (_, None) => {
@@ -398,6 +405,29 @@ impl Ctx<'_> {
         let loc = self.stages[idx].location.clone();
         let base_word = self.stages[idx].base.clone();
         let base = self.lexer.process_word(&base_word, &self.meta_args).map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;
+        if let Some(p) = self.stages[idx].platform.clone() {
+            // There is no emulation: a stage can be for the host's platform only.
+            let want = self.lexer.process_word(&p, &self.meta_args).map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;
+            let host = &self.opts.platform;
+            let mut parts = want.split('/');
+            let (os, arch) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let arch = match arch {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                a => a,
+            };
+            if os != host.os || arch != host.architecture {
+                return Err(DockerfileError::new(
+                    loc.at(&p),
+                    format!(
+                        "cannot build for platform {want:?}: rdock builds for the host platform {}/{} only (no emulation)",
+                        host.os, host.architecture
+                    ),
+                )
+                .expected(format!("--platform={}/{} or $BUILDPLATFORM", host.os, host.architecture))
+                .into());
+            }
+        }
         if base.is_empty() {
             return Err(DockerfileError::new(loc.at(&base_word), format!("base name ({base_word}) should not be blank"))
                 .expected("an image or stage name")
@@ -419,8 +449,22 @@ impl Ctx<'_> {
             let (input, cfg) = self.image_source(&base, &loc)?;
             (Some(input), cfg)
         };
-        // ONBUILD triggers of the base are consumed by this build (run in a later issue).
-        image.config.on_build.clear();
+        // The base's ONBUILD triggers run first, as if written right after FROM, and are not
+        // passed on to this stage's image.
+        let mut triggers = Vec::new();
+        for t in std::mem::take(&mut image.config.on_build) {
+            let bad = |m: String| DockerfileError::new(loc.clone(), format!("ONBUILD trigger {t:?} of the base image: {m}"));
+            let df = parse(&self.opts.filename, &t).map_err(|e| bad(e.message))?;
+            let [raw] = df.instructions.as_slice() else {
+                return Err(bad("a trigger must be a single instruction".into()).into());
+            };
+            let mut raw = raw.clone();
+            raw.location = loc.clone();
+            if matches!(raw.keyword.as_str(), "onbuild" | "from" | "maintainer") {
+                return Err(bad(format!("{} isn't allowed as an ONBUILD trigger", raw.keyword.to_uppercase())).into());
+            }
+            triggers.push(parse_instruction(&raw)?);
+        }
         if image.env_value("PATH").is_none() {
             image.config.env.push(format!("PATH={DEFAULT_PATH}"));
         }
@@ -432,7 +476,7 @@ impl Ctx<'_> {
             None if multi => format!("stage-{idx} "),
             None => String::new(),
         };
-        let steps = self.stages[idx].commands.len() + 1;
+        let steps = triggers.len() + self.stages[idx].commands.len() + 1;
         let mut run = StageRun {
             idx,
             state,
@@ -450,7 +494,7 @@ impl Ctx<'_> {
             run.shell = run.image.config.shell.clone();
         }
         let commands = std::mem::take(&mut self.stages[idx].commands);
-        let outcome = commands.iter().try_for_each(|c| {
+        let outcome = triggers.iter().chain(commands.iter()).try_for_each(|c| {
             run.step += 1;
             self.dispatch(&mut run, c)
         });

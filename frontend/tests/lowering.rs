@@ -8,7 +8,7 @@ struct Images;
 
 impl ImageResolver for Images {
     fn resolve(&self, r: &ImageRef) -> Result<ResolvedImage, String> {
-        if r.repository == "library/busybox" {
+        if r.repository == "library/busybox" || r.repository == "library/onbuildbase" {
             let config = ImageConfig {
                 architecture: "amd64".into(),
                 os: "linux".into(),
@@ -16,7 +16,7 @@ impl ImageResolver for Images {
                     env: vec!["PATH=/bin".into()],
                     working_dir: Some("/home".into()),
                     user: Some("app".into()),
-                    on_build: vec!["RUN x".into()],
+                    on_build: if r.repository == "library/onbuildbase" { vec!["RUN x".into()] } else { vec![] },
                     ..Default::default()
                 },
                 ..Default::default()
@@ -53,7 +53,6 @@ fn env_wins_over_arg_and_base_config_is_inherited() {
     assert!(e[0].env.contains(&"A=env".to_string()), "{:?}", e[0].env);
     assert_eq!(e[0].user, "app", "USER from the base image applies to RUN");
     assert_eq!(e[0].cwd, "/home", "WORKDIR from the base image applies to RUN");
-    assert!(out.image.config.on_build.is_empty(), "the base's ONBUILD triggers are consumed, not inherited");
     assert_eq!(out.image.config.env, vec!["PATH=/bin", "A=env"]);
     // The source op is pinned by digest, so the cache follows the base image's content.
     assert!(out.definition.nodes.iter().any(|n| matches!(&n.op, Op::Source(s) if s.identifier.ends_with(&"a".repeat(64)))));
@@ -104,4 +103,24 @@ fn shell_and_exec_forms_and_shell_instruction() {
     assert_eq!(e[0].args, vec!["/bin/sh", "-c", "echo a"]);
     assert_eq!(e[1].args, vec!["echo", "b"]);
     assert_eq!(e[2].args, vec!["/bin/ash", "-eo", "pipefail", "-c", "echo c"]);
+}
+
+#[test]
+fn from_platform_must_be_the_hosts() {
+    let host = format!("linux/{}", rdock_frontend::host_arch());
+    assert!(lower(&format!("FROM --platform={host} busybox\n"), &BuildOptions::default(), &Images).is_ok());
+    assert!(lower("FROM --platform=$BUILDPLATFORM busybox\n", &BuildOptions::default(), &Images).is_ok());
+    let err = lower("FROM --platform=linux/s390x busybox\n", &BuildOptions::default(), &Images).unwrap_err().to_string();
+    assert!(err.contains("linux/s390x") && err.contains("no emulation"), "{err}");
+}
+
+#[test]
+fn onbuild_triggers_run_first_and_are_not_inherited() {
+    let df = "FROM onbuildbase AS base\nONBUILD RUN echo triggered\nFROM base\nRUN echo own\n";
+    let out = lower(df, &BuildOptions::default(), &Images).unwrap();
+    let runs: Vec<String> =
+        out.definition.nodes.iter().filter_map(|n| if let Op::Exec(e) = &n.op { Some(e.args.join(" ")) } else { None }).collect();
+    // The fake onbuildbase image has an ONBUILD of its own ("RUN x"), which runs in `base`.
+    assert_eq!(runs, vec!["/bin/sh -c x", "/bin/sh -c echo triggered", "/bin/sh -c echo own"]);
+    assert!(out.image.config.on_build.is_empty());
 }
