@@ -784,11 +784,35 @@ fn onbuild_triggers_run_when_the_image_is_a_base() {
     assert_eq!(img.config["config"]["OnBuild"], json!(["RUN echo triggered > /triggered", "COPY marker /marker"]));
     assert!(img.layers.len() == 1, "ONBUILD adds no layer to the image that declares it");
 
-    let child = f.ctx("onb-child", &[("Dockerfile", "FROM onb:1\nRUN cat /triggered /marker > /both\n"), ("marker", "from the child's context\n")]);
+    let child =
+        f.ctx("onb-child", &[("Dockerfile", "FROM onb:1\nRUN cat /triggered /marker > /both\n"), ("marker", "from the child's context\n")]);
     let child_tar = f.path("child.tar");
-    let out = f.build(&child, &["--output", &format!("type=oci,dest={}", child_tar.display()), "--output", &format!("type=local,dest={}", f.path("o").display())]);
+    let out = f.build(
+        &child,
+        &["--output", &format!("type=oci,dest={}", child_tar.display()), "--output", &format!("type=local,dest={}", f.path("o").display())],
+    );
     assert_ok(&out);
     assert_eq!(std::fs::read_to_string(f.path("o/both")).unwrap(), "triggered\nfrom the child's context\n");
     let img = read_image(&child_tar);
     assert!(img.config["config"].get("OnBuild").is_none(), "triggers are not inherited: {}", img.config["config"]);
+}
+
+#[test]
+fn copy_chmod_accepts_octal_and_symbolic_modes() {
+    let f = Fixture::new();
+    let df =
+        "FROM busybox\nCOPY --chmod=u=rwx,go=rx run.sh /bin/run.sh\nCOPY --chmod=a+X,go-w tree /tree\nCOPY --chmod=0600 run.sh /private\n";
+    let ctx = f.ctx("chmod", &[("Dockerfile", df), ("run.sh", "#!/bin/sh\n"), ("tree/sub/file", "f")]);
+    std::fs::set_permissions(ctx.join("run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(ctx.join("tree/sub/file"), std::os::unix::fs::PermissionsExt::from_mode(0o664)).unwrap();
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", f.path("o").display())]));
+    let mode = |p: &str| std::fs::metadata(f.path("o").join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("bin/run.sh"), 0o755);
+    assert_eq!(mode("tree/sub"), 0o755, "X adds x to directories");
+    assert_eq!(mode("tree/sub/file"), 0o644, "X adds no x to plain files; go-w removes write");
+    assert_eq!(mode("private"), 0o600);
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY --chmod=u*x run.sh /x\n").unwrap();
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("invalid chmod value") && stderr(&out).contains("Dockerfile:2"), "{}", stderr(&out));
 }

@@ -911,9 +911,12 @@ impl Ctx<'_> {
         let chown = args.chown.as_ref().map(|c| self.expand(run, l, c)).transpose()?;
         let chmod = match &args.chmod {
             None => None,
-            Some(m) => Some(u32::from_str_radix(m, 8).ok().filter(|v| *v <= 0o7777).ok_or_else(|| {
-                DockerfileError::new(l.location.at(m), format!("invalid chmod parameter {m:?}")).expected("an octal mode such as 0755")
-            })?),
+            Some(m) => {
+                let m = self.expand(run, l, m)?;
+                Some(rdock_llb::Chmod::parse(&m).map_err(|e| {
+                    DockerfileError::new(l.location.at("--chmod"), e.to_string()).expected("an octal mode such as 0755, or u=rwx,go=rx")
+                })?)
+            }
         };
         let exclude = args.exclude.iter().map(|e| self.expand(run, l, e)).collect::<Result<Vec<_>, _>>()?;
         let base_inputs = usize::from(run.state.is_some());
@@ -961,7 +964,7 @@ impl Ctx<'_> {
                 src: src_paths,
                 dest: dest.clone(),
                 chown: chown.as_deref().map(parse_chown),
-                chmod,
+                chmod: chmod.clone(),
                 allow_wildcard: true,
                 allow_empty_wildcard: false,
                 unpack_archives: is_add,
@@ -988,7 +991,7 @@ impl Ctx<'_> {
                 src: vec![format!("/{}", doc.name)],
                 dest: dest.clone(),
                 chown: chown.as_deref().map(parse_chown),
-                chmod,
+                chmod: chmod.clone(),
                 allow_wildcard: false,
                 allow_empty_wildcard: false,
                 unpack_archives: false,

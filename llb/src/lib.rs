@@ -15,11 +15,13 @@
 //! assert!(def.to_dot().contains("docker-image://"));
 //! ```
 
+mod chmod;
 mod definition;
 mod dump;
 mod op;
 pub mod patterns;
 
+pub use chmod::{Chmod, ChmodError};
 pub use definition::{Definition, DefinitionBuilder, Node, OpDigest, OpMetadata};
 pub use op::{
     CacheSharing, ChownOpt, CopyAction, DiffOp, ExecOp, FileAction, FileOp, Input, MergeOp, Mount, MountKind, Network, Op, Security,

@@ -201,8 +201,8 @@ pub struct CopyAction {
     pub dest: String,
     /// Owner of copied files.
     pub chown: Option<ChownOpt>,
-    /// Mode of copied files (octal).
-    pub chmod: Option<u32>,
+    /// Mode of copied files and directories.
+    pub chmod: Option<crate::Chmod>,
     /// Expand wildcards in `src`.
     pub allow_wildcard: bool,
     /// A wildcard matching nothing is not an error.

@@ -228,7 +228,7 @@ fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerE
         let ctx = CopyCtx {
             src,
             owner,
-            chmod: c.chmod,
+            chmod: c.chmod.as_ref(),
             exclude: exclude.as_ref(),
             src_root_rel: if rel == "." { String::new() } else { rel.clone() },
         };
@@ -266,7 +266,7 @@ fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerE
 struct CopyCtx<'a> {
     src: &'a CopySource<'a>,
     owner: Option<Owner>,
-    chmod: Option<u32>,
+    chmod: Option<&'a rdock_llb::Chmod>,
     exclude: Option<&'a PatternMatcher>,
     src_root_rel: String,
 }
@@ -309,7 +309,7 @@ fn copy_entry(from: &Path, md: &std::fs::Metadata, to: &Path, ctx: &CopyCtx<'_>)
             Err(_) => std::fs::create_dir(to).map_err(io)?,
         }
         copy_dir_contents(from, to, ctx)?;
-        let mode = ctx.chmod.unwrap_or(md.mode() & 0o7777);
+        let mode = ctx.chmod.map(|c| c.apply(md.mode(), true)).unwrap_or(md.mode() & 0o7777);
         std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(io)?;
     } else {
         if let Ok(existing) = std::fs::symlink_metadata(to) {
@@ -324,7 +324,7 @@ fn copy_entry(from: &Path, md: &std::fs::Metadata, to: &Path, ctx: &CopyCtx<'_>)
             std::os::unix::fs::symlink(target, to).map_err(io)?;
         } else if ft.is_file() {
             std::fs::copy(from, to).map_err(io)?;
-            let mode = ctx.chmod.unwrap_or(md.mode() & 0o7777);
+            let mode = ctx.chmod.map(|c| c.apply(md.mode(), false)).unwrap_or(md.mode() & 0o7777);
             std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(io)?;
         } else {
             // Devices, fifos: recreate the node.
