@@ -816,3 +816,39 @@ fn copy_chmod_accepts_octal_and_symbolic_modes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("invalid chmod value") && stderr(&out).contains("Dockerfile:2"), "{}", stderr(&out));
 }
+
+#[test]
+fn build_checks_warn_like_a_compiler_and_check_directive_is_honoured() {
+    let f = Fixture::new();
+    let df = "FROM busybox AS Base\nENV API_TOKEN=x\nCMD echo hi\n";
+    let ctx = f.ctx("lint", &[("Dockerfile", df)]);
+    // A build warns and still succeeds.
+    let out = f.build(&ctx, &[]);
+    assert_ok(&out);
+    let err = stderr(&out);
+    for rule in ["StageNameCasing", "SecretsUsedInArgOrEnv", "JSONArgsRecommended"] {
+        assert!(err.contains(&format!("warning: {rule}:")), "{rule} missing:\n{err}");
+    }
+    assert!(
+        err.contains("Dockerfile:1:")
+            && err.contains("1 | FROM busybox AS Base")
+            && err.contains("= help: https://docs.docker.com/go/dockerfile/rule/stage-name-casing/"),
+        "{err}"
+    );
+    // --check reports without building, and fails when there are warnings.
+    let out = f.build(&ctx, &["--check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Check complete, 3 warnings found"), "{}", stderr(&out));
+    let out = Command::new(RDOCK).args(["build", "--check", ctx.to_str().unwrap()]).env("RDOCK_ROOT", &f.root).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // skip= silences rules; error=true turns the rest into a failed build.
+    std::fs::write(ctx.join("Dockerfile"), format!("# check=skip=StageNameCasing,SecretsUsedInArgOrEnv,JSONArgsRecommended\n{df}"))
+        .unwrap();
+    let out = f.build(&ctx, &["--check"]);
+    assert_ok(&out);
+    assert!(stderr(&out).contains("no warnings found"));
+    std::fs::write(ctx.join("Dockerfile"), format!("# check=skip=StageNameCasing;error=true\n{df}")).unwrap();
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("check=error=true") && !stderr(&out).contains("StageNameCasing"), "{}", stderr(&out));
+}

@@ -81,6 +81,8 @@ pub struct BuildRequest {
     pub dump: Option<DumpFormat>,
     /// `--secret` values by id.
     pub secrets: HashMap<String, Vec<u8>>,
+    /// `--check`: run the build checks and stop.
+    pub check: bool,
 }
 
 /// Parses a `--secret` spec: `id=NAME,src=FILE` (also `source=`), `id=NAME,env=VAR`, or
@@ -199,6 +201,22 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
         ..Default::default()
     };
     let lowered = lower(&source, &opts, &StoreResolver { images: images.clone() })?;
+    let n = lowered.warnings.len();
+    if req.check || req.progress != progress::Mode::Quiet || lowered.check.error {
+        for w in &lowered.warnings {
+            eprintln!("{w}\n");
+        }
+    }
+    if req.check {
+        if n == 0 {
+            eprintln!("Check complete, no warnings found.");
+            return Ok(BuildSummary::default());
+        }
+        bail!("Check complete, {n} warning{} found", if n == 1 { "" } else { "s" });
+    }
+    if lowered.check.error && n > 0 {
+        bail!("{n} build check warning{} and `# check=error=true`", if n == 1 { "" } else { "s" });
+    }
     if let Some(fmt) = req.dump {
         let text = match fmt {
             DumpFormat::Json => lowered.definition.to_json(),

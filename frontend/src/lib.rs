@@ -25,6 +25,7 @@
 pub mod dockerignore;
 mod error;
 pub mod instructions;
+pub mod lint;
 mod lower;
 pub mod parser;
 pub mod runmount;

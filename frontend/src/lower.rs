@@ -111,6 +111,10 @@ pub struct Lowered {
     pub image: ImageConfig,
     /// The syntax directive, if any (recorded, not fetched).
     pub syntax: Option<String>,
+    /// Build-check warnings.
+    pub warnings: Vec<crate::lint::Warning>,
+    /// The `# check=` configuration.
+    pub check: crate::lint::CheckConfig,
 }
 
 struct Stage {
@@ -146,6 +150,8 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     for raw in &df.instructions {
         located.push(parse_instruction(raw)?);
     }
+    let check = crate::lint::CheckConfig::parse(df.directives.check.as_deref());
+    let warnings = crate::lint::lint(&df, &located, &opts.excludes, resolver, &opts.platform, &check);
 
     // Split into the global section and stages.
     let mut globals = Vec::new();
@@ -231,7 +237,7 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     if image.os.is_empty() {
         image.os = opts.platform.os.clone();
     }
-    Ok(Lowered { definition: ctx.builder.finish(result.state), image, syntax: df.directives.syntax })
+    Ok(Lowered { definition: ctx.builder.finish(result.state), image, syntax: df.directives.syntax, warnings, check })
 }
 
 fn builtin_args(p: &Platform) -> Vec<(String, String)> {

@@ -8,6 +8,10 @@ struct Images;
 
 impl ImageResolver for Images {
     fn resolve(&self, r: &ImageRef) -> Result<ResolvedImage, String> {
+        if r.repository == "library/arm" {
+            let config = ImageConfig { architecture: "arm64".into(), os: "linux".into(), ..Default::default() };
+            return Ok(ResolvedImage { pinned: r.to_string(), config });
+        }
         if r.repository == "library/busybox" || r.repository == "library/onbuildbase" {
             let config = ImageConfig {
                 architecture: "amd64".into(),
@@ -123,4 +127,16 @@ fn onbuild_triggers_run_first_and_are_not_inherited() {
     // The fake onbuildbase image has an ONBUILD of its own ("RUN x"), which runs in `base`.
     assert_eq!(runs, vec!["/bin/sh -c x", "/bin/sh -c echo triggered", "/bin/sh -c echo own"]);
     assert!(out.image.config.on_build.is_empty());
+}
+
+#[test]
+fn base_image_platform_is_checked() {
+    let out = lower("FROM arm\n", &BuildOptions::default(), &Images).unwrap();
+    let rules: Vec<&str> = out.warnings.iter().map(|w| w.rule).collect();
+    if rdock_frontend::host_arch() != "arm64" {
+        assert_eq!(rules, vec!["InvalidBaseImagePlatform"]);
+        assert!(out.warnings[0].message.contains("\"linux/arm64\""), "{}", out.warnings[0].message);
+    }
+    let out = lower("FROM busybox\n", &BuildOptions::default(), &Images).unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
 }

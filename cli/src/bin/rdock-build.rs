@@ -40,6 +40,9 @@ struct Args {
     /// `id=NAME,src=FILE` or `id=NAME,env=VAR`: a secret for RUN --mount=type=secret.
     #[arg(long = "secret")]
     secrets: Vec<String>,
+    /// Run the build checks (lint rules) and report, without building; exit 1 on warnings.
+    #[arg(long)]
+    check: bool,
     /// Print the LLB definition (json, ron or dot) instead of building.
     #[arg(long, value_name = "FORMAT")]
     dump_llb: Option<String>,
@@ -95,6 +98,7 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
         progress,
         metadata_file: a.metadata_file,
         dump,
+        check: a.check,
         secrets: a.secrets.iter().map(|s| parse_secret(s)).collect::<anyhow::Result<_>>()?,
     })
 }

@@ -54,6 +54,9 @@ enum Command {
         /// `id=NAME,src=FILE` or `id=NAME,env=VAR`: a secret for RUN --mount=type=secret.
         #[arg(long = "secret")]
         secrets: Vec<String>,
+        /// Run the build checks and report, without building; exit 1 on warnings.
+        #[arg(long)]
+        check: bool,
         /// The build context directory.
         context: PathBuf,
     },
@@ -143,6 +146,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             progress,
             metadata_file,
             secrets,
+            check,
             context,
         } => {
             if !cache_from.is_empty() || !cache_to.is_empty() {
@@ -175,6 +179,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     .ok_or_else(|| UsageError(format!("--progress {progress}: expected auto, tty, plain, rawjson or quiet")))?,
                 metadata_file,
                 dump: None,
+                check,
                 secrets: secrets.iter().map(|s| parse_secret(s)).collect::<anyhow::Result<_>>()?,
             };
             run(&req).map(|_| ())
