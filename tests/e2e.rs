@@ -852,3 +852,75 @@ fn build_checks_warn_like_a_compiler_and_check_directive_is_honoured() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("check=error=true") && !stderr(&out).contains("StageNameCasing"), "{}", stderr(&out));
 }
+
+/// A static file server on loopback (python's http.server), stopped when dropped.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn serve(dir: &std::path::Path) -> HttpServer {
+        let mut child = Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // It announces its port on its first line: wait for that, not for a fixed time.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line
+            .split("port ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected: {line}"));
+        HttpServer { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn add_downloads_urls_verifies_checksums_and_caches_by_content() {
+    let f = Fixture::new();
+    let site = f.path("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("tool.txt"), "v1\n").unwrap();
+    let server = HttpServer::serve(&site);
+    let url = format!("http://127.0.0.1:{}/tool.txt", server.port);
+    let sum = format!("sha256:{}", sha256_hex(b"v1\n"));
+    let df = format!("FROM busybox\nADD {url} /dl/\nADD --checksum={sum} {url} /checked\nRUN cat /dl/tool.txt > /copy\n");
+    let ctx = f.ctx("add-url", &[("Dockerfile", &df)]);
+    let out = f.build(&ctx, &["--output", &format!("type=local,dest={}", f.path("o").display())]);
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(f.path("o/dl/tool.txt")).unwrap(), "v1\n");
+    assert_eq!(std::fs::metadata(f.path("o/dl/tool.txt")).unwrap().mode() & 0o777, 0o600, "downloads are 0600 as in BuildKit");
+    assert_eq!(std::fs::read_to_string(f.path("o/checked")).unwrap(), "v1\n");
+    assert_eq!(std::fs::read_to_string(f.path("o/copy")).unwrap(), "v1\n");
+    let (_, ev) = f.build_events(&ctx, &[]);
+    assert!(started(&ev).is_empty(), "unchanged download re-ran {:?}", started(&ev));
+
+    // The file changes: the checksum no longer holds, and without it the steps rerun.
+    std::fs::write(site.join("tool.txt"), "v2\n").unwrap();
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("checksum mismatch"), "{}", stderr(&out));
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM busybox\nADD {url} /dl/\nRUN cat /dl/tool.txt > /copy\n")).unwrap();
+    let (out, ev) = f.build_events(&ctx, &["--output", &format!("type=local,dest={}", f.path("o2").display())]);
+    assert_ok(&out);
+    assert_eq!(started(&ev).len(), 2, "{:?}", started(&ev));
+    assert_eq!(std::fs::read_to_string(f.path("o2/copy")).unwrap(), "v2\n");
+
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM busybox\nCOPY {url} /x\n")).unwrap();
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("can't be a URL for COPY"), "{}", stderr(&out));
+}

@@ -34,6 +34,8 @@ pub struct CopyArgs {
     pub json: bool,
     /// Heredocs named by `<<NAME` sources.
     pub heredocs: Vec<Heredoc>,
+    /// ADD `--checksum=sha256:…` for URL sources.
+    pub checksum: Option<String>,
 }
 
 /// HEALTHCHECK.
@@ -322,6 +324,7 @@ pub fn parse_instruction(raw: &RawInstruction) -> Result<Located, DockerfileErro
                 exclude: f.strings("exclude"),
                 json: matches!(raw.args, Args::Json(_)),
                 heredocs: raw.heredocs.clone(),
+                checksum: if raw.keyword == "add" { f.string("checksum")? } else { None },
             };
             if raw.keyword == "copy" { Instruction::Copy(args) } else { Instruction::Add(args) }
         }

@@ -889,6 +889,7 @@ impl Ctx<'_> {
         let what = if is_add { "ADD" } else { "COPY" };
         let mut srcs = Vec::new();
         let mut contents: Vec<&Heredoc> = Vec::new();
+        let mut urls: Vec<String> = Vec::new();
         for s in &args.srcs {
             if let Some((name, _, _)) = heredoc_word(s)
                 && let Some(doc) = args.heredocs.iter().find(|d| d.name == name)
@@ -897,15 +898,24 @@ impl Ctx<'_> {
                 continue;
             }
             let e = self.expand(run, l, s)?;
-            if e.starts_with("http://") || e.starts_with("https://") || e.starts_with("git@") {
-                return Err(DockerfileError::new(l.location.at(s), format!("{what} of a remote URL is not supported yet"))
-                    .expected("a path in the build context")
+            if e.starts_with("http://") || e.starts_with("https://") {
+                if !is_add {
+                    return Err(DockerfileError::new(l.location.at(s), "source can't be a URL for COPY")
+                        .expected("ADD for URLs, or a path in the build context")
+                        .into());
+                }
+                urls.push(e);
+                continue;
+            }
+            if e.starts_with("git@") || e.starts_with("git://") || e.ends_with(".git") {
+                return Err(DockerfileError::new(l.location.at(s), format!("{what} of a git repository is not supported yet"))
+                    .expected("a path in the build context or an http(s) URL")
                     .into());
             }
             srcs.push(e);
         }
         let dest_word = self.expand(run, l, &args.dest)?;
-        if srcs.len() + contents.len() > 1 && !dest_word.ends_with('/') {
+        if srcs.len() + contents.len() + urls.len() > 1 && !dest_word.ends_with('/') {
             return Err(DockerfileError::new(
                 l.location.at(&args.dest),
                 format!("When using {what} with more than one source file, the destination must be a directory and end with a /"),
@@ -977,6 +987,35 @@ impl Ctx<'_> {
                 exclude: exclude.clone(),
             }));
         }
+        // URL sources: the download is a source op (fetched and keyed by content by the
+        // solver) holding one file, copied like a file.
+        let checksum = args.checksum.as_ref().map(|c| self.expand(run, l, c)).transpose()?;
+        if checksum.is_some() && urls.is_empty() {
+            return Err(DockerfileError::new(l.location.at("--checksum"), "--checksum applies to URL sources only")
+                .expected("ADD --checksum=sha256:… https://…")
+                .into());
+        }
+        for url in &urls {
+            let op = SourceOp::http(url, checksum.as_deref());
+            let filename = op.attr("http.filename").unwrap_or_default().to_string();
+            let src = self.builder.add(
+                Op::Source(op),
+                vec![],
+                OpMetadata { description: format!("[internal] load remote file {url}"), ..Default::default() },
+            );
+            extra.push(src);
+            actions.push(FileAction::Copy(CopyAction {
+                src_input: (base_inputs + extra.len() - 1) as u32,
+                src: vec![format!("/{filename}")],
+                dest: dest.clone(),
+                chown: chown.as_deref().map(parse_chown),
+                chmod: chmod.clone(),
+                allow_wildcard: false,
+                allow_empty_wildcard: false,
+                unpack_archives: false,
+                exclude: Vec::new(),
+            }));
+        }
         // Heredoc sources: each becomes a one-file scratch state copied like a file.
         for doc in &contents {
             let mut data = doc.data();
@@ -1013,6 +1052,9 @@ impl Ctx<'_> {
         }
         for s in &srcs {
             msg.push_str(&format!(" {s}"));
+        }
+        for u in &urls {
+            msg.push_str(&format!(" {u}"));
         }
         for doc in &contents {
             msg.push_str(&format!(" <<{}", doc.name));

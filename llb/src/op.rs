@@ -54,6 +54,20 @@ impl SourceOp {
         SourceOp { identifier: format!("local://{name}"), attrs }
     }
 
+    /// An http(s) download: the file it holds is named by the URL path's last segment
+    /// (`http.filename`); `checksum` (`sha256:…`) is verified when fetched.
+    pub fn http(url: &str, checksum: Option<&str>) -> SourceOp {
+        let no_query = url.split(['?', '#']).next().unwrap_or(url);
+        let path = no_query.splitn(4, '/').nth(3).unwrap_or("");
+        let filename = path.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("__unnamed__");
+        let mut attrs = Vec::new();
+        if let Some(c) = checksum {
+            attrs.push(("http.checksum".to_string(), c.to_string()));
+        }
+        attrs.push(("http.filename".to_string(), filename.to_string()));
+        SourceOp { identifier: url.to_string(), attrs }
+    }
+
     /// The value of attribute `key`.
     pub fn attr(&self, key: &str) -> Option<&str> {
         self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())

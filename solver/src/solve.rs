@@ -68,6 +68,8 @@ struct Run<'a> {
     nodes: Vec<&'a Node>,
     index: HashMap<OpDigest, usize>,
     keys: Vec<String>,
+    /// http sources, fetched while computing keys (their key is their content).
+    fetched: HashMap<usize, rdock_worker::http::Fetched>,
     results: Vec<OnceLock<Result<Output, Arc<SolveError>>>>,
     executed: std::sync::atomic::AtomicUsize,
     cached: std::sync::atomic::AtomicUsize,
@@ -96,11 +98,14 @@ impl Solver {
             nodes,
             index,
             keys: Vec::new(),
+            fetched: HashMap::new(),
             results: (0..def.nodes.len()).map(|_| OnceLock::new()).collect(),
             executed: Default::default(),
             cached: Default::default(),
         };
-        run.keys = self.cache_keys(&run)?;
+        let (keys, fetched) = self.cache_keys(&run)?;
+        run.keys = keys;
+        run.fetched = fetched;
         let Some(terminal) = &def.terminal else {
             return Ok(SolveOutput { top: None, executed: 0, cached: 0 });
         };
@@ -126,8 +131,9 @@ impl Solver {
     /// Cache keys in topological order: blake3 over a version tag, the op's canonical
     /// encoding, its inputs' keys and, for copies from a local source, the content of
     /// exactly what they copy.
-    fn cache_keys(&self, run: &Run<'_>) -> Result<Vec<String>, SolveError> {
+    fn cache_keys(&self, run: &Run<'_>) -> Result<(Vec<String>, HashMap<usize, rdock_worker::http::Fetched>), SolveError> {
         let mut keys: Vec<String> = Vec::with_capacity(run.nodes.len());
+        let mut fetched = HashMap::new();
         let mut matchers: HashMap<usize, (PathBuf, PatternMatcher)> = HashMap::new();
         for (i, node) in run.nodes.iter().enumerate() {
             let mut h = blake3::Hasher::new();
@@ -139,6 +145,15 @@ impl Solver {
                 h.update(&input.index.to_le_bytes());
             }
             match &node.op {
+                Op::Source(src) if src.identifier.starts_with("http://") || src.identifier.starts_with("https://") => {
+                    // Downloads are keyed by what they return, so a changed file reruns what
+                    // depends on it and an unchanged one does not.
+                    let f = rdock_worker::http::fetch(&src.identifier, src.attr("http.checksum"), self.worker.store().content())
+                        .map_err(|e| SolveError::Context(e.to_string()))?;
+                    h.update(f.digest.as_str().as_bytes());
+                    h.update(&f.mtime.unwrap_or(0).to_le_bytes());
+                    fetched.insert(i, f);
+                }
                 Op::Source(src) if src.identifier.starts_with("local://") => {
                     let name = &src.identifier["local://".len()..];
                     let dir = run
@@ -174,7 +189,7 @@ impl Solver {
             }
             keys.push(h.finalize().to_hex().to_string());
         }
-        Ok(keys)
+        Ok((keys, fetched))
     }
 
     fn solve_node<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, run: &'s Run<'s>, i: usize) -> Result<Output, Arc<SolveError>> {
@@ -223,6 +238,13 @@ impl Solver {
                         .cloned()
                         .ok_or_else(|| SolveError::Context(format!("no directory for local source {name_str:?}")))?;
                     return Ok(Output::Local { dir, excludes: src.patterns("local.excludepatterns") });
+                }
+                if let Some(f) = run.fetched.get(&i) {
+                    let name = self
+                        .worker
+                        .http_snapshot(f, src.attr("http.filename").unwrap_or("__unnamed__"))
+                        .map_err(|e| SolveError::Context(e.to_string()))?;
+                    return Ok(Output::Snapshot(Some(name)));
                 }
                 if let Some(reference) = src.identifier.strip_prefix("docker-image://") {
                     let r = ImageRef::parse(reference).map_err(|e| SolveError::Definition(e.to_string()))?;

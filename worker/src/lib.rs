@@ -15,6 +15,7 @@
 
 mod cachemount;
 pub mod fileop;
+pub mod http;
 mod sandbox;
 pub mod user;
 
