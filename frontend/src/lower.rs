@@ -225,6 +225,10 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
         None => stages.len() - 1,
     };
 
+    // TARGETSTAGE names the stage being built (empty for an unnamed one), for FROM and ARG.
+    let target_name = stages[target].name.clone().unwrap_or_default();
+    meta_args.retain(|(k, _)| k != "TARGETSTAGE");
+    meta_args.push(("TARGETSTAGE".to_string(), target_name));
     let mut ctx =
         Ctx { opts, resolver, lexer, builder: DefinitionBuilder::default(), stages, results: HashMap::new(), meta_args, context: None };
     let result = ctx.lower_stage(target)?;
@@ -370,7 +374,24 @@ struct StageRun {
 
 impl Ctx<'_> {
     fn meta(&self, description: String, l: &Located) -> OpMetadata {
-        OpMetadata { description, ignore_cache: self.opts.no_cache, source_lines: Some((l.location.start_line, l.location.end_line)) }
+        OpMetadata {
+            description,
+            ignore_cache: self.opts.no_cache,
+            source_lines: Some((l.location.start_line, l.location.end_line)),
+            proxy_env: Vec::new(),
+        }
+    }
+
+    /// `--build-arg` proxy variables, which every RUN gets without an ARG (BuildKit's
+    /// proxyEnvFromBuildArgs), unless the stage declared them (then they are ordinary env).
+    fn proxy_env(&self, run: &StageRun) -> Vec<String> {
+        const PROXIES: &[&str] = &["http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"];
+        self.opts
+            .build_args
+            .iter()
+            .filter(|(k, _)| PROXIES.iter().any(|p| k.eq_ignore_ascii_case(p)) && !run.env.iter().any(|(e, _)| e == *k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 
     fn context_source(&mut self) -> Input {
@@ -867,7 +888,8 @@ impl Ctx<'_> {
         if let Some(s) = summary {
             desc = format!("{desc} ({s})");
         }
-        let meta = self.meta(desc, l);
+        let mut meta = self.meta(desc, l);
+        meta.proxy_env = self.proxy_env(run);
         run.state = Some(self.builder.add(Op::Exec(exec), inputs, meta));
         // History: `RUN |N K=V… cmd` when build args are in scope, as BuildKit writes it.
         let mut prefix: Vec<String> = Vec::new();

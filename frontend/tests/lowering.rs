@@ -140,3 +140,25 @@ fn base_image_platform_is_checked() {
     let out = lower("FROM busybox\n", &BuildOptions::default(), &Images).unwrap();
     assert!(out.warnings.is_empty(), "{:?}", out.warnings);
 }
+
+#[test]
+fn proxy_args_reach_run_but_not_the_graph_and_targetstage_is_set() {
+    let df = "FROM busybox AS final\nARG TARGETSTAGE\nRUN echo $HTTP_PROXY $TARGETSTAGE\n";
+    let with = |proxy: &str| {
+        let mut opts = BuildOptions::default();
+        opts.build_args.insert("HTTP_PROXY".into(), proxy.into());
+        lower(df, &opts, &Images).unwrap()
+    };
+    let (a, b) = (with("http://one:1"), with("http://two:2"));
+    assert_eq!(
+        a.definition.nodes.iter().map(|n| n.digest()).collect::<Vec<_>>(),
+        b.definition.nodes.iter().map(|n| n.digest()).collect::<Vec<_>>(),
+        "a proxy changed a digest"
+    );
+    let run = a.definition.nodes.iter().find(|n| matches!(n.op, Op::Exec(_))).unwrap();
+    assert_eq!(a.definition.metadata[&run.digest()].proxy_env, vec!["HTTP_PROXY=http://one:1"]);
+    let Op::Exec(e) = &run.op else { unreachable!() };
+    assert!(e.env.contains(&"TARGETSTAGE=final".to_string()), "{:?}", e.env);
+    assert!(!e.env.iter().any(|v| v.starts_with("HTTP_PROXY")));
+    assert!(a.image.history.iter().all(|h| !h.created_by.as_deref().unwrap_or("").contains("one:1")));
+}

@@ -67,6 +67,10 @@ pub struct OpMetadata {
     pub ignore_cache: bool,
     /// Dockerfile line range this node came from, 1-based, for error messages.
     pub source_lines: Option<(usize, usize)>,
+    /// Proxy variables (`HTTP_PROXY=…`) for an exec: given to the process but kept out of
+    /// the op, so a different proxy neither changes a digest nor busts the cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_env: Vec<String>,
 }
 
 /// A whole build graph: nodes in topological order (inputs first), per-node metadata, and

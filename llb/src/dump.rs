@@ -97,7 +97,12 @@ mod tests {
         let img = b.add(
             Op::Source(SourceOp::image("docker.io/library/busybox:latest")),
             vec![],
-            OpMetadata { description: "other".into(), ignore_cache: true, source_lines: Some((1, 1)) },
+            OpMetadata {
+                description: "other".into(),
+                ignore_cache: true,
+                source_lines: Some((1, 1)),
+                proxy_env: vec!["HTTP_PROXY=x".into()],
+            },
         );
         assert_eq!(img.digest, a.nodes[0].digest());
     }

@@ -291,6 +291,15 @@ impl Solver {
                                 }
                             }
                         };
+                        let with_proxy;
+                        let e = if meta.proxy_env.is_empty() {
+                            e
+                        } else {
+                            let mut op = e.clone();
+                            op.env.extend(meta.proxy_env.iter().cloned());
+                            with_proxy = op;
+                            &with_proxy
+                        };
                         self.worker.exec(e, &exec_inputs, run.req.secrets, &snap_name, &mut on_output)
                     }
                     Op::File(f) => {

@@ -59,7 +59,11 @@ fn exec(b: &mut DefinitionBuilder, base: Option<Input>, cmd: &str, ignore_cache:
             kind: MountKind::Bind,
         }],
     };
-    b.add(Op::Exec(op), base.into_iter().collect(), OpMetadata { description: cmd.into(), ignore_cache, source_lines: Some((7, 7)) })
+    b.add(
+        Op::Exec(op),
+        base.into_iter().collect(),
+        OpMetadata { description: cmd.into(), ignore_cache, source_lines: Some((7, 7)), ..Default::default() },
+    )
 }
 
 struct Env {
