@@ -924,3 +924,19 @@ fn add_downloads_urls_verifies_checksums_and_caches_by_content() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("can't be a URL for COPY"), "{}", stderr(&out));
 }
+
+#[test]
+fn copy_parents_keeps_source_directories() {
+    let f = Fixture::new();
+    let df = "FROM busybox\nCOPY --parents a/b/one.txt c/two.txt /flat/\nCOPY --parents src/./pkg/*.go /pivot/\nCOPY --parents a /whole/\nCOPY --link a/b/one.txt /linked\n";
+    let ctx =
+        f.ctx("parents", &[("Dockerfile", df), ("a/b/one.txt", "1"), ("c/two.txt", "2"), ("src/pkg/x.go", "x"), ("src/pkg/y.go", "y")]);
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", f.path("o").display())]));
+    let o = f.path("o");
+    assert_eq!(std::fs::read_to_string(o.join("flat/a/b/one.txt")).unwrap(), "1");
+    assert_eq!(std::fs::read_to_string(o.join("flat/c/two.txt")).unwrap(), "2");
+    assert!(o.join("pivot/pkg/x.go").is_file() && o.join("pivot/pkg/y.go").is_file(), "the /./ pivot drops what precedes it");
+    assert!(!o.join("pivot/src").exists());
+    assert_eq!(std::fs::read_to_string(o.join("whole/a/b/one.txt")).unwrap(), "1");
+    assert_eq!(std::fs::read_to_string(o.join("linked")).unwrap(), "1");
+}

@@ -36,6 +36,8 @@ pub struct CopyArgs {
     pub heredocs: Vec<Heredoc>,
     /// ADD `--checksum=sha256:…` for URL sources.
     pub checksum: Option<String>,
+    /// `--parents`.
+    pub parents: bool,
 }
 
 /// HEALTHCHECK.
@@ -325,6 +327,7 @@ pub fn parse_instruction(raw: &RawInstruction) -> Result<Located, DockerfileErro
                 json: matches!(raw.args, Args::Json(_)),
                 heredocs: raw.heredocs.clone(),
                 checksum: if raw.keyword == "add" { f.string("checksum")? } else { None },
+                parents: f.bool("parents")?,
             };
             if raw.keyword == "copy" { Instruction::Copy(args) } else { Instruction::Add(args) }
         }

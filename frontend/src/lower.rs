@@ -992,8 +992,17 @@ impl Ctx<'_> {
             let src_paths: Vec<String> = srcs
                 .iter()
                 .map(|s| {
-                    let c = rdock_llb::patterns::clean_path(s);
-                    if c == "." { "/".to_string() } else { format!("/{c}") }
+                    let abs = |p: &str| {
+                        let c = rdock_llb::patterns::clean_path(p);
+                        if c == "." { "/".to_string() } else { format!("/{c}") }
+                    };
+                    // --parents keeps a `/./` pivot: what precedes it is not recreated.
+                    match s.split_once("/./") {
+                        Some((before, after)) if args.parents => {
+                            format!("{}/./{}", abs(before).trim_end_matches('/'), abs(after).trim_start_matches('/'))
+                        }
+                        _ => abs(s),
+                    }
                 })
                 .collect();
             extra.push(src_state);
@@ -1007,6 +1016,7 @@ impl Ctx<'_> {
                 allow_empty_wildcard: false,
                 unpack_archives: is_add,
                 exclude: exclude.clone(),
+                parents: args.parents,
             }));
         }
         // URL sources: the download is a source op (fetched and keyed by content by the
@@ -1036,6 +1046,7 @@ impl Ctx<'_> {
                 allow_empty_wildcard: false,
                 unpack_archives: false,
                 exclude: Vec::new(),
+                parents: false,
             }));
         }
         // Heredoc sources: each becomes a one-file scratch state copied like a file.
@@ -1063,6 +1074,7 @@ impl Ctx<'_> {
                 allow_empty_wildcard: false,
                 unpack_archives: false,
                 exclude: Vec::new(),
+                parents: false,
             }));
         }
         let mut msg = String::from(what);

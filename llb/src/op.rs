@@ -225,6 +225,10 @@ pub struct CopyAction {
     pub unpack_archives: bool,
     /// Exclusion patterns applied to the copied tree.
     pub exclude: Vec<String>,
+    /// `--parents`: keep each source's parent directories (below a `/./` pivot, if the
+    /// pattern has one). Omitted from the encoding when false, so older digests hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parents: bool,
 }
 
 /// One step of a file op.

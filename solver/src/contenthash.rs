@@ -24,6 +24,7 @@ pub fn hash_mount_source(h: &mut blake3::Hasher, dir: &Path, excludes: &PatternM
         allow_empty_wildcard: false,
         unpack_archives: false,
         exclude: Vec::new(),
+        parents: false,
     };
     hash_copy_sources(h, dir, excludes, &copy)
 }

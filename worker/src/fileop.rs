@@ -210,16 +210,30 @@ fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerE
     } else {
         Some(PatternMatcher::new(&c.exclude).map_err(|e| WorkerError::Path { path: e.pattern.clone(), reason: e.reason })?)
     };
-    let mut matches = Vec::new();
+    // Each match keeps, for --parents, the part of its path to recreate under the
+    // destination: everything, or what follows a `/./` pivot in its pattern.
+    let mut matches: Vec<(String, Option<String>)> = Vec::new();
     for pattern in &c.src {
         let found = expand_source(src, pattern, c.allow_wildcard)?;
         if found.is_empty() && !c.allow_empty_wildcard {
             return Err(WorkerError::SourceNotFound(pattern.trim_start_matches('/').to_string()));
         }
-        matches.extend(found);
+        let pivot = pattern.split_once("/./").map(|(before, _)| clean_path(before)).filter(|p| p != ".");
+        for rel in found {
+            let kept = c.parents.then(|| match &pivot {
+                Some(p) => rel.strip_prefix(&format!("{p}/")).unwrap_or(&rel).to_string(),
+                None => rel.clone(),
+            });
+            matches.push((rel, kept));
+        }
     }
-    let dest_is_dir_hint = c.dest.ends_with('/') || matches.len() > 1;
-    for rel in matches {
+    let dest_is_dir_hint = c.dest.ends_with('/') || matches.len() > 1 || c.parents;
+    for (rel, kept) in matches {
+        // With --parents the destination is DEST/<kept parents>.
+        let dest_path = match kept.as_deref().and_then(|k| Path::new(k).parent()).filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => format!("{}/{}/", c.dest.trim_end_matches('/'), parent.display()),
+            None => c.dest.clone(),
+        };
         let src_path = if rel == "." { src.root.to_path_buf() } else { resolve_in_root(src.root, &rel, true)? };
         let md = std::fs::symlink_metadata(&src_path).map_err(|_| WorkerError::SourceNotFound(rel.clone()))?;
         if rel != "." && excluded(src, &rel) {
@@ -233,11 +247,16 @@ fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerE
             src_root_rel: if rel == "." { String::new() } else { rel.clone() },
         };
         if md.is_dir() {
-            let dest = resolve_in_root(root, &c.dest, true)?;
+            // A directory keeps its own name under --parents.
+            let dir_dest = match &kept {
+                Some(k) if k != "." => format!("{}/{k}", c.dest.trim_end_matches('/')),
+                _ => c.dest.clone(),
+            };
+            let dest = resolve_in_root(root, &dir_dest, true)?;
             mkdir_all(&dest, root, owner)?;
             copy_dir_contents(&src_path, &dest, &ctx)?;
         } else {
-            let dest_resolved = resolve_in_root(root, &c.dest, true)?;
+            let dest_resolved = resolve_in_root(root, &dest_path, true)?;
             let into_dir = dest_is_dir_hint || dest_resolved.is_dir();
             let name = Path::new(&rel).file_name().map(|n| n.to_os_string()).unwrap_or_default();
             if c.unpack_archives
