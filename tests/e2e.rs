@@ -940,3 +940,66 @@ fn copy_parents_keeps_source_directories() {
     assert_eq!(std::fs::read_to_string(o.join("whole/a/b/one.txt")).unwrap(), "1");
     assert_eq!(std::fs::read_to_string(o.join("linked")).unwrap(), "1");
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn add_checks_out_git_repositories_by_commit() {
+    let f = Fixture::new();
+    // A bare repository served over loopback with git's "dumb" HTTP protocol.
+    let site = f.path("site");
+    let bare = site.join("repo.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+    let work = f.path("work");
+    std::fs::create_dir_all(work.join("docs")).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("README"), "v1\n").unwrap();
+    std::fs::write(work.join("docs/guide.md"), "guide\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    git(&bare, &["update-server-info"]);
+    let server = HttpServer::serve(&site);
+    let repo = format!("http://127.0.0.1:{}/repo.git", server.port);
+    let df = format!(
+        "FROM busybox\nADD {repo}#main /src\nADD --keep-git-dir {repo} /full\nADD {repo}#main:docs /docs\nRUN cat /src/README > /copy\n"
+    );
+    let ctx = f.ctx("git", &[("Dockerfile", &df)]);
+    let out = f.build(&ctx, &["--output", &format!("type=local,dest={}", f.path("o").display())]);
+    assert_ok(&out);
+    let o = f.path("o");
+    assert_eq!(std::fs::read_to_string(o.join("src/README")).unwrap(), "v1\n");
+    assert!(!o.join("src/.git").exists(), ".git is dropped by default");
+    assert!(o.join("full/.git").is_dir(), "--keep-git-dir keeps it");
+    assert_eq!(std::fs::read_to_string(o.join("docs/guide.md")).unwrap(), "guide\n", "#ref:subdir takes a sub-directory");
+    let (_, ev) = f.build_events(&ctx, &[]);
+    assert!(started(&ev).is_empty(), "an unchanged commit re-ran {:?}", started(&ev));
+
+    // A new commit on main: what reads it runs again.
+    std::fs::write(work.join("README"), "v2\n").unwrap();
+    git(&work, &["commit", "-q", "-am", "two"]);
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    git(&bare, &["update-server-info"]);
+    let (out, ev) = f.build_events(&ctx, &["--output", &format!("type=local,dest={}", f.path("o2").display())]);
+    assert_ok(&out);
+    assert!(started(&ev).iter().any(|n| n.contains("RUN cat /src/README")), "{:?}", started(&ev));
+    assert_eq!(std::fs::read_to_string(f.path("o2/copy")).unwrap(), "v2\n");
+
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM busybox\nADD {repo}#nosuchbranch /x\n")).unwrap();
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nosuchbranch"), "{}", stderr(&out));
+}

@@ -38,6 +38,8 @@ pub struct CopyArgs {
     pub checksum: Option<String>,
     /// `--parents`.
     pub parents: bool,
+    /// ADD `--keep-git-dir`.
+    pub keep_git_dir: bool,
 }
 
 /// HEALTHCHECK.
@@ -328,6 +330,7 @@ pub fn parse_instruction(raw: &RawInstruction) -> Result<Located, DockerfileErro
                 heredocs: raw.heredocs.clone(),
                 checksum: if raw.keyword == "add" { f.string("checksum")? } else { None },
                 parents: f.bool("parents")?,
+                keep_git_dir: raw.keyword == "add" && f.bool("keep-git-dir")?,
             };
             if raw.keyword == "copy" { Instruction::Copy(args) } else { Instruction::Add(args) }
         }

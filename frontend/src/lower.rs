@@ -912,6 +912,7 @@ impl Ctx<'_> {
         let mut srcs = Vec::new();
         let mut contents: Vec<&Heredoc> = Vec::new();
         let mut urls: Vec<String> = Vec::new();
+        let mut gits: Vec<String> = Vec::new();
         for s in &args.srcs {
             if let Some((name, _, _)) = heredoc_word(s)
                 && let Some(doc) = args.heredocs.iter().find(|d| d.name == name)
@@ -920,6 +921,10 @@ impl Ctx<'_> {
                 continue;
             }
             let e = self.expand(run, l, s)?;
+            if is_add && rdock_llb::parse_git_ref(&e).is_some() {
+                gits.push(e);
+                continue;
+            }
             if e.starts_with("http://") || e.starts_with("https://") {
                 if !is_add {
                     return Err(DockerfileError::new(l.location.at(s), "source can't be a URL for COPY")
@@ -929,15 +934,10 @@ impl Ctx<'_> {
                 urls.push(e);
                 continue;
             }
-            if e.starts_with("git@") || e.starts_with("git://") || e.ends_with(".git") {
-                return Err(DockerfileError::new(l.location.at(s), format!("{what} of a git repository is not supported yet"))
-                    .expected("a path in the build context or an http(s) URL")
-                    .into());
-            }
             srcs.push(e);
         }
         let dest_word = self.expand(run, l, &args.dest)?;
-        if srcs.len() + contents.len() + urls.len() > 1 && !dest_word.ends_with('/') {
+        if srcs.len() + contents.len() + urls.len() + gits.len() > 1 && !dest_word.ends_with('/') {
             return Err(DockerfileError::new(
                 l.location.at(&args.dest),
                 format!("When using {what} with more than one source file, the destination must be a directory and end with a /"),
@@ -1049,6 +1049,27 @@ impl Ctx<'_> {
                 parents: false,
             }));
         }
+        // Git sources: the checked-out tree's contents go into the destination directory.
+        for g in &gits {
+            let src = self.builder.add(
+                Op::Source(SourceOp::git(g, args.keep_git_dir)),
+                vec![],
+                OpMetadata { description: format!("[internal] load git source {g}"), ..Default::default() },
+            );
+            extra.push(src);
+            actions.push(FileAction::Copy(CopyAction {
+                src_input: (base_inputs + extra.len() - 1) as u32,
+                src: vec!["/".to_string()],
+                dest: format!("{}/", dest.trim_end_matches('/')),
+                chown: chown.as_deref().map(parse_chown),
+                chmod: chmod.clone(),
+                allow_wildcard: false,
+                allow_empty_wildcard: false,
+                unpack_archives: false,
+                exclude: exclude.clone(),
+                parents: false,
+            }));
+        }
         // Heredoc sources: each becomes a one-file scratch state copied like a file.
         for doc in &contents {
             let mut data = doc.data();
@@ -1087,7 +1108,7 @@ impl Ctx<'_> {
         for s in &srcs {
             msg.push_str(&format!(" {s}"));
         }
-        for u in &urls {
+        for u in urls.iter().chain(&gits) {
             msg.push_str(&format!(" {u}"));
         }
         for doc in &contents {

@@ -68,6 +68,15 @@ impl SourceOp {
         SourceOp { identifier: url.to_string(), attrs }
     }
 
+    /// A git repository (`URL[#ref[:subdir]]`), optionally keeping `.git`.
+    pub fn git(spec: &str, keep_git_dir: bool) -> SourceOp {
+        let mut attrs = Vec::new();
+        if keep_git_dir {
+            attrs.push(("git.keepgitdir".to_string(), "true".to_string()));
+        }
+        SourceOp { identifier: format!("git:{spec}"), attrs }
+    }
+
     /// The value of attribute `key`.
     pub fn attr(&self, key: &str) -> Option<&str> {
         self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
@@ -81,6 +90,41 @@ impl SourceOp {
 
 fn join_patterns(p: &[String]) -> String {
     serde_json::to_string(p).unwrap_or_default()
+}
+
+/// A git source as ADD names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitRef {
+    /// Remote URL (no fragment).
+    pub remote: String,
+    /// Branch, tag or commit; None is the remote's HEAD.
+    pub reference: Option<String>,
+    /// Sub-directory of the repository to take.
+    pub subdir: Option<String>,
+}
+
+/// Parses `URL[#ref[:subdir]]` if it names a git repository (BuildKit's ParseGitRef rules:
+/// `git@…`, `git://…`, `ssh://…`, or an http(s) URL whose path ends in `.git`).
+pub fn parse_git_ref(s: &str) -> Option<GitRef> {
+    let (remote, fragment) = match s.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (s, None),
+    };
+    let is_git = remote.starts_with("git@")
+        || remote.starts_with("git://")
+        || remote.starts_with("ssh://")
+        || ((remote.starts_with("https://") || remote.starts_with("http://")) && remote.trim_end_matches('/').ends_with(".git"));
+    if !is_git {
+        return None;
+    }
+    let (reference, subdir) = match fragment {
+        None | Some("") => (None, None),
+        Some(f) => match f.split_once(':') {
+            Some((r, d)) => ((!r.is_empty()).then(|| r.to_string()), (!d.is_empty()).then(|| d.to_string())),
+            None => (Some(f.to_string()), None),
+        },
+    };
+    Some(GitRef { remote: remote.to_string(), reference, subdir })
 }
 
 /// Network mode of an exec.

@@ -70,6 +70,8 @@ struct Run<'a> {
     keys: Vec<String>,
     /// http sources, fetched while computing keys (their key is their content).
     fetched: HashMap<usize, rdock_worker::http::Fetched>,
+    /// git sources, resolved to a commit while computing keys.
+    commits: HashMap<usize, (rdock_llb::GitRef, String)>,
     results: Vec<OnceLock<Result<Output, Arc<SolveError>>>>,
     executed: std::sync::atomic::AtomicUsize,
     cached: std::sync::atomic::AtomicUsize,
@@ -99,13 +101,15 @@ impl Solver {
             index,
             keys: Vec::new(),
             fetched: HashMap::new(),
+            commits: HashMap::new(),
             results: (0..def.nodes.len()).map(|_| OnceLock::new()).collect(),
             executed: Default::default(),
             cached: Default::default(),
         };
-        let (keys, fetched) = self.cache_keys(&run)?;
+        let (keys, fetched, commits) = self.cache_keys(&run)?;
         run.keys = keys;
         run.fetched = fetched;
+        run.commits = commits;
         let Some(terminal) = &def.terminal else {
             return Ok(SolveOutput { top: None, executed: 0, cached: 0 });
         };
@@ -131,9 +135,14 @@ impl Solver {
     /// Cache keys in topological order: blake3 over a version tag, the op's canonical
     /// encoding, its inputs' keys and, for copies from a local source, the content of
     /// exactly what they copy.
-    fn cache_keys(&self, run: &Run<'_>) -> Result<(Vec<String>, HashMap<usize, rdock_worker::http::Fetched>), SolveError> {
+    #[allow(clippy::type_complexity)]
+    fn cache_keys(
+        &self,
+        run: &Run<'_>,
+    ) -> Result<(Vec<String>, HashMap<usize, rdock_worker::http::Fetched>, HashMap<usize, (rdock_llb::GitRef, String)>), SolveError> {
         let mut keys: Vec<String> = Vec::with_capacity(run.nodes.len());
         let mut fetched = HashMap::new();
+        let mut commits = HashMap::new();
         let mut matchers: HashMap<usize, (PathBuf, PatternMatcher)> = HashMap::new();
         for (i, node) in run.nodes.iter().enumerate() {
             let mut h = blake3::Hasher::new();
@@ -145,6 +154,14 @@ impl Solver {
                 h.update(&input.index.to_le_bytes());
             }
             match &node.op {
+                Op::Source(src) if src.identifier.starts_with("git:") => {
+                    // A git source is keyed by the commit its ref names now.
+                    let spec = &src.identifier["git:".len()..];
+                    let r = rdock_llb::parse_git_ref(spec).ok_or_else(|| SolveError::Definition(format!("not a git source: {spec}")))?;
+                    let commit = rdock_worker::git::resolve_commit(&r).map_err(|e| SolveError::Context(e.to_string()))?;
+                    h.update(commit.as_bytes());
+                    commits.insert(i, (r, commit));
+                }
                 Op::Source(src) if src.identifier.starts_with("http://") || src.identifier.starts_with("https://") => {
                     // Downloads are keyed by what they return, so a changed file reruns what
                     // depends on it and an unchanged one does not.
@@ -189,7 +206,7 @@ impl Solver {
             }
             keys.push(h.finalize().to_hex().to_string());
         }
-        Ok((keys, fetched))
+        Ok((keys, fetched, commits))
     }
 
     fn solve_node<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, run: &'s Run<'s>, i: usize) -> Result<Output, Arc<SolveError>> {
@@ -238,6 +255,11 @@ impl Solver {
                         .cloned()
                         .ok_or_else(|| SolveError::Context(format!("no directory for local source {name_str:?}")))?;
                     return Ok(Output::Local { dir, excludes: src.patterns("local.excludepatterns") });
+                }
+                if let Some((r, commit)) = run.commits.get(&i) {
+                    let keep = src.attr("git.keepgitdir") == Some("true");
+                    let name = self.worker.git_snapshot(r, commit, keep).map_err(|e| SolveError::Context(e.to_string()))?;
+                    return Ok(Output::Snapshot(Some(name)));
                 }
                 if let Some(f) = run.fetched.get(&i) {
                     let name = self

@@ -15,6 +15,7 @@
 
 mod cachemount;
 pub mod fileop;
+pub mod git;
 pub mod http;
 mod sandbox;
 pub mod user;
