@@ -1003,3 +1003,24 @@ fn add_checks_out_git_repositories_by_commit() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("nosuchbranch"), "{}", stderr(&out));
 }
+
+#[test]
+fn ssh_mounts_forward_an_agent_socket() {
+    let f = Fixture::new();
+    let sock = f.path("agent.sock");
+    let _agent = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let df = "FROM busybox\nRUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo \"$SSH_AUTH_SOCK\" > /sock-path\n";
+    let ctx = f.ctx("ssh", &[("Dockerfile", df)]);
+    let ssh = format!("default={}", sock.display());
+    let oci = f.path("ssh.tar");
+    assert_ok(&f.build(&ctx, &["--ssh", &ssh, "--output", &format!("type=oci,dest={}", oci.display())]));
+    let img = read_image(&oci);
+    let entries: Vec<&str> = img.new_entries().iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(entries, vec!["sock-path"], "the socket's mount point leaked");
+    let data = img.new_entries()[0].data.clone();
+    assert_eq!(String::from_utf8(data).unwrap(), "/run/buildkit/ssh_agent.0\n");
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN --mount=type=ssh,required true\n").unwrap();
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("ssh agent default is required"), "{}", stderr(&out));
+}

@@ -85,6 +85,22 @@ pub struct BuildRequest {
     pub check: bool,
 }
 
+/// Parses an `--ssh` spec: `default` (the agent in $SSH_AUTH_SOCK), `ID=SOCKET`. It travels
+/// with the secrets as `ssh:ID` → socket path.
+pub fn parse_ssh(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    let (id, path) = match spec.split_once('=') {
+        Some((id, p)) => (id.to_string(), p.to_string()),
+        None => (
+            spec.to_string(),
+            std::env::var("SSH_AUTH_SOCK").map_err(|_| UsageError(format!("--ssh {spec}: SSH_AUTH_SOCK is not set; give ID=SOCKET")))?,
+        ),
+    };
+    if !std::path::Path::new(&path).exists() {
+        return Err(UsageError(format!("--ssh {spec}: {path} does not exist")).into());
+    }
+    Ok((format!("ssh:{id}"), path.into_bytes()))
+}
+
 /// Parses a `--secret` spec: `id=NAME,src=FILE` (also `source=`), `id=NAME,env=VAR`, or
 /// `id=NAME` alone (then the environment variable NAME, else the file NAME), as BuildKit does.
 pub fn parse_secret(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {

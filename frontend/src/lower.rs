@@ -779,6 +779,11 @@ impl Ctx<'_> {
                     extra_mounts.push((None, mount(abs(&target), MountKind::Cache { id, sharing, mode, uid, gid }, readonly)));
                 }
                 RunMount::Tmpfs { target, size } => extra_mounts.push((None, mount(abs(&target), MountKind::Tmpfs { size }, false))),
+                RunMount::Ssh { target, id, required } => {
+                    let n = extra_mounts.iter().filter(|(_, m)| matches!(m.kind, MountKind::Ssh { .. })).count();
+                    let dest = if target.is_empty() { format!("/run/buildkit/ssh_agent.{n}") } else { abs(&target) };
+                    extra_mounts.push((None, mount(dest, MountKind::Ssh { id, required }, true)));
+                }
                 RunMount::Secret { target, id, required, mode, uid, gid, env } => {
                     let dest = if target.is_empty() { String::new() } else { abs(&target) };
                     extra_mounts.push((None, mount(dest, MountKind::Secret { id, required, mode, uid, gid, env }, true)));

@@ -42,6 +42,15 @@ pub enum RunMount {
         /// Size in bytes.
         size: Option<u64>,
     },
+    /// `type=ssh`: the forwarded agent socket.
+    Ssh {
+        /// Where (default `/run/buildkit/ssh_agent.N`).
+        target: String,
+        /// Agent id (default `default`).
+        id: String,
+        /// Fail without the agent.
+        required: bool,
+    },
     /// `type=secret`.
     Secret {
         /// Where (default `/run/secrets/ID`); empty when only `env` is wanted.
@@ -123,7 +132,7 @@ pub fn parse_run_mount(spec: &str) -> Result<RunMount, String> {
         ],
         "tmpfs" => &["type", "target", "dst", "destination", "size"],
         "secret" => &["type", "target", "dst", "destination", "id", "required", "mode", "uid", "gid", "env"],
-        "ssh" => return Err("RUN --mount=type=ssh is not supported yet".into()),
+        "ssh" => &["type", "target", "dst", "destination", "id", "required", "mode", "uid", "gid"],
         other => return Err(format!("unsupported mount type {other:?} (expected bind, cache, tmpfs, secret or ssh)")),
     };
     if let Some((k, _)) = fields.iter().find(|(k, _)| !known.contains(&k.as_str())) {
@@ -168,6 +177,11 @@ pub fn parse_run_mount(spec: &str) -> Result<RunMount, String> {
             }
         }
         "tmpfs" => RunMount::Tmpfs { target: need_target()?, size: get(&["size"]).map(|s| parse_size(&s)).transpose()? },
+        "ssh" => RunMount::Ssh {
+            target,
+            id: get(&["id"]).filter(|i| !i.is_empty()).unwrap_or_else(|| "default".into()),
+            required: flag(&["required"])?.unwrap_or(false),
+        },
         _ => {
             let env = get(&["env"]).filter(|e| !e.is_empty());
             let id = match get(&["id"]).filter(|i| !i.is_empty()) {

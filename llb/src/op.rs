@@ -200,6 +200,14 @@ pub enum MountKind {
         /// Also (or instead) expose it as this environment variable.
         env: Option<String>,
     },
+    /// An SSH agent socket forwarded from the client (`--ssh id=SOCKET`), with
+    /// SSH_AUTH_SOCK pointing at it.
+    Ssh {
+        /// The agent's id (`default` unless named).
+        id: String,
+        /// Fail if no such agent was forwarded.
+        required: bool,
+    },
 }
 
 /// One mount of an exec.

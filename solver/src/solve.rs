@@ -22,7 +22,8 @@ pub struct SolveRequest<'a> {
     pub locals: &'a HashMap<String, PathBuf>,
     /// Where events go.
     pub progress: &'a dyn ProgressSink,
-    /// Secrets by id, for `RUN --mount=type=secret`. They are handed to the worker only:
+    /// Secrets by id, for `RUN --mount=type=secret`, and forwarded SSH agents as `ssh:ID` →
+    /// socket path, for `RUN --mount=type=ssh`. They are handed to the worker only:
     /// never part of the graph, a cache key or an event.
     pub secrets: &'a HashMap<String, Vec<u8>>,
 }

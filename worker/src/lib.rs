@@ -261,6 +261,22 @@ impl Worker {
                         }
                         MountSource::File(secret_dir.write(i, value, *mode, *uid, *gid)?)
                     }
+                    rdock_llb::MountKind::Ssh { id, required } => {
+                        // Forwarded agents arrive beside the secrets as `ssh:ID` → socket path.
+                        let Some(sock) = secrets.get(&format!("ssh:{id}")) else {
+                            if *required {
+                                return Err(WorkerError::Path {
+                                    path: m.dest.clone(),
+                                    reason: format!("ssh agent {id} is required but was not forwarded (--ssh {id}=SOCKET)"),
+                                });
+                            }
+                            continue;
+                        };
+                        if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                            env.push(format!("SSH_AUTH_SOCK={}", m.dest));
+                        }
+                        MountSource::File(PathBuf::from(String::from_utf8_lossy(sock).into_owned()))
+                    }
                     rdock_llb::MountKind::Bind => match m.input.and_then(|ix| inputs.get(ix as usize)) {
                         Some(FileInput::Local { dir, .. }) => MountSource::Dir(resolve_in_root(dir, &m.selector, true)?),
                         _ => {
@@ -314,7 +330,7 @@ impl Worker {
                     (source, _, _) => source,
                 };
                 let readonly = match m.kind {
-                    rdock_llb::MountKind::Secret { .. } => true,
+                    rdock_llb::MountKind::Secret { .. } | rdock_llb::MountKind::Ssh { .. } => true,
                     _ => m.readonly,
                 };
                 extra.push(ExtraMount { source, dest: m.dest.clone(), readonly });

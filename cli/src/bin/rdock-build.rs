@@ -1,7 +1,7 @@
 //! `rdock-build`: buildctl-like. Parses flags and calls `rdock_cli::build`.
 
 use clap::Parser;
-use rdock_cli::build::{BuildRequest, DumpFormat, parse_output, parse_secret, run};
+use rdock_cli::build::{BuildRequest, DumpFormat, parse_output, parse_secret, parse_ssh, run};
 use rdock_cli::progress::Mode;
 use rdock_cli::{UsageError, exit_with};
 use std::collections::BTreeMap;
@@ -40,6 +40,9 @@ struct Args {
     /// `id=NAME,src=FILE` or `id=NAME,env=VAR`: a secret for RUN --mount=type=secret.
     #[arg(long = "secret")]
     secrets: Vec<String>,
+    /// `default` or `ID=SOCKET`: an SSH agent for RUN --mount=type=ssh.
+    #[arg(long = "ssh")]
+    ssh: Vec<String>,
     /// Run the build checks (lint rules) and report, without building; exit 1 on warnings.
     #[arg(long)]
     check: bool,
@@ -99,7 +102,7 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
         metadata_file: a.metadata_file,
         dump,
         check: a.check,
-        secrets: a.secrets.iter().map(|s| parse_secret(s)).collect::<anyhow::Result<_>>()?,
+        secrets: a.secrets.iter().map(|s| parse_secret(s)).chain(a.ssh.iter().map(|s| parse_ssh(s))).collect::<anyhow::Result<_>>()?,
     })
 }
 

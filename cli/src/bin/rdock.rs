@@ -1,7 +1,7 @@
 //! `rdock`: docker-like. Parses flags and calls `rdock_cli`.
 
 use clap::{Parser, Subcommand};
-use rdock_cli::build::{BuildRequest, Output, parse_output, parse_secret, run};
+use rdock_cli::build::{BuildRequest, Output, parse_output, parse_secret, parse_ssh, run};
 use rdock_cli::progress::Mode;
 use rdock_cli::{UsageError, commands, exit_with};
 use rdock_imagespec::ImageRef;
@@ -54,6 +54,9 @@ enum Command {
         /// `id=NAME,src=FILE` or `id=NAME,env=VAR`: a secret for RUN --mount=type=secret.
         #[arg(long = "secret")]
         secrets: Vec<String>,
+        /// `default` or `ID=SOCKET`: an SSH agent for RUN --mount=type=ssh.
+        #[arg(long = "ssh")]
+        ssh: Vec<String>,
         /// Run the build checks and report, without building; exit 1 on warnings.
         #[arg(long)]
         check: bool,
@@ -146,6 +149,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             progress,
             metadata_file,
             secrets,
+            ssh,
             check,
             context,
         } => {
@@ -180,7 +184,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 metadata_file,
                 dump: None,
                 check,
-                secrets: secrets.iter().map(|s| parse_secret(s)).collect::<anyhow::Result<_>>()?,
+                secrets: secrets.iter().map(|s| parse_secret(s)).chain(ssh.iter().map(|s| parse_ssh(s))).collect::<anyhow::Result<_>>()?,
             };
             run(&req).map(|_| ())
         }
