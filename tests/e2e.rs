@@ -919,6 +919,14 @@ fn add_downloads_urls_verifies_checksums_and_caches_by_content() {
     assert_eq!(started(&ev).len(), 2, "{:?}", started(&ev));
     assert_eq!(std::fs::read_to_string(f.path("o2/copy")).unwrap(), "v2\n");
 
+    // Remote archives are files unless --unpack says otherwise.
+    std::fs::write(site.join("bundle.tar"), tar_bytes(&[("inner/file.txt", "packed\n")])).unwrap();
+    let bundle = format!("http://127.0.0.1:{}/bundle.tar", server.port);
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM busybox\nADD {bundle} /kept/\nADD --unpack {bundle} /opened/\n")).unwrap();
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", f.path("o3").display())]));
+    assert!(f.path("o3/kept/bundle.tar").is_file());
+    assert_eq!(std::fs::read_to_string(f.path("o3/opened/inner/file.txt")).unwrap(), "packed\n");
+
     std::fs::write(ctx.join("Dockerfile"), format!("FROM busybox\nCOPY {url} /x\n")).unwrap();
     let out = f.build(&ctx, &[]);
     assert_eq!(out.status.code(), Some(1));
@@ -1023,4 +1031,14 @@ fn ssh_mounts_forward_an_agent_socket() {
     let out = f.build(&ctx, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("ssh agent default is required"), "{}", stderr(&out));
+}
+
+#[test]
+fn cache_mounts_can_be_seeded_from_a_stage() {
+    let f = Fixture::new();
+    let df = "FROM busybox AS seed\nRUN mkdir -p /data && echo seeded > /data/s\nFROM busybox\nRUN --mount=type=cache,id=seeded,target=/c,from=seed,source=/data sh -c 'cat /c/s > /out && echo more >> /c/s'\nRUN --mount=type=cache,id=seeded,target=/c cat /c/s > /out2\n";
+    let ctx = f.ctx("seed", &[("Dockerfile", df)]);
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", f.path("o").display())]));
+    assert_eq!(std::fs::read_to_string(f.path("o/out")).unwrap(), "seeded\n");
+    assert_eq!(std::fs::read_to_string(f.path("o/out2")).unwrap(), "seeded\nmore\n", "the seeded cache is the same cache by id");
 }

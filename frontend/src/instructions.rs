@@ -40,6 +40,8 @@ pub struct CopyArgs {
     pub parents: bool,
     /// ADD `--keep-git-dir`.
     pub keep_git_dir: bool,
+    /// ADD `--unpack`: None is the default (local archives unpack, remote ones do not).
+    pub unpack: Option<bool>,
 }
 
 /// HEALTHCHECK.
@@ -331,6 +333,11 @@ pub fn parse_instruction(raw: &RawInstruction) -> Result<Located, DockerfileErro
                 checksum: if raw.keyword == "add" { f.string("checksum")? } else { None },
                 parents: f.bool("parents")?,
                 keep_git_dir: raw.keyword == "add" && f.bool("keep-git-dir")?,
+                unpack: if raw.keyword == "add" && raw.flags.iter().any(|x| x == "--unpack" || x.starts_with("--unpack=")) {
+                    Some(f.bool("unpack")?)
+                } else {
+                    None
+                },
             };
             if raw.keyword == "copy" { Instruction::Copy(args) } else { Instruction::Add(args) }
         }

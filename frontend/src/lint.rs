@@ -63,6 +63,8 @@ pub struct CheckConfig {
     pub skip: BTreeSet<String>,
     /// Fail the build when any rule reports.
     pub error: bool,
+    /// Experimental rules turned on (`experimental=Rule` or `all`).
+    pub experimental: BTreeSet<String>,
 }
 
 impl CheckConfig {
@@ -74,6 +76,7 @@ impl CheckConfig {
             match k.trim() {
                 "skip" => c.skip.extend(v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty())),
                 "error" => c.error = v.trim().eq_ignore_ascii_case("true"),
+                "experimental" => c.experimental.extend(v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty())),
                 _ => {}
             }
         }
@@ -81,7 +84,20 @@ impl CheckConfig {
     }
 
     fn enabled(&self, rule: &str) -> bool {
-        !self.skip.contains("all") && !self.skip.contains(rule)
+        let experimental_on = !EXPERIMENTAL.contains(&rule) || self.experimental.contains("all") || self.experimental.contains(rule);
+        experimental_on && !self.skip.contains("all") && !self.skip.contains(rule)
+    }
+}
+
+/// Rules BuildKit runs only when `# check=experimental=…` asks for them.
+const EXPERIMENTAL: &[&str] = &["InvalidDefinitionDescription"];
+
+/// BuildKit's validateDefinitionDescription: the comment right above a named stage or an
+/// ARG, if any, should start with the name it describes.
+fn description_ok(comments: &[String], keys: &[String]) -> bool {
+    match comments.last() {
+        None => true,
+        Some(c) => keys.is_empty() || keys.iter().any(|k| c.split(' ').next() == Some(k.as_str())),
     }
 }
 
@@ -252,11 +268,23 @@ pub fn lint(
                     Args::Words(w) => w.clone(),
                     _ => Vec::new(),
                 };
+                if let (Some(n), Some(written)) = (name, words.get(2))
+                    && !description_ok(&raw.comments, std::slice::from_ref(written))
+                {
+                    let _ = n;
+                    push(
+                        "InvalidDefinitionDescription",
+                        format!("Comment for FROM should follow the format: `# {written} <description>`"),
+                        loc.clone(),
+                    );
+                }
                 if let Some(as_kw) = words.get(1) {
                     let from_kw = &raw.keyword_as_written;
                     let from_upper = *from_kw == from_kw.to_ascii_uppercase();
-                    let as_upper = *as_kw == as_kw.to_ascii_uppercase();
-                    if from_upper != as_upper {
+                    let from_lower = *from_kw == from_kw.to_ascii_lowercase();
+                    let as_ok = if from_upper { *as_kw == as_kw.to_ascii_uppercase() } else { *as_kw == as_kw.to_ascii_lowercase() };
+                    // A mixed-case FROM is ConsistentInstructionCasing's business, not this rule's.
+                    if (from_upper || from_lower) && !as_ok {
                         push("FromAsCasing", format!("'{as_kw}' and '{from_kw}' keywords' casing do not match"), raw.location.at(as_kw));
                     }
                 }
@@ -339,6 +367,15 @@ pub fn lint(
                 current = Some((inherited, false, Vec::new()));
             }
             Instruction::Arg(args) if current.is_none() => {
+                let keys: Vec<String> = args.iter().map(|(k, _)| k.clone()).collect();
+                if !description_ok(&raw.comments, &keys) {
+                    let example = if keys.len() > 1 { "<arg_key>".to_string() } else { keys[0].clone() };
+                    push(
+                        "InvalidDefinitionDescription",
+                        format!("Comment for ARG should follow the format: `# {example} <description>`"),
+                        loc.clone(),
+                    );
+                }
                 for (k, v) in args {
                     if secret_like(k) {
                         push(
@@ -355,6 +392,15 @@ pub fn lint(
         let Some((defined, workdir_set, singles)) = current.as_mut() else { continue };
         match &l.instruction {
             Instruction::Arg(args) => {
+                let keys: Vec<String> = args.iter().map(|(k, _)| k.clone()).collect();
+                if !description_ok(&raw.comments, &keys) {
+                    let example = if keys.len() > 1 { "<arg_key>".to_string() } else { keys[0].clone() };
+                    push(
+                        "InvalidDefinitionDescription",
+                        format!("Comment for ARG should follow the format: `# {example} <description>`"),
+                        loc.clone(),
+                    );
+                }
                 for (k, v) in args {
                     if let Some(v) = v {
                         check_vars(v, defined, &mut push);
@@ -496,5 +542,7 @@ mod tests {
         let c = CheckConfig::parse(Some("skip=JSONArgsRecommended,StageNameCasing;error=true"));
         assert!(c.error && !c.enabled("StageNameCasing") && c.enabled("UndefinedVar"));
         assert!(!CheckConfig::parse(Some("skip=all")).enabled("UndefinedVar"));
+        assert!(!CheckConfig::default().enabled("InvalidDefinitionDescription"), "experimental rules are off by default");
+        assert!(CheckConfig::parse(Some("experimental=InvalidDefinitionDescription")).enabled("InvalidDefinitionDescription"));
     }
 }

@@ -775,8 +775,20 @@ impl Ctx<'_> {
                     m.selector = source;
                     extra_mounts.push((state, m));
                 }
-                RunMount::Cache { target, id, sharing, mode, uid, gid, readonly } => {
-                    extra_mounts.push((None, mount(abs(&target), MountKind::Cache { id, sharing, mode, uid, gid }, readonly)));
+                RunMount::Cache { target, id, sharing, mode, uid, gid, readonly, from, source } => {
+                    // `from` seeds a cache the first time it is created.
+                    let seed = match from {
+                        None => None,
+                        Some(from) => {
+                            match self.stage_by_name(&from, run.idx).or_else(|| from.parse::<usize>().ok().filter(|i| *i < run.idx)) {
+                                Some(s) => self.lower_stage(s)?.state,
+                                None => Some(self.image_source(&from, &l.location)?.0),
+                            }
+                        }
+                    };
+                    let mut m = mount(abs(&target), MountKind::Cache { id, sharing, mode, uid, gid }, readonly);
+                    m.selector = source;
+                    extra_mounts.push((seed, m));
                 }
                 RunMount::Tmpfs { target, size } => extra_mounts.push((None, mount(abs(&target), MountKind::Tmpfs { size }, false))),
                 RunMount::Ssh { target, id, required } => {
@@ -1019,7 +1031,7 @@ impl Ctx<'_> {
                 chmod: chmod.clone(),
                 allow_wildcard: true,
                 allow_empty_wildcard: false,
-                unpack_archives: is_add,
+                unpack_archives: is_add && args.unpack != Some(false),
                 exclude: exclude.clone(),
                 parents: args.parents,
             }));
@@ -1049,7 +1061,7 @@ impl Ctx<'_> {
                 chmod: chmod.clone(),
                 allow_wildcard: false,
                 allow_empty_wildcard: false,
-                unpack_archives: false,
+                unpack_archives: args.unpack == Some(true),
                 exclude: Vec::new(),
                 parents: false,
             }));

@@ -111,6 +111,8 @@ pub struct RawInstruction {
     pub original: String,
     /// Heredocs read after the instruction's line, in order.
     pub heredocs: Vec<Heredoc>,
+    /// The comment lines right above the instruction (text after `#`), for descriptions.
+    pub comments: Vec<String>,
     /// Where it starts and ends.
     pub location: Location,
 }
@@ -204,25 +206,35 @@ pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
         DockerfileError::new(Location::line(file, line, lines.get(line.saturating_sub(1)).copied().unwrap_or("")), msg)
     };
     let mut i = 0;
+    let mut comments: Vec<String> = Vec::new();
     while i < lines.len() {
         let raw = lines[i];
         let token = raw.trim_start();
+        if let Some(c) = token.strip_prefix('#') {
+            let c = c.trim();
+            if c.is_empty() { comments.clear() } else { comments.push(c.to_string()) }
+        } else if token.is_empty() {
+            comments.clear();
+        }
         match dp.parse_line(token) {
-            Ok(Some((k, v))) => match k.as_str() {
-                "escape" => {
-                    directives.escape = match v.as_str() {
-                        "\\" => '\\',
-                        "`" => '`',
-                        _ => {
-                            return Err(
-                                err_at(i + 1, format!("invalid escape token '{v}' does not match ` or \\")).expected("`\\` or a backtick")
-                            );
+            Ok(Some((k, v))) => {
+                // A directive is not a description comment.
+                comments.pop();
+                match k.as_str() {
+                    "escape" => {
+                        directives.escape = match v.as_str() {
+                            "\\" => '\\',
+                            "`" => '`',
+                            _ => {
+                                return Err(err_at(i + 1, format!("invalid escape token '{v}' does not match ` or \\"))
+                                    .expected("`\\` or a backtick"));
+                            }
                         }
                     }
+                    "syntax" => directives.syntax = Some(v),
+                    _ => directives.check = Some(v),
                 }
-                "syntax" => directives.syntax = Some(v),
-                _ => directives.check = Some(v),
-            },
+            }
             Ok(None) => {}
             Err(m) => return Err(err_at(i + 1, m)),
         }
@@ -262,6 +274,7 @@ pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
             source_line: raw.to_string(),
         };
         let mut inst = node_from_line(&buf, escape, location)?;
+        inst.comments = std::mem::take(&mut comments);
         if can_contain_heredoc(&inst) && buf.contains("<<") {
             for word in parse_words(&buf, '\\') {
                 let Some((name, expand, chomp)) = heredoc_word(&word) else { continue };
@@ -346,6 +359,7 @@ fn node_from_line(line: &str, escape: char, location: Location) -> Result<RawIns
         original: t.to_string(),
         location: loc,
         heredocs: Vec::new(),
+        comments: Vec::new(),
     })
 }
 

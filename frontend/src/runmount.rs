@@ -34,6 +34,10 @@ pub enum RunMount {
         gid: u32,
         /// Mounted read-only.
         readonly: bool,
+        /// Stage, image or context whose `source` sub-path seeds a new cache.
+        from: Option<String>,
+        /// Sub-path of `from` to seed from.
+        source: String,
     },
     /// `type=tmpfs`.
     Tmpfs {
@@ -174,6 +178,8 @@ pub fn parse_run_mount(spec: &str) -> Result<RunMount, String> {
                 uid: get(&["uid"]).map(|v| parse_num("uid", &v)).transpose()?.unwrap_or(0),
                 gid: get(&["gid"]).map(|v| parse_num("gid", &v)).transpose()?.unwrap_or(0),
                 readonly: flag(&["ro", "readonly"])?.unwrap_or(false),
+                from: get(&["from"]),
+                source: get(&["source", "src"]).unwrap_or_else(|| "/".into()),
             }
         }
         "tmpfs" => RunMount::Tmpfs { target: need_target()?, size: get(&["size"]).map(|s| parse_size(&s)).transpose()? },

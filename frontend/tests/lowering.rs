@@ -162,3 +162,24 @@ fn proxy_args_reach_run_but_not_the_graph_and_targetstage_is_set() {
     assert!(!e.env.iter().any(|v| v.starts_with("HTTP_PROXY")));
     assert!(a.image.history.iter().all(|h| !h.created_by.as_deref().unwrap_or("").contains("one:1")));
 }
+
+#[test]
+fn definition_descriptions_are_checked_when_asked() {
+    let df = "# check=experimental=InvalidDefinitionDescription\n# the base image\nARG BASE=busybox\n\n# builder compiles things\nFROM $BASE AS builder\n# wrong words here\nFROM $BASE AS final\n";
+    let out = lower(df, &BuildOptions::default(), &Images).unwrap();
+    let msgs: Vec<String> = out
+        .warnings
+        .iter()
+        .filter(|w| w.rule == "InvalidDefinitionDescription")
+        .map(|w| format!("{}:{}", w.location.start_line, w.message))
+        .collect();
+    assert_eq!(
+        msgs,
+        vec![
+            "3:Comment for ARG should follow the format: `# BASE <description>`",
+            "8:Comment for FROM should follow the format: `# final <description>`"
+        ]
+    );
+    let plain = lower(&df.replace("# check=experimental=InvalidDefinitionDescription\n", ""), &BuildOptions::default(), &Images).unwrap();
+    assert!(plain.warnings.iter().all(|w| w.rule != "InvalidDefinitionDescription"), "experimental rules are off by default");
+}

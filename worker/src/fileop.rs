@@ -260,7 +260,6 @@ fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerE
             let into_dir = dest_is_dir_hint || dest_resolved.is_dir();
             let name = Path::new(&rel).file_name().map(|n| n.to_os_string()).unwrap_or_default();
             if c.unpack_archives
-                && src.reset_ownership
                 && let Some(kind) = archive_kind(&src_path)
             {
                 mkdir_all(&dest_resolved, root, owner)?;

@@ -238,7 +238,27 @@ impl Worker {
                 let source = match &m.kind {
                     rdock_llb::MountKind::Tmpfs { size } => MountSource::Tmpfs { size: *size },
                     rdock_llb::MountKind::Cache { id, sharing, mode, uid, gid } => {
-                        let h = cachemount::acquire(&self.store.root().join("cache"), id, *sharing, *mode, *uid, *gid)?;
+                        // A seed for a new cache: a snapshot (or the context) at the selector.
+                        let seed = match m.input.and_then(|ix| inputs.get(ix as usize)) {
+                            Some(FileInput::Local { dir, .. }) => Some(resolve_in_root(dir, &m.selector, true)?),
+                            Some(FileInput::Snapshot(Some(s))) => {
+                                let vkey = format!("{key}-seed{i}");
+                                let spec = snaps.view(&vkey, Some(s))?;
+                                match Mounted::new(&spec[0], self.store.root().join("tmp").join(&vkey)) {
+                                    Ok(mt) => {
+                                        let p = resolve_in_root(mt.path(), &m.selector, true)?;
+                                        views.push((vkey, mt));
+                                        Some(p)
+                                    }
+                                    Err(e) => {
+                                        let _ = snaps.remove(&vkey);
+                                        return Err(e.into());
+                                    }
+                                }
+                            }
+                            _ => None,
+                        };
+                        let h = cachemount::acquire(&self.store.root().join("cache"), id, *sharing, *mode, *uid, *gid, seed.as_deref())?;
                         let dir = h.dir.clone();
                         held.push(h);
                         MountSource::Dir(dir)
