@@ -231,7 +231,9 @@ mod tests {
                 mode: 0o700,
                 uid: 1000,
                 gid: 0,
-                readonly: false
+                readonly: false,
+                from: None,
+                source: "/".into(),
             }
         );
         assert_eq!(parse_run_mount("type=tmpfs,dst=/t,size=64m").unwrap(), RunMount::Tmpfs { target: "/t".into(), size: Some(64 << 20) });
