@@ -85,6 +85,60 @@ pub struct BuildRequest {
     pub check: bool,
 }
 
+/// Build flags both binaries take, spelled the same.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonFlags {
+    /// Run every step, ignoring cache records.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// auto, tty, plain, rawjson or quiet.
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Write result digests as JSON here.
+    #[arg(long)]
+    pub metadata_file: Option<PathBuf>,
+    /// `id=NAME,src=FILE` or `id=NAME,env=VAR`: a secret for RUN --mount=type=secret.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// `default` or `ID=SOCKET`: an SSH agent for RUN --mount=type=ssh.
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+    /// Run the build checks (lint rules) and report, without building; exit 1 on warnings.
+    #[arg(long)]
+    pub check: bool,
+}
+
+impl CommonFlags {
+    /// The request these flags describe, given the rest of it.
+    pub fn request(
+        &self,
+        context: PathBuf,
+        dockerfile: PathBuf,
+        target: Option<String>,
+        build_args: BTreeMap<String, String>,
+        outputs: Vec<Output>,
+        dump: Option<DumpFormat>,
+    ) -> anyhow::Result<BuildRequest> {
+        let progress = progress::Mode::parse(&self.progress)
+            .ok_or_else(|| UsageError(format!("--progress {}: expected auto, tty, plain, rawjson or quiet", self.progress)))?;
+        let secrets =
+            self.secrets.iter().map(|s| parse_secret(s)).chain(self.ssh.iter().map(|s| parse_ssh(s))).collect::<anyhow::Result<_>>()?;
+        Ok(BuildRequest {
+            context,
+            dockerfile,
+            target,
+            build_args,
+            outputs,
+            no_cache: self.no_cache,
+            progress,
+            metadata_file: self.metadata_file.clone(),
+            dump,
+            secrets,
+            check: self.check,
+        })
+    }
+}
+
 /// Parses an `--ssh` spec: `default` (the agent in $SSH_AUTH_SOCK), `ID=SOCKET`. It travels
 /// with the secrets as `ssh:ID` → socket path.
 pub fn parse_ssh(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {

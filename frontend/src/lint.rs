@@ -169,6 +169,24 @@ fn secret_like(key: &str) -> bool {
     words.iter().any(|w| deny.contains(&w.as_str())) && !words.iter().any(|w| allow.contains(&w.as_str()))
 }
 
+/// The checks every ARG gets, global or in a stage: its description comment and whether
+/// its names sound like secrets.
+fn arg_checks(
+    raw: &RawInstruction,
+    loc: &Location,
+    args: &[(String, Option<String>)],
+    push: &mut dyn FnMut(&'static str, String, Location),
+) {
+    let keys: Vec<String> = args.iter().map(|(k, _)| k.clone()).collect();
+    if !keys.is_empty() && !description_ok(&raw.comments, &keys) {
+        let example = if keys.len() > 1 { "<arg_key>".to_string() } else { keys[0].clone() };
+        push("InvalidDefinitionDescription", format!("Comment for ARG should follow the format: `# {example} <description>`"), loc.clone());
+    }
+    for k in keys.iter().filter(|k| secret_like(k)) {
+        push("SecretsUsedInArgOrEnv", format!("Do not use ARG or ENV instructions for sensitive data (ARG {k:?})"), raw.location.at(k));
+    }
+}
+
 fn keyword_location(raw: &RawInstruction) -> Location {
     raw.location.at(&raw.keyword_as_written)
 }
@@ -367,50 +385,18 @@ pub fn lint(
                 current = Some((inherited, false, Vec::new()));
             }
             Instruction::Arg(args) if current.is_none() => {
-                let keys: Vec<String> = args.iter().map(|(k, _)| k.clone()).collect();
-                if !description_ok(&raw.comments, &keys) {
-                    let example = if keys.len() > 1 { "<arg_key>".to_string() } else { keys[0].clone() };
-                    push(
-                        "InvalidDefinitionDescription",
-                        format!("Comment for ARG should follow the format: `# {example} <description>`"),
-                        loc.clone(),
-                    );
-                }
-                for (k, v) in args {
-                    if secret_like(k) {
-                        push(
-                            "SecretsUsedInArgOrEnv",
-                            format!("Do not use ARG or ENV instructions for sensitive data (ARG {k:?})"),
-                            raw.location.at(k),
-                        );
-                    }
-                    global_args.push((k.clone(), v.clone()));
-                }
+                arg_checks(raw, &loc, args, &mut push);
+                global_args.extend(args.iter().cloned());
             }
             _ => {}
         }
         let Some((defined, workdir_set, singles)) = current.as_mut() else { continue };
         match &l.instruction {
             Instruction::Arg(args) => {
-                let keys: Vec<String> = args.iter().map(|(k, _)| k.clone()).collect();
-                if !description_ok(&raw.comments, &keys) {
-                    let example = if keys.len() > 1 { "<arg_key>".to_string() } else { keys[0].clone() };
-                    push(
-                        "InvalidDefinitionDescription",
-                        format!("Comment for ARG should follow the format: `# {example} <description>`"),
-                        loc.clone(),
-                    );
-                }
+                arg_checks(raw, &loc, args, &mut push);
                 for (k, v) in args {
                     if let Some(v) = v {
                         check_vars(v, defined, &mut push);
-                    }
-                    if secret_like(k) {
-                        push(
-                            "SecretsUsedInArgOrEnv",
-                            format!("Do not use ARG or ENV instructions for sensitive data (ARG {k:?})"),
-                            raw.location.at(k),
-                        );
                     }
                     defined.insert(k.clone());
                 }

@@ -1,8 +1,7 @@
 //! `rdock-build`: buildctl-like. Parses flags and calls `rdock_cli::build`.
 
 use clap::Parser;
-use rdock_cli::build::{BuildRequest, DumpFormat, parse_output, parse_secret, parse_ssh, run};
-use rdock_cli::progress::Mode;
+use rdock_cli::build::{BuildRequest, CommonFlags, DumpFormat, parse_output, run};
 use rdock_cli::{UsageError, exit_with};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,24 +27,8 @@ struct Args {
     /// Not supported yet.
     #[arg(long = "import-cache")]
     import_cache: Vec<String>,
-    /// Run every step, ignoring cache records.
-    #[arg(long)]
-    no_cache: bool,
-    /// auto, tty, plain, rawjson or quiet.
-    #[arg(long, default_value = "auto")]
-    progress: String,
-    /// Write result digests as JSON here.
-    #[arg(long)]
-    metadata_file: Option<PathBuf>,
-    /// `id=NAME,src=FILE` or `id=NAME,env=VAR`: a secret for RUN --mount=type=secret.
-    #[arg(long = "secret")]
-    secrets: Vec<String>,
-    /// `default` or `ID=SOCKET`: an SSH agent for RUN --mount=type=ssh.
-    #[arg(long = "ssh")]
-    ssh: Vec<String>,
-    /// Run the build checks (lint rules) and report, without building; exit 1 on warnings.
-    #[arg(long)]
-    check: bool,
+    #[command(flatten)]
+    common: CommonFlags,
     /// Print the LLB definition (json, ron or dot) instead of building.
     #[arg(long, value_name = "FORMAT")]
     dump_llb: Option<String>,
@@ -80,8 +63,6 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
             }
         }
     }
-    let progress = Mode::parse(&a.progress)
-        .ok_or_else(|| UsageError(format!("--progress {}: expected auto, tty, plain, rawjson or quiet", a.progress)))?;
     let dump = match a.dump_llb.as_deref() {
         None => None,
         Some("json") => Some(DumpFormat::Json),
@@ -91,19 +72,8 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
             return Err(UsageError(format!("--dump-llb {other}: expected json, ron or dot")).into());
         }
     };
-    Ok(BuildRequest {
-        context,
-        dockerfile: dockerfile_dir.join(filename),
-        target,
-        build_args,
-        outputs: a.outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?,
-        no_cache: a.no_cache,
-        progress,
-        metadata_file: a.metadata_file,
-        dump,
-        check: a.check,
-        secrets: a.secrets.iter().map(|s| parse_secret(s)).chain(a.ssh.iter().map(|s| parse_ssh(s))).collect::<anyhow::Result<_>>()?,
-    })
+    let outputs = a.outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
+    a.common.request(context, dockerfile_dir.join(filename), target, build_args, outputs, dump)
 }
 
 fn main() {

@@ -1,8 +1,7 @@
 //! `rdock`: docker-like. Parses flags and calls `rdock_cli`.
 
 use clap::{Parser, Subcommand};
-use rdock_cli::build::{BuildRequest, Output, parse_output, parse_secret, parse_ssh, run};
-use rdock_cli::progress::Mode;
+use rdock_cli::build::{CommonFlags, Output, parse_output, run};
 use rdock_cli::{UsageError, commands, exit_with};
 use rdock_imagespec::ImageRef;
 use std::collections::BTreeMap;
@@ -42,24 +41,8 @@ enum Command {
         /// Not supported yet.
         #[arg(long = "cache-to")]
         cache_to: Vec<String>,
-        /// Ignore cache records.
-        #[arg(long)]
-        no_cache: bool,
-        /// auto, tty, plain, rawjson, quiet.
-        #[arg(long, default_value = "auto")]
-        progress: String,
-        /// Write result digests as JSON here.
-        #[arg(long)]
-        metadata_file: Option<PathBuf>,
-        /// `id=NAME,src=FILE` or `id=NAME,env=VAR`: a secret for RUN --mount=type=secret.
-        #[arg(long = "secret")]
-        secrets: Vec<String>,
-        /// `default` or `ID=SOCKET`: an SSH agent for RUN --mount=type=ssh.
-        #[arg(long = "ssh")]
-        ssh: Vec<String>,
-        /// Run the build checks and report, without building; exit 1 on warnings.
-        #[arg(long)]
-        check: bool,
+        #[command(flatten)]
+        common: CommonFlags,
         /// The build context directory.
         context: PathBuf,
     },
@@ -137,22 +120,7 @@ fn not_yet(what: &str) -> anyhow::Result<()> {
 
 fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Build {
-            tags,
-            file,
-            target,
-            build_args,
-            outputs,
-            cache_from,
-            cache_to,
-            no_cache,
-            progress,
-            metadata_file,
-            secrets,
-            ssh,
-            check,
-            context,
-        } => {
+        Command::Build { tags, file, target, build_args, outputs, cache_from, cache_to, common, context } => {
             if !cache_from.is_empty() || !cache_to.is_empty() {
                 return not_yet("--cache-from/--cache-to");
             }
@@ -172,20 +140,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     None => std::env::var(&a).ok().map(|v| args.insert(a.clone(), v)).unwrap_or(None),
                 };
             }
-            let req = BuildRequest {
-                dockerfile: file.unwrap_or_else(|| context.join("Dockerfile")),
-                context,
-                target,
-                build_args: args,
-                outputs: outs,
-                no_cache,
-                progress: Mode::parse(&progress)
-                    .ok_or_else(|| UsageError(format!("--progress {progress}: expected auto, tty, plain, rawjson or quiet")))?,
-                metadata_file,
-                dump: None,
-                check,
-                secrets: secrets.iter().map(|s| parse_secret(s)).chain(ssh.iter().map(|s| parse_ssh(s))).collect::<anyhow::Result<_>>()?,
-            };
+            let req = common.request(context.clone(), file.unwrap_or_else(|| context.join("Dockerfile")), target, args, outs, None)?;
             run(&req).map(|_| ())
         }
         Command::Run { .. } => not_yet("rdock run"),
