@@ -87,3 +87,48 @@ pub(crate) fn acquire(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharing_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let a = acquire(root, "id", CacheSharing::Shared, 0o755, 0, 0, None).unwrap();
+        let b = acquire(root, "id", CacheSharing::Shared, 0o755, 0, 0, None).unwrap();
+        assert_eq!(a.dir, b.dir, "shared: one directory for everyone");
+        let p1 = acquire(root, "p", CacheSharing::Private, 0o755, 0, 0, None).unwrap();
+        let p2 = acquire(root, "p", CacheSharing::Private, 0o755, 0, 0, None).unwrap();
+        assert_ne!(p1.dir, p2.dir, "private: a busy cache gives the next user its own");
+        let first = p1.dir.clone();
+        drop(p1);
+        let p3 = acquire(root, "p", CacheSharing::Private, 0o755, 0, 0, None).unwrap();
+        assert_eq!(p3.dir, first, "a released private cache is reused");
+        // locked: a second holder waits until the first lets go.
+        let l1 = acquire(root, "l", CacheSharing::Locked, 0o755, 0, 0, None).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root2 = root.to_path_buf();
+        let t = std::thread::spawn(move || {
+            let l2 = acquire(&root2, "l", CacheSharing::Locked, 0o755, 0, 0, None).unwrap();
+            tx.send(l2.dir.clone()).unwrap();
+        });
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "the second locked user did not wait");
+        let held = l1.dir.clone();
+        drop(l1);
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), held);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_new_cache_is_seeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("seed");
+        std::fs::create_dir_all(seed.join("sub")).unwrap();
+        std::fs::write(seed.join("sub/f"), "x").unwrap();
+        let h = acquire(&dir.path().join("cache"), "s", CacheSharing::Shared, 0o700, 0, 0, Some(&seed)).unwrap();
+        assert_eq!(std::fs::read_to_string(h.dir.join("sub/f")).unwrap(), "x");
+        assert_eq!(std::fs::metadata(&h.dir).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+}
