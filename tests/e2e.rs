@@ -699,11 +699,21 @@ fn run_mounts_cache_tmpfs_bind_and_secrets() {
     let df = "FROM busybox\n\
 RUN --mount=type=cache,target=/cache sh -c 'echo run >> /cache/log; wc -l < /cache/log > /count'\n\
 RUN --mount=type=tmpfs,target=/scratch sh -c 'echo t > /scratch/t && test -f /scratch/t && echo ok > /tmpfs-ok'\n\
-RUN --mount=type=bind,target=/ctx cat /ctx/input.txt > /from-ctx\n\
+RUN --mount=type=bind,target=/ctx sh -c 'cat /ctx/input.txt > /from-ctx && find /ctx | sort > /ctx-listing'\n\
 RUN --mount=type=bind,target=/ctx,rw sh -c 'echo x > /ctx/new && cat /ctx/input.txt > /rw-ok'\n\
 RUN --mount=type=secret,id=token sh -c 'wc -c < /run/secrets/token > /secret-len'\n\
 RUN --mount=type=secret,id=token,env=TOKEN,target=/s sh -c 'test \"$TOKEN\" = \"$(cat /s)\" && echo ok > /env-ok'\n";
-    let ctx = f.ctx("mounts", &[("Dockerfile", df), ("input.txt", "from the context\n")]);
+    let ctx = f.ctx(
+        "mounts",
+        &[
+            ("Dockerfile", df),
+            ("input.txt", "from the context\n"),
+            ("hidden.txt", "ignored\n"),
+            ("private/secret.key", "ignored\n"),
+            ("private/keep.txt", "re-included\n"),
+            (".dockerignore", "hidden.txt\nprivate\n!private/keep.txt\n"),
+        ],
+    );
     let secret_arg = format!("id=token,src={}", f.path("token").display());
     let build = |extra: &[&str]| {
         let mut args = vec!["--secret", &secret_arg];
@@ -722,6 +732,14 @@ RUN --mount=type=secret,id=token,env=TOKEN,target=/s sh -c 'test \"$TOKEN\" = \"
     assert_eq!(read("count").trim(), "1");
     assert_eq!(read("tmpfs-ok"), "ok\n");
     assert_eq!(read("from-ctx"), "from the context\n");
+    // The context bind shows what .dockerignore lets through, and nothing else.
+    let listing = read("ctx-listing");
+    let seen: Vec<&str> = listing.lines().collect();
+    assert!(seen.contains(&"/ctx/input.txt") && seen.contains(&"/ctx/private/keep.txt"), "{listing}");
+    assert!(
+        !seen.contains(&"/ctx/hidden.txt") && !seen.contains(&"/ctx/private/secret.key"),
+        "ignored files visible in the bind mount:\n{listing}"
+    );
     assert_eq!(read("rw-ok"), "from the context\n");
     assert!(!ctx.join("new").exists(), "a rw bind wrote into the build context");
     assert_eq!(read("secret-len").trim(), secret.len().to_string());

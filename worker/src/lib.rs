@@ -14,6 +14,7 @@
 //! ```
 
 mod cachemount;
+mod contextview;
 pub mod fileop;
 pub mod git;
 pub mod http;
@@ -208,6 +209,7 @@ impl Worker {
         let mut views: Vec<(String, Mounted)> = Vec::new();
         let mut held: Vec<cachemount::Held> = Vec::new();
         let mut scratches: Vec<(PathBuf, Mounted)> = Vec::new();
+        let mut contexts: Vec<contextview::ContextView> = Vec::new();
         let secret_dir = SecretDir::new(&self.store.root().join("tmp"));
         let result = (|| {
             let layers = snaps.layer_dirs(parent)?;
@@ -298,6 +300,15 @@ impl Worker {
                         MountSource::File(PathBuf::from(String::from_utf8_lossy(sock).into_owned()))
                     }
                     rdock_llb::MountKind::Bind => match m.input.and_then(|ix| inputs.get(ix as usize)) {
+                        Some(FileInput::Local { dir, excludes }) if !excludes.is_empty() => {
+                            let matcher =
+                                PatternMatcher::new(excludes).map_err(|e| WorkerError::Path { path: e.pattern, reason: e.reason })?;
+                            let view =
+                                contextview::filtered_context(dir, &matcher, self.store.root().join("tmp").join(format!("{key}-ctx{i}")))?;
+                            let p = resolve_in_root(view.path(), &m.selector, true)?;
+                            contexts.push(view);
+                            MountSource::Dir(p)
+                        }
                         Some(FileInput::Local { dir, .. }) => MountSource::Dir(resolve_in_root(dir, &m.selector, true)?),
                         _ => {
                             let dirs = snaps.layer_dirs(input(m.input).as_deref())?;
@@ -383,6 +394,8 @@ impl Worker {
             drop(m);
             let _ = std::fs::remove_dir_all(dir);
         }
+        // After the rw scratches: they may be stacked on a context view.
+        drop(contexts);
         self.finish(result, name, &key)
     }
 
