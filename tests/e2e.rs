@@ -1060,3 +1060,66 @@ fn cache_mounts_can_be_seeded_from_a_stage() {
     assert_eq!(std::fs::read_to_string(f.path("o/out")).unwrap(), "seeded\n");
     assert_eq!(std::fs::read_to_string(f.path("o/out2")).unwrap(), "seeded\nmore\n", "the seeded cache is the same cache by id");
 }
+
+/// One expected entry of the final filesystem: path, type, mode, owner, content or link.
+struct Expect(&'static str, tar::EntryType, u32, (u64, u64), &'static str);
+
+#[test]
+fn kitchen_sink_fixture_gives_the_files_and_config_buildkit_writes() {
+    let f = Fixture::new();
+    let ctx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kitchen-sink/ctx");
+    let fs_tar = f.path("fs.tar");
+    let oci = f.path("img.tar");
+    let out = f.build(
+        &ctx,
+        &["--output", &format!("type=tar,dest={}", fs_tar.display()), "--output", &format!("type=oci,dest={}", oci.display())],
+    );
+    assert_ok(&out);
+    let entries = layer_entries(&std::fs::read(&fs_tar).unwrap());
+    let find = |p: &str| entries.iter().find(|e| e.path.trim_end_matches('/') == p);
+    use tar::EntryType::{Directory as D, Regular as F, Symlink as L};
+    let expected = [
+        Expect("opt/app", D, 0o755, (0, 0), ""),
+        Expect("opt/app/VERSION", F, 0o644, (1000, 1000), "1.2.3\n"),
+        Expect("opt/app/bin", D, 0o755, (1000, 1000), ""),
+        Expect("opt/app/bin/app", F, 0o750, (1000, 1000), "#!/bin/sh\necho \"app $*\"\n"),
+        Expect("opt/app/bin/app-link", L, 0o777, (1000, 1000), "app"),
+        Expect("etc/app", D, 0o755, (0, 0), ""),
+        Expect("etc/app/settings.ini", F, 0o640, (0, 0), "[app]\nport=8080\n"),
+        Expect("etc/app/generated.conf", F, 0o644, (0, 0), "home=/opt/app\n"),
+        Expect("opt/vendor/lib/dep.txt", F, 0o644, (0, 0), "vendored\n"),
+        Expect("var/lib/app", D, 0o755, (1000, 1000), ""),
+    ];
+    for Expect(path, kind, mode, (uid, gid), body) in &expected {
+        let e = find(path).unwrap_or_else(|| panic!("{path} missing"));
+        assert_eq!(e.kind, *kind, "{path} type");
+        if *kind != L {
+            assert_eq!(e.mode & 0o7777, *mode, "{path} mode");
+        }
+        assert_eq!((e.uid, e.gid), (*uid, *gid), "{path} owner");
+        match kind {
+            F => assert_eq!(String::from_utf8_lossy(&e.data), *body, "{path} content"),
+            L => assert_eq!(e.link.as_deref(), Some(*body), "{path} link"),
+            _ => {}
+        }
+    }
+    for absent in ["bin/vi", "src", "out", "opt/app/README.md", "opt/vendor/bundle.tar"] {
+        assert!(find(absent).is_none(), "{absent} should not be in the image");
+    }
+    let cfg = read_image(&oci).config["config"].clone();
+    assert_eq!(
+        cfg,
+        json!({
+            "User": "app",
+            "ExposedPorts": {"8080/tcp": {}},
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "APP_HOME=/opt/app"],
+            "Entrypoint": ["/opt/app/bin/app"],
+            "Cmd": ["serve"],
+            "Volumes": {"/var/lib/app": {}},
+            "WorkingDir": "/opt/app",
+            "Labels": {"org.opencontainers.image.version": "1.2.3", "purpose": "kitchen sink"},
+            "StopSignal": "SIGTERM",
+            "Healthcheck": {"Test": ["CMD", "/opt/app/bin/app", "--health"], "Interval": 30_000_000_000i64, "Timeout": 3_000_000_000i64}
+        })
+    );
+}
