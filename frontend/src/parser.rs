@@ -496,23 +496,23 @@ pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<String> {
             }
             in_word = true;
         }
+        // The escape (never a quote character) keeps itself and the next character, except
+        // inside single quotes; a trailing one is dropped and ends an open quote.
+        if ch == escape && quote != Some('\'') {
+            if k + 1 == chars.len() {
+                quote = None;
+                k += 1;
+                continue;
+            }
+            cur.push(ch);
+            cur.push(chars[k + 1]);
+            k += 2;
+            continue;
+        }
         if let Some(q) = quote {
             if ch == q {
                 quote = None;
                 in_word = true;
-            }
-            if ch == escape && q != '\'' {
-                if k + 1 == chars.len() {
-                    quote = None;
-                    in_word = true;
-                    k += 1;
-                    continue;
-                }
-                cur.push(ch);
-                k += 1;
-                cur.push(chars[k]);
-                k += 1;
-                continue;
             }
             cur.push(ch);
             k += 1;
@@ -530,17 +530,6 @@ pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<String> {
         if ch == '\'' || ch == '"' {
             quote = Some(ch);
             blank_ok = true;
-        }
-        if ch == escape {
-            if k + 1 == chars.len() {
-                k += 1;
-                continue;
-            }
-            cur.push(ch);
-            k += 1;
-            cur.push(chars[k]);
-            k += 1;
-            continue;
         }
         cur.push(ch);
         k += 1;
