@@ -48,6 +48,16 @@ fn ensure_dir(dir: &Path, mode: u32, uid: u32, gid: u32, seed: Option<&Path>) ->
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| WorkerError::Io(dir.to_path_buf(), e))
 }
 
+fn dir_name(id: &str) -> String {
+    // Ids are user text: name directories by their hash.
+    blake3::hash(id.as_bytes()).to_hex().to_string()
+}
+
+/// True if the cache `id` has never been created, so a seed would be used.
+pub(crate) fn is_new(root: &Path, id: &str) -> bool {
+    !root.join(dir_name(id)).is_dir()
+}
+
 /// Finds (creating on first use) the cache directory for `id`.
 pub(crate) fn acquire(
     root: &Path,
@@ -58,8 +68,7 @@ pub(crate) fn acquire(
     gid: u32,
     seed: Option<&Path>,
 ) -> Result<Held, WorkerError> {
-    // Ids are user text: name directories by their hash.
-    let name = blake3::hash(id.as_bytes()).to_hex().to_string();
+    let name = dir_name(id);
     std::fs::create_dir_all(root).map_err(|e| WorkerError::Io(root.to_path_buf(), e))?;
     match sharing {
         CacheSharing::Shared => {

@@ -240,8 +240,11 @@ impl Worker {
                 let source = match &m.kind {
                     rdock_llb::MountKind::Tmpfs { size } => MountSource::Tmpfs { size: *size },
                     rdock_llb::MountKind::Cache { id, sharing, mode, uid, gid } => {
-                        // A seed for a new cache: a snapshot (or the context) at the selector.
-                        let seed = match m.input.and_then(|ix| inputs.get(ix as usize)) {
+                        // A seed for a new cache: a snapshot (or the context) at the selector,
+                        // mounted only when the cache does not exist yet.
+                        let cache_root = self.store.root().join("cache");
+                        let seed_input = m.input.and_then(|ix| inputs.get(ix as usize)).filter(|_| cachemount::is_new(&cache_root, id));
+                        let seed = match seed_input {
                             Some(FileInput::Local { dir, .. }) => Some(resolve_in_root(dir, &m.selector, true)?),
                             Some(FileInput::Snapshot(Some(s))) => {
                                 let vkey = format!("{key}-seed{i}");
@@ -260,7 +263,7 @@ impl Worker {
                             }
                             _ => None,
                         };
-                        let h = cachemount::acquire(&self.store.root().join("cache"), id, *sharing, *mode, *uid, *gid, seed.as_deref())?;
+                        let h = cachemount::acquire(&cache_root, id, *sharing, *mode, *uid, *gid, seed.as_deref())?;
                         let dir = h.dir.clone();
                         held.push(h);
                         MountSource::Dir(dir)
