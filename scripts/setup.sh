@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# One command on a fresh Debian machine (root, Rust toolchain): installs what rdock needs,
+# One command on a fresh Debian machine (root, Rust toolchain): installs what rdock and its
+# tests need,
 # builds it, makes a local busybox base image (no registry needed), loads it into the
 # embedded store, builds examples/hello with it, and shows the result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-if ! command -v busybox >/dev/null || ! command -v skopeo >/dev/null || ! command -v umoci >/dev/null; then
-  apt-get update -q
-  apt-get install -y -q busybox-static skopeo umoci
-fi
+# What builds and the test suite use (busybox-static, skopeo, umoci, git, qemu-user-static, …).
+bash scripts/test-deps.sh
 cargo build --release --locked
 bin=$PWD/target/release
 base=$(mktemp -d)/busybox.tar

@@ -1123,3 +1123,166 @@ fn kitchen_sink_fixture_gives_the_files_and_config_buildkit_writes() {
         })
     );
 }
+
+#[test]
+fn from_platform_builds_for_other_platforms_under_emulation() {
+    let f = Fixture::new();
+    assert_ok(&f.rdock(&["load", "-i", multiarch_busybox_tar().to_str().unwrap()]));
+    // The usual cross-build shape: tools on the build platform, the result for the target.
+    let df = "FROM --platform=$BUILDPLATFORM bbmulti AS tools\nARG TARGETARCH BUILDARCH\n\
+              RUN echo \"$BUILDARCH->$TARGETARCH on $(uname -m)\" > /built\n\
+              FROM bbmulti\nCOPY --from=tools /built /built\nRUN uname -m > /arch\n";
+    let ctx = f.ctx("plat", &[("Dockerfile", df)]);
+    let arm_tar = f.path("arm.tar");
+    let out = f.build(
+        &ctx,
+        &[
+            "--opt",
+            "platform=linux/arm64",
+            "--output",
+            &format!("type=oci,dest={}", arm_tar.display()),
+            "--output",
+            &format!("type=local,dest={}", f.path("arm").display()),
+        ],
+    );
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(f.path("arm/built")).unwrap(), "amd64->arm64 on x86_64\n");
+    assert_eq!(std::fs::read_to_string(f.path("arm/arch")).unwrap(), "aarch64\n", "the arm64 stage ran under emulation");
+    let img = read_image(&arm_tar);
+    assert_eq!((img.config["os"].as_str(), img.config["architecture"].as_str()), (Some("linux"), Some("arm64")));
+    let bb = img.layers[0].iter().find(|e| e.path.trim_start_matches("./") == "bin/busybox").expect("busybox in the base layer");
+    assert_eq!(&bb.data[18..20], &[0xb7, 0x00], "the base layer is the arm64 one (EM_AARCH64)");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&sh("skopeo", &["inspect", &format!("oci-archive:{}", arm_tar.display())])).unwrap();
+    assert_eq!(inspect["Architecture"], "arm64");
+
+    // The docker-style twin builds for amd64 from the same Dockerfile; nothing of the arm64
+    // build is reused for the platform-specific steps.
+    let amd = f.path("amd");
+    let out = Command::new(RDOCK)
+        .args(["build", "--platform", "linux/amd64", "--progress", "plain", "-o", &format!("type=local,dest={}", amd.display())])
+        .arg(&ctx)
+        .env("RDOCK_ROOT", &f.root)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(amd.join("built")).unwrap(), "amd64->amd64 on x86_64\n");
+    assert_eq!(std::fs::read_to_string(amd.join("arch")).unwrap(), "x86_64\n");
+
+    // A platform the image lacks is named, with what it has, at the FROM line.
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nFROM --platform=linux/riscv64 bbmulti\n").unwrap();
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("Dockerfile:2") && err.contains("no manifest for platform linux/riscv64"), "{err}");
+    assert!(err.contains("linux/amd64, linux/arm64, linux/s390x"), "{err}");
+
+    // A platform with no emulator registered: a clear error, not a bare ENOEXEC.
+    std::fs::write(ctx.join("Dockerfile"), "FROM --platform=linux/s390x bbmulti\nRUN true\n").unwrap();
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("linux/s390x") && err.contains("no emulator") && err.contains("binfmt_misc"), "{err}");
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+
+    // Bad platform strings are usage errors on the command line.
+    let out = f.build(&ctx, &["--opt", "platform=linux/potato"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown architecture"), "{}", stderr(&out));
+}
+
+#[test]
+fn run_network_and_security_modes_need_their_entitlements() {
+    let f = Fixture::new();
+    let df = "FROM busybox\n\
+              RUN --network=none ls /sys/class/net > /net-none\n\
+              RUN ls /sys/class/net > /net-default\n\
+              RUN --network=host ls /sys/class/net > /net-host\n\
+              RUN grep CapEff /proc/self/status > /caps-default\n\
+              RUN --security=insecure grep CapEff /proc/self/status > /caps-insecure\n";
+    let ctx = f.ctx("modes", &[("Dockerfile", df)]);
+    // Without the grants the build is refused before anything runs, naming step and flag.
+    let out = f.build(&ctx, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("RUN --network=host") && err.contains("--allow network.host"), "{err}");
+    let out = f.build(&ctx, &["--allow", "network.host"]);
+    assert!(stderr(&out).contains("--allow security.insecure"), "{}", stderr(&out));
+    assert!(f.leftovers().is_empty());
+
+    let o = f.path("o");
+    assert_ok(&f.build(&ctx, &["--allow", "network.host,security.insecure", "--output", &format!("type=local,dest={}", o.display())]));
+    let read = |p: &str| std::fs::read_to_string(o.join(p)).unwrap();
+    assert_eq!(read("net-none"), "lo\n");
+    assert_eq!(read("net-default"), "lo\n", "the default sandbox network is its own namespace");
+    let mut host: Vec<String> =
+        std::fs::read_dir("/sys/class/net").unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    host.sort();
+    let mut seen: Vec<String> = read("net-host").lines().map(str::to_string).collect();
+    seen.sort();
+    assert_eq!(seen, host, "--network=host sees the host's interfaces");
+    let caps = |p: &str| u64::from_str_radix(read(p).trim().trim_start_matches("CapEff:").trim(), 16).unwrap();
+    assert_eq!(caps("caps-default"), 0xa80425fb, "Docker's default capability set");
+    assert!(caps("caps-insecure") & 0xa80425fb == 0xa80425fb && caps("caps-insecure") > 0xa80425fb, "insecure keeps every capability");
+
+    // The docker-style CLI grants network.host by default, as dockerd does, but not insecure.
+    let run = |df: &str| {
+        std::fs::write(ctx.join("Dockerfile"), df).unwrap();
+        Command::new(RDOCK).args(["build", "--progress", "plain"]).arg(&ctx).env("RDOCK_ROOT", &f.root).output().unwrap()
+    };
+    assert_ok(&run("FROM busybox\nRUN --network=host true\n"));
+    let out = run("FROM busybox\nRUN --security=insecure true\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("security.insecure"), "{}", stderr(&out));
+    // A mode BuildKit does not know is an error at the flag.
+    let out = run("FROM busybox\nRUN --network=bridge true\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Dockerfile:2"), "{}", stderr(&out));
+}
+
+#[test]
+fn copy_and_add_exclude_patterns() {
+    let f = Fixture::new();
+    let df = "FROM busybox\n\
+              COPY --exclude=*.log --exclude=cache/ src/ /app/\n\
+              ADD --exclude=**/*.tmp src /add\n\
+              COPY --exclude=secret* --exclude=!secret-ok --exclude=sub --exclude=!sub/wanted --exclude=gone keep /keep\n";
+    let ctx = f.ctx(
+        "excl",
+        &[
+            ("Dockerfile", df),
+            ("src/main.c", "int main;\n"),
+            ("src/debug.log", "log\n"),
+            ("src/cache/x", "cached\n"),
+            ("src/deep/a.tmp", "tmp\n"),
+            ("src/deep/a.c", "c\n"),
+            ("keep/secret-1", "s\n"),
+            ("keep/secret-ok", "ok\n"),
+            ("keep/plain", "p\n"),
+            ("keep/sub/wanted", "w\n"),
+            ("keep/sub/unwanted", "u\n"),
+            ("keep/gone/x", "x\n"),
+        ],
+    );
+    let o = f.path("o");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", o.display())]));
+    let has = |p: &str| o.join(p).exists();
+    assert!(has("app/main.c") && has("app/deep/a.c") && has("app/deep/a.tmp"));
+    assert!(!has("app/debug.log") && !has("app/cache"), "COPY --exclude drops matches");
+    assert!(has("add/main.c") && has("add/debug.log") && !has("add/deep/a.tmp"), "ADD --exclude with **");
+    // Patterns are relative to the copied directory; `!` re-includes, even below an
+    // excluded directory, which then holds only what was re-included.
+    assert!(has("keep/plain") && has("keep/secret-ok") && !has("keep/secret-1"), "! re-includes");
+    assert!(has("keep/sub/wanted") && !has("keep/sub/unwanted"));
+    assert!(!has("keep/gone"), "an excluded directory with nothing re-included is not created");
+
+    // An excluded file's edit is not a reason to re-run the step.
+    let (out, events) = f.build_events(&ctx, &[]);
+    assert_ok(&out);
+    std::fs::write(ctx.join("src/debug.log"), "more log\n").unwrap();
+    let (out, events2) = f.build_events(&ctx, &[]);
+    assert_ok(&out);
+    let copy_ran = |ev: &[serde_json::Value]| started(ev).iter().any(|d| d.contains("COPY --exclude=*.log"));
+    assert!(!copy_ran(&events), "second build is all cached");
+    assert!(!copy_ran(&events2), "editing an excluded file changes no cache key");
+}

@@ -29,6 +29,44 @@ pub fn busybox_tar() -> &'static Path {
     })
 }
 
+/// A multi-platform OCI layout tarball `bbmulti:latest`: linux/amd64 (the host's busybox),
+/// linux/arm64 (Debian's arm64 busybox-static, which scripts/test-deps.sh fetches) and
+/// linux/s390x, whose busybox is the arm64 one with its ELF machine set to one no emulator
+/// handles (EM_VAX), so that running it fails as a foreign binary without an emulator does.
+pub fn multiarch_busybox_tar() -> &'static Path {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let arm = ws.join(".test-deps/arm64/busybox");
+        assert!(arm.is_file(), "{} is missing: run scripts/test-deps.sh (.ci/run does)", arm.display());
+        let dir = std::env::temp_dir().join(format!("rdock-e2e-multi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut foreign = std::fs::read(&arm).unwrap();
+        foreign[18] = 75; // e_machine = EM_VAX
+        foreign[19] = 0;
+        let fake = dir.join("busybox-vax");
+        std::fs::write(&fake, foreign).unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let out = dir.join("bbmulti.tar");
+        let host = if cfg!(target_arch = "x86_64") { "amd64" } else { "arm64" };
+        let host_bb =
+            if std::path::Path::new("/bin/busybox").exists() { "/bin/busybox".to_string() } else { "/usr/bin/busybox".to_string() };
+        let (other, other_bb) = if host == "amd64" { ("arm64", arm.display().to_string()) } else { ("amd64", String::new()) };
+        assert!(!other_bb.is_empty(), "the multi-platform fixture assumes an amd64 host");
+        let st = Command::new("bash")
+            .arg(ws.join("scripts/make-busybox-image.sh"))
+            .arg(&out)
+            .arg("bbmulti:latest")
+            .arg(format!("{host}={host_bb}"))
+            .arg(format!("{other}={other_bb}"))
+            .arg(format!("s390x={}", fake.display()))
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "make-busybox-image.sh failed: {}", String::from_utf8_lossy(&st.stderr));
+        out
+    })
+}
+
 /// A store with busybox:latest loaded, and a scratch directory.
 pub struct Fixture {
     pub dir: tempfile::TempDir,

@@ -5,7 +5,7 @@ use crate::UsageError;
 use crate::progress::{self, Mode};
 use anyhow::{Context, bail};
 use rdock_frontend::{BuildOptions, ImageResolver, ResolvedImage, lower};
-use rdock_imagespec::ImageRef;
+use rdock_imagespec::{ImageRef, Platform};
 use rdock_oci::{ArchiveFormat, ImageStore, commit_image, export_archive, export_local, export_tar};
 use rdock_solver::{SolveRequest, Solver};
 use rdock_worker::{NamespaceExecutor, Worker};
@@ -83,6 +83,37 @@ pub struct BuildRequest {
     pub secrets: HashMap<String, Vec<u8>>,
     /// `--check`: run the build checks and stop.
     pub check: bool,
+    /// `--opt platform=` / `--platform`: the target platform (None: the host's).
+    pub platform: Option<Platform>,
+    /// Entitlements granted (`--allow`): what RUN --network=host and --security=insecure need.
+    pub allow: Vec<Entitlement>,
+}
+
+/// Privileges a Dockerfile can ask for and the caller must grant, as BuildKit's entitlements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entitlement {
+    /// `network.host`: RUN --network=host.
+    NetworkHost,
+    /// `security.insecure`: RUN --security=insecure.
+    SecurityInsecure,
+}
+
+impl Entitlement {
+    /// Parses BuildKit's spelling.
+    pub fn parse(s: &str) -> anyhow::Result<Entitlement> {
+        match s {
+            "network.host" => Ok(Entitlement::NetworkHost),
+            "security.insecure" => Ok(Entitlement::SecurityInsecure),
+            other => Err(UsageError(format!("--allow {other}: expected network.host or security.insecure")).into()),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Entitlement::NetworkHost => "network.host",
+            Entitlement::SecurityInsecure => "security.insecure",
+        }
+    }
 }
 
 /// Build flags both binaries take, spelled the same.
@@ -106,6 +137,10 @@ pub struct CommonFlags {
     /// Run the build checks (lint rules) and report, without building; exit 1 on warnings.
     #[arg(long)]
     pub check: bool,
+    /// Grant an entitlement: `network.host` (RUN --network=host) or `security.insecure`
+    /// (RUN --security=insecure).
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
 }
 
 impl CommonFlags {
@@ -135,8 +170,22 @@ impl CommonFlags {
             dump,
             secrets,
             check: self.check,
+            platform: None,
+            allow: self.allow.iter().flat_map(|a| a.split(',')).map(Entitlement::parse).collect::<anyhow::Result<_>>()?,
         })
     }
+}
+
+/// Parses a target platform (`linux/arm64`); only one: multi-platform builds are not
+/// supported.
+pub fn parse_platform(spec: &str) -> anyhow::Result<Platform> {
+    if spec.contains(',') {
+        return Err(UsageError(format!(
+            "platform {spec}: building for several platforms at once is not supported; build once per platform"
+        ))
+        .into());
+    }
+    Platform::parse(spec).map_err(|e| UsageError(e.to_string()).into())
 }
 
 /// Parses an `--ssh` spec: `default` (the agent in $SSH_AUTH_SOCK), `ID=SOCKET`. It travels
@@ -226,9 +275,9 @@ struct StoreResolver {
 }
 
 impl ImageResolver for StoreResolver {
-    fn resolve(&self, image: &ImageRef) -> Result<ResolvedImage, String> {
+    fn resolve(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, String> {
         let digest =
-            self.images.get(image).map_err(|e| e.to_string())?.ok_or_else(|| {
+            self.images.resolve(image, platform).map_err(|e| e.to_string())?.ok_or_else(|| {
                 "not found in the local store (load it with `rdock load -i FILE`; pulling is not supported yet)".to_string()
             })?;
         let m = self.images.manifest(&digest).map_err(|e| e.to_string())?;
@@ -237,6 +286,24 @@ impl ImageResolver for StoreResolver {
         pinned.digest = Some(digest);
         Ok(ResolvedImage { pinned: pinned.to_string(), config })
     }
+}
+
+/// Refuses a graph that asks for a privilege the caller did not grant, naming the step.
+fn check_entitlements(def: &rdock_llb::Definition, allow: &[Entitlement]) -> anyhow::Result<()> {
+    for node in &def.nodes {
+        let rdock_llb::Op::Exec(e) = &node.op else { continue };
+        let needs = [
+            (e.network == rdock_llb::Network::Host, Entitlement::NetworkHost, "--network=host"),
+            (e.security == rdock_llb::Security::Insecure, Entitlement::SecurityInsecure, "--security=insecure"),
+        ];
+        for (asked, ent, flag) in needs {
+            if asked && !allow.contains(&ent) {
+                let step = def.metadata.get(&node.digest()).map(|m| m.description.clone()).unwrap_or_default();
+                bail!("{step}: RUN {flag} needs the {} entitlement, which was not granted (pass --allow {})", ent.name(), ent.name());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a build produced.
@@ -268,6 +335,7 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
         build_args: req.build_args.clone(),
         excludes: rdock_frontend::dockerignore::parse(&ignore),
         no_cache: req.no_cache,
+        target_platform: req.platform.clone(),
         ..Default::default()
     };
     let lowered = lower(&source, &opts, &StoreResolver { images: images.clone() })?;
@@ -287,6 +355,7 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
     if lowered.check.error && n > 0 {
         bail!("{n} build check warning{} and `# check=error=true`", if n == 1 { "" } else { "s" });
     }
+    check_entitlements(&lowered.definition, &req.allow)?;
     if let Some(fmt) = req.dump {
         let text = match fmt {
             DumpFormat::Json => lowered.definition.to_json(),

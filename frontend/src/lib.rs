@@ -9,7 +9,7 @@
 //! use rdock_frontend::{lower, BuildOptions, ImageResolver, ResolvedImage};
 //! struct NoImages;
 //! impl ImageResolver for NoImages {
-//!     fn resolve(&self, r: &rdock_imagespec::ImageRef) -> Result<ResolvedImage, String> {
+//!     fn resolve(&self, r: &rdock_imagespec::ImageRef, _: &rdock_imagespec::Platform) -> Result<ResolvedImage, String> {
 //!         Err(format!("{r} not found"))
 //!     }
 //! }

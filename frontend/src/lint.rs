@@ -197,7 +197,7 @@ pub fn lint(
     typed: &[Located],
     excludes: &[String],
     resolver: &dyn ImageResolver,
-    target: &rdock_imagespec::Platform,
+    opts: &crate::BuildOptions,
     config: &CheckConfig,
 ) -> Vec<Warning> {
     let mut w: Vec<Warning> = Vec::new();
@@ -347,7 +347,14 @@ pub fn lint(
                     }
                 }
                 // With only defaults, does the base still name a valid image?
-                let defaults: Vec<(String, String)> = global_args.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())).collect();
+                let mut defaults = crate::lower::builtin_args(&opts.build_platform, &opts.target());
+                defaults.extend(global_args.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())));
+                // The platform this stage asks its base image for.
+                let target = platform
+                    .as_ref()
+                    .and_then(|p| (crate::shell::Lexer { escape }).process_word(p, &defaults).ok())
+                    .and_then(|p| rdock_imagespec::Platform::parse(&p).ok())
+                    .unwrap_or_else(|| opts.target());
                 let mut inherited: BTreeSet<String> = BTreeSet::from(["PATH".to_string()]);
                 if let Ok(base) = (crate::shell::Lexer { escape }).process_word(image, &defaults) {
                     let lname = base.to_ascii_lowercase();
@@ -361,18 +368,20 @@ pub fn lint(
                     if let Some(env) = stage_env.get(&lname) {
                         inherited.extend(env.iter().cloned());
                     } else if let Ok(r) = ImageRef::parse(&base)
-                        && let Ok(img) = resolver.resolve(&r)
+                        && let Ok(img) = resolver.resolve(&r, &target)
                     {
                         inherited.extend(img.config.config.env.iter().map(|e| e.split_once('=').map(|x| x.0).unwrap_or(e).to_string()));
-                        let (os, arch) = (&img.config.os, &img.config.architecture);
-                        if !arch.is_empty() && (os != &target.os || arch != &target.architecture) {
+                        let got = rdock_imagespec::Platform {
+                            os: img.config.os.clone(),
+                            architecture: img.config.architecture.clone(),
+                            variant: img.config.variant.clone(),
+                        };
+                        if !got.architecture.is_empty() && !got.satisfies(&target) {
                             push(
                                 "InvalidBaseImagePlatform",
                                 format!(
-                                    "Base image {} was pulled with platform \"{os}/{arch}\", expected \"{}/{}\" for current build",
-                                    r.familiar(),
-                                    target.os,
-                                    target.architecture
+                                    "Base image {} was pulled with platform \"{got}\", expected \"{target}\" for current build",
+                                    r.familiar()
                                 ),
                                 raw.location.at(image),
                             );

@@ -22,9 +22,11 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// What the frontend needs to know about a base image. Implemented by the caller over its
 /// image store, so the frontend itself does no I/O.
 pub trait ImageResolver: Sync {
-    /// Finds `image` and returns its config and the reference to pin in the source op
-    /// (normally with the manifest digest, so the cache follows the image's content).
-    fn resolve(&self, image: &ImageRef) -> Result<ResolvedImage, String>;
+    /// Finds `image` for `platform` and returns its config and the reference to pin in the
+    /// source op (normally with the platform's manifest digest, so the cache follows the
+    /// image's content). An image with a single platform is returned whatever its platform;
+    /// the InvalidBaseImagePlatform check reports a mismatch, as BuildKit does.
+    fn resolve(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, String>;
 }
 
 /// A resolved base image.
@@ -45,8 +47,11 @@ pub struct BuildOptions {
     pub target: Option<String>,
     /// `--opt build-arg:K=V`.
     pub build_args: BTreeMap<String, String>,
-    /// The platform built for (and on).
-    pub platform: Platform,
+    /// The platform the build runs on (BUILDPLATFORM): the worker's own.
+    pub build_platform: Platform,
+    /// `--opt platform=` (TARGETPLATFORM). None builds for the build platform, and then, as in
+    /// BuildKit, a stage's image keeps its base image's platform.
+    pub target_platform: Option<Platform>,
     /// `.dockerignore` patterns, applied to the context.
     pub excludes: Vec<String>,
     /// `--no-cache`.
@@ -59,10 +64,18 @@ impl Default for BuildOptions {
             filename: "Dockerfile".into(),
             target: None,
             build_args: BTreeMap::new(),
-            platform: Platform { architecture: host_arch().into(), os: "linux".into(), variant: None },
+            build_platform: Platform::host(),
+            target_platform: None,
             excludes: Vec::new(),
             no_cache: false,
         }
+    }
+}
+
+impl BuildOptions {
+    /// TARGETPLATFORM: the explicit target, else the build platform.
+    pub fn target(&self) -> Platform {
+        self.target_platform.clone().unwrap_or_else(|| self.build_platform.clone())
     }
 }
 
@@ -129,6 +142,9 @@ struct Stage {
 struct StageResult {
     state: Option<Input>,
     image: ImageConfig,
+    /// What the stage's binaries are built for: `FROM --platform`, its base stage's, or the
+    /// target platform.
+    platform: Platform,
 }
 
 struct Ctx<'a> {
@@ -151,7 +167,7 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
         located.push(parse_instruction(raw)?);
     }
     let check = crate::lint::CheckConfig::parse(df.directives.check.as_deref());
-    let warnings = crate::lint::lint(&df, &located, &opts.excludes, resolver, &opts.platform, &check);
+    let warnings = crate::lint::lint(&df, &located, &opts.excludes, resolver, opts, &check);
 
     // Split into the global section and stages.
     let mut globals = Vec::new();
@@ -191,7 +207,7 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     }
 
     let lexer = Lexer { escape };
-    let mut meta_args = builtin_args(&opts.platform);
+    let mut meta_args = builtin_args(&opts.build_platform, &opts.target());
     for g in &globals {
         if let Instruction::Arg(args) = &g.instruction {
             for (k, default) in args {
@@ -235,27 +251,29 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     let mut image = result.image;
     image.rootfs = Default::default();
     image.created = None;
-    if image.architecture.is_empty() {
-        image.architecture = opts.platform.architecture.clone();
-    }
-    if image.os.is_empty() {
-        image.os = opts.platform.os.clone();
+    // An explicit target platform is what the image says it is for (BuildKit forces it);
+    // otherwise the target stage's platform stands, falling back to the build platform.
+    let target = opts.target_platform.clone().unwrap_or(result.platform);
+    if opts.target_platform.is_some() || image.architecture.is_empty() || image.os.is_empty() {
+        let same = image.os == target.os && image.architecture == target.architecture;
+        image.os = target.os.clone();
+        image.architecture = target.architecture.clone();
+        if target.variant.is_some() || !same {
+            image.variant = target.variant.clone();
+        }
     }
     Ok(Lowered { definition: ctx.builder.finish(result.state), image, syntax: df.directives.syntax, warnings, check })
 }
 
-fn builtin_args(p: &Platform) -> Vec<(String, String)> {
-    let plat = match &p.variant {
-        Some(v) => format!("{}/{}/{}", p.os, p.architecture, v),
-        None => format!("{}/{}", p.os, p.architecture),
-    };
+/// The automatic platform args (BUILDPLATFORM, TARGETARCH, …) for a build on `b` for `p`.
+pub(crate) fn builtin_args(b: &Platform, p: &Platform) -> Vec<(String, String)> {
     let variant = p.variant.clone().unwrap_or_default();
     vec![
-        ("BUILDPLATFORM".into(), plat.clone()),
-        ("BUILDOS".into(), p.os.clone()),
-        ("BUILDARCH".into(), p.architecture.clone()),
-        ("BUILDVARIANT".into(), variant.clone()),
-        ("TARGETPLATFORM".into(), plat),
+        ("BUILDPLATFORM".into(), b.to_string()),
+        ("BUILDOS".into(), b.os.clone()),
+        ("BUILDARCH".into(), b.architecture.clone()),
+        ("BUILDVARIANT".into(), b.variant.clone().unwrap_or_default()),
+        ("TARGETPLATFORM".into(), p.to_string()),
         ("TARGETOS".into(), p.os.clone()),
         ("TARGETARCH".into(), p.architecture.clone()),
         ("TARGETVARIANT".into(), variant),
@@ -370,6 +388,8 @@ struct StageRun {
     step: usize,
     steps: usize,
     prefix: String,
+    /// The stage's platform, which every RUN in it carries.
+    platform: Platform,
 }
 
 impl Ctx<'_> {
@@ -412,10 +432,10 @@ impl Ctx<'_> {
         None
     }
 
-    fn image_source(&mut self, image: &str, l: &Location) -> Result<(Input, ImageConfig), FrontendError> {
+    fn image_source(&mut self, image: &str, l: &Location, platform: &Platform) -> Result<(Input, ImageConfig), FrontendError> {
         let r = ImageRef::parse(image)
             .map_err(|e| DockerfileError::new(l.at(image), e.to_string()).expected("an image reference such as busybox:1.36"))?;
-        let resolved = self.resolver.resolve(&r).map_err(|e| {
+        let resolved = self.resolver.resolve(&r, platform).map_err(|e| {
             DockerfileError::new(l.at(image), format!("failed to resolve image {}: {e}", r.familiar()))
                 .expected("an image in the local store (rdock load / rdock pull)")
         })?;
@@ -432,49 +452,44 @@ impl Ctx<'_> {
         let loc = self.stages[idx].location.clone();
         let base_word = self.stages[idx].base.clone();
         let base = self.lexer.process_word(&base_word, &self.meta_args).map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;
-        if let Some(p) = self.stages[idx].platform.clone() {
-            // There is no emulation: a stage can be for the host's platform only.
-            let want = self.lexer.process_word(&p, &self.meta_args).map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;
-            let host = &self.opts.platform;
-            let mut parts = want.split('/');
-            let (os, arch) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let arch = match arch {
-                "x86_64" => "amd64",
-                "aarch64" => "arm64",
-                a => a,
-            };
-            if os != host.os || arch != host.architecture {
-                return Err(DockerfileError::new(
-                    loc.at(&p),
-                    format!(
-                        "cannot build for platform {want:?}: rdock builds for the host platform {}/{} only (no emulation)",
-                        host.os, host.architecture
-                    ),
-                )
-                .expected(format!("--platform={}/{} or $BUILDPLATFORM", host.os, host.architecture))
-                .into());
+        // `FROM --platform` is expanded with the global args (BUILDPLATFORM, TARGETPLATFORM …);
+        // without it a stage is for the target platform.
+        let flag_platform = match self.stages[idx].platform.clone() {
+            Some(p) => {
+                let want = self.lexer.process_word(&p, &self.meta_args).map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;
+                if want.is_empty() {
+                    return Err(DockerfileError::new(loc.at(&p), format!("empty platform value from expression {p}"))
+                        .expected("os/arch[/variant], such as linux/arm64")
+                        .into());
+                }
+                Some(Platform::parse(&want).map_err(|e| {
+                    DockerfileError::new(loc.at(&p), format!("failed to parse platform {p}: {e}"))
+                        .expected("os/arch[/variant], such as linux/amd64, linux/arm64 or linux/arm/v7")
+                })?)
             }
-        }
+            None => None,
+        };
+        let stage_platform = flag_platform.clone().unwrap_or_else(|| self.opts.target());
         if base.is_empty() {
             return Err(DockerfileError::new(loc.at(&base_word), format!("base name ({base_word}) should not be blank"))
                 .expected("an image or stage name")
                 .into());
         }
-        let (state, mut image) = if base == "scratch" {
-            (
-                None,
-                ImageConfig {
-                    architecture: self.opts.platform.architecture.clone(),
-                    os: self.opts.platform.os.clone(),
-                    ..Default::default()
-                },
-            )
+        let (state, mut image, platform) = if base == "scratch" {
+            let image = ImageConfig {
+                architecture: stage_platform.architecture.clone(),
+                os: stage_platform.os.clone(),
+                variant: stage_platform.variant.clone(),
+                ..Default::default()
+            };
+            (None, image, stage_platform)
         } else if let Some(s) = self.stage_by_name(&base, idx) {
+            // A stage built on another keeps that stage's platform, as in BuildKit.
             let r = self.lower_stage(s)?;
-            (r.state, r.image)
+            (r.state, r.image, r.platform)
         } else {
-            let (input, cfg) = self.image_source(&base, &loc)?;
-            (Some(input), cfg)
+            let (input, cfg) = self.image_source(&base, &loc, &stage_platform)?;
+            (Some(input), cfg, stage_platform)
         };
         // The base's ONBUILD triggers run first, as if written right after FROM, and are not
         // passed on to this stage's image.
@@ -516,6 +531,7 @@ impl Ctx<'_> {
             step: 1,
             steps,
             prefix,
+            platform,
         };
         if !run.image.config.shell.is_empty() {
             run.shell = run.image.config.shell.clone();
@@ -527,7 +543,7 @@ impl Ctx<'_> {
         });
         self.stages[idx].commands = commands;
         outcome?;
-        let r = StageResult { state: run.state, image: run.image };
+        let r = StageResult { state: run.state, image: run.image, platform: run.platform };
         self.results.insert(idx, r.clone());
         Ok(r)
     }
@@ -767,7 +783,7 @@ impl Ctx<'_> {
                         Some(from) => {
                             match self.stage_by_name(&from, run.idx).or_else(|| from.parse::<usize>().ok().filter(|i| *i < run.idx)) {
                                 Some(s) => self.lower_stage(s)?.state,
-                                None => Some(self.image_source(&from, &l.location)?.0),
+                                None => Some(self.image_source(&from, &l.location, &run.platform.clone())?.0),
                             }
                         }
                     };
@@ -782,7 +798,7 @@ impl Ctx<'_> {
                         Some(from) => {
                             match self.stage_by_name(&from, run.idx).or_else(|| from.parse::<usize>().ok().filter(|i| *i < run.idx)) {
                                 Some(s) => self.lower_stage(s)?.state,
-                                None => Some(self.image_source(&from, &l.location)?.0),
+                                None => Some(self.image_source(&from, &l.location, &run.platform.clone())?.0),
                             }
                         }
                     };
@@ -900,6 +916,7 @@ impl Ctx<'_> {
             network,
             security,
             mounts,
+            platform: Some(run.platform.to_string()),
         };
         let mut desc = self.description(run, l);
         if let Some(s) = summary {
@@ -997,7 +1014,7 @@ impl Ctx<'_> {
                                 .expected("the name or index of an earlier stage")
                                 .into());
                             }
-                            Some(self.image_source(&from, &l.location)?.0)
+                            Some(self.image_source(&from, &l.location, &run.platform.clone())?.0)
                         }
                     }
                 }
@@ -1196,7 +1213,7 @@ mod tests {
     fn healthcheck_history_is_gos_plus_v() {
         struct NoImages;
         impl ImageResolver for NoImages {
-            fn resolve(&self, _: &ImageRef) -> Result<ResolvedImage, String> {
+            fn resolve(&self, _: &ImageRef, _: &rdock_imagespec::Platform) -> Result<ResolvedImage, String> {
                 Err("none".into())
             }
         }

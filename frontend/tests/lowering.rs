@@ -1,20 +1,25 @@
 //! Lowering as data: a Dockerfile and a fake image resolver in, LLB and config out.
 
 use rdock_frontend::{BuildOptions, FrontendError, ImageResolver, ResolvedImage, lower};
-use rdock_imagespec::{ContainerConfig, ImageConfig, ImageRef};
+use rdock_imagespec::{ContainerConfig, ImageConfig, ImageRef, Platform};
 use rdock_llb::{FileAction, Op};
 
 struct Images;
 
 impl ImageResolver for Images {
-    fn resolve(&self, r: &ImageRef) -> Result<ResolvedImage, String> {
+    fn resolve(&self, r: &ImageRef, platform: &Platform) -> Result<ResolvedImage, String> {
         if r.repository == "library/arm" {
             let config = ImageConfig { architecture: "arm64".into(), os: "linux".into(), ..Default::default() };
             return Ok(ResolvedImage { pinned: r.to_string(), config });
         }
         if r.repository == "library/busybox" || r.repository == "library/onbuildbase" {
+            // busybox is multi-platform (amd64 and arm64), each with its own manifest digest.
+            let (arch, digest) = match platform.architecture.as_str() {
+                "arm64" if r.repository == "library/busybox" => ("arm64", "b".repeat(64)),
+                _ => ("amd64", "a".repeat(64)),
+            };
             let config = ImageConfig {
-                architecture: "amd64".into(),
+                architecture: arch.into(),
                 os: "linux".into(),
                 config: ContainerConfig {
                     env: vec!["PATH=/bin".into()],
@@ -25,7 +30,7 @@ impl ImageResolver for Images {
                 },
                 ..Default::default()
             };
-            Ok(ResolvedImage { pinned: format!("{r}@sha256:{}", "a".repeat(64)), config })
+            Ok(ResolvedImage { pinned: format!("{r}@sha256:{digest}"), config })
         } else {
             Err(format!("{r}: no such image"))
         }
@@ -109,13 +114,61 @@ fn shell_and_exec_forms_and_shell_instruction() {
     assert_eq!(e[2].args, vec!["/bin/ash", "-eo", "pipefail", "-c", "echo c"]);
 }
 
+fn exec_platforms(out: &rdock_frontend::Lowered) -> Vec<(String, Option<String>)> {
+    out.definition
+        .nodes
+        .iter()
+        .filter_map(|n| if let Op::Exec(e) = &n.op { Some((e.args.join(" "), e.platform.clone())) } else { None })
+        .collect()
+}
+
 #[test]
-fn from_platform_must_be_the_hosts() {
-    let host = format!("linux/{}", rdock_frontend::host_arch());
-    assert!(lower(&format!("FROM --platform={host} busybox\n"), &BuildOptions::default(), &Images).is_ok());
-    assert!(lower("FROM --platform=$BUILDPLATFORM busybox\n", &BuildOptions::default(), &Images).is_ok());
-    let err = lower("FROM --platform=linux/s390x busybox\n", &BuildOptions::default(), &Images).unwrap_err().to_string();
-    assert!(err.contains("linux/s390x") && err.contains("no emulation"), "{err}");
+fn from_platform_picks_the_base_for_that_platform_and_marks_its_runs() {
+    let host = Platform::host().to_string();
+    let out = lower("FROM --platform=linux/aarch64 busybox\nRUN true\n", &BuildOptions::default(), &Images).unwrap();
+    assert_eq!(exec_platforms(&out), vec![("/bin/sh -c true".to_string(), Some("linux/arm64".to_string()))]);
+    assert_eq!(out.image.architecture, "arm64", "an implicit target keeps the base's platform");
+    let pinned: Vec<String> =
+        out.definition.nodes.iter().filter_map(|n| if let Op::Source(s) = &n.op { Some(s.identifier.clone()) } else { None }).collect();
+    assert!(pinned[0].ends_with(&"b".repeat(64)), "the arm64 manifest is pinned: {pinned:?}");
+
+    // Cross-building: tools stage on the build platform, result for the target.
+    let df = "FROM --platform=$BUILDPLATFORM busybox AS tools\nARG TARGETARCH BUILDARCH\nRUN echo $BUILDARCH-$TARGETARCH\n\
+              FROM busybox\nARG TARGETPLATFORM\nCOPY --from=tools / /\nRUN echo $TARGETPLATFORM\n";
+    let opts = BuildOptions { target_platform: Some(Platform::parse("linux/arm64").unwrap()), ..Default::default() };
+    let out = lower(df, &opts, &Images).unwrap();
+    let host_arch = Platform::host().architecture;
+    assert_eq!(
+        exec_platforms(&out),
+        vec![
+            ("/bin/sh -c echo $BUILDARCH-$TARGETARCH".to_string(), Some(host.clone())),
+            ("/bin/sh -c echo $TARGETPLATFORM".to_string(), Some("linux/arm64".to_string())),
+        ]
+    );
+    let envs: Vec<Vec<String>> =
+        out.definition.nodes.iter().filter_map(|n| if let Op::Exec(e) = &n.op { Some(e.env.clone()) } else { None }).collect();
+    assert!(envs[0].contains(&"TARGETARCH=arm64".to_string()) && envs[0].contains(&format!("BUILDARCH={host_arch}")), "{envs:?}");
+    assert!(envs[1].contains(&"TARGETPLATFORM=linux/arm64".to_string()), "{envs:?}");
+    assert_eq!((out.image.os.as_str(), out.image.architecture.as_str()), ("linux", "arm64"));
+    assert!(out.warnings.iter().all(|w| w.rule != "InvalidBaseImagePlatform"), "{:?}", out.warnings);
+
+    // An explicit target platform is what the image says, even over a stage's --platform.
+    let opts = BuildOptions { target_platform: Some(Platform::parse("linux/arm/v7").unwrap()), ..Default::default() };
+    let out = lower("FROM scratch\n", &opts, &Images).unwrap();
+    assert_eq!((out.image.architecture.as_str(), out.image.variant.as_deref()), ("arm", Some("v7")));
+
+    // The same step for two platforms is two vertices.
+    let a = lower("FROM --platform=linux/amd64 busybox AS a\nRUN x\n", &BuildOptions::default(), &Images).unwrap();
+    let b = lower("FROM --platform=linux/arm64 busybox AS a\nRUN x\n", &BuildOptions::default(), &Images).unwrap();
+    assert_ne!(a.definition.terminal, b.definition.terminal);
+}
+
+#[test]
+fn bad_platforms_are_errors_at_the_flag() {
+    let err = lower("FROM --platform=linux/potato busybox\n", &BuildOptions::default(), &Images).unwrap_err().to_string();
+    assert!(err.contains("unknown architecture") && err.contains(":1:"), "{err}");
+    let err = lower("ARG P\nFROM --platform=$P busybox\n", &BuildOptions::default(), &Images).unwrap_err().to_string();
+    assert!(err.contains("empty platform value") && err.contains(":2:"), "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use rdock_imagespec::{ImageConfig, ImageRef};
 struct AnyImage;
 
 impl ImageResolver for AnyImage {
-    fn resolve(&self, r: &ImageRef) -> Result<ResolvedImage, String> {
+    fn resolve(&self, r: &ImageRef, _: &rdock_imagespec::Platform) -> Result<ResolvedImage, String> {
         if r.repository.contains("missing") {
             return Err("not found".into());
         }

@@ -19,6 +19,7 @@
 mod digest;
 mod image;
 mod manifest;
+mod platform;
 mod reference;
 
 pub use reference::{ImageRef, ReferenceError};
@@ -27,5 +28,6 @@ pub use digest::{Digest, DigestError};
 pub use image::{ContainerConfig, Empty, HealthConfig, History, ImageConfig, RootFs};
 pub use manifest::{
     Descriptor, Index, MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_LAYER_GZIP, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_CONFIG,
-    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_LAYER_GZIP, MEDIA_TYPE_OCI_MANIFEST, Manifest, Platform,
+    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_LAYER_GZIP, MEDIA_TYPE_OCI_MANIFEST, Manifest,
 };
+pub use platform::{Platform, PlatformError};

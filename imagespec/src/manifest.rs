@@ -1,6 +1,7 @@
 //! Manifests, indexes and descriptors (OCI image spec v1.1, Docker schema 2 compatible).
 
 use crate::Digest;
+use crate::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -49,18 +50,6 @@ impl Descriptor {
     pub fn is_gzip_layer(&self) -> bool {
         self.media_type.ends_with("+gzip") || self.media_type.ends_with(".tar.gzip")
     }
-}
-
-/// An OS/architecture pair.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    /// GOARCH spelling.
-    pub architecture: String,
-    /// GOOS spelling.
-    pub os: String,
-    /// CPU variant.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub variant: Option<String>,
 }
 
 /// An image manifest: one config and its layers.

@@ -60,6 +60,7 @@ mod tests {
                     readonly: false,
                     kind: MountKind::Bind,
                 }],
+                platform: None,
             }),
             vec![img],
             OpMetadata { description: "RUN echo hi > /f".into(), ..Default::default() },

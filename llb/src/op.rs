@@ -244,6 +244,11 @@ pub struct ExecOp {
     pub security: Security,
     /// Mounts; the one at `/` is the root filesystem.
     pub mounts: Vec<Mount>,
+    /// The platform (`os/arch[/variant]`) the process's binaries are built for, as BuildKit's
+    /// op constraint: part of the digest, so one step built for two platforms is two vertices
+    /// (and two cache records). None means the worker's own platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 /// Ownership for created or copied files: names or numeric ids, resolved against the

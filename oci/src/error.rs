@@ -37,6 +37,16 @@ pub enum OciError {
     /// I/O at a path.
     #[error("{0}: {1}")]
     Io(PathBuf, #[source] std::io::Error),
+    /// A multi-platform image has no manifest for the platform asked for.
+    #[error("image {image} has no manifest for platform {platform} (it has: {available})")]
+    NoPlatform {
+        /// The image (index digest).
+        image: String,
+        /// The platform asked for.
+        platform: String,
+        /// The platforms it has.
+        available: String,
+    },
     /// The image's config and layers disagree.
     #[error("image {image}: {reason}")]
     Inconsistent {

@@ -118,8 +118,12 @@ pub fn load_archive(images: &ImageStore, path: &Path) -> Result<Loaded, OciError
     } else if small.contains_key("index.json") {
         let index: Index = serde_json::from_slice(&bytes_at("index.json")?).map_err(|e| OciError::json("index.json", e))?;
         for d in index.manifests {
-            let md = resolve_manifest(images, &d)?;
-            ensure_unpacked(images, &md)?;
+            // A multi-platform image keeps its index, every platform unpacked, so that
+            // `FROM --platform` can pick any of them; the name points at the index.
+            let md = d.digest.clone();
+            for m in platform_manifests(images, &d)? {
+                ensure_unpacked(images, &m)?;
+            }
             let name = d
                 .annotations
                 .get("io.containerd.image.name")
@@ -137,27 +141,31 @@ pub fn load_archive(images: &ImageStore, path: &Path) -> Result<Loaded, OciError
     Ok(loaded)
 }
 
-/// A manifest descriptor, or the first linux manifest of a nested index.
-fn resolve_manifest(images: &ImageStore, d: &Descriptor) -> Result<Digest, OciError> {
-    if d.media_type.contains("index") || d.media_type.contains("manifest.list") {
+/// The manifests a descriptor stands for: itself, or every entry of a (nested) index.
+fn platform_manifests(images: &ImageStore, d: &Descriptor) -> Result<Vec<Digest>, OciError> {
+    fn walk(images: &ImageStore, d: &Descriptor, depth: usize, out: &mut Vec<Digest>) -> Result<(), OciError> {
+        if !(d.media_type.contains("index") || d.media_type.contains("manifest.list")) {
+            out.push(d.digest.clone());
+            return Ok(());
+        }
+        if depth > 8 {
+            return Err(OciError::Inconsistent { image: d.digest.to_string(), reason: "indexes nested more than 8 deep".into() });
+        }
         let bytes = images.store().content().read(&d.digest)?;
         let idx: Index = serde_json::from_slice(&bytes).map_err(|e| OciError::json(format!("index {}", d.digest), e))?;
-        let arch = crate_arch();
-        let pick = idx
-            .manifests
-            .iter()
-            .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
-            .or_else(|| idx.manifests.first())
-            .ok_or_else(|| OciError::Inconsistent { image: d.digest.to_string(), reason: "empty index".into() })?;
-        return resolve_manifest(images, pick);
+        if idx.manifests.is_empty() {
+            return Err(OciError::Inconsistent { image: d.digest.to_string(), reason: "empty index".into() });
+        }
+        for m in &idx.manifests {
+            // Attestation manifests (platform unknown/unknown) carry no filesystem.
+            if m.platform.as_ref().is_some_and(|p| p.os == "unknown") {
+                continue;
+            }
+            walk(images, m, depth + 1, out)?;
+        }
+        Ok(())
     }
-    Ok(d.digest.clone())
-}
-
-fn crate_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
+    let mut out = Vec::new();
+    walk(images, d, 0, &mut out)?;
+    Ok(out)
 }

@@ -1,7 +1,7 @@
 //! The local image store: normalised names → manifest digests, in the metadata database.
 
 use crate::OciError;
-use rdock_imagespec::{Digest, ImageConfig, ImageRef, Manifest};
+use rdock_imagespec::{Digest, ImageConfig, ImageRef, Index, Manifest, Platform};
 use rdock_snapshotter::Store;
 use rusqlite::{OptionalExtension, params};
 
@@ -102,9 +102,78 @@ impl ImageStore {
         Ok(n > 0)
     }
 
-    /// Reads and verifies a manifest.
-    pub fn manifest(&self, d: &Digest) -> Result<Manifest, OciError> {
+    /// The manifest `name` has for `platform`: the name's own manifest, or for a
+    /// multi-platform image (a name tagged to an index) the entry for that platform. A
+    /// single-platform image answers whatever its platform, as a registry does; callers
+    /// that care compare the config's platform.
+    pub fn resolve(&self, name: &ImageRef, platform: &Platform) -> Result<Option<Digest>, OciError> {
+        match self.get(name)? {
+            None => Ok(None),
+            Some(d) => self.platform_manifest(&d, platform).map(Some),
+        }
+    }
+
+    /// `d` itself if it is a manifest; for an index, the manifest for `platform` in it
+    /// (nested indexes followed).
+    pub fn platform_manifest(&self, d: &Digest, platform: &Platform) -> Result<Digest, OciError> {
+        let mut current = d.clone();
+        // Bounded: an index naming itself (or a cycle) must not loop.
+        for _ in 0..8 {
+            let bytes = self.store.content().read(&current)?;
+            let Some(index) = as_index(&bytes) else {
+                return Ok(current);
+            };
+            let pick = index.manifests.iter().find(|m| m.platform.as_ref().is_some_and(|p| p.satisfies(platform)));
+            match pick {
+                Some(m) => current = m.digest.clone(),
+                None => {
+                    let available: Vec<String> =
+                        index.manifests.iter().filter_map(|m| m.platform.as_ref().map(|p| p.to_string())).collect();
+                    return Err(OciError::NoPlatform {
+                        image: d.to_string(),
+                        platform: platform.to_string(),
+                        available: if available.is_empty() { "none labelled".into() } else { available.join(", ") },
+                    });
+                }
+            }
+        }
+        Err(OciError::Inconsistent { image: d.to_string(), reason: "indexes nested more than 8 deep".into() })
+    }
+
+    /// The first manifest of an index (nested indexes followed), for images that lack the
+    /// host's platform.
+    fn first_manifest(&self, d: &Digest) -> Result<Digest, OciError> {
+        let mut current = d.clone();
+        for _ in 0..8 {
+            let bytes = self.store.content().read(&current)?;
+            let Some(index) = as_index(&bytes) else {
+                return Ok(current);
+            };
+            current = index
+                .manifests
+                .first()
+                .map(|m| m.digest.clone())
+                .ok_or_else(|| OciError::Inconsistent { image: d.to_string(), reason: "empty index".into() })?;
+        }
+        Err(OciError::Inconsistent { image: d.to_string(), reason: "indexes nested more than 8 deep".into() })
+    }
+
+    /// The platforms a tagged digest offers: one per index entry, or none for a plain
+    /// manifest (whose platform is in its config).
+    pub fn platforms(&self, d: &Digest) -> Result<Vec<Platform>, OciError> {
         let bytes = self.store.content().read(d)?;
+        Ok(as_index(&bytes).map(|i| i.manifests.into_iter().filter_map(|m| m.platform).collect()).unwrap_or_default())
+    }
+
+    /// Reads and verifies a manifest. For an index, the manifest for this machine's
+    /// platform in it, so that every command that shows an image works on multi-platform
+    /// ones too.
+    pub fn manifest(&self, d: &Digest) -> Result<Manifest, OciError> {
+        let d = match self.platform_manifest(d, &Platform::host()) {
+            Err(OciError::NoPlatform { .. }) => self.first_manifest(d)?,
+            other => other?,
+        };
+        let bytes = self.store.content().read(&d)?;
         serde_json::from_slice(&bytes).map_err(|e| OciError::json(format!("manifest {d}"), e))
     }
 
@@ -113,4 +182,23 @@ impl ImageStore {
         let bytes = self.store.content().read(&m.config.digest)?;
         serde_json::from_slice(&bytes).map_err(|e| OciError::json(format!("config {}", m.config.digest), e))
     }
+}
+
+/// The document as an index, if it is one (by media type, or by having `manifests`).
+fn as_index(bytes: &[u8]) -> Option<Index> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        #[serde(default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).ok()?;
+    let is_index =
+        probe.media_type.as_deref().is_some_and(|m| m.contains("index") || m.contains("manifest.list")) || probe.manifests.is_some();
+    if !is_index {
+        return None;
+    }
+    serde_json::from_slice(bytes).ok()
 }

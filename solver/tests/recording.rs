@@ -58,6 +58,7 @@ fn exec(b: &mut DefinitionBuilder, base: Option<Input>, cmd: &str, ignore_cache:
             readonly: false,
             kind: MountKind::Bind,
         }],
+        platform: None,
     };
     b.add(
         Op::Exec(op),

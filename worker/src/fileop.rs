@@ -295,9 +295,15 @@ fn copy_dir_contents(from: &Path, to: &Path, ctx: &CopyCtx<'_>) -> Result<(), Wo
     for e in entries {
         let p = e.path();
         let rel_in_src = p.strip_prefix(ctx.src.root).unwrap_or(&p).to_string_lossy().into_owned();
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        // Excluded by the source (`.dockerignore`, relative to the context) or by the copy's
+        // own `--exclude` (relative to the copied directory). With `!` exceptions an excluded
+        // directory is still walked, since a re-included path may live below it, and it is
+        // kept only if something inside was copied (fsutil's lazy parent directories).
+        let mut walk_only = false;
         if excluded(ctx.src, &rel_in_src) {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && ctx.src.excludes.is_some_and(|m| m.has_exclusions()) {
-                // A re-included path may live below an excluded directory.
+            if is_dir && ctx.src.excludes.is_some_and(|m| m.has_exclusions()) {
+                walk_only = true;
             } else {
                 continue;
             }
@@ -305,11 +311,20 @@ fn copy_dir_contents(from: &Path, to: &Path, ctx: &CopyCtx<'_>) -> Result<(), Wo
         if let Some(x) = ctx.exclude {
             let rel_in_copy = rel_in_src.strip_prefix(&ctx.src_root_rel).unwrap_or(&rel_in_src).trim_start_matches('/');
             if x.matches(rel_in_copy) {
-                continue;
+                if is_dir && x.has_exclusions() {
+                    walk_only = true;
+                } else {
+                    continue;
+                }
             }
         }
         let md = std::fs::symlink_metadata(&p).map_err(|e| WorkerError::Io(p.clone(), e))?;
-        copy_entry(&p, &md, &to.join(e.file_name()), ctx)?;
+        let dest = to.join(e.file_name());
+        let existed = walk_only && std::fs::symlink_metadata(&dest).is_ok();
+        copy_entry(&p, &md, &dest, ctx)?;
+        if walk_only && !existed && std::fs::read_dir(&dest).map(|mut d| d.next().is_none()).unwrap_or(false) {
+            std::fs::remove_dir(&dest).map_err(|e| WorkerError::Io(dest.clone(), e))?;
+        }
     }
     Ok(())
 }

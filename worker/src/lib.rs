@@ -25,6 +25,7 @@ pub use fileop::{CopySource, resolve_in_root};
 pub use sandbox::{NamespaceExecutor, SANDBOX_HOSTNAME};
 pub use user::{ResolvedUser, resolve_user};
 
+use rdock_imagespec::Platform;
 use rdock_llb::patterns::PatternMatcher;
 use rdock_llb::{ExecOp, FileOp, Network, Security};
 use rdock_snapshotter::{MountSpec, Mounted, SnapshotError, Snapshotter, Store, active_key};
@@ -100,6 +101,12 @@ pub enum ExecError {
         /// The OS's word.
         reason: String,
     },
+    /// The kernel would not run the program's binary: it is for another CPU (or corrupt).
+    #[error("failed to execute {program:?}: exec format error")]
+    ExecFormat {
+        /// argv\[0\].
+        program: String,
+    },
     /// Preparing the run's files failed.
     #[error("{0}: {1}")]
     Io(PathBuf, #[source] std::io::Error),
@@ -120,6 +127,19 @@ pub enum WorkerError {
     /// The executor failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// A step for another platform, with no emulator to run its binaries.
+    #[error(
+        "failed to execute {program:?} for platform {platform}: exec format error: this {host} host has no emulator for it \
+         (install qemu-user-static and register it with binfmt_misc, with the F flag, as `tonistiigi/binfmt --install` does)"
+    )]
+    NoEmulator {
+        /// argv\[0\].
+        program: String,
+        /// The step's platform.
+        platform: String,
+        /// This machine's platform.
+        host: String,
+    },
     /// The command ran and failed.
     #[error("process {command:?} did not complete successfully: exit code: {code}")]
     ExitCode {
@@ -379,7 +399,12 @@ impl Worker {
                 security: op.security,
                 mounts: extra,
             };
-            let res = self.executor.run(&spec, &mounts[0], output)?;
+            let res = self.executor.run(&spec, &mounts[0], output).map_err(|e| match (e, &op.platform) {
+                (ExecError::ExecFormat { program }, Some(p)) if p != &Platform::host().to_string() => {
+                    WorkerError::NoEmulator { program, platform: p.clone(), host: Platform::host().to_string() }
+                }
+                (e, _) => WorkerError::Exec(e),
+            })?;
             if res.exit_code != 0 {
                 return Err(WorkerError::ExitCode { command: op.args.join(" "), code: res.exit_code });
             }

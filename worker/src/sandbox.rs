@@ -306,6 +306,9 @@ impl Executor for NamespaceExecutor {
         if got == 5 {
             let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
             let err = std::io::Error::from_raw_os_error(errno);
+            if report[0] == Stage::Exec as u8 && errno == libc::ENOEXEC {
+                return Err(ExecError::ExecFormat { program: prog.clone() });
+            }
             if report[0] == Stage::Exec as u8 {
                 return Err(ExecError::NotFound { program: prog.clone(), reason: err.to_string() });
             }

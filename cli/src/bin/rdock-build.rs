@@ -1,7 +1,7 @@
 //! `rdock-build`: buildctl-like. Parses flags and calls `rdock_cli::build`.
 
 use clap::Parser;
-use rdock_cli::build::{BuildRequest, CommonFlags, DumpFormat, parse_output, run};
+use rdock_cli::build::{BuildRequest, CommonFlags, DumpFormat, parse_output, parse_platform, run};
 use rdock_cli::{UsageError, exit_with};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,6 +51,7 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
     let mut filename = "Dockerfile".to_string();
     let mut target = None;
     let mut build_args = BTreeMap::new();
+    let mut platform = None;
     for o in &a.opts {
         let (k, v) = o.split_once('=').ok_or_else(|| UsageError(format!("--opt {o}: expected KEY=VALUE")))?;
         if let Some(arg) = k.strip_prefix("build-arg:") {
@@ -59,6 +60,7 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
             match k {
                 "filename" => filename = v.to_string(),
                 "target" => target = Some(v.to_string()),
+                "platform" => platform = Some(parse_platform(v)?),
                 _ => return Err(UsageError(format!("--opt {k} is not supported yet")).into()),
             }
         }
@@ -73,7 +75,9 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
         }
     };
     let outputs = a.outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
-    a.common.request(context, dockerfile_dir.join(filename), target, build_args, outputs, dump)
+    let mut req = a.common.request(context, dockerfile_dir.join(filename), target, build_args, outputs, dump)?;
+    req.platform = platform;
+    Ok(req)
 }
 
 fn main() {

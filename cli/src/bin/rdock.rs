@@ -1,7 +1,7 @@
 //! `rdock`: docker-like. Parses flags and calls `rdock_cli`.
 
 use clap::{Parser, Subcommand};
-use rdock_cli::build::{CommonFlags, Output, parse_output, run};
+use rdock_cli::build::{CommonFlags, Output, parse_output, parse_platform, run};
 use rdock_cli::{UsageError, commands, exit_with};
 use rdock_imagespec::ImageRef;
 use std::collections::BTreeMap;
@@ -35,6 +35,9 @@ enum Command {
         /// Output spec, or a directory.
         #[arg(short = 'o', long = "output")]
         outputs: Vec<String>,
+        /// Target platform (`linux/arm64`); the host's by default.
+        #[arg(long)]
+        platform: Option<String>,
         /// Not supported yet.
         #[arg(long = "cache-from")]
         cache_from: Vec<String>,
@@ -120,7 +123,9 @@ fn not_yet(what: &str) -> anyhow::Result<()> {
 
 fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Build { tags, file, target, build_args, outputs, cache_from, cache_to, common, context } => {
+        Command::Build { tags, file, target, build_args, outputs, platform, cache_from, cache_to, mut common, context } => {
+            // dockerd grants network.host to its builds by default; so does `rdock build`.
+            common.allow.push("network.host".into());
             if !cache_from.is_empty() || !cache_to.is_empty() {
                 return not_yet("--cache-from/--cache-to");
             }
@@ -140,7 +145,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     None => std::env::var(&a).ok().map(|v| args.insert(a.clone(), v)).unwrap_or(None),
                 };
             }
-            let req = common.request(context.clone(), file.unwrap_or_else(|| context.join("Dockerfile")), target, args, outs, None)?;
+            let mut req = common.request(context.clone(), file.unwrap_or_else(|| context.join("Dockerfile")), target, args, outs, None)?;
+            req.platform = platform.as_deref().map(parse_platform).transpose()?;
             run(&req).map(|_| ())
         }
         Command::Run { .. } => not_yet("rdock run"),
