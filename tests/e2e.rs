@@ -1286,3 +1286,99 @@ fn copy_and_add_exclude_patterns() {
     assert!(!copy_ran(&events), "second build is all cached");
     assert!(!copy_ran(&events2), "editing an excluded file changes no cache key");
 }
+
+#[test]
+fn mounts_and_args_fixture_gives_the_files_config_and_history_buildkit_writes() {
+    let f = Fixture::new();
+    let ctx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mounts-and-args/ctx");
+    let token = f.path("token");
+    std::fs::write(&token, "s3cr3t-value").unwrap();
+    let (fs_tar, oci) = (f.path("fs.tar"), f.path("img.tar"));
+    let out = f.build(
+        &ctx,
+        &[
+            "--secret",
+            &format!("id=token,src={}", token.display()),
+            "--output",
+            &format!("type=tar,dest={}", fs_tar.display()),
+            "--output",
+            &format!("type=oci,dest={}", oci.display()),
+        ],
+    );
+    assert_ok(&out);
+    let entries = layer_entries(&std::fs::read(&fs_tar).unwrap());
+    let find = |p: &str| entries.iter().find(|e| e.path.trim_end_matches('/') == p);
+    use tar::EntryType::{Directory as D, Regular as F};
+    let greeting: &'static str = format!("hello-env anon on {}\n", rdock_imagespec::Platform::host().architecture).leak();
+    let expected = [
+        Expect("work", D, 0o755, (0, 0), ""),
+        // A file bound from another stage, read through a cache mount there.
+        Expect("work/stamp", F, 0o644, (0, 0), "cached\n"),
+        // The secret reached the step as $TOKEN (12 bytes) and nowhere else.
+        Expect("work/token-info", F, 0o644, (0, 0), "token length 12\n"),
+        // <<- strips tabs; ENV overrides ARG; ${UNSET:-anon}; TARGETARCH.
+        Expect("work/greeting", F, 0o644, (0, 0), greeting),
+        // A quoted heredoc delimiter turns expansion off.
+        Expect("work/literal", F, 0o640, (1000, 1000), "$GREETING stays literal\n"),
+    ];
+    for Expect(path, kind, mode, (uid, gid), body) in &expected {
+        let e = find(path).unwrap_or_else(|| panic!("{path} missing"));
+        assert_eq!((e.kind, e.mode & 0o7777, e.uid, e.gid), (*kind, *mode, *uid, *gid), "{path}");
+        if *kind == F {
+            assert_eq!(String::from_utf8_lossy(&e.data), *body, "{path} content");
+        }
+    }
+    // Mount targets the step created are stubs, not content; the deps stage is not in the image.
+    for absent in ["mnt", "scratch", "cache", "deps-stamp"] {
+        assert!(find(absent).is_none(), "{absent} should not be in the image");
+    }
+    assert!(!contains_bytes(&std::fs::read(&oci).unwrap(), b"s3cr3t-value"), "the secret is in no blob");
+    let img = read_image(&oci);
+    let arch = rdock_imagespec::Platform::host().architecture;
+    assert_eq!(
+        img.config["config"],
+        json!({
+            "User": "1000:1000",
+            "ExposedPorts": {"53/udp": {}, "80/tcp": {}},
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello-env", "NAME=anon"],
+            "Cmd": ["/bin/sh", "-e", "-c", "echo shell form"],
+            "Volumes": {"/data": {}, "/logs": {}},
+            "WorkingDir": "/work",
+            "Labels": {"multi.line": "a b", "other": "hello-env"},
+            "Healthcheck": {"Test": ["NONE"]},
+            "OnBuild": ["RUN echo child"],
+            "Shell": ["/bin/sh", "-e", "-c"]
+        })
+    );
+    // History as BuildKit's dispatchers write it (ONBUILD adds none).
+    let h = img.history();
+    assert_eq!(
+        h[2..],
+        [
+            "ARG GREETING=hello".to_string(),
+            format!("ARG TARGETARCH={arch}"),
+            "ENV GREETING=hello-env NAME=anon".into(),
+            "SHELL [/bin/sh -e -c]".into(),
+            "WORKDIR /work".into(),
+            format!(
+                "RUN |2 GREETING=hello-env TARGETARCH={arch} /bin/sh -e -c cp /mnt/stamp ./stamp && echo \"token length ${{#TOKEN}}\" > token-info && echo hi > /scratch/x # buildkit"
+            ),
+            format!(
+                "RUN |2 GREETING=hello-env TARGETARCH={arch} /bin/sh -e -c echo \"$GREETING $NAME on $TARGETARCH\" > greeting\n # buildkit"
+            ),
+            "COPY --chown=1000:1000 --chmod=u=rw,g=r,o= <<EOT /work/literal # buildkit".into(),
+            "HEALTHCHECK {Test:[NONE] Interval:0s Timeout:0s StartPeriod:0s StartInterval:0s Retries:0}".into(),
+            "VOLUME [/data /logs]".into(),
+            "EXPOSE [53/udp 80/tcp]".into(),
+            "LABEL multi.line=a b other=hello-env".into(),
+            "USER 1000:1000".into(),
+            "CMD [\"/bin/sh\" \"-e\" \"-c\" \"echo shell form\"]".into(),
+        ]
+    );
+    // The image as a base: its ONBUILD trigger runs in the child.
+    assert_ok(&f.build(&ctx, &["--secret", &format!("id=token,src={}", token.display()), "--output", "type=image,name=fixture:1"]));
+    let child = f.ctx("child", &[("Dockerfile", "FROM fixture:1\nUSER 0\nRUN test -f /work/literal\n")]);
+    let out = f.build(&child, &[]);
+    assert_ok(&out);
+    assert!(stderr(&out).contains("echo child"), "the trigger ran: {}", stderr(&out));
+}

@@ -229,6 +229,8 @@ impl Worker {
         let mut views: Vec<(String, Mounted)> = Vec::new();
         let mut held: Vec<cachemount::Held> = Vec::new();
         let mut scratches: Vec<(PathBuf, Mounted)> = Vec::new();
+        // Throwaway copies of files bound read-write.
+        let mut scratch_files: Vec<PathBuf> = Vec::new();
         let mut contexts: Vec<contextview::ContextView> = Vec::new();
         let secret_dir = SecretDir::new(&self.store.root().join("tmp"));
         let result = (|| {
@@ -359,9 +361,23 @@ impl Worker {
                         }
                     },
                 };
+                // A bind whose source is a file mounts a file (`source=/path/to/file`).
+                let source = match source {
+                    MountSource::Dir(p) if matches!(m.kind, rdock_llb::MountKind::Bind) && !p.is_dir() => MountSource::File(p),
+                    other => other,
+                };
                 // A writable bind must never write into a snapshot or the context: it gets
-                // a throwaway overlay on top, discarded after the step (as in BuildKit).
+                // a throwaway overlay on top (a throwaway copy for a file), discarded after
+                // the step (as in BuildKit).
                 let source = match (source, &m.kind, m.readonly) {
+                    (MountSource::File(file), rdock_llb::MountKind::Bind, false) => {
+                        let scratch = self.store.root().join("tmp").join(format!("{key}-rw{i}"));
+                        std::fs::create_dir_all(&scratch).map_err(|e| WorkerError::Io(scratch.clone(), e))?;
+                        let copy = scratch.join("file");
+                        std::fs::copy(&file, &copy).map_err(|e| WorkerError::Io(file.clone(), e))?;
+                        scratch_files.push(scratch);
+                        MountSource::File(copy)
+                    }
                     (MountSource::Dir(dir), rdock_llb::MountKind::Bind, false) => {
                         let scratch = self.store.root().join("tmp").join(format!("{key}-rw{i}"));
                         for d in ["upper", "work"] {
@@ -420,6 +436,9 @@ impl Worker {
         drop(secret_dir);
         for (dir, m) in scratches {
             drop(m);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        for dir in scratch_files {
             let _ = std::fs::remove_dir_all(dir);
         }
         // After the rw scratches: they may be stacked on a context view.
