@@ -89,6 +89,17 @@ impl ProgressSink for Plain {
                 writeln!(err, "#{id} DONE {d:.1}s")
             }
             EventKind::Failed => writeln!(err, "#{id} ERROR: {}", e.detail),
+            EventKind::ContextHashed => match e.hash_stats {
+                Some(h) => writeln!(
+                    err,
+                    "#{id} {}: {} files read ({:.1} MB), {} unchanged",
+                    e.name,
+                    h.files_read,
+                    h.bytes_read as f64 / 1e6,
+                    h.files_reused
+                ),
+                None => Ok(()),
+            },
         };
     }
 }
@@ -140,6 +151,7 @@ impl ProgressSink for Tty {
                     pb.set_message(format!("{}  {}", e.name, last.chars().take(60).collect::<String>()));
                 }
             }
+            EventKind::ContextHashed => {}
             EventKind::Completed | EventKind::Failed => {
                 if let Some((pb, t)) = bars.remove(&e.vertex) {
                     pb.finish_and_clear();

@@ -4,16 +4,22 @@
 //! file changes nothing; editing one changes only the copies that read it.
 
 use crate::SolveError;
+use crate::statcache::FileHashCache;
 use rdock_llb::CopyAction;
 use rdock_llb::patterns::PatternMatcher;
 use rdock_worker::CopySource;
 use rdock_worker::fileop::{excluded, expand_source};
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Hashes the subtree `path` of the context at `dir` that a bind mount shows.
-pub fn hash_mount_source(h: &mut blake3::Hasher, dir: &Path, excludes: &PatternMatcher, path: &str) -> Result<(), SolveError> {
+pub fn hash_mount_source(
+    h: &mut blake3::Hasher,
+    dir: &Path,
+    files: &FileHashCache,
+    excludes: &PatternMatcher,
+    path: &str,
+) -> Result<(), SolveError> {
     let copy = CopyAction {
         src_input: 0,
         src: vec![if path.is_empty() { "/".to_string() } else { path.to_string() }],
@@ -26,11 +32,17 @@ pub fn hash_mount_source(h: &mut blake3::Hasher, dir: &Path, excludes: &PatternM
         exclude: Vec::new(),
         parents: false,
     };
-    hash_copy_sources(h, dir, excludes, &copy)
+    hash_copy_sources(h, dir, files, excludes, &copy)
 }
 
 /// Hashes what `copy` reads from the context at `dir` into `h`.
-pub fn hash_copy_sources(h: &mut blake3::Hasher, dir: &Path, excludes: &PatternMatcher, copy: &CopyAction) -> Result<(), SolveError> {
+pub fn hash_copy_sources(
+    h: &mut blake3::Hasher,
+    dir: &Path,
+    files: &FileHashCache,
+    excludes: &PatternMatcher,
+    copy: &CopyAction,
+) -> Result<(), SolveError> {
     let src = CopySource { root: dir, excludes: Some(excludes), reset_ownership: true };
     let copy_excludes = PatternMatcher::new(&copy.exclude).map_err(|e| SolveError::Context(format!("invalid --exclude pattern: {e}")))?;
     for pattern in &copy.src {
@@ -51,7 +63,7 @@ pub fn hash_copy_sources(h: &mut blake3::Hasher, dir: &Path, excludes: &PatternM
             h.update(b"src\0");
             h.update(rel.as_bytes());
             h.update(b"\0");
-            hash_entry(h, &p, &md)?;
+            hash_entry(h, files, &rel, &p, &md)?;
             if md.is_dir() {
                 let base = if rel == "." { String::new() } else { rel.clone() };
                 for e in walkdir::WalkDir::new(&p).min_depth(1).sort_by_file_name() {
@@ -64,7 +76,7 @@ pub fn hash_copy_sources(h: &mut blake3::Hasher, dir: &Path, excludes: &PatternM
                     let md = e.metadata().map_err(|e| SolveError::Context(e.to_string()))?;
                     h.update(in_copy.as_bytes());
                     h.update(b"\0");
-                    hash_entry(h, e.path(), &md)?;
+                    hash_entry(h, files, &r, e.path(), &md)?;
                 }
             }
         }
@@ -72,19 +84,14 @@ pub fn hash_copy_sources(h: &mut blake3::Hasher, dir: &Path, excludes: &PatternM
     Ok(())
 }
 
-fn hash_entry(h: &mut blake3::Hasher, p: &Path, md: &std::fs::Metadata) -> Result<(), SolveError> {
+/// Type and mode bits, then a file's size and content digest (from the stat cache when
+/// unchanged) or a link's target.
+fn hash_entry(h: &mut blake3::Hasher, files: &FileHashCache, rel: &str, p: &Path, md: &std::fs::Metadata) -> Result<(), SolveError> {
     h.update(&md.mode().to_le_bytes());
     let ft = md.file_type();
     if ft.is_file() {
         h.update(&md.len().to_le_bytes());
-        let mut f = std::fs::File::open(p).map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
-        if md.len() > 1 << 20 {
-            h.update_reader(&mut f).map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
-        } else {
-            let mut buf = Vec::with_capacity(md.len() as usize);
-            f.read_to_end(&mut buf).map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
-            h.update(&buf);
-        }
+        h.update(&files.digest(rel, p, md)?);
     } else if ft.is_symlink() {
         let t = std::fs::read_link(p).map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
         h.update(t.as_os_str().as_encoded_bytes());

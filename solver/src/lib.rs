@@ -20,10 +20,12 @@ mod cache;
 mod contenthash;
 mod progress;
 mod solve;
+mod statcache;
 
 pub use cache::CacheStore;
 pub use progress::{Event, EventKind, NoProgress, ProgressSink, RecordingProgress};
 pub use solve::{SolveOutput, SolveRequest, Solver};
+pub use statcache::{HashStats, RACY_WINDOW_NS};
 
 /// Why a solve failed.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,10 @@ pub enum EventKind {
     Failed,
     /// Output from the step.
     Log,
+    /// A build-context directory was hashed for cache keys; `hash_stats` says how much
+    /// was read and how much the stat cache saved.
+    #[serde(rename = "context-hashed")]
+    ContextHashed,
 }
 
 /// One progress event.
@@ -37,13 +41,24 @@ pub struct Event {
     /// For Completed: how long the vertex ran, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
+    /// For ContextHashed: files read and reused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_stats: Option<crate::HashStats>,
 }
 
 impl Event {
     /// A new event stamped now.
     pub fn new(kind: EventKind, vertex: &str, name: &str) -> Event {
         let time_ns = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        Event { kind, vertex: vertex.to_string(), name: name.to_string(), time_ns, detail: String::new(), duration_ms: None }
+        Event {
+            kind,
+            vertex: vertex.to_string(),
+            name: name.to_string(),
+            time_ns,
+            detail: String::new(),
+            duration_ms: None,
+            hash_stats: None,
+        }
     }
 }
 

@@ -145,6 +145,8 @@ impl Solver {
         let mut fetched = HashMap::new();
         let mut commits = HashMap::new();
         let mut matchers: HashMap<usize, (PathBuf, PatternMatcher)> = HashMap::new();
+        // One stat cache per local source directory.
+        let mut file_caches: HashMap<PathBuf, crate::statcache::FileHashCache> = HashMap::new();
         for (i, node) in run.nodes.iter().enumerate() {
             let mut h = blake3::Hasher::new();
             h.update(b"rdock-cache-v1\0");
@@ -180,6 +182,9 @@ impl Solver {
                         .get(name)
                         .ok_or_else(|| SolveError::Context(format!("no directory given for local source {name:?}")))?;
                     let m = PatternMatcher::new(&src.patterns("local.excludepatterns")).map_err(|e| SolveError::Context(e.to_string()))?;
+                    if !file_caches.contains_key(dir) {
+                        file_caches.insert(dir.clone(), crate::statcache::FileHashCache::load(self.worker.store(), dir)?);
+                    }
                     matchers.insert(i, (dir.clone(), m));
                 }
                 Op::Exec(e) => {
@@ -189,7 +194,7 @@ impl Solver {
                             && let Some(input) = node.inputs.get(ix as usize)
                             && let Some((dir, matcher)) = matchers.get(&run.index[&input.digest])
                         {
-                            hash_mount_source(&mut h, dir, matcher, &m.selector)?;
+                            hash_mount_source(&mut h, dir, &file_caches[dir], matcher, &m.selector)?;
                         }
                     }
                 }
@@ -199,13 +204,19 @@ impl Solver {
                             && let Some(input) = node.inputs.get(c.src_input as usize)
                             && let Some((dir, m)) = matchers.get(&run.index[&input.digest])
                         {
-                            hash_copy_sources(&mut h, dir, m, c)?;
+                            hash_copy_sources(&mut h, dir, &file_caches[dir], m, c)?;
                         }
                     }
                 }
                 _ => {}
             }
             keys.push(h.finalize().to_hex().to_string());
+        }
+        for (dir, files) in &file_caches {
+            files.persist()?;
+            let mut e = Event::new(EventKind::ContextHashed, "context", &format!("[internal] hash {}", dir.display()));
+            e.hash_stats = Some(files.stats());
+            run.req.progress.event(e);
         }
         Ok((keys, fetched, commits))
     }
