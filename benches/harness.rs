@@ -9,6 +9,9 @@
 //!   run30-noop    the same Dockerfile rebuilt with everything cached
 //!   context-hash  `COPY . /app` of 2,000 files (32 MiB), then a no-op rebuild that must
 //!                 re-hash the whole context
+//!   context5k     `COPY . /app` of 5,000 files (58 MB): cold, a no-op rebuild (the stat
+//!                 cache must make it read no file), and a rebuild after one file changed
+//!                 (hashing reads one file; the COPY really re-runs)
 //!   layer-commit  one RUN writing 64 MiB of incompressible data: snapshot commit, diff,
 //!                 gzip, sha256 (exported as an OCI tarball)
 //!   oci-export    exporting that image again as an OCI tarball (layers already compressed)
@@ -43,6 +46,25 @@ fn time(cmd: &mut Command) -> Result<Duration> {
     let t = Instant::now();
     run(cmd)?;
     Ok(t.elapsed())
+}
+
+/// Wall time of an rdock build run with `--progress rawjson`, and the time outside the
+/// steps that ran (wall time minus the sum of their durations): what the builder itself
+/// costs around the work a change really causes.
+fn time_overhead(cmd: &mut Command) -> Result<(Duration, Duration)> {
+    let t = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let total = t.elapsed();
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let steps_ms: f64 = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"completed\""))
+        .filter_map(|l| l.split("\"duration_ms\":").nth(1))
+        .filter_map(|rest| rest.trim_end_matches('}').split(',').next().and_then(|n| n.parse::<f64>().ok()))
+        .sum();
+    Ok((total, total.saturating_sub(Duration::from_secs_f64(steps_ms / 1000.0))))
 }
 
 /// Medians over `runs` of a cold build followed by a warm rebuild (None: no warm run).
@@ -99,10 +121,11 @@ fn fresh_store(t: &Tools, dir: &Path) -> Result<PathBuf> {
 
 fn rdock_build(t: &Tools, root: &Path, ctx: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(&t.rdock_build);
-    c.args(["--frontend", "dockerfile", "--progress", "quiet"])
-        .arg(format!("--local=context={}", ctx.display()))
-        .args(extra)
-        .env("RDOCK_ROOT", root);
+    c.args(["--frontend", "dockerfile"]);
+    if !extra.contains(&"--progress") {
+        c.args(["--progress", "quiet"]);
+    }
+    c.arg(format!("--local=context={}", ctx.display())).args(extra).env("RDOCK_ROOT", root);
     c
 }
 
@@ -194,6 +217,77 @@ fn workload_context(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     ])
 }
 
+/// Fills `ctx` with `n` files of `size` pseudo-random bytes in 50 directories.
+fn random_context(ctx: &Path, n: usize, size: usize) -> Result<()> {
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..n {
+        let d = ctx.join(format!("d{}", i % 50));
+        std::fs::create_dir_all(&d)?;
+        let mut buf = vec![0u8; size];
+        for b in buf.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = seed as u8;
+        }
+        std::fs::write(d.join(format!("f{i}.bin")), buf)?;
+    }
+    Ok(())
+}
+
+/// Changes one byte of a different file each time, as an edit does.
+fn edit_one(ctx: &Path, k: usize) -> Result<()> {
+    let p = ctx.join(format!("d{}", k % 50)).join(format!("f{k}.bin"));
+    let mut b = std::fs::read(&p)?;
+    b[0] = b[0].wrapping_add(1);
+    std::fs::write(&p, b)?;
+    Ok(())
+}
+
+fn workload_context5k(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let ctx = dir.join("context5k");
+    if !ctx.join("Dockerfile").exists() {
+        random_context(&ctx, 5000, 11_600)?;
+        std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nCOPY . /app\n")?;
+        // Files modified within the last second are re-read (the stat cache's racy window).
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let mut k = 0;
+    let (mut cold, mut noop, mut one, mut over) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let root = fresh_store(t, dir)?;
+        cold.push(time(&mut rdock_build(t, &root, &ctx, &[]))?);
+        noop.push(time(&mut rdock_build(t, &root, &ctx, &[]))?);
+        edit_one(&ctx, k)?;
+        k += 1;
+        let (total, overhead) = time_overhead(&mut rdock_build(t, &root, &ctx, &["--progress", "rawjson"]))?;
+        one.push(total);
+        over.push(overhead);
+    }
+    let mut theirs: [(Option<Duration>, Option<Duration>, Option<Duration>); 2] = [(None, None, None), (None, None, None)];
+    for (slot, on, build) in [(0, t.docker, docker_build as fn(&Path, bool) -> Command), (1, t.buildah, buildah_build)] {
+        if !on {
+            continue;
+        }
+        let (mut c, mut n, mut o) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            c.push(time(&mut build(&ctx, true))?);
+            n.push(time(&mut build(&ctx, false))?);
+            edit_one(&ctx, k)?;
+            k += 1;
+            o.push(time(&mut build(&ctx, false))?);
+        }
+        theirs[slot] = (Some(median(c)), Some(median(n)), Some(median(o)));
+    }
+    let [bk, ba] = theirs;
+    Ok(vec![
+        Row { name: "context5k-cold", rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
+        Row { name: "context5k-noop", rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
+        Row { name: "context5k-one-changed", rdock: median(one), buildkit: bk.2, buildah: ba.2, per: None },
+        Row { name: "context5k-one-changed-overhead", rdock: median(over), buildkit: None, buildah: None, per: None },
+    ])
+}
+
 fn workload_layer(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     let ctx = dir.join("layer");
     std::fs::create_dir_all(&ctx)?;
@@ -258,8 +352,11 @@ fn main() -> Result<()> {
     if all || wanted.iter().any(|w| w.starts_with("run30")) {
         rows.extend(workload_run30(&t, &dir, runs)?);
     }
-    if all || wanted.iter().any(|w| w.starts_with("context")) {
+    if all || wanted.iter().any(|w| w == "context" || w.starts_with("context-")) {
         rows.extend(workload_context(&t, &dir, runs)?);
+    }
+    if all || wanted.iter().any(|w| w.starts_with("context5k")) {
+        rows.extend(workload_context5k(&t, &dir, runs)?);
     }
     if all || wanted.iter().any(|w| w.starts_with("layer") || w.starts_with("oci")) {
         rows.extend(workload_layer(&t, &dir, runs)?);
