@@ -1430,3 +1430,29 @@ fn a_no_op_rebuild_of_a_large_context_reads_no_file() {
     let ran = started(&ev);
     assert!(ran.iter().any(|n| n.contains("COPY . /app")) && ran.iter().any(|n| n.contains("RUN ls")), "{ran:?}");
 }
+
+#[test]
+fn no_cache_filter_reruns_only_the_named_stages_and_cache_mounts_survive_no_cache() {
+    let f = Fixture::new();
+    let df = "FROM busybox AS a\nRUN echo a > /a\n\
+              FROM busybox AS b\nRUN --mount=type=cache,target=/c sh -c 'echo x >> /c/log; wc -l < /c/log > /b'\n\
+              FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n";
+    let ctx = f.ctx("ncf", &[("Dockerfile", df)]);
+    let (out, _) = f.build_events(&ctx, &[]);
+    assert_ok(&out);
+    let (out, ev) = f.build_events(&ctx, &["--no-cache-filter", "A"]);
+    assert_ok(&out);
+    assert_eq!(started(&ev), vec!["[a 2/2] RUN echo a > /a"], "only stage a re-runs (names match in any case)");
+    // buildctl's spelling.
+    let (out, ev) = f.build_events(&ctx, &["--opt", "no-cache=b"]);
+    assert_ok(&out);
+    assert_eq!(started(&ev).len(), 1);
+    assert!(started(&ev)[0].starts_with("[b 2/2] RUN"), "{:?}", started(&ev));
+    // `--no-cache` (and `--opt no-cache=`) re-runs everything, but the cache mount keeps its
+    // content: the third run of b's step sees two earlier lines.
+    let o = f.path("o");
+    let (out, ev) = f.build_events(&ctx, &["--opt", "no-cache=", "--output", &format!("type=local,dest={}", o.display())]);
+    assert_ok(&out);
+    assert_eq!(started(&ev).len(), 4, "{:?}", started(&ev));
+    assert_eq!(std::fs::read_to_string(o.join("b")).unwrap().trim(), "3");
+}

@@ -73,6 +73,8 @@ pub struct BuildRequest {
     pub outputs: Vec<Output>,
     /// `--no-cache`.
     pub no_cache: bool,
+    /// `--no-cache-filter`: stages to rebuild without the cache.
+    pub no_cache_stages: Vec<String>,
     /// Progress mode.
     pub progress: Mode,
     /// `--metadata-file`.
@@ -122,6 +124,9 @@ pub struct CommonFlags {
     /// Run every step, ignoring cache records.
     #[arg(long)]
     pub no_cache: bool,
+    /// Run the steps of these stages (comma-separated names) again, ignoring cache records.
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
     /// auto, tty, plain, rawjson or quiet.
     #[arg(long, default_value = "auto")]
     pub progress: String,
@@ -165,6 +170,13 @@ impl CommonFlags {
             build_args,
             outputs,
             no_cache: self.no_cache,
+            no_cache_stages: self
+                .no_cache_filter
+                .iter()
+                .flat_map(|s| s.split(','))
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
             progress,
             metadata_file: self.metadata_file.clone(),
             dump,
@@ -335,6 +347,7 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
         build_args: req.build_args.clone(),
         excludes: rdock_frontend::dockerignore::parse(&ignore),
         no_cache: req.no_cache,
+        no_cache_stages: req.no_cache_stages.clone(),
         target_platform: req.platform.clone(),
         ..Default::default()
     };

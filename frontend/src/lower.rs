@@ -56,6 +56,9 @@ pub struct BuildOptions {
     pub excludes: Vec<String>,
     /// `--no-cache`.
     pub no_cache: bool,
+    /// `--no-cache-filter` / `--opt no-cache=STAGE,…`: stages (by name, any case) whose
+    /// steps run again whatever the cache holds.
+    pub no_cache_stages: Vec<String>,
 }
 
 impl Default for BuildOptions {
@@ -68,6 +71,7 @@ impl Default for BuildOptions {
             target_platform: None,
             excludes: Vec::new(),
             no_cache: false,
+            no_cache_stages: Vec::new(),
         }
     }
 }
@@ -393,10 +397,12 @@ struct StageRun {
 }
 
 impl Ctx<'_> {
-    fn meta(&self, description: String, l: &Located) -> OpMetadata {
+    fn meta(&self, run: &StageRun, description: String, l: &Located) -> OpMetadata {
+        let stage = self.stages[run.idx].name.as_deref();
+        let filtered = stage.is_some_and(|n| self.opts.no_cache_stages.iter().any(|s| s.eq_ignore_ascii_case(n)));
         OpMetadata {
             description,
-            ignore_cache: self.opts.no_cache,
+            ignore_cache: self.opts.no_cache || filtered,
             source_lines: Some((l.location.start_line, l.location.end_line)),
             proxy_env: Vec::new(),
         }
@@ -922,7 +928,7 @@ impl Ctx<'_> {
         if let Some(s) = summary {
             desc = format!("{desc} ({s})");
         }
-        let mut meta = self.meta(desc, l);
+        let mut meta = self.meta(run, desc, l);
         meta.proxy_env = self.proxy_env(run);
         run.state = Some(self.builder.add(Op::Exec(exec), inputs, meta));
         // History: `RUN |N K=V… cmd` when build args are in scope, as BuildKit writes it.
@@ -1156,7 +1162,7 @@ impl Ctx<'_> {
 
     fn file_op(&mut self, run: &mut StageRun, l: &Located, actions: Vec<FileAction>, extra: Vec<Input>) -> Result<(), FrontendError> {
         let desc = self.description(run, l);
-        let meta = self.meta(desc, l);
+        let meta = self.meta(run, desc, l);
         let mut inputs: Vec<Input> = run.state.iter().cloned().collect();
         let base = run.state.as_ref().map(|_| 0);
         inputs.extend(extra);

@@ -52,6 +52,7 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
     let mut target = None;
     let mut build_args = BTreeMap::new();
     let mut platform = None;
+    let mut no_cache: Option<Vec<String>> = None;
     for o in &a.opts {
         let (k, v) = o.split_once('=').ok_or_else(|| UsageError(format!("--opt {o}: expected KEY=VALUE")))?;
         if let Some(arg) = k.strip_prefix("build-arg:") {
@@ -61,6 +62,10 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
                 "filename" => filename = v.to_string(),
                 "target" => target = Some(v.to_string()),
                 "platform" => platform = Some(parse_platform(v)?),
+                // BuildKit's frontend option: empty means every stage, else a list of stages.
+                "no-cache" => {
+                    no_cache = Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>())
+                }
                 _ => return Err(UsageError(format!("--opt {k} is not supported yet")).into()),
             }
         }
@@ -77,6 +82,11 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
     let outputs = a.outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
     let mut req = a.common.request(context, dockerfile_dir.join(filename), target, build_args, outputs, dump)?;
     req.platform = platform;
+    match no_cache {
+        Some(stages) if stages.is_empty() => req.no_cache = true,
+        Some(stages) => req.no_cache_stages.extend(stages),
+        None => {}
+    }
     Ok(req)
 }
 
