@@ -1456,3 +1456,73 @@ fn no_cache_filter_reruns_only_the_named_stages_and_cache_mounts_survive_no_cach
     assert_eq!(started(&ev).len(), 4, "{:?}", started(&ev));
     assert_eq!(std::fs::read_to_string(o.join("b")).unwrap().trim(), "3");
 }
+
+/// `cache miss: NAME` blocks printed by `--explain-cache`: name → reasons.
+fn misses(out: &std::process::Output) -> Vec<(String, Vec<String>)> {
+    let mut v: Vec<(String, Vec<String>)> = Vec::new();
+    for l in stderr(out).lines() {
+        if let Some(name) = l.strip_prefix("cache miss: ") {
+            v.push((name.to_string(), Vec::new()));
+        } else if let (Some(r), Some(last)) = (l.strip_prefix("  - "), v.last_mut()) {
+            last.1.push(r.to_string());
+        }
+    }
+    v
+}
+
+#[test]
+fn explain_cache_says_why_each_step_missed() {
+    let f = Fixture::new();
+    let base = f.ctx("base", &[("Dockerfile", "FROM busybox\nRUN echo one > /base\n")]);
+    assert_ok(&f.build(&base, &["--output", "type=image,name=base:1"]));
+    let df = "FROM base:1\nARG V=1\nCOPY app/ /app/\nRUN echo $V > /v\nRUN cat /app/a.txt\n";
+    let ctx = f.ctx("explain", &[("Dockerfile", df), ("app/a.txt", "a\n"), ("app/b.txt", "b\n")]);
+    let out = f.build(&ctx, &["--explain-cache"]);
+    assert_ok(&out);
+    let m = misses(&out);
+    assert_eq!(m.len(), 3, "{m:?}");
+    assert!(m.iter().all(|(_, r)| r == &vec!["no earlier build of this target to compare with".to_string()]), "{m:?}");
+    let out = f.build(&ctx, &["--explain-cache"]);
+    assert!(misses(&out).is_empty(), "{}", stderr(&out));
+
+    // A context edit, a new file and a build arg: each step says what it saw change.
+    std::fs::write(ctx.join("app/a.txt"), "A\n").unwrap();
+    std::fs::write(ctx.join("app/c.txt"), "c\n").unwrap();
+    let out = f.build(&ctx, &["--explain-cache", "--opt", "build-arg:V=2"]);
+    assert_ok(&out);
+    let m = misses(&out);
+    let reasons = |step: &str| m.iter().find(|(n, _)| n.contains(step)).map(|(_, r)| r.clone()).unwrap_or_default();
+    assert_eq!(reasons("COPY app/"), vec!["context files changed: app/a.txt (content changed), app/c.txt (added)".to_string()]);
+    let run_v = reasons("RUN echo $V");
+    assert!(run_v.contains(&"variable V changed: \"1\" → \"2\"".to_string()), "{run_v:?}");
+    assert!(run_v.iter().any(|r| r.starts_with("an input changed: [3/5] COPY app/")), "{run_v:?}");
+
+    // The instruction text.
+    std::fs::write(ctx.join("Dockerfile"), df.replace("cat /app/a.txt", "cat /app/b.txt")).unwrap();
+    let out = f.build(&ctx, &["--explain-cache", "--opt", "build-arg:V=2"]);
+    let m = misses(&out);
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0].1, vec!["instruction changed: \"RUN cat /app/a.txt\" → \"RUN cat /app/b.txt\"".to_string()]);
+
+    // The base image, rebuilt under the same name; the same data is in rawjson events.
+    std::fs::write(base.join("Dockerfile"), "FROM busybox\nRUN echo two > /base\n").unwrap();
+    assert_ok(&f.build(&base, &["--output", "type=image,name=base:1"]));
+    let (out, events) = f.build_events(&ctx, &["--opt", "build-arg:V=2"]);
+    assert_ok(&out);
+    let first = events.iter().find(|e| e["kind"] == "cache-miss").expect("cache-miss events in rawjson");
+    let r = first["reasons"][0].as_str().unwrap();
+    assert!(
+        r.starts_with("base image changed: docker.io/library/base:1@sha256:") && r.contains("(was docker.io/library/base:1@sha256:"),
+        "{r}"
+    );
+
+    // --no-cache says so.
+    let out = Command::new(RDOCK)
+        .args(["build", "--no-cache", "--explain-cache", "--progress", "quiet", "--build-arg", "V=2"])
+        .arg(&ctx)
+        .env("RDOCK_ROOT", &f.root)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(misses(&out).iter().all(|(_, r)| r[0].contains("bypassed")), "{}", stderr(&out));
+}

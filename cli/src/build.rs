@@ -85,6 +85,8 @@ pub struct BuildRequest {
     pub secrets: HashMap<String, Vec<u8>>,
     /// `--check`: run the build checks and stop.
     pub check: bool,
+    /// `--explain-cache`: print why steps missed the cache.
+    pub explain_cache: bool,
     /// `--opt platform=` / `--platform`: the target platform (None: the host's).
     pub platform: Option<Platform>,
     /// Entitlements granted (`--allow`): what RUN --network=host and --security=insecure need.
@@ -142,6 +144,10 @@ pub struct CommonFlags {
     /// Run the build checks (lint rules) and report, without building; exit 1 on warnings.
     #[arg(long)]
     pub check: bool,
+    /// Say, for every step that misses the cache, why: what changed against the last build
+    /// of the same target (files, build args, base image, instruction), or that there is none.
+    #[arg(long)]
+    pub explain_cache: bool,
     /// Grant an entitlement: `network.host` (RUN --network=host) or `security.insecure`
     /// (RUN --security=insecure).
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
@@ -182,6 +188,7 @@ impl CommonFlags {
             dump,
             secrets,
             check: self.check,
+            explain_cache: self.explain_cache,
             platform: None,
             allow: self.allow.iter().flat_map(|a| a.split(',')).map(Entitlement::parse).collect::<anyhow::Result<_>>()?,
         })
@@ -382,9 +389,24 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
     let worker = Worker::new(store.clone(), executor);
     let solver = Solver::new(worker, images.clone())?;
     let locals = HashMap::from([("context".to_string(), req.context.clone())]);
-    let sink = progress::sink(req.progress);
-    let out =
-        solver.solve(&SolveRequest { definition: &lowered.definition, locals: &locals, progress: sink.as_ref(), secrets: &req.secrets })?;
+    let sink = progress::sink(req.progress, req.explain_cache);
+    // What identifies "the same build" for explaining misses: context, Dockerfile, stage
+    // and platform.
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    let target_id = format!(
+        "{}|{}|{}|{}",
+        canon(&req.context),
+        canon(&req.dockerfile),
+        req.target.as_deref().unwrap_or(""),
+        req.platform.clone().unwrap_or_else(Platform::host)
+    );
+    let out = solver.solve(&SolveRequest {
+        definition: &lowered.definition,
+        locals: &locals,
+        progress: sink.as_ref(),
+        secrets: &req.secrets,
+        target: Some(&target_id),
+    })?;
     drop(sink);
 
     let mut summary = BuildSummary { executed: out.executed, cached: out.cached, manifest: None };

@@ -38,13 +38,38 @@ impl Mode {
 }
 
 /// A sink for the chosen mode.
-pub fn sink(mode: Mode) -> Box<dyn ProgressSink> {
+pub fn sink(mode: Mode, explain: bool) -> Box<dyn ProgressSink> {
+    let inner = base_sink(mode);
+    // rawjson carries the reasons as events already.
+    if explain && mode != Mode::RawJson { Box::new(Explain { inner }) } else { inner }
+}
+
+fn base_sink(mode: Mode) -> Box<dyn ProgressSink> {
     match mode {
         Mode::Auto if std::io::stderr().is_terminal() => Box::new(Tty::new()),
         Mode::Auto | Mode::Plain => Box::new(Plain::default()),
         Mode::Tty => Box::new(Tty::new()),
         Mode::RawJson => Box::new(RawJson),
         Mode::Quiet => Box::new(rdock_solver::NoProgress),
+    }
+}
+
+/// `--explain-cache`: prints why each step missed, then passes every event on.
+pub struct Explain {
+    inner: Box<dyn ProgressSink>,
+}
+
+impl ProgressSink for Explain {
+    fn event(&self, e: Event) {
+        if e.kind == EventKind::CacheMiss {
+            let mut text = format!("cache miss: {}", e.name);
+            for r in &e.reasons {
+                text.push_str("\n  - ");
+                text.push_str(r);
+            }
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        }
+        self.inner.event(e);
     }
 }
 
@@ -89,6 +114,7 @@ impl ProgressSink for Plain {
                 writeln!(err, "#{id} DONE {d:.1}s")
             }
             EventKind::Failed => writeln!(err, "#{id} ERROR: {}", e.detail),
+            EventKind::CacheMiss => Ok(()),
             EventKind::ContextHashed => match e.hash_stats {
                 Some(h) => writeln!(
                     err,
@@ -151,7 +177,7 @@ impl ProgressSink for Tty {
                     pb.set_message(format!("{}  {}", e.name, last.chars().take(60).collect::<String>()));
                 }
             }
-            EventKind::ContextHashed => {}
+            EventKind::ContextHashed | EventKind::CacheMiss => {}
             EventKind::Completed | EventKind::Failed => {
                 if let Some((pb, t)) = bars.remove(&e.vertex) {
                     pb.finish_and_clear();

@@ -9,6 +9,7 @@ use rdock_llb::CopyAction;
 use rdock_llb::patterns::PatternMatcher;
 use rdock_worker::CopySource;
 use rdock_worker::fileop::{excluded, expand_source};
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -19,6 +20,7 @@ pub fn hash_mount_source(
     files: &FileHashCache,
     excludes: &PatternMatcher,
     path: &str,
+    seen: &mut BTreeMap<String, String>,
 ) -> Result<(), SolveError> {
     let copy = CopyAction {
         src_input: 0,
@@ -32,7 +34,7 @@ pub fn hash_mount_source(
         exclude: Vec::new(),
         parents: false,
     };
-    hash_copy_sources(h, dir, files, excludes, &copy)
+    hash_copy_sources(h, dir, files, excludes, &copy, seen)
 }
 
 /// Hashes what `copy` reads from the context at `dir` into `h`.
@@ -42,6 +44,7 @@ pub fn hash_copy_sources(
     files: &FileHashCache,
     excludes: &PatternMatcher,
     copy: &CopyAction,
+    seen: &mut BTreeMap<String, String>,
 ) -> Result<(), SolveError> {
     let src = CopySource { root: dir, excludes: Some(excludes), reset_ownership: true };
     let copy_excludes = PatternMatcher::new(&copy.exclude).map_err(|e| SolveError::Context(format!("invalid --exclude pattern: {e}")))?;
@@ -63,7 +66,7 @@ pub fn hash_copy_sources(
             h.update(b"src\0");
             h.update(rel.as_bytes());
             h.update(b"\0");
-            hash_entry(h, files, &rel, &p, &md)?;
+            hash_entry(h, files, &rel, &p, &md, seen)?;
             if md.is_dir() {
                 let base = if rel == "." { String::new() } else { rel.clone() };
                 for e in walkdir::WalkDir::new(&p).min_depth(1).sort_by_file_name() {
@@ -76,7 +79,7 @@ pub fn hash_copy_sources(
                     let md = e.metadata().map_err(|e| SolveError::Context(e.to_string()))?;
                     h.update(in_copy.as_bytes());
                     h.update(b"\0");
-                    hash_entry(h, files, &r, e.path(), &md)?;
+                    hash_entry(h, files, &r, e.path(), &md, seen)?;
                 }
             }
         }
@@ -85,16 +88,30 @@ pub fn hash_copy_sources(
 }
 
 /// Type and mode bits, then a file's size and content digest (from the stat cache when
-/// unchanged) or a link's target.
-fn hash_entry(h: &mut blake3::Hasher, files: &FileHashCache, rel: &str, p: &Path, md: &std::fs::Metadata) -> Result<(), SolveError> {
+/// unchanged) or a link's target. What was hashed is also noted in `seen` (path →
+/// `mode size digest`), for explaining a cache miss later.
+fn hash_entry(
+    h: &mut blake3::Hasher,
+    files: &FileHashCache,
+    rel: &str,
+    p: &Path,
+    md: &std::fs::Metadata,
+    seen: &mut BTreeMap<String, String>,
+) -> Result<(), SolveError> {
     h.update(&md.mode().to_le_bytes());
     let ft = md.file_type();
-    if ft.is_file() {
+    let note = if ft.is_file() {
         h.update(&md.len().to_le_bytes());
-        h.update(&files.digest(rel, p, md)?);
+        let d = files.digest(rel, p, md)?;
+        h.update(&d);
+        format!("{:o} {} {}", md.mode(), md.len(), hex::encode(&d[..12]))
     } else if ft.is_symlink() {
         let t = std::fs::read_link(p).map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
         h.update(t.as_os_str().as_encoded_bytes());
-    }
+        format!("{:o} -> {}", md.mode(), t.display())
+    } else {
+        format!("{:o}", md.mode())
+    };
+    seen.insert(rel.to_string(), note);
     Ok(())
 }

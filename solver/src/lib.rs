@@ -11,18 +11,20 @@
 //! # fn demo(solver: &Solver, def: &rdock_llb::Definition) {
 //! let locals = std::collections::HashMap::from([("context".to_string(), std::path::PathBuf::from("."))]);
 //! let secrets = std::collections::HashMap::new();
-//! let out = solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress, secrets: &secrets }).unwrap();
+//! let out = solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress, secrets: &secrets, target: None }).unwrap();
 //! println!("result snapshot: {:?}", out.top);
 //! # }
 //! ```
 
 mod cache;
 mod contenthash;
+mod explain;
 mod progress;
 mod solve;
 mod statcache;
 
 pub use cache::CacheStore;
+pub use explain::KeyInfo;
 pub use progress::{Event, EventKind, NoProgress, ProgressSink, RecordingProgress};
 pub use solve::{SolveOutput, SolveRequest, Solver};
 pub use statcache::{HashStats, RACY_WINDOW_NS};

@@ -22,6 +22,10 @@ pub enum EventKind {
     /// was read and how much the stat cache saved.
     #[serde(rename = "context-hashed")]
     ContextHashed,
+    /// A step missed the cache and will run; `reasons` says why, against the last build of
+    /// the same target.
+    #[serde(rename = "cache-miss")]
+    CacheMiss,
 }
 
 /// One progress event.
@@ -44,6 +48,9 @@ pub struct Event {
     /// For ContextHashed: files read and reused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hash_stats: Option<crate::HashStats>,
+    /// For CacheMiss: why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 impl Event {
@@ -58,6 +65,7 @@ impl Event {
             detail: String::new(),
             duration_ms: None,
             hash_stats: None,
+            reasons: Vec::new(),
         }
     }
 }

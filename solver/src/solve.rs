@@ -26,6 +26,9 @@ pub struct SolveRequest<'a> {
     /// socket path, for `RUN --mount=type=ssh`. They are handed to the worker only:
     /// never part of the graph, a cache key or an event.
     pub secrets: &'a HashMap<String, Vec<u8>>,
+    /// The build's identity (context, Dockerfile, stage, platform) for explaining cache
+    /// misses against the last build of the same target; None records nothing.
+    pub target: Option<&'a str>,
 }
 
 /// The result of a solve.
@@ -73,6 +76,9 @@ struct Run<'a> {
     fetched: HashMap<usize, rdock_worker::http::Fetched>,
     /// git sources, resolved to a commit while computing keys.
     commits: HashMap<usize, (rdock_llb::GitRef, String)>,
+    /// What each key was made of, for explaining misses.
+    infos: Vec<crate::explain::KeyInfo>,
+    explainer: Option<crate::explain::Explainer>,
     results: Vec<OnceLock<Result<Output, Arc<SolveError>>>>,
     executed: std::sync::atomic::AtomicUsize,
     cached: std::sync::atomic::AtomicUsize,
@@ -103,12 +109,15 @@ impl Solver {
             keys: Vec::new(),
             fetched: HashMap::new(),
             commits: HashMap::new(),
+            infos: Vec::new(),
+            explainer: req.target.map(|t| crate::explain::Explainer::load(self.worker.store(), t)).transpose()?,
             results: (0..def.nodes.len()).map(|_| OnceLock::new()).collect(),
             executed: Default::default(),
             cached: Default::default(),
         };
-        let (keys, fetched, commits) = self.cache_keys(&run)?;
+        let (keys, fetched, commits, infos) = self.cache_keys(&run)?;
         run.keys = keys;
+        run.infos = infos;
         run.fetched = fetched;
         run.commits = commits;
         let Some(terminal) = &def.terminal else {
@@ -116,6 +125,18 @@ impl Solver {
         };
         let t = *run.index.get(&terminal.digest).ok_or_else(|| SolveError::Definition("terminal is not in the definition".into()))?;
         let out = std::thread::scope(|s| self.solve_node(s, &run, t));
+        // Recorded whether or not the build succeeded: the steps that completed are cached,
+        // and the next build's misses are explained against this one.
+        if let Some(ex) = &run.explainer {
+            let steps: Vec<(crate::explain::KeyInfo, String)> = run
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| matches!(n.op, Op::Exec(_) | Op::File(_)))
+                .map(|(i, _)| (run.infos[i].clone(), run.keys[i].clone()))
+                .collect();
+            ex.record(&steps)?;
+        }
         // Every vertex that failed holds a clone of the error; drop them so the caller
         // gets the typed error itself.
         let executed = run.executed.load(std::sync::atomic::Ordering::Relaxed);
@@ -140,8 +161,17 @@ impl Solver {
     fn cache_keys(
         &self,
         run: &Run<'_>,
-    ) -> Result<(Vec<String>, HashMap<usize, rdock_worker::http::Fetched>, HashMap<usize, (rdock_llb::GitRef, String)>), SolveError> {
+    ) -> Result<
+        (
+            Vec<String>,
+            HashMap<usize, rdock_worker::http::Fetched>,
+            HashMap<usize, (rdock_llb::GitRef, String)>,
+            Vec<crate::explain::KeyInfo>,
+        ),
+        SolveError,
+    > {
         let mut keys: Vec<String> = Vec::with_capacity(run.nodes.len());
+        let mut infos: Vec<crate::explain::KeyInfo> = Vec::with_capacity(run.nodes.len());
         let mut fetched = HashMap::new();
         let mut commits = HashMap::new();
         let mut matchers: HashMap<usize, (PathBuf, PatternMatcher)> = HashMap::new();
@@ -150,6 +180,25 @@ impl Solver {
         for (i, node) in run.nodes.iter().enumerate() {
             let mut h = blake3::Hasher::new();
             h.update(b"rdock-cache-v1\0");
+            let meta = run.req.definition.metadata.get(&node.digest());
+            let mut info = crate::explain::KeyInfo::new(match meta {
+                Some(m) if !m.description.is_empty() => &m.description,
+                _ => "",
+            });
+            if info.name.is_empty() {
+                info = crate::explain::KeyInfo::new(&node.op.summary());
+            }
+            if let Op::Exec(e) = &node.op {
+                info.env = e.env.clone();
+            }
+            for input in &node.inputs {
+                let j = run.index[&input.digest];
+                let name = match &run.nodes[j].op {
+                    Op::Source(src) => src.identifier.clone(),
+                    _ => infos.get(j).map(|x: &crate::explain::KeyInfo| x.name.clone()).unwrap_or_default(),
+                };
+                info.inputs.push((name, keys[j].clone()));
+            }
             h.update(&serde_json::to_vec(&node.op).unwrap_or_default());
             for input in &node.inputs {
                 let j = run.index[&input.digest];
@@ -163,6 +212,7 @@ impl Solver {
                     let r = rdock_llb::parse_git_ref(spec).ok_or_else(|| SolveError::Definition(format!("not a git source: {spec}")))?;
                     let commit = rdock_worker::git::resolve_commit(&r).map_err(|e| SolveError::Context(e.to_string()))?;
                     h.update(commit.as_bytes());
+                    info.resolved = Some(format!("commit {commit}"));
                     commits.insert(i, (r, commit));
                 }
                 Op::Source(src) if src.identifier.starts_with("http://") || src.identifier.starts_with("https://") => {
@@ -171,6 +221,7 @@ impl Solver {
                     let f = rdock_worker::http::fetch(&src.identifier, src.attr("http.checksum"), self.worker.store().content())
                         .map_err(|e| SolveError::Context(e.to_string()))?;
                     h.update(f.digest.as_str().as_bytes());
+                    info.resolved = Some(f.digest.to_string());
                     h.update(&f.mtime.unwrap_or(0).to_le_bytes());
                     fetched.insert(i, f);
                 }
@@ -194,7 +245,7 @@ impl Solver {
                             && let Some(input) = node.inputs.get(ix as usize)
                             && let Some((dir, matcher)) = matchers.get(&run.index[&input.digest])
                         {
-                            hash_mount_source(&mut h, dir, &file_caches[dir], matcher, &m.selector)?;
+                            hash_mount_source(&mut h, dir, &file_caches[dir], matcher, &m.selector, &mut info.files)?;
                         }
                     }
                 }
@@ -204,13 +255,14 @@ impl Solver {
                             && let Some(input) = node.inputs.get(c.src_input as usize)
                             && let Some((dir, m)) = matchers.get(&run.index[&input.digest])
                         {
-                            hash_copy_sources(&mut h, dir, &file_caches[dir], m, c)?;
+                            hash_copy_sources(&mut h, dir, &file_caches[dir], m, c, &mut info.files)?;
                         }
                     }
                 }
                 _ => {}
             }
             keys.push(h.finalize().to_hex().to_string());
+            infos.push(info);
         }
         for (dir, files) in &file_caches {
             files.persist()?;
@@ -218,7 +270,7 @@ impl Solver {
             e.hash_stats = Some(files.stats());
             run.req.progress.event(e);
         }
-        Ok((keys, fetched, commits))
+        Ok((keys, fetched, commits, infos))
     }
 
     fn solve_node<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, run: &'s Run<'s>, i: usize) -> Result<Output, Arc<SolveError>> {
@@ -295,6 +347,11 @@ impl Solver {
                     progress.event(Event::new(EventKind::Cached, &vertex, &name));
                     run.cached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(Output::Snapshot(Some(snap)));
+                }
+                if let Some(ex) = &run.explainer {
+                    let mut e = Event::new(EventKind::CacheMiss, &vertex, &name);
+                    e.reasons = ex.why(&run.infos[i], key, meta.ignore_cache);
+                    progress.event(e);
                 }
                 progress.event(Event::new(EventKind::Started, &vertex, &name));
                 let started = std::time::Instant::now();
