@@ -4,6 +4,7 @@
 //! file changes nothing; editing one changes only the copies that read it.
 
 use crate::SolveError;
+use crate::explain::{FileContent, FileNote};
 use crate::statcache::FileHashCache;
 use rdock_llb::CopyAction;
 use rdock_llb::patterns::PatternMatcher;
@@ -20,7 +21,7 @@ pub fn hash_mount_source(
     files: &FileHashCache,
     excludes: &PatternMatcher,
     path: &str,
-    seen: &mut BTreeMap<String, String>,
+    seen: &mut BTreeMap<String, FileNote>,
 ) -> Result<(), SolveError> {
     let copy = CopyAction {
         src_input: 0,
@@ -44,7 +45,7 @@ pub fn hash_copy_sources(
     files: &FileHashCache,
     excludes: &PatternMatcher,
     copy: &CopyAction,
-    seen: &mut BTreeMap<String, String>,
+    seen: &mut BTreeMap<String, FileNote>,
 ) -> Result<(), SolveError> {
     let src = CopySource { root: dir, excludes: Some(excludes), reset_ownership: true };
     let copy_excludes = PatternMatcher::new(&copy.exclude).map_err(|e| SolveError::Context(format!("invalid --exclude pattern: {e}")))?;
@@ -96,22 +97,24 @@ fn hash_entry(
     rel: &str,
     p: &Path,
     md: &std::fs::Metadata,
-    seen: &mut BTreeMap<String, String>,
+    seen: &mut BTreeMap<String, FileNote>,
 ) -> Result<(), SolveError> {
     h.update(&md.mode().to_le_bytes());
     let ft = md.file_type();
-    let note = if ft.is_file() {
+    let content = if ft.is_file() {
         h.update(&md.len().to_le_bytes());
         let d = files.digest(rel, p, md)?;
         h.update(&d);
-        format!("{:o} {} {}", md.mode(), md.len(), hex::encode(&d[..12]))
+        let mut prefix = [0u8; 12];
+        prefix.copy_from_slice(&d[..12]);
+        FileContent::Digest(prefix)
     } else if ft.is_symlink() {
         let t = std::fs::read_link(p).map_err(|e| SolveError::Context(format!("{}: {e}", p.display())))?;
         h.update(t.as_os_str().as_encoded_bytes());
-        format!("{:o} -> {}", md.mode(), t.display())
+        FileContent::Link(t.to_string_lossy().into_owned())
     } else {
-        format!("{:o}", md.mode())
+        FileContent::None
     };
-    seen.insert(rel.to_string(), note);
+    seen.insert(rel.to_string(), FileNote { mode: md.mode(), size: md.len(), content });
     Ok(())
 }

@@ -28,8 +28,31 @@ pub struct KeyInfo {
     pub resolved: Option<String>,
     /// Input steps, by name, with their keys.
     pub inputs: Vec<(String, String)>,
-    /// Context files read, path → `mode size digest` (or `mode -> target` for a link).
-    pub files: BTreeMap<String, String>,
+    /// Context files read, by path.
+    pub files: BTreeMap<String, FileNote>,
+}
+
+/// What a context file contributed to a key: cheap to note for every file on every build
+/// (no formatting), compared only when a miss is explained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileNote {
+    /// st_mode (type and permission bits).
+    pub mode: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// The first 12 bytes of the content digest (files), or the link target (symlinks).
+    pub content: FileContent,
+}
+
+/// A file's content digest prefix, a link's target, or nothing (directories).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileContent {
+    /// Regular file.
+    Digest([u8; 12]),
+    /// Symlink.
+    Link(String),
+    /// Directory or other.
+    None,
 }
 
 /// The step part of a name: `[final 3/5]`, the position that identifies a step across
@@ -172,10 +195,7 @@ fn diff(prev: &KeyInfo, now: &KeyInfo) -> Vec<String> {
         match prev.files.get(p) {
             None => changed.push(format!("{p} (added)")),
             Some(old) if old != d => {
-                let how = match (old.split(' ').next(), d.split(' ').next()) {
-                    (Some(a), Some(b)) if a != b => "mode",
-                    _ => "content",
-                };
+                let how = if old.mode != d.mode { "mode" } else { "content" };
                 changed.push(format!("{p} ({how} changed)"));
             }
             _ => {}
@@ -218,13 +238,14 @@ mod tests {
     fn differences_are_named() {
         let mut a = KeyInfo::new("[final 2/3] RUN make");
         a.env = vec!["V=1".into(), "GONE=x".into()];
-        a.files.insert("src/a.c".into(), "100644 3 aa".into());
-        a.files.insert("src/old.c".into(), "100644 3 bb".into());
+        let note = |mode, d| FileNote { mode, size: 3, content: FileContent::Digest([d; 12]) };
+        a.files.insert("src/a.c".into(), note(0o100644, 1));
+        a.files.insert("src/old.c".into(), note(0o100644, 2));
         a.inputs.push(("docker-image://busybox@sha256:1".into(), "k1".into()));
         let mut b = KeyInfo::new("[final 2/3] RUN make all");
         b.env = vec!["V=2".into()];
-        b.files.insert("src/a.c".into(), "100755 3 aa".into());
-        b.files.insert("src/new.c".into(), "100644 3 cc".into());
+        b.files.insert("src/a.c".into(), note(0o100755, 1));
+        b.files.insert("src/new.c".into(), note(0o100644, 3));
         b.inputs.push(("docker-image://busybox@sha256:2".into(), "k2".into()));
         let why = diff(&a, &b);
         assert_eq!(
