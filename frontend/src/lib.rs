@@ -32,4 +32,4 @@ pub mod runmount;
 pub mod shell;
 
 pub use error::{DockerfileError, Location};
-pub use lower::{BuildOptions, DEFAULT_PATH, FrontendError, HISTORY_COMMENT, ImageResolver, Lowered, ResolvedImage, host_arch, lower};
+pub use lower::{BuildOptions, DEFAULT_PATH, FrontendError, HISTORY_COMMENT, ImageResolver, Lowered, ResolvedImage, lower};

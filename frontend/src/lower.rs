@@ -83,20 +83,6 @@ impl BuildOptions {
     }
 }
 
-/// GOARCH spelling of the architecture this was compiled for.
-pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "arm" => "arm",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
-    }
-}
-
 /// Why lowering failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {

@@ -186,7 +186,7 @@ fn onbuild_triggers_run_first_and_are_not_inherited() {
 fn base_image_platform_is_checked() {
     let out = lower("FROM arm\n", &BuildOptions::default(), &Images).unwrap();
     let rules: Vec<&str> = out.warnings.iter().map(|w| w.rule).collect();
-    if rdock_frontend::host_arch() != "arm64" {
+    if Platform::host().architecture != "arm64" {
         assert_eq!(rules, vec!["InvalidBaseImagePlatform"]);
         assert!(out.warnings[0].message.contains("\"linux/arm64\""), "{}", out.warnings[0].message);
     }

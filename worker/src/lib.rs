@@ -416,7 +416,7 @@ impl Worker {
                 mounts: extra,
             };
             let res = self.executor.run(&spec, &mounts[0], output).map_err(|e| match (e, &op.platform) {
-                (ExecError::ExecFormat { program }, Some(p)) if p != &Platform::host().to_string() => {
+                (ExecError::ExecFormat { program }, Some(p)) if Platform::parse(p).map_or(true, |p| !p.satisfies(&Platform::host())) => {
                     WorkerError::NoEmulator { program, platform: p.clone(), host: Platform::host().to_string() }
                 }
                 (e, _) => WorkerError::Exec(e),
