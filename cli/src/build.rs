@@ -347,6 +347,8 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
     let ignore =
         std::fs::read_to_string(&specific).or_else(|_| std::fs::read_to_string(req.context.join(".dockerignore"))).unwrap_or_default();
     let store = crate::open_store()?;
+    // Held until the outputs are written: garbage collection waits for it.
+    let lease = store.lease()?;
     let images = ImageStore::new(store.clone());
     let opts = BuildOptions {
         filename: req.dockerfile.display().to_string(),
@@ -460,5 +462,6 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
         }
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
     }
+    drop(lease);
     Ok(summary)
 }

@@ -1,4 +1,4 @@
-//! `rdock images | tag | rmi | inspect | history | load | save | du`.
+//! `rdock images | tag | rmi | inspect | history | load | save | du | fsck`.
 
 use crate::UsageError;
 use anyhow::Context;
@@ -156,5 +156,22 @@ pub fn du() -> anyhow::Result<()> {
     println!("{:<12} {:>12}", "blobs", human(blobs));
     println!("{:<12} {:>12}", "snapshots", human(snaps));
     println!("{:<12} {:>12}", "total", human(blobs + snaps));
+    Ok(())
+}
+
+/// `rdock fsck`: verifies the store (every blob against its digest, every record against
+/// what it names) and fails if anything is inconsistent.
+pub fn fsck() -> anyhow::Result<()> {
+    let store = crate::open_store()?;
+    let mut problems = store.check()?;
+    problems.extend(ImageStore::new(store.clone()).referenced()?.problems);
+    problems.extend(rdock_solver::CacheStore::new(store.clone())?.check()?);
+    for p in &problems {
+        println!("{p}");
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{} problem{} in the store at {}", problems.len(), if problems.len() == 1 { "" } else { "s" }, store.root().display());
+    }
+    println!("store at {} is consistent", store.root().display());
     Ok(())
 }

@@ -26,4 +26,4 @@ pub use error::OciError;
 pub use filesystem::{export_local, export_tar};
 pub use image::{CommittedImage, chain_snapshot_name, commit_image, ensure_unpacked};
 pub use load::load_archive;
-pub use store::{ImageRecord, ImageStore};
+pub use store::{ImageRecord, ImageStore, Referenced};

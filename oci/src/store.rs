@@ -184,6 +184,55 @@ impl ImageStore {
     }
 }
 
+/// The blobs tagged images need, and what is wrong with them.
+#[derive(Debug, Default)]
+pub struct Referenced {
+    /// Every manifest, index, config and layer blob some tagged name reaches.
+    pub blobs: std::collections::HashSet<Digest>,
+    /// Blobs a tagged image names that are missing or unreadable, one sentence each.
+    pub problems: Vec<String>,
+}
+
+impl ImageStore {
+    /// What tagged images need: garbage collection never removes these, and `fsck`
+    /// reports any that are missing.
+    pub fn referenced(&self) -> Result<Referenced, OciError> {
+        let mut out = Referenced::default();
+        let content = self.store.content();
+        for img in self.list()? {
+            let mut todo = vec![img.manifest.clone()];
+            while let Some(d) = todo.pop() {
+                if !out.blobs.insert(d.clone()) {
+                    continue;
+                }
+                let bytes = match content.read(&d) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        out.problems.push(format!("image {}: {e}", img.name));
+                        continue;
+                    }
+                };
+                if let Some(index) = as_index(&bytes) {
+                    todo.extend(index.manifests.into_iter().map(|m| m.digest));
+                    continue;
+                }
+                match serde_json::from_slice::<Manifest>(&bytes) {
+                    Ok(m) => {
+                        for blob in std::iter::once(&m.config).chain(m.layers.iter()) {
+                            out.blobs.insert(blob.digest.clone());
+                            if !content.contains(&blob.digest) {
+                                out.problems.push(format!("image {}: blob {} is not in the store", img.name, blob.digest));
+                            }
+                        }
+                    }
+                    Err(e) => out.problems.push(format!("image {}: manifest {d}: {e}", img.name)),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The document as an index, if it is one (by media type, or by having `manifests`).
 fn as_index(bytes: &[u8]) -> Option<Index> {
     #[derive(serde::Deserialize)]

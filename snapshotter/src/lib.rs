@@ -14,6 +14,7 @@
 //! snapshots/ID/fs    snapshot contents (an overlay upper dir)
 //! snapshots/ID/work  overlay work dir while active
 //! tmp/               in-flight writes
+//! locks/             flock files: the store lease, and one per cache key being built
 //! ```
 //!
 //! ```no_run
@@ -24,10 +25,12 @@
 //! ```
 
 mod apply;
+mod check;
 mod content;
 mod db;
 mod diff;
 mod error;
+pub mod lock;
 mod mount;
 mod overlay;
 mod whiteout;
@@ -78,7 +81,7 @@ impl Store {
     /// Opens (creating on first use) the store at `root`, and clears what a killed
     /// process left: its temporary files and its active snapshots.
     pub fn open(root: &Path) -> Result<Store, SnapshotError> {
-        for d in ["blobs/sha256", "snapshots", "tmp"] {
+        for d in ["blobs/sha256", "snapshots", "tmp", "locks"] {
             std::fs::create_dir_all(root.join(d)).map_err(|e| SnapshotError::io(root.join(d), e))?;
         }
         let db = Arc::new(Db::open(&root.join("metadata.db"))?);
@@ -106,5 +109,23 @@ impl Store {
     /// The snapshotter.
     pub fn snapshots(&self) -> &Arc<OverlaySnapshotter> {
         &self.snapshots
+    }
+
+    /// The store lease a build holds while it runs (shared with other builds): garbage
+    /// collection waits for every lease to go, so it never removes what a build uses.
+    pub fn lease(&self) -> Result<lock::FileLock, SnapshotError> {
+        let l = lock::flock(&self.root.join("locks/store"), lock::Mode::Shared, lock::Wait::Block)?;
+        l.ok_or_else(|| SnapshotError::io(self.root.join("locks/store"), std::io::Error::from(std::io::ErrorKind::WouldBlock)))
+    }
+
+    /// The store to itself, for garbage collection: no build runs while it is held.
+    /// `Ok(None)` if builds hold leases and `wait` is `NoWait`.
+    pub fn exclusive(&self, wait: lock::Wait) -> Result<Option<lock::FileLock>, SnapshotError> {
+        lock::flock(&self.root.join("locks/store"), lock::Mode::Exclusive, wait)
+    }
+
+    /// One process at a time works on `name` (a cache key); see [`lock::name_lock`].
+    pub fn name_lock(&self, name: &str, wait: lock::Wait) -> Result<Option<lock::FileLock>, SnapshotError> {
+        lock::name_lock(&self.root.join("locks"), &format!("key-{name}"), wait)
     }
 }

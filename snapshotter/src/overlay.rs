@@ -213,6 +213,23 @@ impl OverlaySnapshotter {
         for k in stale {
             let _ = self.remove(&k);
         }
+        // Directories whose record is gone: a process killed inside `remove`, which deletes
+        // the record first. Records are written before directories, so a directory read
+        // before the record query cannot belong to a snapshot being created.
+        let snaps = self.root.join("snapshots");
+        let dirs: Vec<i64> = std::fs::read_dir(&snaps)
+            .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect())
+            .unwrap_or_default();
+        if !dirs.is_empty() {
+            let known: std::collections::HashSet<i64> = {
+                let conn = self.db.conn();
+                let mut stmt = conn.prepare("SELECT id FROM snapshots")?;
+                stmt.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<_, _>>()?
+            };
+            for id in dirs.into_iter().filter(|id| !known.contains(id)) {
+                let _ = std::fs::remove_dir_all(self.dir(id));
+            }
+        }
         // Mounts a killed process left under tmp/ (file ops mount in the host namespace):
         // detach them before anything below is removed, or removal would reach into
         // committed snapshots.
@@ -398,7 +415,7 @@ pub fn active_key(purpose: &str) -> String {
 }
 
 /// Parses the pid out of keys and temp names written as `purpose-PID-…`.
-fn owner_alive(name: &str) -> bool {
+pub(crate) fn owner_alive(name: &str) -> bool {
     let Some(pid) = name.split('-').nth(1).and_then(|p| p.parse::<i32>().ok()) else {
         return true;
     };

@@ -1,7 +1,7 @@
 //! Cache records: cache key → committed snapshot, in the shared metadata database.
 
 use crate::SolveError;
-use rdock_snapshotter::Store;
+use rdock_snapshotter::{Snapshotter, Store};
 use rusqlite::{OptionalExtension, params};
 
 /// The persistent cache index.
@@ -32,7 +32,18 @@ impl CacheStore {
                 let _ = self.store.db().conn().execute("UPDATE cache SET last_used = ?1 WHERE key = ?2", params![now(), key]);
                 Ok(Some(s))
             }
-            _ => Ok(None),
+            _ => {
+                // A step's result is committed as `op-KEY` before its record is written: a
+                // build killed between the two left a complete result without a record.
+                let name = format!("op-{key}");
+                match self.store.snapshots().stat(&name) {
+                    Ok(info) if info.kind == rdock_snapshotter::Kind::Committed => {
+                        self.put(key, &name)?;
+                        Ok(Some(name))
+                    }
+                    _ => Ok(None),
+                }
+            }
         }
     }
 
@@ -44,6 +55,24 @@ impl CacheStore {
             params![key, snapshot, t],
         )?;
         Ok(())
+    }
+
+    /// Records whose snapshot is missing or not committed, one sentence each (`fsck`).
+    pub fn check(&self) -> Result<Vec<String>, SolveError> {
+        let rows: Vec<(String, String)> = {
+            let conn = self.store.db().conn();
+            let mut stmt = conn.prepare("SELECT key, snapshot FROM cache")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+        };
+        let mut problems = Vec::new();
+        for (key, snap) in rows {
+            match self.store.snapshots().stat(&snap) {
+                Ok(i) if i.kind == rdock_snapshotter::Kind::Committed => {}
+                Ok(i) => problems.push(format!("cache record {key}: snapshot {snap} is {:?}, not committed", i.kind)),
+                Err(_) => problems.push(format!("cache record {key}: snapshot {snap} does not exist")),
+            }
+        }
+        Ok(problems)
     }
 
     /// Number of records.

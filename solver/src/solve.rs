@@ -341,12 +341,23 @@ impl Solver {
                 Err(SolveError::Definition(format!("unsupported source {}", src.identifier)))
             }
             Op::Exec(_) | Op::File(_) => {
-                if !meta.ignore_cache
-                    && let Some(snap) = self.cache.get(key)?
-                {
+                let hit = |run: &Run<'_>| -> Result<Option<Output>, SolveError> {
+                    if meta.ignore_cache {
+                        return Ok(None);
+                    }
+                    let Some(snap) = self.cache.get(key)? else { return Ok(None) };
                     progress.event(Event::new(EventKind::Cached, &vertex, &name));
                     run.cached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(Output::Snapshot(Some(snap)));
+                    Ok(Some(Output::Snapshot(Some(snap))))
+                };
+                if let Some(out) = hit(run)? {
+                    return Ok(out);
+                }
+                // One process at a time runs a key: another build running the same step
+                // finishes it, and this one then takes its result from the cache.
+                let _running = self.worker.store().name_lock(key, rdock_snapshotter::lock::Wait::Block)?;
+                if let Some(out) = hit(run)? {
+                    return Ok(out);
                 }
                 if let Some(ex) = &run.explainer {
                     let mut e = Event::new(EventKind::CacheMiss, &vertex, &name);

@@ -5,23 +5,19 @@
 
 use crate::WorkerError;
 use rdock_llb::CacheSharing;
-use std::fs::File;
-use std::os::fd::AsRawFd;
+use rdock_snapshotter::lock::{FileLock, Mode, Wait};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// A cache directory in use; its lock (if any) is released when dropped.
 pub(crate) struct Held {
     pub(crate) dir: PathBuf,
-    _lock: Option<File>,
+    _lock: Option<FileLock>,
 }
 
-fn lock(path: &Path, blocking: bool) -> Result<Option<File>, WorkerError> {
-    let f = File::options().create(true).truncate(false).write(true).open(path).map_err(|e| WorkerError::Io(path.to_path_buf(), e))?;
-    let op = if blocking { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
-    // SAFETY: flock on a descriptor we own.
-    let r = unsafe { libc::flock(f.as_raw_fd(), op) };
-    if r == 0 { Ok(Some(f)) } else { Ok(None) }
+fn lock(path: &Path, blocking: bool) -> Result<Option<FileLock>, WorkerError> {
+    let wait = if blocking { Wait::Block } else { Wait::NoWait };
+    Ok(rdock_snapshotter::lock::flock(path, Mode::Exclusive, wait)?)
 }
 
 fn ensure_dir(dir: &Path, mode: u32, uid: u32, gid: u32, seed: Option<&Path>) -> Result<(), WorkerError> {

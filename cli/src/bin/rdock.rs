@@ -106,6 +106,8 @@ enum Command {
     },
     /// Disk usage of the store.
     Du,
+    /// Verify the store: blobs against their digests, records against what they name.
+    Fsck,
     /// Remove unused data (not supported yet).
     Prune {
         /// Everything unused.
@@ -160,6 +162,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Pull { .. } => not_yet("rdock pull"),
         Command::Push { .. } => not_yet("rdock push"),
         Command::Du => commands::du(),
+        Command::Fsck => commands::fsck(),
         Command::Prune { .. } => not_yet("rdock prune"),
     }
 }

@@ -1,0 +1,259 @@
+//! The store under stress: several builds at once on one store, builds killed with
+//! SIGKILL at random points, and garbage collection (`du`, `prune`, the configured cap).
+//! Every test ends with `rdock fsck`, which hashes every blob and checks every record
+//! against what it names.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn fsck(f: &Fixture) {
+    let out = f.rdock(&["fsck"]);
+    assert_ok(&out);
+}
+
+fn spawn_build(f: &Fixture, ctx: &std::path::Path, extra: &[&str]) -> Child {
+    let c = format!("context={}", ctx.display());
+    let d = format!("dockerfile={}", ctx.display());
+    Command::new(RDOCK_BUILD)
+        .args(["--frontend", "dockerfile", "--local", &c, "--local", &d, "--progress=rawjson"])
+        .args(extra)
+        .env("RDOCK_ROOT", &f.root)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn events_of(stderr: &str) -> Vec<serde_json::Value> {
+    stderr.lines().filter(|l| l.starts_with('{')).filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn names_with(events: &[serde_json::Value], kind: &str) -> Vec<String> {
+    events.iter().filter(|e| e["kind"] == kind).map(|e| e["name"].as_str().unwrap_or("").to_string()).collect()
+}
+
+fn metadata_digest(p: &std::path::Path) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    v["containerimage.digest"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn concurrent_builds_on_one_store_run_each_step_once_and_share_results() {
+    let f = Fixture::new();
+    let ctx = f.ctx(
+        "shared",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY f /f\nRUN sleep 1 && echo ran > /ran\nRUN cat /f /ran > /both\n"),
+            ("f", "context file\n"),
+        ],
+    );
+    // Three builds of one Dockerfile, started together.
+    let children: Vec<(Child, std::path::PathBuf)> = (0..3)
+        .map(|i| {
+            let meta = f.path(&format!("meta{i}.json"));
+            let out = format!("type=oci,dest={}", f.path(&format!("out{i}.tar")).display());
+            let child = spawn_build(&f, &ctx, &["--output", &out, "--metadata-file", meta.to_str().unwrap()]);
+            (child, meta)
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut digests = BTreeSet::new();
+    for (child, meta) in children {
+        let out = child.wait_with_output().unwrap();
+        assert_ok(&out);
+        all.extend(events_of(&stderr(&out)));
+        digests.insert(metadata_digest(&meta));
+    }
+    for step in ["COPY f /f", "RUN sleep 1", "RUN cat /f /ran"] {
+        let started = names_with(&all, "started").iter().filter(|n| n.contains(step)).count();
+        let cached = names_with(&all, "cached").iter().filter(|n| n.contains(step)).count();
+        assert_eq!((started, cached), (1, 2), "{step}: ran once, the other two builds took its result");
+    }
+    assert_eq!(digests.len(), 1, "the three builds wrote one image: {digests:?}");
+    let img = read_image(&f.path("out2.tar"));
+    assert_eq!(img.layers.len(), 4);
+    let both = img.layers[3].iter().find(|e| e.path == "both").expect("/both in the last layer");
+    assert_eq!(String::from_utf8_lossy(&both.data), "context file\nran\n");
+
+    // Different Dockerfiles sharing a prefix, while images are tagged and listed.
+    let other = f.ctx(
+        "other",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY f /f\nRUN sleep 1 && echo ran > /ran\nRUN echo other > /other\n"),
+            ("f", "context file\n"),
+        ],
+    );
+    let a = spawn_build(&f, &ctx, &["--no-cache"]);
+    let b = spawn_build(&f, &other, &["--output", "type=image,name=other:1"]);
+    let c = spawn_build(&f, &other, &["--output", "type=image,name=other:2"]);
+    for _ in 0..5 {
+        assert_ok(&f.rdock(&["tag", "busybox", "bb:again"]));
+        assert_ok(&f.rdock(&["images"]));
+    }
+    let outs: Vec<_> = [a, b, c].into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for o in &outs {
+        assert_ok(o);
+    }
+    let ev: Vec<_> = outs[1..].iter().flat_map(|o| events_of(&stderr(o))).collect();
+    let other_runs = names_with(&ev, "started").iter().filter(|n| n.contains("echo other")).count();
+    assert_eq!(other_runs, 1, "the two builds of `other` ran its new step once");
+    let images = String::from_utf8_lossy(&f.rdock(&["images"]).stdout).into_owned();
+    assert!(images.contains("other") && images.contains("bb"), "{images}");
+    fsck(&f);
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+    assert!(std::fs::read_dir(f.root.join("locks")).unwrap().flatten().all(|e| e.file_name() == "store"), "key locks are removed");
+}
+
+/// Kill points: a small LCG, seeded from the clock unless RDOCK_KILL_SEED is set, so a
+/// failure can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn kill_context(f: &Fixture) -> std::path::PathBuf {
+    let mut files: Vec<(String, String)> = (0..300).map(|i| (format!("data/d{}/f{i}", i % 7), format!("{i}\n").repeat(200 + i))).collect();
+    files.push((
+        "Dockerfile".into(),
+        "FROM busybox\n\
+         COPY data /data\n\
+         RUN seq 1 200000 > /numbers && echo one\n\
+         RUN cp -r /data /copy && rm /copy/d1/f1 && echo two\n\
+         RUN sleep 0.3 && echo three > /three # kill-test-marker\n\
+         COPY data/d2 /more\n\
+         RUN echo four > /four\n"
+            .into(),
+    ));
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    f.ctx("killctx", &refs)
+}
+
+fn marker_processes() -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmd).contains("kill-test-marker")
+        {
+            found.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
+fn mounts_under(root: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(root.to_str().unwrap()))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn sigkill_at_random_points_leaves_a_consistent_store_that_reuses_every_completed_step() {
+    let seed: u64 = std::env::var("RDOCK_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    eprintln!("kill points from RDOCK_KILL_SEED={seed}");
+    let mut rng = Lcg(seed);
+    let out_args = |f: &Fixture| {
+        vec![
+            "--output".to_string(),
+            format!("type=oci,dest={},name=killed:1", f.path("out.tar").display()),
+            "--output".to_string(),
+            "type=image,name=killed:1".to_string(),
+        ]
+    };
+    // A whole build, to know how long one takes.
+    let reference = Fixture::new();
+    let ctx = kill_context(&reference);
+    let t0 = Instant::now();
+    let args = out_args(&reference);
+    let out = spawn_build(&reference, &ctx, &args.iter().map(String::as_str).collect::<Vec<_>>()).wait_with_output().unwrap();
+    assert_ok(&out);
+    let whole = t0.elapsed();
+    let steps = names_with(&events_of(&stderr(&out)), "completed").len();
+    assert_eq!(steps, 6, "{}", stderr(&out));
+
+    // Kill after each step's completion event, and at random times through the build
+    // (hashing, inside steps, committing, exporting, tagging).
+    let mut points: Vec<(Option<usize>, Duration)> = (1..=steps).map(|n| (Some(n), Duration::ZERO)).collect();
+    points.extend((0..6).map(|_| (None, whole.mul_f64(rng.next() * 1.1))));
+    for (after_completed, delay) in points {
+        let f = Fixture::new();
+        let ctx = kill_context(&f);
+        let args = out_args(&f);
+        let mut child = spawn_build(&f, &ctx, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let stream = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let mut seen: Vec<serde_json::Value> = Vec::new();
+        let deadline = Instant::now() + delay;
+        loop {
+            let done = match after_completed {
+                Some(n) => names_with(&seen, "completed").len() >= n,
+                None => Instant::now() >= deadline,
+            };
+            if done {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(2)) {
+                Ok(v) => seen.push(v),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(_) => break,
+            }
+        }
+        // SIGKILL; whatever the reader got before the kill was printed before it.
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        reader.join().unwrap();
+        seen.extend(rx.try_iter());
+        let point = format!("kill point {after_completed:?}/{delay:?} (exit {status:?})");
+        let completed: Vec<String> = names_with(&seen, "completed");
+        eprintln!("{point}: {} steps had completed", completed.len());
+
+        // The sandboxed step dies with the build.
+        let t = Instant::now();
+        while !marker_processes().is_empty() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(marker_processes().is_empty(), "{point}: a step outlived its build: {:?}", marker_processes());
+        // The next command finds a consistent store: fsck opens it (clearing what the dead
+        // process held) and verifies every blob and record.
+        fsck(&f);
+        assert!(mounts_under(&f.root).is_empty(), "{point}: mounts left: {:?}", mounts_under(&f.root));
+        assert!(f.leftovers().is_empty(), "{point}: {:?}", f.leftovers());
+
+        let out = spawn_build(&f, &ctx, &args.iter().map(String::as_str).collect::<Vec<_>>()).wait_with_output().unwrap();
+        assert_ok(&out);
+        let ev = events_of(&stderr(&out));
+        let cached = names_with(&ev, "cached");
+        for c in &completed {
+            assert!(cached.contains(c), "{point}: {c} had completed before the kill but was not reused; cached: {cached:?}");
+        }
+        let img = read_image(&f.path("out.tar"));
+        assert_eq!(img.layers.len(), 7, "{point}");
+        let four = img.layers[6].iter().find(|e| e.path == "four").expect("/four");
+        assert_eq!(four.data, b"four\n");
+        fsck(&f);
+        assert!(String::from_utf8_lossy(&f.rdock(&["images"]).stdout).contains("killed"), "{point}: the image is tagged");
+    }
+}
