@@ -257,3 +257,152 @@ fn sigkill_at_random_points_leaves_a_consistent_store_that_reuses_every_complete
         assert!(String::from_utf8_lossy(&f.rdock(&["images"]).stdout).contains("killed"), "{point}: the image is tagged");
     }
 }
+
+fn du_json(f: &Fixture) -> serde_json::Value {
+    let out = f.rdock(&["du", "--format", "json"]);
+    assert_ok(&out);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn kind_of<'a>(du: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    du["kinds"].as_array().unwrap().iter().find(|k| k["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in {du}"))
+}
+
+fn du_sb1(p: &std::path::Path) -> u64 {
+    sh("du", &["-sB1", p.to_str().unwrap()]).split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn ran(f: &Fixture, ctx: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let (out, ev) = f.build_events(ctx, extra);
+    assert_ok(&out);
+    ev.iter().filter(|e| e["kind"] == "started").map(|e| e["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn du_and_prune_free_least_recently_used_first_and_never_a_tagged_image() {
+    let f = Fixture::new();
+    let a = f.ctx("a", &[("Dockerfile", "FROM busybox\nRUN dd if=/dev/zero of=/a bs=1k count=2048 2>/dev/null\n")]);
+    let b = f.ctx(
+        "b",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,target=/c dd if=/dev/zero of=/c/z bs=1k count=512 2>/dev/null\n\
+             RUN dd if=/dev/zero of=/b bs=1k count=3072 2>/dev/null\n",
+        )],
+    );
+    assert_eq!(ran(&f, &a, &[]).len(), 1);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(ran(&f, &b, &[]).len(), 2);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(ran(&f, &a, &[]).is_empty(), "a's step is cached, and now used more recently than b's");
+
+    let du = du_json(&f);
+    let on_disk = du_sb1(&f.root);
+    let total = du["total"].as_u64().unwrap();
+    assert!(total <= on_disk + (64 << 10) && total * 10 >= on_disk * 9, "du says {total}, du -sB1 says {on_disk}");
+    let snaps = kind_of(&du, "snapshots");
+    assert!(snaps["size"].as_u64().unwrap() > 5 << 20, "{du}");
+    assert_eq!(snaps["reclaimable"], snaps["size"], "no tagged image holds a build result: {du}");
+    let caches = kind_of(&du, "cache-mounts");
+    assert!(caches["size"].as_u64().unwrap() >= 512 << 10 && caches["count"] == 1, "{du}");
+    let images = kind_of(&du, "images");
+    assert!(images["size"].as_u64().unwrap() > 0 && images["reclaimable"] == 0, "busybox's blobs are needed: {du}");
+    let text = String::from_utf8_lossy(&f.rdock(&["du"]).stdout).into_owned();
+    for k in ["images", "layers", "snapshots", "cache mounts", "total", "RECLAIMABLE"] {
+        assert!(text.contains(k), "{text}");
+    }
+
+    // Nothing was last used an hour ago.
+    let out = f.rdock(&["prune", "--filter", "until=1h"]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0B (0 items)"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(f.rdock(&["prune", "--filter", "since=1h"]).status.code(), Some(2), "unknown filters are usage errors");
+    assert_eq!(f.rdock(&["prune", "--keep-storage", "lots"]).status.code(), Some(2));
+
+    // Room for a's result but not b's: b's go (used least recently), a's stay.
+    let keep = total - (3 << 20);
+    let out = f.rdock(&["prune", "--keep-storage", &keep.to_string(), "-v"]);
+    assert_ok(&out);
+    let after = du_json(&f)["total"].as_u64().unwrap();
+    assert!(after <= keep, "{after} > {keep}: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(ran(&f, &a, &[]).is_empty(), "a's result was kept");
+    let rerun = ran(&f, &b, &[]);
+    assert!(rerun.iter().any(|n| n.contains("count=3072")), "b's result was pruned: {rerun:?}");
+    fsck(&f);
+
+    // A tagged image survives `prune --all`: it saves, and serves as a base again.
+    let out = f.build(&a, &["--output", "type=image,name=kept:1"]);
+    assert_ok(&out);
+    let out = f.rdock(&["prune", "--all"]);
+    assert_ok(&out);
+    let du = du_json(&f);
+    assert_eq!(kind_of(&du, "snapshots")["count"], 0, "{du}");
+    assert_eq!(kind_of(&du, "cache-mounts")["count"], 0, "{du}");
+    assert_eq!(du["reclaimable"], 0, "{du}");
+    fsck(&f);
+    let saved = f.path("kept.tar");
+    assert_ok(&f.rdock(&["save", "-o", saved.to_str().unwrap(), "kept:1"]));
+    let img = read_image(&f.path("kept.tar"));
+    assert!(img.layers[1].iter().any(|e| e.path == "a" && e.data.len() == 2 << 20));
+    let c = f.ctx("c", &[("Dockerfile", "FROM kept:1\nRUN test -s /a && echo ok > /ok\n")]);
+    assert_eq!(ran(&f, &c, &[]).len(), 1);
+    fsck(&f);
+}
+
+#[test]
+fn the_configured_cap_holds_after_every_build_and_prune_waits_for_running_builds() {
+    let f = Fixture::new();
+    let base = du_json(&f)["total"].as_u64().unwrap();
+    let cap = base + (3 << 20);
+    let step = |name: &str, kb: u32| {
+        f.ctx(name, &[("Dockerfile", &format!("FROM busybox\nRUN dd if=/dev/zero of=/{name} bs=1k count={kb} 2>/dev/null\n"))])
+    };
+    let builds = [step("c", 2048), step("d", 2048), step("e", 1024)];
+    for ctx in &builds {
+        let c = format!("context={}", ctx.display());
+        let out = Command::new(RDOCK_BUILD)
+            .args(["--frontend", "dockerfile", "--local", &c, "--local", &format!("dockerfile={}", ctx.display())])
+            .env("RDOCK_ROOT", &f.root)
+            .env("RDOCK_GC_KEEP_STORAGE", cap.to_string())
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        let total = du_json(&f)["total"].as_u64().unwrap();
+        assert!(total <= cap, "after {}: {total} > cap {cap}\n{}", ctx.display(), stderr(&out));
+        assert!(du_sb1(&f.root) <= cap + (64 << 10), "du -sB1 {} > cap {cap}", du_sb1(&f.root));
+    }
+    assert!(ran(&f, &builds[2], &[]).is_empty(), "the newest result is kept");
+    assert!(!ran(&f, &builds[0], &[]).is_empty(), "the oldest went first");
+
+    // The cap from the config file, when the variable is unset.
+    std::fs::write(f.root.join("config.toml"), "[gc]\nkeep-storage = \"1k\"\n").unwrap();
+    let out = f.build(&builds[1], &[]);
+    assert_ok(&out);
+    let du = du_json(&f);
+    assert_eq!(kind_of(&du, "snapshots")["count"], 0, "a 1k cap leaves no build result: {du}");
+    assert!(stderr(&out).contains("over its cap"), "a cap tagged images exceed is reported: {}", stderr(&out));
+    std::fs::remove_file(f.root.join("config.toml")).unwrap();
+
+    // `prune --all` while a build runs waits for it, and removes nothing it needs.
+    let slow = f.ctx("slow", &[("Dockerfile", "FROM busybox\nRUN echo first > /first\nRUN sleep 1.5 && cat /first > /second\n")]);
+    let mut child = spawn_build(&f, &slow, &["--output", "type=image,name=slow:1"]);
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("\"started\"") {
+            break;
+        }
+    }
+    let t = Instant::now();
+    let pruned = f.rdock(&["prune", "--all"]);
+    let waited = t.elapsed();
+    assert_ok(&pruned);
+    assert!(stderr(&pruned).contains("waiting for running builds"), "{}", stderr(&pruned));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success(), "{rest:?}");
+    assert!(waited >= Duration::from_millis(1000), "prune returned after {waited:?}, before the build finished");
+    fsck(&f);
+    let saved = f.path("slow.tar");
+    assert_ok(&f.rdock(&["save", "-o", saved.to_str().unwrap(), "slow:1"]));
+    let img = read_image(&saved);
+    assert!(img.layers.iter().flatten().any(|e| e.path == "second" && e.data == b"first\n"));
+}

@@ -336,8 +336,18 @@ pub struct BuildSummary {
     pub manifest: Option<String>,
 }
 
-/// Runs a build.
+/// Runs a build, then holds the store to its configured cap (see [`crate::gc`]), whether
+/// the build succeeded or not: a failed build keeps the steps it completed.
 pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
+    let store = crate::open_store()?;
+    let result = build(req, &store);
+    let gc = crate::gc::enforce_cap(&store, req.progress == progress::Mode::Quiet);
+    let summary = result?;
+    gc.context("garbage collection after the build")?;
+    Ok(summary)
+}
+
+fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result<BuildSummary> {
     let source = std::fs::read_to_string(&req.dockerfile).with_context(|| format!("reading Dockerfile {}", req.dockerfile.display()))?;
     if !req.context.is_dir() {
         bail!(UsageError(format!("build context {} is not a directory", req.context.display())));
@@ -346,7 +356,6 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
     let specific = PathBuf::from(format!("{}.dockerignore", req.dockerfile.display()));
     let ignore =
         std::fs::read_to_string(&specific).or_else(|_| std::fs::read_to_string(req.context.join(".dockerignore"))).unwrap_or_default();
-    let store = crate::open_store()?;
     // Held until the outputs are written: garbage collection waits for it.
     let lease = store.lease()?;
     let images = ImageStore::new(store.clone());
@@ -437,10 +446,10 @@ pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
                 image_names.extend(names.iter().cloned());
             }
             Output::Local { dest } => {
-                export_local(&store, out.top.as_deref(), dest).with_context(|| format!("exporting to {}", dest.display()))?
+                export_local(store, out.top.as_deref(), dest).with_context(|| format!("exporting to {}", dest.display()))?
             }
             Output::Tar { dest } => {
-                export_tar(&store, out.top.as_deref(), dest).with_context(|| format!("exporting to {}", dest.display()))?
+                export_tar(store, out.top.as_deref(), dest).with_context(|| format!("exporting to {}", dest.display()))?
             }
         }
     }

@@ -37,7 +37,8 @@ pub fn list() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn human(n: u64) -> String {
+/// A byte count for people, in decimal units as docker prints them: `1.5MB`.
+pub(crate) fn human(n: u64) -> String {
     let units = ["B", "kB", "MB", "GB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -141,21 +142,6 @@ pub fn save(file: &Path, name: &str) -> anyhow::Result<()> {
     let d = images.find(name)?;
     let names = ImageRef::parse(name).map(|r| vec![r]).unwrap_or_default();
     export_archive(&images, &d, &names, ArchiveFormat::Docker, file)?;
-    Ok(())
-}
-
-/// `rdock du`: bytes used by blobs and snapshots.
-pub fn du() -> anyhow::Result<()> {
-    let store = crate::open_store()?;
-    let size = |p: &Path| -> u64 {
-        walkdir::WalkDir::new(p).into_iter().flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
-    };
-    let blobs = size(&store.root().join("blobs"));
-    let snaps = size(&store.root().join("snapshots"));
-    println!("{:<12} {:>12}", "TYPE", "SIZE");
-    println!("{:<12} {:>12}", "blobs", human(blobs));
-    println!("{:<12} {:>12}", "snapshots", human(snaps));
-    println!("{:<12} {:>12}", "total", human(blobs + snaps));
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod commands;
+pub mod gc;
 pub mod progress;
 pub mod timefmt;
 

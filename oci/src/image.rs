@@ -48,6 +48,10 @@ pub fn ensure_unpacked(images: &ImageStore, manifest: &Digest) -> Result<(Option
         }
         parent = Some(name);
     }
+    if let Some(top) = &parent {
+        // Garbage collection keeps what was used last.
+        snaps.touch(top)?;
+    }
     Ok((parent, config))
 }
 

@@ -42,13 +42,34 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Db { conn: Mutex::new(conn) })
     }
 
-    /// The connection, for one short transaction at a time.
+    /// The connection, for one short transaction at a time. A transaction that reads and
+    /// then writes must begin `IMMEDIATE`: a deferred one that another process wrote past
+    /// fails to upgrade with SQLITE_BUSY_SNAPSHOT at once, whatever the busy timeout.
     pub fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable: SQLite rolls back
         // the open transaction when the statement is dropped.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Columns added after the first release, for stores made before them: when a snapshot
+/// was last used (garbage collection is least-recently-used first) and its disk use
+/// (measured once: committed snapshots never change).
+fn migrate(conn: &Connection) -> Result<(), SnapshotError> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('snapshots')")?;
+    let cols: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for (col, ty) in [("last_used", "INTEGER"), ("size", "INTEGER")] {
+        if !cols.iter().any(|c| c == col) {
+            match conn.execute_batch(&format!("ALTER TABLE snapshots ADD COLUMN {col} {ty}")) {
+                // Another process added it between our read and our write.
+                Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("duplicate column") => {}
+                r => r?,
+            }
+        }
+    }
+    Ok(())
 }

@@ -63,6 +63,41 @@ pub struct Usage {
     pub inodes: u64,
 }
 
+/// A snapshot as garbage collection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// Internal id.
+    pub id: i64,
+    /// Key or committed name.
+    pub key: String,
+    /// The parent's id.
+    pub parent: Option<i64>,
+    /// Kind.
+    pub kind: Kind,
+    /// Unix seconds of creation.
+    pub created: i64,
+    /// Unix seconds of last use as a base image or a result (None: never since creation).
+    pub last_used: Option<i64>,
+    /// Disk use in bytes, once measured (committed snapshots only).
+    pub size: Option<u64>,
+    /// Its layer blob, if one was computed or imported.
+    pub layer_blob: Option<Digest>,
+}
+
+/// Disk use of a tree as `du` counts it: allocated blocks of every entry, so that many
+/// small files cost what they cost on disk, and hard-linked files once.
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut linked = std::collections::HashSet::new();
+    walkdir::WalkDir::new(path)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_dir() || m.nlink() < 2 || linked.insert((m.dev(), m.ino())))
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
 /// The layer blob of a committed snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerInfo {
@@ -124,6 +159,46 @@ impl OverlaySnapshotter {
             )
             .optional()?;
         Ok(row)
+    }
+
+    /// Marks a snapshot used now (garbage collection removes least recently used first).
+    pub fn touch(&self, key: &str) -> Result<(), SnapshotError> {
+        self.db.conn().execute("UPDATE snapshots SET last_used = ?1 WHERE key = ?2", params![now(), key])?;
+        Ok(())
+    }
+
+    /// Every snapshot with what garbage collection needs to know.
+    pub fn records(&self) -> Result<Vec<SnapshotRecord>, SnapshotError> {
+        let conn = self.db.conn();
+        let mut stmt = conn.prepare(
+            "SELECT s.id, s.key, s.parent, s.kind, s.created, s.last_used, s.size, l.blob FROM snapshots s \
+             LEFT JOIN layers l ON l.snapshot = s.id ORDER BY s.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SnapshotRecord {
+                id: r.get(0)?,
+                key: r.get(1)?,
+                parent: r.get(2)?,
+                kind: Kind::parse(&r.get::<_, String>(3)?),
+                created: r.get(4)?,
+                last_used: r.get(5)?,
+                size: r.get::<_, Option<i64>>(6)?.map(|n| n as u64),
+                layer_blob: r.get::<_, Option<String>>(7)?.and_then(|b| Digest::parse(&b).ok()),
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// A committed snapshot's disk use, measured the first time and remembered.
+    pub fn measure(&self, rec: &SnapshotRecord) -> Result<u64, SnapshotError> {
+        if let Some(n) = rec.size {
+            return Ok(n);
+        }
+        let n = disk_usage(&self.dir(rec.id));
+        if rec.kind == Kind::Committed {
+            self.db.conn().execute("UPDATE snapshots SET size = ?1 WHERE id = ?2", params![n as i64, rec.id])?;
+        }
+        Ok(n)
     }
 
     /// True if a snapshot with this key or name exists.

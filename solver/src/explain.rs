@@ -93,10 +93,7 @@ impl Explainer {
     /// stage, platform).
     pub fn load(store: &Store, target: &str) -> Result<Explainer, SolveError> {
         let conn = store.db().conn();
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS key_info (key TEXT PRIMARY KEY, info BLOB NOT NULL) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS last_build (target TEXT PRIMARY KEY, steps BLOB NOT NULL, time INTEGER NOT NULL) WITHOUT ROWID;",
-        )?;
+        conn.execute_batch(TABLES)?;
         let steps: Option<Vec<u8>> =
             conn.query_row("SELECT steps FROM last_build WHERE target = ?1", params![target], |r| r.get(0)).optional()?;
         let had_previous = steps.is_some();
@@ -140,7 +137,7 @@ impl Explainer {
     /// Records this build: the ingredients of every key not yet known, and the target's steps.
     pub fn record(&self, steps: &[(KeyInfo, String)]) -> Result<(), SolveError> {
         let mut conn = self.store.db().conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut exists = tx.prepare_cached("SELECT 1 FROM key_info WHERE key = ?1")?;
             let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO key_info (key, info) VALUES (?1, ?2)")?;
@@ -161,6 +158,36 @@ impl Explainer {
         tx.commit()?;
         Ok(())
     }
+}
+
+const TABLES: &str = "CREATE TABLE IF NOT EXISTS key_info (key TEXT PRIMARY KEY, info BLOB NOT NULL) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS last_build (target TEXT PRIMARY KEY, steps BLOB NOT NULL, time INTEGER NOT NULL) WITHOUT ROWID;";
+
+/// Garbage collection: forgets what keys were made of, except for keys still cached and
+/// the steps of each target's last build (what the next build is explained against).
+pub(crate) fn prune_records(store: &Store) -> Result<(), SolveError> {
+    let mut conn = store.db().conn();
+    conn.execute_batch(TABLES)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS keep_keys (key TEXT PRIMARY KEY); DELETE FROM keep_keys;")?;
+    {
+        let mut steps = tx.prepare("SELECT steps FROM last_build")?;
+        let lists: Vec<Vec<u8>> = steps.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let mut keep = tx.prepare("INSERT OR IGNORE INTO keep_keys (key) VALUES (?1)")?;
+        for list in lists {
+            let list: Vec<(String, String)> = serde_json::from_slice(&list).unwrap_or_default();
+            for (_, key) in list {
+                keep.execute(params![key])?;
+            }
+        }
+    }
+    tx.execute(
+        "DELETE FROM key_info WHERE key NOT IN (SELECT key FROM keep_keys) AND key NOT IN (SELECT key FROM cache)",
+        [],
+    )?;
+    tx.execute_batch("DROP TABLE keep_keys;")?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// The differences between two records of one step, most specific first.

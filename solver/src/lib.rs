@@ -19,6 +19,7 @@
 mod cache;
 mod contenthash;
 mod explain;
+pub mod gc;
 mod progress;
 mod solve;
 mod statcache;

@@ -71,16 +71,35 @@ pub struct FileHashCache {
     reused: AtomicUsize,
 }
 
+const TABLE: &str = "CREATE TABLE IF NOT EXISTS file_hashes (context TEXT NOT NULL, path TEXT NOT NULL, dev INTEGER NOT NULL, \
+     ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns TEXT NOT NULL, ctime_ns TEXT NOT NULL, hash BLOB NOT NULL, \
+     PRIMARY KEY (context, path)) WITHOUT ROWID;";
+
+/// Garbage collection: forgets the digests of context directories that no longer exist,
+/// or (`all`) of every context; the next build of a forgotten context reads it again.
+pub(crate) fn prune_records(store: &Store, all: bool) -> Result<(), SolveError> {
+    let conn = store.db().conn();
+    conn.execute_batch(TABLE)?;
+    if all {
+        conn.execute("DELETE FROM file_hashes", [])?;
+        return Ok(());
+    }
+    let contexts: Vec<String> = {
+        let mut stmt = conn.prepare("SELECT DISTINCT context FROM file_hashes")?;
+        stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+    };
+    for c in contexts.into_iter().filter(|c| !Path::new(c).is_dir()) {
+        conn.execute("DELETE FROM file_hashes WHERE context = ?1", params![c])?;
+    }
+    Ok(())
+}
+
 impl FileHashCache {
     /// Loads what the store remembers about `dir`.
     pub fn load(store: &Store, dir: &Path) -> Result<FileHashCache, SolveError> {
         let context = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()).to_string_lossy().into_owned();
         let conn = store.db().conn();
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS file_hashes (context TEXT NOT NULL, path TEXT NOT NULL, dev INTEGER NOT NULL, \
-             ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns TEXT NOT NULL, ctime_ns TEXT NOT NULL, hash BLOB NOT NULL, \
-             PRIMARY KEY (context, path)) WITHOUT ROWID;",
-        )?;
+        conn.execute_batch(TABLE)?;
         let mut known = HashMap::new();
         {
             let mut stmt =
@@ -153,7 +172,7 @@ impl FileHashCache {
             return Ok(());
         }
         let mut conn = self.store.db().conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO file_hashes (context, path, dev, ino, size, mtime_ns, ctime_ns, hash) \

@@ -54,8 +54,23 @@ pub(crate) fn is_new(root: &Path, id: &str) -> bool {
     !root.join(dir_name(id)).is_dir()
 }
 
-/// Finds (creating on first use) the cache directory for `id`.
+/// Finds (creating on first use) the cache directory for `id`, marking it used now:
+/// garbage collection removes the least recently used caches first.
 pub(crate) fn acquire(
+    root: &Path,
+    id: &str,
+    sharing: CacheSharing,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    seed: Option<&Path>,
+) -> Result<Held, WorkerError> {
+    let held = find(root, id, sharing, mode, uid, gid, seed)?;
+    let _ = std::fs::File::open(&held.dir).and_then(|d| d.set_modified(std::time::SystemTime::now()));
+    Ok(held)
+}
+
+fn find(
     root: &Path,
     id: &str,
     sharing: CacheSharing,

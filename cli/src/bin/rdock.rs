@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use rdock_cli::build::{CommonFlags, Output, parse_output, parse_platform, run};
-use rdock_cli::{UsageError, commands, exit_with};
+use rdock_cli::{UsageError, commands, exit_with, gc};
 use rdock_imagespec::ImageRef;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -104,18 +104,32 @@ enum Command {
         /// Reference.
         reference: String,
     },
-    /// Disk usage of the store.
-    Du,
+    /// Disk usage of the store, by kind, and what `prune --all` would free.
+    Du {
+        /// Also every item: snapshot, blob, cache mount, with its size and last use.
+        #[arg(short, long)]
+        verbose: bool,
+        /// `json` for a machine-readable report.
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Verify the store: blobs against their digests, records against what they name.
     Fsck,
-    /// Remove unused data (not supported yet).
+    /// Remove build cache and unused blobs, least recently used first; never what a
+    /// tagged image or a running build needs.
     Prune {
-        /// Everything unused.
-        #[arg(long)]
+        /// Also snapshots holding tagged images' layers (they are unpacked again when needed).
+        #[arg(short, long)]
         all: bool,
-        /// Keep this much.
+        /// Stop once the store uses at most this much (`10GB`, `512MB`).
         #[arg(long)]
         keep_storage: Option<String>,
+        /// `until=DURATION`: only what was last used longer ago (`until=24h`).
+        #[arg(long)]
+        filter: Vec<String>,
+        /// List what was removed.
+        #[arg(short, long)]
+        verbose: bool,
     },
 }
 
@@ -161,9 +175,13 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Save { output, image } => commands::save(&output, &image),
         Command::Pull { .. } => not_yet("rdock pull"),
         Command::Push { .. } => not_yet("rdock push"),
-        Command::Du => commands::du(),
+        Command::Du { verbose, format } => match format.as_deref() {
+            None | Some("table") => gc::du(verbose, false),
+            Some("json") => gc::du(verbose, true),
+            Some(f) => Err(UsageError(format!("unknown format {f:?}: table or json")).into()),
+        },
         Command::Fsck => commands::fsck(),
-        Command::Prune { .. } => not_yet("rdock prune"),
+        Command::Prune { all, keep_storage, filter, verbose } => gc::prune(all, keep_storage.as_deref(), &filter, verbose),
     }
 }
 
