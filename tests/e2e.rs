@@ -1526,3 +1526,86 @@ fn explain_cache_says_why_each_step_missed() {
     assert_ok(&out);
     assert!(misses(&out).iter().all(|(_, r)| r[0].contains("bypassed")), "{}", stderr(&out));
 }
+
+#[test]
+fn see_the_build_tty_states_chrome_trace_svg_timeline_and_dot() {
+    let f = Fixture::new();
+    let ctx = f.ctx(
+        "see",
+        &[(
+            "Dockerfile",
+            "FROM busybox AS slow\nRUN sleep 0.8 && echo s > /s\n\
+             FROM busybox AS fast\nRUN echo f > /f\n\
+             FROM busybox AS final\nCOPY --from=slow /s /s\nCOPY --from=fast /f /f\n\
+             RUN for i in 1 2 3 4 5 6 7 8; do echo tail-line-$i; done; sleep 0.4; cat /s /f\n",
+        )],
+    );
+    let (trace, svg) = (f.path("trace.json"), f.path("timeline.svg"));
+    let out = f.build(&ctx, &["--trace", trace.to_str().unwrap(), "--timeline", svg.to_str().unwrap()]);
+    assert_ok(&out);
+
+    // The Chrome trace: a complete event per step, the parallel stages on their own lanes
+    // and overlapping, the critical path through the slow stage.
+    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let steps: Vec<&serde_json::Value> = t["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").collect();
+    assert_eq!(steps.len(), 5, "{t}");
+    let find = |needle: &str| *steps.iter().find(|e| e["name"].as_str().unwrap().contains(needle)).unwrap();
+    let (slow, fast, last) = (find("sleep 0.8"), find("echo f"), find("tail-line"));
+    assert!(slow["dur"].as_f64().unwrap() >= 800_000.0, "{slow}");
+    assert_ne!(slow["tid"], fast["tid"]);
+    let overlap = fast["ts"].as_f64().unwrap() < slow["ts"].as_f64().unwrap() + slow["dur"].as_f64().unwrap();
+    assert!(overlap, "the stages ran together: {slow} {fast}");
+    assert_eq!(slow["args"]["critical"], true);
+    assert_eq!(last["args"]["critical"], true);
+    assert_eq!(fast["args"]["critical"], false);
+
+    // The SVG: well-formed (python's XML parser), a row per step, the critical path marked.
+    let rows = |path: &std::path::Path| {
+        let script = "import sys, xml.etree.ElementTree as E\n\
+                      ns={'s':'http://www.w3.org/2000/svg'}\n\
+                      for g in E.parse(sys.argv[1]).getroot().iterfind('s:g', ns):\n\
+                      \x20   c = g.get('class')\n\
+                      \x20   if c.startswith('row'): print(c, '|', g.find('s:title', ns).text)\n";
+        sh("python3", &["-c", script, path.to_str().unwrap()]).lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let r = rows(&svg);
+    assert_eq!(r.len(), 5, "{r:?}");
+    assert!(r.iter().any(|l| l.starts_with("row executed critical |") && l.contains("sleep 0.8")), "{r:?}");
+    assert!(r.iter().any(|l| l.starts_with("row executed |") && l.contains("echo f")), "{r:?}");
+    // A rebuild: every row cached.
+    let out = f.build(&ctx, &["--timeline", svg.to_str().unwrap()]);
+    assert_ok(&out);
+    let r = rows(&svg);
+    assert_eq!(r.iter().filter(|l| l.starts_with("row cached")).count(), 5, "{r:?}");
+
+    // --dump-llb dot renders with Graphviz.
+    let out = f.build(&ctx, &["--dump-llb", "dot"]);
+    assert_ok(&out);
+    let dot = f.path("graph.dot");
+    std::fs::write(&dot, &out.stdout).unwrap();
+    let rendered = sh("dot", &["-Tsvg", dot.to_str().unwrap()]);
+    assert!(rendered.contains("<svg") && rendered.contains("sleep 0.8"), "{rendered}");
+
+    // tty under a pseudo-terminal: states, a running timer, the log tail while running.
+    let cmd = format!(
+        "RDOCK_ROOT={} {} --frontend dockerfile --local context={} --progress=tty --no-cache-filter final",
+        f.root.display(),
+        RDOCK_BUILD,
+        ctx.display()
+    );
+    let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    assert_ok(&out);
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(screen.contains("=> CACHED [slow 2/2] RUN sleep 0.8"), "{screen}");
+    assert!(screen.contains("=> => # tail-line-8") && !screen.contains("=> => # tail-line-2"), "a six-line tail: {screen}");
+    let timer = has_line_ending_with(&screen, "RUN for i in", "s\u{1b}[0m");
+    assert!(timer, "a running step shows its timer: {screen}");
+    assert!(screen.contains("FINISHED"), "{screen}");
+    let last_frame = screen.rsplit("[+] Building").next().unwrap();
+    assert!(!last_frame.contains("=> => # tail-line"), "a finished step's output is folded away: {last_frame}");
+}
+
+/// True if some line holds `start` and ends (before its colour reset) in `end`.
+fn has_line_ending_with(screen: &str, start: &str, end: &str) -> bool {
+    screen.split('\n').any(|l| l.contains(start) && l.trim_end_matches('\r').ends_with(end))
+}

@@ -91,6 +91,10 @@ pub struct BuildRequest {
     pub platform: Option<Platform>,
     /// Entitlements granted (`--allow`): what RUN --network=host and --security=insecure need.
     pub allow: Vec<Entitlement>,
+    /// Write the build as a Chrome trace here.
+    pub trace: Option<PathBuf>,
+    /// Draw the build as an SVG Gantt chart here.
+    pub timeline: Option<PathBuf>,
 }
 
 /// Privileges a Dockerfile can ask for and the caller must grant, as BuildKit's entitlements.
@@ -152,6 +156,14 @@ pub struct CommonFlags {
     /// (RUN --security=insecure).
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
+    /// Write the build as a Chrome trace (JSON for chrome://tracing and Perfetto): a span
+    /// per step, cache hits marked, the critical path flagged.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Draw the build as an SVG Gantt chart: a row per step, cache hits marked, the
+    /// critical path highlighted.
+    #[arg(long, value_name = "FILE.svg")]
+    pub timeline: Option<PathBuf>,
 }
 
 impl CommonFlags {
@@ -191,6 +203,8 @@ impl CommonFlags {
             explain_cache: self.explain_cache,
             platform: None,
             allow: self.allow.iter().flat_map(|a| a.split(',')).map(Entitlement::parse).collect::<anyhow::Result<_>>()?,
+            trace: self.trace.clone(),
+            timeline: self.timeline.clone(),
         })
     }
 }
@@ -411,14 +425,27 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
         req.target.as_deref().unwrap_or(""),
         req.platform.clone().unwrap_or_else(Platform::host)
     );
+    let recording = rdock_solver::RecordingProgress::default();
+    let tee = progress::Tee(sink.as_ref(), &recording);
     let out = solver.solve(&SolveRequest {
         definition: &lowered.definition,
         locals: &locals,
-        progress: sink.as_ref(),
+        progress: if req.trace.is_some() || req.timeline.is_some() { &tee } else { sink.as_ref() },
         secrets: &req.secrets,
         target: Some(&target_id),
-    })?;
+    });
     drop(sink);
+    // Written for failed builds too: they are where a timeline helps most.
+    if req.trace.is_some() || req.timeline.is_some() {
+        let spans = crate::trace::spans(&recording.events(), &lowered.definition);
+        if let Some(p) = &req.trace {
+            std::fs::write(p, serde_json::to_vec(&crate::trace::chrome_trace(&spans))?).with_context(|| format!("writing {}", p.display()))?;
+        }
+        if let Some(p) = &req.timeline {
+            std::fs::write(p, crate::timeline::svg(&spans)).with_context(|| format!("writing {}", p.display()))?;
+        }
+    }
+    let out = out?;
 
     let mut summary = BuildSummary { executed: out.executed, cached: out.cached, manifest: None };
     let mut committed = None;

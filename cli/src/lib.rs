@@ -7,6 +7,8 @@ pub mod commands;
 pub mod gc;
 pub mod progress;
 pub mod timefmt;
+pub mod timeline;
+pub mod trace;
 
 use anyhow::Context;
 use rdock_snapshotter::Store;
