@@ -244,7 +244,8 @@ fn edit_one(ctx: &Path, k: usize) -> Result<()> {
     Ok(())
 }
 
-fn workload_context5k(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+/// The 5,000-file, 58 MB context with `COPY . /app`, made once per machine.
+fn context5k(dir: &Path) -> Result<PathBuf> {
     let ctx = dir.join("context5k");
     if !ctx.join("Dockerfile").exists() {
         random_context(&ctx, 5000, 11_600)?;
@@ -252,6 +253,11 @@ fn workload_context5k(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         // Files modified within the last second are re-read (the stat cache's racy window).
         std::thread::sleep(Duration::from_millis(1100));
     }
+    Ok(ctx)
+}
+
+fn workload_context5k(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let ctx = context5k(dir)?;
     let mut k = 0;
     let (mut cold, mut noop, mut one, mut over) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
@@ -285,6 +291,40 @@ fn workload_context5k(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         Row { name: "context5k-noop", rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
         Row { name: "context5k-one-changed", rdock: median(one), buildkit: bk.2, buildah: ba.2, per: None },
         Row { name: "context5k-one-changed-overhead", rdock: median(over), buildkit: None, buildah: None, per: None },
+    ])
+}
+
+/// Garbage collection on a store holding the 5,000-file context's results: the no-op
+/// build with a cap configured (the collector takes stock after every build), `du`, and
+/// `prune --all`; BuildKit's `docker system df` and `docker builder prune -af` beside them.
+fn workload_gc(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let ctx = context5k(dir)?;
+    let (mut first_cap, mut capped, mut du, mut prune) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let root = fresh_store(t, dir)?;
+        run(&mut rdock_build(t, &root, &ctx, &[]))?;
+        // A cap far above the store's size: the cost of taking stock, nothing removed. The
+        // first collection measures the new 5,000-file snapshot once; later ones do not.
+        first_cap.push(time(rdock_build(t, &root, &ctx, &[]).env("RDOCK_GC_KEEP_STORAGE", "100GB"))?);
+        capped.push(time(rdock_build(t, &root, &ctx, &[]).env("RDOCK_GC_KEEP_STORAGE", "100GB"))?);
+        du.push(time(Command::new(&t.rdock).arg("du").env("RDOCK_ROOT", &root))?);
+        prune.push(time(Command::new(&t.rdock).args(["prune", "--all"]).env("RDOCK_ROOT", &root))?);
+    }
+    let (mut bk_df, mut bk_prune) = (None, None);
+    if t.docker {
+        let (mut df, mut pr) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            run(&mut docker_build(&ctx, true))?;
+            df.push(time(Command::new(docker_cli()).args(["system", "df"]))?);
+            pr.push(time(Command::new(docker_cli()).args(["builder", "prune", "-af"]))?);
+        }
+        (bk_df, bk_prune) = (Some(median(df)), Some(median(pr)));
+    }
+    Ok(vec![
+        Row { name: "gc-noop-build-with-cap-first", rdock: median(first_cap), buildkit: None, buildah: None, per: None },
+        Row { name: "gc-noop-build-with-cap", rdock: median(capped), buildkit: None, buildah: None, per: None },
+        Row { name: "gc-du", rdock: median(du), buildkit: bk_df, buildah: None, per: None },
+        Row { name: "gc-prune-all-5k-files", rdock: median(prune), buildkit: bk_prune, buildah: None, per: None },
     ])
 }
 
@@ -357,6 +397,9 @@ fn main() -> Result<()> {
     }
     if all || wanted.iter().any(|w| w.starts_with("context5k")) {
         rows.extend(workload_context5k(&t, &dir, runs)?);
+    }
+    if all || wanted.iter().any(|w| w.starts_with("gc")) {
+        rows.extend(workload_gc(&t, &dir, runs)?);
     }
     if all || wanted.iter().any(|w| w.starts_with("layer") || w.starts_with("oci")) {
         rows.extend(workload_layer(&t, &dir, runs)?);

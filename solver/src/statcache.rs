@@ -75,15 +75,12 @@ const TABLE: &str = "CREATE TABLE IF NOT EXISTS file_hashes (context TEXT NOT NU
      ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns TEXT NOT NULL, ctime_ns TEXT NOT NULL, hash BLOB NOT NULL, \
      PRIMARY KEY (context, path)) WITHOUT ROWID;";
 
-/// Garbage collection: forgets the digests of context directories that no longer exist,
-/// or (`all`) of every context; the next build of a forgotten context reads it again.
-pub(crate) fn prune_records(store: &Store, all: bool) -> Result<(), SolveError> {
+/// Garbage collection: forgets the digests of context directories that no longer exist.
+/// Those of live contexts stay even under `prune --all`: they are an index of the user's
+/// files, not build cache, and without them the next build reads every file again.
+pub(crate) fn prune_records(store: &Store) -> Result<(), SolveError> {
     let conn = store.db().conn();
     conn.execute_batch(TABLE)?;
-    if all {
-        conn.execute("DELETE FROM file_hashes", [])?;
-        return Ok(());
-    }
     let contexts: Vec<String> = {
         let mut stmt = conn.prepare("SELECT DISTINCT context FROM file_hashes")?;
         stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
