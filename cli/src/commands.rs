@@ -126,6 +126,8 @@ pub fn history(name: &str) -> anyhow::Result<()> {
 /// `rdock load -i FILE`.
 pub fn load(file: &Path) -> anyhow::Result<()> {
     let images = images()?;
+    // Blobs are written before the name that keeps them: garbage collection must wait.
+    let _lease = images.store().lease()?;
     let loaded = load_archive(&images, file).with_context(|| format!("loading {}", file.display()))?;
     for (name, d) in loaded {
         match name {
