@@ -48,10 +48,7 @@ fn concurrent_builds_on_one_store_run_each_step_once_and_share_results() {
     let f = Fixture::new();
     let ctx = f.ctx(
         "shared",
-        &[
-            ("Dockerfile", "FROM busybox\nCOPY f /f\nRUN sleep 1 && echo ran > /ran\nRUN cat /f /ran > /both\n"),
-            ("f", "context file\n"),
-        ],
+        &[("Dockerfile", "FROM busybox\nCOPY f /f\nRUN sleep 1 && echo ran > /ran\nRUN cat /f /ran > /both\n"), ("f", "context file\n")],
     );
     // Three builds of one Dockerfile, started together.
     let children: Vec<(Child, std::path::PathBuf)> = (0..3)
@@ -84,10 +81,7 @@ fn concurrent_builds_on_one_store_run_each_step_once_and_share_results() {
     // Different Dockerfiles sharing a prefix, while images are tagged and listed.
     let other = f.ctx(
         "other",
-        &[
-            ("Dockerfile", "FROM busybox\nCOPY f /f\nRUN sleep 1 && echo ran > /ran\nRUN echo other > /other\n"),
-            ("f", "context file\n"),
-        ],
+        &[("Dockerfile", "FROM busybox\nCOPY f /f\nRUN sleep 1 && echo ran > /ran\nRUN echo other > /other\n"), ("f", "context file\n")],
     );
     let a = spawn_build(&f, &ctx, &["--no-cache"]);
     let b = spawn_build(&f, &other, &["--output", "type=image,name=other:1"]);

@@ -439,7 +439,8 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
     if req.trace.is_some() || req.timeline.is_some() {
         let spans = crate::trace::spans(&recording.events(), &lowered.definition);
         if let Some(p) = &req.trace {
-            std::fs::write(p, serde_json::to_vec(&crate::trace::chrome_trace(&spans))?).with_context(|| format!("writing {}", p.display()))?;
+            std::fs::write(p, serde_json::to_vec(&crate::trace::chrome_trace(&spans))?)
+                .with_context(|| format!("writing {}", p.display()))?;
         }
         if let Some(p) = &req.timeline {
             std::fs::write(p, crate::timeline::svg(&spans)).with_context(|| format!("writing {}", p.display()))?;

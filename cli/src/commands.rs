@@ -158,7 +158,12 @@ pub fn fsck() -> anyhow::Result<()> {
         println!("{p}");
     }
     if !problems.is_empty() {
-        anyhow::bail!("{} problem{} in the store at {}", problems.len(), if problems.len() == 1 { "" } else { "s" }, store.root().display());
+        anyhow::bail!(
+            "{} problem{} in the store at {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            store.root().display()
+        );
     }
     println!("store at {} is consistent", store.root().display());
     Ok(())

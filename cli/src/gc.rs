@@ -3,10 +3,10 @@
 //! garbage collector reports.
 
 use crate::UsageError;
+use crate::commands::human;
 use anyhow::Context;
 use rdock_snapshotter::Store;
 use rdock_snapshotter::lock::Wait;
-use crate::commands::human;
 use rdock_solver::gc::{self, ItemKind, PruneOptions};
 use std::time::Duration;
 
@@ -185,7 +185,12 @@ pub fn prune(all: bool, keep_storage: Option<&str>, filters: &[String], verbose:
         }
     }
     let n = report.removed.len();
-    println!("Total reclaimed space: {} ({n} item{}); the store now uses {}", human(report.freed()), if n == 1 { "" } else { "s" }, human(report.total_after));
+    println!(
+        "Total reclaimed space: {} ({n} item{}); the store now uses {}",
+        human(report.freed()),
+        if n == 1 { "" } else { "s" },
+        human(report.total_after)
+    );
     Ok(())
 }
 

@@ -136,7 +136,9 @@ pub fn chrome_trace(spans: &[Span]) -> serde_json::Value {
     let mut events = vec![serde_json::json!({"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "rdock build"}})];
     let lanes = spans.iter().map(|s| s.lane + 1).max().unwrap_or(0);
     for l in 0..lanes {
-        events.push(serde_json::json!({"name": "thread_name", "ph": "M", "pid": 1, "tid": l + 1, "args": {"name": format!("lane {}", l + 1)}}));
+        events.push(
+            serde_json::json!({"name": "thread_name", "ph": "M", "pid": 1, "tid": l + 1, "args": {"name": format!("lane {}", l + 1)}}),
+        );
     }
     for s in spans {
         let args = serde_json::json!({"vertex": s.vertex, "cached": s.cached, "failed": s.failed, "critical": s.critical});
@@ -185,7 +187,11 @@ mod tests {
         let slow = node("slow", &[&base]);
         let fast = node("fast", &[&base]);
         let join = node("join", &[&slow, &fast]);
-        let def = Definition { nodes: vec![base.clone(), slow.clone(), fast.clone(), join.clone()], metadata: Default::default(), terminal: None };
+        let def = Definition {
+            nodes: vec![base.clone(), slow.clone(), fast.clone(), join.clone()],
+            metadata: Default::default(),
+            terminal: None,
+        };
         let events = vec![
             at(EventKind::Started, &slow, "slow", 0),
             at(EventKind::Started, &fast, "fast", 1),

@@ -47,11 +47,7 @@ fn open(path: &Path) -> Result<File, SnapshotError> {
 /// Takes an flock on `path` (created if absent). `Ok(None)`: held elsewhere and `NoWait`.
 pub fn flock(path: &Path, mode: Mode, wait: Wait) -> Result<Option<FileLock>, SnapshotError> {
     let file = open(path)?;
-    if lock_fd(&file, mode, wait).map_err(|e| SnapshotError::io(path, e))? {
-        Ok(Some(FileLock { file, remove: None }))
-    } else {
-        Ok(None)
-    }
+    if lock_fd(&file, mode, wait).map_err(|e| SnapshotError::io(path, e))? { Ok(Some(FileLock { file, remove: None })) } else { Ok(None) }
 }
 
 fn lock_fd(file: &File, mode: Mode, wait: Wait) -> std::io::Result<bool> {

@@ -181,10 +181,7 @@ pub(crate) fn prune_records(store: &Store) -> Result<(), SolveError> {
             }
         }
     }
-    tx.execute(
-        "DELETE FROM key_info WHERE key NOT IN (SELECT key FROM keep_keys) AND key NOT IN (SELECT key FROM cache)",
-        [],
-    )?;
+    tx.execute("DELETE FROM key_info WHERE key NOT IN (SELECT key FROM keep_keys) AND key NOT IN (SELECT key FROM cache)", [])?;
     tx.execute_batch("DROP TABLE keep_keys;")?;
     tx.commit()?;
     Ok(())

@@ -150,10 +150,8 @@ pub fn inventory(store: &Store) -> Result<Inventory, SolveError> {
     // carries each child's last use to its parents.
     let pos: HashMap<i64, usize> = records.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
     let mut depth = vec![0usize; records.len()];
-    let mut used: Vec<i64> = records
-        .iter()
-        .map(|r| r.created.max(r.last_used.unwrap_or(0)).max(cache_used.get(&r.key).copied().unwrap_or(0)))
-        .collect();
+    let mut used: Vec<i64> =
+        records.iter().map(|r| r.created.max(r.last_used.unwrap_or(0)).max(cache_used.get(&r.key).copied().unwrap_or(0))).collect();
     for (i, r) in records.iter().enumerate() {
         if let Some(&p) = r.parent.as_ref().and_then(|p| pos.get(p)) {
             depth[i] = depth[p] + 1;
@@ -294,11 +292,8 @@ pub fn prune(store: &Store, opts: &PruneOptions, _exclusive: &FileLock) -> Resul
         Target::Snapshot { depth, id, .. } => (std::cmp::Reverse(*depth), *id),
         _ => (std::cmp::Reverse(0), 0),
     };
-    let mut candidates: Vec<&Item> = inv
-        .items
-        .iter()
-        .filter(|i| i.reclaimable && (opts.all || !i.shared) && cutoff.is_none_or(|c| i.last_used < c))
-        .collect();
+    let mut candidates: Vec<&Item> =
+        inv.items.iter().filter(|i| i.reclaimable && (opts.all || !i.shared) && cutoff.is_none_or(|c| i.last_used < c)).collect();
     candidates.sort_by_key(|i| (i.last_used, order(i)));
     let mut removed_blobs: HashSet<Digest> = HashSet::new();
     let snaps = store.snapshots();

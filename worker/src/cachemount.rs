@@ -70,15 +70,7 @@ pub(crate) fn acquire(
     Ok(held)
 }
 
-fn find(
-    root: &Path,
-    id: &str,
-    sharing: CacheSharing,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    seed: Option<&Path>,
-) -> Result<Held, WorkerError> {
+fn find(root: &Path, id: &str, sharing: CacheSharing, mode: u32, uid: u32, gid: u32, seed: Option<&Path>) -> Result<Held, WorkerError> {
     let name = dir_name(id);
     std::fs::create_dir_all(root).map_err(|e| WorkerError::Io(root.to_path_buf(), e))?;
     match sharing {
