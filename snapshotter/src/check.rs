@@ -5,8 +5,6 @@
 use crate::{SnapshotError, Store};
 use rdock_imagespec::Digest;
 use rusqlite::params;
-use sha2::{Digest as _, Sha256};
-use std::io::Read;
 
 impl Store {
     /// Every inconsistency found, as one sentence each; empty means consistent. Reads every
@@ -20,9 +18,9 @@ impl Store {
                 problems.push(format!("blobs/sha256/{name}: not a digest"));
                 continue;
             };
-            match hash_file(&e.path()) {
-                Ok(actual) if actual == d.hex() => {}
-                Ok(actual) => problems.push(format!("blob {d}: content hashes to sha256:{actual}")),
+            match self.content().hash(&d) {
+                Ok(actual) if actual == d => {}
+                Ok(actual) => problems.push(format!("blob {d}: content hashes to {actual}")),
                 Err(err) => problems.push(format!("blob {d}: {err}")),
             }
         }
@@ -69,18 +67,4 @@ impl Store {
         }
         Ok(problems)
     }
-}
-
-fn hash_file(p: &std::path::Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(p)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }

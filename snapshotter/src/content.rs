@@ -65,6 +65,22 @@ impl ContentStore {
         Ok(buf)
     }
 
+    /// The sha256 of a stored blob's content, streamed (blobs may be large): `fsck` compares
+    /// it with the blob's name.
+    pub fn hash(&self, d: &Digest) -> Result<Digest, SnapshotError> {
+        let mut f = self.open(d)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| SnapshotError::io(self.path(d), e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(Digest::from_sha256(h.finalize().into()))
+    }
+
     /// Stores bytes, returning their digest.
     pub fn put(&self, bytes: &[u8]) -> Result<Digest, SnapshotError> {
         let d = Digest::of(bytes);

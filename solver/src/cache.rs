@@ -10,7 +10,8 @@ pub struct CacheStore {
     store: Store,
 }
 
-fn now() -> i64 {
+/// Unix seconds now: the unit of `created` and `last_used` in the cache and snapshot records.
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 

@@ -10,7 +10,7 @@
 //! keeps records shared with images unless asked for everything.
 
 use crate::SolveError;
-use crate::cache::CacheStore;
+use crate::cache::{CacheStore, now};
 use rdock_imagespec::Digest;
 use rdock_oci::ImageStore;
 use rdock_snapshotter::lock::FileLock;
@@ -123,10 +123,6 @@ impl Inventory {
             })
             .collect()
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 fn mtime(p: &std::path::Path) -> i64 {
