@@ -248,6 +248,18 @@ impl Image {
         self.config["history"].as_array().unwrap().iter().map(|h| h["created_by"].as_str().unwrap_or("").to_string()).collect()
     }
 
+    /// The regular files of the image's filesystem (later layers win; whiteouts are not
+    /// applied), by path without a leading `./` or `/`.
+    pub fn files_in_layers(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for e in self.layers.iter().flatten() {
+            if e.kind.is_file() {
+                out.insert(e.path.trim_start_matches("./").trim_start_matches('/').to_string(), e.data.clone());
+            }
+        }
+        out
+    }
+
     /// Entries of the layers this build added (after the base's one layer).
     pub fn new_entries(&self) -> Vec<&Entry> {
         self.layers.iter().skip(1).flatten().collect()

@@ -40,10 +40,14 @@ pub enum Output {
         /// The tarball.
         dest: PathBuf,
     },
-    /// The local image store under names.
+    /// The local image store under names, and with `push=true` their registries.
     Image {
         /// The names.
         names: Vec<ImageRef>,
+        /// Push to the names' registries.
+        push: bool,
+        /// `registry.insecure=true`: plain HTTP to these registries.
+        insecure: bool,
     },
 }
 
@@ -95,6 +99,10 @@ pub struct BuildRequest {
     pub trace: Option<PathBuf>,
     /// Draw the build as an SVG Gantt chart here.
     pub timeline: Option<PathBuf>,
+    /// `--import-cache` / `--cache-from`.
+    pub cache_imports: Vec<crate::registry::CacheLocation>,
+    /// `--export-cache` / `--cache-to`.
+    pub cache_exports: Vec<crate::registry::CacheExportSpec>,
 }
 
 /// Privileges a Dockerfile can ask for and the caller must grant, as BuildKit's entitlements.
@@ -205,6 +213,8 @@ impl CommonFlags {
             allow: self.allow.iter().flat_map(|a| a.split(',')).map(Entitlement::parse).collect::<anyhow::Result<_>>()?,
             trace: self.trace.clone(),
             timeline: self.timeline.clone(),
+            cache_imports: Vec::new(),
+            cache_exports: Vec::new(),
         })
     }
 }
@@ -291,10 +301,19 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
         "local" => Output::Local { dest: dest()? },
         "tar" => Output::Tar { dest: dest()? },
         "image" | "registry" => {
-            if m.get("push").is_some_and(|p| p == "true") || ty == "registry" {
-                return Err(UsageError("pushing to a registry is not supported yet".into()).into());
+            let flag = |k: &str| -> anyhow::Result<bool> {
+                match m.get(k).map(String::as_str) {
+                    None | Some("false") => Ok(false),
+                    Some("true") | Some("") => Ok(true),
+                    Some(v) => Err(UsageError(format!("--output {spec}: {k}={v}: expected true or false")).into()),
+                }
+            };
+            let push = ty == "registry" || flag("push")?;
+            let names = names(m.get("name"))?;
+            if push && names.is_empty() {
+                return Err(UsageError(format!("--output {spec}: name= is required to push")).into());
             }
-            Output::Image { names: names(m.get("name"))? }
+            Output::Image { names, push, insecure: flag("registry.insecure")? }
         }
         other => {
             return Err(UsageError(format!("unknown output type {other:?} (expected docker, oci, local, tar or image)")).into());
@@ -302,22 +321,36 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
     })
 }
 
-/// Resolves base images from the local store, pinning them by manifest digest.
+/// Resolves base images from the local store first, then from their registry (manifest
+/// and config only: layers are fetched when a step needs them), pinning them by manifest
+/// digest.
 struct StoreResolver {
     images: ImageStore,
+    client: Arc<rdock_registry::Client>,
 }
 
 impl ImageResolver for StoreResolver {
     fn resolve(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, String> {
-        let digest =
-            self.images.resolve(image, platform).map_err(|e| e.to_string())?.ok_or_else(|| {
-                "not found in the local store (load it with `rdock load -i FILE`; pulling is not supported yet)".to_string()
-            })?;
-        let m = self.images.manifest(&digest).map_err(|e| e.to_string())?;
-        let config = self.images.config(&m).map_err(|e| e.to_string())?;
+        if let Some(digest) = self.images.resolve(image, platform).map_err(|e| e.to_string())? {
+            let m = self.images.manifest(&digest).map_err(|e| e.to_string())?;
+            let config = self.images.config(&m).map_err(|e| e.to_string())?;
+            let mut pinned = image.clone();
+            pinned.digest = Some(digest);
+            return Ok(ResolvedImage { pinned: pinned.to_string(), config });
+        }
+        let r = rdock_oci::resolve_remote(&self.client, image, platform).and_then(|r| r.store(&self.images).map(|_| r)).map_err(
+            |e| match e {
+                rdock_oci::OciError::Registry(rdock_registry::RegistryError::NotFound { .. }) => {
+                    format!("not found in the local store, nor in its registry {}", image.registry)
+                }
+                other => format!("not in the local store, and pulling it failed: {other}"),
+            },
+        )?;
+        // Pinned exactly as a local image would be (name, tag and platform manifest), so
+        // that cache keys agree between a store that pulled and one that loaded it.
         let mut pinned = image.clone();
-        pinned.digest = Some(digest);
-        Ok(ResolvedImage { pinned: pinned.to_string(), config })
+        pinned.digest = Some(r.manifest);
+        Ok(ResolvedImage { pinned: pinned.to_string(), config: r.config })
     }
 }
 
@@ -383,7 +416,18 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
         target_platform: req.platform.clone(),
         ..Default::default()
     };
-    let lowered = lower(&source, &opts, &StoreResolver { images: images.clone() })?;
+    let insecure: Vec<String> = req
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Image { names, insecure: true, .. } => Some(names.iter().map(|n| n.registry.clone()).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let client = crate::registry::client(&insecure);
+    let quiet = req.progress == progress::Mode::Quiet;
+    let lowered = lower(&source, &opts, &StoreResolver { images: images.clone(), client: client.clone() })?;
     let n = lowered.warnings.len();
     if req.check || req.progress != progress::Mode::Quiet || lowered.check.error {
         for w in &lowered.warnings {
@@ -412,7 +456,22 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
     }
     let executor = Arc::new(NamespaceExecutor::new(store.root().join("tmp")));
     let worker = Worker::new(store.clone(), executor);
-    let solver = Solver::new(worker, images.clone())?;
+    // Transfer lines go with plain progress only: they would break the live display and
+    // rawjson's one event per line.
+    let plain = match req.progress {
+        progress::Mode::Plain => true,
+        progress::Mode::Auto => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        _ => false,
+    };
+    let transfers = crate::registry::printer(!plain);
+    let origin = rdock_oci::OriginSource { client: client.clone(), images: images.clone(), on: transfers };
+    let solver = Solver::new(worker, images.clone())?.with_layer_source(Arc::new(origin));
+    let mut imports = Vec::new();
+    for loc in &req.cache_imports {
+        if let Some(c) = crate::registry::import(loc, &images, &client)? {
+            imports.push(c);
+        }
+    }
     let locals = HashMap::from([("context".to_string(), req.context.clone())]);
     let sink = progress::sink(req.progress, req.explain_cache);
     // What identifies "the same build" for explaining misses: context, Dockerfile, stage
@@ -433,6 +492,7 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
         progress: if req.trace.is_some() || req.timeline.is_some() { &tee } else { sink.as_ref() },
         secrets: &req.secrets,
         target: Some(&target_id),
+        imports: &imports,
     });
     drop(sink);
     // Written for failed builds too: they are where a timeline helps most.
@@ -448,6 +508,10 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
     }
     let out = out?;
 
+    for spec in &req.cache_exports {
+        let export = solver.export_cache(&out, spec.mode, spec.mounts, &imports)?;
+        crate::registry::export(spec, &export, &images, &client, quiet)?;
+    }
     let mut summary = BuildSummary { executed: out.executed, cached: out.cached, manifest: None };
     let mut committed = None;
     let mut image_names: Vec<ImageRef> = Vec::new();
@@ -465,10 +529,13 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
                 }
                 image_names.extend(names.iter().cloned());
             }
-            Output::Image { names } => {
+            Output::Image { names, push, .. } => {
                 if let Some(c) = &committed {
                     for n in names {
                         images.tag(n, &c.manifest)?;
+                        if *push {
+                            crate::registry::push_image(&images, &client, n, &c.manifest, quiet)?;
+                        }
                     }
                 }
                 image_names.extend(names.iter().cloned());

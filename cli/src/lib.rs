@@ -6,6 +6,7 @@ pub mod build;
 pub mod commands;
 pub mod gc;
 pub mod progress;
+pub mod registry;
 pub mod timefmt;
 pub mod timeline;
 pub mod trace;

@@ -47,6 +47,9 @@ pub enum OciError {
         /// The platforms it has.
         available: String,
     },
+    /// A registry operation failed.
+    #[error(transparent)]
+    Registry(#[from] rdock_registry::RegistryError),
     /// The image's config and layers disagree.
     #[error("image {image}: {reason}")]
     Inconsistent {

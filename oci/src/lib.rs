@@ -15,6 +15,7 @@
 
 mod archive;
 mod atomic;
+mod distribution;
 mod error;
 mod filesystem;
 mod image;
@@ -22,6 +23,10 @@ mod load;
 mod store;
 
 pub use archive::{ArchiveFormat, export_archive};
+pub use distribution::{
+    BlobSource, LayoutSource, OnTransfer, OriginSource, PushReport, RegistrySource, Resolved, Transfer, parallel, pull, push,
+    push_artifact, push_blobs, quiet, read_layout, resolve_remote, write_layout,
+};
 pub use error::OciError;
 pub use filesystem::{export_local, export_tar};
 pub use image::{CommittedImage, chain_snapshot_name, commit_image, ensure_unpacked};

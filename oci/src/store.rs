@@ -213,7 +213,13 @@ impl ImageStore {
                     }
                 };
                 if let Some(index) = as_index(&bytes) {
-                    todo.extend(index.manifests.into_iter().map(|m| m.digest));
+                    // A pull stores one platform's manifest of a multi-platform index:
+                    // the others may be missing, but not all of them.
+                    let present: Vec<Digest> = index.manifests.into_iter().map(|m| m.digest).filter(|d| content.contains(d)).collect();
+                    if present.is_empty() {
+                        out.problems.push(format!("image {}: index {d} has none of its manifests in the store", img.name));
+                    }
+                    todo.extend(present);
                     continue;
                 }
                 match serde_json::from_slice::<Manifest>(&bytes) {
@@ -234,7 +240,7 @@ impl ImageStore {
 }
 
 /// The document as an index, if it is one (by media type, or by having `manifests`).
-fn as_index(bytes: &[u8]) -> Option<Index> {
+pub(crate) fn as_index(bytes: &[u8]) -> Option<Index> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Probe {

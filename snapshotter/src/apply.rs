@@ -81,7 +81,11 @@ pub fn apply_layer(layer: &mut dyn Read, dest: &Path, what: &str) -> Result<Dige
             }
             let is_dir = entry.header().entry_type().is_dir();
             let mtime = entry.header().mtime().unwrap_or(0) as i64;
-            let unpacked = entry.unpack_in(dest).map_err(|e| broken(format!("{}: {e}", raw.display())))?;
+            let unpacked = entry.unpack_in(dest).map_err(|e| {
+                // tar's error says which file; its source says why.
+                let why = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+                broken(format!("{}: {e}{why}", raw.display()))
+            })?;
             if !unpacked {
                 return Err(SnapshotError::PathEscape { entry: raw.display().to_string() });
             }

@@ -81,6 +81,19 @@ impl ContentStore {
         Ok(Digest::from_sha256(h.finalize().into()))
     }
 
+    /// Opens a layer blob as its uncompressed tar stream (gzip is recognised by its magic
+    /// bytes, as containerd does).
+    pub fn open_uncompressed(&self, d: &Digest) -> Result<Box<dyn Read + Send>, SnapshotError> {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::with_capacity(256 * 1024, self.open(d)?);
+        let head = r.fill_buf().map_err(|e| SnapshotError::io(self.path(d), e))?;
+        if head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b {
+            Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
+        } else {
+            Ok(Box::new(r))
+        }
+    }
+
     /// Stores bytes, returning their digest.
     pub fn put(&self, bytes: &[u8]) -> Result<Digest, SnapshotError> {
         let d = Digest::of(bytes);

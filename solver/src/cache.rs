@@ -48,6 +48,16 @@ impl CacheStore {
         }
     }
 
+    /// True if `key` has a record whose snapshot exists, without marking it used.
+    pub fn contains(&self, key: &str) -> Result<bool, SolveError> {
+        let snap: Option<String> =
+            self.store.db().conn().query_row("SELECT snapshot FROM cache WHERE key = ?1", params![key], |r| r.get(0)).optional()?;
+        match snap {
+            Some(s) => Ok(self.store.snapshots().exists(&s)?),
+            None => Ok(false),
+        }
+    }
+
     /// Records `snapshot` as the result for `key`.
     pub fn put(&self, key: &str, snapshot: &str) -> Result<(), SolveError> {
         let t = now();

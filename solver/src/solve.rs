@@ -8,10 +8,11 @@ use crate::progress::{Event, EventKind, ProgressSink};
 use rdock_imagespec::ImageRef;
 use rdock_llb::patterns::PatternMatcher;
 use rdock_llb::{Definition, FileAction, Node, Op, OpDigest};
-use rdock_oci::{ImageStore, ensure_unpacked};
+use rdock_oci::{BlobSource, ImageStore, ensure_unpacked};
 use rdock_worker::{FileInput, Worker};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 /// What to solve.
@@ -29,6 +30,9 @@ pub struct SolveRequest<'a> {
     /// The build's identity (context, Dockerfile, stage, platform) for explaining cache
     /// misses against the last build of the same target; None records nothing.
     pub target: Option<&'a str>,
+    /// Imported cache exports (`--import-cache`): looked up after the local cache; their
+    /// blobs are fetched only for the hits the build needs.
+    pub imports: &'a [crate::remote::ImportedCache],
 }
 
 /// The result of a solve.
@@ -40,6 +44,11 @@ pub struct SolveOutput {
     pub executed: usize,
     /// How many came from the cache.
     pub cached: usize,
+    /// The cache key of every step (exec and file op), in topological order: what a cache
+    /// export looks up.
+    pub keys: Vec<String>,
+    /// The ids of the build's `RUN --mount=type=cache` mounts.
+    pub cache_mounts: Vec<String>,
 }
 
 /// A vertex's result.
@@ -62,6 +71,9 @@ pub struct Solver {
     worker: Worker,
     images: ImageStore,
     cache: CacheStore,
+    /// Where base-image layers the store lacks come from (the registry they were resolved
+    /// on); None: they must be in the store.
+    layers: Option<Arc<dyn BlobSource + 'static>>,
 }
 
 /// Number of output lines kept for an error message.
@@ -80,6 +92,11 @@ struct Run<'a> {
     infos: Vec<crate::explain::KeyInfo>,
     explainer: Option<crate::explain::Explainer>,
     results: Vec<OnceLock<Result<Output, Arc<SolveError>>>>,
+    /// Steps that must run: asked to ignore the cache, or below one that is. A cache hit
+    /// above them cannot stand in for them.
+    forced: Vec<bool>,
+    /// Steps already reported as cached.
+    reported: Vec<AtomicBool>,
     executed: std::sync::atomic::AtomicUsize,
     cached: std::sync::atomic::AtomicUsize,
 }
@@ -88,7 +105,15 @@ impl Solver {
     /// A solver running ops on `worker`, resolving images from `images`.
     pub fn new(worker: Worker, images: ImageStore) -> Result<Solver, SolveError> {
         let cache = CacheStore::new(worker.store().clone())?;
-        Ok(Solver { worker, images, cache })
+        Ok(Solver { worker, images, cache, layers: None })
+    }
+
+    /// Fetches base-image layers the store lacks from `source` when a step needs them
+    /// (images resolved on a registry are pulled lazily: a build that hits the cache
+    /// never downloads them).
+    pub fn with_layer_source(mut self, source: Arc<dyn BlobSource + 'static>) -> Solver {
+        self.layers = Some(source);
+        self
     }
 
     /// The cache records.
@@ -112,6 +137,8 @@ impl Solver {
             infos: Vec::new(),
             explainer: req.target.map(|t| crate::explain::Explainer::load(self.worker.store(), t)).transpose()?,
             results: (0..def.nodes.len()).map(|_| OnceLock::new()).collect(),
+            forced: Vec::new(),
+            reported: (0..def.nodes.len()).map(|_| AtomicBool::new(false)).collect(),
             executed: Default::default(),
             cached: Default::default(),
         };
@@ -120,8 +147,33 @@ impl Solver {
         run.infos = infos;
         run.fetched = fetched;
         run.commits = commits;
+        run.forced = Vec::with_capacity(run.nodes.len());
+        for node in &run.nodes {
+            let own = def.metadata.get(&node.digest()).is_some_and(|m| m.ignore_cache);
+            let below = node.inputs.iter().any(|inp| run.forced[run.index[&inp.digest]]);
+            run.forced.push(own || below);
+        }
+        let steps: Vec<String> = run
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| matches!(n.op, Op::Exec(_) | Op::File(_)))
+            .map(|(i, _)| run.keys[i].clone())
+            .collect();
+        let mut cache_mounts: Vec<String> = Vec::new();
+        for n in &run.nodes {
+            if let Op::Exec(e) = &n.op {
+                for m in &e.mounts {
+                    if let rdock_llb::MountKind::Cache { id, .. } = &m.kind
+                        && !cache_mounts.contains(id)
+                    {
+                        cache_mounts.push(id.clone());
+                    }
+                }
+            }
+        }
         let Some(terminal) = &def.terminal else {
-            return Ok(SolveOutput { top: None, executed: 0, cached: 0 });
+            return Ok(SolveOutput { top: None, executed: 0, cached: 0, keys: steps, cache_mounts });
         };
         let t = *run.index.get(&terminal.digest).ok_or_else(|| SolveError::Definition("terminal is not in the definition".into()))?;
         let out = std::thread::scope(|s| self.solve_node(s, &run, t));
@@ -151,7 +203,7 @@ impl Solver {
                 return Err(Arc::try_unwrap(e).unwrap_or_else(|a| SolveError::Definition(a.to_string())));
             }
         };
-        Ok(SolveOutput { top, executed, cached })
+        Ok(SolveOutput { top, executed, cached, keys: steps, cache_mounts })
     }
 
     /// Cache keys in topological order: blake3 over a version tag, the op's canonical
@@ -277,6 +329,19 @@ impl Solver {
         run.results[i]
             .get_or_init(|| {
                 let node = run.nodes[i];
+                // Top down: a step found in the cache needs none of its inputs, so a build
+                // that hits at the end downloads and unpacks nothing below.
+                if matches!(node.op, Op::Exec(_) | Op::File(_)) && !run.forced[i] {
+                    match self.find(run, i) {
+                        Ok(Some(out)) => {
+                            self.report_skipped(run, i);
+                            self.mark_cached(run, i);
+                            return Ok(out);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Err(Arc::new(e)),
+                    }
+                }
                 // Inputs in parallel: all but the last on their own threads.
                 let input_idx: Vec<usize> = node.inputs.iter().map(|inp| run.index[&inp.digest]).collect();
                 let mut outs: Vec<Option<Result<Output, Arc<SolveError>>>> = vec![None; input_idx.len()];
@@ -335,28 +400,24 @@ impl Solver {
                 if let Some(reference) = src.identifier.strip_prefix("docker-image://") {
                     let r = ImageRef::parse(reference).map_err(|e| SolveError::Definition(e.to_string()))?;
                     let m = self.images.get(&r)?.ok_or_else(|| rdock_oci::OciError::NotFound(r.familiar()))?;
+                    self.fetch_layers(&m)?;
                     let (top, _) = ensure_unpacked(&self.images, &m)?;
                     return Ok(Output::Snapshot(top));
                 }
                 Err(SolveError::Definition(format!("unsupported source {}", src.identifier)))
             }
             Op::Exec(_) | Op::File(_) => {
-                let hit = |run: &Run<'_>| -> Result<Option<Output>, SolveError> {
-                    if meta.ignore_cache {
-                        return Ok(None);
-                    }
-                    let Some(snap) = self.cache.get(key)? else { return Ok(None) };
-                    progress.event(Event::new(EventKind::Cached, &vertex, &name));
-                    run.cached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Ok(Some(Output::Snapshot(Some(snap))))
-                };
-                if let Some(out) = hit(run)? {
+                if !meta.ignore_cache
+                    && let Some(out) = self.lookup(run, i)?
+                {
                     return Ok(out);
                 }
                 // One process at a time runs a key: another build running the same step
                 // finishes it, and this one then takes its result from the cache.
                 let _running = self.worker.store().name_lock(key, rdock_snapshotter::lock::Wait::Block)?;
-                if let Some(out) = hit(run)? {
+                if !meta.ignore_cache
+                    && let Some(out) = self.lookup(run, i)?
+                {
                     return Ok(out);
                 }
                 if let Some(ex) = &run.explainer {
@@ -378,6 +439,7 @@ impl Solver {
                 let mut partial = String::new();
                 let result = match &node.op {
                     Op::Exec(e) => {
+                        self.import_cache_mounts(run, e)?;
                         let exec_inputs: Vec<FileInput> = inputs.iter().map(file_input).collect();
                         let mut on_output = |bytes: &[u8]| {
                             let text = String::from_utf8_lossy(bytes);
@@ -439,5 +501,237 @@ impl Solver {
             }
             Op::Merge(_) | Op::Diff(_) => Err(SolveError::Definition(format!("{} ops are not supported yet", node.op.kind()))),
         }
+    }
+}
+
+/// How many blobs a cache hit fetches at once.
+const FETCH_THREADS: usize = 6;
+
+impl Solver {
+    fn vertex_name(run: &Run<'_>, i: usize) -> (String, String) {
+        let node = run.nodes[i];
+        let digest = node.digest();
+        let name = match run.req.definition.metadata.get(&digest) {
+            Some(m) if !m.description.is_empty() => m.description.clone(),
+            _ => node.op.summary(),
+        };
+        (digest.to_string(), name)
+    }
+
+    /// Reports step `i` as cached, once.
+    fn mark_cached(&self, run: &Run<'_>, i: usize) {
+        if run.reported[i].swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let (vertex, name) = Solver::vertex_name(run, i);
+        run.req.progress.event(Event::new(EventKind::Cached, &vertex, &name));
+        run.cached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Step `i`'s result from the local cache, else from an imported export (fetching and
+    /// unpacking its chain, and recording it locally).
+    fn lookup(&self, run: &Run<'_>, i: usize) -> Result<Option<Output>, SolveError> {
+        let out = self.find(run, i)?;
+        if out.is_some() {
+            self.mark_cached(run, i);
+        }
+        Ok(out)
+    }
+
+    /// [`Solver::lookup`] without reporting the hit.
+    fn find(&self, run: &Run<'_>, i: usize) -> Result<Option<Output>, SolveError> {
+        let key = &run.keys[i];
+        let snap = match self.cache.get(key)? {
+            Some(s) => Some(s),
+            None => self.from_imports(run.req.imports, key)?,
+        };
+        Ok(snap.map(|s| Output::Snapshot(Some(s))))
+    }
+
+    fn from_imports(&self, imports: &[crate::remote::ImportedCache], key: &str) -> Result<Option<String>, SolveError> {
+        for c in imports {
+            if let Some(chain) = c.lookup(key) {
+                let name = self.materialize(c, chain)?;
+                self.cache.put(key, &name)?;
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Unpacks an imported chain into snapshots named by chain ID (shared with images
+    /// that have the same layers), fetching only the blobs of layers not unpacked yet.
+    fn materialize(&self, c: &crate::remote::ImportedCache, chain: &[crate::remote::CacheLayer]) -> Result<String, SolveError> {
+        let snaps = self.worker.store().snapshots();
+        let content = self.worker.store().content();
+        let mut names = Vec::with_capacity(chain.len());
+        let mut diff_ids = Vec::with_capacity(chain.len());
+        for l in chain {
+            diff_ids.push(l.diff_id.clone());
+            names.push(rdock_oci::chain_snapshot_name(&diff_ids).unwrap_or_default());
+        }
+        let mut missing = Vec::new();
+        for (l, name) in chain.iter().zip(&names) {
+            if !snaps.exists(name)? && !content.contains(&l.blob.digest) {
+                missing.push(l);
+            }
+        }
+        rdock_oci::parallel(&missing, FETCH_THREADS, |l| c.source().fetch(&l.blob, content))?;
+        let mut parent: Option<String> = None;
+        for (l, name) in chain.iter().zip(names) {
+            if !snaps.exists(&name)? {
+                let info = snaps.import_layer(&name, parent.as_deref(), &l.blob.digest, &l.blob.media_type)?;
+                if info.diff_id != l.diff_id {
+                    let _ = rdock_snapshotter::Snapshotter::remove(snaps.as_ref(), &name);
+                    return Err(SolveError::Definition(format!(
+                        "cache import {}: layer {} unpacks to {}, but the export says {}",
+                        c.name, l.blob.digest, info.diff_id, l.diff_id
+                    )));
+                }
+            }
+            parent = Some(name);
+        }
+        parent.ok_or_else(|| SolveError::Definition(format!("cache import {}: a record with no layers", c.name)))
+    }
+
+    /// After a hit at step `i`, reports the steps below it that have cache records as
+    /// cached (in the definition's order, which is topological), without fetching or
+    /// unpacking them: they are not needed.
+    fn report_skipped(&self, run: &Run<'_>, i: usize) {
+        let mut hits = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut todo: Vec<usize> = run.nodes[i].inputs.iter().map(|inp| run.index[&inp.digest]).collect();
+        while let Some(j) = todo.pop() {
+            if !seen.insert(j) || run.results[j].get().is_some() {
+                continue;
+            }
+            if matches!(run.nodes[j].op, Op::Exec(_) | Op::File(_)) && !run.reported[j].load(std::sync::atomic::Ordering::Relaxed) {
+                let key = &run.keys[j];
+                let recorded = self.cache.contains(key).unwrap_or(false) || run.req.imports.iter().any(|c| c.lookup(key).is_some());
+                if recorded {
+                    hits.push(j);
+                }
+            }
+            todo.extend(run.nodes[j].inputs.iter().map(|inp| run.index[&inp.digest]));
+        }
+        hits.sort_unstable();
+        for j in hits {
+            self.mark_cached(run, j);
+        }
+    }
+
+    /// Fetches the layers of base image `m` that the store lacks and that are not unpacked
+    /// yet, in parallel, from the layer source.
+    fn fetch_layers(&self, m: &rdock_imagespec::Digest) -> Result<(), SolveError> {
+        let Some(source) = &self.layers else { return Ok(()) };
+        let manifest = self.images.manifest(m)?;
+        let config = self.images.config(&manifest)?;
+        let snaps = self.worker.store().snapshots();
+        let content = self.worker.store().content();
+        let mut needed = Vec::new();
+        for (k, l) in manifest.layers.iter().enumerate() {
+            let name = config.rootfs.diff_ids.get(..=k).and_then(rdock_oci::chain_snapshot_name).unwrap_or_default();
+            if !content.contains(&l.digest) && !snaps.exists(&name)? {
+                needed.push(l);
+            }
+        }
+        rdock_oci::parallel(&needed, FETCH_THREADS, |l| source.fetch(l, content))?;
+        Ok(())
+    }
+
+    /// Before a step with `RUN --mount=type=cache` runs, creates the caches it mounts
+    /// that exist only in an imported export.
+    fn import_cache_mounts(&self, run: &Run<'_>, e: &rdock_llb::ExecOp) -> Result<(), SolveError> {
+        let root = self.worker.store().root().join("cache");
+        let content = self.worker.store().content();
+        for m in &e.mounts {
+            let rdock_llb::MountKind::Cache { id, .. } = &m.kind else { continue };
+            if rdock_worker::cachemount::dir(&root, id).is_dir() {
+                continue;
+            }
+            if let Some((c, desc)) = run.req.imports.iter().find_map(|c| c.mount(id).map(|d| (c, d))) {
+                c.source().fetch(desc, content)?;
+                let mut tar = content.open_uncompressed(&desc.digest)?;
+                rdock_worker::cachemount::import(&root, id, &mut tar).map_err(|e| SolveError::Context(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cache export of a finished solve: records for its steps (`mode=min`: those
+    /// whose result is part of the output; `mode=max`: all), taken from the local cache or,
+    /// for steps that were hits in `imports` and never unpacked, from there (their blobs
+    /// are fetched: the export needs them). With `mounts`, the build's cache mounts too.
+    pub fn export_cache(
+        &self,
+        out: &SolveOutput,
+        mode: crate::remote::CacheMode,
+        mounts: bool,
+        imports: &[crate::remote::ImportedCache],
+    ) -> Result<crate::remote::CacheExport, SolveError> {
+        use crate::remote::{CacheLayer, CacheMode, ExportBuilder};
+        let snaps = self.worker.store().snapshots();
+        let content = self.worker.store().content();
+        let top: Vec<rdock_imagespec::Digest> = match &out.top {
+            Some(t) => snaps.chain_layers(t)?.into_iter().map(|l| l.blob).collect(),
+            None => Vec::new(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut local: Vec<(String, String)> = Vec::new();
+        let mut remote: Vec<(String, Vec<CacheLayer>, &crate::remote::ImportedCache)> = Vec::new();
+        for key in &out.keys {
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            if let Some(snap) = self.cache.get(key)? {
+                local.push((key.clone(), snap));
+            } else if let Some((c, chain)) = imports.iter().find_map(|c| c.lookup(key).map(|ch| (c, ch.to_vec()))) {
+                remote.push((key.clone(), chain, c));
+            }
+        }
+        // Every snapshot of every chain gets its layer blob, compressed in parallel.
+        let mut chain_names: Vec<String> = Vec::new();
+        let mut named = std::collections::HashSet::new();
+        for (_, snap) in &local {
+            for info in snaps.chain(snap)? {
+                if named.insert(info.key.clone()) {
+                    chain_names.push(info.key);
+                }
+            }
+        }
+        rdock_oci::parallel(&chain_names, FETCH_THREADS, |n| snaps.layer(n).map(|_| ()).map_err(Into::into))?;
+        let in_output = |chain: &[CacheLayer]| chain.len() <= top.len() && chain.iter().zip(&top).all(|(a, b)| a.blob.digest == *b);
+        let mut b = ExportBuilder::default();
+        for (key, snap) in &local {
+            let chain: Vec<CacheLayer> = snaps
+                .chain_layers(snap)?
+                .into_iter()
+                .map(|l| CacheLayer { blob: rdock_imagespec::Descriptor::new(&l.media_type, l.blob, l.size), diff_id: l.diff_id })
+                .collect();
+            if mode == CacheMode::Max || in_output(&chain) {
+                b.record(key, &chain);
+            }
+        }
+        for (key, chain, c) in &remote {
+            if mode == CacheMode::Max || in_output(chain) {
+                rdock_oci::parallel(chain, FETCH_THREADS, |l| c.source().fetch(&l.blob, content))?;
+                b.record(key, chain);
+            }
+        }
+        if mounts {
+            let root = self.worker.store().root().join("cache");
+            for id in &out.cache_mounts {
+                let dir = rdock_worker::cachemount::dir(&root, id);
+                if dir.is_dir() {
+                    let lb = rdock_snapshotter::write_layer(&dir, content)?;
+                    let layer = CacheLayer {
+                        blob: rdock_imagespec::Descriptor::new(rdock_imagespec::MEDIA_TYPE_OCI_LAYER_GZIP, lb.blob, lb.size),
+                        diff_id: lb.diff_id,
+                    };
+                    b.mount(id, &layer);
+                }
+            }
+        }
+        b.finish(content)
     }
 }

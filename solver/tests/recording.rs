@@ -84,7 +84,14 @@ fn env() -> Env {
 
 fn solve(e: &Env, def: &Definition) -> Result<rdock_solver::SolveOutput, SolveError> {
     let locals = HashMap::new();
-    e.solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress, secrets: &HashMap::new(), target: None })
+    e.solver.solve(&SolveRequest {
+        definition: def,
+        locals: &locals,
+        progress: &NoProgress,
+        secrets: &HashMap::new(),
+        target: None,
+        imports: &[],
+    })
 }
 
 #[test]

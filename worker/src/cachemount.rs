@@ -49,6 +49,38 @@ fn dir_name(id: &str) -> String {
     blake3::hash(id.as_bytes()).to_hex().to_string()
 }
 
+/// The directory of cache `id` (its first instance: the one `shared` and `locked` mounts
+/// use), whether or not it exists yet.
+pub fn dir(root: &Path, id: &str) -> PathBuf {
+    root.join(dir_name(id))
+}
+
+/// Creates cache `id` from an uncompressed tar stream (an imported cache export), unless
+/// it exists already. The tree is unpacked beside it and renamed into place, so a reader
+/// sees all of it or nothing. Returns false if the cache was there.
+pub fn import(root: &Path, id: &str, tar: &mut dyn std::io::Read) -> Result<bool, WorkerError> {
+    let dest = dir(root, id);
+    if dest.is_dir() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(root).map_err(|e| WorkerError::Io(root.to_path_buf(), e))?;
+    let tmp = root.join(format!(".import-{}-{}", dir_name(id), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| WorkerError::Io(tmp.clone(), e))?;
+    if let Err(e) = rdock_snapshotter::apply_layer(tar, &tmp, &format!("cache mount {id}")) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.into());
+    }
+    match std::fs::rename(&tmp, &dest) {
+        Ok(()) => Ok(true),
+        Err(_) => {
+            // Another build created it meanwhile: theirs stands.
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(false)
+        }
+    }
+}
+
 /// True if the cache `id` has never been created, so a seed would be used.
 pub(crate) fn is_new(root: &Path, id: &str) -> bool {
     !root.join(dir_name(id)).is_dir()

@@ -13,7 +13,7 @@
 //! # let _ = worker;
 //! ```
 
-mod cachemount;
+pub mod cachemount;
 mod contextview;
 pub mod fileop;
 pub mod git;

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use rdock_cli::build::{BuildRequest, CommonFlags, DumpFormat, parse_output, parse_platform, run};
+use rdock_cli::registry::{parse_cache_export, parse_cache_import};
 use rdock_cli::{UsageError, exit_with};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,10 +22,11 @@ struct Args {
     /// `type=docker|oci|local|tar|image,...`.
     #[arg(long = "output", short = 'o')]
     outputs: Vec<String>,
-    /// Not supported yet.
+    /// Export the build cache: `type=registry,ref=REF` or `type=local,dest=DIR`, with
+    /// `mode=min|max` and `cache-mounts=true`.
     #[arg(long = "export-cache")]
     export_cache: Vec<String>,
-    /// Not supported yet.
+    /// Import a build cache: `type=registry,ref=REF` or `type=local,src=DIR`.
     #[arg(long = "import-cache")]
     import_cache: Vec<String>,
     #[command(flatten)]
@@ -37,9 +39,6 @@ struct Args {
 fn request(a: Args) -> anyhow::Result<BuildRequest> {
     if a.frontend != "dockerfile" && a.frontend != "dockerfile.v0" {
         return Err(UsageError(format!("unknown frontend {:?} (only dockerfile)", a.frontend)).into());
-    }
-    if !a.export_cache.is_empty() || !a.import_cache.is_empty() {
-        return Err(UsageError("--export-cache and --import-cache are not supported yet".into()).into());
     }
     let mut locals = BTreeMap::new();
     for l in &a.locals {
@@ -82,6 +81,8 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
     let outputs = a.outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
     let mut req = a.common.request(context, dockerfile_dir.join(filename), target, build_args, outputs, dump)?;
     req.platform = platform;
+    req.cache_exports = a.export_cache.iter().map(|c| parse_cache_export("--export-cache", c)).collect::<anyhow::Result<_>>()?;
+    req.cache_imports = a.import_cache.iter().map(|c| parse_cache_import("--import-cache", c)).collect::<anyhow::Result<_>>()?;
     match no_cache {
         Some(stages) if stages.is_empty() => req.no_cache = true,
         Some(stages) => req.no_cache_stages.extend(stages),

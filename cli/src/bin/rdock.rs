@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use rdock_cli::build::{CommonFlags, Output, parse_output, parse_platform, run};
+use rdock_cli::registry::{self, parse_cache_export, parse_cache_import};
 use rdock_cli::{UsageError, commands, exit_with, gc};
 use rdock_imagespec::ImageRef;
 use std::collections::BTreeMap;
@@ -38,12 +39,16 @@ enum Command {
         /// Target platform (`linux/arm64`); the host's by default.
         #[arg(long)]
         platform: Option<String>,
-        /// Not supported yet.
+        /// Import a build cache: `REF`, `type=registry,ref=REF` or `type=local,src=DIR`.
         #[arg(long = "cache-from")]
         cache_from: Vec<String>,
-        /// Not supported yet.
+        /// Export the build cache: `type=registry,ref=REF` or `type=local,dest=DIR`, with
+        /// `mode=min|max` and `cache-mounts=true`.
         #[arg(long = "cache-to")]
         cache_to: Vec<String>,
+        /// Push the image to its registry after building (`-t` names).
+        #[arg(long)]
+        push: bool,
         #[command(flatten)]
         common: CommonFlags,
         /// The build context directory.
@@ -94,15 +99,43 @@ enum Command {
         /// Which.
         image: String,
     },
-    /// Pull from a registry (not supported yet).
+    /// Pull an image from a registry: only the layers the store lacks are downloaded.
     Pull {
-        /// Reference.
+        /// Reference (`127.0.0.1:5000/app:1`, `name@sha256:…`).
         reference: String,
+        /// The platform to pull from a multi-platform image (the host's by default).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Print only the result.
+        #[arg(short, long)]
+        quiet: bool,
     },
-    /// Push to a registry (not supported yet).
+    /// Push an image to its registry: only the blobs the registry lacks are uploaded.
     Push {
-        /// Reference.
+        /// Reference (a name in the local store).
         reference: String,
+        /// Print only the result.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Log in to a registry; the credentials go to docker's config.json.
+    Login {
+        /// User name.
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Password (prefer --password-stdin).
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The registry (Docker Hub if omitted).
+        server: Option<String>,
+    },
+    /// Remove a registry's credentials.
+    Logout {
+        /// The registry (Docker Hub if omitted).
+        server: Option<String>,
     },
     /// Disk usage of the store, by kind, and what `prune --all` would free.
     Du {
@@ -139,11 +172,11 @@ fn not_yet(what: &str) -> anyhow::Result<()> {
 
 fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Build { tags, file, target, build_args, outputs, platform, cache_from, cache_to, mut common, context } => {
+        Command::Build { tags, file, target, build_args, outputs, platform, cache_from, cache_to, push, mut common, context } => {
             // dockerd grants network.host to its builds by default; so does `rdock build`.
             common.allow.push("network.host".into());
-            if !cache_from.is_empty() || !cache_to.is_empty() {
-                return not_yet("--cache-from/--cache-to");
+            if push && tags.is_empty() {
+                return Err(UsageError("--push needs a name: give -t NAME".into()).into());
             }
             let mut outs: Vec<Output> = outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
             if !tags.is_empty() {
@@ -151,7 +184,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     .iter()
                     .map(|t| ImageRef::parse(t).map_err(|e| UsageError(e.to_string()).into()))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                outs.push(Output::Image { names });
+                outs.push(Output::Image { names, push, insecure: false });
             }
             let mut args = BTreeMap::new();
             for a in build_args {
@@ -163,6 +196,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             }
             let mut req = common.request(context.clone(), file.unwrap_or_else(|| context.join("Dockerfile")), target, args, outs, None)?;
             req.platform = platform.as_deref().map(parse_platform).transpose()?;
+            req.cache_imports = cache_from.iter().map(|c| parse_cache_import("--cache-from", c)).collect::<anyhow::Result<_>>()?;
+            req.cache_exports = cache_to.iter().map(|c| parse_cache_export("--cache-to", c)).collect::<anyhow::Result<_>>()?;
             run(&req).map(|_| ())
         }
         Command::Run { .. } => not_yet("rdock run"),
@@ -173,8 +208,12 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::History { image } => commands::history(&image),
         Command::Load { input } => commands::load(&input),
         Command::Save { output, image } => commands::save(&output, &image),
-        Command::Pull { .. } => not_yet("rdock pull"),
-        Command::Push { .. } => not_yet("rdock push"),
+        Command::Pull { reference, platform, quiet } => registry::pull(&reference, platform.as_deref(), quiet),
+        Command::Push { reference, quiet } => registry::push(&reference, quiet),
+        Command::Login { username, password, password_stdin, server } => {
+            registry::login(server.as_deref(), username, password, password_stdin)
+        }
+        Command::Logout { server } => registry::logout(server.as_deref()),
         Command::Du { verbose, format } => match format.as_deref() {
             None | Some("table") => gc::du(verbose, false),
             Some("json") => gc::du(verbose, true),
