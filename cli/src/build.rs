@@ -327,10 +327,24 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
 struct StoreResolver {
     images: ImageStore,
     client: Arc<rdock_registry::Client>,
+    /// What the registry answered, so that the build checks and the lowering ask once.
+    remote: std::sync::Mutex<HashMap<(String, String), Result<ResolvedImage, String>>>,
 }
 
 impl ImageResolver for StoreResolver {
     fn resolve(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, String> {
+        let key = (image.to_string(), platform.to_string());
+        if let Some(r) = self.remote.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return r.clone();
+        }
+        let r = self.resolve_uncached(image, platform);
+        self.remote.lock().unwrap_or_else(|p| p.into_inner()).insert(key, r.clone());
+        r
+    }
+}
+
+impl StoreResolver {
+    fn resolve_uncached(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, String> {
         if let Some(digest) = self.images.resolve(image, platform).map_err(|e| e.to_string())? {
             let m = self.images.manifest(&digest).map_err(|e| e.to_string())?;
             let config = self.images.config(&m).map_err(|e| e.to_string())?;
@@ -427,7 +441,7 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
         .collect();
     let client = crate::registry::client(&insecure);
     let quiet = req.progress == progress::Mode::Quiet;
-    let lowered = lower(&source, &opts, &StoreResolver { images: images.clone(), client: client.clone() })?;
+    let lowered = lower(&source, &opts, &StoreResolver { images: images.clone(), client: client.clone(), remote: Default::default() })?;
     let n = lowered.warnings.len();
     if req.check || req.progress != progress::Mode::Quiet || lowered.check.error {
         for w in &lowered.warnings {

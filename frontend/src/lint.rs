@@ -367,7 +367,8 @@ pub fn lint(
                     }
                     if let Some(env) = stage_env.get(&lname) {
                         inherited.extend(env.iter().cloned());
-                    } else if let Ok(r) = ImageRef::parse(&base)
+                    } else if base != "scratch"
+                        && let Ok(r) = ImageRef::parse(&base)
                         && let Ok(img) = resolver.resolve(&r, &target)
                     {
                         inherited.extend(img.config.config.env.iter().map(|e| e.split_once('=').map(|x| x.0).unwrap_or(e).to_string()));

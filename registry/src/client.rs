@@ -106,7 +106,8 @@ type Response = ureq::http::Response<ureq::Body>;
 
 fn is_loopback(host: &str) -> bool {
     let h = host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map(|(h, _)| h).unwrap_or(host);
-    h == "localhost" || h.starts_with("127.") || h == "[::1]"
+    let bare = h.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Percent-encodes a query value.
@@ -382,7 +383,8 @@ impl Client {
             let result = self.build(call, auth.as_deref())?;
             let wait = match result {
                 Err(e) => {
-                    if attempt + 1 >= self.opts.attempts {
+                    // A name that does not resolve will not resolve on a retry either.
+                    if attempt + 1 >= self.opts.attempts || matches!(e, ureq::Error::HostNotFound) {
                         return Err(RegistryError::Http {
                             method: call.method.into(),
                             url: call.url.clone(),

@@ -543,12 +543,12 @@ impl Solver {
         let key = &run.keys[i];
         let snap = match self.cache.get(key)? {
             Some(s) => Some(s),
-            None => self.from_imports(run.req.imports, key)?,
+            None => self.imported(run.req.imports, key)?,
         };
         Ok(snap.map(|s| Output::Snapshot(Some(s))))
     }
 
-    fn from_imports(&self, imports: &[crate::remote::ImportedCache], key: &str) -> Result<Option<String>, SolveError> {
+    fn imported(&self, imports: &[crate::remote::ImportedCache], key: &str) -> Result<Option<String>, SolveError> {
         for c in imports {
             if let Some(chain) = c.lookup(key) {
                 let name = self.materialize(c, chain)?;
