@@ -15,6 +15,10 @@
 //!   layer-commit  one RUN writing 64 MiB of incompressible data: snapshot commit, diff,
 //!                 gzip, sha256 (exported as an OCI tarball)
 //!   oci-export    exporting that image again as an OCI tarball (layers already compressed)
+//!   registry      against Debian's docker-registry on a loopback port: push and pull of a
+//!                 ~490 MB image (five 98 MB layers) by rdock, `docker push`/`docker pull`
+//!                 and `skopeo copy … oci-archive:` (in the BuildKit and Buildah columns);
+//!                 and an empty-store build of a 10-step image with `--import-cache`
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -347,6 +351,127 @@ fn workload_layer(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     ])
 }
 
+/// A docker-registry on a free loopback port, killed on drop.
+struct LoopbackRegistry {
+    host: String,
+    child: std::process::Child,
+}
+
+impl Drop for LoopbackRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry(dir: &Path) -> Result<LoopbackRegistry> {
+    std::fs::create_dir_all(dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let host = format!("127.0.0.1:{port}");
+    let data = dir.join("registry-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let cfg = dir.join("registry.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
+            data.display()
+        ),
+    )?;
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&host).is_ok() {
+            return Ok(LoopbackRegistry { host, child });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("docker-registry did not start")
+}
+
+/// Push and pull through a loopback registry, beside docker and skopeo; and a 10-step
+/// build on an empty store that imports its cache.
+fn workload_registry(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let reg = start_registry(dir)?;
+    // The image: five layers of 98 MB of random data on busybox.
+    let ctx = dir.join("registry-image");
+    std::fs::create_dir_all(&ctx)?;
+    let steps: String = (0..5).map(|i| format!("RUN head -c 98000000 /dev/urandom > /data{i}\n")).collect();
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM busybox\n{steps}"))?;
+    let src = fresh_store(t, dir)?;
+    let image_tar = dir.join("registry-image.tar");
+    run(&mut rdock_build(t, &src, &ctx, &["--output", &format!("type=docker,dest={},name=bigimg:1", image_tar.display())]))?;
+    let (mut push, mut pull, mut dpush, mut dpull, mut skopeo) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for n in 0..runs {
+        // A store that knows no registry: everything is uploaded.
+        let root = fresh_store(t, dir)?;
+        run(Command::new(&t.rdock).args(["load", "-i"]).arg(&image_tar).env("RDOCK_ROOT", &root))?;
+        let name = format!("{}/rd{n}:1", reg.host);
+        run(Command::new(&t.rdock).args(["tag", "bigimg:1", &name]).env("RDOCK_ROOT", &root))?;
+        push.push(time(Command::new(&t.rdock).args(["push", "-q", &name]).env("RDOCK_ROOT", &root))?);
+        let empty = dir.join("stores").join(format!("pull-{}-{n}", std::process::id()));
+        pull.push(time(Command::new(&t.rdock).args(["pull", "-q", &name]).env("RDOCK_ROOT", &empty))?);
+        let archive = dir.join("skopeo.tar");
+        let _ = std::fs::remove_file(&archive);
+        skopeo.push(time(Command::new("skopeo").args([
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            &format!("docker://{name}"),
+            &format!("oci-archive:{}", archive.display()),
+        ]))?);
+        if t.docker {
+            // A registry of its own: docker remembers which registries had its layers and
+            // would mount them instead of uploading.
+            let dreg = start_registry(&dir.join(format!("docker-registry-{n}")))?;
+            run(Command::new(docker_cli()).args(["load", "-q", "-i"]).arg(&image_tar))?;
+            let dname = format!("{}/dk{n}:1", dreg.host);
+            run(Command::new(docker_cli()).args(["tag", "bigimg:1", &dname]))?;
+            dpush.push(time(Command::new(docker_cli()).args(["push", "-q", &dname]))?);
+            run(Command::new(docker_cli()).args(["rmi", "-f", &dname, "bigimg:1"]))?;
+            dpull.push(time(Command::new(docker_cli()).args(["pull", "-q", &dname]))?);
+            run(Command::new(docker_cli()).args(["rmi", "-f", &dname]))?;
+        }
+    }
+    // Ten steps, their cache exported from one store and imported into empty ones.
+    let ctx10 = dir.join("registry-cache10");
+    std::fs::create_dir_all(&ctx10)?;
+    let base = format!("{}/busybox:1", reg.host);
+    run(Command::new(&t.rdock).args(["tag", "busybox:latest", &base]).env("RDOCK_ROOT", &src))?;
+    run(Command::new(&t.rdock).args(["push", "-q", &base]).env("RDOCK_ROOT", &src))?;
+    let steps10: String = (0..10).map(|i| format!("RUN head -c 100000 /dev/urandom > /f{i} && sleep 0.2\n")).collect();
+    std::fs::write(ctx10.join("Dockerfile"), format!("FROM {base}\n{steps10}"))?;
+    let cache = format!("type=registry,ref={}/cache10:1,mode=max", reg.host);
+    run(&mut rdock_build(t, &src, &ctx10, &["--export-cache", &cache]))?;
+    let mut hit = Vec::new();
+    for n in 0..runs {
+        let empty = dir.join("stores").join(format!("cache-{}-{n}", std::process::id()));
+        let out = dir.join("cache10.tar");
+        hit.push(time(&mut rdock_build(
+            t,
+            &empty,
+            &ctx10,
+            &["--import-cache", &cache, "--output", &format!("type=oci,dest={}", out.display())],
+        ))?);
+    }
+    let opt = |v: Vec<Duration>| if v.is_empty() { None } else { Some(median(v)) };
+    Ok(vec![
+        Row { name: "push-490MB (docker push; skopeo: -)", rdock: median(push), buildkit: opt(dpush), buildah: None, per: None },
+        Row {
+            name: "pull-490MB (docker pull; skopeo copy to oci-archive)",
+            rdock: median(pull),
+            buildkit: opt(dpull),
+            buildah: Some(median(skopeo)),
+            per: None,
+        },
+        Row { name: "import-cache-10-steps-empty-store", rdock: median(hit), buildkit: None, buildah: None, per: None },
+    ])
+}
+
 fn fmt(d: Option<Duration>) -> String {
     d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into())
 }
@@ -403,6 +528,9 @@ fn main() -> Result<()> {
     }
     if all || wanted.iter().any(|w| w.starts_with("layer") || w.starts_with("oci")) {
         rows.extend(workload_layer(&t, &dir, runs)?);
+    }
+    if all || wanted.iter().any(|w| w == "registry") {
+        rows.extend(workload_registry(&t, &dir, runs)?);
     }
     let _ = std::fs::remove_dir_all(dir.join("stores"));
     println!(

@@ -30,24 +30,30 @@ pub fn ensure_unpacked(images: &ImageStore, manifest: &Digest) -> Result<(Option
         });
     }
     let snaps = images.store().snapshots();
-    let mut parent: Option<String> = None;
-    for (i, layer) in m.layers.iter().enumerate() {
-        let name = chain_snapshot_name(&config.rootfs.diff_ids[..=i]).unwrap_or_default();
-        if !snaps.exists(&name)? {
-            let info = snaps.import_layer(&name, parent.as_deref(), &layer.digest, &layer.media_type)?;
-            if info.diff_id != config.rootfs.diff_ids[i] {
-                let _ = rdock_snapshotter::Snapshotter::remove(snaps.as_ref(), &name);
-                return Err(OciError::Inconsistent {
-                    image: manifest.to_string(),
-                    reason: format!(
-                        "layer {} unpacks to {}, but the config says {}",
-                        layer.digest, info.diff_id, config.rootfs.diff_ids[i]
-                    ),
-                });
+    let names: Vec<String> = (0..m.layers.len()).map(|i| chain_snapshot_name(&config.rootfs.diff_ids[..=i]).unwrap_or_default()).collect();
+    let chain: Vec<rdock_snapshotter::ChainLayer<'_>> = m
+        .layers
+        .iter()
+        .zip(&names)
+        .map(|(l, n)| rdock_snapshotter::ChainLayer { name: n, blob: &l.digest, media_type: &l.media_type })
+        .collect();
+    let infos = snaps.import_chain(&chain, None)?;
+    for (i, info) in infos.iter().enumerate() {
+        if info.diff_id != config.rootfs.diff_ids[i] {
+            // Remove the bad layer and what was built on it, top first.
+            for n in names[i..].iter().rev() {
+                let _ = rdock_snapshotter::Snapshotter::remove(snaps.as_ref(), n);
             }
+            return Err(OciError::Inconsistent {
+                image: manifest.to_string(),
+                reason: format!(
+                    "layer {} unpacks to {}, but the config says {}",
+                    m.layers[i].digest, info.diff_id, config.rootfs.diff_ids[i]
+                ),
+            });
         }
-        parent = Some(name);
     }
+    let parent = names.last().cloned();
     if let Some(top) = &parent {
         // Garbage collection keeps what was used last.
         snaps.touch(top)?;

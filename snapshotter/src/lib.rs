@@ -41,7 +41,7 @@ pub use db::Db;
 pub use diff::{LayerBlob, write_layer, write_tree_tar};
 pub use error::SnapshotError;
 pub use mount::{MountSpec, Mounted};
-pub use overlay::{Info, Kind, LayerInfo, OverlaySnapshotter, SnapshotRecord, Usage, active_key, disk_usage};
+pub use overlay::{ChainLayer, Info, Kind, LayerInfo, OverlaySnapshotter, SnapshotRecord, Usage, active_key, disk_usage};
 pub use whiteout::is_opaque;
 
 use std::path::{Path, PathBuf};

@@ -9,8 +9,10 @@ use crate::whiteout::is_overlay_whiteout;
 use crate::{SnapshotError, Snapshotter};
 use rdock_imagespec::{Digest, MEDIA_TYPE_OCI_LAYER_GZIP};
 use rusqlite::{OptionalExtension, params};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a snapshot is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +111,18 @@ pub struct LayerInfo {
     pub size: u64,
     /// Blob media type.
     pub media_type: String,
+}
+
+/// One layer of a chain to import: the snapshot name it becomes, its blob, and the blob's
+/// media type.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainLayer<'a> {
+    /// The committed snapshot's name (`layer-CHAINID`).
+    pub name: &'a str,
+    /// The layer blob in the content store.
+    pub blob: &'a Digest,
+    /// Its media type.
+    pub media_type: &'a str,
 }
 
 /// The overlay snapshotter over a store root.
@@ -428,6 +442,110 @@ impl OverlaySnapshotter {
                 Err(e)
             }
         }
+    }
+
+    /// Unpacks a chain of layers (bottom first, on top of `parent`) into committed
+    /// snapshots, skipping those that exist. A layer's diff does not depend on what lies
+    /// below it (whiteouts are recorded, not applied), so every missing layer is unpacked
+    /// at once into a directory of its own under `tmp/`; the snapshots are then created
+    /// bottom-up by renaming those directories into place. Nothing is left behind on error.
+    pub fn import_chain(&self, layers: &[ChainLayer<'_>], parent: Option<&str>) -> Result<Vec<LayerInfo>, SnapshotError> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let mut todo = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            if !self.exists(l.name)? {
+                let tmp = self.root.join("tmp").join(format!("unpack-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+                todo.push((i, tmp));
+            }
+        }
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(todo.len().max(1));
+        let next = AtomicU64::new(0);
+        let results: Vec<std::sync::Mutex<Option<Result<Digest, SnapshotError>>>> = todo.iter().map(|_| Default::default()).collect();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some((i, tmp)) = todo.get(k) else { break };
+                        let r = self.unpack_into(layers[*i].blob, tmp);
+                        *results[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                    }
+                });
+            }
+        });
+        let mut unpacked: HashMap<usize, (PathBuf, Result<Digest, SnapshotError>)> = HashMap::new();
+        for ((i, tmp), r) in todo.into_iter().zip(results) {
+            let r = r
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| Err(SnapshotError::NotFound(tmp.display().to_string())));
+            unpacked.insert(i, (tmp, r));
+        }
+        let cleanup = |unpacked: &HashMap<usize, (PathBuf, Result<Digest, SnapshotError>)>| {
+            for (tmp, _) in unpacked.values() {
+                let _ = std::fs::remove_dir_all(tmp);
+            }
+        };
+        let mut out = Vec::with_capacity(layers.len());
+        let mut below: Option<String> = parent.map(str::to_string);
+        for (i, l) in layers.iter().enumerate() {
+            let Some((tmp, r)) = unpacked.remove(&i) else {
+                out.push(self.layer(l.name)?);
+                below = Some(l.name.to_string());
+                continue;
+            };
+            let diff_id = match r {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    cleanup(&unpacked);
+                    return Err(e);
+                }
+            };
+            let size = std::fs::metadata(self.content.path(l.blob)).map(|m| m.len()).unwrap_or(0);
+            let info = LayerInfo { diff_id, blob: l.blob.clone(), size, media_type: l.media_type.to_string() };
+            if let Err(e) = self.place(l.name, below.as_deref(), &tmp, &info) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                cleanup(&unpacked);
+                return Err(e);
+            }
+            out.push(info);
+            below = Some(l.name.to_string());
+        }
+        Ok(out)
+    }
+
+    /// Applies a layer blob into a new directory `dest`, returning its diff ID.
+    fn unpack_into(&self, blob: &Digest, dest: &Path) -> Result<Digest, SnapshotError> {
+        std::fs::create_dir_all(dest).map_err(|e| SnapshotError::io(dest, e))?;
+        let mut r = self.content.open_uncompressed(blob)?;
+        crate::apply_layer(&mut r, dest, blob.as_str())
+    }
+
+    /// Makes the unpacked directory `tmp` the committed snapshot `name` on `parent`.
+    fn place(&self, name: &str, parent: Option<&str>, tmp: &Path, l: &LayerInfo) -> Result<(), SnapshotError> {
+        let key = active_key("import");
+        self.create(&key, parent, Kind::Active)?;
+        let fs = self.fs_dir(&key)?;
+        let moved = std::fs::remove_dir(&fs).and_then(|_| std::fs::rename(tmp, &fs));
+        if let Err(e) = moved {
+            let _ = self.remove(&key);
+            return Err(SnapshotError::io(&fs, e));
+        }
+        match self.commit(name, &key) {
+            Ok(()) => {}
+            Err(SnapshotError::Exists(_)) => {
+                // Another process made it first: theirs stands.
+                let _ = self.remove(&key);
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = self.remove(&key);
+                return Err(e);
+            }
+        }
+        let id = self.info(name)?.id;
+        self.record_layer(id, l)
     }
 
     /// Reads a file as it appears in the committed snapshot `name` (through its layers),

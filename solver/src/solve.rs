@@ -577,20 +577,24 @@ impl Solver {
             }
         }
         rdock_oci::parallel(&missing, FETCH_THREADS, |l| c.source().fetch(&l.blob, content))?;
-        let mut parent: Option<String> = None;
-        for (l, name) in chain.iter().zip(names) {
-            if !snaps.exists(&name)? {
-                let info = snaps.import_layer(&name, parent.as_deref(), &l.blob.digest, &l.blob.media_type)?;
-                if info.diff_id != l.diff_id {
-                    let _ = rdock_snapshotter::Snapshotter::remove(snaps.as_ref(), &name);
-                    return Err(SolveError::Definition(format!(
-                        "cache import {}: layer {} unpacks to {}, but the export says {}",
-                        c.name, l.blob.digest, info.diff_id, l.diff_id
-                    )));
+        let layers: Vec<rdock_snapshotter::ChainLayer<'_>> = chain
+            .iter()
+            .zip(&names)
+            .map(|(l, n)| rdock_snapshotter::ChainLayer { name: n, blob: &l.blob.digest, media_type: &l.blob.media_type })
+            .collect();
+        let infos = snaps.import_chain(&layers, None)?;
+        for (i, (info, l)) in infos.iter().zip(chain).enumerate() {
+            if info.diff_id != l.diff_id {
+                for n in names[i..].iter().rev() {
+                    let _ = rdock_snapshotter::Snapshotter::remove(snaps.as_ref(), n);
                 }
+                return Err(SolveError::Definition(format!(
+                    "cache import {}: layer {} unpacks to {}, but the export says {}",
+                    c.name, l.blob.digest, info.diff_id, l.diff_id
+                )));
             }
-            parent = Some(name);
         }
+        let parent = names.last().cloned();
         parent.ok_or_else(|| SolveError::Definition(format!("cache import {}: a record with no layers", c.name)))
     }
 
