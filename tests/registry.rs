@@ -48,9 +48,14 @@ fn free_port() -> u16 {
 
 /// A plain GET over loopback: the status code, or None if nothing answers.
 fn http_status(host: &str, path: &str) -> Option<u16> {
+    http_request(host, "GET", path)
+}
+
+/// A bodiless request over loopback: the status code.
+fn http_request(host: &str, method: &str, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect(host).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).ok()?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -175,6 +180,16 @@ fn push_pull_round_trip_through_a_real_registry() {
     assert_eq!(std::fs::read_to_string(bundle.join("rootfs/msg")).unwrap(), "hello from the registry\n");
     assert_eq!(std::fs::metadata(bundle.join("rootfs/blob")).unwrap().len(), 1500 * 1024);
 
+    // docker reads it too, where a dockerd runs (CI has none; loopback registries are
+    // insecure to docker by default).
+    if Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success()) {
+        sh("docker", &["pull", "-q", &app]);
+        assert_eq!(sh("docker", &["run", "--rm", &app]), "hello from the registry\n");
+        sh("docker", &["rmi", "-f", &app]);
+    } else {
+        eprintln!("no dockerd: docker pull of the pushed image not checked here");
+    }
+
     // A second push uploads nothing; a push to another repository mounts every blob.
     let again = a.rdock(&["push", &app]);
     assert_ok(&again);
@@ -207,6 +222,18 @@ fn push_pull_round_trip_through_a_real_registry() {
     let ctx_c = c.ctx("d", &[("Dockerfile", &format!("FROM {by_digest}\nRUN cat /msg > /again\n"))]);
     assert_ok(&c.build(&ctx_c, &[]));
     fsck(&c);
+
+    // A mount the registry declines (the blob's link in the source repository is gone)
+    // falls back to an upload.
+    let config_digest = skopeo_inspect(&other, &["--raw"])["config"]["digest"].as_str().unwrap().to_string();
+    assert_eq!(http_request(&reg.host, "DELETE", &format!("/v2/team/app/blobs/{config_digest}")), Some(202));
+    assert_eq!(http_request(&reg.host, "DELETE", &format!("/v2/other/app/blobs/{config_digest}")), Some(202));
+    let third = reg.image("third/app:3");
+    assert_ok(&a.rdock(&["tag", &app, &third]));
+    let fallback = a.rdock(&["push", &third]);
+    assert_ok(&fallback);
+    assert!(stderr(&fallback).contains("1 uploaded, 3 mounted"), "{}", stderr(&fallback));
+    assert_eq!(skopeo_inspect(&third, &[])["Digest"], digest.as_str());
 }
 
 #[test]
