@@ -333,6 +333,21 @@ fn with_config(f: &Fixture, args: &[&str], config_dir: &Path) -> std::process::O
     Command::new(RDOCK).args(args).env("RDOCK_ROOT", &f.root).env("DOCKER_CONFIG", config_dir).output().unwrap()
 }
 
+/// `rdock login -u alice --password-stdin HOST`, the password written to its stdin.
+fn login(f: &Fixture, config_dir: &Path, host: &str, password: &str) -> std::process::Output {
+    let mut child = Command::new(RDOCK)
+        .args(["login", "-u", "alice", "--password-stdin", host])
+        .env("RDOCK_ROOT", &f.root)
+        .env("DOCKER_CONFIG", config_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn basic_auth_login_and_credentials_from_docker_config() {
     const PASSWORD: &str = "correct-horse-battery-42";
@@ -348,31 +363,11 @@ fn basic_auth_login_and_credentials_from_docker_config() {
     assert!(stderr(&denied).contains(&format!("rdock login {}", reg.host)), "{}", stderr(&denied));
 
     // A wrong password is refused by login, and nothing is stored.
-    let mut login = Command::new(RDOCK)
-        .args(["login", "-u", "alice", "--password-stdin", &reg.host])
-        .env("RDOCK_ROOT", &f.root)
-        .env("DOCKER_CONFIG", &cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    login.stdin.take().unwrap().write_all(b"wrong\n").unwrap();
-    let bad = login.wait_with_output().unwrap();
+    let bad = login(&f, &cfg, &reg.host, "wrong");
     assert!(!bad.status.success(), "a wrong password logged in");
     assert!(!cfg.join("config.json").exists());
 
-    let mut login = Command::new(RDOCK)
-        .args(["login", "-u", "alice", "--password-stdin", &reg.host])
-        .env("RDOCK_ROOT", &f.root)
-        .env("DOCKER_CONFIG", &cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    login.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
-    let ok = login.wait_with_output().unwrap();
+    let ok = login(&f, &cfg, &reg.host, PASSWORD);
     assert_ok(&ok);
     // docker's format: auths[host].auth = base64(user:password), mode 0600.
     let config: Value = serde_json::from_slice(&std::fs::read(cfg.join("config.json")).unwrap()).unwrap();

@@ -22,10 +22,6 @@ pub fn client(insecure: &[String]) -> Arc<Client> {
     Arc::new(Client::new(opts))
 }
 
-fn human(n: u64) -> String {
-    crate::commands::human(n)
-}
-
 /// Prints a line per blob as it finishes (`sha256:0123456789ab: downloaded 3.2 MB`), and,
 /// on a terminal, the bytes of the blobs in flight on one updating line.
 pub fn printer(quiet: bool) -> OnTransfer {
@@ -41,7 +37,7 @@ pub fn printer(quiet: bool) -> OnTransfer {
                 map.insert(d.digest.to_string(), (n, d.size));
                 if tty {
                     let (done, total) = map.values().fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
-                    eprint!("\r\x1b[2K  downloading {} / {}", human(done), human(total));
+                    eprint!("\r\x1b[2K  downloading {} / {}", crate::commands::human(done), crate::commands::human(total));
                 }
             }
             Transfer::Done(d, how) => {
@@ -50,7 +46,7 @@ pub fn printer(quiet: bool) -> OnTransfer {
                 if tty {
                     eprint!("\r\x1b[2K");
                 }
-                eprintln!("{short}: {how} {}", human(d.size));
+                eprintln!("{short}: {how} {}", crate::commands::human(d.size));
             }
         }
     })

@@ -139,18 +139,9 @@ impl BlobSource for OriginSource {
 }
 
 impl ImageStore {
-    fn origins_table(&self) -> Result<(), OciError> {
-        self.store().db().conn().execute_batch(
-            "CREATE TABLE IF NOT EXISTS blob_origins (digest TEXT NOT NULL, registry TEXT NOT NULL, repository TEXT NOT NULL, \
-             PRIMARY KEY (digest, registry, repository));",
-        )?;
-        Ok(())
-    }
-
     /// Records that `repo` of its registry holds these blobs: later pulls fetch missing
     /// layers from there, and pushes to another repository of that registry mount them.
     pub fn record_origin(&self, repo: &ImageRef, digests: &[&Digest]) -> Result<(), OciError> {
-        self.origins_table()?;
         let mut conn = self.store().db().conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for d in digests {
@@ -165,7 +156,6 @@ impl ImageStore {
 
     /// The (registry, repository) pairs known to hold a blob.
     pub fn origins(&self, d: &Digest) -> Result<Vec<(String, String)>, OciError> {
-        self.origins_table()?;
         let conn = self.store().db().conn();
         let mut stmt = conn.prepare("SELECT registry, repository FROM blob_origins WHERE digest = ?1")?;
         let rows = stmt.query_map(params![d.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;

@@ -152,6 +152,11 @@ fn error_detail(resp: &mut Response) -> String {
     }
 }
 
+/// The error for a status the operation does not expect, with the registry's message.
+fn unexpected(call: &Call<'_>, resp: &mut Response) -> RegistryError {
+    RegistryError::Status { method: call.method.into(), url: call.url.clone(), status: resp.status().as_u16(), detail: error_detail(resp) }
+}
+
 fn transient_status(s: u16) -> bool {
     matches!(s, 408 | 429 | 500 | 502 | 503 | 504)
 }
@@ -452,7 +457,7 @@ impl Client {
         let mut resp = self.send(&call)?;
         match resp.status().as_u16() {
             200 => Ok(()),
-            s => Err(RegistryError::Status { method: "GET".into(), url: call.url, status: s, detail: error_detail(&mut resp) }),
+            _ => Err(unexpected(&call, &mut resp)),
         }
     }
 
@@ -466,7 +471,7 @@ impl Client {
         match resp.status().as_u16() {
             200 => {}
             404 => return Err(RegistryError::NotFound { registry: repo.registry.clone(), what }),
-            s => return Err(RegistryError::Status { method: "GET".into(), url: call.url, status: s, detail: error_detail(&mut resp) }),
+            _ => return Err(unexpected(&call, &mut resp)),
         }
         if header(&resp, "content-length").and_then(|l| l.parse::<u64>().ok()).is_some_and(|l| l > MAX_MANIFEST) {
             return Err(RegistryError::TooLarge { what, limit: MAX_MANIFEST });
@@ -511,11 +516,11 @@ impl Client {
     /// True if the repository has the blob (`HEAD`).
     pub fn blob_exists(&self, repo: &ImageRef, digest: &Digest, push: bool) -> Result<bool, RegistryError> {
         let call = self.call("HEAD", repo, &format!("blobs/{digest}"), push);
-        let resp = self.send(&call)?;
+        let mut resp = self.send(&call)?;
         match resp.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
-            s => Err(RegistryError::Status { method: "HEAD".into(), url: call.url, status: s, detail: String::new() }),
+            _ => Err(unexpected(&call, &mut resp)),
         }
     }
 
@@ -531,7 +536,7 @@ impl Client {
         match resp.status().as_u16() {
             200 => {}
             404 => return Err(RegistryError::NotFound { registry: repo.registry.clone(), what }),
-            s => return Err(RegistryError::Status { method: "GET".into(), url: call.url, status: s, detail: error_detail(&mut resp) }),
+            _ => return Err(unexpected(&call, &mut resp)),
         }
         let bytes = match resp.body_mut().with_config().limit(MAX_MANIFEST).read_to_vec() {
             Ok(b) => b,
@@ -569,7 +574,7 @@ impl Client {
             match resp.status().as_u16() {
                 200 => {}
                 404 => return Err(RegistryError::NotFound { registry: repo.registry.clone(), what }),
-                s => return Err(RegistryError::Status { method: "GET".into(), url: call.url, status: s, detail: error_detail(&mut resp) }),
+                _ => return Err(unexpected(&call, &mut resp)),
             }
             let mut w = content.writer()?;
             let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
@@ -646,29 +651,16 @@ impl Client {
         let mut location = match resp.status().as_u16() {
             201 => return Ok(Pushed::Mounted),
             202 => self.location(repo, &resp, &call.url)?,
-            s => return Err(RegistryError::Status { method: "POST".into(), url: call.url, status: s, detail: error_detail(&mut resp) }),
+            _ => return Err(unexpected(&call, &mut resp)),
         };
         let scope = Client::scope(repo, true);
         let with_digest = |loc: &str| format!("{loc}{}digest={}", if loc.contains('?') { '&' } else { '?' }, encode(desc.digest.as_str()));
         let size = desc.size;
         let octet = ("content-type", "application/octet-stream".to_string());
-        if size <= self.opts.chunk_size {
-            let put = Call {
-                method: "PUT",
-                url: with_digest(&location),
-                host: repo.registry.clone(),
-                scope,
-                headers: vec![octet],
-                body: Payload::File { path, offset: 0, len: size },
-            };
-            let mut resp = self.send(&put)?;
-            return match resp.status().as_u16() {
-                201 => Ok(Pushed::Uploaded),
-                s => Err(RegistryError::Status { method: "PUT".into(), url: put.url, status: s, detail: error_detail(&mut resp) }),
-            };
-        }
+        // Small blobs go in the closing PUT itself; large ones in PATCH chunks before it.
+        let monolithic = size <= self.opts.chunk_size;
         let mut offset = 0u64;
-        while offset < size {
+        while !monolithic && offset < size {
             let len = self.opts.chunk_size.min(size - offset);
             let patch = Call {
                 method: "PATCH",
@@ -681,14 +673,7 @@ impl Client {
             let mut resp = self.send(&patch)?;
             match resp.status().as_u16() {
                 202 => location = self.location(repo, &resp, &patch.url)?,
-                s => {
-                    return Err(RegistryError::Status {
-                        method: "PATCH".into(),
-                        url: patch.url,
-                        status: s,
-                        detail: error_detail(&mut resp),
-                    });
-                }
+                _ => return Err(unexpected(&patch, &mut resp)),
             }
             offset += len;
         }
@@ -698,12 +683,12 @@ impl Client {
             host: repo.registry.clone(),
             scope,
             headers: vec![octet],
-            body: Payload::None,
+            body: if monolithic { Payload::File { path, offset: 0, len: size } } else { Payload::None },
         };
         let mut resp = self.send(&put)?;
         match resp.status().as_u16() {
             201 => Ok(Pushed::Uploaded),
-            s => Err(RegistryError::Status { method: "PUT".into(), url: put.url, status: s, detail: error_detail(&mut resp) }),
+            _ => Err(unexpected(&put, &mut resp)),
         }
     }
 
@@ -717,7 +702,7 @@ impl Client {
         let digest = Digest::of(bytes);
         match resp.status().as_u16() {
             200 | 201 => {}
-            s => return Err(RegistryError::Status { method: "PUT".into(), url: call.url, status: s, detail: error_detail(&mut resp) }),
+            _ => return Err(unexpected(&call, &mut resp)),
         }
         if let Some(d) = header(&resp, "docker-content-digest").and_then(|d| Digest::parse(&d).ok())
             && d != digest
