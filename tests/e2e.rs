@@ -522,7 +522,7 @@ fn docker_style_cli_builds_tags_saves_and_loads() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Loaded image: other/name:2"));
     assert_ok(&f.rdock(&["rmi", "other/name:2"]));
     assert!(!String::from_utf8(f.rdock(&["images"]).stdout).unwrap().contains("other/name"));
-    assert_eq!(f.rdock(&["run", "myimg:1"]).status.code(), Some(2), "not yet supported is a usage error");
+    assert_eq!(f.rdock(&["run"]).status.code(), Some(2), "run without an image is a usage error");
     assert_eq!(f.rdock(&["build", "--cache-to", "type=inline", ctx.to_str().unwrap()]).status.code(), Some(2));
 }
 

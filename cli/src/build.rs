@@ -529,7 +529,7 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
     let mut summary = BuildSummary { executed: out.executed, cached: out.cached, manifest: None };
     let mut committed = None;
     let mut image_names: Vec<ImageRef> = Vec::new();
-    let created = crate::timefmt::build_time();
+    let created = rdock_imagespec::time::build_time();
     for o in &req.outputs {
         let needs_image = matches!(o, Output::Docker { .. } | Output::Oci { .. } | Output::Image { .. });
         if needs_image && committed.is_none() {

@@ -1,8 +1,8 @@
-//! `rdock images | tag | rmi | inspect | history | load | save | du | fsck`.
+//! `rdock images | tag | rmi | inspect | history | load | save | fsck`.
 
 use crate::UsageError;
 use anyhow::Context;
-use rdock_imagespec::ImageRef;
+use rdock_imagespec::{ImageConfig, ImageRef, Manifest, Platform};
 use rdock_oci::{ArchiveFormat, ImageStore, export_archive, load_archive};
 use std::path::Path;
 
@@ -14,27 +14,73 @@ fn parse_ref(s: &str) -> anyhow::Result<ImageRef> {
     ImageRef::parse(s).map_err(|e| UsageError(e.to_string()).into())
 }
 
-/// `rdock images`.
-pub fn list() -> anyhow::Result<()> {
+/// The manifest (for this host's platform) and config of the image `name` names.
+pub(crate) fn image(images: &ImageStore, name: &str) -> anyhow::Result<(Manifest, ImageConfig)> {
+    let d = images.find(name)?;
+    let d = images.platform_manifest(&d, &Platform::host()).unwrap_or(d);
+    let m = images.manifest(&d)?;
+    let cfg = images.config(&m)?;
+    Ok((m, cfg))
+}
+
+fn short_time(t: Option<&str>) -> String {
+    t.map(|c| c.get(..19).unwrap_or(c).replace('T', " ")).unwrap_or_default()
+}
+
+/// `rdock images [--format json]`.
+pub fn list(json: bool) -> anyhow::Result<()> {
     let images = images()?;
-    println!("{:<40} {:<16} {:<14} {:<22} {:>10}", "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE");
+    let mut rows = Vec::new();
     for img in images.list()? {
         let r = ImageRef::parse(&img.name)?;
-        let m = images.manifest(&img.manifest)?;
-        let cfg = images.config(&m)?;
+        let Ok((m, cfg)) = image(&images, &img.name) else { continue };
         let size: u64 = m.layers.iter().map(|l| l.size).sum();
         let repo = r.familiar();
-        let repo = repo.rsplit_once(':').map(|(a, _)| a.to_string()).unwrap_or(repo);
-        println!(
-            "{:<40} {:<16} {:<14} {:<22} {:>10}",
-            repo,
-            r.tag.clone().unwrap_or_else(|| "<none>".into()),
-            &m.config.digest.hex()[..12],
-            cfg.created.as_deref().map(|c| c.get(..19).unwrap_or(c)).unwrap_or(""),
-            human(size)
-        );
+        let repo = match (&r.tag, &r.digest) {
+            (Some(_), None) => repo.rsplit_once(':').map(|(a, _)| a.to_string()).unwrap_or(repo),
+            _ => repo,
+        };
+        let tag = r.tag.clone().unwrap_or_else(|| "<none>".into());
+        if json {
+            let doc = serde_json::json!({
+                "Repository": repo, "Tag": tag, "ID": m.config.digest, "Digest": img.manifest,
+                "CreatedAt": cfg.created, "Size": human(size), "SizeBytes": size,
+            });
+            println!("{doc}");
+            continue;
+        }
+        rows.push(vec![repo, tag, m.config.digest.hex()[..12].to_string(), short_time(cfg.created.as_deref()), human(size)]);
+    }
+    if !json {
+        table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows);
     }
     Ok(())
+}
+
+/// Prints `rows` under `headers` in columns as wide as their widest cell, three spaces
+/// apart, as docker's tabwriter lays out its tables.
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let print = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut line = String::new();
+        for (i, c) in cells.enumerate() {
+            line.push_str(c);
+            let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(c.chars().count()) + 3;
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        println!("{}", line.trim_end());
+    };
+    print(&mut headers.iter().copied());
+    for r in rows {
+        print(&mut r.iter().map(String::as_str));
+    }
 }
 
 /// A byte count for people, in decimal units as docker prints them: `1.5MB`.
@@ -57,68 +103,160 @@ pub fn tag(src: &str, dst: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rdock rmi IMAGE...`.
-pub fn rmi(names: &[String]) -> anyhow::Result<()> {
+/// `rdock rmi [-f] IMAGE...`: removes names. The last name of an image a container
+/// was made from is kept unless `force` (as `docker rmi` refuses), so that `rdock ps -a`
+/// and `rdock commit` still know what the container's layer sits on.
+pub fn rmi(names: &[String], force: bool) -> anyhow::Result<()> {
     let images = images()?;
+    let mut failures = Vec::new();
     for n in names {
-        if !images.untag(&parse_ref(n)?)? {
-            anyhow::bail!("No such image: {n}");
+        let r = parse_ref(n)?;
+        let Some(d) = images.get(&r)? else {
+            failures.push(format!("No such image: {n}"));
+            continue;
+        };
+        let others = images.list()?.into_iter().filter(|i| i.manifest == d && i.name != r.to_string()).count();
+        if !force && others == 0 {
+            let users = crate::containers::users_of(images.store(), &d)?;
+            if let Some(c) = users.first() {
+                let id = images.manifest(&d).map(|m| m.config.digest.hex()[..12].to_string()).unwrap_or_default();
+                failures.push(format!(
+                    "conflict: unable to remove repository reference {n:?} (must force) - container {} is using its referenced image {id}",
+                    &c[..12]
+                ));
+                continue;
+            }
         }
-        println!("Untagged: {n}");
+        images.untag(&r)?;
+        println!("Untagged: {}", r.familiar());
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{}", failures.join("\n"));
     }
     Ok(())
 }
 
-/// `rdock inspect IMAGE`: a docker-inspect-like JSON document.
-pub fn inspect(name: &str) -> anyhow::Result<()> {
+/// `rdock inspect NAME...`: images as `docker image inspect` shows them, and containers
+/// as `docker container inspect` does; a JSON array either way.
+pub fn inspect(names: &[String]) -> anyhow::Result<()> {
     let images = images()?;
+    let runtime = rdock_runtime::Runtime::new(images.store().clone())?;
+    let mut docs = Vec::new();
+    for name in names {
+        match images.find(name) {
+            Ok(_) => docs.push(image_doc(&images, name)?),
+            Err(_) => match runtime.records().find(name) {
+                Ok(c) => docs.push(container_doc(&images, &c)?),
+                Err(_) => anyhow::bail!("No such object: {name}"),
+            },
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&docs)?);
+    Ok(())
+}
+
+fn image_doc(images: &ImageStore, name: &str) -> anyhow::Result<serde_json::Value> {
     let d = images.find(name)?;
-    let m = images.manifest(&d)?;
-    let cfg = images.config(&m)?;
+    let (m, cfg) = image(images, name)?;
     let tags: Vec<String> = images
         .list()?
         .into_iter()
         .filter(|i| i.manifest == d)
         .map(|i| ImageRef::parse(&i.name).map(|r| r.familiar()).unwrap_or(i.name))
         .collect();
-    let doc = serde_json::json!([{
+    let last_tag = images.list()?.into_iter().filter(|i| i.manifest == d).map(|i| i.created).max();
+    let snaps = images.store().snapshots();
+    let top = rdock_oci::chain_snapshot_name(&cfg.rootfs.diff_ids);
+    let lower = match top.as_deref().map(|t| snaps.layer_dirs(Some(t))) {
+        Some(Ok(l)) => l.dirs().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"),
+        _ => String::new(),
+    };
+    Ok(serde_json::json!({
         "Id": m.config.digest,
         "RepoTags": tags,
         "RepoDigests": [],
+        "Parent": "",
+        "Comment": cfg.history.last().and_then(|h| h.comment.clone()).unwrap_or_default(),
         "Created": cfg.created,
-        "Author": cfg.author,
-        "Architecture": cfg.architecture,
-        "Os": cfg.os,
+        "DockerVersion": "",
+        "Author": cfg.author.clone().unwrap_or_default(),
         "Config": cfg.config,
-        "RootFS": {"Type": "layers", "Layers": cfg.rootfs.diff_ids},
+        "Architecture": cfg.architecture,
+        "Variant": cfg.variant,
+        "Os": cfg.os,
         "Size": m.layers.iter().map(|l| l.size).sum::<u64>(),
-        "Descriptor": {"mediaType": m.media_type, "digest": d},
-    }]);
-    println!("{}", serde_json::to_string_pretty(&doc)?);
-    Ok(())
+        "GraphDriver": {"Name": "overlay", "Data": {"LowerDir": lower}},
+        "RootFS": {"Type": "layers", "Layers": cfg.rootfs.diff_ids},
+        "Metadata": {"LastTagTime": last_tag.map(|t| rdock_imagespec::time::rfc3339(t, 0))},
+        "Descriptor": {"mediaType": m.media_type, "digest": d, "size": images.store().content().read(&d).map(|b| b.len()).unwrap_or(0)},
+    }))
 }
 
-/// `rdock history IMAGE`.
-pub fn history(name: &str) -> anyhow::Result<()> {
+fn container_doc(images: &ImageStore, c: &rdock_runtime::Record) -> anyhow::Result<serde_json::Value> {
+    let snaps = images.store().snapshots();
+    let upper = snaps.fs_dir(&c.snapshot).map(|p| p.display().to_string()).unwrap_or_default();
+    let s = &c.settings;
+    Ok(serde_json::json!({
+        "Id": c.id,
+        "Created": rdock_imagespec::time::rfc3339(c.created, 0),
+        "Path": c.command.first(),
+        "Args": c.command.get(1..).unwrap_or_default(),
+        "State": {
+            "Status": c.state,
+            "Running": rdock_runtime::Records::is_running(c),
+            "ExitCode": c.exit_code.unwrap_or(0),
+            "FinishedAt": c.finished.map(|f| rdock_imagespec::time::rfc3339(f, 0)),
+        },
+        "Image": c.image_id,
+        "Name": format!("/{}", c.name),
+        "Config": {
+            "Hostname": s["Hostname"], "User": s["User"], "Env": s["Env"], "Cmd": c.command, "Image": c.image,
+            "WorkingDir": s["WorkingDir"], "Tty": s["Tty"], "OpenStdin": s["OpenStdin"], "StopSignal": s["StopSignal"],
+        },
+        "HostConfig": {"Binds": s["Binds"], "NetworkMode": s["NetworkMode"], "AutoRemove": c.auto_remove, "Init": s["Init"]},
+        "GraphDriver": {"Name": "overlay", "Data": {"UpperDir": upper, "Snapshot": c.snapshot, "Parent": c.parent}},
+    }))
+}
+
+/// `rdock history IMAGE [--no-trunc] [--format json]`: newest first, as docker prints it.
+pub fn history(name: &str, no_trunc: bool, json: bool) -> anyhow::Result<()> {
     let images = images()?;
-    let d = images.find(name)?;
-    let m = images.manifest(&d)?;
-    let cfg = images.config(&m)?;
-    println!("{:<22} {:<60} {:>10}  COMMENT", "CREATED", "CREATED BY", "SIZE");
+    let (m, cfg) = image(&images, name)?;
     let mut layers = m.layers.iter();
     let mut rows = Vec::new();
     for h in &cfg.history {
-        let size = if h.empty_layer { 0 } else { layers.next().map(|l| l.size).unwrap_or(0) };
-        rows.push(format!(
-            "{:<22} {:<60} {:>10}  {}",
-            h.created.as_deref().map(|c| c.get(..19).unwrap_or(c)).unwrap_or(""),
-            h.created_by.as_deref().unwrap_or("").chars().take(60).collect::<String>(),
-            human(size),
-            h.comment.as_deref().unwrap_or("")
-        ));
+        let size = match h.empty_layer {
+            false => match layers.next() {
+                Some(l) => crate::inspect::content_bytes(&images, &l.digest)?,
+                None => 0,
+            },
+            true => 0,
+        };
+        rows.push((h, size));
     }
-    for r in rows.iter().rev() {
-        println!("{r}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let mut table_rows = Vec::new();
+    for (i, (h, size)) in rows.iter().enumerate().rev() {
+        let id = if i + 1 == rows.len() { m.config.digest.hex()[..12].to_string() } else { "<missing>".into() };
+        let by = h.created_by.clone().unwrap_or_default();
+        let since = h
+            .created
+            .as_deref()
+            .and_then(rdock_imagespec::time::parse_rfc3339)
+            .map(|t| format!("{} ago", crate::containers::human_duration(now - t)));
+        if json {
+            let doc = serde_json::json!({
+                "ID": id, "CreatedAt": h.created, "CreatedSince": since, "CreatedBy": by, "Size": human(*size),
+                "SizeBytes": size, "Comment": h.comment.clone().unwrap_or_default(), "EmptyLayer": h.empty_layer,
+            });
+            println!("{doc}");
+            continue;
+        }
+        let by = if no_trunc || by.chars().count() <= 45 { by } else { format!("{}…", by.chars().take(44).collect::<String>()) };
+        table_rows.push(vec![id, since.unwrap_or_default(), by, human(*size), h.comment.clone().unwrap_or_default()]);
+    }
+    if !json {
+        table(&["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], &table_rows);
     }
     Ok(())
 }
@@ -138,12 +276,19 @@ pub fn load(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rdock save -o FILE IMAGE`.
-pub fn save(file: &Path, name: &str) -> anyhow::Result<()> {
+/// `rdock save -o FILE [--format docker|oci] IMAGE`.
+pub fn save(file: &Path, name: &str, format: &str) -> anyhow::Result<()> {
+    let format = match format {
+        "docker" | "docker-archive" => ArchiveFormat::Docker,
+        "oci" | "oci-archive" => ArchiveFormat::Oci,
+        f => return Err(UsageError(format!("unknown format {f:?}: docker or oci")).into()),
+    };
     let images = images()?;
     let d = images.find(name)?;
-    let names = ImageRef::parse(name).map(|r| vec![r]).unwrap_or_default();
-    export_archive(&images, &d, &names, ArchiveFormat::Docker, file)?;
+    let d = images.platform_manifest(&d, &Platform::host()).unwrap_or(d);
+    // A name, not an id prefix, is kept in the archive.
+    let names = ImageRef::parse(name).ok().filter(|r| images.get(r).ok().flatten().is_some()).map(|r| vec![r]).unwrap_or_default();
+    export_archive(&images, &d, &names, format, file).with_context(|| format!("saving {name} to {}", file.display()))?;
     Ok(())
 }
 

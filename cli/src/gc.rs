@@ -146,7 +146,7 @@ pub fn du(verbose: bool, json: bool) -> anyhow::Result<()> {
                 i.kind.label(),
                 i.name,
                 human(i.size),
-                crate::timefmt::rfc3339(i.last_used, 0).get(..19).unwrap_or(""),
+                rdock_imagespec::time::rfc3339(i.last_used, 0).get(..19).unwrap_or(""),
                 state
             );
         }

@@ -4,10 +4,11 @@
 
 pub mod build;
 pub mod commands;
+pub mod containers;
 pub mod gc;
+pub mod inspect;
 pub mod progress;
 pub mod registry;
-pub mod timefmt;
 pub mod timeline;
 pub mod trace;
 

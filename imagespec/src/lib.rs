@@ -21,6 +21,7 @@ mod image;
 mod manifest;
 mod platform;
 mod reference;
+pub mod time;
 
 pub use reference::{ImageRef, ReferenceError};
 

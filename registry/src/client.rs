@@ -389,7 +389,10 @@ impl Client {
             let wait = match result {
                 Err(e) => {
                     // A name that does not resolve will not resolve on a retry either.
-                    if attempt + 1 >= self.opts.attempts || matches!(e, ureq::Error::HostNotFound) {
+                    if unresolvable(&e) {
+                        return Err(RegistryError::Http { method: call.method.into(), url: call.url.clone(), reason: e.to_string() });
+                    }
+                    if attempt + 1 >= self.opts.attempts {
                         return Err(RegistryError::Http {
                             method: call.method.into(),
                             url: call.url.clone(),
@@ -714,6 +717,16 @@ impl Client {
             });
         }
         Ok(digest)
+    }
+}
+
+/// True for a host name that does not resolve: ureq reports no addresses as
+/// `HostNotFound`, and a resolver failure (EAI_NONAME) as std's I/O error for it.
+fn unresolvable(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::HostNotFound => true,
+        ureq::Error::Io(io) => io.to_string().contains("failed to lookup address information"),
+        _ => false,
     }
 }
 

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod cachemount;
+pub mod container;
 mod contextview;
 pub mod fileop;
 pub mod git;
@@ -96,6 +97,14 @@ pub enum ExecError {
     /// The program does not exist in the root filesystem.
     #[error("failed to execute {program:?}: {reason} (is it in the image and on its PATH?)")]
     NotFound {
+        /// argv\[0\].
+        program: String,
+        /// The OS's word.
+        reason: String,
+    },
+    /// The program exists but may not be executed (permissions, or a directory).
+    #[error("failed to execute {program:?}: {reason}")]
+    NotExecutable {
         /// argv\[0\].
         program: String,
         /// The OS's word.

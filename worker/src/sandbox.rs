@@ -55,6 +55,7 @@ enum Stage {
     Workdir,
     Caps,
     User,
+    Tty,
     Exec,
 }
 
@@ -74,7 +75,8 @@ impl Stage {
             11 => "entering the working directory",
             12 => "dropping capabilities",
             13 => "switching user",
-            14 => "executing the command",
+            14 => "allocating a terminal",
+            15 => "executing the command",
             _ => "setting up the sandbox",
         }
     }
@@ -106,8 +108,23 @@ struct Plan {
     exec_paths: Vec<CString>,
     argv: Vec<CString>,
     envp: Vec<CString>,
-    out_fd: i32,
+    stdio: ChildStdio,
+    /// Run a small init as pid 1 that forwards signals and reaps zombies, with the
+    /// command as its child (`docker run --init`).
+    init: bool,
     err_fd: i32,
+}
+
+/// How the child's standard streams are wired.
+#[derive(Debug, Clone, Copy)]
+enum ChildStdio {
+    /// A build step: stdin is /dev/null, stdout and stderr both go to this pipe.
+    Capture(i32),
+    /// `rdock run` without `-t`: the streams rdock has (stdin only if asked, else /dev/null).
+    Inherit { stdin: bool },
+    /// `rdock run -t`: a new pty from the container's own devpts; the master is sent back
+    /// over this socket, the slave becomes the controlling terminal and the streams.
+    Pty { sock: i32, winsize: libc::winsize },
 }
 
 /// An extra mount: directories to create (inside the root), the target, and the source
@@ -158,167 +175,327 @@ fn host_resolv_conf() -> Vec<u8> {
     std::fs::read("/etc/resolv.conf").unwrap_or_else(|_| b"nameserver 127.0.0.1\n".to_vec())
 }
 
-impl Executor for NamespaceExecutor {
-    fn run(&self, spec: &ExecSpec, root: &MountSpec, output: &mut dyn FnMut(&[u8])) -> Result<ExecResult, ExecError> {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = RunDir(self.scratch.join(format!("run-{}-{n}", std::process::id())));
-        let rootfs = dir.0.join("rootfs");
-        std::fs::create_dir_all(&rootfs).map_err(|e| ExecError::Io(rootfs.clone(), e))?;
-        let hosts = dir.0.join("hosts");
-        std::fs::write(&hosts, format!("127.0.0.1\tlocalhost {SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"))
-            .map_err(|e| ExecError::Io(hosts.clone(), e))?;
-        let resolv = dir.0.join("resolv.conf");
-        std::fs::write(&resolv, host_resolv_conf()).map_err(|e| ExecError::Io(resolv.clone(), e))?;
+/// What differs between a build step and a container: the sandbox's hostname, its
+/// streams, and whether a small init runs as pid 1.
+pub(crate) struct SpawnOptions<'a> {
+    /// The hostname (and the name /etc/hosts gives 127.0.0.1).
+    pub hostname: &'a str,
+    /// Also bind an /etc/hostname naming it (containers; build steps have none, as in
+    /// BuildKit).
+    pub hostname_file: bool,
+    /// The streams.
+    pub stdio: Stdio,
+    /// A small init as pid 1.
+    pub init: bool,
+}
 
-        let (overlay_opts, bind_root) = match root {
-            MountSpec::Overlay { .. } => {
-                (Some(cstr(root.overlay_options("run").map_err(|e| ExecError::Setup(e.to_string()))?.unwrap_or_default())?), None)
-            }
-            MountSpec::Bind { source, readonly } => (None, Some((cpath(source)?, *readonly))),
-        };
+/// The streams of a spawned sandbox, as the caller asks for them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stdio {
+    /// stdout and stderr captured through one pipe ([`Spawned::output`]); stdin /dev/null.
+    Capture,
+    /// The caller's own streams (stdin only if `stdin`).
+    Inherit {
+        /// Pass stdin through (`-i`); otherwise /dev/null.
+        stdin: bool,
+    },
+    /// A new pty with this window size; the master arrives in [`Spawned::pty`].
+    Pty {
+        /// Rows and columns.
+        winsize: libc::winsize,
+    },
+}
 
-        let rp = |s: &str| cpath(&rootfs.join(s));
-        let mut cwd_parts = Vec::new();
-        let mut acc = String::new();
-        for part in spec.cwd.split('/').filter(|p| !p.is_empty()) {
-            acc.push('/');
-            acc.push_str(part);
-            cwd_parts.push(cstr(&acc)?);
+/// A cloned sandbox. [`Spawned::started`] tells whether its command was executed.
+pub(crate) struct Spawned {
+    /// The child's pid, in rdock's pid namespace.
+    pub pid: nix::unistd::Pid,
+    /// The read end of the captured output ([`Stdio::Capture`]).
+    pub output: Option<OwnedFd>,
+    /// The pty master ([`Stdio::Pty`]), once [`Spawned::started`] has returned.
+    pub pty: Option<OwnedFd>,
+    pty_sock: Option<OwnedFd>,
+    err_r: Option<OwnedFd>,
+    prog: String,
+    reaped: bool,
+    _dir: RunDir,
+}
+
+impl Spawned {
+    /// Waits until the command has been executed, or setup failed; a failure is
+    /// returned (the child is reaped), success means the command runs.
+    pub fn started(&mut self) -> Result<(), ExecError> {
+        if let Some(sock) = self.pty_sock.take() {
+            self.pty = receive_fd(&sock);
         }
-        // PATH lookup happens here, against the container's PATH, as runc does.
-        let prog = spec.args.first().ok_or_else(|| ExecError::Setup("empty command".into()))?;
-        let exec_paths = if prog.contains('/') {
-            vec![cstr(prog)?]
-        } else {
-            let path = spec
-                .env
-                .iter()
-                .find_map(|e| e.strip_prefix("PATH="))
-                .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-            path.split(':').filter(|d| !d.is_empty()).map(|d| cstr(format!("{d}/{prog}"))).collect::<Result<Vec<_>, _>>()?
-        };
-        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Setup(format!("pipe: {e}")))?;
-        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Setup(format!("pipe: {e}")))?;
-        let plan = Plan {
-            root: cpath(&rootfs)?,
-            overlay_opts,
-            bind_root,
-            proc_dir: rp("proc")?,
-            dev_dir: rp("dev")?,
-            dev_nodes: [("null", (1, 3)), ("zero", (1, 5)), ("full", (1, 7)), ("random", (1, 8)), ("urandom", (1, 9)), ("tty", (5, 0))]
-                .iter()
-                .map(|(name, (ma, mi))| Ok((rp(&format!("dev/{name}"))?, libc::makedev(*ma, *mi))))
-                .collect::<Result<_, ExecError>>()?,
-            dev_pts: rp("dev/pts")?,
-            dev_shm: rp("dev/shm")?,
-            dev_links: [
-                ("/proc/self/fd", "fd"),
-                ("/proc/self/fd/0", "stdin"),
-                ("/proc/self/fd/1", "stdout"),
-                ("/proc/self/fd/2", "stderr"),
-                ("pts/ptmx", "ptmx"),
-            ]
-            .iter()
-            .map(|(t, l)| Ok((cstr(*t)?, rp(&format!("dev/{l}"))?)))
-            .collect::<Result<_, ExecError>>()?,
-            sys_dir: rp("sys")?,
-            etc_dir: rp("etc")?,
-            etc_files: vec![(cpath(&hosts)?, rp("etc/hosts")?), (cpath(&resolv)?, rp("etc/resolv.conf")?)],
-            extra: spec
-                .mounts
-                .iter()
-                .map(|m| {
-                    let mut dirs: Vec<CString> = Vec::new();
-                    let mut acc = String::new();
-                    for part in m.dest.split('/').filter(|p| !p.is_empty() && *p != "." && *p != "..") {
-                        acc.push('/');
-                        acc.push_str(part);
-                        dirs.push(rp(acc.trim_start_matches('/'))?);
-                    }
-                    let target =
-                        dirs.last().cloned().ok_or_else(|| ExecError::Setup(format!("cannot mount over the root: {:?}", m.dest)))?;
-                    let file = matches!(m.source, MountSource::File(_));
-                    if file {
-                        dirs.pop();
-                    }
-                    let (source, tmpfs_opts) = match &m.source {
-                        MountSource::Dir(p) | MountSource::File(p) => (Some(cpath(p)?), cstr("")?),
-                        MountSource::Tmpfs { size: Some(n) } => (None, cstr(format!("mode=1777,size={n}"))?),
-                        MountSource::Tmpfs { size: None } => (None, cstr("mode=1777")?),
-                    };
-                    Ok(ExtraPlan { dirs, target, source, file, tmpfs_opts, readonly: m.readonly })
-                })
-                .collect::<Result<_, ExecError>>()?,
-            hostname: cstr(SANDBOX_HOSTNAME)?,
-            cwd_parts,
-            cwd: cstr(if spec.cwd.is_empty() { "/" } else { &spec.cwd })?,
-            uid: spec.user.uid,
-            gid: spec.user.gid,
-            groups: spec.user.additional_gids.clone(),
-            net_loopback: spec.network != Network::Host,
-            drop_caps: spec.security == Security::Sandbox,
-            exec_paths,
-            argv: spec.args.iter().map(cstr).collect::<Result<_, _>>()?,
-            envp: spec.env.iter().map(cstr).collect::<Result<_, _>>()?,
-            out_fd: out_w.as_raw_fd(),
-            err_fd: err_w.as_raw_fd(),
-        };
-        let mut flags = nix::sched::CloneFlags::CLONE_NEWNS
-            | nix::sched::CloneFlags::CLONE_NEWPID
-            | nix::sched::CloneFlags::CLONE_NEWUTS
-            | nix::sched::CloneFlags::CLONE_NEWIPC;
-        if spec.network != Network::Host {
-            flags |= nix::sched::CloneFlags::CLONE_NEWNET;
-        }
-        let mut stack = vec![0u8; 256 * 1024];
-        let argv_ptrs: Vec<*const libc::c_char> = plan.argv.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let envp_ptrs: Vec<*const libc::c_char> = plan.envp.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let started = std::time::Instant::now();
-        // SAFETY: the child only reads `plan` and the pointer arrays (its own copy of this
-        // address space) and makes raw syscalls; it never returns into Rust code that
-        // could allocate or unwind, ending in execve or _exit.
-        let pid = unsafe { nix::sched::clone(Box::new(|| child(&plan, &argv_ptrs, &envp_ptrs)), &mut stack, flags, Some(libc::SIGCHLD)) }
-            .map_err(|e| ExecError::Setup(format!("clone into new namespaces: {e}")))?;
-        drop(out_w);
-        drop(err_w);
-
-        let mut out = std::fs::File::from(out_r);
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match out.read(&mut buf) {
+        let Some(err_r) = self.err_r.take() else { return Ok(()) };
+        let mut report = [0u8; 5];
+        let mut errf = std::fs::File::from(err_r);
+        let mut got = 0;
+        while got < 5 {
+            match errf.read(&mut report[got..]) {
                 Ok(0) => break,
-                Ok(k) => output(&buf[..k]),
+                Ok(k) => got += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
         }
+        if got < 5 {
+            return Ok(());
+        }
+        let _ = self.wait();
+        let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
+        let err = std::io::Error::from_raw_os_error(errno);
+        let prog = self.prog.clone();
+        Err(match (report[0], errno) {
+            (s, libc::ENOEXEC) if s == Stage::Exec as u8 => ExecError::ExecFormat { program: prog },
+            (s, libc::EACCES | libc::EISDIR | libc::EPERM) if s == Stage::Exec as u8 => {
+                ExecError::NotExecutable { program: prog, reason: err.to_string() }
+            }
+            (s, _) if s == Stage::Exec as u8 => ExecError::NotFound { program: prog, reason: err.to_string() },
+            (s, _) => ExecError::Setup(format!("{}: {err}", Stage::describe(s))),
+        })
+    }
+
+    /// Waits for the child and returns its exit status (128+N when killed by signal N).
+    pub fn wait(&mut self) -> Result<i32, ExecError> {
         let status = loop {
-            match nix::sys::wait::waitpid(pid, None) {
+            match nix::sys::wait::waitpid(self.pid, None) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 other => break other,
             }
         }
-        .map_err(|e| ExecError::Setup(format!("waiting for the step: {e}")))?;
-        let mut report = [0u8; 5];
-        let mut errf = std::fs::File::from(err_r);
-        let got = errf.read(&mut report).unwrap_or(0);
-        if got == 5 {
-            let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
-            let err = std::io::Error::from_raw_os_error(errno);
-            if report[0] == Stage::Exec as u8 && errno == libc::ENOEXEC {
-                return Err(ExecError::ExecFormat { program: prog.clone() });
-            }
-            if report[0] == Stage::Exec as u8 {
-                return Err(ExecError::NotFound { program: prog.clone(), reason: err.to_string() });
-            }
-            return Err(ExecError::Setup(format!("{}: {err}", Stage::describe(report[0]))));
+        .map_err(|e| ExecError::Setup(format!("waiting for the process: {e}")))?;
+        self.reaped = true;
+        Ok(exit_code(status))
+    }
+
+    /// The exit status if the child has ended, without blocking.
+    pub fn try_wait(&mut self) -> Result<Option<i32>, ExecError> {
+        if self.reaped {
+            return Ok(None);
         }
-        let code = match status {
-            nix::sys::wait::WaitStatus::Exited(_, c) => c,
-            nix::sys::wait::WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
-            _ => -1,
-        };
+        match nix::sys::wait::waitpid(self.pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => Ok(None),
+            Ok(s) => {
+                self.reaped = true;
+                Ok(Some(exit_code(s)))
+            }
+            Err(nix::errno::Errno::EINTR) => Ok(None),
+            Err(e) => Err(ExecError::Setup(format!("waiting for the process: {e}"))),
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // A sandbox is never left running behind its handle.
+        if !self.reaped {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(self.pid, None);
+        }
+    }
+}
+
+/// 128+N for a process killed by signal N, as shells and Docker report it.
+fn exit_code(status: nix::sys::wait::WaitStatus) -> i32 {
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, c) => c,
+        nix::sys::wait::WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+        _ => -1,
+    }
+}
+
+/// Receives one fd sent with SCM_RIGHTS; None if the peer closed without sending.
+fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd for us; nothing else owns it.
+            return Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    None
+}
+
+/// Clones a sandbox running `spec` on `root`, with per-run files under `scratch`.
+pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &SpawnOptions<'_>) -> Result<Spawned, ExecError> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = RunDir(scratch.join(format!("run-{}-{n}", std::process::id())));
+    let rootfs = dir.0.join("rootfs");
+    std::fs::create_dir_all(&rootfs).map_err(|e| ExecError::Io(rootfs.clone(), e))?;
+    let hosts = dir.0.join("hosts");
+    let hostname = opts.hostname;
+    std::fs::write(&hosts, format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"))
+        .map_err(|e| ExecError::Io(hosts.clone(), e))?;
+    let resolv = dir.0.join("resolv.conf");
+    std::fs::write(&resolv, host_resolv_conf()).map_err(|e| ExecError::Io(resolv.clone(), e))?;
+
+    let (overlay_opts, bind_root) = match root {
+        MountSpec::Overlay { .. } => {
+            (Some(cstr(root.overlay_options("run").map_err(|e| ExecError::Setup(e.to_string()))?.unwrap_or_default())?), None)
+        }
+        MountSpec::Bind { source, readonly } => (None, Some((cpath(source)?, *readonly))),
+    };
+
+    let rp = |s: &str| cpath(&rootfs.join(s));
+    let mut etc_files = vec![(cpath(&hosts)?, rp("etc/hosts")?), (cpath(&resolv)?, rp("etc/resolv.conf")?)];
+    if opts.hostname_file {
+        let f = dir.0.join("hostname");
+        std::fs::write(&f, format!("{hostname}\n")).map_err(|e| ExecError::Io(f.clone(), e))?;
+        etc_files.push((cpath(&f)?, rp("etc/hostname")?));
+    }
+    let mut cwd_parts = Vec::new();
+    let mut acc = String::new();
+    for part in spec.cwd.split('/').filter(|p| !p.is_empty()) {
+        acc.push('/');
+        acc.push_str(part);
+        cwd_parts.push(cstr(&acc)?);
+    }
+    // PATH lookup happens here, against the container's PATH, as runc does.
+    let prog = spec.args.first().ok_or_else(|| ExecError::Setup("empty command".into()))?;
+    let exec_paths = if prog.contains('/') {
+        vec![cstr(prog)?]
+    } else {
+        let path =
+            spec.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        path.split(':').filter(|d| !d.is_empty()).map(|d| cstr(format!("{d}/{prog}"))).collect::<Result<Vec<_>, _>>()?
+    };
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Setup(format!("pipe: {e}")));
+    let (err_r, err_w) = pipe()?;
+    let (out_r, out_w) = match opts.stdio {
+        Stdio::Capture => {
+            let (r, w) = pipe()?;
+            (Some(r), Some(w))
+        }
+        _ => (None, None),
+    };
+    let (sock_parent, sock_child) = match opts.stdio {
+        Stdio::Pty { .. } => {
+            use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+            let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(|e| ExecError::Setup(format!("socketpair: {e}")))?;
+            (Some(a), Some(b))
+        }
+        _ => (None, None),
+    };
+    let stdio = match (opts.stdio, &out_w, &sock_child) {
+        (Stdio::Capture, Some(w), _) => ChildStdio::Capture(w.as_raw_fd()),
+        (Stdio::Pty { winsize }, _, Some(s)) => ChildStdio::Pty { sock: s.as_raw_fd(), winsize },
+        (Stdio::Inherit { stdin }, _, _) => ChildStdio::Inherit { stdin },
+        _ => ChildStdio::Inherit { stdin: false },
+    };
+    let plan = Plan {
+        root: cpath(&rootfs)?,
+        overlay_opts,
+        bind_root,
+        proc_dir: rp("proc")?,
+        dev_dir: rp("dev")?,
+        dev_nodes: [("null", (1, 3)), ("zero", (1, 5)), ("full", (1, 7)), ("random", (1, 8)), ("urandom", (1, 9)), ("tty", (5, 0))]
+            .iter()
+            .map(|(name, (ma, mi))| Ok((rp(&format!("dev/{name}"))?, libc::makedev(*ma, *mi))))
+            .collect::<Result<_, ExecError>>()?,
+        dev_pts: rp("dev/pts")?,
+        dev_shm: rp("dev/shm")?,
+        dev_links: [
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
+            ("pts/ptmx", "ptmx"),
+        ]
+        .iter()
+        .map(|(t, l)| Ok((cstr(*t)?, rp(&format!("dev/{l}"))?)))
+        .collect::<Result<_, ExecError>>()?,
+        sys_dir: rp("sys")?,
+        etc_dir: rp("etc")?,
+        etc_files,
+        extra: spec
+            .mounts
+            .iter()
+            .map(|m| {
+                let mut dirs: Vec<CString> = Vec::new();
+                let mut acc = String::new();
+                for part in m.dest.split('/').filter(|p| !p.is_empty() && *p != "." && *p != "..") {
+                    acc.push('/');
+                    acc.push_str(part);
+                    dirs.push(rp(acc.trim_start_matches('/'))?);
+                }
+                let target = dirs.last().cloned().ok_or_else(|| ExecError::Setup(format!("cannot mount over the root: {:?}", m.dest)))?;
+                let file = matches!(m.source, MountSource::File(_));
+                if file {
+                    dirs.pop();
+                }
+                let (source, tmpfs_opts) = match &m.source {
+                    MountSource::Dir(p) | MountSource::File(p) => (Some(cpath(p)?), cstr("")?),
+                    MountSource::Tmpfs { size: Some(n) } => (None, cstr(format!("mode=1777,size={n}"))?),
+                    MountSource::Tmpfs { size: None } => (None, cstr("mode=1777")?),
+                };
+                Ok(ExtraPlan { dirs, target, source, file, tmpfs_opts, readonly: m.readonly })
+            })
+            .collect::<Result<_, ExecError>>()?,
+        hostname: cstr(hostname)?,
+        cwd_parts,
+        cwd: cstr(if spec.cwd.is_empty() { "/" } else { &spec.cwd })?,
+        uid: spec.user.uid,
+        gid: spec.user.gid,
+        groups: spec.user.additional_gids.clone(),
+        net_loopback: spec.network != Network::Host,
+        drop_caps: spec.security == Security::Sandbox,
+        exec_paths,
+        argv: spec.args.iter().map(cstr).collect::<Result<_, _>>()?,
+        envp: spec.env.iter().map(cstr).collect::<Result<_, _>>()?,
+        stdio,
+        init: opts.init,
+        err_fd: err_w.as_raw_fd(),
+    };
+    let mut flags = nix::sched::CloneFlags::CLONE_NEWNS
+        | nix::sched::CloneFlags::CLONE_NEWPID
+        | nix::sched::CloneFlags::CLONE_NEWUTS
+        | nix::sched::CloneFlags::CLONE_NEWIPC;
+    if spec.network != Network::Host {
+        flags |= nix::sched::CloneFlags::CLONE_NEWNET;
+    }
+    let mut stack = vec![0u8; 256 * 1024];
+    let argv_ptrs: Vec<*const libc::c_char> = plan.argv.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp_ptrs: Vec<*const libc::c_char> = plan.envp.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    // SAFETY: the child only reads `plan` and the pointer arrays (its own copy of this
+    // address space) and makes raw syscalls; it never returns into Rust code that
+    // could allocate or unwind, ending in execve or _exit.
+    let pid = unsafe { nix::sched::clone(Box::new(|| child(&plan, &argv_ptrs, &envp_ptrs)), &mut stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(|e| ExecError::Setup(format!("clone into new namespaces: {e}")))?;
+    drop(err_w);
+    drop(out_w);
+    drop(sock_child);
+    Ok(Spawned { pid, output: out_r, pty: None, pty_sock: sock_parent, err_r: Some(err_r), prog: prog.clone(), reaped: false, _dir: dir })
+}
+
+impl Executor for NamespaceExecutor {
+    fn run(&self, spec: &ExecSpec, root: &MountSpec, output: &mut dyn FnMut(&[u8])) -> Result<ExecResult, ExecError> {
+        let started = std::time::Instant::now();
+        let opts = SpawnOptions { hostname: SANDBOX_HOSTNAME, hostname_file: false, stdio: Stdio::Capture, init: false };
+        let mut child = spawn(&self.scratch, spec, root, &opts)?;
+        child.started()?;
+        if let Some(out) = child.output.take() {
+            let mut out = std::fs::File::from(out);
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => output(&buf[..k]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        let code = child.wait()?;
         Ok(ExecResult { exit_code: code, duration: started.elapsed() })
     }
 }
@@ -421,7 +598,9 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
         umask_default();
         mkdir_quiet(&p.etc_dir, 0o755);
         for (src, dst) in &p.etc_files {
-            let fd = libc::open(dst.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o644);
+            // O_EXCL: an existing file is left alone (opening it to write would copy it up
+            // into the container's layer).
+            let fd = libc::open(dst.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o644);
             if fd >= 0 {
                 libc::close(fd);
             }
@@ -434,7 +613,11 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
                 mkdir_quiet(d, 0o755);
             }
             if m.file {
-                let fd = libc::open(m.target.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o600);
+                let fd = libc::open(
+                    m.target.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                    0o600,
+                );
                 if fd >= 0 {
                     libc::close(fd);
                 }
@@ -501,12 +684,82 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
         {
             return fail(p.err_fd, Stage::User);
         }
-        let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-        if devnull >= 0 {
-            libc::dup2(devnull, 0);
+        // Every signal back to its default (Rust ignores SIGPIPE, a shell's background job
+        // SIGINT and SIGQUIT, and ignoring survives exec), as runc resets them.
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
         }
-        libc::dup2(p.out_fd, 1);
-        libc::dup2(p.out_fd, 2);
+        // A session of its own: a terminal's ^C reaches the container only through rdock,
+        // which forwards it once.
+        libc::setsid();
+        let mut tty = -1;
+        if let ChildStdio::Pty { sock, winsize } = p.stdio {
+            tty = open_pty(sock, &winsize);
+            if tty < 0 {
+                return fail(p.err_fd, Stage::Tty);
+            }
+        }
+        if p.init {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            // A raw fork: glibc's runs atfork handlers, which may take locks some other
+            // thread of the parent held when it was copied.
+            let cmd = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) as libc::pid_t;
+            if cmd < 0 {
+                return fail(p.err_fd, Stage::Exec);
+            }
+            if cmd > 0 {
+                libc::close(p.err_fd);
+                if tty >= 0 {
+                    libc::close(tty);
+                }
+                let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if devnull >= 0 {
+                    libc::dup2(devnull, 0);
+                }
+                return init_loop(cmd, &all);
+            }
+            // The command: a session of its own again, so that it owns the terminal.
+            libc::setsid();
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        match p.stdio {
+            ChildStdio::Capture(out) => {
+                let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                if devnull >= 0 {
+                    libc::dup2(devnull, 0);
+                }
+                libc::dup2(out, 1);
+                libc::dup2(out, 2);
+            }
+            ChildStdio::Inherit { stdin } => {
+                if !stdin {
+                    let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                    if devnull >= 0 {
+                        libc::dup2(devnull, 0);
+                    }
+                }
+            }
+            ChildStdio::Pty { .. } => {
+                libc::ioctl(tty, libc::TIOCSCTTY, 0);
+                for fd in 0..3 {
+                    libc::dup2(tty, fd);
+                }
+                if tty > 2 {
+                    libc::close(tty);
+                }
+            }
+        }
+        // Nothing of rdock's but the streams reaches the command (fds it inherited without
+        // close-on-exec included), as runc closes them; the error pipe closes on exec.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint);
         let mut last = libc::ENOENT;
         for path in &p.exec_paths {
             libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
@@ -518,6 +771,85 @@ fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -
         }
         *libc::__errno_location() = last;
         fail(p.err_fd, Stage::Exec)
+    }
+}
+
+/// Opens a pty from the container's devpts (so `tty` names a device the container can
+/// see), sizes it, sends the master to rdock over `sock` and returns the slave.
+///
+/// # Safety
+/// Raw syscalls only; called in the cloned child after pivot_root.
+unsafe fn open_pty(sock: i32, winsize: &libc::winsize) -> i32 {
+    // SAFETY: NUL-terminated paths, fds we own, and stack buffers sized for the messages.
+    unsafe {
+        let master = libc::open(c"/dev/pts/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if master < 0 {
+            return -1;
+        }
+        let unlock: libc::c_int = 0;
+        if libc::ioctl(master, libc::TIOCSPTLCK, &unlock) != 0 {
+            return -1;
+        }
+        let slave = libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
+        if slave < 0 {
+            return -1;
+        }
+        if winsize.ws_row > 0 && winsize.ws_col > 0 {
+            libc::ioctl(master, libc::TIOCSWINSZ, winsize);
+        }
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+        // CMSG_SPACE(sizeof(int)) is 24 on 64-bit Linux; 64 bytes is room enough.
+        let mut control = [0u64; 8];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), master);
+        if libc::sendmsg(sock, &msg, 0) < 0 {
+            return -1;
+        }
+        libc::close(master);
+        libc::close(sock);
+        slave
+    }
+}
+
+/// pid 1 under `--init`: forwards every signal to the command, reaps every child (orphans
+/// are reparented here), and exits as the command did.
+///
+/// # Safety
+/// Raw syscalls only; called in the cloned child.
+unsafe fn init_loop(cmd: libc::pid_t, all: &libc::sigset_t) -> isize {
+    // SAFETY: signal calls on our own process with stack-allocated sets and infos.
+    unsafe {
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(all, &mut info);
+            if sig < 0 {
+                continue;
+            }
+            if sig != libc::SIGCHLD {
+                libc::kill(cmd, sig);
+                continue;
+            }
+            loop {
+                let mut status = 0;
+                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                if pid <= 0 {
+                    break;
+                }
+                if pid == cmd {
+                    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+                    libc::_exit(code);
+                }
+            }
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use rdock_cli::build::{CommonFlags, Output, parse_output, parse_platform, run};
 use rdock_cli::registry::{self, parse_cache_export, parse_cache_import};
-use rdock_cli::{UsageError, commands, exit_with, gc};
+use rdock_cli::{UsageError, commands, containers, exit_with, gc, inspect};
 use rdock_imagespec::ImageRef;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,14 +54,95 @@ enum Command {
         /// The build context directory.
         context: PathBuf,
     },
-    /// Run a container (not supported yet).
+    /// Run a command in a new container from an image, in the foreground.
+    #[command(disable_help_flag = true)]
     Run {
-        /// Everything else.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// Remove the container (its layer and record) when it exits.
+        #[arg(long)]
+        rm: bool,
+        /// Set an environment variable (`K=V`, or `K` to pass rdock's own).
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(short = 'w', long)]
+        workdir: Option<String>,
+        /// `user[:group]` (names or ids from the image's /etc/passwd and /etc/group).
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        /// Bind mount a host path: `SRC:DST[:ro]` (SRC absolute and existing).
+        #[arg(short = 'v', long = "volume")]
+        volumes: Vec<String>,
+        /// `none` (a network namespace with loopback only) or `host`.
+        #[arg(long, default_value = "none")]
+        network: String,
+        /// Replace the image's ENTRYPOINT (and drop its CMD); `""` clears it.
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// Keep stdin open: pass it to the container.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Give the container a terminal (a pty with rdock's window size).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Run a small init as pid 1 that forwards signals and reaps zombies.
+        #[arg(long)]
+        init: bool,
+        /// Name the container (default: a generated adjective_name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The container's hostname (default: its id's first 12 digits).
+        #[arg(short = 'h', long)]
+        hostname: Option<String>,
+        /// What a stop request (SIGTERM to rdock) sends (default: the image's STOPSIGNAL, else SIGTERM).
+        #[arg(long)]
+        stop_signal: Option<String>,
+        /// Seconds between the stop signal and SIGKILL.
+        #[arg(long, default_value_t = 10)]
+        stop_timeout: u64,
+        /// IMAGE [ARG...].
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+    /// List containers (running ones; -a for all).
+    Ps {
+        /// All containers, not only running ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// `json`: one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Remove containers (their layer and record).
+    Rm {
+        /// Kill and remove running ones too.
+        #[arg(short, long)]
+        force: bool,
+        /// Names or ids (prefixes of at least 3 digits).
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Make an image of a container's changes on top of its image.
+    Commit {
+        /// Comment for the history entry.
+        #[arg(short, long)]
+        message: Option<String>,
+        /// The container.
+        container: String,
+        /// `REPO[:TAG]` for the new image.
+        image: Option<String>,
     },
     /// List images.
-    Images,
+    Images {
+        /// `json`: one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Give an image another name.
     Tag {
         /// Existing name.
@@ -69,21 +150,43 @@ enum Command {
         /// New name.
         dst: String,
     },
-    /// Remove image names.
+    /// Remove image names (refused for an image a container uses, unless -f).
     Rmi {
+        /// Also when containers use the image.
+        #[arg(short, long)]
+        force: bool,
         /// Names.
         #[arg(required = true)]
         images: Vec<String>,
     },
-    /// Show an image's config as JSON.
+    /// Show images (or containers) as JSON like `docker inspect`.
     Inspect {
-        /// Name or ID.
-        image: String,
+        /// Names or IDs.
+        #[arg(required = true)]
+        objects: Vec<String>,
     },
-    /// Show an image's history.
+    /// Show an image's history: one row per entry, newest first.
     History {
         /// Name or ID.
         image: String,
+        /// Full CREATED BY text.
+        #[arg(long)]
+        no_trunc: bool,
+        /// `json`: one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// What each layer of an image adds, changes and removes, and how much is wasted
+    /// (as Dive shows it).
+    Layers {
+        /// Name or ID.
+        image: String,
+        /// `json`: one document.
+        #[arg(long)]
+        format: Option<String>,
+        /// Files listed per layer (0 for all).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
     /// Load a docker-archive or OCI-layout tarball.
     Load {
@@ -91,11 +194,14 @@ enum Command {
         #[arg(short = 'i', long = "input")]
         input: PathBuf,
     },
-    /// Save an image as a docker-archive tarball.
+    /// Save an image as a docker-archive tarball (or an OCI archive).
     Save {
         /// Where.
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
+        /// `docker` (docker-archive, the default) or `oci` (an OCI image layout).
+        #[arg(long, default_value = "docker")]
+        format: String,
         /// Which.
         image: String,
     },
@@ -166,8 +272,13 @@ enum Command {
     },
 }
 
-fn not_yet(what: &str) -> anyhow::Result<()> {
-    Err(UsageError(format!("{what} is not supported yet")).into())
+/// `table` or `json`; anything else is a usage error.
+fn json_format(format: Option<&str>) -> anyhow::Result<bool> {
+    match format {
+        None | Some("table") => Ok(false),
+        Some("json") => Ok(true),
+        Some(f) => Err(UsageError(format!("unknown format {f:?}: table or json")).into()),
+    }
 }
 
 fn dispatch(cmd: Command) -> anyhow::Result<()> {
@@ -200,14 +311,18 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             req.cache_exports = cache_to.iter().map(|c| parse_cache_export("--cache-to", c)).collect::<anyhow::Result<_>>()?;
             run(&req).map(|_| ())
         }
-        Command::Run { .. } => not_yet("rdock run"),
-        Command::Images => commands::list(),
+        Command::Run { .. } => unreachable!("run is dispatched before anything else"),
+        Command::Ps { all, quiet, format } => containers::ps(all, quiet, json_format(format.as_deref())?),
+        Command::Rm { force, containers: names } => containers::rm(&names, force),
+        Command::Commit { message, container, image } => containers::commit(&container, image.as_deref(), message.as_deref()),
+        Command::Images { format } => commands::list(json_format(format.as_deref())?),
         Command::Tag { src, dst } => commands::tag(&src, &dst),
-        Command::Rmi { images } => commands::rmi(&images),
-        Command::Inspect { image } => commands::inspect(&image),
-        Command::History { image } => commands::history(&image),
+        Command::Rmi { force, images } => commands::rmi(&images, force),
+        Command::Inspect { objects } => commands::inspect(&objects),
+        Command::History { image, no_trunc, format } => commands::history(&image, no_trunc, json_format(format.as_deref())?),
+        Command::Layers { image, format, limit } => inspect::layers(&image, json_format(format.as_deref())?, limit),
         Command::Load { input } => commands::load(&input),
-        Command::Save { output, image } => commands::save(&output, &image),
+        Command::Save { output, format, image } => commands::save(&output, &image, &format),
         Command::Pull { reference, platform, quiet } => registry::pull(&reference, platform.as_deref(), quiet),
         Command::Push { reference, quiet } => registry::push(&reference, quiet),
         Command::Login { username, password, password_stdin, server } => {
@@ -224,8 +339,67 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
+/// `rdock run`: signals are blocked before anything can start a thread, and the
+/// container's status becomes rdock's (125/126/127 for rdock's own failures, as Docker).
+fn run_container(args: containers::RunArgs) -> ! {
+    let signals = match rdock_runtime::Signals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rdock: {e}");
+            std::process::exit(125);
+        }
+    };
+    match containers::run(args, &signals) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            if let Some(f) = e.downcast_ref::<containers::RunFailed>() {
+                eprintln!("rdock: {}", f.message);
+                std::process::exit(f.code);
+            }
+            exit_with(e)
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    if let Command::Run {
+        help: _,
+        rm,
+        env,
+        workdir,
+        user,
+        volumes,
+        network,
+        entrypoint,
+        interactive,
+        tty,
+        init,
+        name,
+        hostname,
+        stop_signal,
+        stop_timeout,
+        command,
+    } = cli.command
+    {
+        run_container(containers::RunArgs {
+            rm,
+            env,
+            workdir,
+            user,
+            volumes,
+            network,
+            entrypoint,
+            interactive,
+            tty,
+            init,
+            name,
+            hostname,
+            stop_signal,
+            stop_timeout,
+            command,
+        });
+    }
     if let Err(e) = dispatch(cli.command) {
         exit_with(e);
     }

@@ -1,0 +1,223 @@
+//! `rdock run | ps | rm | commit`: containers from images, over `rdock_runtime`.
+
+use crate::UsageError;
+use anyhow::Context;
+use rdock_imagespec::ImageRef;
+use rdock_oci::ImageStore;
+use rdock_runtime::{Record, Records, RunFlags, RunRequest, Runtime, RuntimeError, Signals, State};
+use std::time::Duration;
+
+/// `rdock run`'s flags, as parsed.
+#[derive(Debug, Clone, Default)]
+pub struct RunArgs {
+    /// `--rm`.
+    pub rm: bool,
+    /// `-e`.
+    pub env: Vec<String>,
+    /// `-w`.
+    pub workdir: Option<String>,
+    /// `-u`.
+    pub user: Option<String>,
+    /// `-v`.
+    pub volumes: Vec<String>,
+    /// `--network`.
+    pub network: String,
+    /// `--entrypoint`.
+    pub entrypoint: Option<String>,
+    /// `-i`.
+    pub interactive: bool,
+    /// `-t`.
+    pub tty: bool,
+    /// `--init`.
+    pub init: bool,
+    /// `--name`.
+    pub name: Option<String>,
+    /// `--hostname`.
+    pub hostname: Option<String>,
+    /// `--stop-signal`.
+    pub stop_signal: Option<String>,
+    /// `--stop-timeout` seconds.
+    pub stop_timeout: u64,
+    /// IMAGE [ARG...].
+    pub command: Vec<String>,
+}
+
+/// An error `rdock run` exits with a status of Docker's for (125, 126, 127).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RunFailed {
+    /// The status.
+    pub code: i32,
+    /// What to print.
+    pub message: String,
+}
+
+fn failed(code: i32, message: impl Into<String>) -> anyhow::Error {
+    RunFailed { code, message: message.into() }.into()
+}
+
+impl From<RuntimeError> for RunFailed {
+    fn from(e: RuntimeError) -> RunFailed {
+        RunFailed { code: e.exit_code(), message: e.to_string() }
+    }
+}
+
+/// `rdock run`: returns the container's exit status. `signals` must have been blocked
+/// before any thread started.
+pub fn run(args: RunArgs, signals: &Signals) -> anyhow::Result<i32> {
+    let (image, cmd) = args.command.split_first().ok_or_else(|| UsageError("rdock run needs an IMAGE".into()))?;
+    let host_network = match args.network.as_str() {
+        "none" => false,
+        "host" => true,
+        other => {
+            return Err(failed(
+                125,
+                format!("network {other:?} is not supported: rdock runs containers with --network none (the default) or host"),
+            ));
+        }
+    };
+    let r = ImageRef::parse(image).map_err(|e| failed(125, format!("invalid reference format: {e}")))?;
+    let store = crate::open_store().map_err(|e| failed(125, format!("{e:#}")))?;
+    let images = ImageStore::new(store.clone());
+    let manifest = match images.find(image) {
+        Ok(d) => images.platform_manifest(&d, &rdock_imagespec::Platform::host()).unwrap_or(d),
+        Err(_) => {
+            eprintln!("Unable to find image '{}' locally", r.familiar());
+            let client = crate::registry::client(&[]);
+            let _lease = store.lease().map_err(|e| failed(125, e.to_string()))?;
+            let pulled = rdock_oci::pull(&images, &client, &r, &rdock_imagespec::Platform::host(), crate::registry::printer(false))
+                .map_err(|e| {
+                    failed(125, format!("unable to find image {}: not in the local store, and pulling it failed: {e}", r.familiar()))
+                })?;
+            images.platform_manifest(&pulled.top, &rdock_imagespec::Platform::host()).unwrap_or(pulled.top)
+        }
+    };
+    let runtime = Runtime::new(store).map_err(RunFailed::from)?;
+    let req = RunRequest {
+        image: image.clone(),
+        manifest,
+        flags: RunFlags {
+            entrypoint: args.entrypoint,
+            args: cmd.to_vec(),
+            env: args.env,
+            workdir: args.workdir,
+            user: args.user,
+            volumes: args.volumes,
+            tty: args.tty,
+        },
+        name: args.name,
+        hostname: args.hostname,
+        host_network,
+        init: args.init,
+        interactive: args.interactive,
+        tty: args.tty,
+        auto_remove: args.rm,
+        stop_signal: args.stop_signal,
+        stop_timeout: Duration::from_secs(args.stop_timeout),
+    };
+    runtime.run(&req, signals).map_err(|e| RunFailed::from(e).into())
+}
+
+fn runtime() -> anyhow::Result<Runtime> {
+    Ok(Runtime::new(crate::open_store()?)?)
+}
+
+/// Docker's `units.HumanDuration`: "Less than a second", "About a minute", "3 hours".
+pub fn human_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..60 => format!("{s} seconds"),
+        60..120 => "About a minute".into(),
+        120..3600 => format!("{} minutes", s / 60),
+        3600..7200 => "About an hour".into(),
+        7200..172_800 => format!("{} hours", s / 3600),
+        172_800..1_209_600 => format!("{} days", s / 86_400),
+        1_209_600..5_184_000 => format!("{} weeks", s / 604_800),
+        5_184_000..63_072_000 => format!("{} months", s / 2_592_000),
+        _ => format!("{} years", s / 31_536_000),
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn status(r: &Record) -> String {
+    match r.state {
+        State::Running => format!("Up {}", human_duration(now() - r.created)),
+        State::Exited => {
+            format!("Exited ({}) {} ago", r.exit_code.unwrap_or(-1), human_duration(now() - r.finished.unwrap_or(r.created)))
+        }
+        State::Created => "Created".into(),
+    }
+}
+
+/// `rdock ps [-a] [-q] [--format json]`.
+pub fn ps(all: bool, quiet: bool, json: bool) -> anyhow::Result<()> {
+    let list = runtime()?.list(all)?;
+    if quiet {
+        for r in &list {
+            println!("{}", &r.id[..12]);
+        }
+        return Ok(());
+    }
+    if json {
+        for r in &list {
+            let doc = serde_json::json!({
+                "ID": &r.id[..12], "Names": r.name, "Image": r.image, "ImageID": r.image_id, "Command": r.command.join(" "),
+                "CreatedAt": rdock_imagespec::time::rfc3339(r.created, 0), "State": r.state, "Status": status(r),
+                "ExitCode": r.exit_code, "Snapshot": r.snapshot,
+            });
+            println!("{doc}");
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            let cmd = format!("\"{}\"", r.command.join(" "));
+            let cmd = if cmd.chars().count() > 24 { format!("{}…\"", cmd.chars().take(22).collect::<String>()) } else { cmd };
+            vec![
+                r.id[..12].to_string(),
+                r.image.clone(),
+                cmd,
+                format!("{} ago", human_duration(now() - r.created)),
+                status(r),
+                r.name.clone(),
+            ]
+        })
+        .collect();
+    crate::commands::table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], &rows);
+    Ok(())
+}
+
+/// `rdock rm [-f] CONTAINER...`: every one is tried; the status says whether all went.
+pub fn rm(names: &[String], force: bool) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let mut failures = Vec::new();
+    for n in names {
+        match rt.remove(n, force) {
+            Ok(_) => println!("{n}"),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{}", failures.join("\n"));
+    }
+    Ok(())
+}
+
+/// `rdock commit [-m MSG] CONTAINER [REPO[:TAG]]`: prints the new image's ID.
+pub fn commit(container: &str, name: Option<&str>, message: Option<&str>) -> anyhow::Result<()> {
+    let name = name.map(|n| ImageRef::parse(n).map_err(|e| UsageError(e.to_string()))).transpose()?;
+    let image = runtime()?.commit(container, name.as_ref(), message).with_context(|| format!("committing {container}"))?;
+    println!("{}", image.config);
+    Ok(())
+}
+
+/// The containers made from the image with manifest `d`, for `rmi`'s refusal.
+pub fn users_of(store: &rdock_snapshotter::Store, d: &rdock_imagespec::Digest) -> anyhow::Result<Vec<String>> {
+    Ok(Records::new(store.db().clone())?.using(d)?)
+}
