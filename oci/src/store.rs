@@ -72,10 +72,20 @@ impl ImageStore {
         {
             return Ok(d);
         }
-        let hex = what.strip_prefix("sha256:").unwrap_or(what);
+        let hex = what.strip_prefix("sha256:").unwrap_or(what).to_ascii_lowercase();
+        // A whole manifest digest names an image whether or not it is tagged (an archive
+        // loaded without names prints it).
+        if let Ok(d) = rdock_imagespec::Digest::parse(&format!("sha256:{hex}"))
+            && self.store.content().contains(&d)
+            && self.manifest(&d).is_ok()
+        {
+            return Ok(d);
+        }
         if hex.len() >= 4 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
             for img in self.list()? {
-                if img.manifest.hex().starts_with(hex) {
+                // The manifest digest, or the image ID (the config digest) as docker shows it.
+                let config = self.manifest(&img.manifest).map(|m| m.config.digest.hex().starts_with(&hex)).unwrap_or(false);
+                if img.manifest.hex().starts_with(&hex) || config {
                     return Ok(img.manifest);
                 }
             }
