@@ -19,6 +19,9 @@
 //!                 ~490 MB image (five 98 MB layers) by rdock, `docker push`/`docker pull`
 //!                 and `skopeo copy … oci-archive:` (in the BuildKit and Buildah columns);
 //!                 and an empty-store build of a 10-step image with `--import-cache`
+//!   run           `rdock run --rm busybox true` against `docker run --rm busybox true`:
+//!                 container start to exit (overlay mount, namespaces, exec, cleanup);
+//!                 at least 20 runs each after one warm-up
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -472,6 +475,33 @@ fn workload_registry(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     ])
 }
 
+fn workload_run(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let root = fresh_store(t, dir)?;
+    let n = runs.max(20);
+    let rdock = || {
+        let mut c = Command::new(&t.rdock);
+        c.args(["run", "--rm", "busybox", "true"]).env("RDOCK_ROOT", &root);
+        c
+    };
+    // The first run makes the image's init layer; every later one is what is measured.
+    run(&mut rdock())?;
+    let mut times = Vec::new();
+    for _ in 0..n {
+        times.push(time(&mut rdock())?);
+    }
+    let docker = if t.docker {
+        run(Command::new(docker_cli()).args(["run", "--rm", "busybox", "true"]))?;
+        let mut d = Vec::new();
+        for _ in 0..n {
+            d.push(time(Command::new(docker_cli()).args(["run", "--rm", "busybox", "true"]))?);
+        }
+        Some(median(d))
+    } else {
+        None
+    };
+    Ok(vec![Row { name: "run-rm-true", rdock: median(times), buildkit: docker, buildah: None, per: None }])
+}
+
 fn fmt(d: Option<Duration>) -> String {
     d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into())
 }
@@ -531,6 +561,9 @@ fn main() -> Result<()> {
     }
     if all || wanted.iter().any(|w| w == "registry") {
         rows.extend(workload_registry(&t, &dir, runs)?);
+    }
+    if all || wanted.iter().any(|w| w == "run") {
+        rows.extend(workload_run(&t, &dir, runs)?);
     }
     let _ = std::fs::remove_dir_all(dir.join("stores"));
     println!(
