@@ -1,8 +1,11 @@
-//! The Linux namespace sandbox: a RUN step's process is cloned into new mount, pid, uts,
-//! ipc and (unless the host network is asked for) net namespaces, mounts its overlay root
-//! there, gets /proc, a minimal /dev, a read-only /sys, and bind-mounted /etc/hosts and
-//! /etc/resolv.conf, pivots into the root, drops to Docker's default capability set with
-//! no_new_privs, switches user and execs the command.
+//! The Linux namespace sandbox: a RUN step's (or a container's) process is cloned into
+//! new mount, pid, uts, ipc and (unless the host network is asked for) net namespaces,
+//! mounts its overlay root there, gets /proc, a minimal /dev, a read-only /sys, and
+//! bind-mounted /etc/hosts and /etc/resolv.conf (and /etc/hostname for containers), pivots
+//! into the root, drops to Docker's default capability set with no_new_privs, switches
+//! user and execs the command with every signal at its default and no fd of rdock's but
+//! its streams. A build step's output is captured through a pipe; a container gets rdock's
+//! streams or a pty allocated from its own devpts, and optionally a small init as pid 1.
 //!
 //! Everything the child needs is prepared before `clone` as C strings: the child runs in a
 //! copy of a multi-threaded process, where only async-signal-safe calls are sound, so it
