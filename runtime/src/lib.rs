@@ -210,21 +210,15 @@ impl Runtime {
             }
             Ok(())
         })();
-        let committed = made.and_then(|()| match snaps.commit(&name, &key) {
-            Ok(()) => Ok(()),
-            // Another rdock made it first.
-            Err(SnapshotError::Exists(_)) => Err(SnapshotError::Exists(name.clone()).into()),
-            Err(e) => Err(e.into()),
-        });
-        match committed {
+        match made.and_then(|()| snaps.commit(&name, &key).map_err(RuntimeError::from)) {
             Ok(()) => Ok(name),
-            Err(RuntimeError::Snapshot(SnapshotError::Exists(_))) => {
-                let _ = snaps.remove(&key);
-                Ok(name)
-            }
             Err(e) => {
                 let _ = snaps.remove(&key);
-                Err(e)
+                match e {
+                    // Another rdock made it first: theirs serves.
+                    RuntimeError::Snapshot(SnapshotError::Exists(_)) => Ok(name),
+                    e => Err(e),
+                }
             }
         }
     }
@@ -379,7 +373,7 @@ impl Runtime {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while Records::is_running(&r) && std::path::Path::new(&format!("/proc/{}", r.runner.map(|x| x.0).unwrap_or(0))).exists() {
+            while Records::is_running(&r) {
                 if std::time::Instant::now() > deadline {
                     return Err(RuntimeError::Setup(format!("container {} did not stop", &r.id[..12])));
                 }
