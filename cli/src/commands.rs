@@ -234,7 +234,7 @@ pub fn history(name: &str, no_trunc: bool, json: bool) -> anyhow::Result<()> {
         };
         rows.push((h, size));
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = rdock_imagespec::time::unix_now();
     let mut table_rows = Vec::new();
     for (i, (h, size)) in rows.iter().enumerate().rev() {
         let id = if i + 1 == rows.len() { m.config.digest.hex()[..12].to_string() } else { "<missing>".into() };

@@ -3,42 +3,58 @@
 use crate::UsageError;
 use anyhow::Context;
 use rdock_imagespec::ImageRef;
+use rdock_imagespec::time::unix_now as now;
 use rdock_oci::ImageStore;
 use rdock_runtime::{Record, Records, RunFlags, RunRequest, Runtime, RuntimeError, Signals, State};
 use std::time::Duration;
 
-/// `rdock run`'s flags, as parsed.
-#[derive(Debug, Clone, Default)]
+/// `rdock run`'s flags.
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct RunArgs {
-    /// `--rm`.
+    /// Remove the container (its layer and record) when it exits.
+    #[arg(long)]
     pub rm: bool,
-    /// `-e`.
+    /// Set an environment variable (`K=V`, or `K` to pass rdock's own).
+    #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
-    /// `-w`.
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
     pub workdir: Option<String>,
-    /// `-u`.
+    /// `user[:group]` (names or ids from the image's /etc/passwd and /etc/group).
+    #[arg(short = 'u', long)]
     pub user: Option<String>,
-    /// `-v`.
+    /// Bind mount a host path: `SRC:DST[:ro]` (SRC absolute and existing).
+    #[arg(short = 'v', long = "volume")]
     pub volumes: Vec<String>,
-    /// `--network`.
+    /// `none` (a network namespace with loopback only) or `host`.
+    #[arg(long, default_value = "none")]
     pub network: String,
-    /// `--entrypoint`.
+    /// Replace the image's ENTRYPOINT (and drop its CMD); `""` clears it.
+    #[arg(long)]
     pub entrypoint: Option<String>,
-    /// `-i`.
+    /// Keep stdin open: pass it to the container.
+    #[arg(short = 'i', long)]
     pub interactive: bool,
-    /// `-t`.
+    /// Give the container a terminal (a pty with rdock's window size).
+    #[arg(short = 't', long)]
     pub tty: bool,
-    /// `--init`.
+    /// Run a small init as pid 1 that forwards signals and reaps zombies.
+    #[arg(long)]
     pub init: bool,
-    /// `--name`.
+    /// Name the container (default: a generated adjective_name).
+    #[arg(long)]
     pub name: Option<String>,
-    /// `--hostname`.
+    /// The container's hostname (default: its id's first 12 digits).
+    #[arg(short = 'h', long)]
     pub hostname: Option<String>,
-    /// `--stop-signal`.
+    /// What a stop request (SIGTERM to rdock) sends (default: the image's STOPSIGNAL, else SIGTERM).
+    #[arg(long)]
     pub stop_signal: Option<String>,
-    /// `--stop-timeout` seconds.
+    /// Seconds between the stop signal and SIGKILL.
+    #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,
     /// IMAGE [ARG...].
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
     pub command: Vec<String>,
 }
 
@@ -138,10 +154,6 @@ pub fn human_duration(secs: i64) -> String {
         5_184_000..63_072_000 => format!("{} months", s / 2_592_000),
         _ => format!("{} years", s / 31_536_000),
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 fn status(r: &Record) -> String {

@@ -9,6 +9,12 @@ pub fn rfc3339(secs: i64, nanos: u32) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Now, in Unix seconds (0 if the clock is before 1970): what records and ages are
+/// counted in.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
 /// Now, or `SOURCE_DATE_EPOCH` when set, for reproducible images.
 pub fn build_time() -> String {
     if let Some(epoch) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse::<i64>().ok()) {

@@ -20,6 +20,7 @@ pub use attach::{AttachOptions, Signals};
 pub use config::{Bind, ProcessConfig, RunFlags, parse_volume, process_config};
 pub use records::{Record, Records, State};
 
+use rdock_imagespec::time::unix_now as now;
 use rdock_imagespec::{Digest, History, ImageRef, MEDIA_TYPE_OCI_LAYER_GZIP};
 use rdock_llb::{Network, Security};
 use rdock_oci::{CommittedImage, ImageStore, OciError, chain_snapshot_name, commit_image, ensure_unpacked};
@@ -123,10 +124,6 @@ pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, RuntimeError> {
     let up = s.to_ascii_uppercase();
     let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
     name.parse().map_err(|_| bad())
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 fn new_id() -> String {

@@ -5,6 +5,7 @@
 
 use crate::RuntimeError;
 use rdock_imagespec::Digest;
+use rdock_imagespec::time::unix_now as now;
 use rdock_snapshotter::Db;
 use rusqlite::params;
 use serde::Serialize;
@@ -86,10 +87,6 @@ pub fn process_start(pid: i32) -> Option<u64> {
 
 fn alive(runner: Option<(i32, u64)>) -> bool {
     runner.is_some_and(|(pid, start)| process_start(pid) == Some(start))
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// The container table.

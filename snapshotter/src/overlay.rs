@@ -7,6 +7,7 @@ use crate::diff::write_layer;
 use crate::mount::MountSpec;
 use crate::whiteout::is_overlay_whiteout;
 use crate::{SnapshotError, Snapshotter};
+use rdock_imagespec::time::unix_now as now;
 use rdock_imagespec::{Digest, MEDIA_TYPE_OCI_LAYER_GZIP};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
@@ -131,10 +132,6 @@ pub struct OverlaySnapshotter {
     db: Arc<Db>,
     content: ContentStore,
     empty: PathBuf,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 impl OverlaySnapshotter {

@@ -1,6 +1,7 @@
 //! Cache records: cache key → committed snapshot, in the shared metadata database.
 
 use crate::SolveError;
+pub(crate) use rdock_imagespec::time::unix_now as now;
 use rdock_snapshotter::{Snapshotter, Store};
 use rusqlite::{OptionalExtension, params};
 
@@ -8,11 +9,6 @@ use rusqlite::{OptionalExtension, params};
 #[derive(Clone)]
 pub struct CacheStore {
     store: Store,
-}
-
-/// Unix seconds now: the unit of `created` and `last_used` in the cache and snapshot records.
-pub(crate) fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 impl CacheStore {

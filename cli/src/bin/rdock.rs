@@ -60,51 +60,8 @@ enum Command {
         /// Print help.
         #[arg(long, action = clap::ArgAction::Help)]
         help: Option<bool>,
-        /// Remove the container (its layer and record) when it exits.
-        #[arg(long)]
-        rm: bool,
-        /// Set an environment variable (`K=V`, or `K` to pass rdock's own).
-        #[arg(short = 'e', long = "env")]
-        env: Vec<String>,
-        /// Working directory inside the container.
-        #[arg(short = 'w', long)]
-        workdir: Option<String>,
-        /// `user[:group]` (names or ids from the image's /etc/passwd and /etc/group).
-        #[arg(short = 'u', long)]
-        user: Option<String>,
-        /// Bind mount a host path: `SRC:DST[:ro]` (SRC absolute and existing).
-        #[arg(short = 'v', long = "volume")]
-        volumes: Vec<String>,
-        /// `none` (a network namespace with loopback only) or `host`.
-        #[arg(long, default_value = "none")]
-        network: String,
-        /// Replace the image's ENTRYPOINT (and drop its CMD); `""` clears it.
-        #[arg(long)]
-        entrypoint: Option<String>,
-        /// Keep stdin open: pass it to the container.
-        #[arg(short = 'i', long)]
-        interactive: bool,
-        /// Give the container a terminal (a pty with rdock's window size).
-        #[arg(short = 't', long)]
-        tty: bool,
-        /// Run a small init as pid 1 that forwards signals and reaps zombies.
-        #[arg(long)]
-        init: bool,
-        /// Name the container (default: a generated adjective_name).
-        #[arg(long)]
-        name: Option<String>,
-        /// The container's hostname (default: its id's first 12 digits).
-        #[arg(short = 'h', long)]
-        hostname: Option<String>,
-        /// What a stop request (SIGTERM to rdock) sends (default: the image's STOPSIGNAL, else SIGTERM).
-        #[arg(long)]
-        stop_signal: Option<String>,
-        /// Seconds between the stop signal and SIGKILL.
-        #[arg(long, default_value_t = 10)]
-        stop_timeout: u64,
-        /// IMAGE [ARG...].
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
-        command: Vec<String>,
+        #[command(flatten)]
+        args: containers::RunArgs,
     },
     /// List containers (running ones; -a for all).
     Ps {
@@ -363,42 +320,8 @@ fn run_container(args: containers::RunArgs) -> ! {
 
 fn main() {
     let cli = Cli::parse();
-    if let Command::Run {
-        help: _,
-        rm,
-        env,
-        workdir,
-        user,
-        volumes,
-        network,
-        entrypoint,
-        interactive,
-        tty,
-        init,
-        name,
-        hostname,
-        stop_signal,
-        stop_timeout,
-        command,
-    } = cli.command
-    {
-        run_container(containers::RunArgs {
-            rm,
-            env,
-            workdir,
-            user,
-            volumes,
-            network,
-            entrypoint,
-            interactive,
-            tty,
-            init,
-            name,
-            hostname,
-            stop_signal,
-            stop_timeout,
-            command,
-        });
+    if let Command::Run { help: _, args } = cli.command {
+        run_container(args);
     }
     if let Err(e) = dispatch(cli.command) {
         exit_with(e);
