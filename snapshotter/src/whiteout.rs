@@ -29,18 +29,13 @@ pub fn is_opaque(dir: &Path) -> bool {
     n == 1 && buf[0] == b'y'
 }
 
-/// Marks `dir` opaque for overlayfs.
-pub fn set_opaque(dir: &Path) -> std::io::Result<()> {
-    let c = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: pointers are valid and NUL-terminated; the value is one byte.
-    let r = unsafe { libc::lsetxattr(c.as_ptr(), OPAQUE_XATTR.as_ptr().cast(), b"y".as_ptr().cast(), 1, 0) };
+/// Marks the directory open as `dir` (not `O_PATH`) opaque for overlayfs.
+pub fn set_opaque_fd(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd, a NUL-terminated name and a one-byte value.
+    let r = unsafe { libc::fsetxattr(dir.as_raw_fd(), OPAQUE_XATTR.as_ptr().cast(), b"y".as_ptr().cast(), 1, 0) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Creates an overlay whiteout at `path`.
-pub fn make_overlay_whiteout(path: &Path) -> std::io::Result<()> {
-    nix::sys::stat::mknod(path, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0).map_err(std::io::Error::from)
 }
