@@ -141,36 +141,57 @@ impl Root {
     }
 
     /// As [`Root::mkdir_all`], calling `created` with each directory it made (to set its
-    /// owner, say), parents first.
+    /// owner, say), parents first. A dangling symlink on the way has its target's
+    /// directories made, inside the root, as the container's `mkdir -p` would.
     pub fn mkdir_all_with(&self, path: &Path, mode: u32, created: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>) -> io::Result<OwnedFd> {
-        let mut prefix = PathBuf::new();
-        let mut dir = dup(self.fd.as_fd())?;
-        for c in path.components() {
-            prefix.push(c.as_os_str());
-            if !matches!(c, Component::Normal(_)) {
-                dir = self.resolve(&prefix, Last::Follow)?;
-                continue;
-            }
-            dir = match self.walk(&prefix, Last::Follow)? {
-                Walked::Found(fd) => fd,
-                Walked::Missing { parent, name } => {
-                    match mkdir_at(parent.as_fd(), &name, mode) {
+        let mut parts: Vec<OsString> = components(path.as_os_str());
+        let mut links = 0;
+        'restart: loop {
+            let mut prefix = PathBuf::new();
+            for (i, part) in parts.iter().enumerate() {
+                prefix.push(part);
+                if part == "." || part == ".." {
+                    continue;
+                }
+                match self.walk(&prefix, Last::NoFollow)? {
+                    Walked::Found(fd) => {
+                        let st = fstat(fd.as_fd())?;
+                        match st.st_mode & libc::S_IFMT {
+                            libc::S_IFDIR => {}
+                            libc::S_IFLNK => {
+                                links += 1;
+                                if links > MAX_LINKS {
+                                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                                }
+                                // The link's target takes its place (an absolute one from
+                                // the root), then the rest of the path.
+                                let target = readlink_fd(fd.as_fd())?;
+                                let mut next = if target.as_bytes().first() == Some(&b'/') { Vec::new() } else { parts[..i].to_vec() };
+                                next.extend(components(&target));
+                                next.extend(parts[i + 1..].iter().cloned());
+                                parts = next;
+                                continue 'restart;
+                            }
+                            _ => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+                        }
+                    }
+                    Walked::Missing { parent, name } => match mkdir_at(parent.as_fd(), &name, mode) {
                         Ok(()) => {
                             let fd = open_at(parent.as_raw_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY, 0)?;
                             created(fd.as_fd())?;
-                            fd
                         }
-                        // Made meanwhile by someone else: resolve it as it now is.
-                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.resolve(&prefix, Last::Follow)?,
+                        // Made meanwhile by someone else: look again.
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue 'restart,
                         Err(e) => return Err(e),
-                    }
+                    },
                 }
-            };
+            }
+            let dir = self.resolve(&prefix, Last::Follow)?;
             if !is_dir(dir.as_fd())? {
                 return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
             }
+            return Ok(dir);
         }
-        Ok(dir)
     }
 
     /// The directory that holds `path` (resolved, following symlinks) and the last
@@ -313,6 +334,46 @@ impl Root {
     }
 }
 
+/// The host path where `path` leads inside `root`, for code that works on paths and may
+/// create what is missing (COPY destinations, WORKDIR): existing symlinks are followed
+/// inside the root (the last one only with [`Last::Follow`]), a missing component is taken
+/// as named, and `..` never climbs above the root. Only for trees no container is running
+/// in (a check on a path is only good until someone changes the tree).
+pub fn host_path_for(root: &Path, path: &Path, last: Last) -> io::Result<PathBuf> {
+    let mut parts: Vec<OsString> = Vec::new();
+    let mut pending = components(path.as_os_str());
+    pending.reverse();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == "." {
+            continue;
+        }
+        if part == ".." {
+            parts.pop();
+            continue;
+        }
+        let candidate: PathBuf = root.join(parts.iter().collect::<PathBuf>()).join(&part);
+        let is_last = pending.iter().all(|p| p == ".");
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(md) if md.file_type().is_symlink() && (!is_last || last == Last::Follow) => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                let target = std::fs::read_link(&candidate)?;
+                if target.is_absolute() {
+                    parts.clear();
+                }
+                let mut t = components(target.as_os_str());
+                t.reverse();
+                pending.extend(t);
+            }
+            _ => parts.push(part),
+        }
+    }
+    Ok(root.join(parts.iter().collect::<PathBuf>()))
+}
+
 /// The path made relative (the root's own `/` dropped): openat2 scopes it either way, but
 /// an absolute path with RESOLVE_IN_ROOT is taken from the root already.
 fn relative(path: &Path) -> PathBuf {
@@ -426,10 +487,6 @@ fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<OsString> {
 /// The path the kernel gives a descriptor (/proc/self/fd/N).
 fn fd_path(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-}
-
-fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    fd.try_clone_to_owned()
 }
 
 fn dup_raw(fd: libc::c_int) -> io::Result<OwnedFd> {

@@ -69,11 +69,7 @@ fn creating_through_links_creates_inside() {
     let mirror = f.root.join(f.host.strip_prefix("/").unwrap());
     for root in both(&f) {
         let r = root.resolver;
-        // While the link's target is missing in the root, nothing can be made through it.
-        let e = root.mkdir_all(Path::new("esc/a/b"), 0o755).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{r:?}");
-        // Once the image has that path, it is what the link names.
-        std::fs::create_dir_all(&mirror).unwrap();
+        // The link's target is made inside the root, as the container's `mkdir -p` would.
         let d = root.mkdir_all(Path::new("esc/a/b"), 0o755).unwrap();
         let inside = mirror.join("a/b");
         assert_eq!(root.fd_path(d.as_fd()).unwrap(), inside, "{r:?}");
@@ -83,7 +79,7 @@ fn creating_through_links_creates_inside() {
         // A dangling link to the host: the file is created where it leads in the root.
         drop(root.open_file(Path::new("dangling"), libc::O_CREAT | libc::O_WRONLY, 0o644).unwrap());
         assert!(mirror.join("new").is_file(), "{r:?}");
-        std::fs::remove_dir_all(f.root.join(f.host.strip_prefix("/").unwrap().components().next().unwrap())).unwrap();
+        std::fs::remove_file(mirror.join("new")).unwrap();
         // O_NOFOLLOW refuses the link itself.
         let e = root.open_file(Path::new("dangling"), libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW, 0o644).unwrap_err();
         assert!(matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ELOOP)), "{r:?} {e}");
@@ -120,4 +116,35 @@ fn proc_fd_path_formats_without_allocating() {
         let got = unsafe { std::ffi::CStr::from_ptr(p) };
         assert_eq!(got.to_str().unwrap(), want);
     }
+}
+
+#[test]
+fn raw_mkdir_all_follows_links_inside_the_root() {
+    let f = fixture();
+    let root = Root::with_resolver(&f.root, Resolver::Kernel).unwrap();
+    let mirror = f.root.join(f.host.strip_prefix("/").unwrap());
+    for (path, want) in [
+        ("esc/a/b", mirror.join("a/b")),
+        ("/up/up/esc/c", mirror.join("c")),
+        ("dangling/x", mirror.join("new/x")),
+        ("./etc//d/../e", f.root.join("etc/e")),
+        ("", f.root.clone()),
+    ] {
+        let c = std::ffi::CString::new(path).unwrap();
+        // SAFETY: a NUL-terminated path and the root's fd.
+        let fd = unsafe { raw::mkdir_all(root.as_fd().as_raw_fd(), c.as_ptr(), 0o755) };
+        assert!(fd >= 0, "{path}: {}", io::Error::last_os_error());
+        // SAFETY: mkdir_all returned a new fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        assert_eq!(root.fd_path(fd.as_fd()).unwrap(), want, "{path}");
+        // The library's mkdir_all agrees.
+        assert_eq!(root.fd_path(root.mkdir_all(Path::new(path), 0o755).unwrap().as_fd()).unwrap(), want, "{path}");
+    }
+    for (path, errno) in [("loop1/x", libc::ELOOP), ("etc/passwd/x", libc::ENOTDIR)] {
+        let c = std::ffi::CString::new(path).unwrap();
+        // SAFETY: as above.
+        let fd = unsafe { raw::mkdir_all(root.as_fd().as_raw_fd(), c.as_ptr(), 0o755) };
+        assert_eq!((fd, io::Error::last_os_error().raw_os_error()), (-1, Some(errno)), "{path}");
+    }
+    host_untouched(&f);
 }

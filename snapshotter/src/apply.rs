@@ -131,7 +131,12 @@ pub fn apply_layer(layer: &mut dyn Read, dest: &Path, what: &str) -> Result<Dige
 }
 
 /// Applies one entry; returns the mtime of a directory, to set once its contents are in.
-fn apply_entry<R: Read>(root: &Root, entry: &mut tar::Entry<'_, R>, rel: &Path, cache: &mut ParentCache) -> Result<Option<i64>, EntryError> {
+fn apply_entry<R: Read>(
+    root: &Root,
+    entry: &mut tar::Entry<'_, R>,
+    rel: &Path,
+    cache: &mut ParentCache,
+) -> Result<Option<i64>, EntryError> {
     let name = rel.file_name().unwrap_or_default().to_os_string();
     let parent_path = rel.parent().unwrap_or(Path::new(""));
     if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
@@ -164,7 +169,8 @@ fn apply_entry<R: Read>(root: &Root, entry: &mut tar::Entry<'_, R>, rel: &Path, 
     rdock_inroot::remove_all_at(parent, &name)?;
     match kind {
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-            let f = rdock_inroot::open_at(parent.as_raw_fd(), &name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW, 0o600)?;
+            let f =
+                rdock_inroot::open_at(parent.as_raw_fd(), &name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW, 0o600)?;
             let mut f = std::fs::File::from(f);
             std::io::copy(entry, &mut f).map_err(|e| match e.raw_os_error() {
                 Some(_) => EntryError::Io(e),
@@ -270,8 +276,14 @@ impl Meta {
                 let rc = match file {
                     Some(f) => libc::fsetxattr(f.as_raw_fd(), key.as_ptr(), value.as_ptr().cast(), value.len(), 0),
                     None => {
-                        let p = CString::new(format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes().into_iter().chain(name.as_bytes().iter().copied()).collect::<Vec<u8>>())
-                            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+                        let p = CString::new(
+                            format!("/proc/self/fd/{}/", dir.as_raw_fd())
+                                .into_bytes()
+                                .into_iter()
+                                .chain(name.as_bytes().iter().copied())
+                                .collect::<Vec<u8>>(),
+                        )
+                        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
                         libc::lsetxattr(p.as_ptr(), key.as_ptr(), value.as_ptr().cast(), value.len(), 0)
                     }
                 };

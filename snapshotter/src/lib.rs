@@ -42,7 +42,7 @@ pub use diff::{LayerBlob, write_layer, write_tree_tar};
 pub use error::SnapshotError;
 pub use mount::{MountSpec, Mounted};
 pub use overlay::{ChainLayer, Info, Kind, LayerInfo, OverlaySnapshotter, SnapshotRecord, Usage, active_key, disk_usage};
-pub use whiteout::is_opaque;
+pub use whiteout::{is_opaque, is_opaque_fd};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

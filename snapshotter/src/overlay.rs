@@ -5,12 +5,13 @@ use crate::content::ContentStore;
 use crate::db::Db;
 use crate::diff::write_layer;
 use crate::mount::MountSpec;
-use crate::whiteout::is_overlay_whiteout;
 use crate::{SnapshotError, Snapshotter};
 use rdock_imagespec::time::unix_now as now;
 use rdock_imagespec::{Digest, MEDIA_TYPE_OCI_LAYER_GZIP};
+use rdock_inroot::{Last, Root, Walked};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -570,13 +571,16 @@ impl Layers {
         &self.dirs
     }
 
-    /// The topmost entry for `path` (None if absent or whited out).
-    fn find(&self, path: &str) -> Option<(PathBuf, std::fs::Metadata)> {
-        let rel = path.trim_start_matches('/');
+    /// The topmost entry for `path` (None if absent or whited out), opened `O_PATH`. The
+    /// path is resolved inside each layer's directory (its symlinks are the image's: they
+    /// never lead out of it), the last component not followed.
+    fn find(&self, path: &str) -> Option<(OwnedFd, libc::stat)> {
         for d in &self.dirs {
-            let p = d.join(rel);
-            if let Ok(md) = std::fs::symlink_metadata(&p) {
-                return (!is_overlay_whiteout(&md)).then_some((p, md));
+            let Ok(root) = Root::open(d) else { continue };
+            if let Ok(Walked::Found(fd)) = root.walk(Path::new(path), Last::NoFollow) {
+                let st = rdock_inroot::fstat(fd.as_fd()).ok()?;
+                let whiteout = st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0;
+                return (!whiteout).then_some((fd, st));
             }
         }
         None
@@ -590,7 +594,13 @@ impl Layers {
     /// A regular file's contents (None if absent, whited out or not a regular file).
     pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
         match self.find(path) {
-            Some((p, md)) if md.is_file() => std::fs::read(&p).map(Some).map_err(|e| SnapshotError::io(&p, e)),
+            Some((fd, st)) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                let io = |e| SnapshotError::io(path, e);
+                let mut f = std::fs::File::from(rdock_inroot::reopen(fd.as_fd(), libc::O_RDONLY).map_err(io)?);
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut buf).map_err(io)?;
+                Ok(Some(buf))
+            }
             _ => Ok(None),
         }
     }

@@ -29,6 +29,15 @@ pub fn is_opaque(dir: &Path) -> bool {
     n == 1 && buf[0] == b'y'
 }
 
+/// True if the directory open as `dir` (not `O_PATH`) carries overlayfs's opaque xattr.
+pub fn is_opaque_fd(dir: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 4];
+    // SAFETY: a valid fd, a NUL-terminated name and a buffer of its stated length.
+    let n = unsafe { libc::fgetxattr(dir.as_raw_fd(), OPAQUE_XATTR.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
+    n == 1 && buf[0] == b'y'
+}
+
 /// Marks the directory open as `dir` (not `O_PATH`) opaque for overlayfs.
 pub fn set_opaque_fd(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;

@@ -26,41 +26,11 @@ pub struct CopySource<'a> {
 
 /// Resolves `path` (absolute in the container) inside `root`, following symlinks as the
 /// container would see them; the result never leaves `root`. The final component is
-/// followed only if `follow_last`.
+/// followed only if `follow_last`. (rdock-inroot's rule, for trees no step runs in.)
 pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, WorkerError> {
-    let mut parts: Vec<String> = Vec::new();
-    let mut pending: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_string).rev().collect();
-    let mut hops = 0;
-    while let Some(part) = pending.pop() {
-        match part.as_str() {
-            "." => continue,
-            ".." => {
-                parts.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let candidate: PathBuf = root.join(parts.iter().collect::<PathBuf>()).join(&part);
-        let is_last = pending.is_empty();
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(md) if md.file_type().is_symlink() && (!is_last || follow_last) => {
-                hops += 1;
-                if hops > 40 {
-                    return Err(WorkerError::Path { path: path.to_string(), reason: "too many levels of symbolic links".into() });
-                }
-                let target = std::fs::read_link(&candidate).map_err(|e| WorkerError::Io(candidate.clone(), e))?;
-                let t = target.to_string_lossy().into_owned();
-                if t.starts_with('/') {
-                    parts.clear();
-                }
-                for p in t.split('/').filter(|s| !s.is_empty()).rev() {
-                    pending.push(p.to_string());
-                }
-            }
-            _ => parts.push(part),
-        }
-    }
-    Ok(root.join(parts.iter().collect::<PathBuf>()))
+    let last = if follow_last { rdock_inroot::Last::Follow } else { rdock_inroot::Last::NoFollow };
+    rdock_inroot::host_path_for(root, Path::new(path), last)
+        .map_err(|e| WorkerError::Path { path: path.to_string(), reason: e.to_string() })
 }
 
 /// Resolved ownership for created files.

@@ -20,6 +20,7 @@ pub mod fileop;
 pub mod git;
 pub mod http;
 mod sandbox;
+mod seccomp;
 pub mod user;
 
 pub use fileop::{CopySource, resolve_in_root};
@@ -31,6 +32,7 @@ use rdock_llb::patterns::PatternMatcher;
 use rdock_llb::{ExecOp, FileOp, Network, Security};
 use rdock_snapshotter::{MountSpec, Mounted, SnapshotError, Snapshotter, Store, active_key};
 use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -584,19 +586,35 @@ impl Drop for SecretDir {
     }
 }
 
+/// Removes the mount stubs the sandbox made from the step's upper dir. Each stub is
+/// resolved inside the upper dir (a symlink the step left there cannot lead out of it) and
+/// looked at without following it: an empty directory goes unless the image had it and the
+/// step replaced it (opaque), an empty file only if the image lacked it.
 fn remove_stubs(upper: &Path, stubs: &[String], existed: &[bool]) {
+    let Ok(root) = rdock_inroot::Root::open(upper) else { return };
     for (stub, existed) in stubs.iter().zip(existed) {
-        let p = upper.join(stub);
-        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
-        let empty_dir = md.is_dir() && std::fs::read_dir(&p).map(|mut d| d.next().is_none()).unwrap_or(false);
-        if md.is_dir() {
-            // Only an empty directory can be a stub; one the image had stays unless overlay
-            // merely copied it up unchanged (not opaque: a step that replaced it keeps it).
-            if empty_dir && (!*existed || !rdock_snapshotter::is_opaque(&p)) {
-                let _ = std::fs::remove_dir(&p);
+        let Ok((dir, name)) = root.parent(Path::new(stub), false) else { continue };
+        let Ok(fd) = rdock_inroot::open_at(dir.as_raw_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0) else { continue };
+        let Ok(st) = rdock_inroot::fstat(fd.as_fd()) else { continue };
+        let c = match std::ffi::CString::new(name.as_encoded_bytes()) {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                let Ok(open) = rdock_inroot::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY) else { continue };
+                let empty =
+                    std::fs::read_dir(format!("/proc/self/fd/{}", open.as_raw_fd())).map(|mut d| d.next().is_none()).unwrap_or(false);
+                if empty && (!*existed || !rdock_snapshotter::is_opaque_fd(open.as_fd())) {
+                    // SAFETY: a valid fd and a NUL-terminated name.
+                    unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) };
+                }
             }
-        } else if !*existed && md.len() == 0 {
-            let _ = std::fs::remove_file(&p);
+            libc::S_IFREG if !*existed && st.st_size == 0 => {
+                // SAFETY: as above.
+                unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+            }
+            _ => {}
         }
     }
 }

@@ -100,9 +100,8 @@ fn refuses_entries_that_escape() {
 /// into a fresh root each, none reaches the host, whether the layer fails or applies.
 #[test]
 fn links_to_the_host_never_reach_it() {
-    let host_dir = fixture().host; // only for its shape: each attack gets its own fixture
-    drop(host_dir);
-    let attacks: Vec<(&str, Box<dyn Fn(&str) -> Vec<u8>>)> = vec![
+    type Attack = Box<dyn Fn(&str) -> Vec<u8>>;
+    let attacks: Vec<(&str, Attack)> = vec![
         ("whiteout", Box::new(|h| tar_of(&[E::Symlink("esc", h), E::File("esc/.wh.canary", b"")]))),
         ("nested whiteout", Box::new(|h| tar_of(&[E::Symlink("esc", h), E::File("esc/a/b/.wh.x", b"")]))),
         ("opaque", Box::new(|h| tar_of(&[E::Symlink("esc", h), E::File("esc/sub/.wh..wh..opq", b"")]))),

@@ -1,0 +1,355 @@
+//! Hostile input, end to end: crafted layers and images, hostile Dockerfiles and probes run
+//! inside steps and containers. Every target is a canary directory made by the test in a
+//! temporary directory, never a real system file; each test checks the canary is as it was.
+//!
+//! What these attacks did before issue 13's fixes: a layer's `esc -> HOST` then
+//! `esc/.wh.NAME` replaced a host file with a device node; mount targets and /etc stubs
+//! through an image's symlinks created host files; a step read a host block device through
+//! `mknod`, opened /proc/sys knobs for writing and used `keyctl`, `add_key` and
+//! `unshare(CLONE_NEWUSER)`; `--init`'s pid 1 held every capability.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use support::*;
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A host directory with a canary file, and what it held (to compare after an attack).
+struct Canary {
+    dir: PathBuf,
+}
+
+impl Canary {
+    fn new(f: &Fixture, name: &str) -> Canary {
+        let dir = f.path(name);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("canary"), "host").unwrap();
+        Canary { dir }
+    }
+
+    fn path(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// The directory holds exactly `canary` (a regular file saying "host") and an empty,
+    /// non-opaque `sub`.
+    fn assert_untouched(&self, attack: &str) {
+        let mut names: Vec<String> = walk(&self.dir).iter().map(|p| p.strip_prefix(&self.dir).unwrap().display().to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["canary", "sub"], "{attack}: the host directory {} changed", self.dir.display());
+        let md = std::fs::symlink_metadata(self.dir.join("canary")).unwrap();
+        assert!(md.is_file(), "{attack}: the canary was replaced");
+        assert_eq!(std::fs::read_to_string(self.dir.join("canary")).unwrap(), "host", "{attack}");
+        let sub = std::ffi::CString::new(self.dir.join("sub").to_str().unwrap()).unwrap();
+        let mut buf = [0u8; 4];
+        // SAFETY: NUL-terminated strings and a buffer of its stated length.
+        let n = unsafe { libc::lgetxattr(sub.as_ptr(), c"trusted.overlay.opaque".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(n < 0, "{attack}: a host directory was made opaque");
+    }
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        v.push(e.path());
+        if e.file_type().unwrap().is_dir() {
+            v.extend(walk(&e.path()));
+        }
+    }
+    v
+}
+
+/// A tar layer from (path, entry) pairs, written raw so any name and link target goes in.
+enum E<'a> {
+    File(&'a str, &'a str),
+    Symlink(&'a str, &'a str),
+}
+
+fn layer(entries: &[E<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        match e {
+            E::File(p, data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, data.as_bytes()).unwrap();
+            }
+            E::Symlink(p, t) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, p, t).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b)))
+}
+
+/// A docker-archive of busybox with `extra` appended as one more layer, tagged `name`.
+fn image_with_layer(f: &Fixture, name: &str, extra: &[u8]) -> PathBuf {
+    let files = read_tar_files(busybox_tar());
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let m = &manifest[0];
+    let mut config: Value = serde_json::from_slice(&files[m["Config"].as_str().unwrap()]).unwrap();
+    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(json!(sha256(extra)));
+    if let Some(h) = config["history"].as_array_mut() {
+        h.push(json!({"created_by": "hostile layer"}));
+    }
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_name = format!("{}.json", sha256(&config_bytes).trim_start_matches("sha256:"));
+    let mut layers: Vec<Value> = m["Layers"].as_array().unwrap().clone();
+    layers.push(json!("hostile/layer.tar"));
+    let new_manifest = json!([{ "Config": config_name, "RepoTags": [name], "Layers": layers }]);
+    let path = f.path(&format!("{}.tar", name.replace([':', '/'], "-")));
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    let mut add = |p: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, p, data).unwrap();
+    };
+    for l in m["Layers"].as_array().unwrap() {
+        let l = l.as_str().unwrap();
+        add(l, &files[l]);
+    }
+    add("hostile/layer.tar", extra);
+    add(&config_name, &config_bytes);
+    add("manifest.json", &serde_json::to_vec(&new_manifest).unwrap());
+    b.finish().unwrap();
+    path
+}
+
+/// Issue 13: a layer's symlink to a host directory followed by a whiteout, a nested
+/// whiteout or an opaque marker beneath it, loaded with `rdock load`, built `FROM` and run.
+#[test]
+fn layers_with_links_to_the_host_never_touch_it() {
+    let f = Fixture::new();
+    let canary = Canary::new(&f, "host");
+    let h = canary.path();
+    let attacks: Vec<(&str, Vec<u8>)> = vec![
+        ("whiteout", layer(&[E::Symlink("esc", h), E::File("esc/.wh.canary", "")])),
+        ("nested whiteout", layer(&[E::Symlink("esc", h), E::File("esc/a/b/.wh.x", "")])),
+        ("opaque", layer(&[E::Symlink("esc", h), E::File("esc/sub/.wh..wh..opq", "")])),
+        ("file through a link", layer(&[E::Symlink("esc", h), E::File("esc/canary", "pwned"), E::File("esc/new", "pwned")])),
+        ("relative link", layer(&[E::Symlink("esc", "../../../../../../../../.."), E::File(&format!("esc{h}/.wh.canary"), "")])),
+    ];
+    for (i, (attack, l)) in attacks.iter().enumerate() {
+        let name = format!("hostile{i}:latest");
+        let tar = image_with_layer(&f, &name, l);
+        // Load may refuse the layer or apply it inside the store; either way the host stands.
+        let loaded = f.rdock(&["load", "-i", tar.to_str().unwrap()]);
+        canary.assert_untouched(attack);
+        if loaded.status.success() {
+            let ctx = f.ctx(&format!("ctx{i}"), &[("Dockerfile", &format!("FROM {name}\nRUN ls / >/dev/null\n"))]);
+            let _ = f.build(&ctx, &[]);
+            let _ = f.rdock(&["run", "--rm", &name, "true"]);
+            canary.assert_untouched(attack);
+        }
+    }
+    assert!(f.leftovers().is_empty(), "leftovers: {:?}", f.leftovers());
+    assert_ok(&f.rdock(&["fsck"]));
+}
+
+/// Issue 13: mount targets, /etc stubs and bind targets through an image's symlinks to a
+/// host directory are created inside the root, for build steps and `rdock run -v`.
+#[test]
+fn mount_targets_through_image_links_stay_inside_the_root() {
+    let f = Fixture::new();
+    let canary = Canary::new(&f, "host");
+    let h = canary.path();
+    // An image whose /esc points at the host directory, and one whose /etc does.
+    let tar = image_with_layer(&f, "escimg:latest", &layer(&[E::Symlink("esc", h)]));
+    assert_ok(&f.rdock(&["load", "-i", tar.to_str().unwrap()]));
+    let tar = image_with_layer(&f, "etcimg:latest", &layer(&[E::File(".wh.etc", ""), E::Symlink("etc", h)]));
+    assert_ok(&f.rdock(&["load", "-i", tar.to_str().unwrap()]));
+    let secret = f.path("secret.txt");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let ctx = f.ctx("ctx", &[("Dockerfile", "FROM escimg\nRUN --mount=type=tmpfs,target=/esc/t --mount=type=bind,target=/esc/b --mount=type=secret,id=s,target=/esc/s/x --mount=type=cache,target=/esc/c ls /esc/t /esc/b /esc/s/x /esc/c >/dev/null\n"), ("file", "x")]);
+    let o = f.build(&ctx, &["--secret", &format!("id=s,src={}", secret.display())]);
+    canary.assert_untouched("RUN --mount targets through /esc");
+    assert_ok(&o);
+    let ctx = f.ctx("ctx2", &[("Dockerfile", "FROM etcimg\nRUN cat /etc/hosts >/dev/null\n")]);
+    let o = f.build(&ctx, &[]);
+    canary.assert_untouched("/etc stubs through /etc");
+    assert_ok(&o);
+    let src = f.path("bindsrc");
+    std::fs::create_dir_all(&src).unwrap();
+    let o = f.rdock(&["run", "--rm", "-v", &format!("{}:/esc/x", src.display()), "escimg", "ls", "/esc/x"]);
+    canary.assert_untouched("rdock run -v SRC:/esc/x");
+    assert_ok(&o);
+    let o = f.rdock(&["run", "--rm", "etcimg", "cat", "/etc/hostname"]);
+    canary.assert_untouched("rdock run with /etc a link");
+    assert_ok(&o);
+    assert!(f.leftovers().is_empty(), "leftovers: {:?}", f.leftovers());
+}
+
+/// Builds the syscall probe for the busybox image (static, from tests/fixtures/probes).
+fn probe(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/probes/syscalls.c");
+    let bin = dir.join("probe");
+    sh("cc", &["-static", "-O2", "-o", bin.to_str().unwrap(), src.to_str().unwrap()]);
+    bin
+}
+
+fn probe_results(text: &str) -> BTreeMap<String, String> {
+    text.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The probe's view: what Docker's default profile denies is denied (EPERM; clone3
+/// ENOSYS) and ordinary calls work.
+fn assert_profile(results: &BTreeMap<String, String>, what: &str) {
+    for name in [
+        "keyctl",
+        "add_key",
+        "request_key",
+        "unshare_user",
+        "unshare_mount",
+        "clone_newuser",
+        "bpf",
+        "perf_event_open",
+        "kexec_load",
+        "open_by_handle_at",
+        "init_module",
+        "mount",
+        "socket_vsock",
+    ] {
+        assert_eq!(results.get(name).map(String::as_str), Some("errno=1"), "{what}: {name} not refused with EPERM: {results:?}");
+    }
+    assert_eq!(results.get("clone3").map(String::as_str), Some("errno=38"), "{what}: clone3");
+    assert_eq!(results.get("getpid").map(String::as_str), Some("ok"), "{what}");
+    assert_eq!(results.get("socket_inet").map(String::as_str), Some("ok"), "{what}");
+}
+
+/// What a step's shell sees of devices, /proc and /sys.
+const SANDBOX_PROBE: &str = r#"
+set -u
+r() { if (eval "$2") >/dev/null 2>&1; then echo "$1 yes"; else echo "$1 no"; fi; }
+r mknod_loop_read 'mknod /tmp/l b 7 0 && head -c 1 /tmp/l'
+r mknod_null_in_dev 'mknod /dev/n2 c 1 3 && echo x > /dev/n2'
+r dev_null_works 'echo x > /dev/null && head -c 1 /dev/zero | wc -c | grep -q 1'
+r core_pattern_rw 'exec 3<>/proc/sys/kernel/core_pattern'
+r sysrq_rw 'exec 3<>/proc/sysrq-trigger'
+r kcore_read 'test -n "$(head -c 1 /proc/kcore)"'
+r keys_read 'test -n "$(cat /proc/keys)"'
+r timer_list_read 'test -n "$(head -c 1 /proc/timer_list)"'
+r firmware_listed 'test -n "$(ls /sys/firmware)"'
+echo "seccomp $(grep '^Seccomp:' /proc/self/status | tr -d '\t' | cut -d: -f2)"
+echo "devs $(ls /dev | tr '\n' ' ')"
+echo "cgroup $(cat /proc/self/cgroup | tr '\n' ' ')"
+"#;
+
+fn sandbox_results(text: &str) -> BTreeMap<String, String> {
+    text.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect()
+}
+
+fn assert_sandboxed(r: &BTreeMap<String, String>, what: &str) {
+    for k in [
+        "mknod_loop_read",
+        "mknod_null_in_dev",
+        "core_pattern_rw",
+        "sysrq_rw",
+        "kcore_read",
+        "keys_read",
+        "timer_list_read",
+        "firmware_listed",
+    ] {
+        assert_eq!(r.get(k).map(String::as_str), Some("no"), "{what}: {k}: {r:?}");
+    }
+    assert_eq!(r.get("dev_null_works").map(String::as_str), Some("yes"), "{what}: {r:?}");
+    assert_eq!(r.get("seccomp").map(String::as_str), Some("2"), "{what}: no seccomp filter: {r:?}");
+    let devs: Vec<&str> = r["devs"].split_whitespace().collect();
+    for d in &devs {
+        assert!(
+            ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero", "n2"].contains(d),
+            "{what}: /dev has {d}"
+        );
+    }
+}
+
+/// Issue 13: a step and a container get Docker's default sandbox: no device beyond the
+/// default set opens (even after mknod), /proc's secrets are masked and its knobs
+/// read-only, and Docker's seccomp profile refuses keyctl, user namespaces and the rest.
+/// `--security=insecure` (with its grant) lifts it, as BuildKit does.
+#[test]
+fn steps_and_containers_get_dockers_default_sandbox() {
+    let f = Fixture::new();
+    let ctx = f.ctx("ctx", &[("probe.sh", SANDBOX_PROBE)]);
+    probe(&ctx);
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nCOPY probe probe.sh /\nRUN /probe > /probe.txt && sh /probe.sh > /sandbox.txt\nRUN --security=insecure sh /probe.sh > /insecure.txt\n",
+    )
+    .unwrap();
+    let dest = f.path("out");
+    let o = f.build(
+        &ctx,
+        &[
+            "--allow",
+            "security.insecure",
+            "--output",
+            &format!("type=local,dest={}", dest.display()),
+            "--output",
+            "type=image,name=probe:1",
+        ],
+    );
+    assert_ok(&o);
+    let read = |p: &str| std::fs::read_to_string(dest.join(p)).unwrap();
+    assert_profile(&probe_results(&read("probe.txt")), "RUN");
+    assert_sandboxed(&sandbox_results(&read("sandbox.txt")), "RUN");
+    let insecure = sandbox_results(&read("insecure.txt"));
+    assert_eq!(insecure["seccomp"], "0", "--security=insecure has no filter: {insecure:?}");
+    assert_eq!(insecure["core_pattern_rw"], "yes", "--security=insecure: /proc/sys as BuildKit's insecure mode leaves it: {insecure:?}");
+
+    // The same for containers, with and without an init as pid 1.
+    let o = f.rdock(&["run", "--rm", "probe:1", "/probe"]);
+    assert_ok(&o);
+    assert_profile(&probe_results(&out(&o)), "rdock run");
+    let o = f.rdock(&["run", "--rm", "probe:1", "sh", "/probe.sh"]);
+    assert_ok(&o);
+    assert_sandboxed(&sandbox_results(&out(&o)), "rdock run");
+    // --init: pid 1 holds the command's capabilities, no more.
+    let o = f.rdock(&["run", "--rm", "--init", "probe:1", "sh", "-c", "grep -E '^Cap(Eff|Prm|Bnd)' /proc/1/status /proc/self/status"]);
+    assert_ok(&o);
+    let text = out(&o);
+    let caps: Vec<&str> = text.lines().map(|l| l.rsplit('\t').next().unwrap_or("")).collect();
+    assert_eq!(caps.len(), 6, "{}", out(&o));
+    assert!(
+        caps.iter().all(|c| *c == "00000000a80425fb"),
+        "--init's pid 1 or the command holds more than Docker's default set: {}",
+        out(&o)
+    );
+}
+
+/// Issue 13: stub cleanup after a step resolves inside the step's layer; a symlink the
+/// step left where a stub was does not lead it to the host.
+#[test]
+fn stub_cleanup_does_not_follow_a_steps_symlink() {
+    let f = Fixture::new();
+    let canary = Canary::new(&f, "host");
+    std::fs::write(canary.dir.join("sub/hosts"), "").unwrap();
+    // A step leaves /m a link to the host directory; the next steps mount on /m/sub (an
+    // empty directory there: a stub to clean, were it inside) and /m/sub/hosts.
+    let ctx = f.ctx(
+        "ctx",
+        &[("Dockerfile", &format!("FROM busybox\nRUN --mount=type=tmpfs,target=/m/n true\nRUN rm -rf /m && ln -s {} /m\nRUN --mount=type=tmpfs,target=/m/sub true\nRUN --mount=type=tmpfs,target=/m/sub/hosts true\n", canary.path()))],
+    );
+    let o = f.build(&ctx, &["--output", "type=image,name=stub:1"]);
+    assert_ok(&o);
+    assert!(canary.dir.join("sub/hosts").exists(), "a host file was removed by stub cleanup");
+    std::fs::remove_file(canary.dir.join("sub/hosts")).unwrap();
+    canary.assert_untouched("stub cleanup");
+}
