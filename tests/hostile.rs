@@ -353,3 +353,105 @@ fn stub_cleanup_does_not_follow_a_steps_symlink() {
     std::fs::remove_file(canary.dir.join("sub/hosts")).unwrap();
     canary.assert_untouched("stub cleanup");
 }
+
+/// The host path of a process's cgroup for `controller` ("" for the v2 hierarchy), from
+/// its /proc/PID/cgroup and this process's mountinfo.
+fn cgroup_dir(pid: u32, controller: &str) -> Option<PathBuf> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let (v1, path) = own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        if ctrls.split(',').any(|c| c == controller) { Some((true, path.to_string())) } else { None }
+    })?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?;
+        let mut r = right.split(' ');
+        let fstype = r.next()?;
+        let opts = r.nth(1).unwrap_or("");
+        (v1 && fstype == "cgroup" && opts.split(',').any(|o| o == controller)).then(|| PathBuf::from(point))
+    })?;
+    Some(mount.join(path.trim_start_matches('/')))
+}
+
+/// The pid of rdock's first child (the container's pid 1), once it has one.
+fn first_child(rdock: u32) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{rdock}/task/{rdock}/children")).unwrap_or_default();
+        if let Some(c) = children.split_whitespace().next().and_then(|c| c.parse().ok()) {
+            return c;
+        }
+        assert!(std::time::Instant::now() < deadline, "rdock {rdock} started no container");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Issue 13 (3): a fork bomb in a RUN fails its step with a message naming the pids limit
+/// (`[limits] pids` in config.toml), and the machine stands.
+#[test]
+fn a_fork_bomb_fails_its_step_not_the_machine() {
+    let f = Fixture::new();
+    std::fs::write(f.root.join("config.toml"), "[limits]\npids = 64\n").unwrap();
+    // 200 background sleepers: without a limit the step would wait 3 s and succeed.
+    let ctx = f.ctx("ctx", &[("Dockerfile", "FROM busybox\nRUN i=0; while [ $i -lt 200 ]; do sleep 3 & i=$((i+1)); done; wait\n")]);
+    let o = f.build(&ctx, &[]);
+    assert!(!o.status.success(), "the step forked 200 processes under a limit of 64");
+    assert!(stderr(&o).contains("pids limit (64 processes and threads"), "{}", stderr(&o));
+    // An unknown key in config.toml is an error that names it.
+    std::fs::write(f.root.join("config.toml"), "[limits]\npid = 64\n").unwrap();
+    let o = f.build(&ctx, &[]);
+    assert!(!o.status.success() && stderr(&o).contains("pid"), "{}", stderr(&o));
+    assert!(f.leftovers().is_empty(), "leftovers: {:?}", f.leftovers());
+}
+
+/// Issue 13 (3): `rdock run --memory --cpus --pids-limit` land in the container's cgroups
+/// as docker's do, the default pids limit applies without them, and the cgroups go when
+/// the container does, also when rdock is killed (the next rdock sweeps them).
+#[test]
+fn containers_get_their_limits_and_cgroups_are_removed() {
+    let f = Fixture::new();
+    let ready = f.path("ready");
+    std::fs::create_dir_all(&ready).unwrap();
+    let bind = format!("{}:/ready", ready.display());
+    let start = |extra: &[&str], flag: &str| {
+        let mut args = vec!["run", "--rm", "-v", &bind];
+        args.extend_from_slice(extra);
+        let script = format!("touch /ready/{flag}; sleep 20");
+        args.extend_from_slice(&["busybox", "sh", "-c", &script]);
+        let child = std::process::Command::new(RDOCK).args(&args).env("RDOCK_ROOT", &f.root).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !ready.join(flag).exists() {
+            assert!(std::time::Instant::now() < deadline, "the container never started");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child
+    };
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default().trim().to_string();
+
+    let mut c = start(&["--memory", "64m", "--cpus", "0.5", "--pids-limit", "100"], "a");
+    let pid = first_child(c.id());
+    let pids = cgroup_dir(pid, "pids").expect("the container has a pids cgroup");
+    assert!(pids.ends_with(format!("rdock/{}-0", c.id())), "{}", pids.display());
+    assert_eq!(read(&pids, "pids.max"), "100");
+    let mem = cgroup_dir(pid, "memory").expect("a memory cgroup");
+    assert_eq!(read(&mem, "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    let cpu = cgroup_dir(pid, "cpu").expect("a cpu cgroup");
+    assert_eq!((read(&cpu, "cpu.cfs_quota_us").as_str(), read(&cpu, "cpu.cfs_period_us").as_str()), ("50000", "100000"));
+    // Inside, a cgroup namespace: the container's own cgroup is its root.
+    let o = f.rdock(&["run", "--rm", "busybox", "cat", "/proc/self/cgroup"]);
+    assert!(out(&o).lines().all(|l| l.ends_with(":/")), "{}", out(&o));
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    c.wait().unwrap();
+    assert!(!pids.exists() && !mem.exists() && !cpu.exists(), "cgroups left after the container");
+
+    // The default, and rdock killed: its cgroup is swept by the next rdock.
+    let mut c = start(&[], "b");
+    let pids = cgroup_dir(first_child(c.id()), "pids").expect("a pids cgroup");
+    assert_eq!(read(&pids, "pids.max"), "4096");
+    c.kill().unwrap();
+    c.wait().unwrap();
+    assert_ok(&f.rdock(&["run", "--rm", "busybox", "true"]));
+    assert!(!pids.exists(), "{} not swept", pids.display());
+}

@@ -468,7 +468,7 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
         println!("{text}");
         return Ok(BuildSummary::default());
     }
-    let executor = Arc::new(NamespaceExecutor::new(store.root().join("tmp")));
+    let executor = Arc::new(NamespaceExecutor::new(store.root().join("tmp")).with_limits(crate::config::limits(store)?));
     let worker = Worker::new(store.clone(), executor);
     // Transfer lines go with plain progress only: they would break the live display and
     // rawjson's one event per line.

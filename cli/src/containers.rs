@@ -53,6 +53,15 @@ pub struct RunArgs {
     /// Seconds between the stop signal and SIGKILL.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,
+    /// Memory limit (`512m`, `2g`); default `[limits] memory` in config.toml, else none.
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// CPUs (`1.5`); default `[limits] cpus` in config.toml, else none.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Tasks limit (-1 or 0: none); default `[limits] pids` in config.toml, else 4096.
+    #[arg(long, allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
     /// IMAGE [ARG...].
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -108,8 +117,10 @@ pub fn run(args: RunArgs, signals: &Signals) -> anyhow::Result<i32> {
             images.platform_manifest(&pulled.top, &rdock_imagespec::Platform::host()).unwrap_or(pulled.top)
         }
     };
+    let limits = container_limits(&store, &args).map_err(|e| failed(125, format!("{e:#}")))?;
     let runtime = Runtime::new(store).map_err(RunFailed::from)?;
     let req = RunRequest {
+        limits,
         image: image.clone(),
         manifest,
         flags: RunFlags {
@@ -132,6 +143,21 @@ pub fn run(args: RunArgs, signals: &Signals) -> anyhow::Result<i32> {
         stop_timeout: Duration::from_secs(args.stop_timeout),
     };
     runtime.run(&req, signals).map_err(|e| RunFailed::from(e).into())
+}
+
+/// `[limits]` of config.toml, overridden by `--memory`, `--cpus` and `--pids-limit`.
+fn container_limits(store: &rdock_snapshotter::Store, args: &RunArgs) -> anyhow::Result<rdock_worker::cgroup::Limits> {
+    let mut l = crate::config::limits(store)?;
+    if let Some(m) = &args.memory {
+        l.memory = Some(crate::gc::parse_size(m)?);
+    }
+    if let Some(c) = args.cpus {
+        l.millicpus = Some(crate::config::millicpus(c)?);
+    }
+    if let Some(n) = args.pids_limit {
+        l.pids = crate::config::pids(n);
+    }
+    Ok(l)
 }
 
 fn runtime() -> anyhow::Result<Runtime> {

@@ -64,18 +64,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, UsageError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-#[derive(serde::Deserialize, Default)]
-struct Config {
-    #[serde(default)]
-    gc: GcConfig,
-}
-
-#[derive(serde::Deserialize, Default)]
-struct GcConfig {
-    #[serde(rename = "keep-storage")]
-    keep_storage: Option<String>,
-}
-
 /// The cap on the store's disk use: `RDOCK_GC_KEEP_STORAGE`, else `keep-storage` in the
 /// `[gc]` table of `$RDOCK_ROOT/config.toml`; None when neither is set.
 pub fn configured_cap(store: &Store) -> anyhow::Result<Option<u64>> {
@@ -84,10 +72,8 @@ pub fn configured_cap(store: &Store) -> anyhow::Result<Option<u64>> {
     {
         return Ok(Some(parse_size(&v).context("RDOCK_GC_KEEP_STORAGE")?));
     }
-    let path = store.root().join("config.toml");
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
-    let cfg: Config = toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
-    cfg.gc.keep_storage.map(|s| parse_size(&s).with_context(|| format!("gc.keep-storage in {}", path.display()))).transpose()
+    let cfg = crate::config::load(store)?;
+    cfg.gc.keep_storage.map(|s| parse_size(&s).context("gc.keep-storage in config.toml")).transpose()
 }
 
 /// After a build: prunes least recently used data until the store is within the

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod commands;
+pub mod config;
 pub mod containers;
 pub mod gc;
 pub mod inspect;

@@ -113,6 +113,8 @@ pub struct RunRequest {
     pub stop_signal: Option<String>,
     /// `--stop-timeout` (default 10 s).
     pub stop_timeout: Duration,
+    /// `--memory`, `--cpus`, `--pids-limit`.
+    pub limits: rdock_worker::cgroup::Limits,
 }
 
 /// Parses `SIGUSR1`, `USR1` or `10`, as Docker's STOPSIGNAL accepts them.
@@ -264,6 +266,8 @@ impl Runtime {
                 "Hostname": hostname, "Env": pc.env, "WorkingDir": pc.cwd, "User": pc.user, "Tty": req.tty,
                 "OpenStdin": req.interactive, "Init": req.init, "NetworkMode": if req.host_network { "host" } else { "none" },
                 "Binds": req.flags.volumes, "StopSignal": stop_signal.as_str(),
+                "Memory": req.limits.memory.unwrap_or(0), "NanoCpus": req.limits.millicpus.unwrap_or(0) * 1_000_000,
+                "PidsLimit": req.limits.pids,
             }),
         };
         if let Err(e) = self.insert_named(record, req.name.as_deref()) {
@@ -295,6 +299,7 @@ impl Runtime {
                 Streams::Inherit { stdin: req.interactive }
             },
             init: req.init,
+            limits: req.limits,
         };
         let started = Process::start(&self.store().root().join("tmp"), &spec, &mounts[0]);
         // Running containers hold no lease: garbage collection must not wait for them;

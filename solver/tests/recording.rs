@@ -36,9 +36,9 @@ impl Executor for Recorder {
             for i in 0..20 {
                 output(format!("line {i}\n").as_bytes());
             }
-            return Ok(ExecResult { exit_code: code.parse().unwrap(), duration: Duration::ZERO });
+            return Ok(ExecResult { exit_code: code.parse().unwrap(), duration: Duration::ZERO, limit_hit: None });
         }
-        Ok(ExecResult { exit_code: 0, duration: Duration::ZERO })
+        Ok(ExecResult { exit_code: 0, duration: Duration::ZERO, limit_hit: None })
     }
 }
 

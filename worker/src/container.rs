@@ -38,6 +38,8 @@ pub struct ContainerSpec {
     pub streams: Streams,
     /// Run a small init as pid 1 that forwards signals and reaps zombies (`--init`).
     pub init: bool,
+    /// Its cgroup limits (`--memory`, `--cpus`, `--pids-limit`).
+    pub limits: crate::cgroup::Limits,
 }
 
 /// A running container's first process.
@@ -54,7 +56,7 @@ impl Process {
             Streams::Inherit { stdin } => Stdio::Inherit { stdin },
             Streams::Tty { rows, cols } => Stdio::Pty { winsize: libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 } },
         };
-        let opts = SpawnOptions { hostname: &spec.hostname, hostname_file: true, stdio, init: spec.init };
+        let opts = SpawnOptions { hostname: &spec.hostname, hostname_file: true, stdio, init: spec.init, limits: spec.limits };
         let mut inner = spawn(scratch, &spec.exec, root, &opts)?;
         inner.started()?;
         if matches!(spec.streams, Streams::Tty { .. }) && inner.pty.is_none() {

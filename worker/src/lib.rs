@@ -14,6 +14,7 @@
 //! ```
 
 pub mod cachemount;
+pub mod cgroup;
 pub mod container;
 mod contextview;
 pub mod fileop;
@@ -88,6 +89,26 @@ pub struct ExecResult {
     pub exit_code: i32,
     /// Wall time.
     pub duration: Duration,
+    /// A resource limit the step ran into, which likely explains a failure.
+    pub limit_hit: Option<LimitHit>,
+}
+
+/// A cgroup limit a step reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    /// A fork or clone was refused: this many tasks is the limit.
+    Pids(u64),
+    /// The memory limit, in bytes, was reached.
+    Memory(u64),
+}
+
+impl std::fmt::Display for LimitHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitHit::Pids(n) => write!(f, "the step reached its pids limit ({n} processes and threads; `[limits] pids` in config.toml)"),
+            LimitHit::Memory(n) => write!(f, "the step reached its memory limit ({n} bytes; `[limits] memory` in config.toml)"),
+        }
+    }
 }
 
 /// The executor could not run the command at all.
@@ -152,12 +173,14 @@ pub enum WorkerError {
         host: String,
     },
     /// The command ran and failed.
-    #[error("process {command:?} did not complete successfully: exit code: {code}")]
+    #[error("process {command:?} did not complete successfully: exit code: {code}{}", limit.map(|l| format!(": {l}")).unwrap_or_default())]
     ExitCode {
         /// The command line.
         command: String,
         /// Its exit code.
         code: i32,
+        /// A resource limit it ran into.
+        limit: Option<LimitHit>,
     },
     /// User resolution failed.
     #[error("{0}")]
@@ -433,7 +456,7 @@ impl Worker {
                 (e, _) => WorkerError::Exec(e),
             })?;
             if res.exit_code != 0 {
-                return Err(WorkerError::ExitCode { command: op.args.join(" "), code: res.exit_code });
+                return Err(WorkerError::ExitCode { command: op.args.join(" "), code: res.exit_code, limit: res.limit_hit });
             }
             let upper = snaps.fs_dir(&key)?;
             remove_stubs(&upper, &stubs, &existed);

@@ -13,6 +13,7 @@
 
 mod child;
 
+use crate::cgroup::{Cgroup, Limits};
 use crate::{ExecError, ExecResult, ExecSpec, Executor, MountSource};
 use child::{ChildStdio, ExtraPlan, Plan, Stage, Target, child};
 use rdock_llb::{Network, Security};
@@ -57,12 +58,19 @@ fn cpath(p: &Path) -> Result<CString, ExecError> {
 pub struct NamespaceExecutor {
     /// Directory for per-run scratch (mount points, hosts files).
     pub scratch: PathBuf,
+    /// The cgroup limits of every step.
+    pub limits: Limits,
 }
 
 impl NamespaceExecutor {
-    /// An executor using `scratch` for per-run files.
+    /// An executor using `scratch` for per-run files, with the default limits.
     pub fn new(scratch: PathBuf) -> NamespaceExecutor {
-        NamespaceExecutor { scratch }
+        NamespaceExecutor { scratch, limits: Limits::default() }
+    }
+
+    /// The same with `limits` for every step (`[limits]` in config.toml).
+    pub fn with_limits(self, limits: Limits) -> NamespaceExecutor {
+        NamespaceExecutor { limits, ..self }
     }
 }
 
@@ -91,6 +99,8 @@ pub(crate) struct SpawnOptions<'a> {
     pub stdio: Stdio,
     /// A small init as pid 1.
     pub init: bool,
+    /// Its cgroup limits.
+    pub limits: Limits,
 }
 
 /// The streams of a spawned sandbox, as the caller asks for them.
@@ -122,6 +132,8 @@ pub(crate) struct Spawned {
     err_r: Option<OwnedFd>,
     prog: String,
     reaped: bool,
+    /// Dropped after the child is reaped (fields drop after `Drop::drop`): killed, removed.
+    cgroup: Cgroup,
     _dir: RunDir,
 }
 
@@ -291,6 +303,7 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
         (Stdio::Inherit { stdin }, _, _) => ChildStdio::Inherit { stdin },
         _ => ChildStdio::Inherit { stdin: false },
     };
+    let cgroup = Cgroup::create(&opts.limits)?;
     let seccomp = match spec.security {
         Security::Sandbox => crate::seccomp::docker_default(DEFAULT_CAPS)?.fprogs(),
         Security::Insecure => Vec::new(),
@@ -330,7 +343,7 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
                 Ok(ExtraPlan { target: target(&m.dest, file)?, source, tmpfs_opts, readonly: m.readonly })
             })
             .collect::<Result<_, ExecError>>()?,
-        cgroup_procs: Vec::new(),
+        cgroup_procs: cgroup.procs_files().iter().map(|p| cpath(p)).collect::<Result<_, _>>()?,
         hostname: cstr(hostname)?,
         cwd,
         uid: spec.user.uid,
@@ -364,13 +377,24 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
     drop(err_w);
     drop(out_w);
     drop(sock_child);
-    Ok(Spawned { pid, output: out_r, pty: None, pty_sock: sock_parent, err_r: Some(err_r), prog: prog.clone(), reaped: false, _dir: dir })
+    Ok(Spawned {
+        pid,
+        output: out_r,
+        pty: None,
+        pty_sock: sock_parent,
+        err_r: Some(err_r),
+        prog: prog.clone(),
+        reaped: false,
+        cgroup,
+        _dir: dir,
+    })
 }
 
 impl Executor for NamespaceExecutor {
     fn run(&self, spec: &ExecSpec, root: &MountSpec, output: &mut dyn FnMut(&[u8])) -> Result<ExecResult, ExecError> {
         let started = std::time::Instant::now();
-        let opts = SpawnOptions { hostname: SANDBOX_HOSTNAME, hostname_file: false, stdio: Stdio::Capture, init: false };
+        let opts =
+            SpawnOptions { hostname: SANDBOX_HOSTNAME, hostname_file: false, stdio: Stdio::Capture, init: false, limits: self.limits };
         let mut child = spawn(&self.scratch, spec, root, &opts)?;
         child.started()?;
         if let Some(out) = child.output.take() {
@@ -386,6 +410,12 @@ impl Executor for NamespaceExecutor {
             }
         }
         let code = child.wait()?;
-        Ok(ExecResult { exit_code: code, duration: started.elapsed() })
+        let limit_hit = match (code, &self.limits) {
+            (0, _) => None,
+            (_, Limits { pids: Some(n), .. }) if child.cgroup.hit_pids_limit() => Some(crate::LimitHit::Pids(*n)),
+            (_, Limits { memory: Some(m), .. }) if child.cgroup.hit_memory_limit() => Some(crate::LimitHit::Memory(*m)),
+            _ => None,
+        };
+        Ok(ExecResult { exit_code: code, duration: started.elapsed(), limit_hit })
     }
 }
