@@ -455,3 +455,27 @@ fn containers_get_their_limits_and_cgroups_are_removed() {
     assert_ok(&f.rdock(&["run", "--rm", "busybox", "true"]));
     assert!(!pids.exists(), "{} not swept", pids.display());
 }
+
+/// Issue 13 (4): an image of 127 layers (busybox's and 126 RUN steps) builds and runs with
+/// a store path of 200 characters (overlay's mount data is one page; rdock stopped near 90
+/// layers with a long RDOCK_ROOT).
+#[test]
+fn an_image_of_127_layers_builds_and_runs_under_a_long_store_path() {
+    let mut f = Fixture::empty();
+    let long: String = (0..10).map(|i| format!("/{}{i}", "d".repeat(18))).collect();
+    f.root = f.dir.path().join(long.trim_start_matches('/'));
+    assert!(f.root.display().to_string().len() > 200);
+    assert_ok(&f.rdock(&["load", "-i", busybox_tar().to_str().unwrap()]));
+    let mut dockerfile = String::from("FROM busybox\n");
+    for i in 1..=126 {
+        dockerfile.push_str(&format!("RUN echo {i} > /f{i}\n"));
+    }
+    let ctx = f.ctx("ctx", &[("Dockerfile", &dockerfile)]);
+    assert_ok(&f.build(&ctx, &["--output", "type=image,name=tall:1"]));
+    let o = f.rdock(&["run", "--rm", "tall:1", "sh", "-c", "cat /f1 /f126; ls / | grep -c '^f'"]);
+    assert_ok(&o);
+    assert_eq!(out(&o), "1\n126\n126\n");
+    let o = f.rdock(&["history", "--format", "json", "tall:1"]);
+    let layers = out(&o).lines().filter(|l| serde_json::from_str::<Value>(l).unwrap()["EmptyLayer"] == false).count();
+    assert_eq!(layers, 127, "{}", out(&o));
+}

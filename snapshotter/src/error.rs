@@ -73,13 +73,13 @@ pub enum SnapshotError {
         /// Why.
         errno: nix::Error,
     },
-    /// Too many layers for one overlay mount's option string.
-    #[error("overlay mount option string for {key:?} is {len} bytes, more than the kernel's page limit; squash some layers")]
+    /// Too many layers for one overlay mount.
+    #[error("{key:?} has {layers} layers, more than one overlay mount can stack; squash some layers")]
     TooManyLayers {
         /// The snapshot.
         key: String,
-        /// Its length.
-        len: usize,
+        /// How many.
+        layers: usize,
     },
 }
 

@@ -40,7 +40,7 @@ pub use content::ContentStore;
 pub use db::Db;
 pub use diff::{LayerBlob, write_layer, write_tree_tar};
 pub use error::SnapshotError;
-pub use mount::{MountSpec, Mounted};
+pub use mount::{MountSpec, Mounted, OverlayData};
 pub use overlay::{ChainLayer, Info, Kind, LayerInfo, OverlaySnapshotter, SnapshotRecord, Usage, active_key, disk_usage};
 pub use whiteout::{is_opaque, is_opaque_fd};
 

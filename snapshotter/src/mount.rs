@@ -28,30 +28,76 @@ pub enum MountSpec {
 /// The kernel limits mount data to one page.
 const PAGE: usize = 4096;
 
+/// An overlay's mount data, naming its directories relative to their common parent, so
+/// the length does not grow with the store's path: 127 layers fit whatever `RDOCK_ROOT` is.
+#[derive(Debug)]
+pub struct OverlayData {
+    /// The directories' common parent.
+    pub base: PathBuf,
+    /// The option string with paths relative to `base`, for a process that changes into
+    /// it first (a sandbox's single-threaded child).
+    pub relative: String,
+}
+
+impl OverlayData {
+    /// The option string naming `base` through `fd`, an open descriptor of it in the
+    /// mounting process's own mount namespace (overlayfs refuses another namespace's).
+    pub fn through_fd(&self, fd: i32) -> String {
+        let prefix = format!("/proc/self/fd/{fd}/");
+        let mut out = String::new();
+        for (i, part) in self.relative.split(',').enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            match part.split_once('=') {
+                Some((k @ ("lowerdir" | "upperdir" | "workdir"), v)) => {
+                    let paths: Vec<String> =
+                        v.split(':').map(|p| if p.starts_with('/') { p.to_string() } else { format!("{prefix}{p}") }).collect();
+                    out.push_str(&format!("{k}={}", paths.join(":")));
+                }
+                _ => out.push_str(part),
+            }
+        }
+        out
+    }
+}
+
 impl MountSpec {
-    /// The overlay option string, checked against the kernel's limit.
-    pub fn overlay_options(&self, key: &str) -> Result<Option<String>, SnapshotError> {
+    /// The overlay's mount data, checked against the kernel's limit; None for a bind.
+    pub fn overlay_options(&self, key: &str) -> Result<Option<OverlayData>, SnapshotError> {
         let MountSpec::Overlay { lower, upper, work } = self else {
             return Ok(None);
         };
-        let lowers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+        let all: Vec<&PathBuf> = lower.iter().chain(upper).chain(work).collect();
+        let base = common_parent(&all);
+        let name = |p: &Path| match p.strip_prefix(&base) {
+            Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+            _ => p.display().to_string(),
+        };
+        let lowers: Vec<String> = lower.iter().map(|p| name(p)).collect();
         let mut opts = format!("lowerdir={}", lowers.join(":"));
         if let (Some(u), Some(w)) = (upper, work) {
-            opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+            opts.push_str(&format!(",upperdir={},workdir={}", name(u), name(w)));
         }
         // index=off and metacopy=off keep upper dirs plain, portable layer diffs.
         opts.push_str(",index=off,metacopy=off");
         if opts.len() >= PAGE {
-            return Err(SnapshotError::TooManyLayers { key: key.to_string(), len: opts.len() });
+            return Err(SnapshotError::TooManyLayers { key: key.to_string(), layers: lower.len() });
         }
-        Ok(Some(opts))
+        Ok(Some(OverlayData { base, relative: opts }))
     }
 
     /// Mounts at `target` in the calling process's mount namespace.
     pub fn mount_at(&self, target: &Path) -> Result<(), SnapshotError> {
         match self {
             MountSpec::Overlay { .. } => {
-                let opts = self.overlay_options(&target.display().to_string())?.unwrap_or_default();
+                let Some(data) = self.overlay_options(&target.display().to_string())? else { return Ok(()) };
+                let fd = rdock_inroot::open_at(libc::AT_FDCWD, data.base.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0)
+                    .map_err(|e| SnapshotError::io(&data.base, e))?;
+                let opts = data.through_fd(std::os::fd::AsRawFd::as_raw_fd(&fd));
+                if opts.len() >= PAGE {
+                    return Err(SnapshotError::TooManyLayers { key: target.display().to_string(), layers: opts.matches(':').count() + 1 });
+                }
                 mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
                     .map_err(|errno| SnapshotError::Mount { what: format!("overlay ({opts})"), target: target.to_path_buf(), errno })
             }
@@ -99,5 +145,34 @@ impl Drop for Mounted {
         if self.remove_dir {
             let _ = std::fs::remove_dir(&self.target);
         }
+    }
+}
+
+/// The deepest directory that holds every path (their parent, for one).
+fn common_parent(paths: &[&PathBuf]) -> PathBuf {
+    let mut base: PathBuf = paths.first().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+    while !paths.iter().all(|p| p.starts_with(&base)) {
+        if !base.pop() {
+            return PathBuf::from("/");
+        }
+    }
+    base
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options_name_layers_relative_to_their_parent() {
+        let root = PathBuf::from(format!("/{}", "long/".repeat(60)));
+        let lower: Vec<PathBuf> = (1..=127).rev().map(|i| root.join(format!("snapshots/{i}/fs"))).collect();
+        let spec = MountSpec::Overlay { lower, upper: Some(root.join("snapshots/200/fs")), work: Some(root.join("snapshots/200/work")) };
+        let data = spec.overlay_options("k").unwrap().unwrap();
+        assert_eq!(data.base, root.join("snapshots"));
+        assert!(data.relative.starts_with("lowerdir=127/fs:126/fs:"), "{}", data.relative);
+        assert!(data.relative.ends_with("1/fs,upperdir=200/fs,workdir=200/work,index=off,metacopy=off"), "{}", data.relative);
+        assert!(data.through_fd(7).starts_with("lowerdir=/proc/self/fd/7/127/fs:/proc/self/fd/7/126/fs"));
+        assert!(data.through_fd(7).len() < PAGE);
     }
 }

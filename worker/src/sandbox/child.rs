@@ -132,7 +132,8 @@ pub(super) struct ExtraPlan {
 pub(super) struct Plan {
     /// Where the root is mounted (a scratch directory of rdock's).
     pub root: CString,
-    pub overlay_opts: Option<CString>,
+    /// The overlay's directories' common parent, and its options relative to it.
+    pub overlay_opts: Option<(CString, CString)>,
     pub bind_root: Option<(CString, bool)>,
     pub proc: Target,
     pub dev: Target,
@@ -281,7 +282,12 @@ unsafe fn mount_root(p: &Plan) -> Result<i32, Stage> {
             return Err(Stage::PrivateMounts);
         }
         let rc = match (&p.overlay_opts, &p.bind_root) {
-            (Some(opts), _) => libc::mount(c"overlay".as_ptr(), p.root.as_ptr(), c"overlay".as_ptr(), p.nodev(), opts.as_ptr().cast()),
+            (Some((base, opts)), _) => {
+                if libc::chdir(base.as_ptr()) != 0 {
+                    return Err(Stage::RootMount);
+                }
+                libc::mount(c"overlay".as_ptr(), p.root.as_ptr(), c"overlay".as_ptr(), p.nodev(), opts.as_ptr().cast())
+            }
             (None, Some((src, _))) => {
                 let rc = libc::mount(src.as_ptr(), p.root.as_ptr(), null, libc::MS_BIND | libc::MS_REC, std::ptr::null());
                 if rc == 0 && p.sandboxed() {

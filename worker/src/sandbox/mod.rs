@@ -254,11 +254,12 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
     let resolv = dir.0.join("resolv.conf");
     std::fs::write(&resolv, host_resolv_conf()).map_err(|e| ExecError::Io(resolv.clone(), e))?;
 
-    let (overlay_opts, bind_root) = match root {
-        MountSpec::Overlay { .. } => {
-            (Some(cstr(root.overlay_options("run").map_err(|e| ExecError::Setup(e.to_string()))?.unwrap_or_default())?), None)
-        }
-        MountSpec::Bind { source, readonly } => (None, Some((cpath(source)?, *readonly))),
+    // The child changes into the layers' common parent and names them relative to it.
+    let overlay = root.overlay_options("run").map_err(|e| ExecError::Setup(e.to_string()))?;
+    let overlay_opts = overlay.as_ref().map(|d| Ok::<_, ExecError>((cpath(&d.base)?, cstr(&d.relative)?))).transpose()?;
+    let bind_root = match root {
+        MountSpec::Bind { source, readonly } => Some((cpath(source)?, *readonly)),
+        MountSpec::Overlay { .. } => None,
     };
 
     let target =
