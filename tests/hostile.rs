@@ -12,6 +12,7 @@ mod support;
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use support::*;
@@ -101,11 +102,16 @@ fn sha256(b: &[u8]) -> String {
 
 /// A docker-archive of busybox with `extra` appended as one more layer, tagged `name`.
 fn image_with_layer(f: &Fixture, name: &str, extra: &[u8]) -> PathBuf {
+    image_with_blob(f, name, extra, &sha256(extra))
+}
+
+/// The same with a layer blob (compressed, say) whose uncompressed digest is `diff_id`.
+fn image_with_blob(f: &Fixture, name: &str, extra: &[u8], diff_id: &str) -> PathBuf {
     let files = read_tar_files(busybox_tar());
     let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
     let m = &manifest[0];
     let mut config: Value = serde_json::from_slice(&files[m["Config"].as_str().unwrap()]).unwrap();
-    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(json!(sha256(extra)));
+    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(json!(diff_id));
     if let Some(h) = config["history"].as_array_mut() {
         h.push(json!({"created_by": "hostile layer"}));
     }
@@ -478,4 +484,90 @@ fn an_image_of_127_layers_builds_and_runs_under_a_long_store_path() {
     let o = f.rdock(&["history", "--format", "json", "tall:1"]);
     let layers = out(&o).lines().filter(|l| serde_json::from_str::<Value>(l).unwrap()["EmptyLayer"] == false).count();
     assert_eq!(layers, 127, "{}", out(&o));
+}
+
+/// A small filesystem (tmpfs) for a store, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn new(at: PathBuf, mib: u64) -> SmallFs {
+        std::fs::create_dir_all(&at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs", at.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs (the tests run as root)");
+        SmallFs(at)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Fills the filesystem of `dir` with a file until ENOSPC.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let p = dir.join("filler");
+    let mut file = std::fs::File::create(&p).unwrap();
+    let chunk = vec![1u8; 1 << 16];
+    while file.write_all(&chunk).is_ok() {}
+    p
+}
+
+/// The store is usable right after: du, fsck, a build, prune; nothing left over.
+fn assert_store_heals(f: &Fixture, after: &str) {
+    for args in [&["du"][..], &["fsck"]] {
+        let o = f.rdock(args);
+        assert!(o.status.success(), "{after}: rdock {args:?}: {}", stderr(&o));
+    }
+    let ctx = f.ctx("small", &[("Dockerfile", "FROM busybox\nRUN echo ok > /ok\n")]);
+    let o = f.build(&ctx, &["--no-cache"]);
+    assert!(o.status.success(), "{after}: a small build: {}", stderr(&o));
+    assert_ok(&f.rdock(&["prune"]));
+    assert!(f.leftovers().is_empty(), "{after}: leftovers {:?}", f.leftovers());
+}
+
+/// Issue 13 (4, 5): a step that fills the store's filesystem fails with ENOSPC and its
+/// snapshot goes; a disk filled from outside still lets every command run (the store keeps
+/// a reserve it releases); a gzip bomb says "No space left on device", not "broken layer".
+/// No file is deleted by hand in between.
+#[test]
+fn a_full_disk_fails_the_step_and_the_store_heals_itself() {
+    let mut f = Fixture::empty();
+    let fs = SmallFs::new(f.path("small"), 48);
+    f.root = fs.0.join("store");
+    assert_ok(&f.rdock(&["load", "-i", busybox_tar().to_str().unwrap()]));
+
+    let ctx = f.ctx("fill", &[("Dockerfile", "FROM busybox\nRUN dd if=/dev/zero of=/big bs=1M count=100\n")]);
+    let o = f.build(&ctx, &[]);
+    assert!(!o.status.success(), "100 MB fit in 48 MiB?");
+    assert!(stderr(&o).contains("No space left on device"), "{}", stderr(&o));
+    assert_store_heals(&f, "a RUN filled the disk");
+
+    let filler = fill(&fs.0);
+    assert_store_heals(&f, "the disk was filled from outside");
+    std::fs::remove_file(filler).unwrap();
+
+    // 60 MB of zeros, gzipped to a few hundred kB.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(60 << 20);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut h, "bomb", std::io::repeat(0).take(60 << 20)).unwrap();
+    let raw = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    let blob = gz.finish().unwrap();
+    let image = image_with_blob(&f, "bomb:1", &blob, &sha256(&raw));
+    drop(raw);
+    let o = f.rdock(&["load", "-i", image.to_str().unwrap()]);
+    assert!(!o.status.success(), "a 60 MB layer loaded into 48 MiB?");
+    assert!(stderr(&o).contains("No space left on device") && !stderr(&o).contains("broken layer"), "{}", stderr(&o));
+    assert_store_heals(&f, "a gzip bomb");
 }

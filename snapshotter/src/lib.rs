@@ -15,6 +15,7 @@
 //! snapshots/ID/work  overlay work dir while active
 //! tmp/               in-flight writes
 //! locks/             flock files: the store lease, and one per cache key being built
+//! reserve            8 MiB held back while there is room, released when the disk is full
 //! ```
 //!
 //! ```no_run
@@ -33,6 +34,7 @@ mod error;
 pub mod lock;
 mod mount;
 mod overlay;
+mod reserve;
 mod whiteout;
 
 pub use apply::apply_layer;
@@ -84,6 +86,7 @@ impl Store {
         for d in ["blobs/sha256", "snapshots", "tmp", "locks"] {
             std::fs::create_dir_all(root.join(d)).map_err(|e| SnapshotError::io(root.join(d), e))?;
         }
+        reserve::keep(root);
         let db = Arc::new(Db::open(&root.join("metadata.db"))?);
         let content = ContentStore::new(root);
         let snapshots = Arc::new(OverlaySnapshotter::new(root, db.clone(), content.clone())?);

@@ -678,6 +678,21 @@ impl Snapshotter for OverlaySnapshotter {
 
     fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         let info = self.info(key)?;
+        if info.kind != Kind::Committed {
+            // An active snapshot's contents are disposable: freed first, so that removing
+            // a step that filled the disk leaves room for the database to record it. (Killed
+            // here, the snapshot stays active and abandoned, and is swept again.)
+            let fs = self.dir(info.id).join("fs");
+            if let Ok(entries) = std::fs::read_dir(&fs) {
+                for e in entries.flatten() {
+                    let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        std::fs::remove_dir_all(e.path())
+                    } else {
+                        std::fs::remove_file(e.path())
+                    };
+                }
+            }
+        }
         {
             let conn = self.db.conn();
             let children: i64 = conn.query_row("SELECT COUNT(*) FROM snapshots WHERE parent = ?1", params![info.id], |r| r.get(0))?;
