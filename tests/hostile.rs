@@ -107,18 +107,25 @@ fn image_with_layer(f: &Fixture, name: &str, extra: &[u8]) -> PathBuf {
 
 /// The same with a layer blob (compressed, say) whose uncompressed digest is `diff_id`.
 fn image_with_blob(f: &Fixture, name: &str, extra: &[u8], diff_id: &str) -> PathBuf {
+    image_with_blobs(f, name, &[(extra, diff_id.to_string())])
+}
+
+/// A docker-archive of busybox with layer blobs (and their diff IDs) appended.
+fn image_with_blobs(f: &Fixture, name: &str, extra: &[(&[u8], String)]) -> PathBuf {
     let files = read_tar_files(busybox_tar());
     let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
     let m = &manifest[0];
     let mut config: Value = serde_json::from_slice(&files[m["Config"].as_str().unwrap()]).unwrap();
-    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(json!(diff_id));
-    if let Some(h) = config["history"].as_array_mut() {
-        h.push(json!({"created_by": "hostile layer"}));
+    for (_, diff_id) in extra {
+        config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(json!(diff_id));
+        if let Some(h) = config["history"].as_array_mut() {
+            h.push(json!({"created_by": "hostile layer"}));
+        }
     }
     let config_bytes = serde_json::to_vec(&config).unwrap();
     let config_name = format!("{}.json", sha256(&config_bytes).trim_start_matches("sha256:"));
     let mut layers: Vec<Value> = m["Layers"].as_array().unwrap().clone();
-    layers.push(json!("hostile/layer.tar"));
+    layers.extend((0..extra.len()).map(|i| json!(format!("hostile{i}/layer.tar"))));
     let new_manifest = json!([{ "Config": config_name, "RepoTags": [name], "Layers": layers }]);
     let path = f.path(&format!("{}.tar", name.replace([':', '/'], "-")));
     let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
@@ -132,7 +139,9 @@ fn image_with_blob(f: &Fixture, name: &str, extra: &[u8], diff_id: &str) -> Path
         let l = l.as_str().unwrap();
         add(l, &files[l]);
     }
-    add("hostile/layer.tar", extra);
+    for (i, (blob, _)) in extra.iter().enumerate() {
+        add(&format!("hostile{i}/layer.tar"), blob);
+    }
     add(&config_name, &config_bytes);
     add("manifest.json", &serde_json::to_vec(&new_manifest).unwrap());
     b.finish().unwrap();
@@ -570,4 +579,21 @@ fn a_full_disk_fails_the_step_and_the_store_heals_itself() {
     assert!(!o.status.success(), "a 60 MB layer loaded into 48 MiB?");
     assert!(stderr(&o).contains("No space left on device") && !stderr(&o).contains("broken layer"), "{}", stderr(&o));
     assert_store_heals(&f, "a gzip bomb");
+}
+
+/// Issue 13 (4): a manifest of 600 layers (more than overlayfs can stack) is refused up
+/// front with a message that says so, in time linear in its size; nothing is left behind.
+#[test]
+fn an_image_of_600_layers_is_refused_up_front() {
+    let f = Fixture::new();
+    let layers: Vec<Vec<u8>> = (0..600).map(|i| layer(&[E::File(&format!("f{i}"), "x")])).collect();
+    let blobs: Vec<(&[u8], String)> = layers.iter().map(|l| (&l[..], sha256(l))).collect();
+    let tar = image_with_blobs(&f, "wide:1", &blobs);
+    let started = std::time::Instant::now();
+    let o = f.rdock(&["load", "-i", tar.to_str().unwrap()]);
+    assert!(!o.status.success(), "600 layers loaded");
+    assert!(stderr(&o).contains("601 layers, more than the 500 one overlay mount can stack"), "{}", stderr(&o));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(f.leftovers().is_empty(), "leftovers: {:?}", f.leftovers());
+    assert_ok(&f.rdock(&["fsck"]));
 }

@@ -144,9 +144,14 @@ struct Ctx<'a> {
     builder: DefinitionBuilder,
     stages: Vec<Stage>,
     results: HashMap<usize, StageResult>,
+    /// Stages being lowered, each waiting on the next: the chain of references so far.
+    depth: usize,
     meta_args: Vec<(String, String)>,
     context: Option<Input>,
 }
+
+/// The longest chain of stages built from (or copying from) one another.
+pub const MAX_STAGE_CHAIN: usize = 200;
 
 /// Parses and lowers a Dockerfile.
 pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) -> Result<Lowered, FrontendError> {
@@ -235,8 +240,17 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     let target_name = stages[target].name.clone().unwrap_or_default();
     meta_args.retain(|(k, _)| k != "TARGETSTAGE");
     meta_args.push(("TARGETSTAGE".to_string(), target_name));
-    let mut ctx =
-        Ctx { opts, resolver, lexer, builder: DefinitionBuilder::default(), stages, results: HashMap::new(), meta_args, context: None };
+    let mut ctx = Ctx {
+        opts,
+        resolver,
+        lexer,
+        builder: DefinitionBuilder::default(),
+        stages,
+        results: HashMap::new(),
+        meta_args,
+        context: None,
+        depth: 0,
+    };
     let result = ctx.lower_stage(target)?;
     let mut image = result.image;
     image.rootfs = Default::default();
@@ -271,7 +285,13 @@ pub(crate) fn builtin_args(b: &Platform, p: &Platform) -> Vec<(String, String)> 
 }
 
 fn expand_error(l: &Located, e: crate::shell::ExpandError) -> DockerfileError {
-    DockerfileError::new(l.location.clone(), e.to_string()).expected("a well-formed word (closed quotes, ${name} with a known operator)")
+    use crate::shell::{ExpandError, MAX_EXPANSION, MAX_NESTING};
+    let expected = match e {
+        ExpandError::TooLong => format!("a word of at most {} MiB once variables are substituted", MAX_EXPANSION >> 20),
+        ExpandError::TooDeep => format!("at most {MAX_NESTING} substitutions nested in one another"),
+        _ => "a well-formed word (closed quotes, ${name} with a known operator)".to_string(),
+    };
+    DockerfileError::new(l.location.clone(), e.to_string()).expected(expected)
 }
 
 /// Go's strconv.Quote for the strings we print (JSON escaping agrees for printable text).
@@ -441,6 +461,22 @@ impl Ctx<'_> {
         if let Some(r) = self.results.get(&idx) {
             return Ok(r.clone());
         }
+        // Each stage built on another lowers that one first, recursively: a bound on the
+        // chain keeps a Dockerfile of thousands of chained stages from overflowing the stack.
+        if self.depth >= MAX_STAGE_CHAIN {
+            return Err(DockerfileError::new(self.stages[idx].location.clone(), format!("stages refer to stages {MAX_STAGE_CHAIN} deep"))
+                .expected(format!("at most {MAX_STAGE_CHAIN} stages each built from (or copying from) the next"))
+                .into());
+        }
+        self.depth += 1;
+        // Lowering a stage takes tens of kB of stack in a debug build: grow it on the heap
+        // when under 256 kB remain, whatever thread this is.
+        let r = stacker::maybe_grow(256 << 10, 4 << 20, || self.lower_stage_inner(idx));
+        self.depth -= 1;
+        r
+    }
+
+    fn lower_stage_inner(&mut self, idx: usize) -> Result<StageResult, FrontendError> {
         let loc = self.stages[idx].location.clone();
         let base_word = self.stages[idx].base.clone();
         let base = self.lexer.process_word(&base_word, &self.meta_args).map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;

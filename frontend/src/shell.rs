@@ -32,6 +32,12 @@ pub enum ExpandError {
     /// `${` without a closing brace, or an operator we do not know.
     #[error("bad substitution in {0:?}")]
     BadSubstitution(String),
+    /// The expansions of one word add up to more than [`MAX_EXPANSION`] bytes.
+    #[error("expands to more than {} MiB (a variable that doubles each time it is reused?)", MAX_EXPANSION >> 20)]
+    TooLong,
+    /// `${a:-${b:-…}}` nested deeper than [`MAX_NESTING`].
+    #[error("substitutions nested more than {MAX_NESTING} deep")]
+    TooDeep,
     /// `${v:?message}` with v unset or empty.
     #[error("{name}: {message}")]
     Required {
@@ -41,6 +47,13 @@ pub enum ExpandError {
         message: String,
     },
 }
+
+/// The most one word may expand to, in bytes: far above any real use, and a bound on what
+/// a Dockerfile whose variables grow each time they are reused can make rdock allocate.
+pub const MAX_EXPANSION: usize = 1 << 20;
+
+/// The deepest `${a:-${b:-…}}` nesting: the expander recurses once per level.
+pub const MAX_NESTING: usize = 64;
 
 /// The expander, configured with the escape character.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +79,10 @@ struct Run<'a, E: Env + ?Sized> {
     /// Heredoc content: quotes are plain characters and the escape only protects `$`,
     /// itself and a backtick, as a shell expands an unquoted heredoc.
     heredoc: bool,
+    /// Bytes substituted so far (bounded by [`MAX_EXPANSION`]).
+    expanded: usize,
+    /// Substitutions open around the current point (bounded by [`MAX_NESTING`]).
+    depth: usize,
 }
 
 impl Lexer {
@@ -80,6 +97,8 @@ impl Lexer {
             cur_started: false,
             input: word,
             heredoc: false,
+            expanded: 0,
+            depth: 0,
         };
         let s = r.process(None)?;
         Ok(s)
@@ -97,6 +116,8 @@ impl Lexer {
             cur_started: false,
             input: content,
             heredoc: true,
+            expanded: 0,
+            depth: 0,
         };
         r.process(None)
     }
@@ -113,6 +134,8 @@ impl Lexer {
             cur_started: false,
             input: word,
             heredoc: false,
+            expanded: 0,
+            depth: 0,
         };
         let rest = r.process(None)?;
         let mut words = r.words.take().unwrap_or_default();
@@ -173,7 +196,7 @@ impl<E: Env + ?Sized> Run<'_, E> {
                 self.cur_started = true;
                 self.double_quoted()?;
             } else if c == '$' {
-                let v = self.dollar()?;
+                let v = self.substitute()?;
                 if self.words.is_some() && stop.is_none() {
                     // Unquoted expansion is split into fields.
                     for (i, p) in v.split(char::is_whitespace).enumerate() {
@@ -235,7 +258,7 @@ impl<E: Env + ?Sized> Run<'_, E> {
                     None => return Err(ExpandError::Unterminated("double-quote")),
                 }
             } else if c == '$' {
-                let v = self.dollar()?;
+                let v = self.substitute()?;
                 self.cur.push_str(&v);
             } else {
                 self.cur.push(c);
@@ -282,6 +305,16 @@ impl<E: Env + ?Sized> Run<'_, E> {
             return None;
         }
         self.env.get(name)
+    }
+
+    /// After a `$`: the substitution, counted against [`MAX_EXPANSION`].
+    fn substitute(&mut self) -> Result<String, ExpandError> {
+        let v = self.dollar()?;
+        self.expanded += v.len();
+        if self.expanded > MAX_EXPANSION {
+            return Err(ExpandError::TooLong);
+        }
+        Ok(v)
     }
 
     /// After a `$`.
@@ -386,6 +419,10 @@ impl<E: Env + ?Sized> Run<'_, E> {
 
     /// The word of `${v:-word}` up to the closing brace, itself expanded.
     fn nested_word(&mut self) -> Result<String, ExpandError> {
+        if self.depth >= MAX_NESTING {
+            return Err(ExpandError::TooDeep);
+        }
+        self.depth += 1;
         let saved_words = self.words.take();
         let saved_cur = std::mem::take(&mut self.cur);
         let saved_started = self.cur_started;
@@ -393,6 +430,7 @@ impl<E: Env + ?Sized> Run<'_, E> {
         self.words = saved_words;
         self.cur = saved_cur;
         self.cur_started = saved_started;
+        self.depth -= 1;
         w
     }
 }

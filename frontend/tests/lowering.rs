@@ -236,3 +236,44 @@ fn definition_descriptions_are_checked_when_asked() {
     let plain = lower(&df.replace("# check=experimental=InvalidDefinitionDescription\n", ""), &BuildOptions::default(), &Images).unwrap();
     assert!(plain.warnings.iter().all(|w| w.rule != "InvalidDefinitionDescription"), "experimental rules are off by default");
 }
+
+/// Issue 13 (4): hostile sizes get a located error, not a stack overflow or an allocation
+/// that takes the machine. Run on a thread with a 2 MiB stack (Rust's default for threads,
+/// a quarter of the main thread's), in a debug build, so a recursion that grows with the
+/// input would show here.
+#[test]
+fn thousands_of_stages_deep_nesting_and_growing_variables_are_refused() {
+    let run = |df: String| {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || match lower(&df, &BuildOptions::default(), &Images) {
+                Err(FrontendError::Dockerfile(e)) => e.to_string(),
+                Err(other) => panic!("not a located error: {other}"),
+                Ok(_) => panic!("accepted"),
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    let chained = format!("FROM busybox AS s0\n{}", (1..5000).map(|i| format!("FROM s{} AS s{i}\n", i - 1)).collect::<String>());
+    let e = run(chained);
+    assert!(e.contains("stages refer to stages 200 deep") && e.contains("at most 200 stages"), "{e}");
+    let n = 50_000;
+    let nested = format!("FROM busybox\nENV A={}x{}\n", "${A:-".repeat(n), "}".repeat(n));
+    let e = run(nested);
+    assert!(e.contains("nested more than 64 deep") && e.contains(":2:"), "{e}");
+    let growing = format!("FROM busybox\nENV A=aaaaaaaaaaaaaaaa\n{}", "ENV A=$A$A$A$A\n".repeat(12));
+    let e = run(growing);
+    assert!(e.contains("expands to more than 1 MiB") && e.contains(":11:"), "{e}");
+    // Within the bounds all is well: 200 chained stages, 64 levels of nesting.
+    let ok = format!("FROM busybox AS s0\n{}", (1..200).map(|i| format!("FROM s{} AS s{i}\nRUN true\n", i - 1)).collect::<String>());
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || lower(&ok, &BuildOptions::default(), &Images).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
+    let deep = format!("FROM busybox\nENV A={}x{}\n", "${B:-".repeat(64), "}".repeat(64));
+    let out = lower(&deep, &BuildOptions::default(), &Images).unwrap();
+    assert!(out.image.config.env.contains(&"A=x".to_string()), "{:?}", out.image.config.env);
+}

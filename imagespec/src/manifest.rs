@@ -5,6 +5,11 @@ use crate::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// The most layers an image may have: overlayfs stacks at most 500 lower directories
+/// (the kernel's `OVL_MAX_STACK`), so an image with more could never run. A manifest with
+/// more is refused before anything is downloaded or unpacked.
+pub const MAX_LAYERS: usize = 500;
+
 /// OCI image manifest.
 pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index.

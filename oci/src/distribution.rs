@@ -227,6 +227,12 @@ pub fn resolve_remote(client: &Arc<Client>, r: &ImageRef, platform: &Platform) -
         (top.bytes.clone(), top.digest.clone())
     };
     let doc: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| bad(&format!("manifest {}", r.familiar()), e))?;
+    if doc.layers.len() > rdock_imagespec::MAX_LAYERS {
+        return Err(OciError::Inconsistent {
+            image: r.familiar(),
+            reason: format!("{} layers, more than the {} one overlay mount can stack", doc.layers.len(), rdock_imagespec::MAX_LAYERS),
+        });
+    }
     let config_bytes = client.small_blob(r, &doc.config)?;
     let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|e| bad(&format!("config of {}", r.familiar()), e))?;
     if config.rootfs.diff_ids.len() != doc.layers.len() {

@@ -23,6 +23,12 @@ pub fn chain_snapshot_name(diff_ids: &[Digest]) -> Option<String> {
 pub fn ensure_unpacked(images: &ImageStore, manifest: &Digest) -> Result<(Option<String>, ImageConfig), OciError> {
     let m = images.manifest(manifest)?;
     let config = images.config(&m)?;
+    if m.layers.len() > rdock_imagespec::MAX_LAYERS {
+        return Err(OciError::Inconsistent {
+            image: manifest.to_string(),
+            reason: format!("{} layers, more than the {} one overlay mount can stack", m.layers.len(), rdock_imagespec::MAX_LAYERS),
+        });
+    }
     if config.rootfs.diff_ids.len() != m.layers.len() {
         return Err(OciError::Inconsistent {
             image: manifest.to_string(),

@@ -68,6 +68,9 @@ impl MountSpec {
         let MountSpec::Overlay { lower, upper, work } = self else {
             return Ok(None);
         };
+        if lower.len() > rdock_imagespec::MAX_LAYERS {
+            return Err(SnapshotError::TooManyLayers { key: key.to_string(), layers: lower.len() });
+        }
         let all: Vec<&PathBuf> = lower.iter().chain(upper).chain(work).collect();
         let base = common_parent(&all);
         let name = |p: &Path| match p.strip_prefix(&base) {
