@@ -15,7 +15,7 @@
 //! snapshots/ID/work  overlay work dir while active
 //! tmp/               in-flight writes
 //! locks/             flock files: the store lease, and one per cache key being built
-//! reserve            8 MiB held back while there is room, released when the disk is full
+//! reserve            2 MiB held back while there is room, released when the disk is full
 //! ```
 //!
 //! ```no_run
@@ -44,6 +44,7 @@ pub use diff::{LayerBlob, write_layer, write_tree_tar};
 pub use error::SnapshotError;
 pub use mount::{MountSpec, Mounted, OverlayData};
 pub use overlay::{ChainLayer, Info, Kind, LayerInfo, OverlaySnapshotter, SnapshotRecord, Usage, active_key, disk_usage};
+pub use reserve::RESERVE_FILE;
 pub use whiteout::{is_opaque, is_opaque_fd};
 
 use std::path::{Path, PathBuf};

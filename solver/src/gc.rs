@@ -210,7 +210,8 @@ pub fn inventory(store: &Store) -> Result<Inventory, SolveError> {
             }
         }
     }
-    let db: u64 = ["metadata.db", "metadata.db-wal", "metadata.db-shm"]
+    // The store's reserve (room to recover from a full disk) is counted here too.
+    let db: u64 = ["metadata.db", "metadata.db-wal", "metadata.db-shm", rdock_snapshotter::RESERVE_FILE]
         .iter()
         .filter_map(|f| std::fs::metadata(store.root().join(f)).ok())
         .map(|m| m.blocks() * 512)
