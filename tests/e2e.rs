@@ -1609,3 +1609,22 @@ fn see_the_build_tty_states_chrome_trace_svg_timeline_and_dot() {
 fn has_line_ending_with(screen: &str, start: &str, end: &str) -> bool {
     screen.split('\n').any(|l| l.contains(start) && l.trim_end_matches('\r').ends_with(end))
 }
+
+/// Regression: `COPY d /d` gave /d the time of the build, so two builds of one context a
+/// second apart differed (the determinism check above flaked across a second boundary).
+#[test]
+fn regression_copy_of_a_directory_keeps_its_mtime() {
+    let f = Fixture::new();
+    let ctx = f.ctx("mt", &[("Dockerfile", "FROM scratch\nCOPY d /d\n"), ("d/e.txt", "e")]);
+    let t = nix::sys::time::TimeSpec::new(1_000_000_000, 0);
+    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &ctx.join("d"), &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
+    let oci = f.path("mt.tar");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={}", oci.display())]));
+    let img = read_image(&oci);
+    let blob = &img.files[&format!("blobs/sha256/{}", img.layer_digests[0].trim_start_matches("sha256:"))];
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob[..]), &mut raw).unwrap();
+    let mut a = tar::Archive::new(&raw[..]);
+    let d = a.entries().unwrap().map(|e| e.unwrap().header().clone()).find(|h| h.path().unwrap().to_str() == Some("d/")).unwrap();
+    assert_eq!(d.mtime().unwrap(), 1_000_000_000);
+}

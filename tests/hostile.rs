@@ -597,3 +597,54 @@ fn an_image_of_600_layers_is_refused_up_front() {
     assert!(f.leftovers().is_empty(), "leftovers: {:?}", f.leftovers());
     assert_ok(&f.rdock(&["fsck"]));
 }
+
+/// A layer of device nodes and a FIFO.
+fn node_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, major, minor) in
+        [("dev2/null", tar::EntryType::Char, 1, 3), ("dev2/loop", tar::EntryType::Block, 7, 0), ("run/fifo", tar::EntryType::Fifo, 0, 0)]
+    {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o666);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        b.append_data(&mut h, path, std::io::empty()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Issue 13 (6): device nodes and FIFOs in a layer are device nodes and FIFOs in the
+/// container (they were empty regular files), none of them opens as a device (nodev), and
+/// `rdock save` carries them unchanged.
+#[test]
+fn device_nodes_and_fifos_in_layers_stay_what_they_are() {
+    let f = Fixture::new();
+    let tar = image_with_layer(&f, "nodes:1", &node_layer());
+    assert_ok(&f.rdock(&["load", "-i", tar.to_str().unwrap()]));
+    let o = f.rdock(&[
+        "run",
+        "--rm",
+        "nodes:1",
+        "sh",
+        "-c",
+        "stat -c '%F %t:%T' /dev2/null /dev2/loop /run/fifo; head -c 1 /dev2/loop && echo opened",
+    ]);
+    assert_eq!(out(&o), "character special file 1:3\nblock special file 7:0\nfifo 0:0\n", "{}", stderr(&o));
+    let saved = f.path("saved.tar");
+    assert_ok(&f.rdock(&["save", "-o", saved.to_str().unwrap(), "nodes:1"]));
+    let files = read_tar_files(&saved);
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let last = manifest[0]["Layers"].as_array().unwrap().last().unwrap().as_str().unwrap().to_string();
+    let mut blob = Vec::new();
+    let raw = &files[&last];
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut blob).unwrap();
+    } else {
+        blob = raw.clone();
+    }
+    assert_eq!(blob, node_layer(), "the saved layer differs from the loaded one");
+}

@@ -223,8 +223,14 @@ fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerE
                 _ => c.dest.clone(),
             };
             let dest = resolve_in_root(root, &dir_dest, true)?;
+            let existed = dest.is_dir();
             mkdir_all(&dest, root, owner)?;
             copy_dir_contents(&src_path, &dest, &ctx)?;
+            // A directory the copy made takes the source's mtime, as BuildKit's copy does
+            // (it had the time of the build, so two builds of one context differed).
+            if !existed {
+                set_mtime(&dest, &md);
+            }
         } else {
             let dest_resolved = resolve_in_root(root, &dest_path, true)?;
             let into_dir = dest_is_dir_hint || dest_resolved.is_dir();
