@@ -22,15 +22,22 @@
 //!   run           `rdock run --rm busybox true` against `docker run --rm busybox true`:
 //!                 container start to exit (overlay mount, namespaces, exec, cleanup);
 //!                 at least 20 runs each after one warm-up
+//!
+//! `--baseline DIR` also times the `rdock` and `rdock-build` in DIR (another build of
+//! rdock, say the last release's) on the run30 and run workloads, interleaved run by run
+//! with this one's, as extra rows marked "(baseline)".
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[derive(Clone)]
 struct Tools {
     rdock: PathBuf,
     rdock_build: PathBuf,
+    /// Another build's binaries, timed beside these.
+    baseline: Option<Box<Tools>>,
     docker: bool,
     buildah: bool,
     base_tar: PathBuf,
@@ -163,7 +170,7 @@ fn buildah_build(ctx: &Path, no_cache: bool) -> Command {
 }
 
 struct Row {
-    name: &'static str,
+    name: String,
     rdock: Duration,
     buildkit: Option<Duration>,
     buildah: Option<Duration>,
@@ -180,16 +187,33 @@ fn workload_run30(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     std::fs::write(ctx.join("Dockerfile"), df)?;
     let mut cold = Vec::new();
     let mut noop = Vec::new();
+    let mut base = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let root = fresh_store(t, dir)?;
         cold.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
         noop.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
+        if let Some(b) = &t.baseline {
+            let root = fresh_store(b, dir)?;
+            base.0.push(time(&mut rdock_build(b, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
+            base.1.push(time(&mut rdock_build(b, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
+        }
     }
     let [(bk_cold, bk_noop), (ba_cold, ba_noop)] = others(t, &ctx, runs, true)?;
-    Ok(vec![
-        Row { name: "run30-cold", rdock: median(cold), buildkit: bk_cold, buildah: ba_cold, per: Some((30, "step")) },
-        Row { name: "run30-noop", rdock: median(noop), buildkit: bk_noop, buildah: ba_noop, per: None },
-    ])
+    let mut rows = vec![
+        Row { name: "run30-cold".into(), rdock: median(cold), buildkit: bk_cold, buildah: ba_cold, per: Some((30, "step")) },
+        Row { name: "run30-noop".into(), rdock: median(noop), buildkit: bk_noop, buildah: ba_noop, per: None },
+    ];
+    if t.baseline.is_some() {
+        rows.push(Row {
+            name: "run30-cold (baseline)".into(),
+            rdock: median(base.0),
+            buildkit: bk_cold,
+            buildah: ba_cold,
+            per: Some((30, "step")),
+        });
+        rows.push(Row { name: "run30-noop (baseline)".into(), rdock: median(base.1), buildkit: bk_noop, buildah: ba_noop, per: None });
+    }
+    Ok(rows)
 }
 
 fn workload_context(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
@@ -219,8 +243,8 @@ fn workload_context(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     }
     let [bk, ba] = others(t, &ctx, runs, true)?;
     Ok(vec![
-        Row { name: "context-copy-cold", rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
-        Row { name: "context-hash-noop", rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
+        Row { name: "context-copy-cold".into(), rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
+        Row { name: "context-hash-noop".into(), rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
     ])
 }
 
@@ -294,10 +318,10 @@ fn workload_context5k(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     }
     let [bk, ba] = theirs;
     Ok(vec![
-        Row { name: "context5k-cold", rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
-        Row { name: "context5k-noop", rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
-        Row { name: "context5k-one-changed", rdock: median(one), buildkit: bk.2, buildah: ba.2, per: None },
-        Row { name: "context5k-one-changed-overhead", rdock: median(over), buildkit: None, buildah: None, per: None },
+        Row { name: "context5k-cold".into(), rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
+        Row { name: "context5k-noop".into(), rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
+        Row { name: "context5k-one-changed".into(), rdock: median(one), buildkit: bk.2, buildah: ba.2, per: None },
+        Row { name: "context5k-one-changed-overhead".into(), rdock: median(over), buildkit: None, buildah: None, per: None },
     ])
 }
 
@@ -328,10 +352,10 @@ fn workload_gc(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         (bk_df, bk_prune) = (Some(median(df)), Some(median(pr)));
     }
     Ok(vec![
-        Row { name: "gc-noop-build-with-cap-first", rdock: median(first_cap), buildkit: None, buildah: None, per: None },
-        Row { name: "gc-noop-build-with-cap", rdock: median(capped), buildkit: None, buildah: None, per: None },
-        Row { name: "gc-du", rdock: median(du), buildkit: bk_df, buildah: None, per: None },
-        Row { name: "gc-prune-all-5k-files", rdock: median(prune), buildkit: bk_prune, buildah: None, per: None },
+        Row { name: "gc-noop-build-with-cap-first".into(), rdock: median(first_cap), buildkit: None, buildah: None, per: None },
+        Row { name: "gc-noop-build-with-cap".into(), rdock: median(capped), buildkit: None, buildah: None, per: None },
+        Row { name: "gc-du".into(), rdock: median(du), buildkit: bk_df, buildah: None, per: None },
+        Row { name: "gc-prune-all-5k-files".into(), rdock: median(prune), buildkit: bk_prune, buildah: None, per: None },
     ])
 }
 
@@ -349,8 +373,8 @@ fn workload_layer(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     }
     let [(bk, _), (ba, _)] = others(t, &ctx, runs, false)?;
     Ok(vec![
-        Row { name: "layer-commit-64MiB", rdock: median(commit), buildkit: bk, buildah: ba, per: None },
-        Row { name: "oci-export-64MiB", rdock: median(export), buildkit: None, buildah: None, per: None },
+        Row { name: "layer-commit-64MiB".into(), rdock: median(commit), buildkit: bk, buildah: ba, per: None },
+        Row { name: "oci-export-64MiB".into(), rdock: median(export), buildkit: None, buildah: None, per: None },
     ])
 }
 
@@ -463,31 +487,35 @@ fn workload_registry(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     }
     let opt = |v: Vec<Duration>| if v.is_empty() { None } else { Some(median(v)) };
     Ok(vec![
-        Row { name: "push-490MB (docker push; skopeo: -)", rdock: median(push), buildkit: opt(dpush), buildah: None, per: None },
+        Row { name: "push-490MB (docker push; skopeo: -)".into(), rdock: median(push), buildkit: opt(dpush), buildah: None, per: None },
         Row {
-            name: "pull-490MB (docker pull; skopeo copy to oci-archive)",
+            name: "pull-490MB (docker pull; skopeo copy to oci-archive)".into(),
             rdock: median(pull),
             buildkit: opt(dpull),
             buildah: Some(median(skopeo)),
             per: None,
         },
-        Row { name: "import-cache-10-steps-empty-store", rdock: median(hit), buildkit: None, buildah: None, per: None },
+        Row { name: "import-cache-10-steps-empty-store".into(), rdock: median(hit), buildkit: None, buildah: None, per: None },
     ])
 }
 
 fn workload_run(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
-    let root = fresh_store(t, dir)?;
     let n = runs.max(20);
-    let rdock = || {
-        let mut c = Command::new(&t.rdock);
-        c.args(["run", "--rm", "busybox", "true"]).env("RDOCK_ROOT", &root);
-        c
+    let prepare = |t: &Tools| -> Result<PathBuf> {
+        let root = fresh_store(t, dir)?;
+        // The first run makes the image's init layer; every later one is what is measured.
+        run(&mut rdock_run_true(t, &root))?;
+        Ok(root)
     };
-    // The first run makes the image's init layer; every later one is what is measured.
-    run(&mut rdock())?;
+    let root = prepare(t)?;
+    let base_root = t.baseline.as_deref().map(prepare).transpose()?;
     let mut times = Vec::new();
+    let mut base_times = Vec::new();
     for _ in 0..n {
-        times.push(time(&mut rdock())?);
+        times.push(time(&mut rdock_run_true(t, &root))?);
+        if let (Some(b), Some(r)) = (&t.baseline, &base_root) {
+            base_times.push(time(&mut rdock_run_true(b, r))?);
+        }
     }
     let docker = if t.docker {
         run(Command::new(docker_cli()).args(["run", "--rm", "busybox", "true"]))?;
@@ -499,7 +527,17 @@ fn workload_run(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     } else {
         None
     };
-    Ok(vec![Row { name: "run-rm-true", rdock: median(times), buildkit: docker, buildah: None, per: None }])
+    let mut rows = vec![Row { name: "run-rm-true".into(), rdock: median(times), buildkit: docker, buildah: None, per: None }];
+    if !base_times.is_empty() {
+        rows.push(Row { name: "run-rm-true (baseline)".into(), rdock: median(base_times), buildkit: docker, buildah: None, per: None });
+    }
+    Ok(rows)
+}
+
+fn rdock_run_true(t: &Tools, root: &Path) -> Command {
+    let mut c = Command::new(&t.rdock);
+    c.args(["run", "--rm", "busybox", "true"]).env("RDOCK_ROOT", root);
+    c
 }
 
 fn fmt(d: Option<Duration>) -> String {
@@ -514,10 +552,14 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 5;
     let mut wanted: Vec<String> = Vec::new();
+    let mut baseline: Option<PathBuf> = None;
     let mut i = 0;
     while i < args.len() {
         if args[i] == "--runs" {
             runs = args.get(i + 1).context("--runs N")?.parse()?;
+            i += 2;
+        } else if args[i] == "--baseline" {
+            baseline = Some(PathBuf::from(args.get(i + 1).context("--baseline DIR")?));
             i += 2;
         } else {
             wanted.push(args[i].clone());
@@ -538,7 +580,17 @@ fn main() -> Result<()> {
     if buildah {
         run(Command::new("buildah").args(["pull", "-q"]).arg(format!("docker-archive:{}", base_tar.display())))?;
     }
-    let t = Tools { rdock: bins.join("rdock"), rdock_build: bins.join("rdock-build"), docker, buildah, base_tar };
+    let baseline = baseline.map(|d| {
+        Box::new(Tools {
+            rdock: d.join("rdock"),
+            rdock_build: d.join("rdock-build"),
+            baseline: None,
+            docker,
+            buildah,
+            base_tar: base_tar.clone(),
+        })
+    });
+    let t = Tools { rdock: bins.join("rdock"), rdock_build: bins.join("rdock-build"), baseline, docker, buildah, base_tar };
     if !t.rdock_build.exists() {
         bail!("{} not built: run `cargo build --release` first", t.rdock_build.display());
     }

@@ -369,25 +369,35 @@ fn stub_cleanup_does_not_follow_a_steps_symlink() {
     canary.assert_untouched("stub cleanup");
 }
 
-/// The host path of a process's cgroup for `controller` ("" for the v2 hierarchy), from
-/// its /proc/PID/cgroup and this process's mountinfo.
-fn cgroup_dir(pid: u32, controller: &str) -> Option<PathBuf> {
+/// The host path of a process's cgroup for `controller`, from its /proc/PID/cgroup and
+/// this process's mountinfo: the controller's v1 hierarchy if it has one, else the v2
+/// hierarchy (then `true`).
+fn cgroup_dir(pid: u32, controller: &str) -> Option<(PathBuf, bool)> {
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let (v1, path) = own.lines().find_map(|l| {
-        let mut f = l.splitn(3, ':');
-        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-        if ctrls.split(',').any(|c| c == controller) { Some((true, path.to_string())) } else { None }
-    })?;
+    let line = |want: &dyn Fn(&str) -> bool| {
+        own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            want(ctrls).then(|| path.to_string())
+        })
+    };
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let point = left.split(' ').nth(4)?;
-        let mut r = right.split(' ');
-        let fstype = r.next()?;
-        let opts = r.nth(1).unwrap_or("");
-        (v1 && fstype == "cgroup" && opts.split(',').any(|o| o == controller)).then(|| PathBuf::from(point))
-    })?;
-    Some(mount.join(path.trim_start_matches('/')))
+    let mount = |v1: bool| {
+        mountinfo.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let opts = r.nth(1).unwrap_or("");
+            let hit = if v1 { fstype == "cgroup" && opts.split(',').any(|o| o == controller) } else { fstype == "cgroup2" };
+            hit.then(|| PathBuf::from(point))
+        })
+    };
+    if let (Some(path), Some(m)) = (line(&|c: &str| c.split(',').any(|c| c == controller)), mount(true)) {
+        return Some((m.join(path.trim_start_matches('/')), false));
+    }
+    let path = line(&|c: &str| c.is_empty())?;
+    Some((mount(false)?.join(path.trim_start_matches('/')), true))
 }
 
 /// The pid of rdock's first child (the container's pid 1), once it has one.
@@ -447,13 +457,17 @@ fn containers_get_their_limits_and_cgroups_are_removed() {
 
     let mut c = start(&["--memory", "64m", "--cpus", "0.5", "--pids-limit", "100"], "a");
     let pid = first_child(c.id());
-    let pids = cgroup_dir(pid, "pids").expect("the container has a pids cgroup");
+    let (pids, _) = cgroup_dir(pid, "pids").expect("the container has a pids cgroup");
     assert!(pids.ends_with(format!("rdock/{}-0", c.id())), "{}", pids.display());
     assert_eq!(read(&pids, "pids.max"), "100");
-    let mem = cgroup_dir(pid, "memory").expect("a memory cgroup");
-    assert_eq!(read(&mem, "memory.limit_in_bytes"), (64u64 << 20).to_string());
-    let cpu = cgroup_dir(pid, "cpu").expect("a cpu cgroup");
-    assert_eq!((read(&cpu, "cpu.cfs_quota_us").as_str(), read(&cpu, "cpu.cfs_period_us").as_str()), ("50000", "100000"));
+    let (mem, v2) = cgroup_dir(pid, "memory").expect("a memory cgroup");
+    assert_eq!(read(&mem, if v2 { "memory.max" } else { "memory.limit_in_bytes" }), (64u64 << 20).to_string());
+    let (cpu, v2) = cgroup_dir(pid, "cpu").expect("a cpu cgroup");
+    if v2 {
+        assert_eq!(read(&cpu, "cpu.max"), "50000 100000");
+    } else {
+        assert_eq!((read(&cpu, "cpu.cfs_quota_us").as_str(), read(&cpu, "cpu.cfs_period_us").as_str()), ("50000", "100000"));
+    }
     // Inside, a cgroup namespace: the container's own cgroup is its root.
     let o = f.rdock(&["run", "--rm", "busybox", "cat", "/proc/self/cgroup"]);
     assert!(out(&o).lines().all(|l| l.ends_with(":/")), "{}", out(&o));
@@ -463,7 +477,7 @@ fn containers_get_their_limits_and_cgroups_are_removed() {
 
     // The default, and rdock killed: its cgroup is swept by the next rdock.
     let mut c = start(&[], "b");
-    let pids = cgroup_dir(first_child(c.id()), "pids").expect("a pids cgroup");
+    let (pids, _) = cgroup_dir(first_child(c.id()), "pids").expect("a pids cgroup");
     assert_eq!(read(&pids, "pids.max"), "4096");
     c.kill().unwrap();
     c.wait().unwrap();
