@@ -220,8 +220,9 @@ fn probe(dir: &Path) -> PathBuf {
     bin
 }
 
+/// A probe's `NAME VALUE` lines.
 fn probe_results(text: &str) -> BTreeMap<String, String> {
-    text.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    text.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect()
 }
 
 /// The probe's view: what Docker's default profile denies is denied (EPERM; clone3
@@ -266,10 +267,6 @@ echo "seccomp $(grep '^Seccomp:' /proc/self/status | tr -d '\t' | cut -d: -f2)"
 echo "devs $(ls /dev | tr '\n' ' ')"
 echo "cgroup $(cat /proc/self/cgroup | tr '\n' ' ')"
 "#;
-
-fn sandbox_results(text: &str) -> BTreeMap<String, String> {
-    text.lines().filter_map(|l| l.split_once(' ')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect()
-}
 
 fn assert_sandboxed(r: &BTreeMap<String, String>, what: &str) {
     for k in [
@@ -324,8 +321,8 @@ fn steps_and_containers_get_dockers_default_sandbox() {
     assert_ok(&o);
     let read = |p: &str| std::fs::read_to_string(dest.join(p)).unwrap();
     assert_profile(&probe_results(&read("probe.txt")), "RUN");
-    assert_sandboxed(&sandbox_results(&read("sandbox.txt")), "RUN");
-    let insecure = sandbox_results(&read("insecure.txt"));
+    assert_sandboxed(&probe_results(&read("sandbox.txt")), "RUN");
+    let insecure = probe_results(&read("insecure.txt"));
     assert_eq!(insecure["seccomp"], "0", "--security=insecure has no filter: {insecure:?}");
     assert_eq!(insecure["core_pattern_rw"], "yes", "--security=insecure: /proc/sys as BuildKit's insecure mode leaves it: {insecure:?}");
 
@@ -335,7 +332,7 @@ fn steps_and_containers_get_dockers_default_sandbox() {
     assert_profile(&probe_results(&out(&o)), "rdock run");
     let o = f.rdock(&["run", "--rm", "probe:1", "sh", "/probe.sh"]);
     assert_ok(&o);
-    assert_sandboxed(&sandbox_results(&out(&o)), "rdock run");
+    assert_sandboxed(&probe_results(&out(&o)), "rdock run");
     // --init: pid 1 holds the command's capabilities, no more.
     let o = f.rdock(&["run", "--rm", "--init", "probe:1", "sh", "-c", "grep -E '^Cap(Eff|Prm|Bnd)' /proc/1/status /proc/self/status"]);
     assert_ok(&o);
