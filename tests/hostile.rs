@@ -659,3 +659,35 @@ fn device_nodes_and_fifos_in_layers_stay_what_they_are() {
     }
     assert_eq!(blob, node_layer(), "the saved layer differs from the loaded one");
 }
+
+/// Issue 13: the same hostile layers served by a real registry (Debian's docker-registry
+/// on loopback, the image pushed there by skopeo): `rdock pull` and a build `FROM` it,
+/// each into an empty store, leave the host untouched.
+#[test]
+fn hostile_layers_from_a_registry_never_touch_the_host() {
+    let reg = Registry::start(Auth::None);
+    let f = Fixture::new();
+    let canary = Canary::new(&f, "host");
+    let h = canary.path();
+    let attacks = [
+        ("whiteout", layer(&[E::Symlink("esc", h), E::File("esc/.wh.canary", "")])),
+        ("opaque", layer(&[E::Symlink("esc", h), E::File("esc/sub/.wh..wh..opq", "")])),
+        ("file", layer(&[E::Symlink("esc", h), E::File("esc/new", "pwned")])),
+    ];
+    for (i, (attack, l)) in attacks.iter().enumerate() {
+        let tar = image_with_layer(&f, &format!("r{i}:1"), l);
+        let name = reg.image(&format!("hostile{i}:1"));
+        sh(
+            "skopeo",
+            &["copy", "--quiet", "--dest-tls-verify=false", &format!("docker-archive:{}", tar.display()), &format!("docker://{name}")],
+        );
+        let g = Fixture::empty();
+        let _ = g.rdock(&["pull", &name]);
+        canary.assert_untouched(&format!("{attack}: rdock pull"));
+        let g = Fixture::new();
+        let ctx = g.ctx("ctx", &[("Dockerfile", &format!("FROM {name}\nRUN true\n"))]);
+        let _ = g.build(&ctx, &[]);
+        canary.assert_untouched(&format!("{attack}: FROM"));
+        assert!(g.leftovers().is_empty(), "{attack}: leftovers {:?}", g.leftovers());
+    }
+}

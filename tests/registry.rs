@@ -13,109 +13,11 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
-
-// ---------------------------------------------------------------------------------------
-// A real registry.
-
-enum Auth {
-    None,
-    /// htpasswd (bcrypt) with one user.
-    Basic {
-        user: &'static str,
-        password: &'static str,
-    },
-    /// Tokens from this realm, verified against this certificate.
-    Token {
-        realm: String,
-        cert: PathBuf,
-    },
-}
-
-struct Registry {
-    host: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A plain GET over loopback: the status code, or None if nothing answers.
-fn http_status(host: &str, path: &str) -> Option<u16> {
-    http_request(host, "GET", path)
-}
-
-/// A bodiless request over loopback: the status code.
-fn http_request(host: &str, method: &str, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(host).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).ok()?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-impl Registry {
-    fn start(auth: Auth) -> Registry {
-        let dir = tempfile::Builder::new().prefix("rdock-registry-").tempdir().unwrap();
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
-        let auth_yaml = match &auth {
-            Auth::None => String::new(),
-            Auth::Basic { user, password } => {
-                let line = sh("htpasswd", &["-Bbn", user, password]);
-                let path = dir.path().join("htpasswd");
-                std::fs::write(&path, line.trim()).unwrap();
-                format!("auth:\n  htpasswd:\n    realm: rdock-test\n    path: {}\n", path.display())
-            }
-            Auth::Token { realm, cert } => format!(
-                "auth:\n  token:\n    realm: {realm}\n    service: rdock-test\n    issuer: rdock-test-issuer\n    rootcertbundle: {}\n",
-                cert.display()
-            ),
-        };
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth_yaml}",
-            dir.path().join("data").display()
-        );
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(&cfg, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry could not start; .ci/run installs it (apt-get install docker-registry)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_status(&host, "/v2/").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not answer: {}",
-                std::fs::read_to_string(dir.path().join("log")).unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry { host, child, _dir: dir }
-    }
-
-    fn image(&self, name: &str) -> String {
-        format!("{}/{name}", self.host)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Pushes busybox (loaded into a scratch store) to `reg` as `busybox:1`.
 fn seed_busybox(reg: &Registry) -> String {
