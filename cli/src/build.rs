@@ -400,6 +400,8 @@ pub struct BuildSummary {
 /// Runs a build, then holds the store to its configured cap (see [`crate::gc`]), whether
 /// the build succeeded or not: a failed build keeps the steps it completed.
 pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
+    // The sandbox's seccomp program compiles while the Dockerfile is read and resolved.
+    rdock_worker::seccomp::prepare();
     let store = crate::open_store()?;
     let result = build(req, &store);
     let gc = crate::gc::enforce_cap(&store, req.progress == progress::Mode::Quiet);

@@ -7,8 +7,11 @@
 //! otherwise in the v2 unified hierarchy. Cgroups are made under rdock's own cgroup
 //! (`…/rdock/PID-N`), so a session's or a CI job's limits still bound its builds; on v2,
 //! where a cgroup holding processes cannot hand controllers down, under the root's
-//! `rdock` instead. The child joins by writing `0` to each `cgroup.procs` before anything
-//! else and then takes a cgroup namespace. Once the step has ended its cgroups are killed
+//! `rdock` instead. The child joins by writing `0` (itself) before anything else, then takes
+//! a cgroup namespace. On v1 it writes to `tasks`, which moves one thread without the
+//! kernel's global threadgroup lock: the child is a single thread, and moving a process
+//! through `cgroup.procs` waits for an RCU grace period (5 to 20 ms here), longer than the
+//! rest of a step. Once the step has ended its cgroups are killed
 //! and removed; those of an rdock that was killed are swept by the next one.
 
 use crate::ExecError;
@@ -109,7 +112,7 @@ fn discover(mountinfo: &str, own: &str, read: &dyn Fn(&Path) -> Option<String>) 
 /// A step's or container's cgroups, one per hierarchy in use; killed and removed on drop.
 #[derive(Debug)]
 pub struct Cgroup {
-    dirs: Vec<PathBuf>,
+    dirs: Vec<(PathBuf, Version)>,
 }
 
 impl Cgroup {
@@ -131,9 +134,9 @@ impl Cgroup {
             };
             let parent = prepare_parent(place)?;
             let dir = parent.join(&name);
-            if !cg.dirs.contains(&dir) {
+            if !cg.dirs.iter().any(|(d, _)| *d == dir) {
                 // Pushed first: a failure below still removes it.
-                cg.dirs.push(dir.clone());
+                cg.dirs.push((dir.clone(), place.version.clone()));
                 std::fs::create_dir(&dir).map_err(|e| ExecError::Io(dir.clone(), e))?;
             }
             for (file, value) in writes(ctrl, &place.version, limits) {
@@ -144,14 +147,15 @@ impl Cgroup {
         Ok(cg)
     }
 
-    /// The `cgroup.procs` files the step's first process writes itself into.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    /// The files the step's first process (a single thread) writes `0` into to join:
+    /// `tasks` on v1, `cgroup.procs` on v2.
+    pub fn join_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|(d, v)| d.join(if *v == Version::V1 { "tasks" } else { "cgroup.procs" })).collect()
     }
 
     /// True if the pids limit refused a fork (`pids.events`' max count is not zero).
     pub fn hit_pids_limit(&self) -> bool {
-        self.dirs.iter().any(|d| {
+        self.dirs.iter().any(|(d, _)| {
             std::fs::read_to_string(d.join("pids.events"))
                 .ok()
                 .and_then(|t| t.lines().find_map(|l| l.strip_prefix("max ").map(|n| n.trim() != "0")))
@@ -161,7 +165,7 @@ impl Cgroup {
 
     /// True if the memory limit was reached (v1's `memory.failcnt`, v2's OOM kills).
     pub fn hit_memory_limit(&self) -> bool {
-        self.dirs.iter().any(|d| {
+        self.dirs.iter().any(|(d, _)| {
             let v1 = std::fs::read_to_string(d.join("memory.failcnt")).ok().map(|t| t.trim() != "0");
             let v2 = std::fs::read_to_string(d.join("memory.events"))
                 .ok()
@@ -173,7 +177,7 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        for d in &self.dirs {
+        for (d, _) in &self.dirs {
             remove(d);
         }
     }

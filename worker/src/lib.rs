@@ -21,7 +21,7 @@ pub mod fileop;
 pub mod git;
 pub mod http;
 mod sandbox;
-mod seccomp;
+pub mod seccomp;
 pub mod user;
 
 pub use fileop::{CopySource, resolve_in_root};

@@ -306,6 +306,9 @@ fn run_container(args: containers::RunArgs) -> ! {
             std::process::exit(125);
         }
     };
+    // After the signals are blocked (every thread must inherit that): the sandbox's seccomp
+    // program compiles while the image is looked up and the container's layer prepared.
+    rdock_worker::seccomp::prepare();
     match containers::run(args, &signals) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -145,8 +145,9 @@ pub(super) struct Plan {
     /// Files bound over /etc's: host source, target.
     pub etc_files: Vec<(CString, Target)>,
     pub extra: Vec<ExtraPlan>,
-    /// `cgroup.procs` files of the step's cgroups, joined before anything else.
-    pub cgroup_procs: Vec<CString>,
+    /// The files that join the step's cgroups (`tasks` on v1), written before anything else.
+    pub cgroup_join: Vec<CString>,
+
     pub hostname: CString,
     pub cwd: Target,
     pub uid: u32,
@@ -247,16 +248,16 @@ pub(super) fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc:
     }
 }
 
-/// Joins the step's cgroups (writing 0 moves the writer), then takes a cgroup namespace
-/// rooted there, so the step sees its own cgroup as `/`.
+/// Joins the step's cgroups (writing 0 moves the writer, this single thread), then takes a
+/// cgroup namespace rooted there, so the step sees its own cgroup as `/`.
 ///
 /// # Safety
 /// Raw syscalls on the plan's strings.
 unsafe fn join_cgroups(p: &Plan) -> bool {
     // SAFETY: NUL-terminated paths; fds closed here.
     unsafe {
-        for procs in &p.cgroup_procs {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        for join in &p.cgroup_join {
+            let fd = libc::open(join.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {
                 return false;
             }

@@ -344,7 +344,7 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
                 Ok(ExtraPlan { target: target(&m.dest, file)?, source, tmpfs_opts, readonly: m.readonly })
             })
             .collect::<Result<_, ExecError>>()?,
-        cgroup_procs: cgroup.procs_files().iter().map(|p| cpath(p)).collect::<Result<_, _>>()?,
+        cgroup_join: cgroup.join_files().iter().map(|p| cpath(p)).collect::<Result<_, _>>()?,
         hostname: cstr(hostname)?,
         cwd,
         uid: spec.user.uid,
