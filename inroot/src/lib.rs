@@ -124,6 +124,26 @@ impl Root {
         }
     }
 
+    /// The entry `path` leads to, opened `O_PATH`, or None if nothing is there (a missing
+    /// component, or a file where a directory would have to be). One syscall where the
+    /// kernel resolves: the cheap question for looking a path up through many layers.
+    pub fn lookup(&self, path: &Path, last: Last) -> io::Result<Option<OwnedFd>> {
+        let found = match self.resolver {
+            Resolver::Kernel => {
+                let nofollow = if last == Last::NoFollow { libc::O_NOFOLLOW } else { 0 };
+                openat2_in(self.fd.as_fd(), relative(path).as_os_str(), libc::O_PATH | nofollow).map(Some)
+            }
+            Resolver::Walk => self.walk_user(path, last).map(|w| match w {
+                Walked::Found(fd) => Some(fd),
+                Walked::Missing { .. } => None,
+            }),
+        };
+        match found {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
+            other => other,
+        }
+    }
+
     /// Resolves `path` to its entry, or to the directory and name a create would use.
     /// Every component but the last must exist.
     pub fn walk(&self, path: &Path, last: Last) -> io::Result<Walked> {

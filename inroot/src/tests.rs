@@ -58,6 +58,10 @@ fn links_out_of_the_root_stay_inside_it() {
         let e = root.resolve(Path::new("loop1/x"), Last::Follow).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{r:?}");
         assert_eq!(root.read(Path::new("esc/canary")).unwrap(), None, "{r:?}");
+        assert!(root.lookup(Path::new("esc/canary"), Last::Follow).unwrap().is_none(), "{r:?}");
+        assert!(root.lookup(Path::new("etc/passwd/x"), Last::Follow).unwrap().is_none(), "{r:?}");
+        let pw = root.lookup(Path::new("up/pw"), Last::NoFollow).unwrap().unwrap();
+        assert_eq!(root.fd_path(pw.as_fd()).unwrap(), f.root.join("pw"), "{r:?}");
         assert_eq!(root.read(Path::new("/up/pw")).unwrap().unwrap(), b"root:x:0:0::/root:/bin/sh\n", "{r:?}");
     }
     host_untouched(&f);

@@ -8,7 +8,7 @@ use crate::mount::MountSpec;
 use crate::{SnapshotError, Snapshotter};
 use rdock_imagespec::time::unix_now as now;
 use rdock_imagespec::{Digest, MEDIA_TYPE_OCI_LAYER_GZIP};
-use rdock_inroot::{Last, Root, Walked};
+use rdock_inroot::{Last, Root};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -243,7 +243,9 @@ impl OverlaySnapshotter {
     /// The directories of `name`'s chain, top first: what an overlay of it stacks, and
     /// what [`Layers`] looks paths up in.
     pub fn layer_dirs(&self, name: Option<&str>) -> Result<Layers, SnapshotError> {
-        Ok(Layers { dirs: self.lowers(name)? })
+        let dirs = self.lowers(name)?;
+        let roots = Arc::new(dirs.iter().map(|d| Root::open(d).ok()).collect());
+        Ok(Layers { dirs, roots })
     }
 
     fn lowers(&self, parent: Option<&str>) -> Result<Vec<PathBuf>, SnapshotError> {
@@ -563,6 +565,8 @@ impl OverlaySnapshotter {
 #[derive(Debug, Clone, Default)]
 pub struct Layers {
     dirs: Vec<PathBuf>,
+    /// Each directory opened once, to resolve paths inside it.
+    roots: Arc<Vec<Option<Root>>>,
 }
 
 impl Layers {
@@ -575,9 +579,8 @@ impl Layers {
     /// path is resolved inside each layer's directory (its symlinks are the image's: they
     /// never lead out of it), the last component not followed.
     fn find(&self, path: &str) -> Option<(OwnedFd, libc::stat)> {
-        for d in &self.dirs {
-            let Ok(root) = Root::open(d) else { continue };
-            if let Ok(Walked::Found(fd)) = root.walk(Path::new(path), Last::NoFollow) {
+        for root in self.roots.iter().flatten() {
+            if let Ok(Some(fd)) = root.lookup(Path::new(path), Last::NoFollow) {
                 let st = rdock_inroot::fstat(fd.as_fd()).ok()?;
                 let whiteout = st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0;
                 return (!whiteout).then_some((fd, st));
