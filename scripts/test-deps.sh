@@ -5,7 +5,8 @@
 #     repositories and http URLs, served on loopback), qemu-user-static (emulation for
 #     `FROM --platform=linux/arm64`), graphviz (`--dump-llb dot` must render),
 #     docker-registry (distribution 2.8: the registry tests start it on loopback),
-#     apache2-utils (`htpasswd` for its basic auth) and openssl (its token server's keys);
+#     apache2-utils (`htpasswd` for its basic auth) and openssl (its token server's keys),
+#     gcc and libc6-dev (tests/hostile.rs builds a static syscall probe with `cc -static`);
 #   - Debian's arm64 busybox-static binary at .test-deps/arm64/busybox, for a
 #     multi-platform base image;
 #   - binfmt_misc registration of qemu-aarch64 with the F flag (the interpreter is opened
@@ -14,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-pkgs="busybox-static skopeo umoci bsdutils git python3 qemu-user-static graphviz docker-registry apache2-utils openssl"
+pkgs="busybox-static skopeo umoci bsdutils git python3 qemu-user-static graphviz docker-registry apache2-utils openssl gcc libc6-dev"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 arm=.test-deps/arm64/busybox
