@@ -1628,3 +1628,39 @@ fn regression_copy_of_a_directory_keeps_its_mtime() {
     let d = a.entries().unwrap().map(|e| e.unwrap().header().clone()).find(|h| h.path().unwrap().to_str() == Some("d/")).unwrap();
     assert_eq!(d.mtime().unwrap(), 1_000_000_000);
 }
+
+/// Regression (issue 14): docker's classic builder, `docker commit` and `docker import`
+/// write Go's nil slices and maps as `null` (`"OnBuild": null`, `"Env": null`, an empty
+/// `WorkingDir`); `rdock load` refused every such image. Here busybox's config rewritten so.
+#[test]
+fn regression_configs_with_go_nulls_load_build_and_run() {
+    let f = Fixture::empty();
+    let files = read_tar_files(busybox_tar());
+    let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let config_name = manifest[0]["Config"].as_str().unwrap().to_string();
+    let mut config: serde_json::Value = serde_json::from_slice(&files[&config_name]).unwrap();
+    for k in ["Env", "Entrypoint", "Volumes", "OnBuild", "Labels", "ExposedPorts", "Shell"] {
+        config["config"][k] = serde_json::Value::Null;
+    }
+    config["config"]["WorkingDir"] = json!("");
+    config["container_config"] = json!({"Env": null, "OnBuild": null, "Cmd": null});
+    let tar = f.path("nulls.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&tar).unwrap());
+    for (name, data) in files.iter().filter(|(n, _)| !n.is_empty() && !n.ends_with('/')) {
+        let data = if *name == config_name { serde_json::to_vec(&config).unwrap() } else { data.clone() };
+        // The config's file name is its digest in docker's layout, but load reads it by name.
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.finish().unwrap();
+    assert_ok(&f.rdock(&["load", "-i", tar.to_str().unwrap()]));
+    let o = f.rdock(&["run", "--rm", "busybox", "sh", "-c", "pwd; echo ok"]);
+    assert_ok(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/\nok\n");
+    let ctx = f.ctx("nulls", &[("Dockerfile", "FROM busybox\nRUN pwd > /wd\n")]);
+    let dest = f.path("out");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", dest.display())]));
+    assert_eq!(std::fs::read_to_string(dest.join("wd")).unwrap(), "/\n");
+}

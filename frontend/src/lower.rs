@@ -539,7 +539,7 @@ impl Ctx<'_> {
             image.config.env.push(format!("PATH={DEFAULT_PATH}"));
         }
         let env = env_from_config(&image);
-        let workdir = image.config.working_dir.clone().unwrap_or_else(|| "/".into());
+        let workdir = image.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
         let multi = self.stages.len() > 1;
         let prefix = match &self.stages[idx].name {
             Some(n) => format!("{n} "),

@@ -19,22 +19,22 @@ pub struct ImageConfig {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub author: Option<String>,
     /// CPU architecture, Go's GOARCH spelling (`amd64`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::nulls::or_default")]
     pub architecture: String,
     /// CPU variant (`v8`), if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub variant: Option<String>,
     /// Operating system (`linux`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::nulls::or_default")]
     pub os: String,
     /// How containers of this image run.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::nulls::or_default")]
     pub config: ContainerConfig,
     /// The uncompressed layer digests, bottom first.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::nulls::or_default")]
     pub rootfs: RootFs,
     /// One entry per Dockerfile instruction, including those that add no layer.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    #[serde(skip_serializing_if = "Vec::is_empty", default, deserialize_with = "crate::nulls::or_default")]
     pub history: Vec<History>,
 }
 
@@ -46,10 +46,10 @@ pub struct ContainerConfig {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub user: Option<String>,
     /// EXPOSE, as `80/tcp` keys.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default, deserialize_with = "crate::nulls::or_default")]
     pub exposed_ports: BTreeMap<String, Empty>,
     /// ENV, as `KEY=value`, in order of first definition.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    #[serde(skip_serializing_if = "Vec::is_empty", default, deserialize_with = "crate::nulls::or_default")]
     pub env: Vec<String>,
     /// ENTRYPOINT.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -58,13 +58,13 @@ pub struct ContainerConfig {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cmd: Option<Vec<String>>,
     /// VOLUME.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default, deserialize_with = "crate::nulls::or_default")]
     pub volumes: BTreeMap<String, Empty>,
     /// WORKDIR.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub working_dir: Option<String>,
     /// LABEL.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default, deserialize_with = "crate::nulls::or_default")]
     pub labels: BTreeMap<String, String>,
     /// STOPSIGNAL.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -76,10 +76,10 @@ pub struct ContainerConfig {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub healthcheck: Option<HealthConfig>,
     /// ONBUILD triggers (Docker extension).
-    #[serde(skip_serializing_if = "Vec::is_empty", default, rename = "OnBuild")]
+    #[serde(skip_serializing_if = "Vec::is_empty", default, rename = "OnBuild", deserialize_with = "crate::nulls::or_default")]
     pub on_build: Vec<String>,
     /// SHELL (Docker extension).
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    #[serde(skip_serializing_if = "Vec::is_empty", default, deserialize_with = "crate::nulls::or_default")]
     pub shell: Vec<String>,
 }
 
@@ -88,7 +88,7 @@ pub struct ContainerConfig {
 #[serde(rename_all = "PascalCase")]
 pub struct HealthConfig {
     /// `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    #[serde(skip_serializing_if = "Vec::is_empty", default, deserialize_with = "crate::nulls::or_default")]
     pub test: Vec<String>,
     /// Time between checks.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -114,7 +114,7 @@ pub struct RootFs {
     #[serde(rename = "type")]
     pub kind: String,
     /// sha256 of each uncompressed layer tar, bottom first.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::nulls::or_default")]
     pub diff_ids: Vec<Digest>,
 }
 
@@ -140,7 +140,7 @@ pub struct History {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub comment: Option<String>,
     /// True when the instruction added no layer.
-    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    #[serde(skip_serializing_if = "std::ops::Not::not", default, deserialize_with = "crate::nulls::or_default")]
     pub empty_layer: bool,
 }
 
@@ -169,6 +169,23 @@ mod tests {
         let cfg = ImageConfig { architecture: "amd64".into(), os: "linux".into(), ..Default::default() };
         let json = String::from_utf8(cfg.to_json()).unwrap();
         assert_eq!(json, r#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#);
+    }
+
+    /// Issue 14: docker's classic builder, `docker commit` and `docker import` write Go's
+    /// nil slices and maps as `null`; rdock refused every such image.
+    #[test]
+    fn reads_go_nulls_as_absent() {
+        let json = r#"{"architecture":"amd64","os":"linux","author":null,"config":{"Hostname":"","User":"","Env":null,"Cmd":null,"Entrypoint":null,"Volumes":null,"WorkingDir":"","OnBuild":null,"Labels":null,"ExposedPorts":null,"Shell":null,"Healthcheck":{"Test":null}},"container_config":{"Env":null,"OnBuild":null},"history":[{"created_by":"/bin/sh -c #(nop) ADD file:x in / ","empty_layer":null}],"rootfs":{"type":"layers","diff_ids":null}}"#;
+        let cfg: ImageConfig = serde_json::from_str(json).unwrap();
+        assert!(
+            cfg.config.env.is_empty() && cfg.config.on_build.is_empty() && cfg.config.volumes.is_empty() && cfg.config.labels.is_empty()
+        );
+        assert_eq!(cfg.config.cmd, None);
+        assert!(cfg.rootfs.diff_ids.is_empty());
+        assert!(!cfg.history[0].empty_layer);
+        let all_null = r#"{"architecture":"amd64","os":"linux","config":null,"rootfs":{"type":"layers","diff_ids":[]},"history":null}"#;
+        let cfg: ImageConfig = serde_json::from_str(all_null).unwrap();
+        assert_eq!(cfg.config, ContainerConfig::default());
     }
 
     #[test]

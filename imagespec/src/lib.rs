@@ -19,6 +19,7 @@
 mod digest;
 mod image;
 mod manifest;
+mod nulls;
 mod platform;
 mod reference;
 pub mod time;

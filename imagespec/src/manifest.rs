@@ -38,7 +38,7 @@ pub struct Descriptor {
     /// Its length in bytes.
     pub size: u64,
     /// Free-form annotations (`org.opencontainers.image.ref.name` in an OCI layout index).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default, deserialize_with = "crate::nulls::or_default")]
     pub annotations: BTreeMap<String, String>,
     /// The platform of a manifest in an index.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -71,7 +71,7 @@ pub struct Manifest {
     /// Layers, bottom first.
     pub layers: Vec<Descriptor>,
     /// Annotations.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default, deserialize_with = "crate::nulls::or_default")]
     pub annotations: BTreeMap<String, String>,
 }
 
