@@ -1664,3 +1664,33 @@ fn regression_configs_with_go_nulls_load_build_and_run() {
     assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", dest.display())]));
     assert_eq!(std::fs::read_to_string(dest.join("wd")).unwrap(), "/\n");
 }
+
+/// Regression (issue 14): a zstd layer (`application/vnd.oci.image.layer.v1.tar+zstd`) was
+/// read as a broken tar. skopeo writes one with `--dest-compress-format zstd`.
+#[test]
+fn regression_zstd_layers_from_skopeo_load_and_run() {
+    let f = Fixture::empty();
+    let oci = f.path("zstd.tar");
+    sh(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--dest-compress",
+            "--dest-compress-format",
+            "zstd",
+            &format!("docker-archive:{}", busybox_tar().display()),
+            &format!("oci-archive:{}:bbz:1", oci.display()),
+        ],
+    );
+    let img = read_tar_files(&oci);
+    let index: serde_json::Value = serde_json::from_slice(&img["index.json"]).unwrap();
+    let m = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(&img[&format!("blobs/sha256/{m}")]).unwrap();
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
+    assert_ok(&f.rdock(&["load", "-i", oci.to_str().unwrap()]));
+    let o = f.rdock(&["run", "--rm", "bbz:1", "echo", "zstd-ok"]);
+    assert_ok(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "zstd-ok\n");
+    assert_ok(&f.rdock(&["fsck"]));
+}

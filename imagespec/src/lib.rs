@@ -30,6 +30,7 @@ pub use digest::{Digest, DigestError};
 pub use image::{ContainerConfig, Empty, HealthConfig, History, ImageConfig, RootFs};
 pub use manifest::{
     Descriptor, Index, MAX_LAYERS, MEDIA_TYPE_DOCKER_CONFIG, MEDIA_TYPE_DOCKER_LAYER_GZIP, MEDIA_TYPE_DOCKER_MANIFEST,
-    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_LAYER_GZIP, MEDIA_TYPE_OCI_MANIFEST, Manifest,
+    MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_LAYER_GZIP, MEDIA_TYPE_OCI_LAYER_ZSTD,
+    MEDIA_TYPE_OCI_MANIFEST, Manifest,
 };
 pub use platform::{Platform, PlatformError};

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 /// more is refused before anything is downloaded or unpacked.
 pub const MAX_LAYERS: usize = 500;
 
+/// A zstd-compressed OCI layer.
+pub const MEDIA_TYPE_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
 /// OCI image manifest.
 pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index.

@@ -4,10 +4,7 @@
 //! layers are unpacked and checked against the config's diff IDs before it is tagged.
 
 use crate::{ImageStore, OciError, ensure_unpacked};
-use rdock_imagespec::{
-    Descriptor, Digest, ImageRef, Index, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_LAYER_GZIP, MEDIA_TYPE_OCI_MANIFEST,
-    Manifest,
-};
+use rdock_imagespec::{Descriptor, Digest, ImageRef, Index, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Manifest};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
@@ -90,9 +87,9 @@ pub fn load_archive(images: &ImageStore, path: &Path) -> Result<Loaded, OciError
                         return Err(bad(format!("layer {l} is referenced but not in the archive")));
                     }
                 };
-                let mut head = [0u8; 2];
+                let mut head = [0u8; 4];
                 let n = content.open(&d)?.read(&mut head).unwrap_or(0);
-                let media = if n == 2 && head == [0x1f, 0x8b] { MEDIA_TYPE_OCI_LAYER_GZIP } else { MEDIA_TYPE_OCI_LAYER };
+                let media = rdock_snapshotter::Compression::sniff(&head[..n]).media_type();
                 let size = std::fs::metadata(content.path(&d)).map(|m| m.len()).unwrap_or(0);
                 layers.push(Descriptor::new(media, d, size));
             }

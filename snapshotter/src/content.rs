@@ -81,16 +81,17 @@ impl ContentStore {
         Ok(Digest::from_sha256(h.finalize().into()))
     }
 
-    /// Opens a layer blob as its uncompressed tar stream (gzip is recognised by its magic
-    /// bytes, as containerd does).
+    /// Opens a layer blob as its uncompressed tar stream. gzip and zstd are recognised by
+    /// their magic bytes, as containerd does, whatever the media type says (some
+    /// producers label a zstd layer `+gzip`, or an uncompressed one either way).
     pub fn open_uncompressed(&self, d: &Digest) -> Result<Box<dyn Read + Send>, SnapshotError> {
         use std::io::BufRead;
         let mut r = std::io::BufReader::with_capacity(256 * 1024, self.open(d)?);
         let head = r.fill_buf().map_err(|e| SnapshotError::io(self.path(d), e))?;
-        if head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b {
-            Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
-        } else {
-            Ok(Box::new(r))
+        match Compression::sniff(head) {
+            Compression::Gzip => Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r))),
+            Compression::Zstd => Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(|e| SnapshotError::io(self.path(d), e))?)),
+            Compression::None => Ok(Box::new(r)),
         }
     }
 
@@ -170,6 +171,32 @@ impl Drop for BlobWriter {
 mod tests {
     use super::*;
 
+    /// Issue 14: zstd layers were read as broken tars. The magic bytes decide, whatever
+    /// the media type claims.
+    #[test]
+    fn zstd_gzip_and_plain_layers_read_as_their_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let store = ContentStore::new(dir.path());
+        let tar = b"pretend this is a tar stream".repeat(100);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let blobs = [
+            (zstd::stream::encode_all(&tar[..], 3).unwrap(), Compression::Zstd),
+            (gz.finish().unwrap(), Compression::Gzip),
+            (tar.clone(), Compression::None),
+        ];
+        for (blob, kind) in blobs {
+            assert_eq!(Compression::sniff(&blob), kind);
+            let d = store.put(&blob).unwrap();
+            let mut out = Vec::new();
+            store.open_uncompressed(&d).unwrap().read_to_end(&mut out).unwrap();
+            assert_eq!(out, tar, "{kind:?}");
+        }
+        assert_eq!(Compression::Zstd.media_type(), "application/vnd.oci.image.layer.v1.tar+zstd");
+    }
+
     #[test]
     fn mismatch_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
@@ -194,5 +221,38 @@ mod tests {
         let d = cs.put(b"hello").unwrap();
         std::fs::write(cs.path(&d), b"hellO").unwrap();
         assert!(matches!(cs.read(&d), Err(SnapshotError::DigestMismatch { .. })));
+    }
+}
+
+/// How a layer blob is compressed, told by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// An uncompressed tar.
+    None,
+    /// gzip (`1f 8b`).
+    Gzip,
+    /// zstd (`28 b5 2f fd`).
+    Zstd,
+}
+
+impl Compression {
+    /// Reads the magic bytes at the start of a blob.
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
+    /// The OCI media type of a layer compressed so.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::None => rdock_imagespec::MEDIA_TYPE_OCI_LAYER,
+            Compression::Gzip => rdock_imagespec::MEDIA_TYPE_OCI_LAYER_GZIP,
+            Compression::Zstd => rdock_imagespec::MEDIA_TYPE_OCI_LAYER_ZSTD,
+        }
     }
 }

@@ -38,7 +38,7 @@ mod reserve;
 mod whiteout;
 
 pub use apply::apply_layer;
-pub use content::ContentStore;
+pub use content::{Compression, ContentStore};
 pub use db::Db;
 pub use diff::{LayerBlob, write_layer, write_tree_tar};
 pub use error::SnapshotError;

@@ -407,15 +407,8 @@ impl OverlaySnapshotter {
         self.create(&key, parent, Kind::Active)?;
         let result = (|| {
             let fs = self.fs_dir(&key)?;
-            let file = self.content.open(blob)?;
-            let mut buffered = std::io::BufReader::with_capacity(256 * 1024, file);
-            let gz = is_gzip(&mut buffered).map_err(|e| SnapshotError::io(self.content.path(blob), e))?;
-            let diff_id = if gz {
-                let mut r = flate2::bufread::MultiGzDecoder::new(buffered);
-                crate::apply_layer(&mut r, &fs, blob.as_str())?
-            } else {
-                crate::apply_layer(&mut buffered, &fs, blob.as_str())?
-            };
+            let mut r = self.content.open_uncompressed(blob)?;
+            let diff_id = crate::apply_layer(&mut r, &fs, blob.as_str())?;
             let size = std::fs::metadata(self.content.path(blob)).map(|m| m.len()).unwrap_or(0);
             Ok(LayerInfo { diff_id, blob: blob.clone(), size, media_type: media_type.to_string() })
         })();
@@ -623,11 +616,6 @@ pub(crate) fn owner_alive(name: &str) -> bool {
         return true;
     };
     pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn is_gzip(r: &mut impl std::io::BufRead) -> std::io::Result<bool> {
-    let buf = r.fill_buf()?;
-    Ok(buf.len() >= 2 && buf[0] == 0x1f && buf[1] == 0x8b)
 }
 
 impl Snapshotter for OverlaySnapshotter {
