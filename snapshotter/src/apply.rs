@@ -160,7 +160,7 @@ fn apply_entry<R: Read>(
     let meta = Meta::of(entry)?;
     if kind.is_dir() {
         make_dir(parent, &name)?;
-        meta.apply(parent, &name, None)?;
+        meta.apply(parent, &name, Target::Other)?;
         return Ok(Some(meta.mtime));
     }
     if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink() {
@@ -176,7 +176,7 @@ fn apply_entry<R: Read>(
                 Some(_) => EntryError::Io(e),
                 None => EntryError::Broken(e.to_string()),
             })?;
-            meta.apply(parent, &name, Some(f.as_fd()))?;
+            meta.apply(parent, &name, Target::Open(f.as_fd()))?;
         }
         tar::EntryType::Symlink => {
             let target = link_name(entry)?;
@@ -184,7 +184,7 @@ fn apply_entry<R: Read>(
             let n = cstring(&name)?;
             // SAFETY: NUL-terminated strings that outlive the call.
             check(unsafe { libc::symlinkat(t.as_ptr(), parent.as_raw_fd(), n.as_ptr()) })?;
-            meta.apply(parent, &name, None)?;
+            meta.apply(parent, &name, Target::Symlink)?;
         }
         tar::EntryType::Link => {
             let target = link_name(entry)?;
@@ -207,11 +207,19 @@ fn apply_entry<R: Read>(
                 _ => (libc::S_IFIFO, 0),
             };
             mknod_at(parent, &name, fmt, dev)?;
-            meta.apply(parent, &name, None)?;
+            meta.apply(parent, &name, Target::Other)?;
         }
         other => return Err(EntryError::Broken(format!("unsupported tar entry type {other:?}"))),
     }
     Ok(None)
+}
+
+/// The entry [`Meta::apply`] sets: a file it holds open, a symlink, or anything else.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Open(BorrowedFd<'a>),
+    Symlink,
+    Other,
 }
 
 /// Owner, mode, mtime and xattrs of an entry, PAX records applied over the header.
@@ -262,20 +270,19 @@ impl Meta {
 
     /// Sets owner, then mode (chown clears setuid bits), xattrs and mtime on `name` in
     /// `dir` (never following it), or on `file` when it is open.
-    fn apply(&self, dir: BorrowedFd<'_>, name: &OsStr, file: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+    fn apply(&self, dir: BorrowedFd<'_>, name: &OsStr, target: Target<'_>) -> std::io::Result<()> {
         let n = cstring(name)?;
         // SAFETY: valid fds, NUL-terminated names, values that outlive each call.
         unsafe {
             check(libc::fchownat(dir.as_raw_fd(), n.as_ptr(), self.uid, self.gid, libc::AT_SYMLINK_NOFOLLOW))?;
-            let st = rdock_inroot::fstat(rdock_inroot::open_at(dir.as_raw_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?.as_fd())?;
-            let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
-            if !is_link {
+            // A symlink has no mode of its own to set.
+            if !matches!(target, Target::Symlink) {
                 check(libc::fchmodat(dir.as_raw_fd(), n.as_ptr(), self.mode, 0))?;
             }
             for (key, value) in &self.xattrs {
-                let rc = match file {
-                    Some(f) => libc::fsetxattr(f.as_raw_fd(), key.as_ptr(), value.as_ptr().cast(), value.len(), 0),
-                    None => {
+                let rc = match target {
+                    Target::Open(f) => libc::fsetxattr(f.as_raw_fd(), key.as_ptr(), value.as_ptr().cast(), value.len(), 0),
+                    Target::Symlink | Target::Other => {
                         let p = CString::new(
                             format!("/proc/self/fd/{}/", dir.as_raw_fd())
                                 .into_bytes()

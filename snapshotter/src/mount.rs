@@ -34,36 +34,39 @@ const PAGE: usize = 4096;
 pub struct OverlayData {
     /// The directories' common parent.
     pub base: PathBuf,
-    /// The option string with paths relative to `base`, for a process that changes into
-    /// it first (a sandbox's single-threaded child).
-    pub relative: String,
+    /// Lower dirs, top first, then upper and work, each relative to `base` (absolute when
+    /// outside it).
+    lower: Vec<String>,
+    upper_work: Option<(String, String)>,
 }
 
 impl OverlayData {
+    /// The option string for a process that changes into `base` first (a sandbox's
+    /// single-threaded child).
+    pub fn relative(&self) -> String {
+        self.render("")
+    }
+
     /// The option string naming `base` through `fd`, an open descriptor of it in the
     /// mounting process's own mount namespace (overlayfs refuses another namespace's).
     pub fn through_fd(&self, fd: i32) -> String {
-        let prefix = format!("/proc/self/fd/{fd}/");
-        let mut out = String::new();
-        for (i, part) in self.relative.split(',').enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            match part.split_once('=') {
-                Some((k @ ("lowerdir" | "upperdir" | "workdir"), v)) => {
-                    let paths: Vec<String> =
-                        v.split(':').map(|p| if p.starts_with('/') { p.to_string() } else { format!("{prefix}{p}") }).collect();
-                    out.push_str(&format!("{k}={}", paths.join(":")));
-                }
-                _ => out.push_str(part),
-            }
+        self.render(&format!("/proc/self/fd/{fd}/"))
+    }
+
+    fn render(&self, prefix: &str) -> String {
+        let at = |p: &String| if p.starts_with('/') { p.clone() } else { format!("{prefix}{p}") };
+        let mut opts = format!("lowerdir={}", self.lower.iter().map(at).collect::<Vec<_>>().join(":"));
+        if let Some((u, w)) = &self.upper_work {
+            opts.push_str(&format!(",upperdir={},workdir={}", at(u), at(w)));
         }
-        out
+        // index=off and metacopy=off keep upper dirs plain, portable layer diffs.
+        opts.push_str(",index=off,metacopy=off");
+        opts
     }
 }
 
 impl MountSpec {
-    /// The overlay's mount data, checked against the kernel's limit; None for a bind.
+    /// The overlay's mount data, checked against the kernel's limits; None for a bind.
     pub fn overlay_options(&self, key: &str) -> Result<Option<OverlayData>, SnapshotError> {
         let MountSpec::Overlay { lower, upper, work } = self else {
             return Ok(None);
@@ -73,21 +76,19 @@ impl MountSpec {
         }
         let all: Vec<&PathBuf> = lower.iter().chain(upper).chain(work).collect();
         let base = common_parent(&all);
-        let name = |p: &Path| match p.strip_prefix(&base) {
+        let name = |p: &PathBuf| match p.strip_prefix(&base) {
             Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
             _ => p.display().to_string(),
         };
-        let lowers: Vec<String> = lower.iter().map(|p| name(p)).collect();
-        let mut opts = format!("lowerdir={}", lowers.join(":"));
-        if let (Some(u), Some(w)) = (upper, work) {
-            opts.push_str(&format!(",upperdir={},workdir={}", name(u), name(w)));
-        }
-        // index=off and metacopy=off keep upper dirs plain, portable layer diffs.
-        opts.push_str(",index=off,metacopy=off");
-        if opts.len() >= PAGE {
+        let data = OverlayData {
+            lower: lower.iter().map(name).collect(),
+            upper_work: upper.as_ref().zip(work.as_ref()).map(|(u, w)| (name(u), name(w))),
+            base,
+        };
+        if data.relative().len() >= PAGE {
             return Err(SnapshotError::TooManyLayers { key: key.to_string(), layers: lower.len() });
         }
-        Ok(Some(OverlayData { base, relative: opts }))
+        Ok(Some(data))
     }
 
     /// Mounts at `target` in the calling process's mount namespace.
@@ -99,7 +100,7 @@ impl MountSpec {
                     .map_err(|e| SnapshotError::io(&data.base, e))?;
                 let opts = data.through_fd(std::os::fd::AsRawFd::as_raw_fd(&fd));
                 if opts.len() >= PAGE {
-                    return Err(SnapshotError::TooManyLayers { key: target.display().to_string(), layers: opts.matches(':').count() + 1 });
+                    return Err(SnapshotError::TooManyLayers { key: target.display().to_string(), layers: data.lower.len() });
                 }
                 mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
                     .map_err(|errno| SnapshotError::Mount { what: format!("overlay ({opts})"), target: target.to_path_buf(), errno })
@@ -173,8 +174,9 @@ mod tests {
         let spec = MountSpec::Overlay { lower, upper: Some(root.join("snapshots/200/fs")), work: Some(root.join("snapshots/200/work")) };
         let data = spec.overlay_options("k").unwrap().unwrap();
         assert_eq!(data.base, root.join("snapshots"));
-        assert!(data.relative.starts_with("lowerdir=127/fs:126/fs:"), "{}", data.relative);
-        assert!(data.relative.ends_with("1/fs,upperdir=200/fs,workdir=200/work,index=off,metacopy=off"), "{}", data.relative);
+        let rel = data.relative();
+        assert!(rel.starts_with("lowerdir=127/fs:126/fs:"), "{rel}");
+        assert!(rel.ends_with("1/fs,upperdir=200/fs,workdir=200/work,index=off,metacopy=off"), "{rel}");
         assert!(data.through_fd(7).starts_with("lowerdir=/proc/self/fd/7/127/fs:/proc/self/fd/7/126/fs"));
         assert!(data.through_fd(7).len() < PAGE);
     }

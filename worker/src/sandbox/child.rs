@@ -155,8 +155,8 @@ pub(super) struct Plan {
     pub groups: Vec<libc::gid_t>,
     pub net_loopback: bool,
     pub security: Security,
-    /// Seccomp programs, installed in order (empty when insecure).
-    pub seccomp: Vec<libc::sock_fprog>,
+    /// The seccomp program (None when insecure).
+    pub seccomp: Option<libc::sock_fprog>,
     pub exec_paths: Vec<CString>,
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
@@ -597,10 +597,10 @@ unsafe fn drop_privileges(p: &Plan) -> Result<(), Stage> {
         {
             return Err(Stage::User);
         }
-        for prog in &p.seccomp {
-            if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, prog as *const libc::sock_fprog) != 0 {
-                return Err(Stage::Seccomp);
-            }
+        if let Some(prog) = &p.seccomp
+            && libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, prog as *const libc::sock_fprog) != 0
+        {
+            return Err(Stage::Seccomp);
         }
         Ok(())
     }

@@ -256,7 +256,7 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
 
     // The child changes into the layers' common parent and names them relative to it.
     let overlay = root.overlay_options("run").map_err(|e| ExecError::Setup(e.to_string()))?;
-    let overlay_opts = overlay.as_ref().map(|d| Ok::<_, ExecError>((cpath(&d.base)?, cstr(&d.relative)?))).transpose()?;
+    let overlay_opts = overlay.as_ref().map(|d| Ok::<_, ExecError>((cpath(&d.base)?, cstr(d.relative())?))).transpose()?;
     let bind_root = match root {
         MountSpec::Bind { source, readonly } => Some((cpath(source)?, *readonly)),
         MountSpec::Overlay { .. } => None,
@@ -306,8 +306,8 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
     };
     let cgroup = Cgroup::create(&opts.limits)?;
     let seccomp = match spec.security {
-        Security::Sandbox => crate::seccomp::docker_default(DEFAULT_CAPS)?.fprogs(),
-        Security::Insecure => Vec::new(),
+        Security::Sandbox => Some(crate::seccomp::docker_default(DEFAULT_CAPS)?.fprog()),
+        Security::Insecure => None,
     };
     let plan = Plan {
         root: cpath(&rootfs)?,
