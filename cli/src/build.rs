@@ -103,6 +103,10 @@ pub struct BuildRequest {
     pub cache_imports: Vec<crate::registry::CacheLocation>,
     /// `--export-cache` / `--cache-to`.
     pub cache_exports: Vec<crate::registry::CacheExportSpec>,
+    /// `--network` / `--opt force-network-mode=`: the network of every RUN without its own.
+    pub network: rdock_llb::Network,
+    /// `--add-host` / `--opt add-hosts=`: extra `/etc/hosts` entries of every RUN.
+    pub extra_hosts: Vec<rdock_llb::HostIp>,
 }
 
 /// Privileges a Dockerfile can ask for and the caller must grant, as BuildKit's entitlements.
@@ -215,8 +219,20 @@ impl CommonFlags {
             timeline: self.timeline.clone(),
             cache_imports: Vec::new(),
             cache_exports: Vec::new(),
+            network: rdock_llb::Network::Sandbox,
+            extra_hosts: Vec::new(),
         })
     }
+}
+
+/// Parses a build-wide network mode (`--network`, `force-network-mode`).
+pub fn parse_network(flag: &str, spec: &str) -> anyhow::Result<rdock_llb::Network> {
+    rdock_frontend::parse_network(spec).ok_or_else(|| UsageError(format!("{flag} {spec}: expected default, none or host")).into())
+}
+
+/// Parses `--add-host HOST:IP` (and buildx's `HOST=IP`).
+pub fn parse_add_host(spec: &str) -> anyhow::Result<rdock_llb::HostIp> {
+    rdock_llb::HostIp::parse(spec).map_err(|e| UsageError(e).into())
 }
 
 /// Parses a target platform (`linux/arm64`); only one: multi-platform builds are not
@@ -430,6 +446,8 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
         no_cache: req.no_cache,
         no_cache_stages: req.no_cache_stages.clone(),
         target_platform: req.platform.clone(),
+        network: req.network,
+        extra_hosts: req.extra_hosts.clone(),
         ..Default::default()
     };
     let insecure: Vec<String> = req
@@ -471,6 +489,13 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
         return Ok(BuildSummary::default());
     }
     let executor = Arc::new(NamespaceExecutor::new(store.root().join("tmp")).with_limits(crate::config::limits(store)?));
+    // The default network's first namespace starts while the context loads and the cache
+    // is checked, so the first RUN that misses need not wait for it.
+    let default_network =
+        lowered.definition.nodes.iter().any(|n| matches!(&n.op, rdock_llb::Op::Exec(e) if e.network == rdock_llb::Network::Sandbox));
+    if default_network {
+        executor.net.prewarm();
+    }
     let worker = Worker::new(store.clone(), executor);
     // Transfer lines go with plain progress only: they would break the live display and
     // rawjson's one event per line.

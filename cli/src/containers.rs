@@ -26,9 +26,16 @@ pub struct RunArgs {
     /// Bind mount a host path: `SRC:DST[:ro]` (SRC absolute and existing).
     #[arg(short = 'v', long = "volume")]
     pub volumes: Vec<String>,
-    /// `none` (a network namespace with loopback only) or `host`.
-    #[arg(long, default_value = "none")]
+    /// `default` (a network namespace of its own with egress through slirp4netns; also
+    /// `bridge`), `none` (loopback only) or `host`.
+    #[arg(long, default_value = "default")]
     pub network: String,
+    /// Publish a port: `[IP:]HOSTPORT:CONTAINERPORT[/udp]`.
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Add `HOST:IP` to the container's /etc/hosts.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
     /// Replace the image's ENTRYPOINT (and drop its CMD); `""` clears it.
     #[arg(long)]
     pub entrypoint: Option<String>,
@@ -91,16 +98,27 @@ impl From<RuntimeError> for RunFailed {
 /// before any thread started.
 pub fn run(args: RunArgs, signals: &Signals) -> anyhow::Result<i32> {
     let (image, cmd) = args.command.split_first().ok_or_else(|| UsageError("rdock run needs an IMAGE".into()))?;
-    let host_network = match args.network.as_str() {
-        "none" => false,
-        "host" => true,
+    let network = match args.network.as_str() {
+        "default" | "bridge" => rdock_llb::Network::Sandbox,
+        "none" => rdock_llb::Network::None,
+        "host" => rdock_llb::Network::Host,
         other => {
             return Err(failed(
                 125,
-                format!("network {other:?} is not supported: rdock runs containers with --network none (the default) or host"),
+                format!("network {other:?} is not supported: rdock runs containers with --network default (or bridge), none or host"),
             ));
         }
     };
+    let ports = args
+        .publish
+        .iter()
+        .map(|p| rdock_worker::network::PortMap::parse(p).map_err(|e| failed(125, e)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !ports.is_empty() && network != rdock_llb::Network::Sandbox {
+        return Err(failed(125, format!("-p publishes ports of the default network; --network {} has none", args.network)));
+    }
+    let extra_hosts =
+        args.add_hosts.iter().map(|h| rdock_llb::HostIp::parse(h).map_err(|e| failed(125, e))).collect::<anyhow::Result<Vec<_>>>()?;
     let r = ImageRef::parse(image).map_err(|e| failed(125, format!("invalid reference format: {e}")))?;
     let store = crate::open_store().map_err(|e| failed(125, format!("{e:#}")))?;
     let images = ImageStore::new(store.clone());
@@ -134,7 +152,9 @@ pub fn run(args: RunArgs, signals: &Signals) -> anyhow::Result<i32> {
         },
         name: args.name,
         hostname: args.hostname,
-        host_network,
+        network,
+        ports,
+        extra_hosts,
         init: args.init,
         interactive: args.interactive,
         tty: args.tty,

@@ -32,4 +32,6 @@ pub mod runmount;
 pub mod shell;
 
 pub use error::{DockerfileError, Location};
-pub use lower::{BuildOptions, DEFAULT_PATH, FrontendError, HISTORY_COMMENT, ImageResolver, Lowered, ResolvedImage, lower};
+pub use lower::{
+    BuildOptions, DEFAULT_PATH, FrontendError, HISTORY_COMMENT, ImageResolver, Lowered, ResolvedImage, lower, network_name, parse_network,
+};

@@ -9,8 +9,8 @@ use crate::runmount::{RunMount, parse_run_mount};
 use crate::shell::Lexer;
 use rdock_imagespec::{Empty, HealthConfig, History, ImageConfig, ImageRef, Platform};
 use rdock_llb::{
-    ChownOpt, CopyAction, Definition, DefinitionBuilder, ExecOp, FileAction, FileOp, Input, Mount, MountKind, Network, Op, OpMetadata,
-    Security, SourceOp,
+    ChownOpt, CopyAction, Definition, DefinitionBuilder, ExecOp, FileAction, FileOp, HostIp, Input, Mount, MountKind, Network, Op,
+    OpMetadata, Security, SourceOp,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -59,6 +59,11 @@ pub struct BuildOptions {
     /// `--no-cache-filter` / `--opt no-cache=STAGE,…`: stages (by name, any case) whose
     /// steps run again whatever the cache holds.
     pub no_cache_stages: Vec<String>,
+    /// The network of every RUN without `--network` (`--network` on `rdock build`,
+    /// `--opt force-network-mode=` on rdock-build): `default`, `none` or `host`.
+    pub network: Network,
+    /// `--add-host HOST:IP`: `/etc/hosts` entries of every RUN.
+    pub extra_hosts: Vec<HostIp>,
 }
 
 impl Default for BuildOptions {
@@ -72,6 +77,8 @@ impl Default for BuildOptions {
             excludes: Vec::new(),
             no_cache: false,
             no_cache_stages: Vec::new(),
+            network: Network::Sandbox,
+            extra_hosts: Vec::new(),
         }
     }
 }
@@ -80,6 +87,26 @@ impl BuildOptions {
     /// TARGETPLATFORM: the explicit target, else the build platform.
     pub fn target(&self) -> Platform {
         self.target_platform.clone().unwrap_or_else(|| self.build_platform.clone())
+    }
+}
+
+/// A network mode as the Dockerfile and the command line spell it.
+pub fn network_name(n: Network) -> &'static str {
+    match n {
+        Network::Sandbox => "default",
+        Network::None => "none",
+        Network::Host => "host",
+    }
+}
+
+/// Parses `default|none|host` (`sandbox` too, as BuildKit), for `--network` and
+/// `force-network-mode`.
+pub fn parse_network(s: &str) -> Option<Network> {
+    match s {
+        "default" | "sandbox" | "" => Some(Network::Sandbox),
+        "none" => Some(Network::None),
+        "host" => Some(Network::Host),
+        _ => None,
     }
 }
 
@@ -411,6 +438,7 @@ impl Ctx<'_> {
             ignore_cache: self.opts.no_cache || filtered,
             source_lines: Some((l.location.start_line, l.location.end_line)),
             proxy_env: Vec::new(),
+            network_origin: None,
         }
     }
 
@@ -901,8 +929,15 @@ impl Ctx<'_> {
         if args.is_empty() {
             return Err(DockerfileError::new(l.location.clone(), "RUN has an empty command").expected("a command").into());
         }
-        let network = match network.map(|n| self.expand(run, l, n)).transpose()?.as_deref() {
-            None | Some("default") | Some("sandbox") => Network::Sandbox,
+        let flag = network.map(|n| self.expand(run, l, n)).transpose()?;
+        let network_origin = match (&flag, self.opts.network) {
+            (Some(f), _) => Some(format!("RUN --network={f} on line {}", l.location.start_line)),
+            (None, Network::Sandbox) => None,
+            (None, n) => Some(format!("the build's --network {}", network_name(n))),
+        };
+        let network = match flag.as_deref() {
+            None => self.opts.network,
+            Some("default") | Some("sandbox") => Network::Sandbox,
             Some("none") => Network::None,
             Some("host") => Network::Host,
             Some(other) => {
@@ -945,6 +980,7 @@ impl Ctx<'_> {
             security,
             mounts,
             platform: Some(run.platform.to_string()),
+            extra_hosts: self.opts.extra_hosts.clone(),
         };
         let mut desc = self.description(run, l);
         if let Some(s) = summary {
@@ -952,6 +988,7 @@ impl Ctx<'_> {
         }
         let mut meta = self.meta(run, desc, l);
         meta.proxy_env = self.proxy_env(run);
+        meta.network_origin = network_origin;
         run.state = Some(self.builder.add(Op::Exec(exec), inputs, meta));
         // History: `RUN |N K=V… cmd` when build args are in scope, as BuildKit writes it.
         let mut prefix: Vec<String> = Vec::new();

@@ -71,6 +71,11 @@ pub struct OpMetadata {
     /// the op, so a different proxy neither changes a digest nor busts the cache.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proxy_env: Vec<String>,
+    /// For an exec: where its network mode came from when not the default (`RUN
+    /// --network=none`, `--network host` on the command line), named in its error if it
+    /// fails to resolve a host name. Kept out of the op, so it never changes a digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_origin: Option<String>,
 }
 
 /// A whole build graph: nodes in topological order (inputs first), per-node metadata, and

@@ -61,6 +61,7 @@ mod tests {
                     kind: MountKind::Bind,
                 }],
                 platform: None,
+                extra_hosts: Vec::new(),
             }),
             vec![img],
             OpMetadata { description: "RUN echo hi > /f".into(), ..Default::default() },
@@ -103,6 +104,7 @@ mod tests {
                 ignore_cache: true,
                 source_lines: Some((1, 1)),
                 proxy_env: vec!["HTTP_PROXY=x".into()],
+                network_origin: Some("--network none".into()),
             },
         );
         assert_eq!(img.digest, a.nodes[0].digest());

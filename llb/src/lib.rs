@@ -24,6 +24,6 @@ pub mod patterns;
 pub use chmod::{Chmod, ChmodError};
 pub use definition::{Definition, DefinitionBuilder, Node, OpDigest, OpMetadata};
 pub use op::{
-    CacheSharing, ChownOpt, CopyAction, DiffOp, ExecOp, FileAction, FileOp, GitRef, Input, MergeOp, Mount, MountKind, Network, Op,
+    CacheSharing, ChownOpt, CopyAction, DiffOp, ExecOp, FileAction, FileOp, GitRef, HostIp, Input, MergeOp, Mount, MountKind, Network, Op,
     Security, SourceOp, parse_git_ref,
 };

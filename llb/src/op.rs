@@ -130,7 +130,9 @@ pub fn parse_git_ref(s: &str) -> Option<GitRef> {
 /// Network mode of an exec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Network {
-    /// A new network namespace with loopback only (rdock has no bridge yet).
+    /// A network namespace of its own that reaches the outside world through a user-mode
+    /// network stack (slirp4netns), as BuildKit's bridge does; the host's loopback stays
+    /// unreachable.
     #[default]
     Sandbox,
     /// The host's network namespace.
@@ -249,6 +251,40 @@ pub struct ExecOp {
     /// (and two cache records). None means the worker's own platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
+    /// Extra `/etc/hosts` entries (`--add-host HOST:IP`), in order: part of the digest, as
+    /// BuildKit's `ExtraHosts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<HostIp>,
+}
+
+/// One `/etc/hosts` entry added to an exec's sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostIp {
+    /// The name.
+    pub host: String,
+    /// Its address, checked to be an IPv4 or IPv6 address.
+    pub ip: std::net::IpAddr,
+}
+
+impl HostIp {
+    /// Parses docker's `HOST:IP` (the IP may be IPv6, `host:::1`; `host=IP` is accepted as
+    /// buildx does). `host-gateway` is refused: rdock's default network does not reach the
+    /// host.
+    pub fn parse(s: &str) -> Result<HostIp, String> {
+        let (host, ip) =
+            s.split_once('=').or_else(|| s.split_once(':')).ok_or_else(|| format!("invalid --add-host {s:?}: expected HOST:IP"))?;
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '#') {
+            return Err(format!("invalid --add-host {s:?}: {host:?} is not a host name"));
+        }
+        if ip == "host-gateway" {
+            return Err(format!(
+                "--add-host {s}: host-gateway is not supported: rdock's default network does not reach the host (use --network host)"
+            ));
+        }
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        let ip = ip.parse().map_err(|_| format!("invalid --add-host {s:?}: {ip:?} is not an IP address"))?;
+        Ok(HostIp { host: host.to_string(), ip })
+    }
 }
 
 /// Ownership for created or copied files: names or numeric ids, resolved against the

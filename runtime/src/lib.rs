@@ -99,8 +99,12 @@ pub struct RunRequest {
     pub name: Option<String>,
     /// `--hostname` (default: the id's first 12 digits, as Docker).
     pub hostname: Option<String>,
-    /// `--network host` (else a network namespace with loopback only).
-    pub host_network: bool,
+    /// `--network`: default (egress through slirp4netns), none or host.
+    pub network: Network,
+    /// `-p`: ports published on the host (default network only).
+    pub ports: Vec<rdock_worker::network::PortMap>,
+    /// `--add-host`: extra /etc/hosts entries.
+    pub extra_hosts: Vec<rdock_llb::HostIp>,
     /// `--init`.
     pub init: bool,
     /// `-i`.
@@ -264,7 +268,8 @@ impl Runtime {
             auto_remove: req.auto_remove,
             settings: serde_json::json!({
                 "Hostname": hostname, "Env": pc.env, "WorkingDir": pc.cwd, "User": pc.user, "Tty": req.tty,
-                "OpenStdin": req.interactive, "Init": req.init, "NetworkMode": if req.host_network { "host" } else { "none" },
+                "OpenStdin": req.interactive, "Init": req.init, "NetworkMode": match req.network { Network::Host => "host", Network::None => "none", Network::Sandbox => "default" },
+                "PortBindings": req.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "Binds": req.flags.volumes, "StopSignal": stop_signal.as_str(),
                 "Memory": req.limits.memory.unwrap_or(0), "NanoCpus": req.limits.millicpus.unwrap_or(0) * 1_000_000,
                 "PidsLimit": req.limits.pids,
@@ -280,7 +285,8 @@ impl Runtime {
                 env: pc.env.clone(),
                 cwd: pc.cwd.clone(),
                 user,
-                network: if req.host_network { Network::Host } else { Network::None },
+                network: req.network,
+                extra_hosts: req.extra_hosts.clone(),
                 security: Security::Sandbox,
                 mounts: binds
                     .iter()
@@ -300,6 +306,7 @@ impl Runtime {
             },
             init: req.init,
             limits: req.limits,
+            ports: req.ports.clone(),
         };
         let started = Process::start(&self.store().root().join("tmp"), &spec, &mounts[0]);
         // Running containers hold no lease: garbage collection must not wait for them;

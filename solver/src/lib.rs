@@ -20,6 +20,7 @@ mod cache;
 mod contenthash;
 mod explain;
 pub mod gc;
+mod hints;
 mod progress;
 pub mod remote;
 mod solve;

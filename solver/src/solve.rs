@@ -495,7 +495,13 @@ impl Solver {
                         if let rdock_worker::WorkerError::SourceNotFound(p) = &err {
                             return Err(SolveError::SourceNotFound(p.clone()));
                         }
-                        Err(SolveError::Step { name, lines: meta.source_lines, error: err.to_string(), output: tail.into_iter().collect() })
+                        let mut error = err.to_string();
+                        if let (Op::Exec(e), rdock_worker::WorkerError::ExitCode { .. }) = (&node.op, &err)
+                            && tail.iter().any(|l| crate::hints::name_resolution_failed(l))
+                        {
+                            error.push_str(&crate::hints::network_note(e.network, meta.network_origin.as_deref()));
+                        }
+                        Err(SolveError::Step { name, lines: meta.source_lines, error, output: tail.into_iter().collect() })
                     }
                 }
             }

@@ -59,6 +59,7 @@ fn exec(b: &mut DefinitionBuilder, base: Option<Input>, cmd: &str, ignore_cache:
             kind: MountKind::Bind,
         }],
         platform: None,
+        extra_hosts: Vec::new(),
     };
     b.add(
         Op::Exec(op),

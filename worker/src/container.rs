@@ -4,8 +4,10 @@
 //! executed, so "not found" and "not executable" are errors here, not exit codes; the
 //! caller then waits, forwarding signals and copying the pty as it sees fit.
 
+use crate::network::{NetNs, PortMap};
 use crate::sandbox::{SpawnOptions, Spawned, Stdio, spawn};
 use crate::{ExecError, ExecSpec};
+use rdock_llb::Network;
 use rdock_snapshotter::MountSpec;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -40,11 +42,24 @@ pub struct ContainerSpec {
     pub init: bool,
     /// Its cgroup limits (`--memory`, `--cpus`, `--pids-limit`).
     pub limits: crate::cgroup::Limits,
+    /// Ports published on the host (`-p`), with the default network.
+    pub ports: Vec<PortMap>,
 }
 
 /// A running container's first process.
 pub struct Process {
     inner: Spawned,
+    /// The default network's namespace and its slirp4netns, for as long as the container.
+    _net: Option<NetNs>,
+}
+
+/// A socket path for slirp4netns's API of one container, short enough for `sun_path`.
+fn api_socket_for(scratch: &Path) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = scratch.join(format!("slirp-{}-{n}.sock", std::process::id()));
+    // sun_path holds 108 bytes; a deep store path falls back to /run.
+    if p.as_os_str().len() < 100 { p } else { std::path::PathBuf::from(format!("/run/rdock-slirp-{}-{n}.sock", std::process::id())) }
 }
 
 impl Process {
@@ -56,13 +71,34 @@ impl Process {
             Streams::Inherit { stdin } => Stdio::Inherit { stdin },
             Streams::Tty { rows, cols } => Stdio::Pty { winsize: libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 } },
         };
-        let opts = SpawnOptions { hostname: &spec.hostname, hostname_file: true, stdio, init: spec.init, limits: spec.limits };
+        let net = match spec.exec.network {
+            Network::Sandbox => {
+                let api = (!spec.ports.is_empty()).then(|| api_socket_for(scratch));
+                let ns = NetNs::create(api)?;
+                for p in &spec.ports {
+                    ns.forward(p)?;
+                }
+                Some(ns)
+            }
+            _ if !spec.ports.is_empty() => {
+                return Err(ExecError::Setup("-p publishes ports of the default network only, not of --network none|host".into()));
+            }
+            _ => None,
+        };
+        let opts = SpawnOptions {
+            hostname: &spec.hostname,
+            hostname_file: true,
+            stdio,
+            init: spec.init,
+            limits: spec.limits,
+            netns: net.as_ref().map(|n| n.fd()),
+        };
         let mut inner = spawn(scratch, &spec.exec, root, &opts)?;
         inner.started()?;
         if matches!(spec.streams, Streams::Tty { .. }) && inner.pty.is_none() {
             return Err(ExecError::Setup("the container did not send its terminal".into()));
         }
-        Ok(Process { inner })
+        Ok(Process { inner, _net: net })
     }
 
     /// The pid (in rdock's pid namespace) of the container's pid 1.

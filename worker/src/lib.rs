@@ -20,6 +20,7 @@ mod contextview;
 pub mod fileop;
 pub mod git;
 pub mod http;
+pub mod network;
 mod sandbox;
 pub mod seccomp;
 pub mod user;
@@ -55,6 +56,8 @@ pub struct ExecSpec {
     pub security: Security,
     /// Mounts besides the root, in order.
     pub mounts: Vec<ExtraMount>,
+    /// Extra `/etc/hosts` entries.
+    pub extra_hosts: Vec<rdock_llb::HostIp>,
 }
 
 /// A mount besides the root filesystem.
@@ -448,6 +451,7 @@ impl Worker {
                 network: op.network,
                 security: op.security,
                 mounts: extra,
+                extra_hosts: op.extra_hosts.clone(),
             };
             let res = self.executor.run(&spec, &mounts[0], output).map_err(|e| match (e, &op.platform) {
                 (ExecError::ExecFormat { program }, Some(p)) if Platform::parse(p).map_or(true, |p| !p.satisfies(&Platform::host())) => {

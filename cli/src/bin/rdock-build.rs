@@ -1,7 +1,7 @@
 //! `rdock-build`: buildctl-like. Parses flags and calls `rdock_cli::build`.
 
 use clap::Parser;
-use rdock_cli::build::{BuildRequest, CommonFlags, DumpFormat, parse_output, parse_platform, run};
+use rdock_cli::build::{BuildRequest, CommonFlags, DumpFormat, parse_add_host, parse_network, parse_output, parse_platform, run};
 use rdock_cli::registry::{parse_cache_export, parse_cache_import};
 use rdock_cli::{UsageError, exit_with};
 use std::collections::BTreeMap;
@@ -16,7 +16,8 @@ struct Args {
     /// `context=DIR` and `dockerfile=DIR`.
     #[arg(long = "local", value_name = "NAME=DIR")]
     locals: Vec<String>,
-    /// `filename=NAME`, `target=STAGE`, `build-arg:K=V`.
+    /// `filename=NAME`, `target=STAGE`, `build-arg:K=V`, `platform=`, `no-cache=`,
+    /// `force-network-mode=default|none|host`, `add-hosts=HOST=IP,…`.
     #[arg(long = "opt", value_name = "KEY=VALUE")]
     opts: Vec<String>,
     /// `type=docker|oci|local|tar|image,...`.
@@ -52,6 +53,8 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
     let mut build_args = BTreeMap::new();
     let mut platform = None;
     let mut no_cache: Option<Vec<String>> = None;
+    let mut network = rdock_llb::Network::Sandbox;
+    let mut extra_hosts = Vec::new();
     for o in &a.opts {
         let (k, v) = o.split_once('=').ok_or_else(|| UsageError(format!("--opt {o}: expected KEY=VALUE")))?;
         if let Some(arg) = k.strip_prefix("build-arg:") {
@@ -64,6 +67,13 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
                 // BuildKit's frontend option: empty means every stage, else a list of stages.
                 "no-cache" => {
                     no_cache = Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>())
+                }
+                "force-network-mode" => network = parse_network("--opt force-network-mode=", v)?,
+                // BuildKit's spelling: `host=ip,host2=ip2`.
+                "add-hosts" => {
+                    for h in v.split(',').filter(|h| !h.is_empty()) {
+                        extra_hosts.push(parse_add_host(h)?);
+                    }
                 }
                 _ => return Err(UsageError(format!("--opt {k} is not supported yet")).into()),
             }
@@ -81,6 +91,8 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
     let outputs = a.outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
     let mut req = a.common.request(context, dockerfile_dir.join(filename), target, build_args, outputs, dump)?;
     req.platform = platform;
+    req.network = network;
+    req.extra_hosts = extra_hosts;
     req.cache_exports = a.export_cache.iter().map(|c| parse_cache_export("--export-cache", c)).collect::<anyhow::Result<_>>()?;
     req.cache_imports = a.import_cache.iter().map(|c| parse_cache_import("--import-cache", c)).collect::<anyhow::Result<_>>()?;
     match no_cache {

@@ -1,7 +1,7 @@
 //! `rdock`: docker-like. Parses flags and calls `rdock_cli`.
 
 use clap::{Parser, Subcommand};
-use rdock_cli::build::{CommonFlags, Output, parse_output, parse_platform, run};
+use rdock_cli::build::{CommonFlags, Output, parse_add_host, parse_network, parse_output, parse_platform, run};
 use rdock_cli::registry::{self, parse_cache_export, parse_cache_import};
 use rdock_cli::{UsageError, commands, containers, exit_with, gc, inspect};
 use rdock_imagespec::ImageRef;
@@ -49,6 +49,13 @@ enum Command {
         /// Push the image to its registry after building (`-t` names).
         #[arg(long)]
         push: bool,
+        /// The network of RUN steps without their own `--network`: `default` (egress
+        /// through a user-mode stack), `none` or `host`.
+        #[arg(long, default_value = "default")]
+        network: String,
+        /// Add `HOST:IP` to every RUN step's /etc/hosts.
+        #[arg(long = "add-host", value_name = "HOST:IP")]
+        add_hosts: Vec<String>,
         #[command(flatten)]
         common: CommonFlags,
         /// The build context directory.
@@ -240,7 +247,21 @@ fn json_format(format: Option<&str>) -> anyhow::Result<bool> {
 
 fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Build { tags, file, target, build_args, outputs, platform, cache_from, cache_to, push, mut common, context } => {
+        Command::Build {
+            tags,
+            file,
+            target,
+            build_args,
+            outputs,
+            platform,
+            cache_from,
+            cache_to,
+            push,
+            network,
+            add_hosts,
+            mut common,
+            context,
+        } => {
             // dockerd grants network.host to its builds by default; so does `rdock build`.
             common.allow.push("network.host".into());
             if push && tags.is_empty() {
@@ -264,6 +285,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             }
             let mut req = common.request(context.clone(), file.unwrap_or_else(|| context.join("Dockerfile")), target, args, outs, None)?;
             req.platform = platform.as_deref().map(parse_platform).transpose()?;
+            req.network = parse_network("--network", &network)?;
+            req.extra_hosts = add_hosts.iter().map(|h| parse_add_host(h)).collect::<anyhow::Result<_>>()?;
             req.cache_imports = cache_from.iter().map(|c| parse_cache_import("--cache-from", c)).collect::<anyhow::Result<_>>()?;
             req.cache_exports = cache_to.iter().map(|c| parse_cache_export("--cache-to", c)).collect::<anyhow::Result<_>>()?;
             run(&req).map(|_| ())

@@ -39,6 +39,7 @@ pub(super) enum Stage {
     Cgroup,
     Masks,
     Seccomp,
+    Network,
 }
 
 impl Stage {
@@ -62,6 +63,7 @@ impl Stage {
             16 => "joining the step's cgroup",
             17 => "masking /proc and /sys paths",
             18 => "installing the seccomp filter",
+            19 => "joining the network namespace",
             _ => "setting up the sandbox",
         }
     }
@@ -154,6 +156,8 @@ pub(super) struct Plan {
     pub gid: u32,
     pub groups: Vec<libc::gid_t>,
     pub net_loopback: bool,
+    /// A network namespace to join (the default network's), or -1.
+    pub netns: i32,
     pub security: Security,
     /// The seccomp program (None when insecure).
     pub seccomp: Option<libc::sock_fprog>,
@@ -188,6 +192,9 @@ pub(super) fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc:
     unsafe {
         // Die with the thread that waits for us, so a killed build leaves no step running.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        if p.netns >= 0 && libc::setns(p.netns, libc::CLONE_NEWNET) != 0 {
+            return fail(p.err_fd, Stage::Network);
+        }
         if !join_cgroups(p) {
             return fail(p.err_fd, Stage::Cgroup);
         }
@@ -807,7 +814,7 @@ unsafe fn init_loop(cmd: libc::pid_t, all: &libc::sigset_t) -> isize {
 }
 
 /// Sets IFF_UP on `lo` with the SIOCSIFFLAGS ioctl.
-fn loopback_up() -> bool {
+pub(crate) fn loopback_up() -> bool {
     // SAFETY: a zeroed ifreq with a NUL-terminated name; ioctls on our own socket.
     unsafe {
         let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);

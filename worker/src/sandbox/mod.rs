@@ -15,6 +15,7 @@ mod child;
 
 use crate::cgroup::{Cgroup, Limits};
 use crate::{ExecError, ExecResult, ExecSpec, Executor, MountSource};
+pub(crate) use child::loopback_up;
 use child::{ChildStdio, ExtraPlan, Plan, Stage, Target, child};
 use rdock_llb::{Network, Security};
 use rdock_snapshotter::MountSpec;
@@ -60,12 +61,14 @@ pub struct NamespaceExecutor {
     pub scratch: PathBuf,
     /// The cgroup limits of every step.
     pub limits: Limits,
+    /// The default network's namespaces, shared by the executor's clones.
+    pub net: std::sync::Arc<crate::network::NetPool>,
 }
 
 impl NamespaceExecutor {
     /// An executor using `scratch` for per-run files, with the default limits.
     pub fn new(scratch: PathBuf) -> NamespaceExecutor {
-        NamespaceExecutor { scratch, limits: Limits::default() }
+        NamespaceExecutor { scratch, limits: Limits::default(), net: Default::default() }
     }
 
     /// The same with `limits` for every step (`[limits]` in config.toml).
@@ -101,6 +104,9 @@ pub(crate) struct SpawnOptions<'a> {
     pub init: bool,
     /// Its cgroup limits.
     pub limits: Limits,
+    /// The network namespace of [`Network::Sandbox`] (slirp4netns's), joined instead of a
+    /// new one with loopback only.
+    pub netns: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// The streams of a spawned sandbox, as the caller asks for them.
@@ -249,10 +255,17 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
     std::fs::create_dir_all(&rootfs).map_err(|e| ExecError::Io(rootfs.clone(), e))?;
     let hosts = dir.0.join("hosts");
     let hostname = opts.hostname;
-    std::fs::write(&hosts, format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"))
-        .map_err(|e| ExecError::Io(hosts.clone(), e))?;
+    let mut hosts_text = format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for h in &spec.extra_hosts {
+        hosts_text.push_str(&format!("{}\t{}\n", h.ip, h.host));
+    }
+    std::fs::write(&hosts, hosts_text).map_err(|e| ExecError::Io(hosts.clone(), e))?;
     let resolv = dir.0.join("resolv.conf");
-    std::fs::write(&resolv, host_resolv_conf()).map_err(|e| ExecError::Io(resolv.clone(), e))?;
+    let resolv_text = match (spec.network, opts.netns) {
+        (Network::Sandbox, Some(_)) => crate::network::resolv_conf(&host_resolv_conf()),
+        _ => host_resolv_conf(),
+    };
+    std::fs::write(&resolv, resolv_text).map_err(|e| ExecError::Io(resolv.clone(), e))?;
 
     // The child changes into the layers' common parent and names them relative to it.
     let overlay = root.overlay_options("run").map_err(|e| ExecError::Setup(e.to_string()))?;
@@ -350,7 +363,8 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
         uid: spec.user.uid,
         gid: spec.user.gid,
         groups: spec.user.additional_gids.clone(),
-        net_loopback: spec.network != Network::Host,
+        net_loopback: spec.network != Network::Host && opts.netns.is_none(),
+        netns: opts.netns.filter(|_| spec.network == Network::Sandbox).map_or(-1, |f| f.as_raw_fd()),
         security: spec.security,
         seccomp,
         exec_paths,
@@ -364,7 +378,7 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
         | nix::sched::CloneFlags::CLONE_NEWPID
         | nix::sched::CloneFlags::CLONE_NEWUTS
         | nix::sched::CloneFlags::CLONE_NEWIPC;
-    if spec.network != Network::Host {
+    if spec.network == Network::None || (spec.network == Network::Sandbox && opts.netns.is_none()) {
         flags |= nix::sched::CloneFlags::CLONE_NEWNET;
     }
     let mut stack = vec![0u8; 256 * 1024];
@@ -394,10 +408,38 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
 impl Executor for NamespaceExecutor {
     fn run(&self, spec: &ExecSpec, root: &MountSpec, output: &mut dyn FnMut(&[u8])) -> Result<ExecResult, ExecError> {
         let started = std::time::Instant::now();
-        let opts =
-            SpawnOptions { hostname: SANDBOX_HOSTNAME, hostname_file: false, stdio: Stdio::Capture, init: false, limits: self.limits };
-        let mut child = spawn(&self.scratch, spec, root, &opts)?;
-        child.started()?;
+        let netns = match spec.network {
+            Network::Sandbox => Some(self.net.take()?),
+            _ => None,
+        };
+        let opts = SpawnOptions {
+            hostname: SANDBOX_HOSTNAME,
+            hostname_file: false,
+            stdio: Stdio::Capture,
+            init: false,
+            limits: self.limits,
+            netns: netns.as_ref().map(|n| n.fd()),
+        };
+        let child = spawn(&self.scratch, spec, root, &opts);
+        // The step's processes die with its pid namespace; a sandboxed step could not change
+        // the namespace's interfaces or routes, so the next step may have it.
+        let give_back = |ns: Option<crate::network::NetNs>| {
+            if let Some(ns) = ns.filter(|_| spec.security == Security::Sandbox) {
+                self.net.put(ns);
+            }
+        };
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                give_back(netns);
+                return Err(e);
+            }
+        };
+        if let Err(e) = child.started() {
+            drop(child);
+            give_back(netns);
+            return Err(e);
+        }
         if let Some(out) = child.output.take() {
             let mut out = std::fs::File::from(out);
             let mut buf = [0u8; 16 * 1024];
@@ -417,6 +459,8 @@ impl Executor for NamespaceExecutor {
             (_, Limits { memory: Some(m), .. }) if child.cgroup.hit_memory_limit() => Some(crate::LimitHit::Memory(*m)),
             _ => None,
         };
+        drop(child);
+        give_back(netns);
         Ok(ExecResult { exit_code: code, duration: started.elapsed(), limit_hit })
     }
 }
