@@ -860,6 +860,16 @@ fn a_misbehaving_registry_gets_clear_errors_and_leaves_the_store_as_it_was() {
     fake.route("/v2/huge/manifests/1", vec![Fake::ok(huge.as_bytes(), "application/vnd.oci.image.manifest.v1+json")]);
     pull_fails(&f, &format!("{}/huge:1", fake.host), "over the 4194304-byte limit");
 
+    // Docker's schema 1 (signed, `fsLayers`): refused by name, with the way out.
+    let v1 = json!({
+        "schemaVersion": 1, "name": "old", "tag": "1", "architecture": "amd64",
+        "fsLayers": [{"blobSum": sha(b"x")}], "history": [{"v1Compatibility": "{}"}],
+        "signatures": []
+    })
+    .to_string();
+    fake.route("/v2/old/manifests/1", vec![Fake::ok(v1.as_bytes(), "application/vnd.docker.distribution.manifest.v1+prettyjws")]);
+    pull_fails(&f, &format!("{}/old:1", fake.host), "manifest v2 schema 1");
+
     // Garbage.
     fake.route("/v2/garbage/manifests/1", vec![Fake::ok(b"<html>not json</html>", "application/vnd.oci.image.manifest.v1+json")]);
     pull_fails(&f, &format!("{}/garbage:1", fake.host), "not a valid manifest");

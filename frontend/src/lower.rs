@@ -532,12 +532,14 @@ impl Ctx<'_> {
                 .into());
         }
         let (state, mut image, platform) = if base == "scratch" {
-            let image = ImageConfig {
+            let mut image = ImageConfig {
                 architecture: stage_platform.architecture.clone(),
                 os: stage_platform.os.clone(),
                 variant: stage_platform.variant.clone(),
                 ..Default::default()
             };
+            // BuildKit's empty image: WorkingDir "/".
+            image.config.working_dir = Some("/".into());
             (None, image, stage_platform)
         } else if let Some(s) = self.stage_by_name(&base, idx) {
             // A stage built on another keeps that stage's platform, as in BuildKit.

@@ -508,7 +508,13 @@ impl Client {
         if probe.schema_version != 2 {
             return Err(RegistryError::BadDocument {
                 what,
-                reason: format!("schema version {} (only version 2, OCI and docker, is supported)", probe.schema_version),
+                reason: match probe.schema_version {
+                    1 => "Docker's image manifest v2 schema 1 (signed, `fsLayers`), deprecated since 2016 and no longer \
+                          pulled by docker, containerd or rdock: push the image again with a current docker, or \
+                          convert it with `skopeo copy --format v2s2`"
+                        .to_string(),
+                    v => format!("schema version {v} (only version 2, OCI and docker, is supported)"),
+                },
             });
         }
         let media_type =

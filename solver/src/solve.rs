@@ -164,10 +164,11 @@ impl Solver {
         for n in &run.nodes {
             if let Op::Exec(e) = &n.op {
                 for m in &e.mounts {
-                    if let rdock_llb::MountKind::Cache { id, .. } = &m.kind
-                        && !cache_mounts.contains(id)
-                    {
-                        cache_mounts.push(id.clone());
+                    if let rdock_llb::MountKind::Cache { id, mode, uid, gid, .. } = &m.kind {
+                        let key = rdock_worker::cachemount::key(id, *mode, *uid, *gid);
+                        if !cache_mounts.contains(&key) {
+                            cache_mounts.push(key);
+                        }
                     }
                 }
             }
@@ -655,7 +656,8 @@ impl Solver {
         let root = self.worker.store().root().join("cache");
         let content = self.worker.store().content();
         for m in &e.mounts {
-            let rdock_llb::MountKind::Cache { id, .. } = &m.kind else { continue };
+            let rdock_llb::MountKind::Cache { id, mode, uid, gid, .. } = &m.kind else { continue };
+            let id = &rdock_worker::cachemount::key(id, *mode, *uid, *gid);
             if rdock_worker::cachemount::dir(&root, id).is_dir() {
                 continue;
             }

@@ -44,6 +44,14 @@ fn ensure_dir(dir: &Path, mode: u32, uid: u32, gid: u32, seed: Option<&Path>) ->
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| WorkerError::Io(dir.to_path_buf(), e))
 }
 
+/// The key a cache mount's directory is found by: its id, and its owner and mode unless
+/// they are the defaults (uid 0, gid 0, 0755), so a second Dockerfile mounting the same id
+/// for another user gets a cache of its own, as in BuildKit, while caches made before
+/// this rule keep their directories.
+pub fn key(id: &str, mode: u32, uid: u32, gid: u32) -> String {
+    if (mode, uid, gid) == (0o755, 0, 0) { id.to_string() } else { format!("{id}\0{uid}:{gid}:{mode:o}") }
+}
+
 fn dir_name(id: &str) -> String {
     // Ids are user text: name directories by their hash.
     blake3::hash(id.as_bytes()).to_hex().to_string()
@@ -166,6 +174,16 @@ mod tests {
         // Seeding spawns `cp`, whose fork briefly holds copies of open lock files, so it
         // runs after the lock checks rather than beside them.
         a_new_cache_is_seeded();
+    }
+
+    #[test]
+    fn owner_and_mode_are_part_of_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = acquire(dir.path(), &key("pip", 0o755, 0, 0), CacheSharing::Shared, 0o755, 0, 0, None).unwrap();
+        let b = acquire(dir.path(), &key("pip", 0o755, 1000, 1000), CacheSharing::Shared, 0o755, 1000, 1000, None).unwrap();
+        assert_ne!(a.dir, b.dir);
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&b.dir).unwrap()), 1000);
+        assert_eq!(key("pip", 0o755, 0, 0), "pip");
     }
 
     fn a_new_cache_is_seeded() {

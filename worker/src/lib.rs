@@ -282,11 +282,13 @@ impl Worker {
                 env.push(format!("HOME={}", user.home));
             }
             // Mount points the sandbox creates must not land in the layer: the usual stubs,
-            // and every directory an extra mount needs that the image lacks.
+            // and every directory an extra mount needs that the image lacks, except a cache
+            // mount's: BuildKit leaves its target and missing parents as directories in the
+            // layer (`/root/.cache/pip`), and images built from one Dockerfile agree.
             let mut stubs: Vec<String> = MOUNT_STUBS.iter().map(|s| s.to_string()).collect();
             let mut extra = Vec::new();
             for (i, m) in op.mounts.iter().enumerate().filter(|(_, m)| m.dest != "/") {
-                if !m.dest.starts_with("/dev/") {
+                if !m.dest.starts_with("/dev/") && !matches!(m.kind, rdock_llb::MountKind::Cache { .. }) {
                     let mut acc = String::new();
                     let mut chain = Vec::new();
                     for part in m.dest.split('/').filter(|p| !p.is_empty()) {
@@ -299,6 +301,9 @@ impl Worker {
                 let source = match &m.kind {
                     rdock_llb::MountKind::Tmpfs { size } => MountSource::Tmpfs { size: *size },
                     rdock_llb::MountKind::Cache { id, sharing, mode, uid, gid } => {
+                        // One cache per id and owner, as BuildKit's (its cache's base is the
+                        // mkdir that sets uid, gid and mode).
+                        let id = &cachemount::key(id, *mode, *uid, *gid);
                         // A seed for a new cache: a snapshot (or the context) at the selector,
                         // mounted only when the cache does not exist yet.
                         let cache_root = self.store.root().join("cache");
