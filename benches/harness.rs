@@ -19,6 +19,13 @@
 //!                 ~490 MB image (five 98 MB layers) by rdock, `docker push`/`docker pull`
 //!                 and `skopeo copy … oci-archive:` (in the BuildKit and Buildah columns);
 //!                 and an empty-store build of a 10-step image with `--import-cache`
+//!   network       the default network's cost: one trivial RUN (`RUN true`, cold) and the
+//!                 run30 workload, each with the default network and with
+//!                 `force-network-mode=none`, interleaved run by run
+//!   realworld     a Dockerfile as real projects write it, on a debootstrapped Debian
+//!                 (scripts/make-debian-rootfs.sh): apt-get install python3 + venv, pip
+//!                 install of two packages, COPY of the app; cold (empty cache; BuildKit
+//!                 and Buildah with --no-cache) and warm with one source file changed
 //!   run           `rdock run --rm busybox true` against `docker run --rm busybox true`:
 //!                 container start to exit (overlay mount, namespaces, exec, cleanup);
 //!                 at least 20 runs each after one warm-up
@@ -534,6 +541,110 @@ fn workload_run(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+fn workload_network(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let one = dir.join("net-one");
+    std::fs::create_dir_all(&one)?;
+    std::fs::write(one.join("Dockerfile"), "FROM busybox\nRUN true\n")?;
+    let thirty = dir.join("net-thirty");
+    std::fs::create_dir_all(&thirty)?;
+    let df: String = std::iter::once("FROM busybox\n".to_string()).chain((1..=30).map(|i| format!("RUN echo {i} > /f{i}\n"))).collect();
+    std::fs::write(thirty.join("Dockerfile"), df)?;
+    let mut rows = Vec::new();
+    for (name, ctx, per) in [("net-run1", &one, (1, "step")), ("net-run30", &thirty, (30, "step"))] {
+        let (mut default, mut none) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let root = fresh_store(t, dir)?;
+            default.push(time(&mut rdock_build(t, &root, ctx, &["--output", "type=image,name=bench:net"]))?);
+            let root = fresh_store(t, dir)?;
+            none.push(time(&mut rdock_build(
+                t,
+                &root,
+                ctx,
+                &["--opt", "force-network-mode=none", "--output", "type=image,name=bench:net"],
+            ))?);
+        }
+        let [(bk, _), (ba, _)] = others(t, ctx, runs, false)?;
+        rows.push(Row { name: format!("{name} (default network)"), rdock: median(default), buildkit: bk, buildah: ba, per: Some(per) });
+        rows.push(Row { name: format!("{name} (--network none)"), rdock: median(none), buildkit: bk, buildah: ba, per: Some(per) });
+    }
+    Ok(rows)
+}
+
+/// The Debian base, built once by each builder from the official-image-style Dockerfile;
+/// for rdock also saved, so each fresh store loads it.
+fn debian_base(t: &Tools, dir: &Path) -> Result<PathBuf> {
+    let tar = dir.join("debian-base.tar");
+    let ctx = dir.join("debian-base");
+    std::fs::create_dir_all(&ctx)?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-debian-rootfs.sh");
+    let out = Command::new("bash").arg(&script).output()?;
+    if !out.status.success() {
+        bail!("make-debian-rootfs.sh: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::copy(String::from_utf8_lossy(&out.stdout).trim(), ctx.join("rootfs.tar.xz"))?;
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nADD rootfs.tar.xz /\nCMD [\"bash\"]\n")?;
+    let root = dir.join("stores").join(format!("debian-{}", std::process::id()));
+    run(rdock_build(t, &root, &ctx, &["--output", "type=image,name=rdbench/debian:bookworm"]).env("RDOCK_ROOT", &root))?;
+    run(Command::new(&t.rdock).args(["save", "-o"]).arg(&tar).arg("rdbench/debian:bookworm").env("RDOCK_ROOT", &root))?;
+    if t.docker {
+        run(Command::new(docker_cli()).env("DOCKER_BUILDKIT", "1").args(["build", "-q", "-t", "rdbench/debian:bookworm"]).arg(&ctx))?;
+    }
+    if t.buildah {
+        run(Command::new("buildah").args(["pull", "-q"]).arg(format!("docker-archive:{}", tar.display())))?;
+    }
+    Ok(tar)
+}
+
+fn workload_realworld(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let base = debian_base(t, dir)?;
+    let ctx = dir.join("realworld");
+    std::fs::create_dir_all(ctx.join("app"))?;
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM rdbench/debian:bookworm\n\
+         ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1\n\
+         RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv && rm -rf /var/lib/apt/lists/*\n\
+         RUN python3 -m venv /venv\n\
+         COPY requirements.txt /app/\n\
+         RUN /venv/bin/pip install -r /app/requirements.txt\n\
+         COPY app/ /app/\n\
+         CMD [\"/venv/bin/python\", \"/app/main.py\"]\n",
+    )?;
+    std::fs::write(ctx.join("requirements.txt"), "six==1.16.0\nidna==3.7\n")?;
+    let edit = |n: usize| std::fs::write(ctx.join("app/main.py"), format!("print('edit {n}')\n"));
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        edit(i)?;
+        let root = dir.join("stores").join(format!("real-{}-{i}", std::process::id()));
+        run(Command::new(&t.rdock).args(["load", "-i"]).arg(&base).env("RDOCK_ROOT", &root))?;
+        cold.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:real"]))?);
+        edit(1000 + i)?;
+        warm.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:real"]))?);
+    }
+    let other = |build: &dyn Fn(bool) -> Command| -> Result<(Duration, Duration)> {
+        let (mut c, mut w) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            edit(2000 + i)?;
+            c.push(time(&mut build(true))?);
+            edit(3000 + i)?;
+            w.push(time(&mut build(false))?);
+        }
+        Ok((median(c), median(w)))
+    };
+    let bk = if t.docker { Some(other(&|nc| docker_build(&ctx, nc))?) } else { None };
+    let ba = if t.buildah { Some(other(&|nc| buildah_build(&ctx, nc))?) } else { None };
+    Ok(vec![
+        Row { name: "realworld-cold".into(), rdock: median(cold), buildkit: bk.map(|b| b.0), buildah: ba.map(|b| b.0), per: None },
+        Row {
+            name: "realworld-one-file-changed".into(),
+            rdock: median(warm),
+            buildkit: bk.map(|b| b.1),
+            buildah: ba.map(|b| b.1),
+            per: None,
+        },
+    ])
+}
+
 fn rdock_run_true(t: &Tools, root: &Path) -> Command {
     let mut c = Command::new(&t.rdock);
     c.args(["run", "--rm", "busybox", "true"]).env("RDOCK_ROOT", root);
@@ -613,6 +724,12 @@ fn main() -> Result<()> {
     }
     if all || wanted.iter().any(|w| w == "registry") {
         rows.extend(workload_registry(&t, &dir, runs)?);
+    }
+    if all || wanted.iter().any(|w| w == "network") {
+        rows.extend(workload_network(&t, &dir, runs)?);
+    }
+    if all || wanted.iter().any(|w| w == "realworld") {
+        rows.extend(workload_realworld(&t, &dir, runs)?);
     }
     if all || wanted.iter().any(|w| w == "run") {
         rows.extend(workload_run(&t, &dir, runs)?);

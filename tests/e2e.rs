@@ -1694,3 +1694,95 @@ fn regression_zstd_layers_from_skopeo_load_and_run() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "zstd-ok\n");
     assert_ok(&f.rdock(&["fsck"]));
 }
+
+/// `--output` keys do what BuildKit's do, or are refused by name: compression (zstd on all
+/// cores, uncompressed, gzip at a level, forced), media types, annotations, an OCI layout
+/// directory, and tarballs on standard output.
+#[test]
+fn output_keys_shape_the_export_or_are_refused_by_name() {
+    use serde_json::Value;
+    use std::path::{Path, PathBuf};
+    let f = Fixture::new();
+    let ctx = f.ctx("c", &[("Dockerfile", "FROM busybox\nRUN echo shaped > /shaped\n")]);
+    let layers = |tar: &Path| -> Vec<(String, Vec<u8>)> {
+        let img = read_tar_files(tar);
+        let index: Value = serde_json::from_slice(&img["index.json"]).unwrap();
+        let md = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        let manifest: Value = serde_json::from_slice(&img[&format!("blobs/sha256/{md}")]).unwrap();
+        manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let d = l["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+                (l["mediaType"].as_str().unwrap().to_string(), img[&format!("blobs/sha256/{d}")].clone())
+            })
+            .collect()
+    };
+    let export = |name: &str, opts: &str| -> PathBuf {
+        let dest = f.path(name);
+        assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={},name=shaped:1{opts}", dest.display())]));
+        dest
+    };
+    let zstd = export("zstd.tar", ",compression=zstd,compression-level=5");
+    for (mt, blob) in layers(&zstd) {
+        assert_eq!(mt, "application/vnd.oci.image.layer.v1.tar+zstd");
+        assert_eq!(&blob[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+    }
+    // Another store loads it and runs the file the step wrote.
+    let g = Fixture::empty();
+    assert_ok(&g.rdock(&["load", "-i", zstd.to_str().unwrap()]));
+    let run = g.rdock(&["run", "--rm", "shaped:1", "cat", "/shaped"]);
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "shaped\n");
+    let plain = export("plain.tar", ",compression=uncompressed");
+    for (mt, blob) in layers(&plain) {
+        assert_eq!(mt, "application/vnd.oci.image.layer.v1.tar");
+        assert_eq!(&blob[257..262], b"ustar");
+    }
+    // gzip is what is stored: kept byte for byte unless forced.
+    let same = layers(&export("gzip.tar", ",compression=gzip"));
+    let forced = layers(&export("forced.tar", ",compression=gzip,compression-level=9,force-compression=true"));
+    let stored = layers(&export("default.tar", ""));
+    assert_eq!(same, stored);
+    assert_ne!(forced.last().unwrap().1, stored.last().unwrap().1, "force-compression at level 9 wrote new bytes");
+    // docker's exporter writes docker media types, unless asked for OCI's.
+    let docker = f.path("docker.tar");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=docker,dest={},name=shaped:1", docker.display())]));
+    assert!(layers(&docker).iter().all(|(mt, _)| mt == "application/vnd.docker.image.rootfs.diff.tar.gzip"));
+    let docker_oci = f.path("docker-oci.tar");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=docker,dest={},name=shaped:1,oci-mediatypes=true", docker_oci.display())]));
+    assert!(layers(&docker_oci).iter().all(|(mt, _)| mt == "application/vnd.oci.image.layer.v1.tar+gzip"));
+    // Annotations reach the manifest; tar=false writes a layout directory skopeo reads.
+    let dir = f.path("layout");
+    assert_ok(&f.build(
+        &ctx,
+        &["--output", &format!("type=oci,dest={},name=shaped:1,tar=false,annotation.org.opencontainers.image.title=shaped", dir.display())],
+    ));
+    let inspect: Value = serde_json::from_str(&sh("skopeo", &["inspect", &format!("oci:{}:1", dir.display())])).unwrap();
+    assert!(inspect["Layers"].as_array().is_some_and(|l| !l.is_empty()), "{inspect}");
+    let raw: Value = serde_json::from_str(&sh("skopeo", &["inspect", "--raw", &format!("oci:{}:1", dir.display())])).unwrap();
+    assert_eq!(raw["annotations"]["org.opencontainers.image.title"], json!("shaped"));
+    // Standard output: `-o -` is the filesystem as a tar; dest=- the image tarball.
+    let out = f.build(&ctx, &["-o", "-", "--progress", "quiet"]);
+    assert_ok(&out);
+    let mut a = tar::Archive::new(&out.stdout[..]);
+    assert!(a.entries().unwrap().any(|e| e.unwrap().path().unwrap().to_string_lossy().trim_start_matches("./") == "shaped"));
+    let out = f.build(&ctx, &["--output", "type=oci,dest=-,name=shaped:1", "--progress", "quiet"]);
+    assert_ok(&out);
+    let mut a = tar::Archive::new(&out.stdout[..]);
+    assert!(a.entries().unwrap().any(|e| e.unwrap().path().unwrap().to_string_lossy() == "index.json"));
+    assert!(!ctx.join("-").exists() && !Path::new("-").exists(), "no directory named -");
+    // What rdock does not do is refused, naming the key; never ignored.
+    for (opts, key) in [
+        ("type=oci,dest=x.tar,rewrite-timestamp=true", "rewrite-timestamp"),
+        ("type=oci,dest=x.tar,compression=estargz", "estargz"),
+        ("type=docker,dest=x.tar,unpack=true", "unpack"),
+        ("type=local,dest=x,compression=zstd", "compression"),
+        ("type=image,name=a:1,compression=zstd", "compression"),
+        ("type=docker,dest=x.tar,compression=zstd,oci-mediatypes=false", "oci-mediatypes"),
+    ] {
+        let out = f.build(&ctx, &["--output", opts]);
+        assert!(!out.status.success(), "{opts} was accepted");
+        assert!(stderr(&out).contains(key), "{opts}: {}", stderr(&out));
+    }
+}

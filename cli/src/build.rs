@@ -6,7 +6,7 @@ use crate::progress::{self, Mode};
 use anyhow::{Context, bail};
 use rdock_frontend::{BuildOptions, ImageResolver, ResolvedImage, lower};
 use rdock_imagespec::{ImageRef, Platform};
-use rdock_oci::{ArchiveFormat, ImageStore, commit_image, export_archive, export_local, export_tar};
+use rdock_oci::{ArchiveFormat, ExportForm, ImageStore, commit_image, export_archive, export_local, export_tar};
 use rdock_solver::{SolveRequest, Solver};
 use rdock_worker::{NamespaceExecutor, Worker};
 use std::collections::{BTreeMap, HashMap};
@@ -18,17 +18,23 @@ use std::sync::Arc;
 pub enum Output {
     /// docker-archive tarball.
     Docker {
-        /// The tarball.
+        /// The tarball (`-`: standard output).
         dest: PathBuf,
         /// Names recorded in it.
         names: Vec<ImageRef>,
+        /// Layer compression, media types and annotations.
+        form: ExportForm,
     },
-    /// OCI layout tarball.
+    /// OCI layout tarball, or directory with `tar=false`.
     Oci {
-        /// The tarball.
+        /// The tarball (`-`: standard output) or directory.
         dest: PathBuf,
         /// Names recorded in it.
         names: Vec<ImageRef>,
+        /// Layer compression, media types and annotations.
+        form: ExportForm,
+        /// A tarball (else an OCI layout directory).
+        tar: bool,
     },
     /// The final filesystem in a directory.
     Local {
@@ -303,17 +309,27 @@ fn names(v: Option<&String>) -> anyhow::Result<Vec<ImageRef>> {
 /// Parses an `--output` spec (`type=docker,dest=F,name=REF`); a bare path means
 /// `type=local,dest=PATH`, as in `docker build -o`.
 pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
+    // buildx: `-o -` is the final filesystem as a tarball on standard output.
+    if spec == "-" {
+        return Ok(Output::Tar { dest: PathBuf::from("-") });
+    }
     if !spec.contains('=') {
         return Ok(Output::Local { dest: PathBuf::from(spec) });
     }
     let m = kv(spec);
+    check_output_keys(spec, &m)?;
     let dest = || -> anyhow::Result<PathBuf> {
         m.get("dest").map(PathBuf::from).ok_or_else(|| UsageError(format!("--output {spec}: dest= is required")).into())
     };
     let ty = m.get("type").map(String::as_str).unwrap_or("local");
     Ok(match ty {
-        "docker" => Output::Docker { dest: dest()?, names: names(m.get("name"))? },
-        "oci" => Output::Oci { dest: dest()?, names: names(m.get("name"))? },
+        "docker" => Output::Docker { dest: dest()?, names: names(m.get("name"))?, form: export_form(spec, &m, false)? },
+        "oci" => Output::Oci {
+            dest: dest()?,
+            names: names(m.get("name"))?,
+            form: export_form(spec, &m, true)?,
+            tar: flag(spec, &m, "tar")?.unwrap_or(true),
+        },
         "local" => Output::Local { dest: dest()? },
         "tar" => Output::Tar { dest: dest()? },
         "image" | "registry" => {
@@ -329,12 +345,88 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
             if push && names.is_empty() {
                 return Err(UsageError(format!("--output {spec}: name= is required to push")).into());
             }
+            if let Some(k) = m.keys().find(|k| FORM_KEYS.contains(&k.as_str()) || k.starts_with("annotation")) {
+                return Err(UsageError(format!(
+                    "--output {spec}: {k} is not supported yet for type={ty}: images are stored and pushed with gzip \
+                     layers and OCI media types (type=oci or type=docker take {k})"
+                ))
+                .into());
+            }
             Output::Image { names, push, insecure: flag("registry.insecure")? }
         }
         other => {
             return Err(UsageError(format!("unknown output type {other:?} (expected docker, oci, local, tar or image)")).into());
         }
     })
+}
+
+/// Keys that shape an exported image's layers and manifest.
+const FORM_KEYS: &[&str] = &["compression", "compression-level", "force-compression", "oci-mediatypes"];
+
+/// Every key each output type takes; any other is an error that names it, never ignored.
+fn check_output_keys(spec: &str, m: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    let ty = m.get("type").map(String::as_str).unwrap_or("local");
+    let allowed: &[&str] = match ty {
+        "docker" => &["type", "dest", "name", "compression", "compression-level", "force-compression", "oci-mediatypes"],
+        "oci" => &["type", "dest", "name", "compression", "compression-level", "force-compression", "oci-mediatypes", "tar"],
+        "image" | "registry" => {
+            &["type", "name", "push", "registry.insecure", "compression", "compression-level", "force-compression", "oci-mediatypes"]
+        }
+        "local" | "tar" => &["type", "dest"],
+        _ => return Ok(()),
+    };
+    for k in m.keys() {
+        let annotation = matches!(ty, "docker" | "oci" | "image" | "registry")
+            && (k.starts_with("annotation.") || k.starts_with("annotation-manifest."));
+        if allowed.contains(&k.as_str()) || annotation {
+            continue;
+        }
+        let why = match k.as_str() {
+            "rewrite-timestamp" => " yet (reproducible timestamps are planned with SOURCE_DATE_EPOCH)",
+            k if k.starts_with("annotation-index") || k.starts_with("annotation-manifest-descriptor") => {
+                " yet: rdock writes single-platform images without an index of their own; use annotation.KEY"
+            }
+            _ => "",
+        };
+        return Err(UsageError(format!("--output {spec}: {k} is not supported{why} (type={ty} takes {})", allowed[1..].join(", "))).into());
+    }
+    Ok(())
+}
+
+/// `KEY=true|false` (a bare `KEY` is true), or None when absent.
+fn flag(spec: &str, m: &BTreeMap<String, String>, k: &str) -> anyhow::Result<Option<bool>> {
+    match m.get(k).map(String::as_str) {
+        None => Ok(None),
+        Some("true") | Some("") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(v) => Err(UsageError(format!("--output {spec}: {k}={v}: expected true or false")).into()),
+    }
+}
+
+/// The layer and manifest form of a docker or OCI export.
+fn export_form(spec: &str, m: &BTreeMap<String, String>, oci: bool) -> anyhow::Result<ExportForm> {
+    let mut form = ExportForm::stored();
+    form.compression = match m.get("compression").map(String::as_str) {
+        None | Some("gzip") => rdock_snapshotter::Compression::Gzip,
+        Some("zstd") => rdock_snapshotter::Compression::Zstd,
+        Some("uncompressed") => rdock_snapshotter::Compression::None,
+        Some(other) => {
+            return Err(UsageError(format!("--output {spec}: compression={other} is not supported (gzip, zstd or uncompressed)")).into());
+        }
+    };
+    form.level = match m.get("compression-level") {
+        None => None,
+        Some(l) => Some(l.parse().map_err(|_| UsageError(format!("--output {spec}: compression-level={l}: expected a number")))?),
+    };
+    form.force = flag(spec, m, "force-compression")?.unwrap_or(false);
+    // BuildKit's defaults: OCI media types for oci, docker's for docker unless zstd asks for OCI's.
+    form.oci_media_types = flag(spec, m, "oci-mediatypes")?.unwrap_or(oci || form.compression == rdock_snapshotter::Compression::Zstd);
+    for (k, v) in m {
+        if let Some(key) = k.strip_prefix("annotation.").or_else(|| k.strip_prefix("annotation-manifest.")) {
+            form.annotations.insert(key.to_string(), v.clone());
+        }
+    }
+    Ok(form)
 }
 
 /// Resolves base images from the local store first, then from their registry (manifest
@@ -513,7 +605,10 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
             imports.push(c);
         }
     }
-    let locals = HashMap::from([("context".to_string(), req.context.clone())]);
+    // Absolute: the worker mounts context views through a descriptor of `/`, and a relative
+    // path would be taken from there rather than from the working directory.
+    let context = std::fs::canonicalize(&req.context).with_context(|| format!("build context {}", req.context.display()))?;
+    let locals = HashMap::from([("context".to_string(), context)]);
     let sink = progress::sink(req.progress, req.explain_cache);
     // What identifies "the same build" for explaining misses: context, Dockerfile, stage
     // and platform.
@@ -563,10 +658,18 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
             committed = Some(commit_image(&images, out.top.as_deref(), lowered.image.clone(), &created)?);
         }
         match o {
-            Output::Docker { dest, names } | Output::Oci { dest, names } => {
+            Output::Docker { dest, names, form } | Output::Oci { dest, names, form, .. } => {
                 let fmt = if matches!(o, Output::Docker { .. }) { ArchiveFormat::Docker } else { ArchiveFormat::Oci };
                 if let Some(c) = &committed {
-                    export_archive(&images, &c.manifest, names, fmt, dest).with_context(|| format!("exporting to {}", dest.display()))?;
+                    let export = || -> anyhow::Result<()> {
+                        let manifest = rdock_oci::convert_manifest(&images, &c.manifest, form)?;
+                        match o {
+                            Output::Oci { tar: false, .. } => rdock_oci::export_layout_dir(&images, &manifest, names, dest)?,
+                            _ => export_archive(&images, &manifest, names, fmt, dest)?,
+                        }
+                        Ok(())
+                    };
+                    export().with_context(|| format!("exporting to {}", dest.display()))?;
                 }
                 image_names.extend(names.iter().cloned());
             }

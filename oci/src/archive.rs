@@ -18,15 +18,6 @@ pub enum ArchiveFormat {
     Oci,
 }
 
-fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, path: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let mut h = tar::Header::new_ustar();
-    h.set_size(bytes.len() as u64);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut h, path, bytes)
-}
-
 fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str) -> std::io::Result<()> {
     let mut h = tar::Header::new_ustar();
     h.set_size(0);
@@ -36,7 +27,8 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str) -> std::io::Resul
     tar.append_data(&mut h, path, std::io::empty())
 }
 
-/// Writes the image with manifest `manifest` to `dest`, named `names` (may be empty).
+/// Writes the image with manifest `manifest` to `dest`, named `names` (may be empty); `-`
+/// is standard output (`-o -`, `dest=-`).
 pub fn export_archive(
     images: &ImageStore,
     manifest: &Digest,
@@ -44,58 +36,110 @@ pub fn export_archive(
     format: ArchiveFormat,
     dest: &Path,
 ) -> Result<(), OciError> {
-    let m = images.manifest(manifest)?;
-    let manifest_bytes = images.store().content().read(manifest)?;
     let io = |e: std::io::Error| OciError::Io(dest.to_path_buf(), e);
-    write_atomically(dest, |w| {
+    let to_tar = |w: &mut dyn Write| -> Result<(), OciError> {
         let mut tar = tar::Builder::new(w);
-        append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io)?;
-        let mut manifests = Vec::new();
-        let targets: Vec<Option<&ImageRef>> = if names.is_empty() { vec![None] } else { names.iter().map(Some).collect() };
-        for name in &targets {
-            let mut annotations = BTreeMap::new();
-            if let Some(n) = name {
-                annotations.insert("io.containerd.image.name".to_string(), n.to_string());
-                if let Some(tag) = &n.tag {
-                    annotations.insert("org.opencontainers.image.ref.name".to_string(), tag.clone());
-                }
+        write_image(images, manifest, names, format, &mut |path, len, r| match r {
+            None => append_dir(&mut tar, path),
+            Some(r) => {
+                let mut h = tar::Header::new_ustar();
+                h.set_size(len);
+                h.set_mode(0o644);
+                h.set_mtime(0);
+                h.set_entry_type(tar::EntryType::Regular);
+                tar.append_data(&mut h, path, r)
             }
-            let mut d = Descriptor::new(MEDIA_TYPE_OCI_MANIFEST, manifest.clone(), manifest_bytes.len() as u64);
-            d.annotations = annotations;
-            manifests.push(d);
-        }
-        let index = Index { schema_version: 2, media_type: Some(MEDIA_TYPE_OCI_INDEX.to_string()), manifests };
-        append_bytes(&mut tar, "index.json", &index.to_json()).map_err(io)?;
-        append_dir(&mut tar, "blobs/").map_err(io)?;
-        append_dir(&mut tar, "blobs/sha256/").map_err(io)?;
-        let content = images.store().content();
-        append_bytes(&mut tar, &format!("blobs/sha256/{}", manifest.hex()), &manifest_bytes).map_err(io)?;
-        let config_bytes = content.read(&m.config.digest)?;
-        append_bytes(&mut tar, &format!("blobs/sha256/{}", m.config.digest.hex()), &config_bytes).map_err(io)?;
-        let mut seen = std::collections::BTreeSet::new();
-        for l in &m.layers {
-            if !seen.insert(l.digest.clone()) {
-                continue;
-            }
-            let f = content.open(&l.digest)?;
-            let len = f.metadata().map_err(io)?.len();
-            let mut h = tar::Header::new_ustar();
-            h.set_size(len);
-            h.set_mode(0o644);
-            h.set_mtime(0);
-            h.set_entry_type(tar::EntryType::Regular);
-            tar.append_data(&mut h, format!("blobs/sha256/{}", l.digest.hex()), f).map_err(io)?;
-        }
-        if format == ArchiveFormat::Docker {
-            let repo_tags: Vec<String> = names.iter().filter(|n| n.tag.is_some()).map(|n| n.familiar()).collect();
-            let doc = serde_json::json!([{
-                "Config": format!("blobs/sha256/{}", m.config.digest.hex()),
-                "RepoTags": repo_tags,
-                "Layers": m.layers.iter().map(|l| format!("blobs/sha256/{}", l.digest.hex())).collect::<Vec<_>>(),
-            }]);
-            append_bytes(&mut tar, "manifest.json", doc.to_string().as_bytes()).map_err(io)?;
-        }
+        })?;
         tar.into_inner().map_err(io)?;
         Ok(())
+    };
+    if dest.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut lock = std::io::BufWriter::new(stdout.lock());
+        to_tar(&mut lock)?;
+        return lock.flush().map_err(io);
+    }
+    write_atomically(dest, |w| to_tar(w))
+}
+
+/// Writes the image as an OCI image layout directory at `dest` (`tar=false`), as BuildKit
+/// does: blobs already there are kept, `index.json` is written last.
+pub fn export_layout_dir(images: &ImageStore, manifest: &Digest, names: &[ImageRef], dest: &Path) -> Result<(), OciError> {
+    let io = |p: &Path, e: std::io::Error| OciError::Io(p.to_path_buf(), e);
+    std::fs::create_dir_all(dest).map_err(|e| io(dest, e))?;
+    write_image(images, manifest, names, ArchiveFormat::Oci, &mut |path, _, r| {
+        let p = dest.join(path);
+        match r {
+            None => std::fs::create_dir_all(&p),
+            Some(r) => {
+                let tmp = dest.join(format!("{path}.tmp-{}", std::process::id()));
+                let mut f = std::fs::File::create(&tmp)?;
+                std::io::copy(r, &mut f)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &p)
+            }
+        }
     })
+}
+
+/// One entry of an image layout: a directory (no reader) or a file of `len` bytes.
+type Put<'a> = dyn FnMut(&str, u64, Option<&mut dyn std::io::Read>) -> std::io::Result<()> + 'a;
+
+/// The entries of an image layout (plus docker's manifest.json), in the order a tarball
+/// lists them.
+fn write_image(
+    images: &ImageStore,
+    manifest: &Digest,
+    names: &[ImageRef],
+    format: ArchiveFormat,
+    put: &mut Put<'_>,
+) -> Result<(), OciError> {
+    let m = images.manifest(manifest)?;
+    let manifest_bytes = images.store().content().read(manifest)?;
+    let io = |e: std::io::Error| OciError::Io(std::path::PathBuf::from(manifest.to_string()), e);
+    let bytes = |put: &mut Put<'_>, path: &str, b: &[u8]| put(path, b.len() as u64, Some(&mut &b[..]));
+    bytes(put, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io)?;
+    let media = m.media_type.clone().unwrap_or_else(|| MEDIA_TYPE_OCI_MANIFEST.to_string());
+    let mut manifests = Vec::new();
+    let targets: Vec<Option<&ImageRef>> = if names.is_empty() { vec![None] } else { names.iter().map(Some).collect() };
+    for name in &targets {
+        let mut annotations = BTreeMap::new();
+        if let Some(n) = name {
+            annotations.insert("io.containerd.image.name".to_string(), n.to_string());
+            if let Some(tag) = &n.tag {
+                annotations.insert("org.opencontainers.image.ref.name".to_string(), tag.clone());
+            }
+        }
+        let mut d = Descriptor::new(&media, manifest.clone(), manifest_bytes.len() as u64);
+        d.annotations = annotations;
+        manifests.push(d);
+    }
+    let index = Index { schema_version: 2, media_type: Some(MEDIA_TYPE_OCI_INDEX.to_string()), manifests };
+    put("blobs/", 0, None).map_err(io)?;
+    put("blobs/sha256/", 0, None).map_err(io)?;
+    let content = images.store().content();
+    bytes(put, &format!("blobs/sha256/{}", manifest.hex()), &manifest_bytes).map_err(io)?;
+    let config_bytes = content.read(&m.config.digest)?;
+    bytes(put, &format!("blobs/sha256/{}", m.config.digest.hex()), &config_bytes).map_err(io)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &m.layers {
+        if !seen.insert(l.digest.clone()) {
+            continue;
+        }
+        let mut f = content.open(&l.digest)?;
+        let len = f.metadata().map_err(io)?.len();
+        put(&format!("blobs/sha256/{}", l.digest.hex()), len, Some(&mut f)).map_err(io)?;
+    }
+    if format == ArchiveFormat::Docker {
+        let repo_tags: Vec<String> = names.iter().filter(|n| n.tag.is_some()).map(|n| n.familiar()).collect();
+        let doc = serde_json::json!([{
+            "Config": format!("blobs/sha256/{}", m.config.digest.hex()),
+            "RepoTags": repo_tags,
+            "Layers": m.layers.iter().map(|l| format!("blobs/sha256/{}", l.digest.hex())).collect::<Vec<_>>(),
+        }]);
+        bytes(put, "manifest.json", doc.to_string().as_bytes()).map_err(io)?;
+    }
+    // Last: a reader of a layout directory finds everything index.json names.
+    bytes(put, "index.json", &index.to_json()).map_err(io)?;
+    Ok(())
 }

@@ -50,6 +50,9 @@ pub enum OciError {
     /// A registry operation failed.
     #[error(transparent)]
     Registry(#[from] rdock_registry::RegistryError),
+    /// An export option rdock cannot honour, named.
+    #[error("{0}")]
+    Unsupported(String),
     /// The image's config and layers disagree.
     #[error("image {image}: {reason}")]
     Inconsistent {

@@ -29,6 +29,11 @@ pub fn export_local(store: &Store, top: Option<&str>, dest: &Path) -> Result<(),
 /// Writes the filesystem of `top` as a tarball at `dest` (renamed into place when complete).
 pub fn export_tar(store: &Store, top: Option<&str>, dest: &Path) -> Result<(), OciError> {
     with_view(store, top, |root| {
+        if dest.as_os_str() == "-" {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            rdock_snapshotter::write_tree_tar(root, &mut out)?;
+            return std::io::Write::flush(&mut out).map_err(|e| OciError::Io(dest.to_path_buf(), e));
+        }
         write_atomically(dest, |w| {
             rdock_snapshotter::write_tree_tar(root, w)?;
             Ok(())

@@ -15,6 +15,7 @@
 
 mod archive;
 mod atomic;
+mod convert;
 mod distribution;
 mod error;
 mod filesystem;
@@ -22,7 +23,8 @@ mod image;
 mod load;
 mod store;
 
-pub use archive::{ArchiveFormat, export_archive};
+pub use archive::{ArchiveFormat, export_archive, export_layout_dir};
+pub use convert::{ExportForm, convert_manifest};
 pub use distribution::{
     BlobSource, LayoutSource, OnTransfer, OriginSource, PushReport, RegistrySource, Resolved, Transfer, parallel, pull, push,
     push_artifact, push_blobs, quiet, read_layout, resolve_remote, write_layout,

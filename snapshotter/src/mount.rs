@@ -74,7 +74,12 @@ impl MountSpec {
         if lower.len() > rdock_imagespec::MAX_LAYERS {
             return Err(SnapshotError::TooManyLayers { key: key.to_string(), layers: lower.len() });
         }
-        let all: Vec<&PathBuf> = lower.iter().chain(upper).chain(work).collect();
+        // Absolute first: the data names the layers relative to their common parent, or
+        // through a descriptor of it, and a relative path would be read from elsewhere.
+        let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let (lower, upper, work): (Vec<PathBuf>, Option<PathBuf>, Option<PathBuf>) =
+            (lower.iter().map(absolute).collect(), upper.as_ref().map(absolute), work.as_ref().map(absolute));
+        let all: Vec<&PathBuf> = lower.iter().chain(&upper).chain(&work).collect();
         let base = common_parent(&all);
         let name = |p: &PathBuf| match p.strip_prefix(&base) {
             Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),

@@ -1,0 +1,108 @@
+//! What an exporter's `--output` keys ask of the layers and the manifest: another
+//! compression (`compression=gzip|zstd|uncompressed`, `compression-level`,
+//! `force-compression`), docker or OCI media types (`oci-mediatypes`) and manifest
+//! annotations (`annotation.*`), as BuildKit's image exporters take them.
+//!
+//! The stored image is not changed: a converted manifest and its new blobs are written to
+//! the content store beside it, and the exporter writes those. A layer already in the
+//! asked compression is kept byte for byte (its digest unchanged) unless
+//! `force-compression` is set, so a registry that has it is not sent it again.
+
+use crate::{ImageStore, OciError};
+use rdock_imagespec::{Descriptor, Digest, Manifest};
+use rdock_snapshotter::Compression;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+/// The layer and manifest form an export asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportForm {
+    /// The layers' compression.
+    pub compression: Compression,
+    /// gzip 0–9, zstd 1–22 (None: gzip 1, zstd 3, as BuildKit's defaults are fast levels).
+    pub level: Option<i32>,
+    /// Recompress layers that already have the asked compression.
+    pub force: bool,
+    /// OCI media types (else docker's v2 schema 2 ones; zstd needs OCI's).
+    pub oci_media_types: bool,
+    /// Annotations of the manifest.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ExportForm {
+    /// What rdock stores: gzip layers, OCI media types, no annotations.
+    pub fn stored() -> ExportForm {
+        ExportForm { compression: Compression::Gzip, level: None, force: false, oci_media_types: true, annotations: BTreeMap::new() }
+    }
+}
+
+fn layer_media_type(c: Compression, oci: bool) -> &'static str {
+    match (c, oci) {
+        (c, true) => c.media_type(),
+        (Compression::None, false) => "application/vnd.docker.image.rootfs.diff.tar",
+        (_, false) => rdock_imagespec::MEDIA_TYPE_DOCKER_LAYER_GZIP,
+    }
+}
+
+/// The manifest of `manifest` in `form`, stored in the content store; `manifest` itself
+/// when nothing changes.
+pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportForm) -> Result<Digest, OciError> {
+    if form.compression == Compression::Zstd && !form.oci_media_types {
+        return Err(OciError::Unsupported("compression=zstd needs OCI media types (oci-mediatypes=true): docker's have no zstd".into()));
+    }
+    let mut m: Manifest = images.manifest(manifest)?;
+    let content = images.store().content();
+    let mut layers = Vec::with_capacity(m.layers.len());
+    for l in &m.layers {
+        let mut head = [0u8; 4];
+        let n = content.open(&l.digest)?.read(&mut head).map_err(|e| OciError::Io(content.path(&l.digest), e))?;
+        let current = Compression::sniff(&head[..n]);
+        let (digest, size) =
+            if current == form.compression && !form.force { (l.digest.clone(), l.size) } else { recompress(images, &l.digest, form)? };
+        let mut d = Descriptor::new(layer_media_type(form.compression, form.oci_media_types), digest, size);
+        d.annotations = l.annotations.clone();
+        layers.push(d);
+    }
+    m.layers = layers;
+    m.media_type = Some(
+        if form.oci_media_types { rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST } else { rdock_imagespec::MEDIA_TYPE_DOCKER_MANIFEST }
+            .to_string(),
+    );
+    m.config.media_type =
+        if form.oci_media_types { rdock_imagespec::MEDIA_TYPE_OCI_CONFIG } else { rdock_imagespec::MEDIA_TYPE_DOCKER_CONFIG }.to_string();
+    m.annotations.extend(form.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let bytes = m.to_json();
+    let d = Digest::of(&bytes);
+    if &d == manifest {
+        return Ok(d);
+    }
+    Ok(content.put(&bytes)?)
+}
+
+/// The layer `digest` uncompressed and compressed again as `form` asks, into the store.
+fn recompress(images: &ImageStore, digest: &Digest, form: &ExportForm) -> Result<(Digest, u64), OciError> {
+    let content = images.store().content();
+    let mut src = content.open_uncompressed(digest)?;
+    let mut w = content.writer()?;
+    let io = |e: std::io::Error| OciError::Io(content.path(digest), e);
+    match form.compression {
+        Compression::None => {
+            std::io::copy(&mut src, &mut w).map_err(io)?;
+        }
+        Compression::Gzip => {
+            let level = form.level.unwrap_or(1).clamp(0, 9) as u32;
+            let mut gz = flate2::write::GzEncoder::new(&mut w, flate2::Compression::new(level));
+            std::io::copy(&mut src, &mut gz).map_err(io)?;
+            gz.finish().map_err(io)?;
+        }
+        Compression::Zstd => {
+            let mut z = zstd::stream::write::Encoder::new(&mut w, form.level.unwrap_or(3).clamp(1, 22)).map_err(io)?;
+            // Every core; libzstd's output is the same for any number of workers (≥ 1).
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+            z.multithread(threads).map_err(io)?;
+            std::io::copy(&mut src, &mut z).map_err(io)?;
+            z.finish().map_err(io)?.flush().map_err(io)?;
+        }
+    }
+    Ok(w.commit(None)?)
+}
