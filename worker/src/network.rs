@@ -149,11 +149,15 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        // Closing the exit fd ends slirp4netns; it is not waited for (its teardown and the
+        // namespace's take tens of milliseconds, which no command should spend at its end):
+        // a thread reaps it, or init does once rdock has exited.
         drop(self.exit.take());
-        let _ = self.slirp.wait();
         if let Some(a) = &self.api {
             let _ = std::fs::remove_file(a);
         }
+        let pid = nix::unistd::Pid::from_raw(self.slirp.id() as i32);
+        std::thread::spawn(move || nix::sys::wait::waitpid(pid, None));
     }
 }
 
@@ -176,40 +180,68 @@ fn new_netns() -> Result<OwnedFd, ExecError> {
 /// Namespaces with slirp4netns ready, handed to build steps one at a time and taken back.
 #[derive(Default)]
 pub struct NetPool {
-    idle: Mutex<Vec<NetNs>>,
+    state: Mutex<PoolState>,
+    /// Signalled when a namespace is put back or a prewarm ends.
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<NetNs>,
+    /// Namespaces being made in the background: a step waits for one rather than make
+    /// a second.
+    warming: usize,
 }
 
 impl std::fmt::Debug for NetPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetPool").field("idle", &self.idle.lock().map(|v| v.len()).unwrap_or(0)).finish()
+        f.debug_struct("NetPool").field("idle", &self.state.lock().map(|s| s.idle.len()).unwrap_or(0)).finish()
     }
 }
 
 impl NetPool {
-    /// Makes one namespace in the background, so the first step need not wait for it.
+    /// Makes one namespace in the background, so the first step need not wait for it all.
     pub fn prewarm(self: &Arc<Self>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.warming += 1;
+        }
         let pool = Arc::clone(self);
         std::thread::spawn(move || {
-            if let Ok(ns) = NetNs::create(None) {
-                pool.put(ns);
+            let made = NetNs::create(None);
+            if let Ok(mut s) = pool.state.lock() {
+                s.warming -= 1;
+                if let Ok(ns) = made {
+                    s.idle.push(ns);
+                }
             }
+            pool.changed.notify_all();
         });
     }
 
-    /// An idle namespace, or a new one.
+    /// An idle namespace, the one being made, or a new one.
     pub fn take(&self) -> Result<NetNs, ExecError> {
-        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
-        match idle {
-            Some(ns) => Ok(ns),
-            None => NetNs::create(None),
+        let Ok(mut s) = self.state.lock() else { return NetNs::create(None) };
+        loop {
+            if let Some(ns) = s.idle.pop() {
+                return Ok(ns);
+            }
+            if s.warming == 0 {
+                drop(s);
+                return NetNs::create(None);
+            }
+            s = match self.changed.wait(s) {
+                Ok(s) => s,
+                Err(_) => return NetNs::create(None),
+            };
         }
     }
 
     /// Returns a namespace whose step has ended.
     pub fn put(&self, ns: NetNs) {
-        if let Ok(mut v) = self.idle.lock() {
-            v.push(ns);
+        if let Ok(mut s) = self.state.lock() {
+            s.idle.push(ns);
         }
+        self.changed.notify_all();
     }
 }
 
