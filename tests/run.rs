@@ -128,20 +128,21 @@ fn containers_are_isolated_from_the_host_and_from_each_other() {
     assert!(h.len() == 12 && h.chars().all(|c| c.is_ascii_hexdigit()) && h != host.trim(), "{h}");
     let o = run(&f, &["--rm", "--hostname", "box", "busybox", "sh", "-c", "hostname; cat /etc/hostname; grep -c box /etc/hosts"]);
     assert_eq!(out(&o), "box\nbox\n1\n");
-    // --network none (the default): loopback only, and up; host: the host's interfaces.
+    // The default: lo up and slirp4netns's tap0 (tests/network.rs checks where it reaches);
+    // --network none: loopback only; host: the host's interfaces.
     let ifaces = |s: &str| -> Vec<String> {
         let mut v: Vec<String> = s.lines().skip(2).filter_map(|l| l.split_once(':')).map(|(n, _)| n.trim().to_string()).collect();
         v.sort();
         v
     };
     let o = run(&f, &["--rm", "busybox", "sh", "-c", "cat /proc/net/dev; ping -c1 -W1 127.0.0.1 >/dev/null && echo lo-up"]);
-    assert_eq!(ifaces(&out(&o)), ["lo"]);
+    assert_eq!(ifaces(&out(&o)), ["lo", "tap0"]);
     assert!(out(&o).ends_with("lo-up\n"), "{}", out(&o));
     let o = run(&f, &["--rm", "--network", "none", "busybox", "cat", "/proc/net/dev"]);
     assert_eq!(ifaces(&out(&o)), ["lo"]);
     let o = run(&f, &["--rm", "--network", "host", "busybox", "cat", "/proc/net/dev"]);
     assert_eq!(ifaces(&out(&o)), ifaces(&std::fs::read_to_string("/proc/net/dev").unwrap()));
-    assert_eq!(run(&f, &["--rm", "--network", "bridge", "busybox", "true"]).status.code(), Some(125));
+    assert_eq!(run(&f, &["--rm", "--network", "mynet", "busybox", "true"]).status.code(), Some(125));
     // Docker's default capabilities (0xa80425fb), bounded too; none for another user.
     let o = run(&f, &["--rm", "busybox", "sh", "-c", "grep -E '^Cap(Eff|Bnd)' /proc/self/status"]);
     assert_eq!(out(&o), "CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n");
