@@ -1219,7 +1219,7 @@ fn run_network_and_security_modes_need_their_entitlements() {
     assert_ok(&f.build(&ctx, &["--allow", "network.host,security.insecure", "--output", &format!("type=local,dest={}", o.display())]));
     let read = |p: &str| std::fs::read_to_string(o.join(p)).unwrap();
     assert_eq!(read("net-none"), "lo\n");
-    assert_eq!(read("net-default"), "lo\n", "the default sandbox network is its own namespace");
+    assert_eq!(read("net-default"), "lo\ntap0\n", "the default network is its own namespace, with slirp4netns's tap");
     let mut host: Vec<String> =
         std::fs::read_dir("/sys/class/net").unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     host.sort();
