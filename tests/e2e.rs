@@ -206,7 +206,7 @@ fn run_is_sandboxed_and_mount_stubs_never_land_in_layers() {
          RUN test \"$(hostname)\" = buildkitsandbox\n\
          RUN test ! -e {marker}\n\
          RUN test \"$$\" = 1 && n=$(ls /proc | grep -c '^[0-9]') && test \"$n\" -lt 8\n\
-         RUN test \"$(grep -c : /proc/net/dev)\" = 1 && grep -q lo: /proc/net/dev\n\
+         RUN test \"$(grep -c : /proc/net/dev)\" = 2 && grep -q lo: /proc/net/dev && grep -q tap0: /proc/net/dev\n\
          RUN test -c /dev/null && echo ok > /dev/null && grep -q buildkitsandbox /etc/hosts\n\
          RUN echo layer > /f\n",
         marker = marker.display()
@@ -1744,19 +1744,29 @@ fn output_keys_shape_the_export_or_are_refused_by_name() {
         assert_eq!(mt, "application/vnd.oci.image.layer.v1.tar");
         assert_eq!(&blob[257..262], b"ustar");
     }
-    // gzip is what is stored: kept byte for byte unless forced.
+    // gzip is what rdock stores its own layers in: kept byte for byte unless forced (the
+    // base here is uncompressed, as `docker save` wrote it: gzip compresses it, the
+    // default keeps it).
     let same = layers(&export("gzip.tar", ",compression=gzip"));
     let forced = layers(&export("forced.tar", ",compression=gzip,compression-level=9,force-compression=true"));
     let stored = layers(&export("default.tar", ""));
-    assert_eq!(same, stored);
+    assert_eq!(same.last(), stored.last());
+    assert_eq!(stored[0].0, "application/vnd.oci.image.layer.v1.tar");
+    assert_eq!(same[0].0, "application/vnd.oci.image.layer.v1.tar+gzip");
     assert_ne!(forced.last().unwrap().1, stored.last().unwrap().1, "force-compression at level 9 wrote new bytes");
     // docker's exporter writes docker media types, unless asked for OCI's.
     let docker = f.path("docker.tar");
     assert_ok(&f.build(&ctx, &["--output", &format!("type=docker,dest={},name=shaped:1", docker.display())]));
-    assert!(layers(&docker).iter().all(|(mt, _)| mt == "application/vnd.docker.image.rootfs.diff.tar.gzip"));
+    let docker_layers = layers(&docker);
+    assert!(
+        docker_layers.iter().all(|(mt, _)| mt.starts_with("application/vnd.docker.image.rootfs.diff.tar")),
+        "{:?}",
+        docker_layers.iter().map(|l| &l.0).collect::<Vec<_>>()
+    );
+    assert_eq!(docker_layers.last().unwrap().0, "application/vnd.docker.image.rootfs.diff.tar.gzip");
     let docker_oci = f.path("docker-oci.tar");
     assert_ok(&f.build(&ctx, &["--output", &format!("type=docker,dest={},name=shaped:1,oci-mediatypes=true", docker_oci.display())]));
-    assert!(layers(&docker_oci).iter().all(|(mt, _)| mt == "application/vnd.oci.image.layer.v1.tar+gzip"));
+    assert!(layers(&docker_oci).iter().all(|(mt, _)| mt.starts_with("application/vnd.oci.image.layer.v1.tar")));
     // Annotations reach the manifest; tar=false writes a layout directory skopeo reads.
     let dir = f.path("layout");
     assert_ok(&f.build(

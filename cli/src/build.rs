@@ -407,9 +407,10 @@ fn flag(spec: &str, m: &BTreeMap<String, String>, k: &str) -> anyhow::Result<Opt
 fn export_form(spec: &str, m: &BTreeMap<String, String>, oci: bool) -> anyhow::Result<ExportForm> {
     let mut form = ExportForm::stored();
     form.compression = match m.get("compression").map(String::as_str) {
-        None | Some("gzip") => rdock_snapshotter::Compression::Gzip,
-        Some("zstd") => rdock_snapshotter::Compression::Zstd,
-        Some("uncompressed") => rdock_snapshotter::Compression::None,
+        None => None,
+        Some("gzip") => Some(rdock_snapshotter::Compression::Gzip),
+        Some("zstd") => Some(rdock_snapshotter::Compression::Zstd),
+        Some("uncompressed") => Some(rdock_snapshotter::Compression::None),
         Some(other) => {
             return Err(UsageError(format!("--output {spec}: compression={other} is not supported (gzip, zstd or uncompressed)")).into());
         }
@@ -420,7 +421,8 @@ fn export_form(spec: &str, m: &BTreeMap<String, String>, oci: bool) -> anyhow::R
     };
     form.force = flag(spec, m, "force-compression")?.unwrap_or(false);
     // BuildKit's defaults: OCI media types for oci, docker's for docker unless zstd asks for OCI's.
-    form.oci_media_types = flag(spec, m, "oci-mediatypes")?.unwrap_or(oci || form.compression == rdock_snapshotter::Compression::Zstd);
+    form.oci_media_types =
+        flag(spec, m, "oci-mediatypes")?.unwrap_or(oci || form.compression == Some(rdock_snapshotter::Compression::Zstd));
     for (k, v) in m {
         if let Some(key) = k.strip_prefix("annotation.").or_else(|| k.strip_prefix("annotation-manifest.")) {
             form.annotations.insert(key.to_string(), v.clone());

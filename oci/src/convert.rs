@@ -17,8 +17,9 @@ use std::io::{Read, Write};
 /// The layer and manifest form an export asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportForm {
-    /// The layers' compression.
-    pub compression: Compression,
+    /// The layers' compression; None keeps every layer as it is stored (uncompressed base
+    /// layers stay so, as `docker save` wrote them).
+    pub compression: Option<Compression>,
     /// gzip 0–9, zstd 1–22 (None: gzip 1, zstd 3, as BuildKit's defaults are fast levels).
     pub level: Option<i32>,
     /// Recompress layers that already have the asked compression.
@@ -32,7 +33,7 @@ pub struct ExportForm {
 impl ExportForm {
     /// What rdock stores: gzip layers, OCI media types, no annotations.
     pub fn stored() -> ExportForm {
-        ExportForm { compression: Compression::Gzip, level: None, force: false, oci_media_types: true, annotations: BTreeMap::new() }
+        ExportForm { compression: None, level: None, force: false, oci_media_types: true, annotations: BTreeMap::new() }
     }
 }
 
@@ -47,19 +48,21 @@ fn layer_media_type(c: Compression, oci: bool) -> &'static str {
 /// The manifest of `manifest` in `form`, stored in the content store; `manifest` itself
 /// when nothing changes.
 pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportForm) -> Result<Digest, OciError> {
-    if form.compression == Compression::Zstd && !form.oci_media_types {
+    if form.compression == Some(Compression::Zstd) && !form.oci_media_types {
         return Err(OciError::Unsupported("compression=zstd needs OCI media types (oci-mediatypes=true): docker's have no zstd".into()));
     }
-    let mut m: Manifest = images.manifest(manifest)?;
+    let stored: Manifest = images.manifest(manifest)?;
+    let mut m = stored.clone();
     let content = images.store().content();
     let mut layers = Vec::with_capacity(m.layers.len());
     for l in &m.layers {
         let mut head = [0u8; 4];
         let n = content.open(&l.digest)?.read(&mut head).map_err(|e| OciError::Io(content.path(&l.digest), e))?;
         let current = Compression::sniff(&head[..n]);
+        let target = form.compression.unwrap_or(current);
         let (digest, size) =
-            if current == form.compression && !form.force { (l.digest.clone(), l.size) } else { recompress(images, &l.digest, form)? };
-        let mut d = Descriptor::new(layer_media_type(form.compression, form.oci_media_types), digest, size);
+            if current == target && !form.force { (l.digest.clone(), l.size) } else { recompress(images, &l.digest, target, form.level)? };
+        let mut d = Descriptor::new(layer_media_type(target, form.oci_media_types), digest, size);
         d.annotations = l.annotations.clone();
         layers.push(d);
     }
@@ -71,32 +74,33 @@ pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportFor
     m.config.media_type =
         if form.oci_media_types { rdock_imagespec::MEDIA_TYPE_OCI_CONFIG } else { rdock_imagespec::MEDIA_TYPE_DOCKER_CONFIG }.to_string();
     m.annotations.extend(form.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let bytes = m.to_json();
-    let d = Digest::of(&bytes);
-    if &d == manifest {
-        return Ok(d);
+    // Nothing asked for changes the document: the stored bytes, and its digest, stand
+    // (the one `--metadata-file` and a push report).
+    let unchanged = Manifest { media_type: stored.media_type.clone().or(m.media_type.clone()), ..stored.clone() };
+    if m == unchanged {
+        return Ok(manifest.clone());
     }
-    Ok(content.put(&bytes)?)
+    Ok(content.put(&m.to_json())?)
 }
 
 /// The layer `digest` uncompressed and compressed again as `form` asks, into the store.
-fn recompress(images: &ImageStore, digest: &Digest, form: &ExportForm) -> Result<(Digest, u64), OciError> {
+fn recompress(images: &ImageStore, digest: &Digest, target: Compression, level: Option<i32>) -> Result<(Digest, u64), OciError> {
     let content = images.store().content();
     let mut src = content.open_uncompressed(digest)?;
     let mut w = content.writer()?;
     let io = |e: std::io::Error| OciError::Io(content.path(digest), e);
-    match form.compression {
+    match target {
         Compression::None => {
             std::io::copy(&mut src, &mut w).map_err(io)?;
         }
         Compression::Gzip => {
-            let level = form.level.unwrap_or(1).clamp(0, 9) as u32;
+            let level = level.unwrap_or(1).clamp(0, 9) as u32;
             let mut gz = flate2::write::GzEncoder::new(&mut w, flate2::Compression::new(level));
             std::io::copy(&mut src, &mut gz).map_err(io)?;
             gz.finish().map_err(io)?;
         }
         Compression::Zstd => {
-            let mut z = zstd::stream::write::Encoder::new(&mut w, form.level.unwrap_or(3).clamp(1, 22)).map_err(io)?;
+            let mut z = zstd::stream::write::Encoder::new(&mut w, level.unwrap_or(3).clamp(1, 22)).map_err(io)?;
             // Every core; libzstd's output is the same for any number of workers (≥ 1).
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
             z.multithread(threads).map_err(io)?;
