@@ -402,7 +402,12 @@ fn first_child(rdock: u32) -> u32 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let children = std::fs::read_to_string(format!("/proc/{rdock}/task/{rdock}/children")).unwrap_or_default();
-        if let Some(c) = children.split_whitespace().next().and_then(|c| c.parse().ok()) {
+        // The container, not the default network's slirp4netns beside it.
+        let container = children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .find(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|comm| comm.trim() != "slirp4netns"));
+        if let Some(c) = container {
             return c;
         }
         assert!(std::time::Instant::now() < deadline, "rdock {rdock} started no container");
