@@ -306,7 +306,12 @@ fn signals_are_forwarded_and_stop_signal_honoured() {
     let child = spawn_run(&f, &["--rm", "-v", &v, "busybox", "sh", "-c", "touch /sync/x; exec sleep 60"]);
     wait_for(&sync.join("x"));
     let kids = std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id())).unwrap();
-    let pid1: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    // The container, not the default network's slirp4netns beside it.
+    let pid1: i32 = kids
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .find(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|comm| comm.trim() != "slirp4netns"))
+        .unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid1), nix::sys::signal::Signal::SIGKILL).unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(137));
