@@ -333,14 +333,7 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
         "local" => Output::Local { dest: dest()? },
         "tar" => Output::Tar { dest: dest()? },
         "image" | "registry" => {
-            let flag = |k: &str| -> anyhow::Result<bool> {
-                match m.get(k).map(String::as_str) {
-                    None | Some("false") => Ok(false),
-                    Some("true") | Some("") => Ok(true),
-                    Some(v) => Err(UsageError(format!("--output {spec}: {k}={v}: expected true or false")).into()),
-                }
-            };
-            let push = ty == "registry" || flag("push")?;
+            let push = ty == "registry" || flag(spec, &m, "push")?.unwrap_or(false);
             let names = names(m.get("name"))?;
             if push && names.is_empty() {
                 return Err(UsageError(format!("--output {spec}: name= is required to push")).into());
@@ -352,7 +345,7 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
                 ))
                 .into());
             }
-            Output::Image { names, push, insecure: flag("registry.insecure")? }
+            Output::Image { names, push, insecure: flag(spec, &m, "registry.insecure")?.unwrap_or(false) }
         }
         other => {
             return Err(UsageError(format!("unknown output type {other:?} (expected docker, oci, local, tar or image)")).into());
