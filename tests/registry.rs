@@ -938,3 +938,109 @@ fn a_token_the_registry_refuses_is_renewed_once() {
     assert_eq!(hits.iter().filter(|h| h.contains("/token?")).count(), 2, "one token, then one renewal: {hits:?}");
     fsck(&f);
 }
+
+// ---------------------------------------------------------------------------------------
+// Foreign (non-distributable) layers.
+
+/// An OCI layout (written by hand, as a producer of Windows-style images would) of busybox
+/// plus one non-distributable layer whose descriptor points at `url`; its config runs
+/// `cat /etc/foreign`. Returns the layout and the foreign layer's gzip bytes and digest.
+fn layout_with_foreign_layer(dir: &Path, url: &str) -> (Vec<u8>, String) {
+    let bb = read_tar_files(busybox_tar());
+    let docker_manifest: Value = serde_json::from_slice(&bb["manifest.json"]).unwrap();
+    let mut config: Value = serde_json::from_slice(&bb[docker_manifest[0]["Config"].as_str().unwrap()]).unwrap();
+    let base = bb[docker_manifest[0]["Layers"][0].as_str().unwrap()].clone();
+    let tar = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(18);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, "etc/foreign", &b"served from a url\n"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).unwrap();
+    let foreign = gz.finish().unwrap();
+    config["rootfs"]["diff_ids"] = json!([sha(&base), sha(&tar)]);
+    config["config"]["Cmd"] = json!(["cat", "/etc/foreign"]);
+    let config = config.to_string();
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config.as_bytes()), "size": config.len()},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha(&base), "size": base.len()},
+            {"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "digest": sha(&foreign),
+             "size": foreign.len(), "urls": [url]}
+        ]
+    })
+    .to_string();
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    for b in [&base, &foreign, config.as_bytes(), manifest.as_bytes()] {
+        std::fs::write(blobs.join(sha(b).trim_start_matches("sha256:")), b).unwrap();
+    }
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": sha(manifest.as_bytes()), "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "1"}}]});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    let d = sha(&foreign);
+    (foreign, d)
+}
+
+/// Foreign layers as docker and containerd handle them: a pull downloads them from the
+/// URLs their descriptors list (the registry never had them), verified like any blob; a
+/// push leaves them out and keeps their URLs in the manifest. skopeo publishes the image
+/// (it too skips foreign layers), in OCI and docker media types.
+#[test]
+fn foreign_layers_come_from_their_urls_and_are_never_uploaded() {
+    let reg = Registry::start(Auth::None);
+    let cdn = Fake::start();
+    let f = Fixture::empty();
+    let (foreign, fd) = layout_with_foreign_layer(&f.path("layout"), &format!("http://{}/layers/foreign.tar.gz", cdn.host));
+    cdn.route("/layers/foreign.tar.gz", vec![Fake::ok(&foreign, "application/octet-stream")]);
+    let oci = reg.image("foreign/oci:1");
+    let v2s2 = reg.image("foreign/docker:1");
+    let src = format!("oci:{}:1", f.path("layout").display());
+    sh("skopeo", &["copy", "--dest-tls-verify=false", &src, &format!("docker://{oci}")]);
+    sh("skopeo", &["copy", "--dest-tls-verify=false", "--format", "v2s2", &src, &format!("docker://{v2s2}")]);
+    let raw = skopeo_inspect(&v2s2, &["--raw"]);
+    assert_eq!(raw["layers"][1]["mediaType"], "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "{raw}");
+    // The reference consumer: skopeo (containers/image, as podman) fetches the layer from
+    // its URL too. (docker 20.10 on Linux asks the registry only, and fails: "unknown blob".)
+    let before = cdn.hits.lock().unwrap().len();
+    sh("skopeo", &["copy", "--src-tls-verify=false", &format!("docker://{v2s2}"), &format!("dir:{}", f.path("skopeo-dir").display())]);
+    assert!(cdn.hits.lock().unwrap()[before..].iter().any(|h| h == "GET /layers/foreign.tar.gz"));
+    for (image, repo) in [(&oci, "foreign/oci"), (&v2s2, "foreign/docker")] {
+        assert_eq!(http_request(&reg.host, "HEAD", &format!("/v2/{repo}/blobs/{fd}")), Some(404), "the registry has no copy");
+        let g = Fixture::empty();
+        let before = cdn.hits.lock().unwrap().len();
+        assert_ok(&g.rdock(&["pull", image]));
+        assert!(cdn.hits.lock().unwrap()[before..].iter().any(|h| h == "GET /layers/foreign.tar.gz"), "not fetched from its URL");
+        assert_eq!(out(&g.rdock(&["run", "--rm", "--network", "none", image])), "served from a url\n");
+        fsck(&g);
+        // A push to another repository uploads the rest and names the foreign layer by URL.
+        let moved = reg.image(&format!("{repo}-moved:1"));
+        assert_ok(&g.rdock(&["tag", image, &moved]));
+        let pushed = g.rdock(&["push", &moved]);
+        assert_ok(&pushed);
+        let raw = skopeo_inspect(&moved, &["--raw"]);
+        assert_eq!(raw["layers"][1]["urls"], json!([format!("http://{}/layers/foreign.tar.gz", cdn.host)]), "{raw}");
+        assert_eq!(http_request(&reg.host, "HEAD", &format!("/v2/{repo}-moved/blobs/{fd}")), Some(404), "uploaded anyway");
+        // ... and what was pushed pulls again.
+        let h = Fixture::empty();
+        assert_ok(&h.rdock(&["pull", &moved]));
+        assert_eq!(out(&h.rdock(&["run", "--rm", "--network", "none", &moved])), "served from a url\n");
+    }
+    // A URL that serves other bytes: the digest check refuses them, names the URL, and the
+    // store is as it was.
+    let bad = f.path("bad-layout");
+    layout_with_foreign_layer(&bad, &format!("http://{}/layers/swapped.tar.gz", cdn.host));
+    cdn.route("/layers/swapped.tar.gz", vec![Fake::ok(&foreign[..foreign.len() - 1], "application/octet-stream")]);
+    let swapped = reg.image("foreign/swapped:1");
+    sh("skopeo", &["copy", "--dest-tls-verify=false", &format!("oci:{}:1", bad.display()), &format!("docker://{swapped}")]);
+    let g = Fixture::empty();
+    pull_fails(&g, &swapped, "/layers/swapped.tar.gz");
+    fsck(&g);
+}

@@ -11,10 +11,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// Lines of this process's mountinfo that mention the store: a run leaves none.
 fn store_mounts(f: &Fixture) -> Vec<String> {
     let root = f.root.display().to_string();

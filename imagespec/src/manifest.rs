@@ -46,12 +46,24 @@ pub struct Descriptor {
     /// The platform of a manifest in an index.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub platform: Option<Platform>,
+    /// Where a foreign (non-distributable) layer can be downloaded from, besides the
+    /// registry: Windows base layers, and any image whose producer keeps a layer out of
+    /// registries.
+    #[serde(skip_serializing_if = "Vec::is_empty", default, deserialize_with = "crate::nulls::or_default")]
+    pub urls: Vec<String>,
 }
 
 impl Descriptor {
     /// A descriptor without annotations or platform.
     pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
-        Descriptor { media_type: media_type.to_string(), digest, size, annotations: BTreeMap::new(), platform: None }
+        Descriptor { media_type: media_type.to_string(), digest, size, annotations: BTreeMap::new(), platform: None, urls: Vec::new() }
+    }
+
+    /// True for a foreign layer (Docker's `…rootfs.foreign.diff.tar.gzip`, OCI's deprecated
+    /// `…layer.nondistributable.v1.tar…`): docker and containerd never upload one to a
+    /// registry, they keep its descriptor (and URLs) in the manifest.
+    pub fn is_non_distributable(&self) -> bool {
+        self.media_type.contains(".foreign.") || self.media_type.contains(".nondistributable.")
     }
 
     /// True for a gzip-compressed layer media type (OCI or Docker).

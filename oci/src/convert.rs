@@ -56,6 +56,11 @@ pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportFor
     let content = images.store().content();
     let mut layers = Vec::with_capacity(m.layers.len());
     for l in &m.layers {
+        // A foreign layer is not ours to change: its digest is what its URLs serve.
+        if l.is_non_distributable() {
+            layers.push(l.clone());
+            continue;
+        }
         let mut head = [0u8; 4];
         let n = content.open(&l.digest)?.read(&mut head).map_err(|e| OciError::Io(content.path(&l.digest), e))?;
         let current = Compression::sniff(&head[..n]);

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub enum Transfer<'a> {
     /// Bytes moved so far.
     Bytes(&'a Descriptor, u64),
-    /// Finished: `"downloaded"`, `"exists"`, `"uploaded"` or `"mounted"`.
+    /// Finished: `"downloaded"`, `"exists"`, `"uploaded"`, `"mounted"`, or what happened
+    /// to a foreign layer.
     Done(&'a Descriptor, &'static str),
 }
 
@@ -85,7 +86,25 @@ impl BlobSource for RegistrySource {
             (self.on)(Transfer::Done(desc, "exists"));
             return Ok(());
         }
-        self.client.fetch_blob(&self.repo, desc, content, &|n| (self.on)(Transfer::Bytes(desc, n)))?;
+        let progress = |n| (self.on)(Transfer::Bytes(desc, n));
+        // A foreign layer comes from its URLs first, as docker and containerd fetch it;
+        // the registry is the fallback (a mirror may hold it).
+        let mut first_err = None;
+        for url in &desc.urls {
+            match self.client.fetch_url(url, desc, content, &progress) {
+                Ok(()) => {
+                    (self.on)(Transfer::Done(desc, "downloaded from its URL (foreign layer)"));
+                    return Ok(());
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match self.client.fetch_blob(&self.repo, desc, content, &progress) {
+            Ok(()) => {}
+            Err(e) => return Err(first_err.unwrap_or(e).into()),
+        }
         (self.on)(Transfer::Done(desc, "downloaded"));
         Ok(())
     }
@@ -385,7 +404,12 @@ fn push_manifest(
     reference: Option<&str>,
 ) -> Result<(), OciError> {
     let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(&format!("manifest {digest}"), e))?;
-    let mut blobs = m.layers.clone();
+    // Foreign layers stay where their URLs say, as docker pushes them (without
+    // `allow-nondistributable-artifacts`): the registry accepts a manifest that names them.
+    let (foreign, mut blobs): (Vec<Descriptor>, Vec<Descriptor>) = m.layers.iter().cloned().partition(Descriptor::is_non_distributable);
+    for f in &foreign {
+        on(Transfer::Done(f, "not uploaded (foreign layer, its URLs stay in the manifest)"));
+    }
     blobs.push(m.config.clone());
     push_blobs(images, client, target, &blobs, on, report)?;
     let media = media_type_of(bytes, rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST);

@@ -577,13 +577,58 @@ impl Client {
         }
         let what = format!("blob {} of {}", desc.digest, repo.name());
         let call = self.call("GET", repo, &format!("blobs/{}", desc.digest), false);
+        self.download(&call, &repo.registry, what, desc, content, progress)
+    }
+
+    /// Downloads a foreign (non-distributable) layer from one of the URLs its descriptor
+    /// lists, as docker does: a plain GET without the registry's credentials, verified
+    /// against the descriptor like any blob. Only `http` and `https` URLs are followed.
+    pub fn fetch_url(
+        &self,
+        url: &str,
+        desc: &Descriptor,
+        content: &ContentStore,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), RegistryError> {
+        if content.contains(&desc.digest) {
+            return Ok(());
+        }
+        let host = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).ok_or_else(|| RegistryError::Http {
+            method: "GET".into(),
+            url: url.to_string(),
+            reason: "a layer URL must be http or https".into(),
+        })?;
+        let host = host.split(['/', '?', '#']).next().unwrap_or_default().rsplit('@').next().unwrap_or_default().to_string();
+        let call = Call {
+            method: "GET",
+            url: url.to_string(),
+            host: host.clone(),
+            scope: String::new(),
+            headers: Vec::new(),
+            body: Payload::None,
+        };
+        self.download(&call, &host, format!("foreign layer {} from {url}", desc.digest), desc, content, progress)
+    }
+
+    /// Streams the body of `call` into the content store: the blob becomes visible only
+    /// once its size and digest match `desc`; a connection that breaks is retried from
+    /// the start.
+    fn download(
+        &self,
+        call: &Call<'_>,
+        registry: &str,
+        what: String,
+        desc: &Descriptor,
+        content: &ContentStore,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), RegistryError> {
         let mut attempt = 0u32;
         loop {
-            let mut resp = self.send(&call)?;
+            let mut resp = self.send(call)?;
             match resp.status().as_u16() {
                 200 => {}
-                404 => return Err(RegistryError::NotFound { registry: repo.registry.clone(), what }),
-                _ => return Err(unexpected(&call, &mut resp)),
+                404 => return Err(RegistryError::NotFound { registry: registry.to_string(), what }),
+                _ => return Err(unexpected(call, &mut resp)),
             }
             let mut w = content.writer()?;
             let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
@@ -610,7 +655,7 @@ impl Client {
                 if attempt + 1 >= self.opts.attempts {
                     return Err(RegistryError::Http {
                         method: "GET".into(),
-                        url: call.url,
+                        url: call.url.clone(),
                         reason: format!(
                             "the download broke after {got} of {} bytes: {e} (gave up after {} attempts); nothing was stored",
                             desc.size,
