@@ -1789,7 +1789,7 @@ fn output_keys_shape_the_export_or_are_refused_by_name() {
     assert!(!ctx.join("-").exists() && !Path::new("-").exists(), "no directory named -");
     // What rdock does not do is refused, naming the key; never ignored.
     for (opts, key) in [
-        ("type=oci,dest=x.tar,rewrite-timestamp=true", "rewrite-timestamp"),
+        ("type=oci,dest=x.tar,rewrite-timestamp=maybe", "rewrite-timestamp"),
         ("type=oci,dest=x.tar,compression=estargz", "estargz"),
         ("type=docker,dest=x.tar,unpack=true", "unpack"),
         ("type=local,dest=x,compression=zstd", "compression"),
@@ -1800,4 +1800,107 @@ fn output_keys_shape_the_export_or_are_refused_by_name() {
         assert!(!out.status.success(), "{opts} was accepted");
         assert!(stderr(&out).contains(key), "{opts}: {}", stderr(&out));
     }
+}
+
+/// The layers of an OCI tarball: (digest, uncompressed bytes), bottom first, with the
+/// manifest digest and the config.
+fn oci_layers(tar: &std::path::Path) -> (String, serde_json::Value, Vec<(String, Vec<u8>)>) {
+    use serde_json::Value;
+    let img = read_tar_files(tar);
+    let blob = |d: &str| img[&format!("blobs/sha256/{}", d.trim_start_matches("sha256:"))].clone();
+    let index: Value = serde_json::from_slice(&img["index.json"]).unwrap();
+    let md = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let manifest: Value = serde_json::from_slice(&blob(&md)).unwrap();
+    let config: Value = serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let d = l["digest"].as_str().unwrap().to_string();
+            let raw = blob(&d);
+            let mut plain = Vec::new();
+            if raw.starts_with(&[0x1f, 0x8b]) {
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut plain).unwrap();
+            } else {
+                plain = raw;
+            }
+            (d, plain)
+        })
+        .collect();
+    (md, config, layers)
+}
+
+fn mtimes(layer: &[u8]) -> Vec<(String, u64)> {
+    let mut a = tar::Archive::new(layer);
+    a.entries().unwrap().map(|e| e.unwrap()).map(|e| (e.path().unwrap().display().to_string(), e.header().mtime().unwrap())).collect()
+}
+
+/// `rewrite-timestamp=true` with `SOURCE_DATE_EPOCH` (environment or build argument), as
+/// BuildKit's exporters: every file time later than the epoch in the layers the build wrote
+/// is the epoch, the base image's layers are untouched, and the config names the new
+/// layers; two builds in fresh stores, from contexts made at different times on different
+/// paths, give the same manifest digest, and one changed byte changes it.
+#[test]
+fn rewrite_timestamp_clamps_the_builds_own_layers_to_source_date_epoch() {
+    const EPOCH: u64 = 1_700_000_000;
+    let df = "FROM busybox\nCOPY app.txt /app/\nRUN mkdir -p /out && echo built > /out/file && touch /out/new\n";
+    let build = |f: &Fixture, ctx: &std::path::Path, dest: &std::path::Path, opts: &str, env: bool, arg: bool| {
+        let out = format!("type=oci,dest={},name=clamped:1{opts}", dest.display());
+        let mut args = vec!["build", "--progress", "plain", "--output", &out];
+        if arg {
+            args.extend(["--build-arg", "SOURCE_DATE_EPOCH=1700000000"]);
+        }
+        args.push(ctx.to_str().unwrap());
+        let mut c = std::process::Command::new(RDOCK);
+        c.args(&args).env("RDOCK_ROOT", &f.root).env_remove("SOURCE_DATE_EPOCH");
+        if env {
+            c.env("SOURCE_DATE_EPOCH", EPOCH.to_string());
+        }
+        let o = c.output().unwrap();
+        assert_ok(&o);
+        o
+    };
+    let a = Fixture::new();
+    let ctx_a = a.ctx("a", &[("Dockerfile", df), ("app.txt", "app\n")]);
+    let (ta, tplain) = (a.path("a.tar"), a.path("plain.tar"));
+    build(&a, &ctx_a, &ta, ",rewrite-timestamp=true", true, false);
+    build(&a, &ctx_a, &tplain, "", true, false);
+    let (digest_a, config, layers) = oci_layers(&ta);
+    let (digest_plain, _, plain_layers) = oci_layers(&tplain);
+    // The base layer is the base image's, byte for byte; the build's own are clamped.
+    assert_eq!(layers[0], plain_layers[0]);
+    for (i, (_, layer)) in layers.iter().enumerate().skip(1) {
+        let times = mtimes(layer);
+        assert!(times.iter().all(|(_, t)| *t <= EPOCH), "layer {i}: {times:?}");
+        assert!(times.iter().any(|(_, t)| *t == EPOCH), "layer {i}: {times:?}");
+        let diff_id = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(layer)));
+        assert_eq!(config["rootfs"]["diff_ids"][i], diff_id.as_str(), "the config names the rewritten layer");
+    }
+    assert!(mtimes(&plain_layers[2].1).iter().any(|(_, t)| *t > EPOCH), "without the key the build's times stand");
+    assert_ne!(digest_a, digest_plain);
+    assert_eq!(config["created"], "2023-11-14T22:13:20Z");
+    // Another store, later, elsewhere, with the epoch as a build argument: the same image.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let b = Fixture::new();
+    let ctx_b = b.ctx("elsewhere/b", &[("Dockerfile", df), ("app.txt", "app\n")]);
+    let tb = b.path("b.tar");
+    build(&b, &ctx_b, &tb, ",rewrite-timestamp=true", false, true);
+    assert_eq!(oci_layers(&tb).0, digest_a, "not reproducible");
+    std::fs::write(ctx_b.join("app.txt"), "apq\n").unwrap();
+    build(&b, &ctx_b, &tb, ",rewrite-timestamp=true", false, true);
+    assert_ne!(oci_layers(&tb).0, digest_a, "a changed byte must change the image");
+    // Into the store (type=image): the tagged image is the rewritten one, and runs.
+    let o = b.build(
+        &ctx_b,
+        &["--opt", "build-arg:SOURCE_DATE_EPOCH=1700000000", "--output", "type=image,name=clamped:2,rewrite-timestamp=true"],
+    );
+    assert_ok(&o);
+    let run = b.rdock(&["run", "--rm", "--network", "none", "clamped:2", "stat", "-c", "%Y", "/out/new"]);
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), EPOCH.to_string());
+    assert_ok(&b.rdock(&["fsck"]));
+    // No epoch: BuildKit's warning, and the times as built.
+    let o = build(&b, &ctx_b, &tb, ",rewrite-timestamp=true", false, false);
+    assert!(stderr(&o).contains("rewrite-timestamp=true without SOURCE_DATE_EPOCH"), "{}", stderr(&o));
+    assert!(mtimes(&oci_layers(&tb).2[2].1).iter().any(|(_, t)| *t > EPOCH));
 }

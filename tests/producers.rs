@@ -174,7 +174,7 @@ fn what_rdock_writes_docker_runs_and_podman_loads() {
     let tar = f.path("docker.tar");
     assert_ok(&f.rdock(&["save", "-o", tar.to_str().unwrap(), &tag]));
     ok(docker(&["load", "-i", tar.to_str().unwrap()]));
-    assert_eq!(ok(docker(&["run", "--rm", &tag])).trim(), "made-by-rdock");
+    assert_eq!(docker_run(&["--rm", &tag]).trim(), "made-by-rdock");
     rm_docker_images(std::slice::from_ref(&tag));
     // The OCI archive, as podman reads it. (podman cannot start containers on this kind of
     // machine: runc is refused setting rlimits. The image is mounted and read instead.)

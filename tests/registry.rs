@@ -86,7 +86,7 @@ fn push_pull_round_trip_through_a_real_registry() {
     // insecure to docker by default).
     if Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success()) {
         sh("docker", &["pull", "-q", &app]);
-        assert_eq!(sh("docker", &["run", "--rm", &app]), "hello from the registry\n");
+        assert_eq!(docker_run(&["--rm", &app]), "hello from the registry\n");
         sh("docker", &["rmi", "-f", &app]);
     } else {
         eprintln!("no dockerd: docker pull of the pushed image not checked here");

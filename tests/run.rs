@@ -519,7 +519,7 @@ fn save_and_load_round_trip_through_docker_archive_and_oci_archive() {
     if Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success()) {
         let loaded = sh("docker", &["load", "-i", docker_tar.to_str().unwrap()]);
         assert!(loaded.contains("rt:1"), "{loaded}");
-        assert_eq!(sh("docker", &["run", "--rm", "rt:1"]), "round\n");
+        assert_eq!(docker_run(&["--rm", "rt:1"]), "round\n");
         let from_docker = f.path("from-docker.tar");
         sh("docker", &["save", "-o", from_docker.to_str().unwrap(), "rt:1"]);
         sh("docker", &["rmi", "-f", "rt:1"]);

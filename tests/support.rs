@@ -166,6 +166,25 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `docker run ARGS`'s standard output. dockerd on this kind of machine (gVisor) has
+/// failed the first start of an image just loaded with runc's "executable file not found
+/// in $PATH" and started the same image a moment later: that one error is retried twice,
+/// any other fails at once.
+pub fn docker_run(args: &[&str]) -> String {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    for attempt in 1.. {
+        let o = Command::new("/usr/bin/docker").args(&all).output().unwrap();
+        if o.status.success() || attempt == 3 || !stderr(&o).contains("OCI runtime create failed") {
+            assert_ok(&o);
+            return out(&o);
+        }
+        eprintln!("docker run {args:?}: {} (attempt {attempt}, retrying)", stderr(&o).trim());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    unreachable!()
+}
+
 /// A command's standard output, as text.
 pub fn out(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

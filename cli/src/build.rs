@@ -6,7 +6,9 @@ use crate::progress::{self, Mode};
 use anyhow::{Context, bail};
 use rdock_frontend::{BuildOptions, ImageResolver, ResolvedImage, lower};
 use rdock_imagespec::{ImageRef, Platform};
-use rdock_oci::{ArchiveFormat, ExportForm, ImageStore, commit_image, export_archive, export_local, export_tar};
+use rdock_oci::{
+    ArchiveFormat, ClampTimes, CommittedImage, ExportForm, ImageStore, commit_image, export_archive, export_local, export_tar,
+};
 use rdock_solver::{SolveRequest, Solver};
 use rdock_worker::{NamespaceExecutor, Worker};
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +56,9 @@ pub enum Output {
         push: bool,
         /// `registry.insecure=true`: plain HTTP to these registries.
         insecure: bool,
+        /// `rewrite-timestamp=true`: the stored (and pushed) image has its own layers'
+        /// file times clamped to `SOURCE_DATE_EPOCH`.
+        rewrite_timestamp: bool,
     },
 }
 
@@ -345,7 +350,12 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
                 ))
                 .into());
             }
-            Output::Image { names, push, insecure: flag(spec, &m, "registry.insecure")?.unwrap_or(false) }
+            Output::Image {
+                names,
+                push,
+                insecure: flag(spec, &m, "registry.insecure")?.unwrap_or(false),
+                rewrite_timestamp: flag(spec, &m, "rewrite-timestamp")?.unwrap_or(false),
+            }
         }
         other => {
             return Err(UsageError(format!("unknown output type {other:?} (expected docker, oci, local, tar or image)")).into());
@@ -360,11 +370,23 @@ const FORM_KEYS: &[&str] = &["compression", "compression-level", "force-compress
 fn check_output_keys(spec: &str, m: &BTreeMap<String, String>) -> anyhow::Result<()> {
     let ty = m.get("type").map(String::as_str).unwrap_or("local");
     let allowed: &[&str] = match ty {
-        "docker" => &["type", "dest", "name", "compression", "compression-level", "force-compression", "oci-mediatypes"],
-        "oci" => &["type", "dest", "name", "compression", "compression-level", "force-compression", "oci-mediatypes", "tar"],
-        "image" | "registry" => {
-            &["type", "name", "push", "registry.insecure", "compression", "compression-level", "force-compression", "oci-mediatypes"]
+        "docker" => {
+            &["type", "dest", "name", "compression", "compression-level", "force-compression", "oci-mediatypes", "rewrite-timestamp"]
         }
+        "oci" => {
+            &["type", "dest", "name", "compression", "compression-level", "force-compression", "oci-mediatypes", "tar", "rewrite-timestamp"]
+        }
+        "image" | "registry" => &[
+            "type",
+            "name",
+            "push",
+            "registry.insecure",
+            "compression",
+            "compression-level",
+            "force-compression",
+            "oci-mediatypes",
+            "rewrite-timestamp",
+        ],
         "local" | "tar" => &["type", "dest"],
         _ => return Ok(()),
     };
@@ -375,7 +397,6 @@ fn check_output_keys(spec: &str, m: &BTreeMap<String, String>) -> anyhow::Result
             continue;
         }
         let why = match k.as_str() {
-            "rewrite-timestamp" => " yet (reproducible timestamps are planned with SOURCE_DATE_EPOCH)",
             k if k.starts_with("annotation-index") || k.starts_with("annotation-manifest-descriptor") => {
                 " yet: rdock writes single-platform images without an index of their own; use annotation.KEY"
             }
@@ -413,6 +434,7 @@ fn export_form(spec: &str, m: &BTreeMap<String, String>, oci: bool) -> anyhow::R
         Some(l) => Some(l.parse().map_err(|_| UsageError(format!("--output {spec}: compression-level={l}: expected a number")))?),
     };
     form.force = flag(spec, m, "force-compression")?.unwrap_or(false);
+    form.rewrite_timestamp = flag(spec, m, "rewrite-timestamp")?.unwrap_or(false);
     // BuildKit's defaults: OCI media types for oci, docker's for docker unless zstd asks for OCI's.
     form.oci_media_types =
         flag(spec, m, "oci-mediatypes")?.unwrap_or(oci || form.compression == Some(rdock_snapshotter::Compression::Zstd));
@@ -422,6 +444,40 @@ fn export_form(spec: &str, m: &BTreeMap<String, String>, oci: bool) -> anyhow::R
         }
     }
     Ok(form)
+}
+
+/// `SOURCE_DATE_EPOCH`: the build argument, else the environment variable (as buildx
+/// passes it on); Unix seconds.
+fn source_date_epoch(build_args: &BTreeMap<String, String>) -> anyhow::Result<Option<i64>> {
+    let value = match build_args.get("SOURCE_DATE_EPOCH").filter(|v| !v.is_empty()) {
+        Some(v) => v.clone(),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) if !v.is_empty() => v,
+            _ => return Ok(None),
+        },
+    };
+    let secs = value.trim().parse::<i64>().map_err(|_| UsageError(format!("SOURCE_DATE_EPOCH={value}: expected Unix seconds")))?;
+    Ok(Some(secs))
+}
+
+/// What `rewrite-timestamp=true` clamps to; None when not asked, or (with BuildKit's
+/// warning) when there is no `SOURCE_DATE_EPOCH` to clamp to.
+fn clamp_times(asked: bool, epoch: Option<i64>, base: &[rdock_imagespec::Digest]) -> Option<ClampTimes> {
+    if !asked {
+        return None;
+    }
+    if epoch.is_none() {
+        eprintln!("warning: rewrite-timestamp=true without SOURCE_DATE_EPOCH (environment or --build-arg): file times are left as built");
+    }
+    epoch.map(|epoch| ClampTimes { epoch, base_diff_ids: base.to_vec() })
+}
+
+/// The committed image with its own layers' times clamped, written to the store.
+fn rewritten(images: &ImageStore, c: &CommittedImage, clamp: &ClampTimes) -> anyhow::Result<CommittedImage> {
+    let manifest = rdock_oci::convert_manifest(images, &c.manifest, &ExportForm::stored(), Some(clamp))?;
+    let bytes = images.store().content().read(&manifest)?;
+    let manifest_doc: rdock_imagespec::Manifest = serde_json::from_slice(&bytes)?;
+    Ok(CommittedImage { manifest, manifest_size: bytes.len() as u64, config: manifest_doc.config.digest.clone(), manifest_doc })
 }
 
 /// Resolves base images from the local store first, then from their registry (manifest
@@ -646,7 +702,14 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
     let mut summary = BuildSummary { executed: out.executed, cached: out.cached, manifest: None };
     let mut committed = None;
     let mut image_names: Vec<ImageRef> = Vec::new();
-    let created = rdock_imagespec::time::build_time();
+    let epoch = source_date_epoch(&req.build_args)?;
+    let created = match epoch {
+        Some(e) => rdock_imagespec::time::rfc3339(e, 0),
+        None => rdock_imagespec::time::build_time(),
+    };
+    let clamp = |asked: bool| clamp_times(asked, epoch, &lowered.base_diff_ids);
+    // What --metadata-file and the summary report: the stored image, or its rewritten form.
+    let mut reported: Option<CommittedImage> = None;
     for o in &req.outputs {
         let needs_image = matches!(o, Output::Docker { .. } | Output::Oci { .. } | Output::Image { .. });
         if needs_image && committed.is_none() {
@@ -657,7 +720,7 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
                 let fmt = if matches!(o, Output::Docker { .. }) { ArchiveFormat::Docker } else { ArchiveFormat::Oci };
                 if let Some(c) = &committed {
                     let export = || -> anyhow::Result<()> {
-                        let manifest = rdock_oci::convert_manifest(&images, &c.manifest, form)?;
+                        let manifest = rdock_oci::convert_manifest(&images, &c.manifest, form, clamp(form.rewrite_timestamp).as_ref())?;
                         match o {
                             Output::Oci { tar: false, .. } => rdock_oci::export_layout_dir(&images, &manifest, names, dest)?,
                             _ => export_archive(&images, &manifest, names, fmt, dest)?,
@@ -668,14 +731,19 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
                 }
                 image_names.extend(names.iter().cloned());
             }
-            Output::Image { names, push, .. } => {
+            Output::Image { names, push, rewrite_timestamp, .. } => {
                 if let Some(c) = &committed {
+                    let c = match clamp(*rewrite_timestamp) {
+                        Some(t) => rewritten(&images, c, &t)?,
+                        None => c.clone(),
+                    };
                     for n in names {
                         images.tag(n, &c.manifest)?;
                         if *push {
                             crate::registry::push_image(&images, &client, n, &c.manifest, quiet)?;
                         }
                     }
+                    reported = Some(c);
                 }
                 image_names.extend(names.iter().cloned());
             }
@@ -687,6 +755,7 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
             }
         }
     }
+    let committed = reported.or(committed);
     if let Some(c) = &committed {
         summary.manifest = Some(c.manifest.to_string());
     }

@@ -139,6 +139,9 @@ pub struct Lowered {
     pub definition: Definition,
     /// The image config of the target stage (rootfs and times are filled in by the exporter).
     pub image: ImageConfig,
+    /// The diff IDs of the target stage's base image, bottom first (empty for scratch):
+    /// the layers `rewrite-timestamp` leaves alone.
+    pub base_diff_ids: Vec<rdock_imagespec::Digest>,
     /// The syntax directive, if any (recorded, not fetched).
     pub syntax: Option<String>,
     /// Build-check warnings.
@@ -280,7 +283,7 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     };
     let result = ctx.lower_stage(target)?;
     let mut image = result.image;
-    image.rootfs = Default::default();
+    let base_diff_ids = std::mem::take(&mut image.rootfs).diff_ids;
     image.created = None;
     // An explicit target platform is what the image says it is for (BuildKit forces it);
     // otherwise the target stage's platform stands, falling back to the build platform.
@@ -293,7 +296,7 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
             image.variant = target.variant.clone();
         }
     }
-    Ok(Lowered { definition: ctx.builder.finish(result.state), image, syntax: df.directives.syntax, warnings, check })
+    Ok(Lowered { definition: ctx.builder.finish(result.state), image, base_diff_ids, syntax: df.directives.syntax, warnings, check })
 }
 
 /// The automatic platform args (BUILDPLATFORM, TARGETARCH, …) for a build on `b` for `p`.

@@ -8,6 +8,7 @@
 //! asked compression is kept byte for byte (its digest unchanged) unless
 //! `force-compression` is set, so a registry that has it is not sent it again.
 
+use crate::epoch::ClampTimes;
 use crate::{ImageStore, OciError};
 use rdock_imagespec::{Descriptor, Digest, Manifest};
 use rdock_snapshotter::Compression;
@@ -28,12 +29,22 @@ pub struct ExportForm {
     pub oci_media_types: bool,
     /// Annotations of the manifest.
     pub annotations: BTreeMap<String, String>,
+    /// `rewrite-timestamp=true`: clamp the file times of the build's own layers to
+    /// `SOURCE_DATE_EPOCH` (the caller passes [`ClampTimes`] when there is one).
+    pub rewrite_timestamp: bool,
 }
 
 impl ExportForm {
     /// What rdock stores: gzip layers, OCI media types, no annotations.
     pub fn stored() -> ExportForm {
-        ExportForm { compression: None, level: None, force: false, oci_media_types: true, annotations: BTreeMap::new() }
+        ExportForm {
+            compression: None,
+            level: None,
+            force: false,
+            oci_media_types: true,
+            annotations: BTreeMap::new(),
+            rewrite_timestamp: false,
+        }
     }
 }
 
@@ -46,16 +57,27 @@ fn layer_media_type(c: Compression, oci: bool) -> &'static str {
 }
 
 /// The manifest of `manifest` in `form`, stored in the content store; `manifest` itself
-/// when nothing changes.
-pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportForm) -> Result<Digest, OciError> {
+/// when nothing changes. With `clamp` (`rewrite-timestamp=true`), the layers above the
+/// base image's have their file times clamped, and the config names their new diff IDs.
+pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportForm, clamp: Option<&ClampTimes>) -> Result<Digest, OciError> {
     if form.compression == Some(Compression::Zstd) && !form.oci_media_types {
         return Err(OciError::Unsupported("compression=zstd needs OCI media types (oci-mediatypes=true): docker's have no zstd".into()));
     }
     let stored: Manifest = images.manifest(manifest)?;
     let mut m = stored.clone();
     let content = images.store().content();
+    let mut config = None;
+    let from = match clamp {
+        Some(c) => {
+            let cfg = images.config(&stored)?;
+            let n = c.base_layers(&cfg.rootfs.diff_ids);
+            config = Some(cfg);
+            n
+        }
+        None => usize::MAX,
+    };
     let mut layers = Vec::with_capacity(m.layers.len());
-    for l in &m.layers {
+    for (i, l) in m.layers.iter().enumerate() {
         // A foreign layer is not ours to change: its digest is what its URLs serve.
         if l.is_non_distributable() {
             layers.push(l.clone());
@@ -65,13 +87,36 @@ pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportFor
         let n = content.open(&l.digest)?.read(&mut head).map_err(|e| OciError::Io(content.path(&l.digest), e))?;
         let current = Compression::sniff(&head[..n]);
         let target = form.compression.unwrap_or(current);
-        let (digest, size) =
-            if current == target && !form.force { (l.digest.clone(), l.size) } else { recompress(images, &l.digest, target, form.level)? };
+        let clamped = match (clamp, config.as_mut()) {
+            (Some(c), Some(cfg)) if i >= from => {
+                let (diff_id, size) = crate::epoch::clamp_stored_layer(content, &l.digest, c.epoch)?;
+                let changed = cfg.rootfs.diff_ids.get(i) != Some(&diff_id);
+                if changed && let Some(d) = cfg.rootfs.diff_ids.get_mut(i) {
+                    *d = diff_id.clone();
+                }
+                changed.then_some((diff_id, size))
+            }
+            _ => None,
+        };
+        let (digest, size) = match clamped {
+            Some((d, size)) if target == Compression::None => (d, size),
+            Some((d, _)) => recompress(images, &d, target, form.level)?,
+            None if current == target && !form.force => (l.digest.clone(), l.size),
+            None => recompress(images, &l.digest, target, form.level)?,
+        };
         let mut d = Descriptor::new(layer_media_type(target, form.oci_media_types), digest, size);
         d.annotations = l.annotations.clone();
+        d.urls = l.urls.clone();
         layers.push(d);
     }
     m.layers = layers;
+    if let Some(cfg) = config {
+        let bytes = cfg.to_json();
+        let digest = content.put(&bytes)?;
+        if digest != m.config.digest {
+            m.config = Descriptor::new(&m.config.media_type, digest, bytes.len() as u64);
+        }
+    }
     m.media_type = Some(
         if form.oci_media_types { rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST } else { rdock_imagespec::MEDIA_TYPE_DOCKER_MANIFEST }
             .to_string(),

@@ -273,7 +273,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     .iter()
                     .map(|t| ImageRef::parse(t).map_err(|e| UsageError(e.to_string()).into()))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                outs.push(Output::Image { names, push, insecure: false });
+                outs.push(Output::Image { names, push, insecure: false, rewrite_timestamp: false });
             }
             let mut args = BTreeMap::new();
             for a in build_args {
