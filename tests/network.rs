@@ -192,3 +192,76 @@ fn run_publishes_ports_on_the_host() {
     assert_eq!(o.status.code(), Some(125), "{}", out_text(&o));
     assert!(out_text(&o).contains("-p"), "{}", out_text(&o));
 }
+
+/// A UDP echo server for the container (busybox has none): answers each datagram with
+/// `echo:` and its bytes. Built static, so it runs in the busybox image from a bind mount.
+const UDP_ECHO_C: &str = r#"
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(atoi(argv[1]));
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0) { perror("bind"); return 1; }
+    for (;;) {
+        char b[512], r[600];
+        struct sockaddr_in p;
+        socklen_t l = sizeof p;
+        int n = recvfrom(s, b, sizeof b - 1, 0, (struct sockaddr *)&p, &l);
+        if (n < 0) return 1;
+        b[n] = 0;
+        int m = snprintf(r, sizeof r, "echo:%s", b);
+        sendto(s, r, m, 0, (struct sockaddr *)&p, l);
+    }
+}
+"#;
+
+/// `-p HOST:CTR/udp` forwards datagrams both ways: a datagram sent to the host port reaches
+/// a server in the container, and its answer comes back.
+#[test]
+fn run_publishes_udp_ports_on_the_host() {
+    let f = Fixture::new();
+    let bin = f.path("probe");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("udp-echo.c"), UDP_ECHO_C).unwrap();
+    sh("cc", &["-static", "-O2", "-o", bin.join("udp-echo").to_str().unwrap(), bin.join("udp-echo.c").to_str().unwrap()]);
+    let host = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(RDOCK)
+        .args(["run", "--rm", "-p", &format!("127.0.0.1:{port}:5353/udp"), "-v", &format!("{}:/probe:ro", bin.display())])
+        .args(["busybox", "/probe/udp-echo", "5353"])
+        .env("RDOCK_ROOT", &f.root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    host.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        // Datagrams sent before the server and the forward are up are lost: send again.
+        host.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 600];
+        match host.recv_from(&mut buf) {
+            Ok((n, _)) => break String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(_) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let mut e = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+                panic!("no answer on udp 127.0.0.1:{port}: {e}");
+            }
+            Err(_) => {}
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answer, "echo:ping");
+    // A host port already taken is run's own failure (125), naming it.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let p = taken.local_addr().unwrap().port();
+    let o = f.rdock(&["run", "--rm", "-p", &format!("127.0.0.1:{p}:53/udp"), "busybox", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", out_text(&o));
+    assert!(out_text(&o).contains(&format!("127.0.0.1:{p}:53/udp")), "{}", out_text(&o));
+}

@@ -474,6 +474,7 @@ const REAL: &[(&str, &str)] = &[
     ("10-onbuild-child", "rdtest/onbuild-child:1"),
     ("11-postgres-style", "rdtest/postgres-style:1"),
     ("12-config-heavy", "rdtest/config:1"),
+    ("13-rust-cargo", "rdtest/rust-app:1"),
 ];
 
 /// Images built by both builders and run by rdock, but not compared file by file.
@@ -589,6 +590,7 @@ fn real_dockerfiles_build_by_default_and_match_buildkit() {
         ("rdtest/multistage:1", "hello from a static binary"),
         ("rdtest/users:1", "built-by-web"),
         ("rdtest/config:1", "version=1.2.3 flavor=plain"),
+        ("rdtest/rust-app:1", "1234567 formatted by itoa"),
     ] {
         if !built.contains(&tag) {
             continue;

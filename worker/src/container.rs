@@ -4,8 +4,9 @@
 //! executed, so "not found" and "not executable" are errors here, not exit codes; the
 //! caller then waits, forwarding signals and copying the pty as it sees fit.
 
-use crate::network::{NetNs, PortMap};
+use crate::network::{NetNs, PortMap, Proto};
 use crate::sandbox::{SpawnOptions, Spawned, Stdio, spawn};
+use crate::udprelay::UdpRelay;
 use crate::{ExecError, ExecSpec};
 use rdock_llb::Network;
 use rdock_snapshotter::MountSpec;
@@ -49,6 +50,8 @@ pub struct ContainerSpec {
 /// A running container's first process.
 pub struct Process {
     inner: Spawned,
+    /// Relays of the UDP ports published (stopped when dropped, before the namespace).
+    _udp: Vec<UdpRelay>,
     /// The default network's namespace and its slirp4netns, for as long as the container.
     _net: Option<NetNs>,
 }
@@ -71,12 +74,16 @@ impl Process {
             Streams::Inherit { stdin } => Stdio::Inherit { stdin },
             Streams::Tty { rows, cols } => Stdio::Pty { winsize: libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 } },
         };
+        let mut udp = Vec::new();
         let net = match spec.exec.network {
             Network::Sandbox => {
-                let api = (!spec.ports.is_empty()).then(|| api_socket_for(scratch));
-                let ns = NetNs::create(api)?;
+                let tcp = spec.ports.iter().any(|p| p.proto == Proto::Tcp);
+                let ns = NetNs::create(tcp.then(|| api_socket_for(scratch)))?;
                 for p in &spec.ports {
-                    ns.forward(p)?;
+                    match p.proto {
+                        Proto::Tcp => ns.forward(p)?,
+                        Proto::Udp => udp.push(UdpRelay::start(ns.fd(), p)?),
+                    }
                 }
                 Some(ns)
             }
@@ -98,7 +105,7 @@ impl Process {
         if matches!(spec.streams, Streams::Tty { .. }) && inner.pty.is_none() {
             return Err(ExecError::Setup("the container did not send its terminal".into()));
         }
-        Ok(Process { inner, _net: net })
+        Ok(Process { inner, _udp: udp, _net: net })
     }
 
     /// The pid (in rdock's pid namespace) of the container's pid 1.

@@ -23,6 +23,7 @@ pub mod http;
 pub mod network;
 mod sandbox;
 pub mod seccomp;
+mod udprelay;
 pub mod user;
 
 pub use fileop::{CopySource, resolve_in_root};

@@ -120,8 +120,9 @@ impl NetNs {
         self.ns.as_fd()
     }
 
-    /// Publishes `port` (TCP or UDP) on the host's `host_ip:host_port` to the namespace's
-    /// `container_port`, through slirp4netns's API socket.
+    /// Publishes the TCP `port` on the host's `host_ip:host_port` to the namespace's
+    /// `container_port`, through slirp4netns's API socket. (UDP ports are relayed by rdock:
+    /// see `udprelay.rs` for why.)
     pub fn forward(&self, p: &PortMap) -> Result<(), ExecError> {
         let api = self.api.as_ref().ok_or_else(|| ExecError::Setup("this network has no API socket for ports".into()))?;
         let req = serde_json::json!({
