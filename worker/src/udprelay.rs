@@ -72,16 +72,17 @@ impl Relay {
                 }
                 Err(_) => return,
             };
-            if !clients.contains_key(&from) {
-                let Ok(inner) = self.inner_socket() else { continue };
-                let inner = Arc::new(inner);
-                self.answer(from, inner.clone());
-                clients.insert(from, (inner, Instant::now()));
-            }
-            if let Some((inner, last)) = clients.get_mut(&from) {
-                *last = Instant::now();
-                let _ = inner.send(&buf[..n]);
-            }
+            let (inner, last) = match clients.entry(from) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let Ok(inner) = self.inner_socket() else { continue };
+                    let inner = Arc::new(inner);
+                    self.answer(from, inner.clone());
+                    e.insert((inner, Instant::now()))
+                }
+            };
+            *last = Instant::now();
+            let _ = inner.send(&buf[..n]);
         }
     }
 
