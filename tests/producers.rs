@@ -56,6 +56,33 @@ fn docker_busybox(tag: &str) {
     ok(docker(&["tag", "busybox:latest", tag]));
 }
 
+/// True if the tarball (`docker export`'s filesystem, or `docker save`'s archive with its
+/// `*/layer.tar` layers) holds `bin/cat` anywhere.
+fn has_cat(tar: &Path) -> bool {
+    let files = read_tar_files(tar);
+    files.contains_key("bin/cat")
+        || files.iter().filter(|(p, _)| p.ends_with("layer.tar") || p.starts_with("blobs/")).any(|(_, b)| {
+            let mut a = tar::Archive::new(&b[..]);
+            a.entries().is_ok_and(|mut es| es.any(|e| e.is_ok_and(|e| e.path().is_ok_and(|p| p.to_string_lossy() == "bin/cat"))))
+        })
+}
+
+/// Runs a docker command that writes `tar` (save or export) until what it wrote holds the
+/// busybox base's `bin/cat`. A dockerd just started on this kind of machine (gVisor) has
+/// written images short of files it had just stored, and written them whole a moment
+/// later; every retry is reported, and three short writes fail the test.
+fn docker_write_whole(args: &[&str], tar: &Path) {
+    for attempt in 1..=3 {
+        ok(docker(args));
+        if has_cat(tar) {
+            return;
+        }
+        eprintln!("docker {args:?} wrote {} without bin/cat (attempt {attempt})", tar.display());
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    panic!("docker {args:?} kept writing {} without bin/cat", tar.display());
+}
+
 #[test]
 fn images_docker_makes_load_pull_and_run() {
     require_dockerd();
@@ -82,7 +109,7 @@ fn images_docker_makes_load_pull_and_run() {
     ok(docker(&["commit", "-c", "CMD [\"cat\", \"/who\"]", &cname, &commit]));
     made.push(commit);
     let export = f.path("export.tar");
-    ok(docker(&["export", "-o", export.to_str().unwrap(), &cname]));
+    docker_write_whole(&["export", "-o", export.to_str().unwrap(), &cname], &export);
     let _ = docker(&["rm", "-f", &cname]);
     let import = format!("{}:1", unique("import"));
     let imp = Command::new(DOCKER).args(["import", "-c", "CMD [\"cat\", \"/who\"]", export.to_str().unwrap(), &import]).output().unwrap();
@@ -91,8 +118,8 @@ fn images_docker_makes_load_pull_and_run() {
 
     let expect = ["classic", "buildkit", "commit", "commit"];
     for (tag, want) in made[1..].iter().zip(expect) {
-        let tar = f.path(&format!("{}.tar", want.len()));
-        ok(docker(&["save", "-o", tar.to_str().unwrap(), tag]));
+        let tar = f.path(&format!("{}.tar", tag.replace([':', '/'], "_")));
+        docker_write_whole(&["save", "-o", tar.to_str().unwrap(), tag], &tar);
         assert_ok(&f.rdock(&["load", "-i", tar.to_str().unwrap()]));
         let run = f.rdock(&["run", "--rm", tag]);
         assert_ok(&run);
