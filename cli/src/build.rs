@@ -6,9 +6,7 @@ use crate::progress::{self, Mode};
 use anyhow::{Context, bail};
 use rdock_frontend::{BuildOptions, ImageResolver, ResolvedImage, lower};
 use rdock_imagespec::{ImageRef, Platform};
-use rdock_oci::{
-    ArchiveFormat, ClampTimes, CommittedImage, ExportForm, ImageStore, commit_image, export_archive, export_local, export_tar,
-};
+use rdock_oci::{ArchiveFormat, BuiltOn, CommittedImage, ExportForm, ImageStore, commit_image, export_archive, export_local, export_tar};
 use rdock_solver::{SolveRequest, Solver};
 use rdock_worker::{NamespaceExecutor, Worker};
 use std::collections::{BTreeMap, HashMap};
@@ -460,21 +458,17 @@ fn source_date_epoch(build_args: &BTreeMap<String, String>) -> anyhow::Result<Op
     Ok(Some(secs))
 }
 
-/// What `rewrite-timestamp=true` clamps to; None when not asked, or (with BuildKit's
-/// warning) when there is no `SOURCE_DATE_EPOCH` to clamp to.
-fn clamp_times(asked: bool, epoch: Option<i64>, base: &[rdock_imagespec::Digest]) -> Option<ClampTimes> {
-    if !asked {
-        return None;
-    }
-    if epoch.is_none() {
+/// BuildKit's warning for `rewrite-timestamp=true` without an epoch to clamp to.
+fn warn_without_epoch(asked: bool, built: &BuiltOn) {
+    if asked && built.epoch.is_none() {
         eprintln!("warning: rewrite-timestamp=true without SOURCE_DATE_EPOCH (environment or --build-arg): file times are left as built");
     }
-    epoch.map(|epoch| ClampTimes { epoch, base_diff_ids: base.to_vec() })
 }
 
 /// The committed image with its own layers' times clamped, written to the store.
-fn rewritten(images: &ImageStore, c: &CommittedImage, clamp: &ClampTimes) -> anyhow::Result<CommittedImage> {
-    let manifest = rdock_oci::convert_manifest(images, &c.manifest, &ExportForm::stored(), Some(clamp))?;
+fn rewritten(images: &ImageStore, c: &CommittedImage, built: &BuiltOn) -> anyhow::Result<CommittedImage> {
+    let form = ExportForm { rewrite_timestamp: true, ..ExportForm::stored() };
+    let manifest = rdock_oci::convert_manifest(images, &c.manifest, &form, built)?;
     let bytes = images.store().content().read(&manifest)?;
     let manifest_doc: rdock_imagespec::Manifest = serde_json::from_slice(&bytes)?;
     Ok(CommittedImage { manifest, manifest_size: bytes.len() as u64, config: manifest_doc.config.digest.clone(), manifest_doc })
@@ -707,7 +701,7 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
         Some(e) => rdock_imagespec::time::rfc3339(e, 0),
         None => rdock_imagespec::time::build_time(),
     };
-    let clamp = |asked: bool| clamp_times(asked, epoch, &lowered.base_diff_ids);
+    let built = BuiltOn { base_diff_ids: lowered.base_diff_ids.clone(), epoch };
     // What --metadata-file and the summary report: the stored image, or its rewritten form.
     let mut reported: Option<CommittedImage> = None;
     for o in &req.outputs {
@@ -720,7 +714,8 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
                 let fmt = if matches!(o, Output::Docker { .. }) { ArchiveFormat::Docker } else { ArchiveFormat::Oci };
                 if let Some(c) = &committed {
                     let export = || -> anyhow::Result<()> {
-                        let manifest = rdock_oci::convert_manifest(&images, &c.manifest, form, clamp(form.rewrite_timestamp).as_ref())?;
+                        warn_without_epoch(form.rewrite_timestamp, &built);
+                        let manifest = rdock_oci::convert_manifest(&images, &c.manifest, form, &built)?;
                         match o {
                             Output::Oci { tar: false, .. } => rdock_oci::export_layout_dir(&images, &manifest, names, dest)?,
                             _ => export_archive(&images, &manifest, names, fmt, dest)?,
@@ -733,10 +728,8 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
             }
             Output::Image { names, push, rewrite_timestamp, .. } => {
                 if let Some(c) = &committed {
-                    let c = match clamp(*rewrite_timestamp) {
-                        Some(t) => rewritten(&images, c, &t)?,
-                        None => c.clone(),
-                    };
+                    warn_without_epoch(*rewrite_timestamp, &built);
+                    let c = if *rewrite_timestamp && epoch.is_some() { rewritten(&images, c, &built)? } else { c.clone() };
                     for n in names {
                         images.tag(n, &c.manifest)?;
                         if *push {

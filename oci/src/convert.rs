@@ -8,7 +8,6 @@
 //! asked compression is kept byte for byte (its digest unchanged) unless
 //! `force-compression` is set, so a registry that has it is not sent it again.
 
-use crate::epoch::ClampTimes;
 use crate::{ImageStore, OciError};
 use rdock_imagespec::{Descriptor, Digest, Manifest};
 use rdock_snapshotter::Compression;
@@ -23,14 +22,15 @@ pub struct ExportForm {
     pub compression: Option<Compression>,
     /// gzip 0–9, zstd 1–22 (None: gzip 1, zstd 3, as BuildKit's defaults are fast levels).
     pub level: Option<i32>,
-    /// Recompress layers that already have the asked compression.
+    /// Apply `compression` to the base image's layers too, and recompress layers that
+    /// already have it.
     pub force: bool,
     /// OCI media types (else docker's v2 schema 2 ones; zstd needs OCI's).
     pub oci_media_types: bool,
     /// Annotations of the manifest.
     pub annotations: BTreeMap<String, String>,
     /// `rewrite-timestamp=true`: clamp the file times of the build's own layers to
-    /// `SOURCE_DATE_EPOCH` (the caller passes [`ClampTimes`] when there is one).
+    /// `SOURCE_DATE_EPOCH` ([`BuiltOn::epoch`]).
     pub rewrite_timestamp: bool,
 }
 
@@ -56,26 +56,38 @@ fn layer_media_type(c: Compression, oci: bool) -> &'static str {
     }
 }
 
+/// What the build knows of its image's layers that an export depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuiltOn {
+    /// The base image's diff IDs, bottom first. A layer is the base's while its diff ID is
+    /// the base's at the same position: such layers keep their compression unless
+    /// `force-compression` (BuildKit's `compression` is for layers the build made), and
+    /// `rewrite-timestamp` never touches them.
+    pub base_diff_ids: Vec<Digest>,
+    /// `SOURCE_DATE_EPOCH`, what `rewrite-timestamp=true` clamps file times to.
+    pub epoch: Option<i64>,
+}
+
+impl BuiltOn {
+    /// How many of `diff_ids` (bottom first) are the base image's own layers.
+    fn base_layers(&self, diff_ids: &[Digest]) -> usize {
+        diff_ids.iter().zip(&self.base_diff_ids).take_while(|(a, b)| a == b).count()
+    }
+}
+
 /// The manifest of `manifest` in `form`, stored in the content store; `manifest` itself
-/// when nothing changes. With `clamp` (`rewrite-timestamp=true`), the layers above the
-/// base image's have their file times clamped, and the config names their new diff IDs.
-pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportForm, clamp: Option<&ClampTimes>) -> Result<Digest, OciError> {
+/// when nothing changes. With `rewrite-timestamp` and an epoch, the build's own layers
+/// have their file times clamped, and the config names their new diff IDs.
+pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportForm, built: &BuiltOn) -> Result<Digest, OciError> {
     if form.compression == Some(Compression::Zstd) && !form.oci_media_types {
         return Err(OciError::Unsupported("compression=zstd needs OCI media types (oci-mediatypes=true): docker's have no zstd".into()));
     }
     let stored: Manifest = images.manifest(manifest)?;
     let mut m = stored.clone();
     let content = images.store().content();
-    let mut config = None;
-    let from = match clamp {
-        Some(c) => {
-            let cfg = images.config(&stored)?;
-            let n = c.base_layers(&cfg.rootfs.diff_ids);
-            config = Some(cfg);
-            n
-        }
-        None => usize::MAX,
-    };
+    let mut config = images.config(&stored)?;
+    let base = built.base_layers(&config.rootfs.diff_ids);
+    let clamp_to = built.epoch.filter(|_| form.rewrite_timestamp);
     let mut layers = Vec::with_capacity(m.layers.len());
     for (i, l) in m.layers.iter().enumerate() {
         // A foreign layer is not ours to change: its digest is what its URLs serve.
@@ -86,12 +98,17 @@ pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportFor
         let mut head = [0u8; 4];
         let n = content.open(&l.digest)?.read(&mut head).map_err(|e| OciError::Io(content.path(&l.digest), e))?;
         let current = Compression::sniff(&head[..n]);
-        let target = form.compression.unwrap_or(current);
-        let clamped = match (clamp, config.as_mut()) {
-            (Some(c), Some(cfg)) if i >= from => {
-                let (diff_id, size) = crate::epoch::clamp_stored_layer(content, &l.digest, c.epoch)?;
-                let changed = cfg.rootfs.diff_ids.get(i) != Some(&diff_id);
-                if changed && let Some(d) = cfg.rootfs.diff_ids.get_mut(i) {
+        let own = i >= base;
+        let mut target = if own || form.force { form.compression.unwrap_or(current) } else { current };
+        if target == Compression::Zstd && !form.oci_media_types {
+            // A zstd base layer in docker media types: docker's have no zstd.
+            target = Compression::Gzip;
+        }
+        let clamped = match clamp_to {
+            Some(epoch) if own => {
+                let (diff_id, size) = crate::epoch::clamp_stored_layer(content, &l.digest, epoch)?;
+                let changed = config.rootfs.diff_ids.get(i) != Some(&diff_id);
+                if changed && let Some(d) = config.rootfs.diff_ids.get_mut(i) {
                     *d = diff_id.clone();
                 }
                 changed.then_some((diff_id, size))
@@ -101,7 +118,7 @@ pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportFor
         let (digest, size) = match clamped {
             Some((d, size)) if target == Compression::None => (d, size),
             Some((d, _)) => recompress(images, &d, target, form.level)?,
-            None if current == target && !form.force => (l.digest.clone(), l.size),
+            None if current == target && !(form.force && form.compression.is_some()) => (l.digest.clone(), l.size),
             None => recompress(images, &l.digest, target, form.level)?,
         };
         let mut d = Descriptor::new(layer_media_type(target, form.oci_media_types), digest, size);
@@ -110,8 +127,8 @@ pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportFor
         layers.push(d);
     }
     m.layers = layers;
-    if let Some(cfg) = config {
-        let bytes = cfg.to_json();
+    if clamp_to.is_some() {
+        let bytes = config.to_json();
         let digest = content.put(&bytes)?;
         if digest != m.config.digest {
             m.config = Descriptor::new(&m.config.media_type, digest, bytes.len() as u64);

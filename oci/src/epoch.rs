@@ -12,22 +12,6 @@ use rdock_imagespec::Digest;
 use rdock_snapshotter::ContentStore;
 use std::io::{Read, Write};
 
-/// What to clamp to, and what not to touch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClampTimes {
-    /// `SOURCE_DATE_EPOCH`, in Unix seconds.
-    pub epoch: i64,
-    /// The base image's diff IDs, bottom first: these layers are kept as they are.
-    pub base_diff_ids: Vec<Digest>,
-}
-
-impl ClampTimes {
-    /// How many of `diff_ids` (bottom first) are the base image's own layers.
-    pub fn base_layers(&self, diff_ids: &[Digest]) -> usize {
-        diff_ids.iter().zip(&self.base_diff_ids).take_while(|(a, b)| a == b).count()
-    }
-}
-
 /// Writes the uncompressed layer `src` to `dst` with every time later than `epoch` set to
 /// it.
 pub fn clamp_layer(src: impl Read, dst: impl Write, epoch: i64) -> std::io::Result<()> {

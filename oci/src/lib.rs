@@ -25,12 +25,12 @@ mod load;
 mod store;
 
 pub use archive::{ArchiveFormat, export_archive, export_layout_dir};
-pub use convert::{ExportForm, convert_manifest};
+pub use convert::{BuiltOn, ExportForm, convert_manifest};
 pub use distribution::{
     BlobSource, LayoutSource, OnTransfer, OriginSource, PushReport, RegistrySource, Resolved, Transfer, parallel, pull, push,
     push_artifact, push_blobs, quiet, read_layout, resolve_remote, write_layout,
 };
-pub use epoch::{ClampTimes, clamp_layer};
+pub use epoch::clamp_layer;
 pub use error::OciError;
 pub use filesystem::{export_local, export_tar};
 pub use image::{CommittedImage, chain_snapshot_name, commit_image, ensure_unpacked};
