@@ -674,6 +674,9 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
         secrets: &req.secrets,
         target: Some(&target_id),
         imports: &imports,
+        // Layers are made while later steps run when something will need them.
+        eager_layers: !req.cache_exports.is_empty()
+            || req.outputs.iter().any(|o| matches!(o, Output::Docker { .. } | Output::Oci { .. } | Output::Image { .. })),
     });
     drop(sink);
     // Written for failed builds too: they are where a timeline helps most.

@@ -572,16 +572,13 @@ impl Client {
         content: &ContentStore,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
-        if content.contains(&desc.digest) {
-            return Ok(());
-        }
         let what = format!("blob {} of {}", desc.digest, repo.name());
         let call = self.call("GET", repo, &format!("blobs/{}", desc.digest), false);
         self.download(&call, &repo.registry, what, desc, content, progress)
     }
 
     /// Downloads a foreign (non-distributable) layer from one of the URLs its descriptor
-    /// lists, as docker does: a plain GET without the registry's credentials, verified
+    /// lists, as containerd and skopeo do: a plain GET without the registry's credentials, verified
     /// against the descriptor like any blob. Only `http` and `https` URLs are followed.
     pub fn fetch_url(
         &self,
@@ -590,9 +587,6 @@ impl Client {
         content: &ContentStore,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
-        if content.contains(&desc.digest) {
-            return Ok(());
-        }
         let host = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).ok_or_else(|| RegistryError::Http {
             method: "GET".into(),
             url: url.to_string(),
@@ -610,9 +604,9 @@ impl Client {
         self.download(&call, &host, format!("foreign layer {} from {url}", desc.digest), desc, content, progress)
     }
 
-    /// Streams the body of `call` into the content store: the blob becomes visible only
-    /// once its size and digest match `desc`; a connection that breaks is retried from
-    /// the start.
+    /// Streams the body of `call` into the content store (unless the blob is there): it
+    /// becomes visible only once its size and digest match `desc`; a connection that
+    /// breaks is retried from the start.
     fn download(
         &self,
         call: &Call<'_>,
@@ -622,6 +616,9 @@ impl Client {
         content: &ContentStore,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
+        if content.contains(&desc.digest) {
+            return Ok(());
+        }
         let mut attempt = 0u32;
         loop {
             let mut resp = self.send(call)?;

@@ -11,7 +11,7 @@
 //! # fn demo(solver: &Solver, def: &rdock_llb::Definition) {
 //! let locals = std::collections::HashMap::from([("context".to_string(), std::path::PathBuf::from("."))]);
 //! let secrets = std::collections::HashMap::new();
-//! let out = solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress, secrets: &secrets, target: None, imports: &[] }).unwrap();
+//! let out = solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress, secrets: &secrets, target: None, imports: &[], eager_layers: false }).unwrap();
 //! println!("result snapshot: {:?}", out.top);
 //! # }
 //! ```

@@ -33,6 +33,11 @@ pub struct SolveRequest<'a> {
     /// Imported cache exports (`--import-cache`): looked up after the local cache; their
     /// blobs are fetched only for the hits the build needs.
     pub imports: &'a [crate::remote::ImportedCache],
+    /// Make each executed step's layer blob (tar diff, digests, compression) as soon as the
+    /// step commits, on a thread of its own while later steps run, rather than all at the
+    /// end when an image is committed. For builds whose outputs need layers (an image, a
+    /// cache export); the solve returns once every such blob is made.
+    pub eager_layers: bool,
 }
 
 /// The result of a solve.
@@ -362,7 +367,17 @@ impl Solver {
                 for o in outs.into_iter().flatten() {
                     inputs.push(o?);
                 }
-                self.run_vertex(run, i, &inputs).map_err(Arc::new)
+                let out = self.run_vertex(run, i, &inputs).map_err(Arc::new)?;
+                if run.req.eager_layers
+                    && matches!(node.op, Op::Exec(_) | Op::File(_))
+                    && let Output::Snapshot(Some(name)) = &out
+                {
+                    // Joined when the solve's scope ends. A failure here is found again, and
+                    // reported, by whoever needs the layer.
+                    let (store, name) = (self.worker.store().clone(), name.clone());
+                    s.spawn(move || drop(store.snapshots().layer(&name)));
+                }
+                Ok(out)
             })
             .clone()
     }

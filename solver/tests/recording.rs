@@ -70,6 +70,7 @@ fn exec(b: &mut DefinitionBuilder, base: Option<Input>, cmd: &str, ignore_cache:
 
 struct Env {
     _dir: tempfile::TempDir,
+    store: Store,
     solver: Solver,
     rec: Arc<Recorder>,
 }
@@ -79,11 +80,15 @@ fn env() -> Env {
     let store = Store::open(dir.path()).unwrap();
     let rec = Arc::new(Recorder::default());
     let worker = Worker::new(store.clone(), rec.clone());
-    let solver = Solver::new(worker, ImageStore::new(store)).unwrap();
-    Env { _dir: dir, solver, rec }
+    let solver = Solver::new(worker, ImageStore::new(store.clone())).unwrap();
+    Env { _dir: dir, store, solver, rec }
 }
 
 fn solve(e: &Env, def: &Definition) -> Result<rdock_solver::SolveOutput, SolveError> {
+    solve_eager(e, def, false)
+}
+
+fn solve_eager(e: &Env, def: &Definition, eager_layers: bool) -> Result<rdock_solver::SolveOutput, SolveError> {
     let locals = HashMap::new();
     e.solver.solve(&SolveRequest {
         definition: def,
@@ -92,7 +97,25 @@ fn solve(e: &Env, def: &Definition) -> Result<rdock_solver::SolveOutput, SolveEr
         secrets: &HashMap::new(),
         target: None,
         imports: &[],
+        eager_layers,
     })
+}
+
+/// With `eager_layers`, every executed step's layer blob is made (and recorded) by the
+/// time the solve returns; without, none is made until an image needs it.
+#[test]
+fn eager_layers_are_made_while_the_build_runs() {
+    let layers = |e: &Env| -> i64 { e.store.db().conn().query_row("SELECT count(*) FROM layers", [], |r| r.get(0)).unwrap() };
+    for eager in [false, true] {
+        let e = env();
+        let mut b = DefinitionBuilder::default();
+        let one = exec(&mut b, None, "one", false);
+        let two = exec(&mut b, Some(one), "two", false);
+        let def = b.finish(Some(two));
+        let out = solve_eager(&e, &def, eager).unwrap();
+        assert_eq!(out.executed, 2);
+        assert_eq!(layers(&e), if eager { 2 } else { 0 }, "eager_layers={eager}");
+    }
 }
 
 #[test]
