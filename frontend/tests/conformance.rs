@@ -1,5 +1,5 @@
-//! BuildKit's own parser and shell-lexer test data (../shared/conformance/buildkit, see its
-//! README), read as tables: every Dockerfile in `testfiles` must dump to its `result`,
+//! BuildKit's own parser and shell-lexer test data (tests/data/buildkit, see its README for
+//! origin and licence), read as tables: every Dockerfile in `testfiles` must dump to its `result`,
 //! every one in `testfiles-negative` must be rejected, `parser-line` must give the right
 //! line ranges, and the expansion tables must hold for the A and U cases.
 
@@ -8,8 +8,8 @@ use rdock_frontend::shell::Lexer;
 use std::path::PathBuf;
 
 fn data() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/buildkit");
-    assert!(p.is_dir(), "{} is missing: the conformance data lives in ../shared beside the checkout", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/buildkit");
+    assert!(p.is_dir(), "{} is missing", p.display());
     p
 }
 
