@@ -23,14 +23,9 @@ pub struct ImageStore {
 }
 
 impl ImageStore {
-    /// The image store of `store`, creating its tables (names, and where blobs came from)
-    /// on first use.
+    /// The image store of `store` (its tables, names and where blobs came from, are in the
+    /// store's schema).
     pub fn new(store: Store) -> ImageStore {
-        let _ = store.db().conn().execute_batch(
-            "CREATE TABLE IF NOT EXISTS images (name TEXT PRIMARY KEY, manifest TEXT NOT NULL, created INTEGER NOT NULL); \
-                 CREATE TABLE IF NOT EXISTS blob_origins (digest TEXT NOT NULL, registry TEXT NOT NULL, repository TEXT NOT NULL, \
-                 PRIMARY KEY (digest, registry, repository));",
-        );
         ImageStore { store }
     }
 

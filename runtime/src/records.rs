@@ -98,14 +98,8 @@ pub struct Records {
 const COLUMNS: &str = "id, name, image, manifest, image_id, snapshot, parent, command, created, state, exit_code, finished, pid, pid_start, auto_remove, settings";
 
 impl Records {
-    /// The records of `db`, creating the table on first use.
+    /// The records of `db` (their table is in the store's schema).
     pub fn new(db: Arc<Db>) -> Result<Records, RuntimeError> {
-        db.conn().execute_batch(
-            "CREATE TABLE IF NOT EXISTS containers (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, image TEXT NOT NULL, \
-             manifest TEXT NOT NULL, image_id TEXT NOT NULL, snapshot TEXT NOT NULL, parent TEXT, command TEXT NOT NULL, \
-             created INTEGER NOT NULL, state TEXT NOT NULL, exit_code INTEGER, finished INTEGER, pid INTEGER, pid_start INTEGER, \
-             auto_remove INTEGER NOT NULL, settings TEXT NOT NULL);",
-        )?;
         Ok(Records { db })
     }
 

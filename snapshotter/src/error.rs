@@ -17,6 +17,16 @@ pub enum SnapshotError {
     /// The metadata database failed.
     #[error("metadata database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The store was written by a newer rdock, whose schema this one does not know.
+    #[error(
+        "the store's metadata database has schema version {found}, newer than this rdock knows ({known}): use the rdock that made it, or a newer one"
+    )]
+    NewerStore {
+        /// The store's version.
+        found: u32,
+        /// The newest this rdock knows.
+        known: u32,
+    },
     /// No snapshot with that key.
     #[error("snapshot {0:?} does not exist")]
     NotFound(String),

@@ -35,6 +35,7 @@ pub mod lock;
 mod mount;
 mod overlay;
 mod reserve;
+pub mod schema;
 mod whiteout;
 
 pub use apply::apply_layer;

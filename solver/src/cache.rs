@@ -12,11 +12,8 @@ pub struct CacheStore {
 }
 
 impl CacheStore {
-    /// The cache of `store`, creating its table on first use.
+    /// The cache of `store` (its table is in the store's schema).
     pub fn new(store: Store) -> Result<CacheStore, SolveError> {
-        store.db().conn().execute_batch(
-            "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, snapshot TEXT NOT NULL, created INTEGER NOT NULL, last_used INTEGER NOT NULL);",
-        )?;
         Ok(CacheStore { store })
     }
 

@@ -93,7 +93,6 @@ impl Explainer {
     /// stage, platform).
     pub fn load(store: &Store, target: &str) -> Result<Explainer, SolveError> {
         let conn = store.db().conn();
-        conn.execute_batch(TABLES)?;
         let steps: Option<Vec<u8>> =
             conn.query_row("SELECT steps FROM last_build WHERE target = ?1", params![target], |r| r.get(0)).optional()?;
         let had_previous = steps.is_some();
@@ -160,14 +159,10 @@ impl Explainer {
     }
 }
 
-const TABLES: &str = "CREATE TABLE IF NOT EXISTS key_info (key TEXT PRIMARY KEY, info BLOB NOT NULL) WITHOUT ROWID;
-     CREATE TABLE IF NOT EXISTS last_build (target TEXT PRIMARY KEY, steps BLOB NOT NULL, time INTEGER NOT NULL) WITHOUT ROWID;";
-
 /// Garbage collection: forgets what keys were made of, except for keys still cached and
 /// the steps of each target's last build (what the next build is explained against).
 pub(crate) fn prune_records(store: &Store) -> Result<(), SolveError> {
     let mut conn = store.db().conn();
-    conn.execute_batch(TABLES)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS keep_keys (key TEXT PRIMARY KEY); DELETE FROM keep_keys;")?;
     {

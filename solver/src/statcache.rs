@@ -71,16 +71,11 @@ pub struct FileHashCache {
     reused: AtomicUsize,
 }
 
-const TABLE: &str = "CREATE TABLE IF NOT EXISTS file_hashes (context TEXT NOT NULL, path TEXT NOT NULL, dev INTEGER NOT NULL, \
-     ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns TEXT NOT NULL, ctime_ns TEXT NOT NULL, hash BLOB NOT NULL, \
-     PRIMARY KEY (context, path)) WITHOUT ROWID;";
-
 /// Garbage collection: forgets the digests of context directories that no longer exist.
 /// Those of live contexts stay even under `prune --all`: they are an index of the user's
 /// files, not build cache, and without them the next build reads every file again.
 pub(crate) fn prune_records(store: &Store) -> Result<(), SolveError> {
     let conn = store.db().conn();
-    conn.execute_batch(TABLE)?;
     let contexts: Vec<String> = {
         let mut stmt = conn.prepare("SELECT DISTINCT context FROM file_hashes")?;
         stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
@@ -96,7 +91,6 @@ impl FileHashCache {
     pub fn load(store: &Store, dir: &Path) -> Result<FileHashCache, SolveError> {
         let context = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()).to_string_lossy().into_owned();
         let conn = store.db().conn();
-        conn.execute_batch(TABLE)?;
         let mut known = HashMap::new();
         {
             let mut stmt =
