@@ -12,7 +12,7 @@ fn with_view<T>(store: &Store, top: Option<&str>, f: impl FnOnce(&Path) -> Resul
     let key = rdock_snapshotter::active_key("export");
     let mounts = snaps.view(&key, top)?;
     let result = (|| {
-        let m = Mounted::new(&mounts[0], store.root().join("tmp").join(&key))?;
+        let m = Mounted::new(&mounts, store.root().join("tmp").join(&key))?;
         f(m.path())
     })();
     let _ = snaps.remove(&key);

@@ -308,7 +308,7 @@ impl Runtime {
             limits: req.limits,
             ports: req.ports.clone(),
         };
-        let started = Process::start(&self.store().root().join("tmp"), &spec, &mounts[0]);
+        let started = Process::start(&self.store().root().join("tmp"), &spec, &mounts);
         // Running containers hold no lease: garbage collection must not wait for them;
         // their snapshots are active, which it never removes.
         drop(lease);

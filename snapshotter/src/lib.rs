@@ -52,14 +52,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// containerd's snapshotter verbs. Keys name active snapshots and views; names are the
-/// keys committed snapshots are given.
+/// keys committed snapshots are given. Unlike containerd's, a snapshot appears through
+/// exactly one mount (an overlay, or a bind of a single directory): no caller has to pick
+/// one out of a list.
 pub trait Snapshotter: Send + Sync {
-    /// A writable snapshot on top of `parent`; returns the mounts that make it appear.
-    fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<MountSpec>, SnapshotError>;
+    /// A writable snapshot on top of `parent`; returns the mount that makes it appear.
+    fn prepare(&self, key: &str, parent: Option<&str>) -> Result<MountSpec, SnapshotError>;
     /// A read-only view of `parent`.
-    fn view(&self, key: &str, parent: Option<&str>) -> Result<Vec<MountSpec>, SnapshotError>;
-    /// The mounts of an existing active snapshot or view.
-    fn mounts(&self, key: &str) -> Result<Vec<MountSpec>, SnapshotError>;
+    fn view(&self, key: &str, parent: Option<&str>) -> Result<MountSpec, SnapshotError>;
+    /// The mount of an existing active snapshot or view.
+    fn mounts(&self, key: &str) -> Result<MountSpec, SnapshotError>;
     /// Makes the active snapshot `key` an immutable committed snapshot called `name`.
     fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError>;
     /// Removes a snapshot that no other snapshot has as parent.

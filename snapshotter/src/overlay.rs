@@ -255,7 +255,7 @@ impl OverlaySnapshotter {
         }
     }
 
-    fn create(&self, key: &str, parent: Option<&str>, kind: Kind) -> Result<Vec<MountSpec>, SnapshotError> {
+    fn create(&self, key: &str, parent: Option<&str>, kind: Kind) -> Result<MountSpec, SnapshotError> {
         let parent_id = match parent {
             Some(p) => {
                 let i = self.info(p)?;
@@ -619,15 +619,15 @@ pub(crate) fn owner_alive(name: &str) -> bool {
 }
 
 impl Snapshotter for OverlaySnapshotter {
-    fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<MountSpec>, SnapshotError> {
+    fn prepare(&self, key: &str, parent: Option<&str>) -> Result<MountSpec, SnapshotError> {
         self.create(key, parent, Kind::Active)
     }
 
-    fn view(&self, key: &str, parent: Option<&str>) -> Result<Vec<MountSpec>, SnapshotError> {
+    fn view(&self, key: &str, parent: Option<&str>) -> Result<MountSpec, SnapshotError> {
         self.create(key, parent, Kind::View)
     }
 
-    fn mounts(&self, key: &str) -> Result<Vec<MountSpec>, SnapshotError> {
+    fn mounts(&self, key: &str) -> Result<MountSpec, SnapshotError> {
         let info = self.info(key)?;
         let own = self.dir(info.id);
         let readonly = |mut lower: Vec<PathBuf>| match lower.len() {
@@ -647,7 +647,7 @@ impl Snapshotter for OverlaySnapshotter {
             Kind::View => readonly(self.lowers(info.parent.as_deref())?),
             Kind::Committed => readonly(self.lowers(Some(key))?),
         };
-        Ok(vec![spec])
+        Ok(spec)
     }
 
     fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError> {

@@ -29,7 +29,7 @@ fn diff_of_an_overlay_upper_has_oci_whiteouts_in_order() {
     // Base: a/keep, a/gone, d/old, d/sub/x
     let m = snaps.prepare("base-active", None).unwrap();
     {
-        let mnt = Mounted::new(&m[0], dir.path().join("m1")).unwrap();
+        let mnt = Mounted::new(&m, dir.path().join("m1")).unwrap();
         let p = mnt.path();
         std::fs::create_dir_all(p.join("a")).unwrap();
         std::fs::write(p.join("a/keep"), "k").unwrap();
@@ -43,7 +43,7 @@ fn diff_of_an_overlay_upper_has_oci_whiteouts_in_order() {
     // Child: delete a/gone, replace directory d with a new one, add b.
     let m = snaps.prepare("child-active", Some("base")).unwrap();
     {
-        let mnt = Mounted::new(&m[0], dir.path().join("m2")).unwrap();
+        let mnt = Mounted::new(&m, dir.path().join("m2")).unwrap();
         let p = mnt.path();
         std::fs::remove_file(p.join("a/gone")).unwrap();
         std::fs::remove_dir_all(p.join("d")).unwrap();
@@ -60,7 +60,7 @@ fn diff_of_an_overlay_upper_has_oci_whiteouts_in_order() {
     // The committed view shows the merged tree.
     let v = snaps.view("child-view", Some("child")).unwrap();
     {
-        let mnt = Mounted::new(&v[0], dir.path().join("m3")).unwrap();
+        let mnt = Mounted::new(&v, dir.path().join("m3")).unwrap();
         assert!(mnt.path().join("a/keep").exists());
         assert!(!mnt.path().join("a/gone").exists());
         assert!(!mnt.path().join("d/old").exists());

@@ -314,7 +314,7 @@ impl Worker {
                             Some(FileInput::Snapshot(Some(s))) => {
                                 let vkey = format!("{key}-seed{i}");
                                 let spec = snaps.view(&vkey, Some(s))?;
-                                match Mounted::new(&spec[0], self.store.root().join("tmp").join(&vkey)) {
+                                match Mounted::new(&spec, self.store.root().join("tmp").join(&vkey)) {
                                     Ok(mt) => {
                                         let p = resolve_in_root(mt.path(), &m.selector, true)?;
                                         views.push((vkey, mt));
@@ -386,7 +386,7 @@ impl Worker {
                                 _ => {
                                     let vkey = format!("{key}-mount{i}");
                                     let spec = snaps.view(&vkey, input(m.input).as_deref())?;
-                                    let mounted = Mounted::new(&spec[0], self.store.root().join("tmp").join(&vkey));
+                                    let mounted = Mounted::new(&spec, self.store.root().join("tmp").join(&vkey));
                                     match mounted {
                                         Ok(mt) => {
                                             let p = mt.path().to_path_buf();
@@ -459,7 +459,7 @@ impl Worker {
                 mounts: extra,
                 extra_hosts: op.extra_hosts.clone(),
             };
-            let res = self.executor.run(&spec, &mounts[0], output).map_err(|e| match (e, &op.platform) {
+            let res = self.executor.run(&spec, &mounts, output).map_err(|e| match (e, &op.platform) {
                 (ExecError::ExecFormat { program }, Some(p)) if Platform::parse(p).map_or(true, |p| !p.satisfies(&Platform::host())) => {
                     WorkerError::NoEmulator { program, platform: p.clone(), host: Platform::host().to_string() }
                 }
@@ -523,7 +523,7 @@ impl Worker {
         let result = (|| {
             let mounts = snaps.prepare(&key, base.as_deref())?;
             let tmp = self.store.root().join("tmp");
-            let root = Mounted::new(&mounts[0], tmp.join(format!("{key}-root")))?;
+            let root = Mounted::new(&mounts, tmp.join(format!("{key}-root")))?;
             let mut views: Vec<(String, Option<Mounted>)> = Vec::new();
             let mut matchers: Vec<Option<PatternMatcher>> = Vec::new();
             let mut roots: Vec<Option<(PathBuf, bool)>> = Vec::new();
@@ -550,7 +550,7 @@ impl Worker {
                     FileInput::Snapshot(Some(s)) => {
                         let vkey = format!("{key}-view{i}");
                         let m = snaps.view(&vkey, Some(s))?;
-                        let mounted = Mounted::new(&m[0], tmp.join(&vkey));
+                        let mounted = Mounted::new(&m, tmp.join(&vkey));
                         match mounted {
                             Ok(mt) => {
                                 roots.push(Some((mt.path().to_path_buf(), false)));
