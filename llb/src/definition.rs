@@ -101,6 +101,14 @@ pub enum DefinitionError {
         /// The missing producer.
         input: OpDigest,
     },
+    /// An attribute's value is not what its key says it holds.
+    #[error("attribute {key}: {reason}")]
+    BadAttribute {
+        /// The attribute.
+        key: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
 }
 
 impl Definition {

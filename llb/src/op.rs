@@ -82,9 +82,17 @@ impl SourceOp {
         self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
-    /// Patterns stored by [`SourceOp::local`] under `key`.
-    pub fn patterns(&self, key: &str) -> Vec<String> {
-        self.attr(key).map(|v| serde_json::from_str(v).unwrap_or_default()).unwrap_or_default()
+    /// Patterns stored by [`SourceOp::local`] under `key` (none when absent). A value that
+    /// is not a JSON list of strings is an error: read as "no patterns" it would silently
+    /// exclude nothing.
+    pub fn patterns(&self, key: &str) -> Result<Vec<String>, crate::DefinitionError> {
+        match self.attr(key) {
+            None => Ok(Vec::new()),
+            Some(v) => serde_json::from_str(v).map_err(|e| crate::DefinitionError::BadAttribute {
+                key: key.to_string(),
+                reason: format!("not a JSON list of patterns: {e}"),
+            }),
+        }
     }
 }
 
@@ -424,5 +432,20 @@ impl Op {
             Op::Merge(m) => format!("merge {} inputs", m.inputs.len()),
             Op::Diff(_) => "diff".to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_round_trip_and_a_malformed_value_is_an_error() {
+        let src = SourceOp::local("context", &[], &["*.log".to_string(), "!keep.log".to_string()]);
+        assert_eq!(src.patterns("local.excludepatterns").unwrap(), vec!["*.log", "!keep.log"]);
+        assert!(src.patterns("local.includepatterns").unwrap().is_empty());
+        let bad = SourceOp { identifier: "local://context".into(), attrs: vec![("local.excludepatterns".into(), "*.log".into())] };
+        let err = bad.patterns("local.excludepatterns").unwrap_err().to_string();
+        assert!(err.contains("local.excludepatterns") && err.contains("JSON"), "{err}");
     }
 }

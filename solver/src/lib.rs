@@ -65,6 +65,9 @@ pub enum SolveError {
     /// The definition is malformed or uses what is not supported yet.
     #[error("invalid definition: {0}")]
     Definition(String),
+    /// The definition does not read back.
+    #[error("invalid definition: {0}")]
+    Llb(#[from] rdock_llb::DefinitionError),
 }
 
 fn render_step(name: &str, lines: &Option<(usize, usize)>, error: &str, output: &[String]) -> String {

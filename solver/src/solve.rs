@@ -129,7 +129,7 @@ impl Solver {
     /// Solves the definition's terminal output.
     pub fn solve(&self, req: &SolveRequest<'_>) -> Result<SolveOutput, SolveError> {
         let def = req.definition;
-        def.validate().map_err(|e| SolveError::Definition(e.to_string()))?;
+        def.validate()?;
         let nodes: Vec<&Node> = def.nodes.iter().collect();
         let index: HashMap<OpDigest, usize> = nodes.iter().enumerate().map(|(i, n)| (n.digest(), i)).collect();
         let mut run = Run {
@@ -290,7 +290,7 @@ impl Solver {
                         .locals
                         .get(name)
                         .ok_or_else(|| SolveError::Context(format!("no directory given for local source {name:?}")))?;
-                    let m = PatternMatcher::new(&src.patterns("local.excludepatterns")).map_err(|e| SolveError::Context(e.to_string()))?;
+                    let m = PatternMatcher::new(&src.patterns("local.excludepatterns")?).map_err(|e| SolveError::Context(e.to_string()))?;
                     if !file_caches.contains_key(dir) {
                         file_caches.insert(dir.clone(), crate::statcache::FileHashCache::load(self.worker.store(), dir)?);
                     }
@@ -399,7 +399,7 @@ impl Solver {
                         .get(name_str)
                         .cloned()
                         .ok_or_else(|| SolveError::Context(format!("no directory for local source {name_str:?}")))?;
-                    return Ok(Output::Local { dir, excludes: src.patterns("local.excludepatterns") });
+                    return Ok(Output::Local { dir, excludes: src.patterns("local.excludepatterns")? });
                 }
                 if let Some((r, commit)) = run.commits.get(&i) {
                     let keep = src.attr("git.keepgitdir") == Some("true");
