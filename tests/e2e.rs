@@ -338,6 +338,14 @@ fn set_mtime(p: &std::path::Path, secs: i64) {
     assert!(st.success());
 }
 
+/// When stage `stage`'s RUN started and completed, from a build's events.
+fn run_span(ev: &[serde_json::Value], stage: &str) -> (u64, u64) {
+    let name = |e: &serde_json::Value| e["name"].as_str().unwrap().starts_with(&format!("[{stage} 2/2] RUN"));
+    let s = ev.iter().find(|e| e["kind"] == "started" && name(e)).unwrap()["time_ns"].as_u64().unwrap();
+    let c = ev.iter().find(|e| e["kind"] == "completed" && name(e)).unwrap()["time_ns"].as_u64().unwrap();
+    (s, c)
+}
+
 #[test]
 fn independent_stages_run_concurrently() {
     let f = Fixture::new();
@@ -345,15 +353,14 @@ fn independent_stages_run_concurrently() {
     let ctx = f.ctx("par", &[("Dockerfile", df)]);
     let (out, ev) = f.build_events(&ctx, &[]);
     assert_ok(&out);
-    let span = |stage: &str| {
-        let name = |e: &serde_json::Value| e["name"].as_str().unwrap().starts_with(&format!("[{stage} 2/2] RUN"));
-        let s = ev.iter().find(|e| e["kind"] == "started" && name(e)).unwrap()["time_ns"].as_u64().unwrap();
-        let c = ev.iter().find(|e| e["kind"] == "completed" && name(e)).unwrap()["time_ns"].as_u64().unwrap();
-        (s, c)
-    };
-    let (sa, ca) = span("a");
-    let (sb, cb) = span("b");
+    let ((sa, ca), (sb, cb)) = (run_span(&ev, "a"), run_span(&ev, "b"));
     assert!(sa < cb && sb < ca, "stage a [{sa}, {ca}] and stage b [{sb}, {cb}] did not overlap");
+    // --max-parallelism 1: one step at a time, each started when the other has completed.
+    let g = Fixture::new();
+    let (out, ev) = g.build_events(&ctx, &["--max-parallelism", "1"]);
+    assert_ok(&out);
+    let ((sa, ca), (sb, cb)) = (run_span(&ev, "a"), run_span(&ev, "b"));
+    assert!(ca <= sb || cb <= sa, "with --max-parallelism 1, stage a [{sa}, {ca}] and stage b [{sb}, {cb}] overlapped");
 }
 
 #[test]

@@ -116,6 +116,8 @@ pub struct BuildRequest {
     pub network: rdock_llb::Network,
     /// `--add-host` / `--opt add-hosts=`: extra `/etc/hosts` entries of every RUN.
     pub extra_hosts: Vec<rdock_llb::HostIp>,
+    /// `--max-parallelism`: how many steps run at once.
+    pub max_parallelism: std::num::NonZeroUsize,
 }
 
 /// Privileges a Dockerfile can ask for and the caller must grant, as BuildKit's entitlements.
@@ -185,6 +187,9 @@ pub struct CommonFlags {
     /// critical path highlighted.
     #[arg(long, value_name = "FILE.svg")]
     pub timeline: Option<PathBuf>,
+    /// How many steps may run at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    pub max_parallelism: Option<std::num::NonZeroUsize>,
 }
 
 impl CommonFlags {
@@ -230,6 +235,7 @@ impl CommonFlags {
             cache_exports: Vec::new(),
             network: rdock_llb::Network::Sandbox,
             extra_hosts: Vec::new(),
+            max_parallelism: self.max_parallelism.unwrap_or_else(rdock_solver::default_parallelism),
         })
     }
 }
@@ -674,6 +680,7 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
         secrets: &req.secrets,
         target: Some(&target_id),
         imports: &imports,
+        max_parallelism: req.max_parallelism,
         // Layers are made while later steps run when something will need them.
         eager_layers: !req.cache_exports.is_empty()
             || req.outputs.iter().any(|o| matches!(o, Output::Docker { .. } | Output::Oci { .. } | Output::Image { .. })),

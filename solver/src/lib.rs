@@ -11,7 +11,7 @@
 //! # fn demo(solver: &Solver, def: &rdock_llb::Definition) {
 //! let locals = std::collections::HashMap::from([("context".to_string(), std::path::PathBuf::from("."))]);
 //! let secrets = std::collections::HashMap::new();
-//! let out = solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress, secrets: &secrets, target: None, imports: &[], eager_layers: false }).unwrap();
+//! let out = solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress, secrets: &secrets, target: None, imports: &[], max_parallelism: rdock_solver::default_parallelism(), eager_layers: false }).unwrap();
 //! println!("result snapshot: {:?}", out.top);
 //! # }
 //! ```
@@ -23,12 +23,14 @@ pub mod gc;
 mod hints;
 mod progress;
 pub mod remote;
+mod slots;
 mod solve;
 mod statcache;
 
 pub use cache::CacheStore;
 pub use explain::KeyInfo;
 pub use progress::{Event, EventKind, NoProgress, ProgressSink, RecordingProgress};
+pub use slots::default_parallelism;
 pub use solve::{SolveOutput, SolveRequest, Solver};
 pub use statcache::{HashStats, RACY_WINDOW_NS};
 

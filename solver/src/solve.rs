@@ -33,6 +33,9 @@ pub struct SolveRequest<'a> {
     /// Imported cache exports (`--import-cache`): looked up after the local cache; their
     /// blobs are fetched only for the hits the build needs.
     pub imports: &'a [crate::remote::ImportedCache],
+    /// How many steps may run their op at once (`--max-parallelism`; see
+    /// [`crate::default_parallelism`]).
+    pub max_parallelism: std::num::NonZeroUsize,
     /// Make each executed step's layer blob (tar diff, digests, compression) as soon as the
     /// step commits, on a thread of its own while later steps run, rather than all at the
     /// end when an image is committed. For builds whose outputs need layers (an image, a
@@ -86,6 +89,8 @@ const TAIL_LINES: usize = 12;
 
 struct Run<'a> {
     req: &'a SolveRequest<'a>,
+    /// The parallelism limit's slots.
+    slots: crate::slots::Slots,
     nodes: Vec<&'a Node>,
     index: HashMap<OpDigest, usize>,
     keys: Vec<String>,
@@ -134,6 +139,7 @@ impl Solver {
         let index: HashMap<OpDigest, usize> = nodes.iter().enumerate().map(|(i, n)| (n.digest(), i)).collect();
         let mut run = Run {
             req,
+            slots: crate::slots::Slots::new(req.max_parallelism),
             nodes,
             index,
             keys: Vec::new(),
@@ -441,6 +447,8 @@ impl Solver {
                     e.reasons = ex.why(&run.infos[i], key, meta.ignore_cache);
                     progress.event(e);
                 }
+                // Held while the op runs, so that the step's time is its own, not a wait.
+                let _slot = run.slots.acquire();
                 progress.event(Event::new(EventKind::Started, &vertex, &name));
                 let started = std::time::Instant::now();
                 let snap_name = if self.worker.store().snapshots().exists(&format!("op-{key}"))? {

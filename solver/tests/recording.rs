@@ -18,6 +18,8 @@ struct Recorder {
     waiting: Mutex<usize>,
     cv: Condvar,
     met: Mutex<Vec<bool>>,
+    /// Commands named `hold-*` running now, and the most seen at once.
+    holding: Mutex<(usize, usize)>,
 }
 
 impl Executor for Recorder {
@@ -31,6 +33,15 @@ impl Executor for Recorder {
             let (n, timeout) = self.cv.wait_timeout_while(n, Duration::from_secs(10), |n| *n < 2).unwrap();
             drop(n);
             self.met.lock().unwrap().push(!timeout.timed_out());
+        }
+        if cmd.starts_with("hold-") {
+            {
+                let mut h = self.holding.lock().unwrap();
+                h.0 += 1;
+                h.1 = h.1.max(h.0);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            self.holding.lock().unwrap().0 -= 1;
         }
         if let Some(code) = cmd.strip_prefix("fail ") {
             for i in 0..20 {
@@ -85,10 +96,14 @@ fn env() -> Env {
 }
 
 fn solve(e: &Env, def: &Definition) -> Result<rdock_solver::SolveOutput, SolveError> {
-    solve_eager(e, def, false)
+    solve_with(e, def, false, 4)
 }
 
 fn solve_eager(e: &Env, def: &Definition, eager_layers: bool) -> Result<rdock_solver::SolveOutput, SolveError> {
+    solve_with(e, def, eager_layers, 4)
+}
+
+fn solve_with(e: &Env, def: &Definition, eager_layers: bool, parallel: usize) -> Result<rdock_solver::SolveOutput, SolveError> {
     let locals = HashMap::new();
     e.solver.solve(&SolveRequest {
         definition: def,
@@ -97,8 +112,33 @@ fn solve_eager(e: &Env, def: &Definition, eager_layers: bool) -> Result<rdock_so
         secrets: &HashMap::new(),
         target: None,
         imports: &[],
+        max_parallelism: std::num::NonZeroUsize::new(parallel).unwrap(),
         eager_layers,
     })
+}
+
+/// `--max-parallelism`: three independent branches run three at once with room for three,
+/// one at a time with room for one (and all still run).
+#[test]
+fn the_parallelism_limit_caps_steps_running_at_once() {
+    for (limit, expect) in [(3, 3), (1, 1)] {
+        let e = env();
+        let mut b = DefinitionBuilder::default();
+        let branches: Vec<Input> = (0..3).map(|n| exec(&mut b, None, &format!("hold-{n}"), false)).collect();
+        let join = b.add(
+            Op::File(FileOp {
+                base: Some(0),
+                actions: vec![FileAction::Mkdir { path: "/joined".into(), mode: 0o755, make_parents: true, chown: None }],
+            }),
+            branches,
+            OpMetadata::default(),
+        );
+        // The joining file op mounts overlays, which needs root: its result is not the point.
+        let _ = solve_with(&e, &b.finish(Some(join)), false, limit);
+        let calls = e.rec.calls.lock().unwrap().clone();
+        assert_eq!(calls.iter().filter(|c| c.starts_with("hold-")).count(), 3, "{calls:?}");
+        assert_eq!(e.rec.holding.lock().unwrap().1, expect, "limit {limit}");
+    }
 }
 
 /// With `eager_layers`, every executed step's layer blob is made (and recorded) by the
