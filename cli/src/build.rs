@@ -4,7 +4,7 @@
 use crate::UsageError;
 use crate::progress::{self, Mode};
 use anyhow::{Context, bail};
-use rdock_frontend::{BuildOptions, ImageResolver, ResolvedImage, lower};
+use rdock_frontend::{BuildOptions, ImageResolver, ResolveError, ResolvedImage, lower};
 use rdock_imagespec::{ImageRef, Platform};
 use rdock_oci::{ArchiveFormat, BuiltOn, CommittedImage, ExportForm, ImageStore, commit_image, export_archive, export_local, export_tar};
 use rdock_solver::{SolveRequest, Solver};
@@ -487,11 +487,11 @@ struct StoreResolver {
     images: ImageStore,
     client: Arc<rdock_registry::Client>,
     /// What the registry answered, so that the build checks and the lowering ask once.
-    remote: std::sync::Mutex<HashMap<(String, String), Result<ResolvedImage, String>>>,
+    remote: std::sync::Mutex<HashMap<(String, String), Result<ResolvedImage, ResolveError>>>,
 }
 
 impl ImageResolver for StoreResolver {
-    fn resolve(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, String> {
+    fn resolve(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, ResolveError> {
         let key = (image.to_string(), platform.to_string());
         if let Some(r) = self.remote.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return r.clone();
@@ -503,10 +503,11 @@ impl ImageResolver for StoreResolver {
 }
 
 impl StoreResolver {
-    fn resolve_uncached(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, String> {
-        if let Some(digest) = self.images.resolve(image, platform).map_err(|e| e.to_string())? {
-            let m = self.images.manifest(&digest).map_err(|e| e.to_string())?;
-            let config = self.images.config(&m).map_err(|e| e.to_string())?;
+    fn resolve_uncached(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, ResolveError> {
+        let local = |e: rdock_oci::OciError| ResolveError::failed("the local store", e);
+        if let Some(digest) = self.images.resolve(image, platform).map_err(local)? {
+            let m = self.images.manifest(&digest).map_err(local)?;
+            let config = self.images.config(&m).map_err(local)?;
             let mut pinned = image.clone();
             pinned.digest = Some(digest);
             return Ok(ResolvedImage { pinned: pinned.to_string(), config });
@@ -514,9 +515,9 @@ impl StoreResolver {
         let r = rdock_oci::resolve_remote(&self.client, image, platform).and_then(|r| r.store(&self.images).map(|_| r)).map_err(
             |e| match e {
                 rdock_oci::OciError::Registry(rdock_registry::RegistryError::NotFound { .. }) => {
-                    format!("not found in the local store, nor in its registry {}", image.registry)
+                    ResolveError::NotFound { registry: image.registry.clone() }
                 }
-                other => format!("not in the local store, and pulling it failed: {other}"),
+                other => ResolveError::failed("not in the local store, and pulling it failed", other),
             },
         )?;
         // Pinned exactly as a local image would be (name, tag and platform manifest), so

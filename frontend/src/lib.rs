@@ -6,11 +6,11 @@
 //! [`ImageResolver`] the caller supplies. Everything here is testable as data in, data out.
 //!
 //! ```
-//! use rdock_frontend::{lower, BuildOptions, ImageResolver, ResolvedImage};
+//! use rdock_frontend::{lower, BuildOptions, ImageResolver, ResolveError, ResolvedImage};
 //! struct NoImages;
 //! impl ImageResolver for NoImages {
-//!     fn resolve(&self, r: &rdock_imagespec::ImageRef, _: &rdock_imagespec::Platform) -> Result<ResolvedImage, String> {
-//!         Err(format!("{r} not found"))
+//!     fn resolve(&self, r: &rdock_imagespec::ImageRef, _: &rdock_imagespec::Platform) -> Result<ResolvedImage, ResolveError> {
+//!         Err(ResolveError::NotFound { registry: r.registry.clone() })
 //!     }
 //! }
 //! let out = lower("FROM scratch\nCOPY a /a\n", &BuildOptions::default(), &NoImages).unwrap();
@@ -33,5 +33,6 @@ pub mod shell;
 
 pub use error::{DockerfileError, Location};
 pub use lower::{
-    BuildOptions, DEFAULT_PATH, FrontendError, HISTORY_COMMENT, ImageResolver, Lowered, ResolvedImage, lower, network_name, parse_network,
+    BuildOptions, DEFAULT_PATH, FrontendError, HISTORY_COMMENT, ImageResolver, Lowered, ResolveError, ResolvedImage, lower, network_name,
+    parse_network,
 };

@@ -26,7 +26,35 @@ pub trait ImageResolver: Sync {
     /// source op (normally with the platform's manifest digest, so the cache follows the
     /// image's content). An image with a single platform is returned whatever its platform;
     /// the InvalidBaseImagePlatform check reports a mismatch, as BuildKit does.
-    fn resolve(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, String>;
+    fn resolve(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, ResolveError>;
+}
+
+/// Why a base image could not be resolved.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolveError {
+    /// Neither the local store nor the image's registry has it.
+    #[error("not found in the local store, nor in its registry {registry}")]
+    NotFound {
+        /// The registry asked.
+        registry: String,
+    },
+    /// Looking it up failed; `what` says where (the store, the registry), `source` why.
+    /// Shared, so that a resolver may remember an answer and give it again.
+    #[error("{what}: {source}")]
+    Failed {
+        /// Where it failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ResolveError {
+    /// A failure of `what`, keeping `source`.
+    pub fn failed(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> ResolveError {
+        ResolveError::Failed { what: what.into(), source: std::sync::Arc::new(source) }
+    }
 }
 
 /// A resolved base image.
@@ -1283,8 +1311,8 @@ mod tests {
     fn healthcheck_history_is_gos_plus_v() {
         struct NoImages;
         impl ImageResolver for NoImages {
-            fn resolve(&self, _: &ImageRef, _: &rdock_imagespec::Platform) -> Result<ResolvedImage, String> {
-                Err("none".into())
+            fn resolve(&self, _: &ImageRef, _: &rdock_imagespec::Platform) -> Result<ResolvedImage, ResolveError> {
+                Err(ResolveError::NotFound { registry: "none".into() })
             }
         }
         let out = lower("FROM scratch\nHEALTHCHECK --interval=30s --retries=2 CMD true\n", &BuildOptions::default(), &NoImages).unwrap();

@@ -1,13 +1,13 @@
 //! Lowering as data: a Dockerfile and a fake image resolver in, LLB and config out.
 
-use rdock_frontend::{BuildOptions, FrontendError, ImageResolver, ResolvedImage, lower};
+use rdock_frontend::{BuildOptions, FrontendError, ImageResolver, ResolveError, ResolvedImage, lower};
 use rdock_imagespec::{ContainerConfig, ImageConfig, ImageRef, Platform};
 use rdock_llb::{FileAction, Op};
 
 struct Images;
 
 impl ImageResolver for Images {
-    fn resolve(&self, r: &ImageRef, platform: &Platform) -> Result<ResolvedImage, String> {
+    fn resolve(&self, r: &ImageRef, platform: &Platform) -> Result<ResolvedImage, ResolveError> {
         if r.repository == "library/arm" {
             let config = ImageConfig { architecture: "arm64".into(), os: "linux".into(), ..Default::default() };
             return Ok(ResolvedImage { pinned: r.to_string(), config });
@@ -32,7 +32,7 @@ impl ImageResolver for Images {
             };
             Ok(ResolvedImage { pinned: format!("{r}@sha256:{digest}"), config })
         } else {
-            Err(format!("{r}: no such image"))
+            Err(ResolveError::NotFound { registry: r.registry.clone() })
         }
     }
 }

@@ -3,15 +3,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rdock_frontend::{lower, BuildOptions, ImageResolver, ResolvedImage};
+use rdock_frontend::{lower, BuildOptions, ImageResolver, ResolveError, ResolvedImage};
 use rdock_imagespec::{ImageConfig, ImageRef};
 
 struct AnyImage;
 
 impl ImageResolver for AnyImage {
-    fn resolve(&self, r: &ImageRef, _: &rdock_imagespec::Platform) -> Result<ResolvedImage, String> {
+    fn resolve(&self, r: &ImageRef, _: &rdock_imagespec::Platform) -> Result<ResolvedImage, ResolveError> {
         if r.repository.contains("missing") {
-            return Err("not found".into());
+            return Err(ResolveError::NotFound { registry: r.registry.clone() });
         }
         let mut config = ImageConfig { architecture: "amd64".into(), os: "linux".into(), ..Default::default() };
         config.config.env.push("PATH=/bin".into());
