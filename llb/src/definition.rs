@@ -101,6 +101,14 @@ pub enum DefinitionError {
         /// The missing producer.
         input: OpDigest,
     },
+    /// A source identifier names nothing rdock can fetch.
+    #[error("source {identifier}: {reason}")]
+    BadSource {
+        /// The identifier.
+        identifier: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An attribute's value is not what its key says it holds.
     #[error("attribute {key}: {reason}")]
     BadAttribute {

@@ -25,5 +25,5 @@ pub use chmod::{Chmod, ChmodError};
 pub use definition::{Definition, DefinitionBuilder, DefinitionError, Node, OpDigest, OpMetadata};
 pub use op::{
     CacheSharing, ChownOpt, CopyAction, DiffOp, ExecOp, FileAction, FileOp, GitRef, HostIp, Input, MergeOp, Mount, MountKind, Network, Op,
-    Security, SourceOp, parse_git_ref,
+    Security, Source, SourceOp, parse_git_ref,
 };

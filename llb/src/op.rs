@@ -77,6 +77,31 @@ impl SourceOp {
         SourceOp { identifier: format!("git:{spec}"), attrs }
     }
 
+    /// What the identifier names, parsed once here rather than by prefix wherever a
+    /// source is handled. An identifier of no known scheme is an error that names it.
+    pub fn source(&self) -> Result<Source<'_>, crate::DefinitionError> {
+        let id = self.identifier.as_str();
+        if let Some(r) = id.strip_prefix("docker-image://") {
+            return Ok(Source::Image(r));
+        }
+        if let Some(name) = id.strip_prefix("local://") {
+            return Ok(Source::Local(name));
+        }
+        if let Some(spec) = id.strip_prefix("git:") {
+            return parse_git_ref(spec).map(Source::Git).ok_or_else(|| crate::DefinitionError::BadSource {
+                identifier: id.to_string(),
+                reason: "not a git repository URL".into(),
+            });
+        }
+        if id.starts_with("http://") || id.starts_with("https://") {
+            return Ok(Source::Http(id));
+        }
+        Err(crate::DefinitionError::BadSource {
+            identifier: id.to_string(),
+            reason: "unknown scheme (docker-image://, local://, git:, http:// or https://)".into(),
+        })
+    }
+
     /// The value of attribute `key`.
     pub fn attr(&self, key: &str) -> Option<&str> {
         self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
@@ -98,6 +123,19 @@ impl SourceOp {
 
 fn join_patterns(p: &[String]) -> String {
     serde_json::to_string(p).unwrap_or_default()
+}
+
+/// What a [`SourceOp`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// An image, by its fully normalised reference.
+    Image(&'a str),
+    /// A directory the caller supplies by name (`context`, `dockerfile`).
+    Local(&'a str),
+    /// A git repository at a ref.
+    Git(GitRef),
+    /// A file downloaded over http(s), by URL.
+    Http(&'a str),
 }
 
 /// A git source as ADD names it.
@@ -447,5 +485,19 @@ mod tests {
         let bad = SourceOp { identifier: "local://context".into(), attrs: vec![("local.excludepatterns".into(), "*.log".into())] };
         let err = bad.patterns("local.excludepatterns").unwrap_err().to_string();
         assert!(err.contains("local.excludepatterns") && err.contains("JSON"), "{err}");
+    }
+
+    #[test]
+    fn sources_parse_by_scheme_once() {
+        assert_eq!(
+            SourceOp::image("docker.io/library/busybox:latest").source().unwrap(),
+            Source::Image("docker.io/library/busybox:latest")
+        );
+        assert_eq!(SourceOp::local("context", &[], &[]).source().unwrap(), Source::Local("context"));
+        assert_eq!(SourceOp::http("https://example.com/a.tar", None).source().unwrap(), Source::Http("https://example.com/a.tar"));
+        let Source::Git(g) = SourceOp::git("https://example.com/r.git#v1:sub", false).source().unwrap().clone() else { panic!() };
+        assert_eq!((g.reference.as_deref(), g.subdir.as_deref()), (Some("v1"), Some("sub")));
+        let err = SourceOp { identifier: "ftp://x/y".into(), attrs: vec![] }.source().unwrap_err().to_string();
+        assert!(err.contains("ftp://x/y") && err.contains("unknown scheme"), "{err}");
     }
 }

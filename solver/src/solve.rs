@@ -7,7 +7,7 @@ use crate::contenthash::{hash_copy_sources, hash_mount_source};
 use crate::progress::{Event, EventKind, ProgressSink};
 use rdock_imagespec::ImageRef;
 use rdock_llb::patterns::PatternMatcher;
-use rdock_llb::{Definition, FileAction, Node, Op, OpDigest};
+use rdock_llb::{Definition, FileAction, Node, Op, OpDigest, Source};
 use rdock_oci::{BlobSource, ImageStore, ensure_unpacked};
 use rdock_worker::{FileInput, Worker};
 use std::collections::{HashMap, VecDeque};
@@ -270,38 +270,40 @@ impl Solver {
                 h.update(&input.index.to_le_bytes());
             }
             match &node.op {
-                Op::Source(src) if src.identifier.starts_with("git:") => {
-                    // A git source is keyed by the commit its ref names now.
-                    let spec = &src.identifier["git:".len()..];
-                    let r = rdock_llb::parse_git_ref(spec).ok_or_else(|| SolveError::Definition(format!("not a git source: {spec}")))?;
-                    let commit = rdock_worker::git::resolve_commit(&r).map_err(|e| SolveError::Context(e.to_string()))?;
-                    h.update(commit.as_bytes());
-                    info.resolved = Some(format!("commit {commit}"));
-                    commits.insert(i, (r, commit));
-                }
-                Op::Source(src) if src.identifier.starts_with("http://") || src.identifier.starts_with("https://") => {
-                    // Downloads are keyed by what they return, so a changed file reruns what
-                    // depends on it and an unchanged one does not.
-                    let f = rdock_worker::http::fetch(&src.identifier, src.attr("http.checksum"), self.worker.store().content())
-                        .map_err(|e| SolveError::Context(e.to_string()))?;
-                    h.update(f.digest.as_str().as_bytes());
-                    info.resolved = Some(f.digest.to_string());
-                    h.update(&f.mtime.unwrap_or(0).to_le_bytes());
-                    fetched.insert(i, f);
-                }
-                Op::Source(src) if src.identifier.starts_with("local://") => {
-                    let name = &src.identifier["local://".len()..];
-                    let dir = run
-                        .req
-                        .locals
-                        .get(name)
-                        .ok_or_else(|| SolveError::Context(format!("no directory given for local source {name:?}")))?;
-                    let m = PatternMatcher::new(&src.patterns("local.excludepatterns")?).map_err(|e| SolveError::Context(e.to_string()))?;
-                    if !file_caches.contains_key(dir) {
-                        file_caches.insert(dir.clone(), crate::statcache::FileHashCache::load(self.worker.store(), dir)?);
+                Op::Source(src) => match src.source()? {
+                    Source::Git(r) => {
+                        // A git source is keyed by the commit its ref names now.
+                        let commit = rdock_worker::git::resolve_commit(&r).map_err(|e| SolveError::Context(e.to_string()))?;
+                        h.update(commit.as_bytes());
+                        info.resolved = Some(format!("commit {commit}"));
+                        commits.insert(i, (r, commit));
                     }
-                    matchers.insert(i, (dir.clone(), m));
-                }
+                    Source::Http(url) => {
+                        // Downloads are keyed by what they return, so a changed file reruns
+                        // what depends on it and an unchanged one does not.
+                        let f = rdock_worker::http::fetch(url, src.attr("http.checksum"), self.worker.store().content())
+                            .map_err(|e| SolveError::Context(e.to_string()))?;
+                        h.update(f.digest.as_str().as_bytes());
+                        info.resolved = Some(f.digest.to_string());
+                        h.update(&f.mtime.unwrap_or(0).to_le_bytes());
+                        fetched.insert(i, f);
+                    }
+                    Source::Local(name) => {
+                        let dir = run
+                            .req
+                            .locals
+                            .get(name)
+                            .ok_or_else(|| SolveError::Context(format!("no directory given for local source {name:?}")))?;
+                        let m =
+                            PatternMatcher::new(&src.patterns("local.excludepatterns")?).map_err(|e| SolveError::Context(e.to_string()))?;
+                        if !file_caches.contains_key(dir) {
+                            file_caches.insert(dir.clone(), crate::statcache::FileHashCache::load(self.worker.store(), dir)?);
+                        }
+                        matchers.insert(i, (dir.clone(), m));
+                    }
+                    // An image is keyed by its pinned reference, already in the op.
+                    Source::Image(_) => {}
+                },
                 Op::Exec(e) => {
                     // A bind mount of the context makes the step depend on what it shows.
                     for m in &e.mounts {
@@ -397,37 +399,38 @@ impl Solver {
         let progress = run.req.progress;
         let vertex = digest.to_string();
         match &node.op {
-            Op::Source(src) => {
-                if let Some(name_str) = src.identifier.strip_prefix("local://") {
+            Op::Source(src) => match src.source()? {
+                Source::Local(name) => {
                     let dir = run
                         .req
                         .locals
-                        .get(name_str)
+                        .get(name)
                         .cloned()
-                        .ok_or_else(|| SolveError::Context(format!("no directory for local source {name_str:?}")))?;
-                    return Ok(Output::Local { dir, excludes: src.patterns("local.excludepatterns")? });
+                        .ok_or_else(|| SolveError::Context(format!("no directory for local source {name:?}")))?;
+                    Ok(Output::Local { dir, excludes: src.patterns("local.excludepatterns")? })
                 }
-                if let Some((r, commit)) = run.commits.get(&i) {
+                Source::Git(_) => {
+                    let (r, commit) = run.commits.get(&i).ok_or_else(|| SolveError::Definition("a git source was not resolved".into()))?;
                     let keep = src.attr("git.keepgitdir") == Some("true");
                     let name = self.worker.git_snapshot(r, commit, keep).map_err(|e| SolveError::Context(e.to_string()))?;
-                    return Ok(Output::Snapshot(Some(name)));
+                    Ok(Output::Snapshot(Some(name)))
                 }
-                if let Some(f) = run.fetched.get(&i) {
+                Source::Http(_) => {
+                    let f = run.fetched.get(&i).ok_or_else(|| SolveError::Definition("an http source was not fetched".into()))?;
                     let name = self
                         .worker
                         .http_snapshot(f, src.attr("http.filename").unwrap_or("__unnamed__"))
                         .map_err(|e| SolveError::Context(e.to_string()))?;
-                    return Ok(Output::Snapshot(Some(name)));
+                    Ok(Output::Snapshot(Some(name)))
                 }
-                if let Some(reference) = src.identifier.strip_prefix("docker-image://") {
+                Source::Image(reference) => {
                     let r = ImageRef::parse(reference).map_err(|e| SolveError::Definition(e.to_string()))?;
                     let m = self.images.get(&r)?.ok_or_else(|| rdock_oci::OciError::NotFound(r.familiar()))?;
                     self.fetch_layers(&m)?;
                     let (top, _) = ensure_unpacked(&self.images, &m)?;
-                    return Ok(Output::Snapshot(top));
+                    Ok(Output::Snapshot(top))
                 }
-                Err(SolveError::Definition(format!("unsupported source {}", src.identifier)))
-            }
+            },
             Op::Exec(_) | Op::File(_) => {
                 if !meta.ignore_cache
                     && let Some(out) = self.lookup(run, i)?
