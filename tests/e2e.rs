@@ -1916,3 +1916,42 @@ fn rewrite_timestamp_clamps_the_builds_own_layers_to_source_date_epoch() {
     assert!(stderr(&o).contains("rewrite-timestamp=true without SOURCE_DATE_EPOCH"), "{}", stderr(&o));
     assert!(mtimes(&oci_layers(&tb).2[2].1).iter().any(|(_, t)| *t > EPOCH));
 }
+
+/// Downloads (and git refs) are resolved all at once, not one after another: three ADDs of
+/// URLs from a server that takes 600 ms per answer are in flight together.
+#[test]
+fn remote_sources_are_fetched_concurrently() {
+    use std::io::{Read as _, Write as _};
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let inflight = Arc::new(Mutex::new((0usize, 0usize)));
+    let counts = inflight.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let counts = counts.clone();
+            std::thread::spawn(move || {
+                let mut req = [0u8; 4096];
+                let n = s.read(&mut req).unwrap_or(0);
+                let path = String::from_utf8_lossy(&req[..n]).split_whitespace().nth(1).unwrap_or("/").to_string();
+                {
+                    let mut c = counts.lock().unwrap();
+                    c.0 += 1;
+                    c.1 = c.1.max(c.0);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(600));
+                counts.lock().unwrap().0 -= 1;
+                let body = format!("served {path}\n");
+                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            });
+        }
+    });
+    let f = Fixture::new();
+    let df: String = ["a", "b", "c"].iter().map(|n| format!("ADD http://127.0.0.1:{port}/{n}.txt /{n}.txt\n")).collect();
+    let ctx = f.ctx("slow-urls", &[("Dockerfile", &format!("FROM busybox\n{df}"))]);
+    let out = f.build(&ctx, &["--output", &format!("type=local,dest={}", f.path("o").display())]);
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(f.path("o/c.txt")).unwrap(), "served /c.txt\n");
+    assert_eq!(inflight.lock().unwrap().1, 3, "the downloads were not in flight together");
+}

@@ -153,11 +153,12 @@ impl Solver {
             executed: Default::default(),
             cached: Default::default(),
         };
-        let (keys, fetched, commits, infos) = self.cache_keys(&run)?;
-        run.keys = keys;
-        run.infos = infos;
+        let (fetched, commits) = self.resolve_remote_sources(&run)?;
         run.fetched = fetched;
         run.commits = commits;
+        let (keys, infos) = self.cache_keys(&run)?;
+        run.keys = keys;
+        run.infos = infos;
         run.forced = Vec::with_capacity(run.nodes.len());
         for node in &run.nodes {
             let own = def.metadata.get(&node.digest()).is_some_and(|m| m.ignore_cache);
@@ -222,22 +223,62 @@ impl Solver {
     /// encoding, its inputs' keys and, for copies from a local source, the content of
     /// exactly what they copy.
     #[allow(clippy::type_complexity)]
-    fn cache_keys(
+    /// Resolves every git source to a commit and fetches every http source, all at once:
+    /// each is network I/O, and none depends on another (sources have no inputs).
+    #[allow(clippy::type_complexity)]
+    fn resolve_remote_sources(
         &self,
         run: &Run<'_>,
-    ) -> Result<
-        (
-            Vec<String>,
-            HashMap<usize, rdock_worker::http::Fetched>,
-            HashMap<usize, (rdock_llb::GitRef, String)>,
-            Vec<crate::explain::KeyInfo>,
-        ),
-        SolveError,
-    > {
+    ) -> Result<(HashMap<usize, rdock_worker::http::Fetched>, HashMap<usize, (rdock_llb::GitRef, String)>), SolveError> {
+        enum Got {
+            Fetched(rdock_worker::http::Fetched),
+            Commit(rdock_llb::GitRef, String),
+        }
+        let content = self.worker.store().content();
+        let remote: Vec<(usize, &rdock_llb::SourceOp, Source<'_>)> = run
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match &n.op {
+                Op::Source(src) => src.source().ok().filter(|s| matches!(s, Source::Git(_) | Source::Http(_))).map(|s| (i, src, s)),
+                _ => None,
+            })
+            .collect();
+        let got: Vec<Result<(usize, Got), SolveError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = remote
+                .into_iter()
+                .map(|(i, src, source)| {
+                    s.spawn(move || match source {
+                        Source::Git(r) => {
+                            let commit = rdock_worker::git::resolve_commit(&r).map_err(|e| SolveError::Context(e.to_string()))?;
+                            Ok((i, Got::Commit(r, commit)))
+                        }
+                        Source::Http(url) => rdock_worker::http::fetch(url, src.attr("http.checksum"), content)
+                            .map(|f| (i, Got::Fetched(f)))
+                            .map_err(|e| SolveError::Context(e.to_string())),
+                        _ => Err(SolveError::Definition("not a remote source".into())),
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(SolveError::Definition("a fetch thread panicked".into()))))
+                .collect()
+        });
+        let (mut fetched, mut commits) = (HashMap::new(), HashMap::new());
+        for g in got {
+            match g? {
+                (i, Got::Fetched(f)) => drop(fetched.insert(i, f)),
+                (i, Got::Commit(r, c)) => drop(commits.insert(i, (r, c))),
+            }
+        }
+        Ok((fetched, commits))
+    }
+
+    /// Every node's cache key, and what it was made of (for explaining misses).
+    fn cache_keys(&self, run: &Run<'_>) -> Result<(Vec<String>, Vec<crate::explain::KeyInfo>), SolveError> {
         let mut keys: Vec<String> = Vec::with_capacity(run.nodes.len());
         let mut infos: Vec<crate::explain::KeyInfo> = Vec::with_capacity(run.nodes.len());
-        let mut fetched = HashMap::new();
-        let mut commits = HashMap::new();
         let mut matchers: HashMap<usize, (PathBuf, PatternMatcher)> = HashMap::new();
         // One stat cache per local source directory.
         let mut file_caches: HashMap<PathBuf, crate::statcache::FileHashCache> = HashMap::new();
@@ -271,22 +312,20 @@ impl Solver {
             }
             match &node.op {
                 Op::Source(src) => match src.source()? {
-                    Source::Git(r) => {
+                    Source::Git(_) => {
                         // A git source is keyed by the commit its ref names now.
-                        let commit = rdock_worker::git::resolve_commit(&r).map_err(|e| SolveError::Context(e.to_string()))?;
+                        let (_, commit) =
+                            run.commits.get(&i).ok_or_else(|| SolveError::Definition("a git source was not resolved".into()))?;
                         h.update(commit.as_bytes());
                         info.resolved = Some(format!("commit {commit}"));
-                        commits.insert(i, (r, commit));
                     }
-                    Source::Http(url) => {
+                    Source::Http(_) => {
                         // Downloads are keyed by what they return, so a changed file reruns
                         // what depends on it and an unchanged one does not.
-                        let f = rdock_worker::http::fetch(url, src.attr("http.checksum"), self.worker.store().content())
-                            .map_err(|e| SolveError::Context(e.to_string()))?;
+                        let f = run.fetched.get(&i).ok_or_else(|| SolveError::Definition("an http source was not fetched".into()))?;
                         h.update(f.digest.as_str().as_bytes());
                         info.resolved = Some(f.digest.to_string());
                         h.update(&f.mtime.unwrap_or(0).to_le_bytes());
-                        fetched.insert(i, f);
                     }
                     Source::Local(name) => {
                         let dir = run
@@ -336,7 +375,7 @@ impl Solver {
             e.hash_stats = Some(files.stats());
             run.req.progress.event(e);
         }
-        Ok((keys, fetched, commits, infos))
+        Ok((keys, infos))
     }
 
     fn solve_node<'s>(&'s self, s: &'s std::thread::Scope<'s, '_>, run: &'s Run<'s>, i: usize) -> Result<Output, Arc<SolveError>> {
