@@ -28,11 +28,10 @@ pub mod instructions;
 pub mod lint;
 mod lower;
 pub mod parser;
+mod request;
 pub mod runmount;
 pub mod shell;
 
 pub use error::{DockerfileError, Location};
-pub use lower::{
-    BuildOptions, DEFAULT_PATH, FrontendError, HISTORY_COMMENT, ImageResolver, Lowered, ResolveError, ResolvedImage, lower, network_name,
-    parse_network,
-};
+pub use lower::{DEFAULT_PATH, FrontendError, HISTORY_COMMENT, Lowered, lower, network_name, parse_network};
+pub use request::{BuildOptions, ImageResolver, ResolveError, ResolvedImage};

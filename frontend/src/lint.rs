@@ -2,10 +2,10 @@
 //! Dockerfile like a compiler's. `# check=skip=Rule1,Rule2;error=true` (or `skip=all`)
 //! configures them.
 
-use crate::ImageResolver;
 use crate::error::Location;
 use crate::instructions::{CommandForm, Instruction, Located};
 use crate::parser::{Args, Dockerfile, RawInstruction};
+use crate::request::{BuildOptions, ImageResolver, builtin_args};
 use rdock_imagespec::ImageRef;
 use rdock_llb::patterns::PatternMatcher;
 use std::collections::{BTreeSet, HashMap};
@@ -197,7 +197,7 @@ pub fn lint(
     typed: &[Located],
     excludes: &[String],
     resolver: &dyn ImageResolver,
-    opts: &crate::BuildOptions,
+    opts: &BuildOptions,
     config: &CheckConfig,
 ) -> Vec<Warning> {
     let mut w: Vec<Warning> = Vec::new();
@@ -347,7 +347,7 @@ pub fn lint(
                     }
                 }
                 // With only defaults, does the base still name a valid image?
-                let mut defaults = crate::lower::builtin_args(&opts.build_platform, &opts.target());
+                let mut defaults = builtin_args(&opts.build_platform, &opts.target());
                 defaults.extend(global_args.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())));
                 // The platform this stage asks its base image for.
                 let target = platform

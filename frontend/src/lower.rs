@@ -5,118 +5,21 @@ use crate::error::{DockerfileError, Location};
 use crate::instructions::{CommandForm, CopyArgs, Healthcheck, Instruction, Located, parse_instruction};
 use crate::parser::parse;
 use crate::parser::{Heredoc, heredoc_word};
+use crate::request::builtin_args;
+use crate::request::{BuildOptions, ImageResolver};
 use crate::runmount::{RunMount, parse_run_mount};
 use crate::shell::Lexer;
 use rdock_imagespec::{Empty, HealthConfig, History, ImageConfig, ImageRef, Platform};
 use rdock_llb::{
-    ChownOpt, CopyAction, Definition, DefinitionBuilder, ExecOp, FileAction, FileOp, HostIp, Input, Mount, MountKind, Network, Op,
-    OpMetadata, Security, SourceOp,
+    ChownOpt, CopyAction, Definition, DefinitionBuilder, ExecOp, FileAction, FileOp, Input, Mount, MountKind, Network, Op, OpMetadata,
+    Security, SourceOp,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// BuildKit's comment on history entries it writes.
 pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 /// PATH set when the base image has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// What the frontend needs to know about a base image. Implemented by the caller over its
-/// image store, so the frontend itself does no I/O.
-pub trait ImageResolver: Sync {
-    /// Finds `image` for `platform` and returns its config and the reference to pin in the
-    /// source op (normally with the platform's manifest digest, so the cache follows the
-    /// image's content). An image with a single platform is returned whatever its platform;
-    /// the InvalidBaseImagePlatform check reports a mismatch, as BuildKit does.
-    fn resolve(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, ResolveError>;
-}
-
-/// Why a base image could not be resolved.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ResolveError {
-    /// Neither the local store nor the image's registry has it.
-    #[error("not found in the local store, nor in its registry {registry}")]
-    NotFound {
-        /// The registry asked.
-        registry: String,
-    },
-    /// Looking it up failed; `what` says where (the store, the registry), `source` why.
-    /// Shared, so that a resolver may remember an answer and give it again.
-    #[error("{what}: {source}")]
-    Failed {
-        /// Where it failed.
-        what: String,
-        /// Why.
-        #[source]
-        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
-    },
-}
-
-impl ResolveError {
-    /// A failure of `what`, keeping `source`.
-    pub fn failed(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> ResolveError {
-        ResolveError::Failed { what: what.into(), source: std::sync::Arc::new(source) }
-    }
-}
-
-/// A resolved base image.
-#[derive(Debug, Clone)]
-pub struct ResolvedImage {
-    /// The reference to build from, pinned by digest where known.
-    pub pinned: String,
-    /// Its config.
-    pub config: ImageConfig,
-}
-
-/// Options for a build.
-#[derive(Debug, Clone)]
-pub struct BuildOptions {
-    /// The Dockerfile's name, for errors.
-    pub filename: String,
-    /// `--opt target=`.
-    pub target: Option<String>,
-    /// `--opt build-arg:K=V`.
-    pub build_args: BTreeMap<String, String>,
-    /// The platform the build runs on (BUILDPLATFORM): the worker's own.
-    pub build_platform: Platform,
-    /// `--opt platform=` (TARGETPLATFORM). None builds for the build platform, and then, as in
-    /// BuildKit, a stage's image keeps its base image's platform.
-    pub target_platform: Option<Platform>,
-    /// `.dockerignore` patterns, applied to the context.
-    pub excludes: Vec<String>,
-    /// `--no-cache`.
-    pub no_cache: bool,
-    /// `--no-cache-filter` / `--opt no-cache=STAGE,…`: stages (by name, any case) whose
-    /// steps run again whatever the cache holds.
-    pub no_cache_stages: Vec<String>,
-    /// The network of every RUN without `--network` (`--network` on `rdock build`,
-    /// `--opt force-network-mode=` on rdock-build): `default`, `none` or `host`.
-    pub network: Network,
-    /// `--add-host HOST:IP`: `/etc/hosts` entries of every RUN.
-    pub extra_hosts: Vec<HostIp>,
-}
-
-impl Default for BuildOptions {
-    fn default() -> Self {
-        BuildOptions {
-            filename: "Dockerfile".into(),
-            target: None,
-            build_args: BTreeMap::new(),
-            build_platform: Platform::host(),
-            target_platform: None,
-            excludes: Vec::new(),
-            no_cache: false,
-            no_cache_stages: Vec::new(),
-            network: Network::Sandbox,
-            extra_hosts: Vec::new(),
-        }
-    }
-}
-
-impl BuildOptions {
-    /// TARGETPLATFORM: the explicit target, else the build platform.
-    pub fn target(&self) -> Platform {
-        self.target_platform.clone().unwrap_or_else(|| self.build_platform.clone())
-    }
-}
 
 /// A network mode as the Dockerfile and the command line spell it.
 pub fn network_name(n: Network) -> &'static str {
@@ -325,21 +228,6 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
         }
     }
     Ok(Lowered { definition: ctx.builder.finish(result.state), image, base_diff_ids, syntax: df.directives.syntax, warnings, check })
-}
-
-/// The automatic platform args (BUILDPLATFORM, TARGETARCH, …) for a build on `b` for `p`.
-pub(crate) fn builtin_args(b: &Platform, p: &Platform) -> Vec<(String, String)> {
-    let variant = p.variant.clone().unwrap_or_default();
-    vec![
-        ("BUILDPLATFORM".into(), b.to_string()),
-        ("BUILDOS".into(), b.os.clone()),
-        ("BUILDARCH".into(), b.architecture.clone()),
-        ("BUILDVARIANT".into(), b.variant.clone().unwrap_or_default()),
-        ("TARGETPLATFORM".into(), p.to_string()),
-        ("TARGETOS".into(), p.os.clone()),
-        ("TARGETARCH".into(), p.architecture.clone()),
-        ("TARGETVARIANT".into(), variant),
-    ]
 }
 
 fn expand_error(l: &Located, e: crate::shell::ExpandError) -> DockerfileError {
@@ -1297,6 +1185,7 @@ fn parse_port(s: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{ResolveError, ResolvedImage};
 
     #[test]
     fn paths_relative_to_workdir() {

@@ -14,12 +14,14 @@
 //! ```
 
 pub mod cachemount;
+mod caps;
 pub mod cgroup;
 pub mod container;
 mod contextview;
 pub mod fileop;
 pub mod git;
 pub mod http;
+mod loopback;
 pub mod network;
 mod sandbox;
 pub mod seccomp;

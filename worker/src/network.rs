@@ -167,7 +167,7 @@ impl Drop for NetNs {
 fn new_netns() -> Result<OwnedFd, ExecError> {
     std::thread::spawn(|| -> Result<OwnedFd, ExecError> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| ExecError::Setup(format!("new network namespace: {e}")))?;
-        if !crate::sandbox::loopback_up() {
+        if !crate::loopback::loopback_up() {
             return Err(ExecError::Setup("bringing up lo in a new network namespace".into()));
         }
         std::fs::File::open("/proc/thread-self/ns/net")

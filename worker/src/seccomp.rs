@@ -79,7 +79,7 @@ pub(crate) fn docker_default(caps: &[u32]) -> Result<&'static Program, ExecError
 /// container finds it ready (callers do this when they start, before opening the store).
 pub fn prepare() {
     std::thread::spawn(|| {
-        let _ = docker_default(crate::sandbox::DEFAULT_CAPS);
+        let _ = docker_default(crate::caps::DEFAULT_CAPS);
     });
 }
 
@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn the_profile_compiles_for_the_default_capabilities() {
-        let p = compile(PROFILE, crate::sandbox::DEFAULT_CAPS).unwrap();
+        let p = compile(PROFILE, crate::caps::DEFAULT_CAPS).unwrap();
         assert!(!p.filter.is_empty() && p.filter.len() < 1024, "{} instructions", p.filter.len());
     }
 

@@ -11,11 +11,11 @@
 //! kernel knobs read-only, as runc does; the capability sets are Docker's default, for an
 //! init as pid 1 too; and Docker's default seccomp profile is installed last.
 
-use super::DEFAULT_CAPS;
+use crate::caps::DEFAULT_CAPS;
+use crate::loopback::loopback_up;
 use rdock_inroot::raw::{mkdir_all, open_in_root, proc_fd_path};
 use rdock_llb::Security;
 use std::ffi::{CStr, CString};
-use std::os::fd::{FromRawFd, OwnedFd};
 
 /// Stages of the child's setup, reported back through the error pipe.
 #[repr(u8)]
@@ -810,25 +810,5 @@ unsafe fn init_loop(cmd: libc::pid_t, all: &libc::sigset_t) -> isize {
                 }
             }
         }
-    }
-}
-
-/// Sets IFF_UP on `lo` with the SIOCSIFFLAGS ioctl.
-pub(crate) fn loopback_up() -> bool {
-    // SAFETY: a zeroed ifreq with a NUL-terminated name; ioctls on our own socket.
-    unsafe {
-        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if sock < 0 {
-            return false;
-        }
-        let _guard = OwnedFd::from_raw_fd(sock);
-        let mut req: libc::ifreq = std::mem::zeroed();
-        req.ifr_name[0] = b'l' as libc::c_char;
-        req.ifr_name[1] = b'o' as libc::c_char;
-        if libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req) != 0 {
-            return false;
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &mut req) == 0
     }
 }

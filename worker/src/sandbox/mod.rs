@@ -15,7 +15,6 @@ mod child;
 
 use crate::cgroup::{Cgroup, Limits};
 use crate::{ExecError, ExecResult, ExecSpec, Executor, MountSource};
-pub(crate) use child::loopback_up;
 use child::{ChildStdio, ExtraPlan, Plan, Stage, Target, child};
 use rdock_llb::{Network, Security};
 use rdock_snapshotter::MountSpec;
@@ -24,24 +23,6 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-/// Docker's default capabilities (moby's `oci/caps/defaults.go`).
-pub(crate) const DEFAULT_CAPS: &[u32] = &[
-    0,  // CAP_CHOWN
-    1,  // CAP_DAC_OVERRIDE
-    3,  // CAP_FOWNER
-    4,  // CAP_FSETID
-    5,  // CAP_KILL
-    6,  // CAP_SETGID
-    7,  // CAP_SETUID
-    8,  // CAP_SETPCAP
-    10, // CAP_NET_BIND_SERVICE
-    13, // CAP_NET_RAW
-    18, // CAP_SYS_CHROOT
-    27, // CAP_MKNOD
-    29, // CAP_AUDIT_WRITE
-    31, // CAP_SETFCAP
-];
 
 /// The hostname BuildKit gives build containers.
 pub const SANDBOX_HOSTNAME: &str = "buildkitsandbox";
@@ -319,7 +300,7 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
     };
     let cgroup = Cgroup::create(&opts.limits)?;
     let seccomp = match spec.security {
-        Security::Sandbox => Some(crate::seccomp::docker_default(DEFAULT_CAPS)?.fprog()),
+        Security::Sandbox => Some(crate::seccomp::docker_default(crate::caps::DEFAULT_CAPS)?.fprog()),
         Security::Insecure => None,
     };
     let plan = Plan {
