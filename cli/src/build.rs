@@ -250,18 +250,6 @@ pub fn parse_add_host(spec: &str) -> anyhow::Result<rdock_llb::HostIp> {
     rdock_llb::HostIp::parse(spec).map_err(|e| UsageError(e).into())
 }
 
-/// Parses a target platform (`linux/arm64`); only one: multi-platform builds are not
-/// supported.
-pub fn parse_platform(spec: &str) -> anyhow::Result<Platform> {
-    if spec.contains(',') {
-        return Err(UsageError(format!(
-            "platform {spec}: building for several platforms at once is not supported; build once per platform"
-        ))
-        .into());
-    }
-    Platform::parse(spec).map_err(|e| UsageError(e.to_string()).into())
-}
-
 /// Parses an `--ssh` spec: `default` (the agent in $SSH_AUTH_SOCK), `ID=SOCKET`. It travels
 /// with the secrets as `ssh:ID` → socket path.
 pub fn parse_ssh(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {

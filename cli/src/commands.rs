@@ -1,6 +1,7 @@
 //! `rdock images | tag | rmi | inspect | history | load | save | fsck`.
 
 use crate::UsageError;
+use crate::format::{human, human_duration, table};
 use anyhow::Context;
 use rdock_imagespec::{ImageConfig, ImageRef, Manifest, Platform};
 use rdock_oci::{ArchiveFormat, ImageStore, export_archive, load_archive};
@@ -57,44 +58,6 @@ pub fn list(json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints `rows` under `headers` in columns as wide as their widest cell, three spaces
-/// apart, as docker's tabwriter lays out its tables.
-pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-    }
-    let print = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut line = String::new();
-        for (i, c) in cells.enumerate() {
-            line.push_str(c);
-            let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(c.chars().count()) + 3;
-            line.extend(std::iter::repeat_n(' ', pad));
-        }
-        println!("{}", line.trim_end());
-    };
-    print(&mut headers.iter().copied());
-    for r in rows {
-        print(&mut r.iter().map(String::as_str));
-    }
-}
-
-/// A byte count for people, in decimal units as docker prints them: `1.5MB`.
-pub(crate) fn human(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < units.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n}B") } else { format!("{v:.1}{}", units[u]) }
-}
-
 /// `rdock tag SRC DST`.
 pub fn tag(src: &str, dst: &str) -> anyhow::Result<()> {
     let images = images()?;
@@ -117,7 +80,7 @@ pub fn rmi(names: &[String], force: bool) -> anyhow::Result<()> {
         };
         let others = images.list()?.into_iter().filter(|i| i.manifest == d && i.name != r.to_string()).count();
         if !force && others == 0 {
-            let users = crate::containers::users_of(images.store(), &d)?;
+            let users = rdock_runtime::Records::new(images.store().db().clone())?.using(&d)?;
             if let Some(c) = users.first() {
                 let id = images.manifest(&d).map(|m| m.config.digest.hex()[..12].to_string()).unwrap_or_default();
                 failures.push(format!(
@@ -227,7 +190,7 @@ pub fn history(name: &str, no_trunc: bool, json: bool) -> anyhow::Result<()> {
     for h in &cfg.history {
         let size = match h.empty_layer {
             false => match layers.next() {
-                Some(l) => crate::inspect::content_bytes(&images, &l.digest)?,
+                Some(l) => images.content_bytes(&l.digest)?,
                 None => 0,
             },
             true => 0,
@@ -239,11 +202,7 @@ pub fn history(name: &str, no_trunc: bool, json: bool) -> anyhow::Result<()> {
     for (i, (h, size)) in rows.iter().enumerate().rev() {
         let id = if i + 1 == rows.len() { m.config.digest.hex()[..12].to_string() } else { "<missing>".into() };
         let by = h.created_by.clone().unwrap_or_default();
-        let since = h
-            .created
-            .as_deref()
-            .and_then(rdock_imagespec::time::parse_rfc3339)
-            .map(|t| format!("{} ago", crate::containers::human_duration(now - t)));
+        let since = h.created.as_deref().and_then(rdock_imagespec::time::parse_rfc3339).map(|t| format!("{} ago", human_duration(now - t)));
         if json {
             let doc = serde_json::json!({
                 "ID": id, "CreatedAt": h.created, "CreatedSince": since, "CreatedBy": by, "Size": human(*size),

@@ -11,7 +11,7 @@
 //! cpus = 1.5
 //! ```
 
-use crate::gc::parse_size;
+use crate::format::parse_size;
 use anyhow::Context;
 use rdock_snapshotter::Store;
 use rdock_worker::cgroup::Limits;

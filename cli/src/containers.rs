@@ -1,11 +1,12 @@
 //! `rdock run | ps | rm | commit`: containers from images, over `rdock_runtime`.
 
 use crate::UsageError;
+use crate::format::{human_duration, parse_size, table};
 use anyhow::Context;
 use rdock_imagespec::ImageRef;
 use rdock_imagespec::time::unix_now as now;
 use rdock_oci::ImageStore;
-use rdock_runtime::{Record, Records, RunFlags, RunRequest, Runtime, RuntimeError, Signals, State};
+use rdock_runtime::{Record, RunFlags, RunRequest, Runtime, RuntimeError, Signals, State};
 use std::time::Duration;
 
 /// `rdock run`'s flags.
@@ -169,7 +170,7 @@ pub fn run(args: RunArgs, signals: &Signals) -> anyhow::Result<i32> {
 fn container_limits(store: &rdock_snapshotter::Store, args: &RunArgs) -> anyhow::Result<rdock_worker::cgroup::Limits> {
     let mut l = crate::config::limits(store)?;
     if let Some(m) = &args.memory {
-        l.memory = Some(crate::gc::parse_size(m)?);
+        l.memory = Some(parse_size(m)?);
     }
     if let Some(c) = args.cpus {
         l.millicpus = Some(crate::config::millicpus(c)?);
@@ -182,24 +183,6 @@ fn container_limits(store: &rdock_snapshotter::Store, args: &RunArgs) -> anyhow:
 
 fn runtime() -> anyhow::Result<Runtime> {
     Ok(Runtime::new(crate::open_store()?)?)
-}
-
-/// Docker's `units.HumanDuration`: "Less than a second", "About a minute", "3 hours".
-pub fn human_duration(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0 => "Less than a second".into(),
-        1 => "1 second".into(),
-        2..60 => format!("{s} seconds"),
-        60..120 => "About a minute".into(),
-        120..3600 => format!("{} minutes", s / 60),
-        3600..7200 => "About an hour".into(),
-        7200..172_800 => format!("{} hours", s / 3600),
-        172_800..1_209_600 => format!("{} days", s / 86_400),
-        1_209_600..5_184_000 => format!("{} weeks", s / 604_800),
-        5_184_000..63_072_000 => format!("{} months", s / 2_592_000),
-        _ => format!("{} years", s / 31_536_000),
-    }
 }
 
 fn status(r: &Record) -> String {
@@ -247,7 +230,7 @@ pub fn ps(all: bool, quiet: bool, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    crate::commands::table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], &rows);
+    table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], &rows);
     Ok(())
 }
 
@@ -273,9 +256,4 @@ pub fn commit(container: &str, name: Option<&str>, message: Option<&str>) -> any
     let image = runtime()?.commit(container, name.as_ref(), message).with_context(|| format!("committing {container}"))?;
     println!("{}", image.config);
     Ok(())
-}
-
-/// The containers made from the image with manifest `d`, for `rmi`'s refusal.
-pub fn users_of(store: &rdock_snapshotter::Store, d: &rdock_imagespec::Digest) -> anyhow::Result<Vec<String>> {
-    Ok(Records::new(store.db().clone())?.using(d)?)
 }

@@ -3,36 +3,12 @@
 //! garbage collector reports.
 
 use crate::UsageError;
-use crate::commands::human;
+use crate::format::{human, parse_size};
 use anyhow::Context;
 use rdock_snapshotter::Store;
 use rdock_snapshotter::lock::Wait;
 use rdock_solver::gc::{self, ItemKind, PruneOptions};
 use std::time::Duration;
-
-/// Parses a size as docker does (`RAMInBytes`): a number with an optional binary unit,
-/// `k`, `m`, `g`, `t`, `p`, optionally followed by `i` and/or `b`, any case: `512MB`,
-/// `1.5g`, `10GiB`, `4096`.
-pub fn parse_size(s: &str) -> Result<u64, UsageError> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = || UsageError(format!("invalid size {s:?}: expected a number with an optional unit (b, k, m, g, t, p), like 10GB"));
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let unit = unit.trim().to_ascii_lowercase();
-    let unit = unit.strip_suffix('b').unwrap_or(&unit);
-    let unit = unit.strip_suffix('i').unwrap_or(unit);
-    let shift = match unit {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        "p" => 50,
-        _ => return Err(bad()),
-    };
-    Ok((n * (1u64 << shift) as f64) as u64)
-}
 
 /// Parses a duration as Go's `time.ParseDuration` does: `24h`, `1h30m`, `90s`, `1.5h`,
 /// `500ms`; also `d` for days, which docker's `until` filters take too.
@@ -183,19 +159,6 @@ pub fn prune(all: bool, keep_storage: Option<&str>, filters: &[String], verbose:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_as_docker_parses_them() {
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("10k").unwrap(), 10 * 1024);
-        assert_eq!(parse_size("512MB").unwrap(), 512 << 20);
-        assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
-        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_size("3 mb").unwrap(), 3 << 20);
-        for bad in ["", "ten", "10x", "1..2G", "-5m"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn durations_parse_as_go_parses_them() {

@@ -203,7 +203,7 @@ pub fn layers(name: &str, json: bool, limit: usize) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    let human = crate::commands::human;
+    let human = crate::format::human;
     let cap = |n: usize| if limit == 0 { n } else { n.min(limit) };
     for l in &report.layers {
         println!("Layer {} {} {}", l.index, &l.digest.as_str()[..19], human(l.size));
@@ -234,17 +234,4 @@ pub fn layers(name: &str, json: bool, limit: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Bytes of the file content a layer blob holds, uncompressed (`history`'s SIZE).
-pub fn content_bytes(images: &ImageStore, blob: &Digest) -> anyhow::Result<u64> {
-    let mut archive = tar::Archive::new(images.store().content().open_uncompressed(blob)?);
-    let mut n = 0;
-    for e in archive.entries()? {
-        let e = e?;
-        if e.header().entry_type().is_file() {
-            n += e.header().size()?;
-        }
-    }
-    Ok(n)
 }

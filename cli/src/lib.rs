@@ -6,6 +6,7 @@ pub mod build;
 pub mod commands;
 pub mod config;
 pub mod containers;
+pub mod format;
 pub mod gc;
 pub mod inspect;
 pub mod progress;

@@ -37,7 +37,7 @@ pub fn printer(quiet: bool) -> OnTransfer {
                 map.insert(d.digest.to_string(), (n, d.size));
                 if tty {
                     let (done, total) = map.values().fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
-                    eprint!("\r\x1b[2K  downloading {} / {}", crate::commands::human(done), crate::commands::human(total));
+                    eprint!("\r\x1b[2K  downloading {} / {}", crate::format::human(done), crate::format::human(total));
                 }
             }
             Transfer::Done(d, how) => {
@@ -46,7 +46,7 @@ pub fn printer(quiet: bool) -> OnTransfer {
                 if tty {
                     eprint!("\r\x1b[2K");
                 }
-                eprintln!("{short}: {how} {}", crate::commands::human(d.size));
+                eprintln!("{short}: {how} {}", crate::format::human(d.size));
             }
         }
     })
@@ -56,7 +56,7 @@ pub fn printer(quiet: bool) -> OnTransfer {
 pub fn pull(reference: &str, platform: Option<&str>, quiet: bool) -> anyhow::Result<()> {
     let r = ImageRef::parse(reference).map_err(|e| UsageError(e.to_string()))?;
     let platform = match platform {
-        Some(p) => crate::build::parse_platform(p)?,
+        Some(p) => crate::format::parse_platform(p)?,
         None => Platform::host(),
     };
     let store = crate::open_store()?;

@@ -34,6 +34,22 @@ impl ImageStore {
         &self.store
     }
 
+    /// Bytes of file content a layer blob holds, uncompressed (what `history` shows as a
+    /// layer's SIZE, as docker does).
+    pub fn content_bytes(&self, blob: &Digest) -> Result<u64, OciError> {
+        let path = self.store.content().path(blob);
+        let io = |e: std::io::Error| OciError::Io(path.clone(), e);
+        let mut archive = tar::Archive::new(self.store.content().open_uncompressed(blob)?);
+        let mut n = 0;
+        for e in archive.entries().map_err(io)? {
+            let e = e.map_err(io)?;
+            if e.header().entry_type().is_file() {
+                n += e.header().size().map_err(io)?;
+            }
+        }
+        Ok(n)
+    }
+
     /// Points `name` at `manifest`.
     pub fn tag(&self, name: &ImageRef, manifest: &Digest) -> Result<(), OciError> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);

@@ -1,7 +1,8 @@
 //! `rdock-build`: buildctl-like. Parses flags and calls `rdock_cli::build`.
 
 use clap::Parser;
-use rdock_cli::build::{BuildRequest, CommonFlags, DumpFormat, parse_add_host, parse_network, parse_output, parse_platform, run};
+use rdock_cli::build::{BuildRequest, CommonFlags, DumpFormat, parse_add_host, parse_network, parse_output, run};
+use rdock_cli::format::parse_platform;
 use rdock_cli::registry::{parse_cache_export, parse_cache_import};
 use rdock_cli::{UsageError, exit_with};
 use std::collections::BTreeMap;

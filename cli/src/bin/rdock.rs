@@ -1,7 +1,8 @@
 //! `rdock`: docker-like. Parses flags and calls `rdock_cli`.
 
 use clap::{Parser, Subcommand};
-use rdock_cli::build::{CommonFlags, Output, parse_add_host, parse_network, parse_output, parse_platform, run};
+use rdock_cli::build::{CommonFlags, Output, parse_add_host, parse_network, parse_output, run};
+use rdock_cli::format::parse_platform;
 use rdock_cli::registry::{self, parse_cache_export, parse_cache_import};
 use rdock_cli::{UsageError, commands, containers, exit_with, gc, inspect};
 use rdock_imagespec::ImageRef;
