@@ -1955,3 +1955,27 @@ fn remote_sources_are_fetched_concurrently() {
     assert_eq!(std::fs::read_to_string(f.path("o/c.txt")).unwrap(), "served /c.txt\n");
     assert_eq!(inflight.lock().unwrap().1, 3, "the downloads were not in flight together");
 }
+
+/// Diagnostics: nothing by default; `--debug` or `RDOCK_LOG=FILTER` shows the libraries'
+/// events (the solver's keys and steps here) on standard error.
+#[test]
+fn debug_and_rdock_log_show_diagnostics() {
+    let f = Fixture::new();
+    let ctx = f.ctx("dbg", &[("Dockerfile", "FROM busybox\nRUN echo traced > /t\n")]);
+    let build = |args: &[&str], env: Option<&str>| {
+        let mut c = Command::new(RDOCK);
+        c.args(args).arg(&ctx).env("RDOCK_ROOT", &f.root).env_remove("RDOCK_LOG");
+        if let Some(v) = env {
+            c.env("RDOCK_LOG", v);
+        }
+        let o = c.output().unwrap();
+        assert_ok(&o);
+        stderr(&o)
+    };
+    let quiet = build(&["build", "--progress", "plain", "--no-cache"], None);
+    assert!(!quiet.contains("cache keys computed"), "{quiet}");
+    let debug = build(&["--debug", "build", "--progress", "plain", "--no-cache"], None);
+    assert!(debug.contains("cache keys computed") && debug.contains("running"), "{debug}");
+    let filtered = build(&["build", "--progress", "plain"], Some("rdock_solver=debug"));
+    assert!(filtered.contains("cache hit") && !filtered.contains("registry answered"), "{filtered}");
+}

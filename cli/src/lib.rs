@@ -45,6 +45,22 @@ pub fn open_store() -> anyhow::Result<Store> {
     Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))
 }
 
+/// Shows the libraries' diagnostics on standard error: with `RDOCK_LOG=FILTER` (as
+/// `RUST_LOG`, e.g. `rdock_solver=debug`), or everything at debug level with `--debug`.
+/// Without either nothing is set up, and the events cost nothing.
+pub fn init_logging(debug: bool) {
+    let filter = match std::env::var("RDOCK_LOG") {
+        Ok(f) if !f.is_empty() => f,
+        _ if debug => "debug".to_string(),
+        _ => return,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("warning: RDOCK_LOG={filter}: {e}; showing debug");
+        tracing_subscriber::EnvFilter::new("debug")
+    });
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
 /// Maps an error to the exit status of the contract: 2 for usage, 1 otherwise, printing it.
 pub fn exit_with(err: anyhow::Error) -> ! {
     let usage = err.downcast_ref::<UsageError>().is_some();

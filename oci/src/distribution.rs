@@ -272,6 +272,7 @@ pub fn resolve_remote(client: &Arc<Client>, r: &ImageRef, platform: &Platform) -
 pub fn pull(images: &ImageStore, client: &Arc<Client>, r: &ImageRef, platform: &Platform, on: OnTransfer) -> Result<Resolved, OciError> {
     let resolved = resolve_remote(client, r, platform)?;
     let content = images.store().content();
+    tracing::debug!(image = %r, manifest = %resolved.manifest, layers = resolved.manifest_doc.layers.len(), "pulling");
     let new: Vec<&Descriptor> = resolved.manifest_doc.layers.iter().filter(|l| !content.contains(&l.digest)).collect();
     let source = RegistrySource { client: client.clone(), repo: r.clone(), on };
     let result = parallel(&resolved.manifest_doc.layers, PARALLEL, |l| source.fetch(l, content))

@@ -388,6 +388,7 @@ impl Client {
             let result = self.build(call, auth.as_deref())?;
             let wait = match result {
                 Err(e) => {
+                    tracing::debug!(method = call.method, url = %call.url, error = %e, attempt, "registry request failed");
                     // A name that does not resolve will not resolve on a retry either.
                     if unresolvable(&e) {
                         return Err(RegistryError::Http { method: call.method.into(), url: call.url.clone(), reason: e.to_string() });
@@ -403,6 +404,7 @@ impl Client {
                 }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
+                    tracing::debug!(method = call.method, url = %call.url, status, attempt, "registry answered");
                     if status == 401 {
                         self.authenticate(call, header(&resp, "www-authenticate"), auth_round, auth.as_deref())?;
                         auth_round += 1;

@@ -91,6 +91,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SnapshotError> {
         }
     }
     if found < VERSION {
+        tracing::info!(from = found, to = VERSION, "store schema upgraded");
         tx.pragma_update(None, "user_version", VERSION)?;
     }
     tx.commit()?;

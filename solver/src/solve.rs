@@ -156,7 +156,14 @@ impl Solver {
         let (fetched, commits) = self.resolve_remote_sources(&run)?;
         run.fetched = fetched;
         run.commits = commits;
+        let started = std::time::Instant::now();
         let (keys, infos) = self.cache_keys(&run)?;
+        tracing::debug!(
+            nodes = keys.len(),
+            remote_sources = run.fetched.len() + run.commits.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cache keys computed"
+        );
         run.keys = keys;
         run.infos = infos;
         run.forced = Vec::with_capacity(run.nodes.len());
@@ -387,6 +394,7 @@ impl Solver {
                 if matches!(node.op, Op::Exec(_) | Op::File(_)) && !run.forced[i] {
                     match self.find(run, i) {
                         Ok(Some(out)) => {
+                            tracing::debug!(key = %run.keys[i], "cache hit");
                             self.report_skipped(run, i);
                             self.mark_cached(run, i);
                             return Ok(out);
@@ -422,7 +430,11 @@ impl Solver {
                     // Joined when the solve's scope ends. A failure here is found again, and
                     // reported, by whoever needs the layer.
                     let (store, name) = (self.worker.store().clone(), name.clone());
-                    s.spawn(move || drop(store.snapshots().layer(&name)));
+                    s.spawn(move || {
+                        let started = std::time::Instant::now();
+                        let made = store.snapshots().layer(&name);
+                        tracing::debug!(snapshot = %name, ok = made.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "layer blob made");
+                    });
                 }
                 Ok(out)
             })
@@ -491,6 +503,7 @@ impl Solver {
                 }
                 // Held while the op runs, so that the step's time is its own, not a wait.
                 let _slot = run.slots.acquire();
+                tracing::debug!(step = %name, key = %key, "running");
                 progress.event(Event::new(EventKind::Started, &vertex, &name));
                 let started = std::time::Instant::now();
                 let snap_name = if self.worker.store().snapshots().exists(&format!("op-{key}"))? {
@@ -547,6 +560,7 @@ impl Solver {
                 match result {
                     Ok(()) => {
                         let committed = if self.worker.store().snapshots().exists(&snap_name)? { snap_name } else { format!("op-{key}") };
+                        tracing::debug!(step = %name, snapshot = %committed, elapsed_ms = started.elapsed().as_millis() as u64, "completed");
                         self.cache.put(key, &committed)?;
                         let mut ev = Event::new(EventKind::Completed, &vertex, &name);
                         ev.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);

@@ -112,6 +112,7 @@ impl NetNs {
         if let Some(e) = slirp.stderr.take() {
             std::thread::spawn(move || std::io::copy(&mut std::io::BufReader::new(e), &mut std::io::sink()));
         }
+        tracing::debug!(slirp4netns = slirp.id(), api = ?api, "network namespace ready");
         Ok(NetNs { ns, slirp, exit: Some(exit_w), api })
     }
 

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "rdock-build", about = "Build a Dockerfile into an image, BuildKit-style, without a daemon")]
 struct Args {
+    /// Show diagnostics on standard error; RDOCK_LOG=FILTER chooses them finer.
+    #[arg(long)]
+    debug: bool,
     /// The frontend; only `dockerfile`.
     #[arg(long)]
     frontend: String,
@@ -106,6 +109,7 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
 
 fn main() {
     let args = Args::parse();
+    rdock_cli::init_logging(args.debug);
     match request(args).and_then(|r| run(&r)) {
         Ok(_) => {}
         Err(e) => exit_with(e),

@@ -12,6 +12,10 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "rdock", about = "Build and manage container images without a daemon")]
 struct Cli {
+    /// Show diagnostics (what the solver, store, registry client and sandbox do) on
+    /// standard error; RDOCK_LOG=FILTER chooses them finer.
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -347,6 +351,7 @@ fn run_container(args: containers::RunArgs) -> ! {
 
 fn main() {
     let cli = Cli::parse();
+    rdock_cli::init_logging(cli.debug);
     if let Command::Run { help: _, args } = cli.command {
         run_container(args);
     }
