@@ -1061,6 +1061,13 @@ fn ssh_mounts_forward_an_agent_socket() {
     let out = f.build(&ctx, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("ssh agent default is required"), "{}", stderr(&out));
+    // Regression: agents travelled in the secrets map as `ssh:ID`, so a secret mount of
+    // that id read the agent's socket path. Secrets and agents are apart now.
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN --mount=type=secret,id=ssh:default,required cat /run/secrets/ssh:default\n")
+        .unwrap();
+    let out = f.build(&ctx, &["--ssh", &ssh]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("secret ssh:default is required but was not provided"), "{}", stderr(&out));
 }
 
 #[test]

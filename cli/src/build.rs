@@ -95,7 +95,7 @@ pub struct BuildRequest {
     /// Print the LLB and stop.
     pub dump: Option<DumpFormat>,
     /// `--secret` values by id.
-    pub secrets: HashMap<String, Vec<u8>>,
+    pub secrets: rdock_worker::Secrets,
     /// `--check`: run the build checks and stop.
     pub check: bool,
     /// `--explain-cache`: print why steps missed the cache.
@@ -205,8 +205,10 @@ impl CommonFlags {
     ) -> anyhow::Result<BuildRequest> {
         let progress = progress::Mode::parse(&self.progress)
             .ok_or_else(|| UsageError(format!("--progress {}: expected auto, tty, plain, rawjson or quiet", self.progress)))?;
-        let secrets =
-            self.secrets.iter().map(|s| parse_secret(s)).chain(self.ssh.iter().map(|s| parse_ssh(s))).collect::<anyhow::Result<_>>()?;
+        let secrets = rdock_worker::Secrets {
+            values: self.secrets.iter().map(|s| parse_secret(s)).collect::<anyhow::Result<_>>()?,
+            ssh: self.ssh.iter().map(|s| parse_ssh(s)).collect::<anyhow::Result<_>>()?,
+        };
         Ok(BuildRequest {
             context,
             dockerfile,
@@ -250,9 +252,9 @@ pub fn parse_add_host(spec: &str) -> anyhow::Result<rdock_llb::HostIp> {
     rdock_llb::HostIp::parse(spec).map_err(|e| UsageError(e).into())
 }
 
-/// Parses an `--ssh` spec: `default` (the agent in $SSH_AUTH_SOCK), `ID=SOCKET`. It travels
-/// with the secrets as `ssh:ID` → socket path.
-pub fn parse_ssh(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
+/// Parses an `--ssh` spec: `default` (the agent in $SSH_AUTH_SOCK), `ID=SOCKET`: the id
+/// and the agent's socket.
+pub fn parse_ssh(spec: &str) -> anyhow::Result<(String, PathBuf)> {
     let (id, path) = match spec.split_once('=') {
         Some((id, p)) => (id.to_string(), p.to_string()),
         None => (
@@ -263,7 +265,7 @@ pub fn parse_ssh(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
     if !std::path::Path::new(&path).exists() {
         return Err(UsageError(format!("--ssh {spec}: {path} does not exist")).into());
     }
-    Ok((format!("ssh:{id}"), path.into_bytes()))
+    Ok((id, PathBuf::from(path)))
 }
 
 /// Parses a `--secret` spec: `id=NAME,src=FILE` (also `source=`), `id=NAME,env=VAR`, or

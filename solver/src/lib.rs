@@ -10,7 +10,7 @@
 //! use rdock_solver::{Solver, SolveRequest, NoProgress};
 //! # fn demo(solver: &Solver, def: &rdock_llb::Definition) {
 //! let locals = std::collections::HashMap::from([("context".to_string(), std::path::PathBuf::from("."))]);
-//! let secrets = std::collections::HashMap::new();
+//! let secrets = rdock_worker::Secrets::default();
 //! let out = solver.solve(&SolveRequest { definition: def, locals: &locals, progress: &NoProgress, secrets: &secrets, target: None, imports: &[], max_parallelism: rdock_solver::default_parallelism(), eager_layers: false }).unwrap();
 //! println!("result snapshot: {:?}", out.top);
 //! # }

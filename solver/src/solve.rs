@@ -23,10 +23,9 @@ pub struct SolveRequest<'a> {
     pub locals: &'a HashMap<String, PathBuf>,
     /// Where events go.
     pub progress: &'a dyn ProgressSink,
-    /// Secrets by id, for `RUN --mount=type=secret`, and forwarded SSH agents as `ssh:ID` →
-    /// socket path, for `RUN --mount=type=ssh`. They are handed to the worker only:
-    /// never part of the graph, a cache key or an event.
-    pub secrets: &'a HashMap<String, Vec<u8>>,
+    /// Secrets and forwarded SSH agents, for `RUN --mount=type=secret|ssh`. They are
+    /// handed to the worker only: never part of the graph, a cache key or an event.
+    pub secrets: &'a rdock_worker::Secrets,
     /// The build's identity (context, Dockerfile, stage, platform) for explaining cache
     /// misses against the last build of the same target; None records nothing.
     pub target: Option<&'a str>,

@@ -109,7 +109,7 @@ fn solve_with(e: &Env, def: &Definition, eager_layers: bool, parallel: usize) ->
         definition: def,
         locals: &locals,
         progress: &NoProgress,
-        secrets: &HashMap::new(),
+        secrets: &rdock_worker::Secrets::default(),
         target: None,
         imports: &[],
         max_parallelism: std::num::NonZeroUsize::new(parallel).unwrap(),

@@ -207,6 +207,18 @@ pub enum WorkerError {
     Io(PathBuf, #[source] std::io::Error),
 }
 
+/// What a build hands its steps besides the graph, never part of a cache key or an event:
+/// secrets by id (`RUN --mount=type=secret`) and forwarded SSH agents by id
+/// (`RUN --mount=type=ssh`). Two maps, so that a secret id can never name an agent's
+/// socket, nor the other way round.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    /// Secret values by id.
+    pub values: HashMap<String, Vec<u8>>,
+    /// Agent sockets by id (`default` for `--ssh default`).
+    pub ssh: HashMap<String, PathBuf>,
+}
+
 /// The inputs a file op reads, by index.
 #[derive(Debug, Clone)]
 pub enum FileInput {
@@ -244,13 +256,13 @@ impl Worker {
     }
 
     /// Runs an exec op whose inputs are `inputs` (committed snapshots, or the build
-    /// context for bind mounts), with `secrets` by id for secret mounts, and commits its
+    /// context for bind mounts), with `secrets` for secret and ssh mounts, and commits its
     /// root mount's result as `name`.
     pub fn exec(
         &self,
         op: &ExecOp,
         inputs: &[FileInput],
-        secrets: &HashMap<String, Vec<u8>>,
+        secrets: &Secrets,
         name: &str,
         output: &mut dyn FnMut(&[u8]),
     ) -> Result<(), WorkerError> {
@@ -336,7 +348,7 @@ impl Worker {
                         MountSource::Dir(dir)
                     }
                     rdock_llb::MountKind::Secret { id, required, mode, uid, gid, env: env_name } => {
-                        let Some(value) = secrets.get(id) else {
+                        let Some(value) = secrets.values.get(id) else {
                             if *required {
                                 return Err(WorkerError::Path {
                                     path: m.dest.clone(),
@@ -354,8 +366,7 @@ impl Worker {
                         MountSource::File(secret_dir.write(i, value, *mode, *uid, *gid)?)
                     }
                     rdock_llb::MountKind::Ssh { id, required } => {
-                        // Forwarded agents arrive beside the secrets as `ssh:ID` → socket path.
-                        let Some(sock) = secrets.get(&format!("ssh:{id}")) else {
+                        let Some(sock) = secrets.ssh.get(id) else {
                             if *required {
                                 return Err(WorkerError::Path {
                                     path: m.dest.clone(),
@@ -367,7 +378,7 @@ impl Worker {
                         if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
                             env.push(format!("SSH_AUTH_SOCK={}", m.dest));
                         }
-                        MountSource::File(PathBuf::from(String::from_utf8_lossy(sock).into_owned()))
+                        MountSource::File(sock.clone())
                     }
                     rdock_llb::MountKind::Bind => match m.input.and_then(|ix| inputs.get(ix as usize)) {
                         Some(FileInput::Local { dir, excludes }) if !excludes.is_empty() => {
