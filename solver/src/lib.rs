@@ -55,6 +55,16 @@ pub enum SolveError {
     /// The build context could not be read.
     #[error("build context: {0}")]
     Context(String),
+    /// A source (a git repository, a download) or a cache mount's contents could not be
+    /// fetched or unpacked.
+    #[error("{what}: {source}")]
+    Source {
+        /// Which source.
+        what: String,
+        /// Why.
+        #[source]
+        source: rdock_worker::WorkerError,
+    },
     /// A base image is not available.
     #[error(transparent)]
     Image(#[from] rdock_oci::OciError),

@@ -256,12 +256,13 @@ impl Solver {
                 .map(|(i, src, source)| {
                     s.spawn(move || match source {
                         Source::Git(r) => {
-                            let commit = rdock_worker::git::resolve_commit(&r).map_err(|e| SolveError::Context(e.to_string()))?;
+                            let commit = rdock_worker::git::resolve_commit(&r)
+                                .map_err(|source| SolveError::Source { what: format!("git {}", r.remote), source })?;
                             Ok((i, Got::Commit(r, commit)))
                         }
                         Source::Http(url) => rdock_worker::http::fetch(url, src.attr("http.checksum"), content)
                             .map(|f| (i, Got::Fetched(f)))
-                            .map_err(|e| SolveError::Context(e.to_string())),
+                            .map_err(|source| SolveError::Source { what: format!("downloading {url}"), source }),
                         _ => Err(SolveError::Definition("not a remote source".into())),
                     })
                 })
@@ -462,7 +463,10 @@ impl Solver {
                 Source::Git(_) => {
                     let (r, commit) = run.commits.get(&i).ok_or_else(|| SolveError::Definition("a git source was not resolved".into()))?;
                     let keep = src.attr("git.keepgitdir") == Some("true");
-                    let name = self.worker.git_snapshot(r, commit, keep).map_err(|e| SolveError::Context(e.to_string()))?;
+                    let name = self
+                        .worker
+                        .git_snapshot(r, commit, keep)
+                        .map_err(|source| SolveError::Source { what: format!("git {} at {commit}", r.remote), source })?;
                     Ok(Output::Snapshot(Some(name)))
                 }
                 Source::Http(_) => {
@@ -470,7 +474,7 @@ impl Solver {
                     let name = self
                         .worker
                         .http_snapshot(f, src.attr("http.filename").unwrap_or("__unnamed__"))
-                        .map_err(|e| SolveError::Context(e.to_string()))?;
+                        .map_err(|source| SolveError::Source { what: src.identifier.clone(), source })?;
                     Ok(Output::Snapshot(Some(name)))
                 }
                 Source::Image(reference) => {
@@ -742,7 +746,8 @@ impl Solver {
             if let Some((c, desc)) = run.req.imports.iter().find_map(|c| c.mount(id).map(|d| (c, d))) {
                 c.source().fetch(desc, content)?;
                 let mut tar = content.open_uncompressed(&desc.digest)?;
-                rdock_worker::cachemount::import(&root, id, &mut tar).map_err(|e| SolveError::Context(e.to_string()))?;
+                rdock_worker::cachemount::import(&root, id, &mut tar)
+                    .map_err(|source| SolveError::Source { what: format!("cache mount {id} from the imported cache"), source })?;
             }
         }
         Ok(())
