@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 
 /// Writes the uncompressed layer `src` to `dst` with every time later than `epoch` set to
 /// it.
-pub fn clamp_layer(src: impl Read, dst: impl Write, epoch: i64) -> std::io::Result<()> {
+pub(crate) fn clamp_layer(src: impl Read, dst: impl Write, epoch: i64) -> std::io::Result<()> {
     let mut archive = tar::Archive::new(src);
     let mut out = tar::Builder::new(dst);
     // Raw: PAX and GNU long-name records come as entries of their own, copied through
@@ -105,7 +105,7 @@ fn write_octal(field: &mut [u8], v: u64) {
 
 /// The layer `digest` with its times clamped, stored uncompressed; returns its digest
 /// (which is also its diff ID) and size.
-pub fn clamp_stored_layer(content: &ContentStore, digest: &Digest, epoch: i64) -> Result<(Digest, u64), OciError> {
+pub(crate) fn clamp_stored_layer(content: &ContentStore, digest: &Digest, epoch: i64) -> Result<(Digest, u64), OciError> {
     let src = content.open_uncompressed(digest)?;
     let mut w = content.writer()?;
     clamp_layer(std::io::BufReader::with_capacity(1 << 20, src), &mut w, epoch).map_err(|e| OciError::Io(content.path(digest), e))?;

@@ -30,7 +30,6 @@ pub use distribution::{
     BlobSource, LayoutSource, OnTransfer, OriginSource, PushReport, RegistrySource, Resolved, Transfer, parallel, pull, push,
     push_artifact, push_blobs, quiet, read_layout, resolve_remote, write_layout,
 };
-pub use epoch::clamp_layer;
 pub use error::OciError;
 pub use filesystem::{export_local, export_tar};
 pub use image::{CommittedImage, chain_snapshot_name, commit_image, ensure_unpacked};

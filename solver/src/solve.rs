@@ -86,6 +86,11 @@ pub struct Solver {
 /// Number of output lines kept for an error message.
 const TAIL_LINES: usize = 12;
 
+/// http sources fetched, by node index.
+type FetchedSources = HashMap<usize, rdock_worker::http::Fetched>;
+/// git sources and the commit each names now, by node index.
+type ResolvedCommits = HashMap<usize, (rdock_llb::GitRef, String)>;
+
 struct Run<'a> {
     req: &'a SolveRequest<'a>,
     /// The parallelism limit's slots.
@@ -94,9 +99,9 @@ struct Run<'a> {
     index: HashMap<OpDigest, usize>,
     keys: Vec<String>,
     /// http sources, fetched while computing keys (their key is their content).
-    fetched: HashMap<usize, rdock_worker::http::Fetched>,
+    fetched: FetchedSources,
     /// git sources, resolved to a commit while computing keys.
-    commits: HashMap<usize, (rdock_llb::GitRef, String)>,
+    commits: ResolvedCommits,
     /// What each key was made of, for explaining misses.
     infos: Vec<crate::explain::KeyInfo>,
     explainer: Option<crate::explain::Explainer>,
@@ -225,17 +230,9 @@ impl Solver {
         Ok(SolveOutput { top, executed, cached, keys: steps, cache_mounts })
     }
 
-    /// Cache keys in topological order: blake3 over a version tag, the op's canonical
-    /// encoding, its inputs' keys and, for copies from a local source, the content of
-    /// exactly what they copy.
-    #[allow(clippy::type_complexity)]
     /// Resolves every git source to a commit and fetches every http source, all at once:
     /// each is network I/O, and none depends on another (sources have no inputs).
-    #[allow(clippy::type_complexity)]
-    fn resolve_remote_sources(
-        &self,
-        run: &Run<'_>,
-    ) -> Result<(HashMap<usize, rdock_worker::http::Fetched>, HashMap<usize, (rdock_llb::GitRef, String)>), SolveError> {
+    fn resolve_remote_sources(&self, run: &Run<'_>) -> Result<(FetchedSources, ResolvedCommits), SolveError> {
         enum Got {
             Fetched(rdock_worker::http::Fetched),
             Commit(rdock_llb::GitRef, String),
@@ -282,7 +279,10 @@ impl Solver {
         Ok((fetched, commits))
     }
 
-    /// Every node's cache key, and what it was made of (for explaining misses).
+    /// Every node's cache key, and what it was made of (for explaining misses), in
+    /// topological order: blake3 over a version tag, the op's canonical encoding, its
+    /// inputs' keys and, for copies from a local source, the content of exactly what they
+    /// copy.
     fn cache_keys(&self, run: &Run<'_>) -> Result<(Vec<String>, Vec<crate::explain::KeyInfo>), SolveError> {
         let mut keys: Vec<String> = Vec::with_capacity(run.nodes.len());
         let mut infos: Vec<crate::explain::KeyInfo> = Vec::with_capacity(run.nodes.len());
