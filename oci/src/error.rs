@@ -1,5 +1,6 @@
 //! Image-level errors.
 
+use rdock_imagespec::Digest;
 use std::path::PathBuf;
 
 /// Something went wrong with an image or an archive.
@@ -53,6 +54,16 @@ pub enum OciError {
     /// An export option rdock cannot honour, named.
     #[error("{0}")]
     Unsupported(String),
+    /// A layer does not unpack to the diff ID claimed for it.
+    #[error("layer {layer} unpacks to {unpacked}, but {claimed} was claimed")]
+    LayerMismatch {
+        /// The layer blob.
+        layer: Digest,
+        /// What it unpacked to.
+        unpacked: Digest,
+        /// What its image or cache export said.
+        claimed: Digest,
+    },
     /// The image's config and layers disagree.
     #[error("image {image}: {reason}")]
     Inconsistent {

@@ -18,6 +18,60 @@ pub fn chain_snapshot_name(diff_ids: &[Digest]) -> Option<String> {
     chain.map(|c| format!("layer-{c}"))
 }
 
+/// One layer of a chain to unpack: its blob and the diff ID its image (or cache export)
+/// says it has.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainBlob<'a> {
+    /// The compressed (or not) layer blob.
+    pub blob: &'a Descriptor,
+    /// The digest of its uncompressed tar, as claimed.
+    pub diff_id: &'a Digest,
+}
+
+/// The snapshot names of a chain, bottom first: one per prefix, by chain ID.
+fn chain_names(layers: &[ChainBlob<'_>]) -> Vec<String> {
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    (0..layers.len()).map(|i| chain_snapshot_name(&diff_ids[..=i]).unwrap_or_default()).collect()
+}
+
+/// The layers of a chain whose blob must be fetched before [`unpack_chain`]: those neither
+/// in the content store nor unpacked already.
+pub fn chain_blobs_missing<'l, 'a>(store: &rdock_snapshotter::Store, layers: &'l [ChainBlob<'a>]) -> Result<Vec<&'l ChainBlob<'a>>, OciError> {
+    let mut missing = Vec::new();
+    for (l, name) in layers.iter().zip(chain_names(layers)) {
+        if !store.snapshots().exists(&name)? && !store.content().contains(&l.blob.digest) {
+            missing.push(l);
+        }
+    }
+    Ok(missing)
+}
+
+/// Unpacks a layer chain into snapshots named by chain ID (each layer once per store,
+/// shared by every image and cache record with the same layers), checking that every
+/// layer unpacks to the diff ID claimed for it. A layer that does not is removed with
+/// everything built on it, and the error says which. Returns the top snapshot (None for
+/// no layers). The one place images and imported caches become snapshots.
+pub fn unpack_chain(store: &rdock_snapshotter::Store, layers: &[ChainBlob<'_>]) -> Result<Option<String>, OciError> {
+    let snaps = store.snapshots();
+    let names = chain_names(layers);
+    let chain: Vec<rdock_snapshotter::ChainLayer<'_>> = layers
+        .iter()
+        .zip(&names)
+        .map(|(l, n)| rdock_snapshotter::ChainLayer { name: n, blob: &l.blob.digest, media_type: &l.blob.media_type })
+        .collect();
+    let infos = snaps.import_chain(&chain, None)?;
+    for (i, (info, l)) in infos.iter().zip(layers).enumerate() {
+        if info.diff_id != *l.diff_id {
+            // Remove the bad layer and what was built on it, top first.
+            for n in names[i..].iter().rev() {
+                let _ = rdock_snapshotter::Snapshotter::remove(snaps.as_ref(), n);
+            }
+            return Err(OciError::LayerMismatch { layer: l.blob.digest.clone(), unpacked: info.diff_id.clone(), claimed: l.diff_id.clone() });
+        }
+    }
+    Ok(names.last().cloned())
+}
+
 /// Makes sure every layer of the image with manifest `manifest` is unpacked; returns the
 /// top snapshot's name (None for an image without layers) and the config.
 pub fn ensure_unpacked(images: &ImageStore, manifest: &Digest) -> Result<(Option<String>, ImageConfig), OciError> {
@@ -35,34 +89,17 @@ pub fn ensure_unpacked(images: &ImageStore, manifest: &Digest) -> Result<(Option
             reason: format!("{} layers but {} diff_ids in the config", m.layers.len(), config.rootfs.diff_ids.len()),
         });
     }
-    let snaps = images.store().snapshots();
-    let names: Vec<String> = (0..m.layers.len()).map(|i| chain_snapshot_name(&config.rootfs.diff_ids[..=i]).unwrap_or_default()).collect();
-    let chain: Vec<rdock_snapshotter::ChainLayer<'_>> = m
-        .layers
-        .iter()
-        .zip(&names)
-        .map(|(l, n)| rdock_snapshotter::ChainLayer { name: n, blob: &l.digest, media_type: &l.media_type })
-        .collect();
-    let infos = snaps.import_chain(&chain, None)?;
-    for (i, info) in infos.iter().enumerate() {
-        if info.diff_id != config.rootfs.diff_ids[i] {
-            // Remove the bad layer and what was built on it, top first.
-            for n in names[i..].iter().rev() {
-                let _ = rdock_snapshotter::Snapshotter::remove(snaps.as_ref(), n);
-            }
-            return Err(OciError::Inconsistent {
-                image: manifest.to_string(),
-                reason: format!(
-                    "layer {} unpacks to {}, but the config says {}",
-                    m.layers[i].digest, info.diff_id, config.rootfs.diff_ids[i]
-                ),
-            });
-        }
-    }
-    let parent = names.last().cloned();
+    let layers: Vec<ChainBlob<'_>> = m.layers.iter().zip(&config.rootfs.diff_ids).map(|(blob, diff_id)| ChainBlob { blob, diff_id }).collect();
+    let parent = unpack_chain(images.store(), &layers).map_err(|e| match e {
+        OciError::LayerMismatch { layer, unpacked, claimed } => OciError::Inconsistent {
+            image: manifest.to_string(),
+            reason: format!("layer {layer} unpacks to {unpacked}, but the config says {claimed}"),
+        },
+        e => e,
+    })?;
     if let Some(top) = &parent {
         // Garbage collection keeps what was used last.
-        snaps.touch(top)?;
+        images.store().snapshots().touch(top)?;
     }
     Ok((parent, config))
 }

@@ -32,6 +32,6 @@ pub use distribution::{
 };
 pub use error::OciError;
 pub use filesystem::{export_local, export_tar};
-pub use image::{CommittedImage, chain_snapshot_name, commit_image, ensure_unpacked};
+pub use image::{ChainBlob, CommittedImage, chain_blobs_missing, chain_snapshot_name, commit_image, ensure_unpacked, unpack_chain};
 pub use load::load_archive;
 pub use store::{ImageRecord, ImageStore, Referenced};

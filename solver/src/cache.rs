@@ -1,8 +1,9 @@
 //! Cache records: cache key → committed snapshot, in the shared metadata database.
 
 use crate::SolveError;
+use crate::key::CacheKey;
 pub(crate) use rdock_imagespec::time::unix_now as now;
-use rdock_snapshotter::{Snapshotter, Store};
+use rdock_snapshotter::{SnapshotName, Snapshotter, Store};
 use rusqlite::{OptionalExtension, params};
 
 /// The persistent cache index.
@@ -18,13 +19,14 @@ impl CacheStore {
     }
 
     /// The snapshot recorded for `key`, if it still exists.
-    pub fn get(&self, key: &str) -> Result<Option<String>, SolveError> {
+    pub fn get(&self, key: &CacheKey) -> Result<Option<SnapshotName>, SolveError> {
+        let key = key.as_str();
         let snap: Option<String> =
             self.store.db().conn().query_row("SELECT snapshot FROM cache WHERE key = ?1", params![key], |r| r.get(0)).optional()?;
         match snap {
             Some(s) if self.store.snapshots().exists(&s)? => {
                 let _ = self.store.db().conn().execute("UPDATE cache SET last_used = ?1 WHERE key = ?2", params![now(), key]);
-                Ok(Some(s))
+                Ok(Some(SnapshotName::new(s)))
             }
             _ => {
                 // A step's result is committed as `op-KEY` before its record is written: a
@@ -32,8 +34,8 @@ impl CacheStore {
                 let name = format!("op-{key}");
                 match self.store.snapshots().stat(&name) {
                     Ok(info) if info.kind == rdock_snapshotter::Kind::Committed => {
-                        self.put(key, &name)?;
-                        Ok(Some(name))
+                        self.record(key, &name)?;
+                        Ok(Some(SnapshotName::new(name)))
                     }
                     _ => Ok(None),
                 }
@@ -42,7 +44,8 @@ impl CacheStore {
     }
 
     /// True if `key` has a record whose snapshot exists, without marking it used.
-    pub fn contains(&self, key: &str) -> Result<bool, SolveError> {
+    pub fn contains(&self, key: &CacheKey) -> Result<bool, SolveError> {
+        let key = key.as_str();
         let snap: Option<String> =
             self.store.db().conn().query_row("SELECT snapshot FROM cache WHERE key = ?1", params![key], |r| r.get(0)).optional()?;
         match snap {
@@ -52,7 +55,11 @@ impl CacheStore {
     }
 
     /// Records `snapshot` as the result for `key`.
-    pub fn put(&self, key: &str, snapshot: &str) -> Result<(), SolveError> {
+    pub fn put(&self, key: &CacheKey, snapshot: &SnapshotName) -> Result<(), SolveError> {
+        self.record(key.as_str(), snapshot)
+    }
+
+    fn record(&self, key: &str, snapshot: &str) -> Result<(), SolveError> {
         let t = now();
         self.store.db().conn().execute(
             "INSERT OR REPLACE INTO cache (key, snapshot, created, last_used) VALUES (?1, ?2, ?3, ?3)",

@@ -19,16 +19,22 @@
 mod cache;
 mod contenthash;
 mod explain;
+mod export;
 pub mod gc;
 mod hints;
+mod key;
+mod ops;
 mod progress;
+mod scheduler;
 pub mod remote;
+mod run;
 mod slots;
 mod solve;
 mod statcache;
 
 pub use cache::CacheStore;
 pub use explain::KeyInfo;
+pub use key::CacheKey;
 pub use progress::{Event, EventKind, NoProgress, ProgressSink, RecordingProgress};
 pub use slots::default_parallelism;
 pub use solve::{SolveOutput, SolveRequest, Solver};

@@ -1,0 +1,55 @@
+//! Image sources (`docker-image://REF`): the image's layer chain, fetched lazily from the
+//! registry it was resolved on and unpacked once into snapshots shared by every build.
+
+use super::{ExecCx, KeyCx, LocalContent, OpError, Output, SolverOp};
+use crate::SolveError;
+use rdock_imagespec::{Digest, ImageRef};
+use rdock_snapshotter::SnapshotName;
+
+/// How many layers an image source fetches at once.
+const FETCH_THREADS: usize = 6;
+
+pub(crate) struct ImageOp<'a> {
+    reference: &'a str,
+}
+
+impl<'a> ImageOp<'a> {
+    pub(crate) fn new(reference: &'a str) -> ImageOp<'a> {
+        ImageOp { reference }
+    }
+}
+
+impl SolverOp for ImageOp<'_> {
+    /// The reference in the op is pinned by digest: the encoding says it all.
+    fn cache_map(&self, _cx: &mut KeyCx<'_>) -> Result<Option<LocalContent>, SolveError> {
+        Ok(None)
+    }
+
+    fn exec(&self, cx: &ExecCx<'_>, _inputs: &[Output], _log: &mut dyn FnMut(&[u8])) -> Result<Output, OpError> {
+        let r = ImageRef::parse(self.reference).map_err(|e| SolveError::Definition(e.to_string()))?;
+        let images = cx.env.images;
+        let m = images.get(&r)?.ok_or_else(|| rdock_oci::OciError::NotFound(r.familiar()))?;
+        fetch_layers(cx, &m)?;
+        let (top, _) = rdock_oci::ensure_unpacked(images, &m)?;
+        Ok(Output::Snapshot(top.map(SnapshotName::new)))
+    }
+}
+
+/// Fetches the layers of the image with manifest `m` that the store lacks and that are not
+/// unpacked yet, in parallel, from the layer source.
+fn fetch_layers(cx: &ExecCx<'_>, m: &Digest) -> Result<(), SolveError> {
+    let Some(source) = cx.env.layers else { return Ok(()) };
+    let images = cx.env.images;
+    let manifest = images.manifest(m)?;
+    let config = images.config(&manifest)?;
+    let store = cx.env.worker.store();
+    if manifest.layers.len() != config.rootfs.diff_ids.len() {
+        // Unpacking says what is wrong with the image.
+        return Ok(());
+    }
+    let layers: Vec<rdock_oci::ChainBlob<'_>> =
+        manifest.layers.iter().zip(&config.rootfs.diff_ids).map(|(blob, diff_id)| rdock_oci::ChainBlob { blob, diff_id }).collect();
+    let needed = rdock_oci::chain_blobs_missing(store, &layers)?;
+    rdock_oci::parallel(&needed, FETCH_THREADS, |l| source.fetch(l.blob, store.content()))?;
+    Ok(())
+}
