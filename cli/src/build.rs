@@ -1,64 +1,17 @@
-//! The build pipeline both binaries share: read the Dockerfile and `.dockerignore`, lower,
-//! solve, export.
+//! `build` as both binaries take it: the flags they share, `--output` specs, and the run
+//! of the library's pipeline ([`rdock_builder`]) with progress, checks, dumps and traces
+//! rendered here.
 
 use crate::UsageError;
 use crate::progress::{self, Mode};
 use anyhow::{Context, bail};
-use rdock_frontend::{BuildOptions, ImageResolver, ResolveError, ResolvedImage, lower};
-use rdock_imagespec::{ImageRef, Platform};
-use rdock_oci::{ArchiveFormat, BuiltOn, CommittedImage, ExportForm, ImageStore, commit_image, export_archive, export_local, export_tar};
-use rdock_solver::{SolveRequest, Solver};
-use rdock_worker::{NamespaceExecutor, Worker};
-use std::collections::{BTreeMap, HashMap};
+pub use rdock_builder::{BuildRequest, BuildSummary, Entitlement, Output};
+use rdock_builder::{BuildError, Notices, Pipeline};
+use rdock_imagespec::ImageRef;
+use rdock_oci::ExportForm;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// Where a build's result goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// docker-archive tarball.
-    Docker {
-        /// The tarball (`-`: standard output).
-        dest: PathBuf,
-        /// Names recorded in it.
-        names: Vec<ImageRef>,
-        /// Layer compression, media types and annotations.
-        form: ExportForm,
-    },
-    /// OCI layout tarball, or directory with `tar=false`.
-    Oci {
-        /// The tarball (`-`: standard output) or directory.
-        dest: PathBuf,
-        /// Names recorded in it.
-        names: Vec<ImageRef>,
-        /// Layer compression, media types and annotations.
-        form: ExportForm,
-        /// A tarball (else an OCI layout directory).
-        tar: bool,
-    },
-    /// The final filesystem in a directory.
-    Local {
-        /// The directory.
-        dest: PathBuf,
-    },
-    /// The final filesystem as a tarball.
-    Tar {
-        /// The tarball.
-        dest: PathBuf,
-    },
-    /// The local image store under names, and with `push=true` their registries.
-    Image {
-        /// The names.
-        names: Vec<ImageRef>,
-        /// Push to the names' registries.
-        push: bool,
-        /// `registry.insecure=true`: plain HTTP to these registries.
-        insecure: bool,
-        /// `rewrite-timestamp=true`: the stored (and pushed) image has its own layers'
-        /// file times clamped to `SOURCE_DATE_EPOCH`.
-        rewrite_timestamp: bool,
-    },
-}
 
 /// LLB dump formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,80 +24,28 @@ pub enum DumpFormat {
     Dot,
 }
 
-/// Everything a build needs.
+/// A build as the command line asks for it: the library's request, and how to show it.
 #[derive(Debug, Clone)]
-pub struct BuildRequest {
-    /// The context directory.
-    pub context: PathBuf,
-    /// The Dockerfile's path.
-    pub dockerfile: PathBuf,
-    /// `--target`.
-    pub target: Option<String>,
-    /// Build args.
-    pub build_args: BTreeMap<String, String>,
-    /// Outputs.
-    pub outputs: Vec<Output>,
-    /// `--no-cache`.
-    pub no_cache: bool,
-    /// `--no-cache-filter`: stages to rebuild without the cache.
-    pub no_cache_stages: Vec<String>,
+pub struct BuildCommand {
+    /// What to build and where the result goes.
+    pub build: BuildRequest,
     /// Progress mode.
     pub progress: Mode,
-    /// `--metadata-file`.
-    pub metadata_file: Option<PathBuf>,
     /// Print the LLB and stop.
     pub dump: Option<DumpFormat>,
-    /// `--secret` values by id.
-    pub secrets: rdock_worker::Secrets,
     /// `--check`: run the build checks and stop.
     pub check: bool,
     /// `--explain-cache`: print why steps missed the cache.
     pub explain_cache: bool,
-    /// `--opt platform=` / `--platform`: the target platform (None: the host's).
-    pub platform: Option<Platform>,
-    /// Entitlements granted (`--allow`): what RUN --network=host and --security=insecure need.
-    pub allow: Vec<Entitlement>,
     /// Write the build as a Chrome trace here.
     pub trace: Option<PathBuf>,
     /// Draw the build as an SVG Gantt chart here.
     pub timeline: Option<PathBuf>,
-    /// `--import-cache` / `--cache-from`.
-    pub cache_imports: Vec<crate::registry::CacheLocation>,
-    /// `--export-cache` / `--cache-to`.
-    pub cache_exports: Vec<crate::registry::CacheExportSpec>,
-    /// `--network` / `--opt force-network-mode=`: the network of every RUN without its own.
-    pub network: rdock_llb::Network,
-    /// `--add-host` / `--opt add-hosts=`: extra `/etc/hosts` entries of every RUN.
-    pub extra_hosts: Vec<rdock_llb::HostIp>,
-    /// `--max-parallelism`: how many steps run at once.
-    pub max_parallelism: std::num::NonZeroUsize,
 }
 
-/// Privileges a Dockerfile can ask for and the caller must grant, as BuildKit's entitlements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Entitlement {
-    /// `network.host`: RUN --network=host.
-    NetworkHost,
-    /// `security.insecure`: RUN --security=insecure.
-    SecurityInsecure,
-}
-
-impl Entitlement {
-    /// Parses BuildKit's spelling.
-    pub fn parse(s: &str) -> anyhow::Result<Entitlement> {
-        match s {
-            "network.host" => Ok(Entitlement::NetworkHost),
-            "security.insecure" => Ok(Entitlement::SecurityInsecure),
-            other => Err(UsageError(format!("--allow {other}: expected network.host or security.insecure")).into()),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Entitlement::NetworkHost => "network.host",
-            Entitlement::SecurityInsecure => "security.insecure",
-        }
-    }
+/// Parses an entitlement as `--allow` spells it.
+fn parse_entitlement(s: &str) -> anyhow::Result<Entitlement> {
+    Entitlement::parse(s).ok_or_else(|| UsageError(format!("--allow {s}: expected network.host or security.insecure")).into())
 }
 
 /// Build flags both binaries take, spelled the same.
@@ -202,42 +103,33 @@ impl CommonFlags {
         build_args: BTreeMap<String, String>,
         outputs: Vec<Output>,
         dump: Option<DumpFormat>,
-    ) -> anyhow::Result<BuildRequest> {
+    ) -> anyhow::Result<BuildCommand> {
         let progress = progress::Mode::parse(&self.progress)
             .ok_or_else(|| UsageError(format!("--progress {}: expected auto, tty, plain, rawjson or quiet", self.progress)))?;
-        let secrets = rdock_worker::Secrets {
+        let mut build = BuildRequest::new(context, dockerfile);
+        build.target = target;
+        build.build_args = build_args;
+        build.outputs = outputs;
+        build.no_cache = self.no_cache;
+        build.no_cache_stages =
+            self.no_cache_filter.iter().flat_map(|s| s.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        build.metadata_file = self.metadata_file.clone();
+        build.secrets = rdock_worker::Secrets {
             values: self.secrets.iter().map(|s| parse_secret(s)).collect::<anyhow::Result<_>>()?,
             ssh: self.ssh.iter().map(|s| parse_ssh(s)).collect::<anyhow::Result<_>>()?,
         };
-        Ok(BuildRequest {
-            context,
-            dockerfile,
-            target,
-            build_args,
-            outputs,
-            no_cache: self.no_cache,
-            no_cache_stages: self
-                .no_cache_filter
-                .iter()
-                .flat_map(|s| s.split(','))
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
+        build.allow = self.allow.iter().flat_map(|a| a.split(',')).map(parse_entitlement).collect::<anyhow::Result<_>>()?;
+        if let Some(n) = self.max_parallelism {
+            build.max_parallelism = n;
+        }
+        Ok(BuildCommand {
+            build,
             progress,
-            metadata_file: self.metadata_file.clone(),
             dump,
-            secrets,
             check: self.check,
             explain_cache: self.explain_cache,
-            platform: None,
-            allow: self.allow.iter().flat_map(|a| a.split(',')).map(Entitlement::parse).collect::<anyhow::Result<_>>()?,
             trace: self.trace.clone(),
             timeline: self.timeline.clone(),
-            cache_imports: Vec::new(),
-            cache_exports: Vec::new(),
-            network: rdock_llb::Network::Sandbox,
-            extra_hosts: Vec::new(),
-            max_parallelism: self.max_parallelism.unwrap_or_else(rdock_solver::default_parallelism),
         })
     }
 }
@@ -440,180 +332,60 @@ fn export_form(spec: &str, m: &BTreeMap<String, String>, oci: bool) -> anyhow::R
     Ok(form)
 }
 
-/// `SOURCE_DATE_EPOCH`: the build argument, else the environment variable (as buildx
-/// passes it on); Unix seconds.
-fn source_date_epoch(build_args: &BTreeMap<String, String>) -> anyhow::Result<Option<i64>> {
-    let value = match build_args.get("SOURCE_DATE_EPOCH").filter(|v| !v.is_empty()) {
-        Some(v) => v.clone(),
-        None => match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) if !v.is_empty() => v,
-            _ => return Ok(None),
-        },
-    };
-    let secs = value.trim().parse::<i64>().map_err(|_| UsageError(format!("SOURCE_DATE_EPOCH={value}: expected Unix seconds")))?;
-    Ok(Some(secs))
-}
-
-/// BuildKit's warning for `rewrite-timestamp=true` without an epoch to clamp to.
-fn warn_without_epoch(asked: bool, built: &BuiltOn) {
-    if asked && built.epoch.is_none() {
-        eprintln!("warning: rewrite-timestamp=true without SOURCE_DATE_EPOCH (environment or --build-arg): file times are left as built");
-    }
-}
-
-/// The committed image with its own layers' times clamped, written to the store.
-fn rewritten(images: &ImageStore, c: &CommittedImage, built: &BuiltOn) -> anyhow::Result<CommittedImage> {
-    let form = ExportForm { rewrite_timestamp: true, ..ExportForm::stored() };
-    let manifest = rdock_oci::convert_manifest(images, &c.manifest, &form, built)?;
-    let bytes = images.store().content().read(&manifest)?;
-    let manifest_doc: rdock_imagespec::Manifest = serde_json::from_slice(&bytes)?;
-    Ok(CommittedImage { manifest, manifest_size: bytes.len() as u64, config: manifest_doc.config.digest.clone(), manifest_doc })
-}
-
-/// Resolves base images from the local store first, then from their registry (manifest
-/// and config only: layers are fetched when a step needs them), pinning them by manifest
-/// digest.
-struct StoreResolver {
-    images: ImageStore,
-    client: Arc<rdock_registry::Client>,
-    /// What the registry answered, so that the build checks and the lowering ask once.
-    remote: std::sync::Mutex<HashMap<(String, String), Result<ResolvedImage, ResolveError>>>,
-}
-
-impl ImageResolver for StoreResolver {
-    fn resolve(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, ResolveError> {
-        let key = (image.to_string(), platform.to_string());
-        if let Some(r) = self.remote.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return r.clone();
-        }
-        let r = self.resolve_uncached(image, platform);
-        self.remote.lock().unwrap_or_else(|p| p.into_inner()).insert(key, r.clone());
-        r
-    }
-}
-
-impl StoreResolver {
-    fn resolve_uncached(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, ResolveError> {
-        let local = |e: rdock_oci::OciError| ResolveError::failed("the local store", e);
-        if let Some(digest) = self.images.resolve(image, platform).map_err(local)? {
-            let m = self.images.manifest(&digest).map_err(local)?;
-            let config = self.images.config(&m).map_err(local)?;
-            let mut pinned = image.clone();
-            pinned.digest = Some(digest);
-            return Ok(ResolvedImage { pinned: pinned.to_string(), config });
-        }
-        let r = rdock_oci::resolve_remote(&self.client, image, platform).and_then(|r| r.store(&self.images).map(|_| r)).map_err(
-            |e| match e {
-                rdock_oci::OciError::Registry(rdock_registry::RegistryError::NotFound { .. }) => {
-                    ResolveError::NotFound { registry: image.registry.clone() }
-                }
-                other => ResolveError::failed("not in the local store, and pulling it failed", other),
-            },
-        )?;
-        // Pinned exactly as a local image would be (name, tag and platform manifest), so
-        // that cache keys agree between a store that pulled and one that loaded it.
-        let mut pinned = image.clone();
-        pinned.digest = Some(r.manifest);
-        Ok(ResolvedImage { pinned: pinned.to_string(), config: r.config })
-    }
-}
-
-/// Refuses a graph that asks for a privilege the caller did not grant, naming the step.
-fn check_entitlements(def: &rdock_llb::Definition, allow: &[Entitlement]) -> anyhow::Result<()> {
-    for node in &def.nodes {
-        let rdock_llb::Op::Exec(e) = &node.op else { continue };
-        let needs = [
-            (e.network == rdock_llb::Network::Host, Entitlement::NetworkHost, "--network=host"),
-            (e.security == rdock_llb::Security::Insecure, Entitlement::SecurityInsecure, "--security=insecure"),
-        ];
-        for (asked, ent, flag) in needs {
-            if asked && !allow.contains(&ent) {
-                let step = def.metadata.get(&node.digest()).map(|m| m.description.clone()).unwrap_or_default();
-                bail!("{step}: RUN {flag} needs the {} entitlement, which was not granted (pass --allow {})", ent.name(), ent.name());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// What a build produced.
-#[derive(Debug, Clone, Default)]
-pub struct BuildSummary {
-    /// Vertices that ran.
-    pub executed: usize,
-    /// Vertices from the cache.
-    pub cached: usize,
-    /// The image manifest digest, if an image was made.
-    pub manifest: Option<String>,
-}
-
 /// Runs a build, then holds the store to its configured cap (see [`crate::gc`]), whether
 /// the build succeeded or not: a failed build keeps the steps it completed.
-pub fn run(req: &BuildRequest) -> anyhow::Result<BuildSummary> {
+pub fn run(cmd: &BuildCommand) -> anyhow::Result<BuildSummary> {
     // The sandbox's seccomp program compiles while the Dockerfile is read and resolved.
     rdock_worker::seccomp::prepare();
     let store = crate::open_store()?;
-    let result = build(req, &store);
-    let gc = crate::gc::enforce_cap(&store, req.progress == progress::Mode::Quiet);
+    let result = build(cmd, &store);
+    let gc = crate::gc::enforce_cap(&store, cmd.progress == progress::Mode::Quiet);
     let summary = result?;
     gc.context("garbage collection after the build")?;
     Ok(summary)
 }
 
-fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result<BuildSummary> {
-    let source = std::fs::read_to_string(&req.dockerfile).with_context(|| format!("reading Dockerfile {}", req.dockerfile.display()))?;
-    if !req.context.is_dir() {
-        bail!(UsageError(format!("build context {} is not a directory", req.context.display())));
+/// Warnings on standard error; what outputs did too, unless quiet.
+struct Stderr {
+    quiet: bool,
+}
+
+impl Notices for Stderr {
+    fn warning(&self, text: &str) {
+        eprintln!("warning: {text}");
     }
-    // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's, as in BuildKit.
-    let specific = PathBuf::from(format!("{}.dockerignore", req.dockerfile.display()));
-    let ignore =
-        std::fs::read_to_string(&specific).or_else(|_| std::fs::read_to_string(req.context.join(".dockerignore"))).unwrap_or_default();
-    // Held until the outputs are written: garbage collection waits for it.
-    let lease = store.lease()?;
-    let images = ImageStore::new(store.clone());
-    let opts = BuildOptions {
-        filename: req.dockerfile.display().to_string(),
-        target: req.target.clone(),
-        build_args: req.build_args.clone(),
-        excludes: rdock_frontend::dockerignore::parse(&ignore),
-        no_cache: req.no_cache,
-        no_cache_stages: req.no_cache_stages.clone(),
-        target_platform: req.platform.clone(),
-        network: req.network,
-        extra_hosts: req.extra_hosts.clone(),
-        ..Default::default()
+    fn done(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+}
+
+/// The library's error, with its usage errors as the CLI's (exit status 2).
+fn cli_error(e: BuildError) -> anyhow::Error {
+    if e.is_usage() { UsageError(e.to_string()).into() } else { e.into() }
+}
+
+fn build(cmd: &BuildCommand, store: &rdock_snapshotter::Store) -> anyhow::Result<BuildSummary> {
+    let req = &cmd.build;
+    let quiet = cmd.progress == progress::Mode::Quiet;
+    // Transfer lines go with plain progress only: they would break the live display and
+    // rawjson's one event per line.
+    let plain = match cmd.progress {
+        progress::Mode::Plain => true,
+        progress::Mode::Auto => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        _ => false,
     };
-    let insecure: Vec<String> = req
-        .outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Image { names, insecure: true, .. } => Some(names.iter().map(|n| n.registry.clone()).collect::<Vec<_>>()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let client = crate::registry::client(&insecure);
-    let quiet = req.progress == progress::Mode::Quiet;
-    let lowered = lower(&source, &opts, &StoreResolver { images: images.clone(), client: client.clone(), remote: Default::default() })?;
-    let n = lowered.warnings.len();
-    if req.check || req.progress != progress::Mode::Quiet || lowered.check.error {
-        for w in &lowered.warnings {
-            eprintln!("{w}\n");
-        }
+    let client = crate::registry::client(&req.insecure_registries());
+    let limits = crate::config::limits(store)?;
+    let pipeline = Pipeline::new(store.clone(), client, limits, crate::registry::printer(!plain), Arc::new(Stderr { quiet }))
+        .map_err(cli_error)?;
+    let lowered = pipeline.load(req).map_err(cli_error)?;
+    if !show_checks(cmd, &lowered)? {
+        return Ok(BuildSummary::default());
     }
-    if req.check {
-        if n == 0 {
-            eprintln!("Check complete, no warnings found.");
-            return Ok(BuildSummary::default());
-        }
-        bail!("Check complete, {n} warning{} found", if n == 1 { "" } else { "s" });
-    }
-    if lowered.check.error && n > 0 {
-        bail!("{n} build check warning{} and `# check=error=true`", if n == 1 { "" } else { "s" });
-    }
-    check_entitlements(&lowered.definition, &req.allow)?;
-    if let Some(fmt) = req.dump {
+    pipeline.admit(req, &lowered).map_err(cli_error)?;
+    if let Some(fmt) = cmd.dump {
         let text = match fmt {
             DumpFormat::Json => lowered.definition.to_json(),
             DumpFormat::Ron => lowered.definition.to_ron(),
@@ -622,152 +394,45 @@ fn build(req: &BuildRequest, store: &rdock_snapshotter::Store) -> anyhow::Result
         println!("{text}");
         return Ok(BuildSummary::default());
     }
-    let executor = Arc::new(NamespaceExecutor::new(store.root().join("tmp")).with_limits(crate::config::limits(store)?));
-    // The default network's first namespace starts while the context loads and the cache
-    // is checked, so the first RUN that misses need not wait for it.
-    let default_network =
-        lowered.definition.nodes.iter().any(|n| matches!(&n.op, rdock_llb::Op::Exec(e) if e.network == rdock_llb::Network::Sandbox));
-    if default_network {
-        executor.net.prewarm();
-    }
-    let worker = Worker::new(store.clone(), executor);
-    // Transfer lines go with plain progress only: they would break the live display and
-    // rawjson's one event per line.
-    let plain = match req.progress {
-        progress::Mode::Plain => true,
-        progress::Mode::Auto => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        _ => false,
-    };
-    let transfers = crate::registry::printer(!plain);
-    let origin = rdock_oci::OriginSource { client: client.clone(), images: images.clone(), on: transfers };
-    let solver = Solver::new(worker, images.clone())?.with_layer_source(Arc::new(origin));
-    let mut imports = Vec::new();
-    for loc in &req.cache_imports {
-        if let Some(c) = crate::registry::import(loc, &images, &client)? {
-            imports.push(c);
-        }
-    }
-    // Absolute: the worker mounts context views through a descriptor of `/`, and a relative
-    // path would be taken from there rather than from the working directory.
-    let context = std::fs::canonicalize(&req.context).with_context(|| format!("build context {}", req.context.display()))?;
-    let locals = HashMap::from([("context".to_string(), context)]);
-    let sink = progress::sink(req.progress, req.explain_cache);
-    // What identifies "the same build" for explaining misses: context, Dockerfile, stage
-    // and platform.
-    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
-    let target_id = format!(
-        "{}|{}|{}|{}",
-        canon(&req.context),
-        canon(&req.dockerfile),
-        req.target.as_deref().unwrap_or(""),
-        req.platform.clone().unwrap_or_else(Platform::host)
-    );
+    let sink = progress::sink(cmd.progress, cmd.explain_cache);
     let recording = rdock_solver::RecordingProgress::default();
     let tee = progress::Tee(sink.as_ref(), &recording);
-    let out = solver.solve(&SolveRequest {
-        definition: &lowered.definition,
-        locals: &locals,
-        progress: if req.trace.is_some() || req.timeline.is_some() { &tee } else { sink.as_ref() },
-        secrets: &req.secrets,
-        target: Some(&target_id),
-        imports: &imports,
-        max_parallelism: req.max_parallelism,
-        // Layers are made while later steps run when something will need them.
-        eager_layers: !req.cache_exports.is_empty()
-            || req.outputs.iter().any(|o| matches!(o, Output::Docker { .. } | Output::Oci { .. } | Output::Image { .. })),
-    });
+    let traced = cmd.trace.is_some() || cmd.timeline.is_some();
+    let result = pipeline.build(req, &lowered, if traced { &tee } else { sink.as_ref() });
     drop(sink);
     // Written for failed builds too: they are where a timeline helps most.
-    if req.trace.is_some() || req.timeline.is_some() {
-        let spans = crate::trace::spans(&recording.events(), &lowered.definition);
-        if let Some(p) = &req.trace {
-            std::fs::write(p, serde_json::to_vec(&crate::trace::chrome_trace(&spans))?)
-                .with_context(|| format!("writing {}", p.display()))?;
-        }
-        if let Some(p) = &req.timeline {
-            std::fs::write(p, crate::timeline::svg(&spans)).with_context(|| format!("writing {}", p.display()))?;
-        }
+    if traced {
+        write_trace(cmd, &recording, &lowered.definition)?;
     }
-    let out = out?;
+    result.map_err(cli_error)
+}
 
-    for spec in &req.cache_exports {
-        let export = solver.export_cache(&out, spec.mode, spec.mounts, &imports)?;
-        crate::registry::export(spec, &export, &images, &client, quiet)?;
-    }
-    let mut summary = BuildSummary { executed: out.executed, cached: out.cached, manifest: None };
-    let mut committed = None;
-    let mut image_names: Vec<ImageRef> = Vec::new();
-    let epoch = source_date_epoch(&req.build_args)?;
-    let created = match epoch {
-        Some(e) => rdock_imagespec::time::rfc3339(e, 0),
-        None => rdock_imagespec::time::build_time(),
-    };
-    let built = BuiltOn { base_diff_ids: lowered.base_diff_ids.clone(), epoch };
-    // What --metadata-file and the summary report: the stored image, or its rewritten form.
-    let mut reported: Option<CommittedImage> = None;
-    for o in &req.outputs {
-        let needs_image = matches!(o, Output::Docker { .. } | Output::Oci { .. } | Output::Image { .. });
-        if needs_image && committed.is_none() {
-            committed = Some(commit_image(&images, out.top.as_deref(), lowered.image.clone(), &created)?);
-        }
-        match o {
-            Output::Docker { dest, names, form } | Output::Oci { dest, names, form, .. } => {
-                let fmt = if matches!(o, Output::Docker { .. }) { ArchiveFormat::Docker } else { ArchiveFormat::Oci };
-                if let Some(c) = &committed {
-                    let export = || -> anyhow::Result<()> {
-                        warn_without_epoch(form.rewrite_timestamp, &built);
-                        let manifest = rdock_oci::convert_manifest(&images, &c.manifest, form, &built)?;
-                        match o {
-                            Output::Oci { tar: false, .. } => rdock_oci::export_layout_dir(&images, &manifest, names, dest)?,
-                            _ => export_archive(&images, &manifest, names, fmt, dest)?,
-                        }
-                        Ok(())
-                    };
-                    export().with_context(|| format!("exporting to {}", dest.display()))?;
-                }
-                image_names.extend(names.iter().cloned());
-            }
-            Output::Image { names, push, rewrite_timestamp, .. } => {
-                if let Some(c) = &committed {
-                    warn_without_epoch(*rewrite_timestamp, &built);
-                    let c = if *rewrite_timestamp && epoch.is_some() { rewritten(&images, c, &built)? } else { c.clone() };
-                    for n in names {
-                        images.tag(n, &c.manifest)?;
-                        if *push {
-                            crate::registry::push_image(&images, &client, n, &c.manifest, quiet)?;
-                        }
-                    }
-                    reported = Some(c);
-                }
-                image_names.extend(names.iter().cloned());
-            }
-            Output::Local { dest } => {
-                export_local(store, out.top.as_deref(), dest).with_context(|| format!("exporting to {}", dest.display()))?
-            }
-            Output::Tar { dest } => {
-                export_tar(store, out.top.as_deref(), dest).with_context(|| format!("exporting to {}", dest.display()))?
-            }
+/// Shows the build checks' warnings; with `--check`, reports and says to stop (false).
+fn show_checks(cmd: &BuildCommand, lowered: &rdock_frontend::Lowered) -> anyhow::Result<bool> {
+    let n = lowered.warnings.len();
+    if cmd.check || cmd.progress != progress::Mode::Quiet || lowered.check.error {
+        for w in &lowered.warnings {
+            eprintln!("{w}\n");
         }
     }
-    let committed = reported.or(committed);
-    if let Some(c) = &committed {
-        summary.manifest = Some(c.manifest.to_string());
+    if !cmd.check {
+        return Ok(true);
     }
-    if let Some(path) = &req.metadata_file {
-        let mut doc = serde_json::Map::new();
-        if let Some(c) = &committed {
-            doc.insert("containerimage.digest".into(), c.manifest.to_string().into());
-            doc.insert("containerimage.config.digest".into(), c.config.to_string().into());
-            doc.insert(
-                "containerimage.descriptor".into(),
-                serde_json::json!({"mediaType": rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST, "digest": c.manifest, "size": c.manifest_size}),
-            );
-        }
-        if !image_names.is_empty() {
-            doc.insert("image.name".into(), image_names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",").into());
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+    if n == 0 {
+        eprintln!("Check complete, no warnings found.");
+        return Ok(false);
     }
-    drop(lease);
-    Ok(summary)
+    bail!("Check complete, {n} warning{} found", if n == 1 { "" } else { "s" });
+}
+
+/// `--trace` and `--timeline` from the build's recorded events.
+fn write_trace(cmd: &BuildCommand, recording: &rdock_solver::RecordingProgress, def: &rdock_llb::Definition) -> anyhow::Result<()> {
+    let spans = crate::trace::spans(&recording.events(), def);
+    if let Some(p) = &cmd.trace {
+        std::fs::write(p, serde_json::to_vec(&crate::trace::chrome_trace(&spans))?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &cmd.timeline {
+        std::fs::write(p, crate::timeline::svg(&spans)).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }

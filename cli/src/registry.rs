@@ -5,9 +5,9 @@
 use crate::UsageError;
 use anyhow::Context;
 use rdock_imagespec::{ImageRef, Platform};
-use rdock_oci::{ImageStore, LayoutSource, OnTransfer, RegistrySource, Transfer};
+use rdock_oci::{ImageStore, OnTransfer, Transfer};
 use rdock_registry::{Client, Credentials, Options};
-use rdock_solver::remote::{CacheExport, CacheMode, ImportedCache};
+use rdock_solver::remote::CacheMode;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -160,30 +160,7 @@ pub fn logout(server: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where a cache export goes or an import comes from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CacheLocation {
-    /// A registry reference.
-    Registry(ImageRef),
-    /// An OCI layout directory, and the tag in its index.
-    Local {
-        /// The directory.
-        dir: PathBuf,
-        /// The tag (`latest`).
-        tag: String,
-    },
-}
-
-/// A parsed `--export-cache`/`--cache-to` spec.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CacheExportSpec {
-    /// Where.
-    pub to: CacheLocation,
-    /// min or max.
-    pub mode: CacheMode,
-    /// `cache-mounts=true`.
-    pub mounts: bool,
-}
+pub use rdock_builder::{CacheExportSpec, CacheLocation};
 
 fn kv(spec: &str) -> Vec<(String, String)> {
     spec.split(',')
@@ -257,73 +234,6 @@ pub fn parse_cache_import(flag: &str, spec: &str) -> anyhow::Result<CacheLocatio
     let m: HashMap<String, String> =
         if spec.contains('=') { kv(spec).into_iter().collect() } else { HashMap::from([("ref".to_string(), spec.to_string())]) };
     location(flag, spec, &m, "src")
-}
-
-/// Reads an import. A cache that is not there is a warning, not an error (as in BuildKit:
-/// the first build of a branch has none); a broken one is an error.
-pub fn import(loc: &CacheLocation, images: &ImageStore, client: &Arc<Client>) -> anyhow::Result<Option<ImportedCache>> {
-    match loc {
-        CacheLocation::Registry(r) => {
-            let name = format!("registry {}", r.familiar());
-            let reference = r.digest.as_ref().map(|d| d.to_string()).or_else(|| r.tag.clone()).unwrap_or_else(|| "latest".into());
-            let m = match client.manifest(r, &reference) {
-                Ok(m) => m,
-                Err(rdock_registry::RegistryError::NotFound { .. }) => {
-                    eprintln!("warning: cache import: {} has no cache yet", r.familiar());
-                    return Ok(None);
-                }
-                Err(e) => return Err(e).with_context(|| format!("importing cache from {}", r.familiar())),
-            };
-            let doc: rdock_imagespec::Manifest =
-                serde_json::from_slice(&m.bytes).with_context(|| format!("cache import {name}: the manifest is not valid"))?;
-            let source = Arc::new(RegistrySource { client: client.clone(), repo: r.clone(), on: rdock_oci::quiet() });
-            let content = images.store().content();
-            rdock_oci::BlobSource::fetch(source.as_ref(), &doc.config, content).with_context(|| format!("importing cache from {name}"))?;
-            let config = content.read(&doc.config.digest)?;
-            Ok(Some(ImportedCache::parse(&name, &m.bytes, &config, source)?))
-        }
-        CacheLocation::Local { dir, tag } => {
-            let name = format!("local {}", dir.display());
-            if !dir.join("index.json").exists() {
-                eprintln!("warning: cache import: {} holds no cache yet", dir.display());
-                return Ok(None);
-            }
-            let manifest = rdock_oci::read_layout(dir, tag).with_context(|| format!("importing cache from {name}"))?;
-            let doc: rdock_imagespec::Manifest = serde_json::from_slice(&manifest).with_context(|| format!("cache import {name}"))?;
-            let path = dir.join("blobs").join(doc.config.digest.algorithm()).join(doc.config.digest.hex());
-            let config = std::fs::read(&path).with_context(|| format!("cache import {name}: reading {}", path.display()))?;
-            Ok(Some(ImportedCache::parse(&name, &manifest, &config, Arc::new(LayoutSource { dir: dir.clone() }))?))
-        }
-    }
-}
-
-/// Writes an export where the spec says.
-pub fn export(spec: &CacheExportSpec, export: &CacheExport, images: &ImageStore, client: &Arc<Client>, quiet: bool) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
-    let (what, detail) = match &spec.to {
-        CacheLocation::Registry(r) => {
-            let rep = rdock_oci::push_artifact(images, client, r, &export.manifest, &rdock_oci::quiet())
-                .with_context(|| format!("exporting cache to {}", r.familiar()))?;
-            (r.familiar(), format!("{} blobs uploaded, {} mounted, {} already there", rep.uploaded, rep.mounted, rep.existed))
-        }
-        CacheLocation::Local { dir, tag } => {
-            rdock_oci::write_layout(images, dir, &export.manifest, rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST, tag)
-                .with_context(|| format!("exporting cache to {}", dir.display()))?;
-            (dir.display().to_string(), String::new())
-        }
-    };
-    if !quiet {
-        eprintln!(
-            "exported cache to {what} ({} records{}, mode={}) in {:.2}s{}{}",
-            export.records,
-            if export.mounts > 0 { format!(", {} cache mounts", export.mounts) } else { String::new() },
-            if spec.mode == CacheMode::Max { "max" } else { "min" },
-            started.elapsed().as_secs_f64(),
-            if detail.is_empty() { "" } else { ": " },
-            detail
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! }
 //! ```
 
+pub mod analysis;
 mod archive;
 mod atomic;
 mod convert;

@@ -1,7 +1,7 @@
 //! `rdock-build`: buildctl-like. Parses flags and calls `rdock_cli::build`.
 
 use clap::Parser;
-use rdock_cli::build::{BuildRequest, CommonFlags, DumpFormat, parse_add_host, parse_network, parse_output, run};
+use rdock_cli::build::{BuildCommand, CommonFlags, DumpFormat, parse_add_host, parse_network, parse_output, run};
 use rdock_cli::format::parse_platform;
 use rdock_cli::registry::{parse_cache_export, parse_cache_import};
 use rdock_cli::{UsageError, exit_with};
@@ -41,7 +41,7 @@ struct Args {
     dump_llb: Option<String>,
 }
 
-fn request(a: Args) -> anyhow::Result<BuildRequest> {
+fn request(a: Args) -> anyhow::Result<BuildCommand> {
     if a.frontend != "dockerfile" && a.frontend != "dockerfile.v0" {
         return Err(UsageError(format!("unknown frontend {:?} (only dockerfile)", a.frontend)).into());
     }
@@ -94,14 +94,14 @@ fn request(a: Args) -> anyhow::Result<BuildRequest> {
     };
     let outputs = a.outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
     let mut req = a.common.request(context, dockerfile_dir.join(filename), target, build_args, outputs, dump)?;
-    req.platform = platform;
-    req.network = network;
-    req.extra_hosts = extra_hosts;
-    req.cache_exports = a.export_cache.iter().map(|c| parse_cache_export("--export-cache", c)).collect::<anyhow::Result<_>>()?;
-    req.cache_imports = a.import_cache.iter().map(|c| parse_cache_import("--import-cache", c)).collect::<anyhow::Result<_>>()?;
+    req.build.platform = platform;
+    req.build.network = network;
+    req.build.extra_hosts = extra_hosts;
+    req.build.cache_exports = a.export_cache.iter().map(|c| parse_cache_export("--export-cache", c)).collect::<anyhow::Result<_>>()?;
+    req.build.cache_imports = a.import_cache.iter().map(|c| parse_cache_import("--import-cache", c)).collect::<anyhow::Result<_>>()?;
     match no_cache {
-        Some(stages) if stages.is_empty() => req.no_cache = true,
-        Some(stages) => req.no_cache_stages.extend(stages),
+        Some(stages) if stages.is_empty() => req.build.no_cache = true,
+        Some(stages) => req.build.no_cache_stages.extend(stages),
         None => {}
     }
     Ok(req)

@@ -289,11 +289,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 };
             }
             let mut req = common.request(context.clone(), file.unwrap_or_else(|| context.join("Dockerfile")), target, args, outs, None)?;
-            req.platform = platform.as_deref().map(parse_platform).transpose()?;
-            req.network = parse_network("--network", &network)?;
-            req.extra_hosts = add_hosts.iter().map(|h| parse_add_host(h)).collect::<anyhow::Result<_>>()?;
-            req.cache_imports = cache_from.iter().map(|c| parse_cache_import("--cache-from", c)).collect::<anyhow::Result<_>>()?;
-            req.cache_exports = cache_to.iter().map(|c| parse_cache_export("--cache-to", c)).collect::<anyhow::Result<_>>()?;
+            req.build.platform = platform.as_deref().map(parse_platform).transpose()?;
+            req.build.network = parse_network("--network", &network)?;
+            req.build.extra_hosts = add_hosts.iter().map(|h| parse_add_host(h)).collect::<anyhow::Result<_>>()?;
+            req.build.cache_imports = cache_from.iter().map(|c| parse_cache_import("--cache-from", c)).collect::<anyhow::Result<_>>()?;
+            req.build.cache_exports = cache_to.iter().map(|c| parse_cache_export("--cache-to", c)).collect::<anyhow::Result<_>>()?;
             run(&req).map(|_| ())
         }
         Command::Run { .. } => unreachable!("run is dispatched before anything else"),

@@ -1,0 +1,316 @@
+//! The build pipeline as a library: a Dockerfile and its context in; images, archives,
+//! directories and cache exports out. The CLI parses flags into a [`BuildRequest`] and
+//! renders what this crate reports; any other program can do the same.
+//!
+//! A build has two halves, so a caller can stop between them (`--check`, `--dump-llb`) or
+//! show the build checks' warnings before anything runs:
+//!
+//! 1. [`Pipeline::load`]: reads the Dockerfile and `.dockerignore`, resolves base images
+//!    (local store, then registry) and lowers it to LLB, with its warnings.
+//! 2. [`Pipeline::build`]: checks entitlements, imports caches, solves, exports caches,
+//!    writes the outputs and the metadata file.
+//!
+//! Architecture invariant: nothing here prints. Step progress goes to the caller's
+//! [`rdock_solver::ProgressSink`], blob transfers to its [`rdock_oci::OnTransfer`], and
+//! warnings and what outputs did to its [`Notices`].
+//!
+//! ```no_run
+//! use rdock_builder::{BuildRequest, Notices, Pipeline};
+//! # fn demo(store: rdock_snapshotter::Store, notices: std::sync::Arc<dyn Notices>) -> Result<(), rdock_builder::BuildError> {
+//! let req = BuildRequest::new(".".into(), "Dockerfile".into());
+//! let client = std::sync::Arc::new(rdock_registry::Client::new(Default::default()));
+//! let pipeline = Pipeline::new(store, client, Default::default(), rdock_oci::quiet(), notices)?;
+//! let lowered = pipeline.load(&req)?;
+//! let summary = pipeline.build(&req, &lowered, &rdock_solver::NoProgress)?;
+//! println!("{} steps ran", summary.executed);
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod entitlements;
+mod outputs;
+mod request;
+mod resolver;
+
+pub use request::{BuildRequest, BuildSummary, CacheExportSpec, CacheLocation, Entitlement, Output};
+
+use rdock_frontend::{BuildOptions, Lowered};
+use rdock_imagespec::Platform;
+use rdock_oci::{BuiltOn, ImageStore, OnTransfer};
+use rdock_registry::Client;
+use rdock_snapshotter::Store;
+use rdock_solver::{ProgressSink, SolveRequest, Solver};
+use rdock_worker::{NamespaceExecutor, Worker};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What the pipeline tells its caller beside step progress.
+pub trait Notices: Send + Sync {
+    /// Something the user should know that does not stop the build.
+    fn warning(&self, text: &str);
+    /// What an output did (`pushed … in 0.31s: …`).
+    fn done(&self, text: &str);
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Dockerfile could not be read.
+    #[error("reading Dockerfile {}", path.display())]
+    Dockerfile {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The context is not a directory (a usage error).
+    #[error("build context {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// `SOURCE_DATE_EPOCH` is not a number (a usage error).
+    #[error("SOURCE_DATE_EPOCH={0}: expected Unix seconds")]
+    SourceDateEpoch(String),
+    /// The Dockerfile is wrong, or a base image could not be resolved. (Boxed: it carries
+    /// the rendered source excerpt, and every other result would pay for its size.)
+    #[error(transparent)]
+    Frontend(Box<rdock_frontend::FrontendError>),
+    /// `# check=error=true` and the build checks warned.
+    #[error("{0} build check warning{s} and `# check=error=true`", s = if *.0 == 1 { "" } else { "s" })]
+    Checks(usize),
+    /// A step needs a privilege the caller did not grant.
+    #[error("{step}: RUN {flag} needs the {} entitlement, which was not granted (pass --allow {})", entitlement.name(), entitlement.name())]
+    NotEntitled {
+        /// The step.
+        step: String,
+        /// Its flag.
+        flag: &'static str,
+        /// What it needs.
+        entitlement: Entitlement,
+    },
+    /// The solve failed.
+    #[error(transparent)]
+    Solve(#[from] rdock_solver::SolveError),
+    /// Image store, archive or registry trouble.
+    #[error(transparent)]
+    Image(#[from] rdock_oci::OciError),
+    /// Store trouble.
+    #[error(transparent)]
+    Store(#[from] rdock_snapshotter::SnapshotError),
+    /// Registry trouble.
+    #[error(transparent)]
+    Registry(#[from] rdock_registry::RegistryError),
+    /// An output could not be written.
+    #[error("exporting to {}", dest.display())]
+    Export {
+        /// Where.
+        dest: PathBuf,
+        /// Why.
+        #[source]
+        source: rdock_oci::OciError,
+    },
+    /// An image could not be pushed.
+    #[error("pushing {name}")]
+    Push {
+        /// The name pushed.
+        name: String,
+        /// Why.
+        #[source]
+        source: rdock_oci::OciError,
+    },
+    /// A cache import could not be read.
+    #[error("importing cache from {name}")]
+    CacheImport {
+        /// Where from.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<BuildError>,
+    },
+    /// A cache export could not be written.
+    #[error("exporting cache to {name}")]
+    CacheExport {
+        /// Where to.
+        name: String,
+        /// Why.
+        #[source]
+        source: rdock_oci::OciError,
+    },
+    /// A file could not be read or written.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A document is not valid JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+impl From<rdock_frontend::FrontendError> for BuildError {
+    fn from(e: rdock_frontend::FrontendError) -> BuildError {
+        BuildError::Frontend(Box::new(e))
+    }
+}
+
+impl BuildError {
+    /// Whether the request itself was wrong (exit status 2 in the CLI's contract).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, BuildError::NotADirectory(_) | BuildError::SourceDateEpoch(_))
+    }
+}
+
+/// Builds on one store. Holds the store's lease from creation to drop, so garbage
+/// collection never removes what the build resolves, runs or exports.
+pub struct Pipeline {
+    store: Store,
+    images: ImageStore,
+    client: Arc<Client>,
+    limits: rdock_worker::cgroup::Limits,
+    transfers: OnTransfer,
+    notices: Arc<dyn Notices>,
+    _lease: rdock_snapshotter::lock::FileLock,
+}
+
+impl Pipeline {
+    /// A pipeline on `store`, reaching registries through `client`, running steps under
+    /// `limits`, reporting blob transfers to `transfers` and the rest to `notices`.
+    pub fn new(
+        store: Store,
+        client: Arc<Client>,
+        limits: rdock_worker::cgroup::Limits,
+        transfers: OnTransfer,
+        notices: Arc<dyn Notices>,
+    ) -> Result<Pipeline, BuildError> {
+        let lease = store.lease()?;
+        let images = ImageStore::new(store.clone());
+        Ok(Pipeline { store, images, client, limits, transfers, notices, _lease: lease })
+    }
+
+    /// Reads the Dockerfile and lowers it to LLB, resolving its base images.
+    pub fn load(&self, req: &BuildRequest) -> Result<Lowered, BuildError> {
+        let source = std::fs::read_to_string(&req.dockerfile)
+            .map_err(|source| BuildError::Dockerfile { path: req.dockerfile.clone(), source })?;
+        if !req.context.is_dir() {
+            return Err(BuildError::NotADirectory(req.context.clone()));
+        }
+        // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's, as in BuildKit.
+        let specific = PathBuf::from(format!("{}.dockerignore", req.dockerfile.display()));
+        let ignore =
+            std::fs::read_to_string(&specific).or_else(|_| std::fs::read_to_string(req.context.join(".dockerignore"))).unwrap_or_default();
+        let opts = BuildOptions {
+            filename: req.dockerfile.display().to_string(),
+            target: req.target.clone(),
+            build_args: req.build_args.clone(),
+            excludes: rdock_frontend::dockerignore::parse(&ignore),
+            no_cache: req.no_cache,
+            no_cache_stages: req.no_cache_stages.clone(),
+            target_platform: req.platform.clone(),
+            network: req.network,
+            extra_hosts: req.extra_hosts.clone(),
+            ..Default::default()
+        };
+        let resolver = resolver::StoreResolver { images: self.images.clone(), client: self.client.clone(), answers: Default::default() };
+        Ok(rdock_frontend::lower(&source, &opts, &resolver)?)
+    }
+
+    /// Whether what `load` lowered may be built as asked: `# check=error=true` without
+    /// warnings, and every entitlement a step needs granted.
+    pub fn admit(&self, req: &BuildRequest, lowered: &Lowered) -> Result<(), BuildError> {
+        if lowered.check.error && !lowered.warnings.is_empty() {
+            return Err(BuildError::Checks(lowered.warnings.len()));
+        }
+        entitlements::check(&lowered.definition, &req.allow)
+    }
+
+    /// Solves what `load` lowered and writes the outputs, reporting steps to `progress`.
+    pub fn build(&self, req: &BuildRequest, lowered: &Lowered, progress: &dyn ProgressSink) -> Result<BuildSummary, BuildError> {
+        self.admit(req, lowered)?;
+        let epoch = source_date_epoch(&req.build_args)?;
+        let solver = self.solver(lowered)?;
+        let mut imports = Vec::new();
+        for loc in &req.cache_imports {
+            imports.extend(cache::import(loc, &self.images, &self.client, self.notices.as_ref())?);
+        }
+        // Absolute: the worker mounts context views through a descriptor of `/`, and a
+        // relative path would be taken from there rather than from the working directory.
+        let context = std::fs::canonicalize(&req.context)
+            .map_err(|source| BuildError::Io { what: format!("build context {}", req.context.display()), source })?;
+        let locals = HashMap::from([("context".to_string(), context)]);
+        let target = target_id(req);
+        let out = solver.solve(&SolveRequest {
+            definition: &lowered.definition,
+            locals: &locals,
+            progress,
+            secrets: &req.secrets,
+            target: Some(&target),
+            imports: &imports,
+            max_parallelism: req.max_parallelism,
+            // Layers are made while later steps run when something will need them.
+            eager_layers: !req.cache_exports.is_empty() || req.outputs.iter().any(Output::needs_image),
+        })?;
+        for spec in &req.cache_exports {
+            let export = solver.export_cache(&out, spec.mode, spec.mounts, &imports)?;
+            cache::export(spec, &export, &self.images, &self.client, self.notices.as_ref())?;
+        }
+        let created = match epoch {
+            Some(e) => rdock_imagespec::time::rfc3339(e, 0),
+            None => rdock_imagespec::time::build_time(),
+        };
+        let built = BuiltOn { base_diff_ids: lowered.base_diff_ids.clone(), epoch };
+        let plan = outputs::ImagePlan { config: &lowered.image, created, built };
+        let written = self.write_outputs(&req.outputs, out.top.as_deref(), &plan)?;
+        if let Some(path) = &req.metadata_file {
+            outputs::write_metadata(path, &written)?;
+        }
+        Ok(BuildSummary { executed: out.executed, cached: out.cached, manifest: written.image.map(|c| c.manifest.to_string()) })
+    }
+
+    /// A solver whose worker runs steps in namespaces under the configured limits, and
+    /// which fetches base layers from where their images were resolved.
+    fn solver(&self, lowered: &Lowered) -> Result<Solver, BuildError> {
+        let executor = Arc::new(NamespaceExecutor::new(self.store.root().join("tmp")).with_limits(self.limits));
+        // The default network's first namespace starts while the context loads and the
+        // cache is checked, so the first RUN that misses need not wait for it.
+        let default_network = lowered
+            .definition
+            .nodes
+            .iter()
+            .any(|n| matches!(&n.op, rdock_llb::Op::Exec(e) if e.network == rdock_llb::Network::Sandbox));
+        if default_network {
+            executor.net.prewarm();
+        }
+        let worker = Worker::new(self.store.clone(), executor);
+        let origin = rdock_oci::OriginSource { client: self.client.clone(), images: self.images.clone(), on: self.transfers.clone() };
+        Ok(Solver::new(worker, self.images.clone())?.with_layer_source(Arc::new(origin)))
+    }
+}
+
+/// What identifies "the same build" for explaining cache misses: context, Dockerfile,
+/// stage and platform.
+fn target_id(req: &BuildRequest) -> String {
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    format!(
+        "{}|{}|{}|{}",
+        canon(&req.context),
+        canon(&req.dockerfile),
+        req.target.as_deref().unwrap_or(""),
+        req.platform.clone().unwrap_or_else(Platform::host)
+    )
+}
+
+/// `SOURCE_DATE_EPOCH`: the build argument, else the environment variable (as buildx
+/// passes it on); Unix seconds.
+fn source_date_epoch(build_args: &BTreeMap<String, String>) -> Result<Option<i64>, BuildError> {
+    let value = match build_args.get("SOURCE_DATE_EPOCH").filter(|v| !v.is_empty()) {
+        Some(v) => v.clone(),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) if !v.is_empty() => v,
+            _ => return Ok(None),
+        },
+    };
+    value.trim().parse::<i64>().map(Some).map_err(|_| BuildError::SourceDateEpoch(value))
+}

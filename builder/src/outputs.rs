@@ -1,0 +1,148 @@
+//! Outputs: the solved snapshot committed as an image when one is wanted, then written
+//! where each output says (archives, directories, the store and registries), and the
+//! `--metadata-file` that reports it.
+
+use crate::{BuildError, Output, Pipeline};
+use rdock_imagespec::ImageRef;
+use rdock_oci::{ArchiveFormat, BuiltOn, CommittedImage, ExportForm, ImageStore};
+use std::path::Path;
+
+/// What the outputs made: the image reported (the stored one, or its rewritten form) and
+/// the names it was given.
+#[derive(Default)]
+pub(crate) struct Written {
+    pub image: Option<CommittedImage>,
+    pub names: Vec<ImageRef>,
+}
+
+/// How the image of this build is made: its config, times and base.
+pub(crate) struct ImagePlan<'a> {
+    pub config: &'a rdock_imagespec::ImageConfig,
+    /// RFC 3339 creation time.
+    pub created: String,
+    pub built: BuiltOn,
+}
+
+impl Pipeline {
+    /// Writes every output of a solve whose result is `top`.
+    pub(crate) fn write_outputs(&self, outputs: &[Output], top: Option<&str>, plan: &ImagePlan<'_>) -> Result<Written, BuildError> {
+        let mut committed = None;
+        let mut written = Written::default();
+        for o in outputs {
+            if o.needs_image() && committed.is_none() {
+                committed = Some(rdock_oci::commit_image(&self.images, top, plan.config.clone(), &plan.created)?);
+            }
+            match (o, &committed) {
+                (Output::Docker { dest, names, form }, Some(c)) => {
+                    self.export_image(c, form, &plan.built, dest, |m| rdock_oci::export_archive(&self.images, m, names, ArchiveFormat::Docker, dest))?;
+                    written.names.extend(names.iter().cloned());
+                }
+                (Output::Oci { dest, names, form, tar }, Some(c)) => {
+                    self.export_image(c, form, &plan.built, dest, |m| match tar {
+                        true => rdock_oci::export_archive(&self.images, m, names, ArchiveFormat::Oci, dest),
+                        false => rdock_oci::export_layout_dir(&self.images, m, names, dest),
+                    })?;
+                    written.names.extend(names.iter().cloned());
+                }
+                (Output::Image { names, push, rewrite_timestamp, .. }, Some(c)) => {
+                    written.image = Some(self.store_image(c, names, *push, *rewrite_timestamp, &plan.built)?);
+                    written.names.extend(names.iter().cloned());
+                }
+                (Output::Local { dest }, _) => rdock_oci::export_local(&self.store, top, dest).map_err(|e| exporting(dest, e))?,
+                (Output::Tar { dest }, _) => rdock_oci::export_tar(&self.store, top, dest).map_err(|e| exporting(dest, e))?,
+                (_, None) => {}
+            }
+        }
+        written.image = written.image.or(committed);
+        Ok(written)
+    }
+
+    /// An image archive of `c` in `form`, written by `write`.
+    fn export_image(
+        &self,
+        c: &CommittedImage,
+        form: &ExportForm,
+        built: &BuiltOn,
+        dest: &Path,
+        write: impl FnOnce(&rdock_imagespec::Digest) -> Result<(), rdock_oci::OciError>,
+    ) -> Result<(), BuildError> {
+        self.warn_without_epoch(form.rewrite_timestamp, built);
+        let manifest = rdock_oci::convert_manifest(&self.images, &c.manifest, form, built).map_err(|e| exporting(dest, e))?;
+        write(&manifest).map_err(|e| exporting(dest, e))
+    }
+
+    /// Tags (and pushes) the image, rewritten first when asked.
+    fn store_image(
+        &self,
+        c: &CommittedImage,
+        names: &[ImageRef],
+        push: bool,
+        rewrite_timestamp: bool,
+        built: &BuiltOn,
+    ) -> Result<CommittedImage, BuildError> {
+        self.warn_without_epoch(rewrite_timestamp, built);
+        let c = if rewrite_timestamp && built.epoch.is_some() { rewritten(&self.images, c, built)? } else { c.clone() };
+        for n in names {
+            self.images.tag(n, &c.manifest)?;
+            if push {
+                self.push(n, &c.manifest)?;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Pushes the local image `d` as `r`.
+    fn push(&self, r: &ImageRef, d: &rdock_imagespec::Digest) -> Result<(), BuildError> {
+        let started = std::time::Instant::now();
+        let report = rdock_oci::push(&self.images, &self.client, r, d, &self.transfers)
+            .map_err(|source| BuildError::Push { name: r.familiar(), source })?;
+        self.notices.done(&format!(
+            "pushed {} in {:.2}s: {} uploaded, {} mounted, {} already there",
+            r.familiar(),
+            started.elapsed().as_secs_f64(),
+            report.uploaded,
+            report.mounted,
+            report.existed
+        ));
+        Ok(())
+    }
+
+    /// BuildKit's warning for `rewrite-timestamp=true` without an epoch to clamp to.
+    fn warn_without_epoch(&self, asked: bool, built: &BuiltOn) {
+        if asked && built.epoch.is_none() {
+            self.notices
+                .warning("rewrite-timestamp=true without SOURCE_DATE_EPOCH (environment or --build-arg): file times are left as built");
+        }
+    }
+}
+
+fn exporting(dest: &Path, source: rdock_oci::OciError) -> BuildError {
+    BuildError::Export { dest: dest.to_path_buf(), source }
+}
+
+/// The committed image with its own layers' times clamped, written to the store.
+fn rewritten(images: &ImageStore, c: &CommittedImage, built: &BuiltOn) -> Result<CommittedImage, BuildError> {
+    let form = ExportForm { rewrite_timestamp: true, ..ExportForm::stored() };
+    let manifest = rdock_oci::convert_manifest(images, &c.manifest, &form, built)?;
+    let bytes = images.store().content().read(&manifest)?;
+    let manifest_doc: rdock_imagespec::Manifest = serde_json::from_slice(&bytes)?;
+    Ok(CommittedImage { manifest, manifest_size: bytes.len() as u64, config: manifest_doc.config.digest.clone(), manifest_doc })
+}
+
+/// buildx's `--metadata-file`: the image's digests and names.
+pub(crate) fn write_metadata(path: &Path, written: &Written) -> Result<(), BuildError> {
+    let mut doc = serde_json::Map::new();
+    if let Some(c) = &written.image {
+        doc.insert("containerimage.digest".into(), c.manifest.to_string().into());
+        doc.insert("containerimage.config.digest".into(), c.config.to_string().into());
+        doc.insert(
+            "containerimage.descriptor".into(),
+            serde_json::json!({"mediaType": rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST, "digest": c.manifest, "size": c.manifest_size}),
+        );
+    }
+    if !written.names.is_empty() {
+        doc.insert("image.name".into(), written.names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",").into());
+    }
+    let bytes = serde_json::to_vec_pretty(&doc)?;
+    std::fs::write(path, bytes).map_err(|source| BuildError::Io { what: format!("writing {}", path.display()), source })
+}
