@@ -59,7 +59,7 @@ pub fn unpack_chain(store: &rdock_snapshotter::Store, layers: &[ChainBlob<'_>]) 
         .zip(&names)
         .map(|(l, n)| rdock_snapshotter::ChainLayer { name: n, blob: &l.blob.digest, media_type: &l.blob.media_type })
         .collect();
-    let infos = snaps.import_chain(&chain, None)?;
+    let infos = store.layers().import_chain(&chain, None)?;
     for (i, (info, l)) in infos.iter().zip(layers).enumerate() {
         if info.diff_id != *l.diff_id {
             // Remove the bad layer and what was built on it, top first.
@@ -120,9 +120,8 @@ pub struct CommittedImage {
 /// Writes the image made of the snapshot chain ending at `top` with `config`: fills in
 /// the layers' diff IDs and any missing creation times (`created`, RFC 3339).
 pub fn commit_image(images: &ImageStore, top: Option<&str>, mut config: ImageConfig, created: &str) -> Result<CommittedImage, OciError> {
-    let snaps = images.store().snapshots();
     let layers = match top {
-        Some(t) => snaps.chain_layers(t)?,
+        Some(t) => images.store().layers().chain_layers(t)?,
         None => Vec::new(),
     };
     config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();

@@ -409,7 +409,7 @@ impl Runtime {
         let mut diff_ids = config.rootfs.diff_ids.clone();
         diff_ids.push(blob.diff_id.clone());
         let top = chain_snapshot_name(&diff_ids).ok_or_else(|| RuntimeError::Setup("empty chain".into()))?;
-        snaps.import_layer(&top, r.parent.as_deref(), &blob.blob, MEDIA_TYPE_OCI_LAYER_GZIP)?;
+        self.store().layers().import_layer(&top, r.parent.as_deref(), &blob.blob, MEDIA_TYPE_OCI_LAYER_GZIP)?;
         let created = rdock_imagespec::time::build_time();
         config.created = Some(created.clone());
         if !config.history.is_empty() || config.rootfs.diff_ids.is_empty() {

@@ -31,12 +31,14 @@ mod content;
 mod db;
 mod diff;
 mod error;
+mod layers;
 pub mod lock;
 mod mount;
 mod name;
 mod overlay;
 mod reserve;
 pub mod schema;
+pub mod testsuite;
 mod whiteout;
 
 pub use apply::apply_layer;
@@ -46,7 +48,8 @@ pub use diff::{LayerBlob, write_layer, write_tree_tar};
 pub use error::SnapshotError;
 pub use mount::{MountSpec, Mounted, OverlayData};
 pub use name::SnapshotName;
-pub use overlay::{ChainLayer, Info, Kind, LayerInfo, OverlaySnapshotter, SnapshotRecord, Usage, active_key, disk_usage};
+pub use layers::{ChainLayer, LayerInfo, LayerStore};
+pub use overlay::{Info, Kind, OverlaySnapshotter, SnapshotRecord, Usage, active_key, disk_usage};
 pub use reserve::RESERVE_FILE;
 pub use whiteout::{is_opaque, is_opaque_fd};
 
@@ -83,6 +86,7 @@ pub struct Store {
     db: Arc<Db>,
     content: ContentStore,
     snapshots: Arc<OverlaySnapshotter>,
+    layers: Arc<LayerStore>,
 }
 
 impl Store {
@@ -95,9 +99,10 @@ impl Store {
         reserve::keep(root);
         let db = Arc::new(Db::open(&root.join("metadata.db"))?);
         let content = ContentStore::new(root);
-        let snapshots = Arc::new(OverlaySnapshotter::new(root, db.clone(), content.clone())?);
+        let snapshots = Arc::new(OverlaySnapshotter::new(root, db.clone())?);
         snapshots.clean_abandoned()?;
-        Ok(Store { root: root.to_path_buf(), db, content, snapshots })
+        let layers = Arc::new(LayerStore::new(root, db.clone(), content.clone(), snapshots.clone()));
+        Ok(Store { root: root.to_path_buf(), db, content, snapshots, layers })
     }
 
     /// The root directory.
@@ -118,6 +123,11 @@ impl Store {
     /// The snapshotter.
     pub fn snapshots(&self) -> &Arc<OverlaySnapshotter> {
         &self.snapshots
+    }
+
+    /// Layer blobs of snapshots, and snapshots of layer blobs (diff and apply).
+    pub fn layers(&self) -> &Arc<LayerStore> {
+        &self.layers
     }
 
     /// The store lease a build holds while it runs (shared with other builds): garbage

@@ -4,7 +4,7 @@ use rdock_snapshotter::{Mounted, Snapshotter, Store, apply_layer};
 use std::io::Read;
 
 fn layer_entries(store: &Store, name: &str) -> Vec<(String, tar::EntryType)> {
-    let l = store.snapshots().layer(name).unwrap();
+    let l = store.layers().layer(name).unwrap();
     let f = store.content().open(&l.blob).unwrap();
     let mut gz = flate2::read::GzDecoder::new(f);
     let mut raw = Vec::new();
@@ -88,8 +88,8 @@ fn identical_content_gives_identical_layer_digests() {
         }
         snaps.commit(name, &key).unwrap();
     }
-    let a = snaps.layer("one").unwrap();
-    let b = snaps.layer("two").unwrap();
+    let a = store.layers().layer("one").unwrap();
+    let b = store.layers().layer("two").unwrap();
     assert_eq!(a.blob, b.blob);
     assert_eq!(a.diff_id, b.diff_id);
 }
@@ -106,8 +106,8 @@ fn layers_round_trip_through_apply() {
     std::os::unix::fs::symlink("tool", fs.join("bin/alias")).unwrap();
     std::fs::hard_link(fs.join("bin/tool"), fs.join("bin/hard")).unwrap();
     snaps.commit("src", "src-active").unwrap();
-    let l = snaps.layer("src").unwrap();
-    let imported = snaps.import_layer("copy", None, &l.blob, &l.media_type).unwrap();
+    let l = store.layers().layer("src").unwrap();
+    let imported = store.layers().import_layer("copy", None, &l.blob, &l.media_type).unwrap();
     assert_eq!(imported.diff_id, l.diff_id);
     let out = snaps.fs_dir("copy").unwrap();
     assert_eq!(std::fs::read_link(out.join("bin/alias")).unwrap().to_str(), Some("tool"));

@@ -23,9 +23,10 @@ impl Solver {
         imports: &[ImportedCache],
     ) -> Result<CacheExport, SolveError> {
         let snaps = self.worker.store().snapshots();
+        let layers = self.worker.store().layers();
         let content = self.worker.store().content();
         let top: Vec<rdock_imagespec::Digest> = match &out.top {
-            Some(t) => snaps.chain_layers(t)?.into_iter().map(|l| l.blob).collect(),
+            Some(t) => layers.chain_layers(t)?.into_iter().map(|l| l.blob).collect(),
             None => Vec::new(),
         };
         let mut seen = std::collections::HashSet::new();
@@ -51,11 +52,11 @@ impl Solver {
                 }
             }
         }
-        rdock_oci::parallel(&chain_names, FETCH_THREADS, |n| snaps.layer(n).map(|_| ()).map_err(Into::into))?;
+        rdock_oci::parallel(&chain_names, FETCH_THREADS, |n| layers.layer(n).map(|_| ()).map_err(Into::into))?;
         let in_output = |chain: &[CacheLayer]| chain.len() <= top.len() && chain.iter().zip(&top).all(|(a, b)| a.blob.digest == *b);
         let mut b = ExportBuilder::default();
         for (key, snap) in &local {
-            let chain: Vec<CacheLayer> = snaps
+            let chain: Vec<CacheLayer> = layers
                 .chain_layers(snap)?
                 .into_iter()
                 .map(|l| CacheLayer { blob: rdock_imagespec::Descriptor::new(&l.media_type, l.blob, l.size), diff_id: l.diff_id })

@@ -133,7 +133,7 @@ impl Solver {
                 for name in rx {
                     s.spawn(move || {
                         let started = std::time::Instant::now();
-                        let made = store.snapshots().layer(&name);
+                        let made = store.layers().layer(&name);
                         tracing::debug!(snapshot = %name, ok = made.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "layer blob made");
                     });
                 }
