@@ -1,0 +1,3 @@
+FROM busybox as lower
+FROM busybox AS dup
+from busybox AS Other
