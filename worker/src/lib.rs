@@ -25,6 +25,7 @@ mod loopback;
 pub mod network;
 mod sandbox;
 pub mod seccomp;
+mod stepmounts;
 mod udprelay;
 pub mod user;
 
@@ -266,241 +267,74 @@ impl Worker {
         name: &str,
         output: &mut dyn FnMut(&[u8]),
     ) -> Result<(), WorkerError> {
-        let snaps = self.store.snapshots();
-        let input = |ix: Option<u32>| -> Option<String> {
-            match ix.and_then(|i| inputs.get(i as usize)) {
-                Some(FileInput::Snapshot(s)) => s.clone(),
-                _ => None,
-            }
-        };
         let root_mount = op.mounts.iter().find(|m| m.dest == "/");
-        let parent = input(root_mount.and_then(|m| m.input));
-        let parent = parent.as_deref();
+        let parent = match root_mount.and_then(|m| m.input).and_then(|i| inputs.get(i as usize)) {
+            Some(FileInput::Snapshot(s)) => s.clone(),
+            _ => None,
+        };
         let key = active_key("exec");
-        let mounts = snaps.prepare(&key, parent)?;
-        let mut views: Vec<(String, Mounted)> = Vec::new();
-        let mut held: Vec<cachemount::Held> = Vec::new();
-        let mut scratches: Vec<(PathBuf, Mounted)> = Vec::new();
-        // Throwaway copies of files bound read-write.
-        let mut scratch_files: Vec<PathBuf> = Vec::new();
-        let mut contexts: Vec<contextview::ContextView> = Vec::new();
-        let secret_dir = SecretDir::new(&self.store.root().join("tmp"));
-        let result = (|| {
-            let layers = snaps.layer_dirs(parent)?;
-            let read = |p: &str| -> Result<Option<String>, WorkerError> {
-                Ok(layers.read_file(p)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
-            };
-            let user = resolve_user(&op.user, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref())
-                .map_err(|e| WorkerError::User(e.to_string()))?;
-            let mut env = op.env.clone();
-            if !env.iter().any(|e| e.starts_with("HOME=")) {
-                env.push(format!("HOME={}", user.home));
-            }
+        let root = self.store.snapshots().prepare(&key, parent.as_deref())?;
+        let mut mounts = stepmounts::StepMounts::new(&self.store, &key, inputs);
+        let result = self.exec_in(op, parent.as_deref(), &key, &root, &mut mounts, secrets, output);
+        drop(mounts);
+        self.finish(result, name, &key)
+    }
+
+    /// Runs the step on its prepared root: resolves its user, mounts what it asks for,
+    /// runs it, and clears the mount points the sandbox left in its layer.
+    #[allow(clippy::too_many_arguments)] // One step's parts, each from a different place.
+    fn exec_in(
+        &self,
+        op: &ExecOp,
+        parent: Option<&str>,
+        key: &str,
+        root: &MountSpec,
+        mounts: &mut stepmounts::StepMounts<'_>,
+        secrets: &Secrets,
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), WorkerError> {
+        let layers = self.store.snapshots().layer_dirs(parent)?;
+        let read = |p: &str| -> Result<Option<String>, WorkerError> { Ok(layers.read_file(p)?.map(|b| String::from_utf8_lossy(&b).into_owned())) };
+        let user = resolve_user(&op.user, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref())
+            .map_err(|e| WorkerError::User(e.to_string()))?;
+        let mut env = op.env.clone();
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            env.push(format!("HOME={}", user.home));
+        }
+        let mut stubs: Vec<String> = MOUNT_STUBS.iter().map(|s| s.to_string()).collect();
+        let mut extra = Vec::new();
+        for (i, m) in op.mounts.iter().enumerate().filter(|(_, m)| m.dest != "/") {
             // Mount points the sandbox creates must not land in the layer: the usual stubs,
             // and every directory an extra mount needs that the image lacks, except a cache
             // mount's: BuildKit leaves its target and missing parents as directories in the
             // layer (`/root/.cache/pip`), and images built from one Dockerfile agree.
-            let mut stubs: Vec<String> = MOUNT_STUBS.iter().map(|s| s.to_string()).collect();
-            let mut extra = Vec::new();
-            for (i, m) in op.mounts.iter().enumerate().filter(|(_, m)| m.dest != "/") {
-                if !m.dest.starts_with("/dev/") && !matches!(m.kind, rdock_llb::MountKind::Cache { .. }) {
-                    let mut acc = String::new();
-                    let mut chain = Vec::new();
-                    for part in m.dest.split('/').filter(|p| !p.is_empty()) {
-                        acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
-                        chain.push(acc.clone());
-                    }
-                    // Deepest first, so parents are removed after their children.
-                    stubs.splice(0..0, chain.into_iter().rev());
-                }
-                let source = match &m.kind {
-                    rdock_llb::MountKind::Tmpfs { size } => MountSource::Tmpfs { size: *size },
-                    rdock_llb::MountKind::Cache { id, sharing, mode, uid, gid } => {
-                        // One cache per id and owner, as BuildKit's (its cache's base is the
-                        // mkdir that sets uid, gid and mode).
-                        let id = &cachemount::key(id, *mode, *uid, *gid);
-                        // A seed for a new cache: a snapshot (or the context) at the selector,
-                        // mounted only when the cache does not exist yet.
-                        let cache_root = self.store.root().join("cache");
-                        let seed_input = m.input.and_then(|ix| inputs.get(ix as usize)).filter(|_| cachemount::is_new(&cache_root, id));
-                        let seed = match seed_input {
-                            Some(FileInput::Local { dir, .. }) => Some(resolve_in_root(dir, &m.selector, true)?),
-                            Some(FileInput::Snapshot(Some(s))) => {
-                                let vkey = format!("{key}-seed{i}");
-                                let spec = snaps.view(&vkey, Some(s))?;
-                                match Mounted::new(&spec, self.store.root().join("tmp").join(&vkey)) {
-                                    Ok(mt) => {
-                                        let p = resolve_in_root(mt.path(), &m.selector, true)?;
-                                        views.push((vkey, mt));
-                                        Some(p)
-                                    }
-                                    Err(e) => {
-                                        let _ = snaps.remove(&vkey);
-                                        return Err(e.into());
-                                    }
-                                }
-                            }
-                            _ => None,
-                        };
-                        let h = cachemount::acquire(&cache_root, id, *sharing, *mode, *uid, *gid, seed.as_deref())?;
-                        let dir = h.dir.clone();
-                        held.push(h);
-                        MountSource::Dir(dir)
-                    }
-                    rdock_llb::MountKind::Secret { id, required, mode, uid, gid, env: env_name } => {
-                        let Some(value) = secrets.values.get(id) else {
-                            if *required {
-                                return Err(WorkerError::Path {
-                                    path: m.dest.clone(),
-                                    reason: format!("secret {id} is required but was not provided (--secret id={id},src=FILE)"),
-                                });
-                            }
-                            continue;
-                        };
-                        if let Some(var) = env_name {
-                            env.push(format!("{var}={}", String::from_utf8_lossy(value)));
-                        }
-                        if m.dest.is_empty() {
-                            continue;
-                        }
-                        MountSource::File(secret_dir.write(i, value, *mode, *uid, *gid)?)
-                    }
-                    rdock_llb::MountKind::Ssh { id, required } => {
-                        let Some(sock) = secrets.ssh.get(id) else {
-                            if *required {
-                                return Err(WorkerError::Path {
-                                    path: m.dest.clone(),
-                                    reason: format!("ssh agent {id} is required but was not forwarded (--ssh {id}=SOCKET)"),
-                                });
-                            }
-                            continue;
-                        };
-                        if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
-                            env.push(format!("SSH_AUTH_SOCK={}", m.dest));
-                        }
-                        MountSource::File(sock.clone())
-                    }
-                    rdock_llb::MountKind::Bind => match m.input.and_then(|ix| inputs.get(ix as usize)) {
-                        Some(FileInput::Local { dir, excludes }) if !excludes.is_empty() => {
-                            let matcher =
-                                PatternMatcher::new(excludes).map_err(|e| WorkerError::Path { path: e.pattern, reason: e.reason })?;
-                            let view =
-                                contextview::filtered_context(dir, &matcher, self.store.root().join("tmp").join(format!("{key}-ctx{i}")))?;
-                            let p = resolve_in_root(view.path(), &m.selector, true)?;
-                            contexts.push(view);
-                            MountSource::Dir(p)
-                        }
-                        Some(FileInput::Local { dir, .. }) => MountSource::Dir(resolve_in_root(dir, &m.selector, true)?),
-                        _ => {
-                            let dirs = snaps.layer_dirs(input(m.input).as_deref())?;
-                            let base = match dirs.dirs() {
-                                [] => snaps.empty_dir().to_path_buf(),
-                                [one] => one.clone(),
-                                _ => {
-                                    let vkey = format!("{key}-mount{i}");
-                                    let spec = snaps.view(&vkey, input(m.input).as_deref())?;
-                                    let mounted = Mounted::new(&spec, self.store.root().join("tmp").join(&vkey));
-                                    match mounted {
-                                        Ok(mt) => {
-                                            let p = mt.path().to_path_buf();
-                                            views.push((vkey, mt));
-                                            p
-                                        }
-                                        Err(e) => {
-                                            let _ = snaps.remove(&vkey);
-                                            return Err(e.into());
-                                        }
-                                    }
-                                }
-                            };
-                            MountSource::Dir(resolve_in_root(&base, &m.selector, true)?)
-                        }
-                    },
-                };
-                // A bind whose source is a file mounts a file (`source=/path/to/file`).
-                let source = match source {
-                    MountSource::Dir(p) if matches!(m.kind, rdock_llb::MountKind::Bind) && !p.is_dir() => MountSource::File(p),
-                    other => other,
-                };
-                // A writable bind must never write into a snapshot or the context: it gets
-                // a throwaway overlay on top (a throwaway copy for a file), discarded after
-                // the step (as in BuildKit).
-                let source = match (source, &m.kind, m.readonly) {
-                    (MountSource::File(file), rdock_llb::MountKind::Bind, false) => {
-                        let scratch = self.store.root().join("tmp").join(format!("{key}-rw{i}"));
-                        std::fs::create_dir_all(&scratch).map_err(|e| WorkerError::Io(scratch.clone(), e))?;
-                        let copy = scratch.join("file");
-                        std::fs::copy(&file, &copy).map_err(|e| WorkerError::Io(file.clone(), e))?;
-                        scratch_files.push(scratch);
-                        MountSource::File(copy)
-                    }
-                    (MountSource::Dir(dir), rdock_llb::MountKind::Bind, false) => {
-                        let scratch = self.store.root().join("tmp").join(format!("{key}-rw{i}"));
-                        for d in ["upper", "work"] {
-                            std::fs::create_dir_all(scratch.join(d)).map_err(|e| WorkerError::Io(scratch.join(d), e))?;
-                        }
-                        let spec =
-                            MountSpec::Overlay { lower: vec![dir], upper: Some(scratch.join("upper")), work: Some(scratch.join("work")) };
-                        let mounted = Mounted::new(&spec, scratch.join("mnt"));
-                        let mounted = match mounted {
-                            Ok(mt) => mt,
-                            Err(e) => {
-                                let _ = std::fs::remove_dir_all(&scratch);
-                                return Err(e.into());
-                            }
-                        };
-                        let p = mounted.path().to_path_buf();
-                        scratches.push((scratch, mounted));
-                        MountSource::Dir(p)
-                    }
-                    (source, _, _) => source,
-                };
-                let readonly = match m.kind {
-                    rdock_llb::MountKind::Secret { .. } | rdock_llb::MountKind::Ssh { .. } => true,
-                    _ => m.readonly,
-                };
-                extra.push(ExtraMount { source, dest: m.dest.clone(), readonly });
+            if !m.dest.starts_with("/dev/") && !matches!(m.kind, rdock_llb::MountKind::Cache { .. }) {
+                stubs.splice(0..0, mount_point_dirs(&m.dest));
             }
-            let existed: Vec<bool> = stubs.iter().map(|s| layers.exists(s)).collect();
-            let spec = ExecSpec {
-                args: op.args.clone(),
-                env,
-                cwd: op.cwd.clone(),
-                user,
-                network: op.network,
-                security: op.security,
-                mounts: extra,
-                extra_hosts: op.extra_hosts.clone(),
-            };
-            let res = self.executor.run(&spec, &mounts, output).map_err(|e| match (e, &op.platform) {
-                (ExecError::ExecFormat { program }, Some(p)) if Platform::parse(p).map_or(true, |p| !p.satisfies(&Platform::host())) => {
-                    WorkerError::NoEmulator { program, platform: p.clone(), host: Platform::host().to_string() }
-                }
-                (e, _) => WorkerError::Exec(e),
-            })?;
-            if res.exit_code != 0 {
-                return Err(WorkerError::ExitCode { command: op.args.join(" "), code: res.exit_code, limit: res.limit_hit });
+            extra.extend(mounts.mount(i, m, secrets, &mut env)?);
+        }
+        let existed: Vec<bool> = stubs.iter().map(|s| layers.exists(s)).collect();
+        let spec = ExecSpec {
+            args: op.args.clone(),
+            env,
+            cwd: op.cwd.clone(),
+            user,
+            network: op.network,
+            security: op.security,
+            mounts: extra,
+            extra_hosts: op.extra_hosts.clone(),
+        };
+        let res = self.executor.run(&spec, root, output).map_err(|e| match (e, &op.platform) {
+            (ExecError::ExecFormat { program }, Some(p)) if Platform::parse(p).map_or(true, |p| !p.satisfies(&Platform::host())) => {
+                WorkerError::NoEmulator { program, platform: p.clone(), host: Platform::host().to_string() }
             }
-            let upper = snaps.fs_dir(&key)?;
-            remove_stubs(&upper, &stubs, &existed);
-            Ok(())
-        })();
-        for (vkey, m) in views {
-            drop(m);
-            let _ = snaps.remove(&vkey);
+            (e, _) => WorkerError::Exec(e),
+        })?;
+        if res.exit_code != 0 {
+            return Err(WorkerError::ExitCode { command: op.args.join(" "), code: res.exit_code, limit: res.limit_hit });
         }
-        drop(held);
-        drop(secret_dir);
-        for (dir, m) in scratches {
-            drop(m);
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        for dir in scratch_files {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        // After the rw scratches: they may be stacked on a context view.
-        drop(contexts);
-        self.finish(result, name, &key)
+        remove_stubs(&self.store.snapshots().fs_dir(key)?, &stubs, &existed);
+        Ok(())
     }
 
     fn finish(&self, result: Result<(), WorkerError>, name: &str, key: &str) -> Result<(), WorkerError> {
@@ -601,35 +435,17 @@ impl Worker {
     }
 }
 
-/// Secret files for one step, in a private directory removed when the step ends.
-struct SecretDir {
-    dir: PathBuf,
-}
-
-impl SecretDir {
-    fn new(tmp: &Path) -> SecretDir {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        SecretDir { dir: tmp.join(format!("secrets-{}-{n}", std::process::id())) }
+/// The directories above a mount point and the point itself, relative, deepest first (so
+/// parents are removed after their children): `/a/b` gives `a/b`, `a`.
+fn mount_point_dirs(dest: &str) -> Vec<String> {
+    let mut acc = String::new();
+    let mut chain = Vec::new();
+    for part in dest.split('/').filter(|p| !p.is_empty()) {
+        acc = if acc.is_empty() { part.to_string() } else { format!("{acc}/{part}") };
+        chain.push(acc.clone());
     }
-
-    fn write(&self, i: usize, value: &[u8], mode: u32, uid: u32, gid: u32) -> Result<PathBuf, WorkerError> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        std::fs::DirBuilder::new().mode(0o700).recursive(true).create(&self.dir).map_err(|e| WorkerError::Io(self.dir.clone(), e))?;
-        let p = self.dir.join(i.to_string());
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).map_err(|e| WorkerError::Io(p.clone(), e))?;
-        std::io::Write::write_all(&mut f, value).map_err(|e| WorkerError::Io(p.clone(), e))?;
-        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| WorkerError::Io(p.clone(), e))?;
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(|e| WorkerError::Io(p.clone(), e))?;
-        Ok(p)
-    }
-}
-
-impl Drop for SecretDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    chain.reverse();
+    chain
 }
 
 /// Removes the mount stubs the sandbox made from the step's upper dir. Each stub is
@@ -662,5 +478,15 @@ fn remove_stubs(upper: &Path, stubs: &[String], existed: &[bool]) {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mount_points_are_listed_deepest_first() {
+        assert_eq!(super::mount_point_dirs("/run/secrets/token"), vec!["run/secrets/token", "run/secrets", "run"]);
+        assert_eq!(super::mount_point_dirs("//a//b/"), vec!["a/b", "a"]);
+        assert!(super::mount_point_dirs("/").is_empty());
     }
 }

@@ -12,10 +12,11 @@
 //! makes raw syscalls only and never allocates.
 
 mod child;
+mod plan;
 
 use crate::cgroup::{Cgroup, Limits};
-use crate::{ExecError, ExecResult, ExecSpec, Executor, MountSource};
-use child::{ChildStdio, ExtraPlan, Plan, Stage, Target, child};
+use crate::{ExecError, ExecResult, ExecSpec, Executor};
+use child::{ChildStdio, Stage, child};
 use rdock_llb::{Network, Security};
 use rdock_snapshotter::MountSpec;
 use std::ffi::CString;
@@ -227,141 +228,82 @@ fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
     None
 }
 
-/// Clones a sandbox running `spec` on `root`, with per-run files under `scratch`.
-pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &SpawnOptions<'_>) -> Result<Spawned, ExecError> {
+/// Writes the per-run files (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`) in a
+/// directory of their own, removed when the run ends.
+fn run_files(scratch: &Path, spec: &ExecSpec, opts: &SpawnOptions<'_>) -> Result<(RunDir, plan::RunFiles), ExecError> {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = RunDir(scratch.join(format!("run-{}-{n}", std::process::id())));
+    let write = |name: &str, text: &[u8]| -> Result<PathBuf, ExecError> {
+        let p = dir.0.join(name);
+        std::fs::write(&p, text).map_err(|e| ExecError::Io(p.clone(), e))?;
+        Ok(p)
+    };
     let rootfs = dir.0.join("rootfs");
     std::fs::create_dir_all(&rootfs).map_err(|e| ExecError::Io(rootfs.clone(), e))?;
-    let hosts = dir.0.join("hosts");
-    let hostname = opts.hostname;
-    let mut hosts_text = format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-    for h in &spec.extra_hosts {
-        hosts_text.push_str(&format!("{}\t{}\n", h.ip, h.host));
-    }
-    std::fs::write(&hosts, hosts_text).map_err(|e| ExecError::Io(hosts.clone(), e))?;
-    let resolv = dir.0.join("resolv.conf");
+    let hosts = write("hosts", plan::hosts_file(opts.hostname, &spec.extra_hosts).as_bytes())?;
     let resolv_text = match (spec.network, opts.netns) {
         (Network::Sandbox, Some(_)) => crate::network::resolv_conf(&host_resolv_conf()),
         _ => host_resolv_conf(),
     };
-    std::fs::write(&resolv, resolv_text).map_err(|e| ExecError::Io(resolv.clone(), e))?;
+    let resolv = write("resolv.conf", &resolv_text)?;
+    let hostname = if opts.hostname_file { Some(write("hostname", format!("{}\n", opts.hostname).as_bytes())?) } else { None };
+    Ok((dir, plan::RunFiles { rootfs, hosts, resolv, hostname }))
+}
 
-    // The child changes into the layers' common parent and names them relative to it.
-    let overlay = root.overlay_options("run").map_err(|e| ExecError::Setup(e.to_string()))?;
-    let overlay_opts = overlay.as_ref().map(|d| Ok::<_, ExecError>((cpath(&d.base)?, cstr(d.relative())?))).transpose()?;
-    let bind_root = match root {
-        MountSpec::Bind { source, readonly } => Some((cpath(source)?, *readonly)),
-        MountSpec::Overlay { .. } => None,
-    };
+/// The child's ends of its streams, and the parent's.
+struct Pipes {
+    err_r: OwnedFd,
+    err_w: OwnedFd,
+    out: Option<(OwnedFd, OwnedFd)>,
+    /// The socket a pty's master comes back over: parent's end, child's end.
+    sock: Option<(OwnedFd, OwnedFd)>,
+}
 
-    let target =
-        |path: &str, file: bool| Target::new(path, file).ok_or_else(|| ExecError::Setup(format!("cannot mount over the root: {path:?}")));
-    let mut etc_files = vec![(cpath(&hosts)?, target("etc/hosts", true)?), (cpath(&resolv)?, target("etc/resolv.conf", true)?)];
-    if opts.hostname_file {
-        let f = dir.0.join("hostname");
-        std::fs::write(&f, format!("{hostname}\n")).map_err(|e| ExecError::Io(f.clone(), e))?;
-        etc_files.push((cpath(&f)?, target("etc/hostname", true)?));
+impl Pipes {
+    fn new(stdio: Stdio) -> Result<Pipes, ExecError> {
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Setup(format!("pipe: {e}")));
+        let (err_r, err_w) = pipe()?;
+        let out = if matches!(stdio, Stdio::Capture) { Some(pipe()?) } else { None };
+        let sock = match stdio {
+            Stdio::Pty { .. } => {
+                use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+                Some(
+                    socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+                        .map_err(|e| ExecError::Setup(format!("socketpair: {e}")))?,
+                )
+            }
+            _ => None,
+        };
+        Ok(Pipes { err_r, err_w, out, sock })
     }
-    let cwd = Target::new(&spec.cwd, false).unwrap_or(Target { path: cstr(".")?, file_in: None });
-    // PATH lookup happens here, against the container's PATH, as runc does.
-    let prog = spec.args.first().ok_or_else(|| ExecError::Setup("empty command".into()))?;
-    let exec_paths = if prog.contains('/') {
-        vec![cstr(prog)?]
-    } else {
-        let path =
-            spec.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        path.split(':').filter(|d| !d.is_empty()).map(|d| cstr(format!("{d}/{prog}"))).collect::<Result<Vec<_>, _>>()?
-    };
-    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Setup(format!("pipe: {e}")));
-    let (err_r, err_w) = pipe()?;
-    let (out_r, out_w) = match opts.stdio {
-        Stdio::Capture => {
-            let (r, w) = pipe()?;
-            (Some(r), Some(w))
+
+    fn child_stdio(&self, stdio: Stdio) -> ChildStdio {
+        match (stdio, &self.out, &self.sock) {
+            (Stdio::Capture, Some((_, w)), _) => ChildStdio::Capture(w.as_raw_fd()),
+            (Stdio::Pty { winsize }, _, Some((_, s))) => ChildStdio::Pty { sock: s.as_raw_fd(), winsize },
+            (Stdio::Inherit { stdin }, _, _) => ChildStdio::Inherit { stdin },
+            _ => ChildStdio::Inherit { stdin: false },
         }
-        _ => (None, None),
-    };
-    let (sock_parent, sock_child) = match opts.stdio {
-        Stdio::Pty { .. } => {
-            use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-            let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-                .map_err(|e| ExecError::Setup(format!("socketpair: {e}")))?;
-            (Some(a), Some(b))
-        }
-        _ => (None, None),
-    };
-    let stdio = match (opts.stdio, &out_w, &sock_child) {
-        (Stdio::Capture, Some(w), _) => ChildStdio::Capture(w.as_raw_fd()),
-        (Stdio::Pty { winsize }, _, Some(s)) => ChildStdio::Pty { sock: s.as_raw_fd(), winsize },
-        (Stdio::Inherit { stdin }, _, _) => ChildStdio::Inherit { stdin },
-        _ => ChildStdio::Inherit { stdin: false },
-    };
+    }
+}
+
+/// Clones a sandbox running `spec` on `root`, with per-run files under `scratch`.
+pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &SpawnOptions<'_>) -> Result<Spawned, ExecError> {
+    let (dir, files) = run_files(scratch, spec, opts)?;
+    let pipes = Pipes::new(opts.stdio)?;
     let cgroup = Cgroup::create(&opts.limits)?;
     let seccomp = match spec.security {
         Security::Sandbox => Some(crate::seccomp::docker_default(crate::caps::DEFAULT_CAPS)?.fprog()),
         Security::Insecure => None,
     };
-    let plan = Plan {
-        root: cpath(&rootfs)?,
-        overlay_opts,
-        bind_root,
-        proc: target("proc", false)?,
-        dev: target("dev", false)?,
-        sys: target("sys", false)?,
-        dev_nodes: [("null", (1, 3)), ("zero", (1, 5)), ("full", (1, 7)), ("random", (1, 8)), ("urandom", (1, 9)), ("tty", (5, 0))]
-            .iter()
-            .map(|(name, (ma, mi))| Ok((cstr(*name)?, cstr(format!("/dev/{name}"))?, libc::makedev(*ma, *mi))))
-            .collect::<Result<_, ExecError>>()?,
-        dev_links: [
-            ("/proc/self/fd", "fd"),
-            ("/proc/self/fd/0", "stdin"),
-            ("/proc/self/fd/1", "stdout"),
-            ("/proc/self/fd/2", "stderr"),
-            ("pts/ptmx", "ptmx"),
-        ]
-        .iter()
-        .map(|(t, l)| Ok((cstr(*t)?, cstr(*l)?)))
-        .collect::<Result<_, ExecError>>()?,
-        etc_files,
-        extra: spec
-            .mounts
-            .iter()
-            .map(|m| {
-                let file = matches!(m.source, MountSource::File(_));
-                let (source, tmpfs_opts) = match &m.source {
-                    MountSource::Dir(p) | MountSource::File(p) => (Some(cpath(p)?), cstr("")?),
-                    MountSource::Tmpfs { size: Some(n) } => (None, cstr(format!("mode=1777,size={n}"))?),
-                    MountSource::Tmpfs { size: None } => (None, cstr("mode=1777")?),
-                };
-                Ok(ExtraPlan { target: target(&m.dest, file)?, source, tmpfs_opts, readonly: m.readonly })
-            })
-            .collect::<Result<_, ExecError>>()?,
-        cgroup_join: cgroup.join_files().iter().map(|p| cpath(p)).collect::<Result<_, _>>()?,
-        hostname: cstr(hostname)?,
-        cwd,
-        uid: spec.user.uid,
-        gid: spec.user.gid,
-        groups: spec.user.additional_gids.clone(),
-        net_loopback: spec.network != Network::Host && opts.netns.is_none(),
-        netns: opts.netns.filter(|_| spec.network == Network::Sandbox).map_or(-1, |f| f.as_raw_fd()),
-        security: spec.security,
-        seccomp,
-        exec_paths,
-        argv: spec.args.iter().map(cstr).collect::<Result<_, _>>()?,
-        envp: spec.env.iter().map(cstr).collect::<Result<_, _>>()?,
-        stdio,
-        init: opts.init,
-        err_fd: err_w.as_raw_fd(),
+    let fds = plan::ChildFds {
+        err: pipes.err_w.as_raw_fd(),
+        stdio: pipes.child_stdio(opts.stdio),
+        netns: opts.netns.map_or(-1, |f| f.as_raw_fd()),
     };
-    let mut flags = nix::sched::CloneFlags::CLONE_NEWNS
-        | nix::sched::CloneFlags::CLONE_NEWPID
-        | nix::sched::CloneFlags::CLONE_NEWUTS
-        | nix::sched::CloneFlags::CLONE_NEWIPC;
-    if spec.network == Network::None || (spec.network == Network::Sandbox && opts.netns.is_none()) {
-        flags |= nix::sched::CloneFlags::CLONE_NEWNET;
-    }
+    let plan = plan::plan(spec, root, opts, &files, fds, &cgroup.join_files(), seccomp)?;
+    let flags = plan::clone_flags(spec.network, opts.netns.is_some());
     let mut stack = vec![0u8; 256 * 1024];
     let argv_ptrs: Vec<*const libc::c_char> = plan.argv.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let envp_ptrs: Vec<*const libc::c_char> = plan.envp.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
@@ -370,16 +312,18 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
     // could allocate or unwind, ending in execve or _exit.
     let pid = unsafe { nix::sched::clone(Box::new(|| child(&plan, &argv_ptrs, &envp_ptrs)), &mut stack, flags, Some(libc::SIGCHLD)) }
         .map_err(|e| ExecError::Setup(format!("clone into new namespaces: {e}")))?;
+    let Pipes { err_r, err_w, out, sock } = pipes;
+    // The child's ends close here: reads see EOF when it execs or exits.
     drop(err_w);
-    drop(out_w);
-    drop(sock_child);
+    let output = out.map(|(r, _w)| r);
+    let pty_sock = sock.map(|(parent, _child)| parent);
     Ok(Spawned {
         pid,
-        output: out_r,
+        output,
         pty: None,
-        pty_sock: sock_parent,
+        pty_sock,
         err_r: Some(err_r),
-        prog: prog.clone(),
+        prog: spec.args.first().cloned().unwrap_or_default(),
         reaped: false,
         cgroup,
         _dir: dir,
