@@ -265,201 +265,203 @@ fn bad_duration(raw: &RawInstruction, flag: &str, v: &str) -> DockerfileError {
     DockerfileError::new(raw.location.at(v), format!("invalid duration {v:?} for --{flag}")).expected("a duration such as 30s or 1m30s")
 }
 
-/// Types one raw instruction.
+/// Types one raw instruction: one parser per keyword.
 pub fn parse_instruction(raw: &RawInstruction) -> Result<Located, DockerfileError> {
-    let none: &[&str] = &[];
-    let upper = raw.keyword.to_ascii_uppercase();
     let instruction = match raw.keyword.as_str() {
-        "from" => {
-            let f = Flags::new(raw, &["platform"])?;
-            let ws = words(&raw.args);
-            let (image, name) = match ws.as_slice() {
-                [img] => (img.clone(), None),
-                [img, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => (img.clone(), Some(name.to_ascii_lowercase())),
-                _ => {
-                    return Err(DockerfileError::new(raw.location.clone(), "FROM requires either one or three arguments")
-                        .expected("FROM IMAGE [AS NAME]"));
-                }
-            };
-            if let Some(n) = &name
-                && !valid_stage_name(n)
-            {
-                return Err(DockerfileError::new(
-                    raw.location.at(&ws[2]),
-                    format!("invalid name for build stage: {n:?}, name can't start with a number or contain symbols"),
-                )
-                .expected("a name of letters, digits, '-', '_' and '.' starting with a letter"));
-            }
-            Instruction::From { image, name, platform: f.string("platform")? }
-        }
-        "run" => {
-            let f = Flags::new(raw, &["network", "security", "mount", "device"])?;
-            let cmd = command_form(&raw.args)
-                .ok_or_else(|| DockerfileError::new(raw.location.clone(), "RUN requires at least one argument").expected("a command"))?;
-            Instruction::Run {
-                cmd,
-                network: f.string("network")?,
-                security: f.string("security")?,
-                heredocs: raw.heredocs.clone(),
-                mounts: f.strings("mount"),
-            }
-        }
-        "copy" | "add" => {
-            let allowed: &[&str] = if raw.keyword == "copy" {
-                &["from", "chown", "chmod", "link", "exclude", "parents"]
-            } else {
-                &["chown", "chmod", "link", "exclude", "keep-git-dir", "checksum", "unpack", "parents"]
-            };
-            let f = Flags::new(raw, allowed)?;
-            let ws = words(&raw.args);
-            if ws.len() < 2 {
-                return Err(DockerfileError::new(
-                    raw.location.clone(),
-                    format!("{upper} requires at least two arguments, but only {} provided", ws.len()),
-                )
-                .expected(format!("{upper} SRC... DEST")));
-            }
-            let (srcs, dest) = ws.split_at(ws.len() - 1);
-            let args = CopyArgs {
-                srcs: srcs.to_vec(),
-                dest: dest[0].clone(),
-                from: f.string("from")?,
-                chown: f.string("chown")?,
-                chmod: f.string("chmod")?,
-                link: f.bool("link")?,
-                exclude: f.strings("exclude"),
-                json: matches!(raw.args, Args::Json(_)),
-                heredocs: raw.heredocs.clone(),
-                checksum: if raw.keyword == "add" { f.string("checksum")? } else { None },
-                parents: f.bool("parents")?,
-                keep_git_dir: raw.keyword == "add" && f.bool("keep-git-dir")?,
-                unpack: if raw.keyword == "add" && raw.flags.iter().any(|x| x == "--unpack" || x.starts_with("--unpack=")) {
-                    Some(f.bool("unpack")?)
-                } else {
-                    None
-                },
-            };
-            if raw.keyword == "copy" { Instruction::Copy(args) } else { Instruction::Add(args) }
-        }
-        "env" | "label" => {
-            Flags::new(raw, none)?;
-            let Args::KeyValues(kvs) = &raw.args else {
-                return Err(
-                    DockerfileError::new(raw.location.clone(), format!("{upper} requires at least one argument")).expected("KEY=VALUE")
-                );
-            };
-            let pairs = kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect();
-            if raw.keyword == "env" { Instruction::Env(pairs) } else { Instruction::Label(pairs) }
-        }
-        "arg" => {
-            Flags::new(raw, none)?;
-            need_args(raw, "ARG")?;
-            let pairs = words(&raw.args)
-                .into_iter()
-                .map(|w| match w.split_once('=') {
-                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                    None => (w, None),
-                })
-                .collect();
-            Instruction::Arg(pairs)
-        }
-        "workdir" | "user" | "maintainer" | "stopsignal" => {
-            Flags::new(raw, none)?;
-            need_args(raw, &upper)?;
-            let v = words(&raw.args).join(" ");
-            match raw.keyword.as_str() {
-                "workdir" => Instruction::Workdir(v),
-                "user" => Instruction::User(v),
-                "maintainer" => Instruction::Maintainer(v),
-                _ => Instruction::StopSignal(v),
-            }
-        }
+        "from" => parse_from(raw)?,
+        "run" => parse_run(raw)?,
+        "copy" | "add" => parse_copy(raw)?,
+        "env" | "label" => parse_key_values(raw)?,
+        "arg" => parse_arg(raw)?,
+        "workdir" | "user" | "maintainer" | "stopsignal" => parse_one_word(raw)?,
         "expose" | "volume" => {
-            Flags::new(raw, none)?;
-            need_args(raw, &upper)?;
+            no_flags(raw)?;
+            need_args(raw, &raw.keyword.to_ascii_uppercase())?;
             if raw.keyword == "expose" { Instruction::Expose(words(&raw.args)) } else { Instruction::Volume(words(&raw.args)) }
         }
         "cmd" | "entrypoint" => {
-            Flags::new(raw, none)?;
+            no_flags(raw)?;
             let cmd = command_form(&raw.args).unwrap_or(CommandForm::Exec(Vec::new()));
             if raw.keyword == "cmd" { Instruction::Cmd(cmd) } else { Instruction::Entrypoint(cmd) }
         }
-        "shell" => {
-            Flags::new(raw, none)?;
-            match &raw.args {
-                Args::Json(v) if !v.is_empty() => Instruction::Shell(v.clone()),
-                _ => {
-                    return Err(DockerfileError::new(raw.location.clone(), "SHELL requires the arguments to be in JSON form")
-                        .expected("SHELL [\"executable\", \"parameters\"]"));
-                }
-            }
-        }
-        "onbuild" => {
-            Flags::new(raw, none)?;
-            let Args::Sub(child) = &raw.args else {
-                return Err(
-                    DockerfileError::new(raw.location.clone(), "ONBUILD requires at least one argument").expected("ONBUILD INSTRUCTION")
-                );
-            };
-            if matches!(child.keyword.as_str(), "onbuild" | "from" | "maintainer") {
-                return Err(DockerfileError::new(
-                    raw.location.at(&child.keyword_as_written),
-                    format!("{} isn't allowed as an ONBUILD trigger", child.keyword.to_uppercase()),
-                )
-                .expected("an instruction other than ONBUILD, FROM or MAINTAINER"));
-            }
-            Instruction::Onbuild(raw.rest.clone())
-        }
-        "healthcheck" => {
-            let f = Flags::new(raw, &["interval", "timeout", "start-period", "start-interval", "retries"])?;
-            let Args::Health { kind, cmd } = &raw.args else {
-                return Err(DockerfileError::new(raw.location.clone(), "HEALTHCHECK requires at least one argument")
-                    .expected("HEALTHCHECK [OPTIONS] CMD command, or HEALTHCHECK NONE"));
-            };
-            match kind.to_ascii_uppercase().as_str() {
-                "NONE" => {
-                    if **cmd != Args::Empty || !raw.flags.is_empty() {
-                        return Err(
-                            DockerfileError::new(raw.location.clone(), "HEALTHCHECK NONE takes no arguments").expected("HEALTHCHECK NONE")
-                        );
-                    }
-                    Instruction::Healthcheck(Healthcheck::None)
-                }
-                "CMD" => {
-                    let dur = |name: &str| -> Result<Option<i64>, DockerfileError> {
-                        f.string(name)?.map(|v| parse_duration(raw, name, &v)).transpose()
-                    };
-                    let retries = match f.string("retries")? {
-                        None => None,
-                        Some(v) => Some(v.parse::<i64>().map_err(|_| {
-                            DockerfileError::new(raw.location.at(&v), format!("invalid --retries value {v:?}")).expected("a whole number")
-                        })?),
-                    };
-                    let Some(cmd) = command_form(cmd) else {
-                        return Err(DockerfileError::new(raw.location.clone(), "missing command after HEALTHCHECK CMD")
-                            .expected("HEALTHCHECK CMD command"));
-                    };
-                    Instruction::Healthcheck(Healthcheck::Cmd {
-                        cmd,
-                        interval: dur("interval")?,
-                        timeout: dur("timeout")?,
-                        start_period: dur("start-period")?,
-                        start_interval: dur("start-interval")?,
-                        retries,
-                    })
-                }
-                other => {
-                    return Err(DockerfileError::new(raw.location.at(kind), format!("unknown type {other:?} in HEALTHCHECK"))
-                        .expected("CMD or NONE"));
-                }
-            }
-        }
+        "shell" => parse_shell(raw)?,
+        "onbuild" => parse_onbuild(raw)?,
+        "healthcheck" => parse_healthcheck(raw)?,
         _ => {
             return Err(DockerfileError::new(raw.location.clone(), format!("unknown instruction: {}", raw.keyword_as_written))
                 .expected(format!("one of {}", KEYWORDS.iter().map(|k| k.to_uppercase()).collect::<Vec<_>>().join(", "))));
         }
     };
     Ok(Located { instruction, original: raw.original.clone(), location: raw.location.clone() })
+}
+
+/// Refuses any flag: the instruction takes none.
+fn no_flags(raw: &RawInstruction) -> Result<(), DockerfileError> {
+    Flags::new(raw, &[]).map(|_| ())
+}
+
+fn parse_from(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
+    let f = Flags::new(raw, &["platform"])?;
+    let ws = words(&raw.args);
+    let (image, name) = match ws.as_slice() {
+        [img] => (img.clone(), None),
+        [img, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => (img.clone(), Some(name.to_ascii_lowercase())),
+        _ => {
+            return Err(DockerfileError::new(raw.location.clone(), "FROM requires either one or three arguments").expected("FROM IMAGE [AS NAME]"));
+        }
+    };
+    if let Some(n) = &name
+        && !valid_stage_name(n)
+    {
+        return Err(DockerfileError::new(
+            raw.location.at(&ws[2]),
+            format!("invalid name for build stage: {n:?}, name can't start with a number or contain symbols"),
+        )
+        .expected("a name of letters, digits, '-', '_' and '.' starting with a letter"));
+    }
+    Ok(Instruction::From { image, name, platform: f.string("platform")? })
+}
+
+fn parse_run(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
+    let f = Flags::new(raw, &["network", "security", "mount", "device"])?;
+    let cmd = command_form(&raw.args)
+        .ok_or_else(|| DockerfileError::new(raw.location.clone(), "RUN requires at least one argument").expected("a command"))?;
+    Ok(Instruction::Run {
+        cmd,
+        network: f.string("network")?,
+        security: f.string("security")?,
+        heredocs: raw.heredocs.clone(),
+        mounts: f.strings("mount"),
+    })
+}
+
+fn parse_copy(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
+    let add = raw.keyword == "add";
+    let allowed: &[&str] = if add {
+        &["chown", "chmod", "link", "exclude", "keep-git-dir", "checksum", "unpack", "parents"]
+    } else {
+        &["from", "chown", "chmod", "link", "exclude", "parents"]
+    };
+    let f = Flags::new(raw, allowed)?;
+    let ws = words(&raw.args);
+    if ws.len() < 2 {
+        let upper = raw.keyword.to_ascii_uppercase();
+        return Err(DockerfileError::new(raw.location.clone(), format!("{upper} requires at least two arguments, but only {} provided", ws.len()))
+            .expected(format!("{upper} SRC... DEST")));
+    }
+    let (srcs, dest) = ws.split_at(ws.len() - 1);
+    let unpack_given = raw.flags.iter().any(|x| x == "--unpack" || x.starts_with("--unpack="));
+    let args = CopyArgs {
+        srcs: srcs.to_vec(),
+        dest: dest[0].clone(),
+        from: f.string("from")?,
+        chown: f.string("chown")?,
+        chmod: f.string("chmod")?,
+        link: f.bool("link")?,
+        exclude: f.strings("exclude"),
+        json: matches!(raw.args, Args::Json(_)),
+        heredocs: raw.heredocs.clone(),
+        checksum: if add { f.string("checksum")? } else { None },
+        parents: f.bool("parents")?,
+        keep_git_dir: add && f.bool("keep-git-dir")?,
+        unpack: if add && unpack_given { Some(f.bool("unpack")?) } else { None },
+    };
+    Ok(if add { Instruction::Add(args) } else { Instruction::Copy(args) })
+}
+
+fn parse_key_values(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
+    no_flags(raw)?;
+    let Args::KeyValues(kvs) = &raw.args else {
+        let upper = raw.keyword.to_ascii_uppercase();
+        return Err(DockerfileError::new(raw.location.clone(), format!("{upper} requires at least one argument")).expected("KEY=VALUE"));
+    };
+    let pairs = kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect();
+    Ok(if raw.keyword == "env" { Instruction::Env(pairs) } else { Instruction::Label(pairs) })
+}
+
+fn parse_arg(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
+    no_flags(raw)?;
+    need_args(raw, "ARG")?;
+    let pairs = words(&raw.args)
+        .into_iter()
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (w, None),
+        })
+        .collect();
+    Ok(Instruction::Arg(pairs))
+}
+
+/// WORKDIR, USER, MAINTAINER and STOPSIGNAL: their words joined into one value.
+fn parse_one_word(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
+    no_flags(raw)?;
+    need_args(raw, &raw.keyword.to_ascii_uppercase())?;
+    let v = words(&raw.args).join(" ");
+    Ok(match raw.keyword.as_str() {
+        "workdir" => Instruction::Workdir(v),
+        "user" => Instruction::User(v),
+        "maintainer" => Instruction::Maintainer(v),
+        _ => Instruction::StopSignal(v),
+    })
+}
+
+fn parse_shell(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
+    no_flags(raw)?;
+    match &raw.args {
+        Args::Json(v) if !v.is_empty() => Ok(Instruction::Shell(v.clone())),
+        _ => Err(DockerfileError::new(raw.location.clone(), "SHELL requires the arguments to be in JSON form")
+            .expected("SHELL [\"executable\", \"parameters\"]")),
+    }
+}
+
+fn parse_onbuild(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
+    no_flags(raw)?;
+    let Args::Sub(child) = &raw.args else {
+        return Err(DockerfileError::new(raw.location.clone(), "ONBUILD requires at least one argument").expected("ONBUILD INSTRUCTION"));
+    };
+    if matches!(child.keyword.as_str(), "onbuild" | "from" | "maintainer") {
+        return Err(DockerfileError::new(
+            raw.location.at(&child.keyword_as_written),
+            format!("{} isn't allowed as an ONBUILD trigger", child.keyword.to_uppercase()),
+        )
+        .expected("an instruction other than ONBUILD, FROM or MAINTAINER"));
+    }
+    Ok(Instruction::Onbuild(raw.rest.clone()))
+}
+
+fn parse_healthcheck(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
+    let f = Flags::new(raw, &["interval", "timeout", "start-period", "start-interval", "retries"])?;
+    let Args::Health { kind, cmd } = &raw.args else {
+        return Err(DockerfileError::new(raw.location.clone(), "HEALTHCHECK requires at least one argument")
+            .expected("HEALTHCHECK [OPTIONS] CMD command, or HEALTHCHECK NONE"));
+    };
+    match kind.to_ascii_uppercase().as_str() {
+        "NONE" if **cmd != Args::Empty || !raw.flags.is_empty() => {
+            Err(DockerfileError::new(raw.location.clone(), "HEALTHCHECK NONE takes no arguments").expected("HEALTHCHECK NONE"))
+        }
+        "NONE" => Ok(Instruction::Healthcheck(Healthcheck::None)),
+        "CMD" => {
+            let dur = |name: &str| -> Result<Option<i64>, DockerfileError> { f.string(name)?.map(|v| parse_duration(raw, name, &v)).transpose() };
+            let retries = match f.string("retries")? {
+                None => None,
+                Some(v) => Some(v.parse::<i64>().map_err(|_| {
+                    DockerfileError::new(raw.location.at(&v), format!("invalid --retries value {v:?}")).expected("a whole number")
+                })?),
+            };
+            let Some(cmd) = command_form(cmd) else {
+                return Err(DockerfileError::new(raw.location.clone(), "missing command after HEALTHCHECK CMD").expected("HEALTHCHECK CMD command"));
+            };
+            Ok(Instruction::Healthcheck(Healthcheck::Cmd {
+                cmd,
+                interval: dur("interval")?,
+                timeout: dur("timeout")?,
+                start_period: dur("start-period")?,
+                start_interval: dur("start-interval")?,
+                retries,
+            }))
+        }
+        other => Err(DockerfileError::new(raw.location.at(kind), format!("unknown type {other:?} in HEALTHCHECK")).expected("CMD or NONE")),
+    }
 }
 
 fn valid_stage_name(n: &str) -> bool {

@@ -198,17 +198,12 @@ pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
     let source = source.strip_prefix('\u{feff}').unwrap_or(source);
     // scanLines: lines keep their '\n' until trimNewline removes "\r\n".
     let lines: Vec<&str> = source.split_inclusive('\n').map(|l| l.trim_end_matches(['\r', '\n'])).collect();
-    let mut directives = Directives::default();
-    let mut dp = DirectiveParser { done: false, seen: Vec::new() };
+    let mut sc = Scanner { file, lines: &lines, i: 0, directives: Directives::default(), dp: DirectiveParser { done: false, seen: Vec::new() } };
     let mut instructions = Vec::new();
     let mut empty_continuations = Vec::new();
-    let err_at = |line: usize, msg: String| {
-        DockerfileError::new(Location::line(file, line, lines.get(line.saturating_sub(1)).copied().unwrap_or("")), msg)
-    };
-    let mut i = 0;
     let mut comments: Vec<String> = Vec::new();
-    while i < lines.len() {
-        let raw = lines[i];
+    while sc.i < lines.len() {
+        let raw = lines[sc.i];
         let token = raw.trim_start();
         if let Some(c) = token.strip_prefix('#') {
             let c = c.trim();
@@ -216,41 +211,94 @@ pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
         } else if token.is_empty() {
             comments.clear();
         }
-        match dp.parse_line(token) {
-            Ok(Some((k, v))) => {
-                // A directive is not a description comment.
-                comments.pop();
-                match k.as_str() {
-                    "escape" => {
-                        directives.escape = match v.as_str() {
-                            "\\" => '\\',
-                            "`" => '`',
-                            _ => {
-                                return Err(err_at(i + 1, format!("invalid escape token '{v}' does not match ` or \\"))
-                                    .expected("`\\` or a backtick"));
-                            }
-                        }
+        if sc.directive(token)? {
+            // A directive is not a description comment.
+            comments.pop();
+        }
+        let token = if is_comment(token) { "" } else { token };
+        sc.i += 1;
+        let start_line = sc.i;
+        let Some((buf, had_empty)) = sc.logical_line(token) else { continue };
+        if had_empty {
+            empty_continuations.push(start_line);
+        }
+        let location = Location {
+            file: file.to_string(),
+            start_line,
+            end_line: sc.i,
+            column: raw.len() - raw.trim_start().len() + 1,
+            width: 0,
+            source_line: raw.to_string(),
+        };
+        let mut inst = node_from_line(&buf, sc.directives.escape, location)?;
+        inst.comments = std::mem::take(&mut comments);
+        if can_contain_heredoc(&inst) && buf.contains("<<") {
+            sc.heredocs(&mut inst, &buf)?;
+        }
+        instructions.push(inst);
+    }
+    if instructions.is_empty() {
+        return Err(DockerfileError::new(Location::line(file, lines.len().max(1), lines.last().copied().unwrap_or("")), "file with no instructions")
+            .expected("at least one instruction, such as FROM"));
+    }
+    Ok(Dockerfile { directives: sc.directives, instructions, empty_continuations })
+}
+
+/// The parser's place in the file's lines, and the directives read so far.
+struct Scanner<'a> {
+    file: &'a str,
+    lines: &'a [&'a str],
+    /// The next line to read, 0-based.
+    i: usize,
+    directives: Directives,
+    dp: DirectiveParser,
+}
+
+impl Scanner<'_> {
+    fn error_at(&self, line: usize, msg: String) -> DockerfileError {
+        DockerfileError::new(Location::line(self.file, line, self.lines.get(line.saturating_sub(1)).copied().unwrap_or("")), msg)
+    }
+
+    /// Reads a parser directive (`# escape=`, `# syntax=`, `# check=`) on the current
+    /// line, if it is one; true if it was.
+    fn directive(&mut self, token: &str) -> Result<bool, DockerfileError> {
+        let (k, v) = match self.dp.parse_line(token) {
+            Ok(Some(kv)) => kv,
+            Ok(None) => return Ok(false),
+            Err(m) => return Err(self.error_at(self.i + 1, m)),
+        };
+        match k.as_str() {
+            "escape" => {
+                self.directives.escape = match v.as_str() {
+                    "\\" => '\\',
+                    "`" => '`',
+                    _ => {
+                        return Err(self
+                            .error_at(self.i + 1, format!("invalid escape token '{v}' does not match ` or \\"))
+                            .expected("`\\` or a backtick"));
                     }
-                    "syntax" => directives.syntax = Some(v),
-                    _ => directives.check = Some(v),
                 }
             }
-            Ok(None) => {}
-            Err(m) => return Err(err_at(i + 1, m)),
+            "syntax" => self.directives.syntax = Some(v),
+            _ => self.directives.check = Some(v),
         }
-        let escape = directives.escape;
-        let token = if is_comment(token) { "" } else { token };
-        i += 1;
-        let start_line = i;
+        Ok(true)
+    }
+
+    /// The instruction starting with `token`, continuation lines joined (comments and
+    /// empty lines within it skipped), and whether an empty line was skipped; None for
+    /// nothing (an empty line, a comment, a lone continuation).
+    fn logical_line(&mut self, token: &str) -> Option<(String, bool)> {
+        let escape = self.directives.escape;
         let (first, mut end_of_line) = trim_continuation(token, escape);
         if end_of_line && first.is_empty() {
-            continue;
+            return None;
         }
         let mut buf = first;
         let mut had_empty = false;
-        while !end_of_line && i < lines.len() {
-            let next = lines[i];
-            i += 1;
+        while !end_of_line && self.i < self.lines.len() {
+            let next = self.lines[self.i];
+            self.i += 1;
             if is_comment(next) {
                 continue;
             }
@@ -262,56 +310,38 @@ pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
             buf.push_str(&t);
             end_of_line = eol;
         }
-        if had_empty {
-            empty_continuations.push(start_line);
-        }
-        let location = Location {
-            file: file.to_string(),
-            start_line,
-            end_line: i,
-            column: raw.len() - raw.trim_start().len() + 1,
-            width: 0,
-            source_line: raw.to_string(),
-        };
-        let mut inst = node_from_line(&buf, escape, location)?;
-        inst.comments = std::mem::take(&mut comments);
-        if can_contain_heredoc(&inst) && buf.contains("<<") {
-            for word in parse_words(&buf, '\\') {
-                let Some((name, expand, chomp)) = heredoc_word(&word) else { continue };
-                let mut content = String::new();
-                let mut terminated = false;
-                while i < lines.len() {
-                    let line = lines[i];
-                    i += 1;
-                    let candidate = if chomp { line.trim_start_matches('\t') } else { line };
-                    if candidate == name {
-                        terminated = true;
-                        break;
-                    }
-                    content.push_str(line);
-                    content.push('\n');
-                }
-                if !terminated {
-                    return Err(DockerfileError::new(inst.location.at(&word), format!("unterminated heredoc {name:?}"))
-                        .expected(format!("a line with just {name} to end it")));
-                }
-                inst.heredocs.push(Heredoc { name, content, expand, chomp });
-            }
-            inst.location.end_line = i;
-            if let Args::Sub(child) = &mut inst.args {
-                child.heredocs = inst.heredocs.clone();
-            }
-        }
-        instructions.push(inst);
+        Some((buf, had_empty))
     }
-    if instructions.is_empty() {
-        return Err(DockerfileError::new(
-            Location::line(file, lines.len().max(1), lines.last().copied().unwrap_or("")),
-            "file with no instructions",
-        )
-        .expected("at least one instruction, such as FROM"));
+
+    /// Reads the bodies of the heredocs `buf` opens, from the lines after it.
+    fn heredocs(&mut self, inst: &mut RawInstruction, buf: &str) -> Result<(), DockerfileError> {
+        for word in parse_words(buf, '\\') {
+            let Some((name, expand, chomp)) = heredoc_word(&word) else { continue };
+            let mut content = String::new();
+            let mut terminated = false;
+            while self.i < self.lines.len() {
+                let line = self.lines[self.i];
+                self.i += 1;
+                let candidate = if chomp { line.trim_start_matches('\t') } else { line };
+                if candidate == name {
+                    terminated = true;
+                    break;
+                }
+                content.push_str(line);
+                content.push('\n');
+            }
+            if !terminated {
+                return Err(DockerfileError::new(inst.location.at(&word), format!("unterminated heredoc {name:?}"))
+                    .expected(format!("a line with just {name} to end it")));
+            }
+            inst.heredocs.push(Heredoc { name, content, expand, chomp });
+        }
+        inst.location.end_line = self.i;
+        if let Args::Sub(child) = &mut inst.args {
+            child.heredocs = inst.heredocs.clone();
+        }
+        Ok(())
     }
-    Ok(Dockerfile { directives, instructions, empty_continuations })
 }
 
 /// BuildKit's newNodeFromLine: split off the keyword and flags, then the arguments.

@@ -105,110 +105,123 @@ fn parse_size(v: &str) -> Result<u64, String> {
     num.trim().parse::<u64>().map(|n| n * mult).map_err(|_| format!("invalid size {v:?}"))
 }
 
+/// The keys each mount type takes (BuildKit's spellings, aliases included).
+fn known_keys(ty: &str) -> Option<&'static [&'static str]> {
+    const TARGET: [&str; 3] = ["target", "dst", "destination"];
+    Some(match ty {
+        "bind" => &["type", TARGET[0], TARGET[1], TARGET[2], "source", "src", "from", "ro", "rw", "readonly", "readwrite"],
+        "cache" => &[
+            "type", TARGET[0], TARGET[1], TARGET[2], "id", "sharing", "mode", "uid", "gid", "ro", "rw", "readonly", "readwrite", "from", "source",
+            "src",
+        ],
+        "tmpfs" => &["type", TARGET[0], TARGET[1], TARGET[2], "size"],
+        "secret" => &["type", TARGET[0], TARGET[1], TARGET[2], "id", "required", "mode", "uid", "gid", "env"],
+        "ssh" => &["type", TARGET[0], TARGET[1], TARGET[2], "id", "required", "mode", "uid", "gid"],
+        _ => return None,
+    })
+}
+
+/// A `--mount` value's fields, keys in lower case; the last of a repeated key wins.
+struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    fn get(&self, keys: &[&str]) -> Option<String> {
+        self.0.iter().rev().find(|(k, _)| keys.contains(&k.as_str())).map(|(_, v)| v.clone())
+    }
+
+    fn flag(&self, keys: &[&str]) -> Result<Option<bool>, String> {
+        match self.0.iter().rev().find(|(k, _)| keys.contains(&k.as_str())) {
+            Some((k, v)) => parse_bool(k, v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn mode(&self, default: u32) -> Result<u32, String> {
+        match self.get(&["mode"]) {
+            Some(m) => u32::from_str_radix(&m, 8).map_err(|_| format!("invalid mode {m:?} (expected octal)")),
+            None => Ok(default),
+        }
+    }
+
+    fn id_number(&self, key: &str) -> Result<u32, String> {
+        Ok(self.get(&[key]).map(|v| parse_num(key, &v)).transpose()?.unwrap_or(0))
+    }
+
+    /// A non-empty `id=`.
+    fn id(&self) -> Option<String> {
+        self.get(&["id"]).filter(|i| !i.is_empty())
+    }
+}
+
 /// Parses one `--mount` value.
 pub fn parse_run_mount(spec: &str) -> Result<RunMount, String> {
-    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut fields = Vec::new();
     for f in spec.split(',').map(str::trim).filter(|f| !f.is_empty()) {
         let (k, v) = f.split_once('=').unwrap_or((f, ""));
         fields.push((k.to_ascii_lowercase(), v.to_string()));
     }
-    let get = |k: &[&str]| fields.iter().rev().find(|(fk, _)| k.contains(&fk.as_str())).map(|(_, v)| v.clone());
-    let ty = get(&["type"]).unwrap_or_else(|| "bind".into());
-    let known: &[&str] = match ty.as_str() {
-        "bind" => &["type", "target", "dst", "destination", "source", "src", "from", "ro", "rw", "readonly", "readwrite"],
-        "cache" => &[
-            "type",
-            "target",
-            "dst",
-            "destination",
-            "id",
-            "sharing",
-            "mode",
-            "uid",
-            "gid",
-            "ro",
-            "rw",
-            "readonly",
-            "readwrite",
-            "from",
-            "source",
-            "src",
-        ],
-        "tmpfs" => &["type", "target", "dst", "destination", "size"],
-        "secret" => &["type", "target", "dst", "destination", "id", "required", "mode", "uid", "gid", "env"],
-        "ssh" => &["type", "target", "dst", "destination", "id", "required", "mode", "uid", "gid"],
-        other => return Err(format!("unsupported mount type {other:?} (expected bind, cache, tmpfs, secret or ssh)")),
-    };
-    if let Some((k, _)) = fields.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+    let f = Fields(fields);
+    let ty = f.get(&["type"]).unwrap_or_else(|| "bind".into());
+    let known = known_keys(&ty).ok_or_else(|| format!("unsupported mount type {ty:?} (expected bind, cache, tmpfs, secret or ssh)"))?;
+    if let Some((k, _)) = f.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
         return Err(format!("unexpected key {k:?} for a {ty} mount"));
     }
-    let target = get(&["target", "dst", "destination"]).unwrap_or_default();
-    let flag = |names: &[&str]| -> Result<Option<bool>, String> {
-        match fields.iter().rev().find(|(k, _)| names.contains(&k.as_str())) {
-            Some((k, v)) => parse_bool(k, v).map(Some),
-            None => Ok(None),
-        }
-    };
-    let rw = flag(&["rw", "readwrite"])?.unwrap_or(false) || flag(&["ro", "readonly"])? == Some(false);
+    let target = f.get(&["target", "dst", "destination"]).unwrap_or_default();
+    // Read (and so checked) for every type that takes them.
+    let rw = f.flag(&["rw", "readwrite"])?.unwrap_or(false) || f.flag(&["ro", "readonly"])? == Some(false);
     let need_target = || if target.is_empty() { Err(format!("a {ty} mount needs target=PATH")) } else { Ok(target.clone()) };
     Ok(match ty.as_str() {
-        "bind" => RunMount::Bind {
-            target: need_target()?,
-            source: get(&["source", "src"]).unwrap_or_else(|| "/".into()),
-            from: get(&["from"]),
-            rw,
-        },
-        "cache" => {
-            let target = need_target()?;
-            let sharing = match get(&["sharing"]).as_deref() {
-                None | Some("shared") => CacheSharing::Shared,
-                Some("private") => CacheSharing::Private,
-                Some("locked") => CacheSharing::Locked,
-                Some(other) => return Err(format!("unsupported sharing value {other:?} (expected shared, private or locked)")),
-            };
-            let mode = match get(&["mode"]) {
-                Some(m) => u32::from_str_radix(&m, 8).map_err(|_| format!("invalid mode {m:?} (expected octal)"))?,
-                None => 0o755,
-            };
-            RunMount::Cache {
-                id: get(&["id"]).filter(|i| !i.is_empty()).unwrap_or_else(|| target.clone()),
-                target,
-                sharing,
-                mode,
-                uid: get(&["uid"]).map(|v| parse_num("uid", &v)).transpose()?.unwrap_or(0),
-                gid: get(&["gid"]).map(|v| parse_num("gid", &v)).transpose()?.unwrap_or(0),
-                readonly: flag(&["ro", "readonly"])?.unwrap_or(false),
-                from: get(&["from"]),
-                source: get(&["source", "src"]).unwrap_or_else(|| "/".into()),
-            }
+        "bind" => {
+            RunMount::Bind { target: need_target()?, source: f.get(&["source", "src"]).unwrap_or_else(|| "/".into()), from: f.get(&["from"]), rw }
         }
-        "tmpfs" => RunMount::Tmpfs { target: need_target()?, size: get(&["size"]).map(|s| parse_size(&s)).transpose()? },
+        "cache" => cache_mount(&f, need_target()?)?,
+        "tmpfs" => RunMount::Tmpfs { target: need_target()?, size: f.get(&["size"]).map(|s| parse_size(&s)).transpose()? },
         "ssh" => RunMount::Ssh {
             target,
-            id: get(&["id"]).filter(|i| !i.is_empty()).unwrap_or_else(|| "default".into()),
-            required: flag(&["required"])?.unwrap_or(false),
+            id: f.id().unwrap_or_else(|| "default".into()),
+            required: f.flag(&["required"])?.unwrap_or(false),
         },
-        _ => {
-            let env = get(&["env"]).filter(|e| !e.is_empty());
-            let id = match get(&["id"]).filter(|i| !i.is_empty()) {
-                Some(i) => i,
-                None => target.rsplit('/').next().filter(|s| !s.is_empty()).map(str::to_string).ok_or("a secret mount needs id=NAME")?,
-            };
-            let target = if target.is_empty() && env.is_none() { format!("/run/secrets/{id}") } else { target };
-            let mode = match get(&["mode"]) {
-                Some(m) => u32::from_str_radix(&m, 8).map_err(|_| format!("invalid mode {m:?} (expected octal)"))?,
-                None => 0o400,
-            };
-            RunMount::Secret {
-                target,
-                id,
-                required: flag(&["required"])?.unwrap_or(false),
-                mode,
-                uid: get(&["uid"]).map(|v| parse_num("uid", &v)).transpose()?.unwrap_or(0),
-                gid: get(&["gid"]).map(|v| parse_num("gid", &v)).transpose()?.unwrap_or(0),
-                env,
-            }
-        }
+        _ => secret_mount(&f, target)?,
+    })
+}
+
+fn cache_mount(f: &Fields, target: String) -> Result<RunMount, String> {
+    let sharing = match f.get(&["sharing"]).as_deref() {
+        None | Some("shared") => CacheSharing::Shared,
+        Some("private") => CacheSharing::Private,
+        Some("locked") => CacheSharing::Locked,
+        Some(other) => return Err(format!("unsupported sharing value {other:?} (expected shared, private or locked)")),
+    };
+    Ok(RunMount::Cache {
+        id: f.id().unwrap_or_else(|| target.clone()),
+        target,
+        sharing,
+        mode: f.mode(0o755)?,
+        uid: f.id_number("uid")?,
+        gid: f.id_number("gid")?,
+        readonly: f.flag(&["ro", "readonly"])?.unwrap_or(false),
+        from: f.get(&["from"]),
+        source: f.get(&["source", "src"]).unwrap_or_else(|| "/".into()),
+    })
+}
+
+/// A secret: its id defaults to the target's file name, its target to
+/// `/run/secrets/ID` unless it only sets an environment variable.
+fn secret_mount(f: &Fields, target: String) -> Result<RunMount, String> {
+    let env = f.get(&["env"]).filter(|e| !e.is_empty());
+    let id = match f.id() {
+        Some(i) => i,
+        None => target.rsplit('/').next().filter(|s| !s.is_empty()).map(str::to_string).ok_or("a secret mount needs id=NAME")?,
+    };
+    let target = if target.is_empty() && env.is_none() { format!("/run/secrets/{id}") } else { target };
+    Ok(RunMount::Secret {
+        target,
+        id,
+        required: f.flag(&["required"])?.unwrap_or(false),
+        mode: f.mode(0o400)?,
+        uid: f.id_number("uid")?,
+        gid: f.id_number("gid")?,
+        env,
     })
 }
 
@@ -246,5 +259,11 @@ mod tests {
         assert!(parse_run_mount("type=cache").unwrap_err().contains("target"));
         assert!(parse_run_mount("type=bind,target=/a,bogus=1").unwrap_err().contains("bogus"));
         assert!(parse_run_mount("type=nope,target=/a").is_err());
+        assert!(parse_run_mount("type=cache,target=/c,rw=maybe").is_err(), "flags are checked for every type that takes them");
+        assert!(parse_run_mount("type=cache,target=/c,mode=9").unwrap_err().contains("octal"));
+        match parse_run_mount("type=secret,target=/etc/app/key.pem,env=KEY").unwrap() {
+            RunMount::Secret { target, id, env, .. } => assert_eq!((target.as_str(), id.as_str(), env.as_deref()), ("/etc/app/key.pem", "key.pem", Some("KEY"))),
+            other => panic!("{other:?}"),
+        }
     }
 }

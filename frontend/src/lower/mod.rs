@@ -120,86 +120,16 @@ pub const MAX_STAGE_CHAIN: usize = 200;
 /// Parses and lowers a Dockerfile.
 pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) -> Result<Lowered, FrontendError> {
     let df = parse(&opts.filename, source)?;
-    let escape = df.directives.escape;
-    let mut located = Vec::new();
-    for raw in &df.instructions {
-        located.push(parse_instruction(raw)?);
-    }
+    let located = df.instructions.iter().map(parse_instruction).collect::<Result<Vec<_>, _>>()?;
     let check = crate::lint::CheckConfig::parse(df.directives.check.as_deref());
     let warnings = crate::lint::lint(&df, &located, &opts.excludes, resolver, opts, &check);
-
-    // Split into the global section and stages.
-    let mut globals = Vec::new();
-    let mut stages: Vec<Stage> = Vec::new();
-    for l in located {
-        match (&l.instruction, stages.last_mut()) {
-            (Instruction::From { image, name, platform }, _) => {
-                if let Some(n) = name
-                    && stages.iter().any(|s| s.name.as_deref() == Some(n.as_str()))
-                {
-                    return Err(DockerfileError::new(l.location.at(n), format!("duplicate stage name {n:?}"))
-                        .expected("a stage name not used before")
-                        .into());
-                }
-                stages.push(Stage {
-                    name: name.clone(),
-                    base: image.clone(),
-                    platform: platform.clone(),
-                    location: l.location.clone(),
-                    commands: Vec::new(),
-                });
-            }
-            (Instruction::Arg(_), None) => globals.push(l),
-            (_, None) => {
-                return Err(DockerfileError::new(
-                    l.location.clone(),
-                    "no build stage in current context: only ARG may come before the first FROM",
-                )
-                .expected("FROM")
-                .into());
-            }
-            (_, Some(stage)) => stage.commands.push(l),
-        }
-    }
+    let (globals, stages) = split_stages(located)?;
     if stages.is_empty() {
         return Err(FrontendError::NoStages { file: opts.filename.clone() });
     }
-
-    let lexer = Lexer { escape };
-    let mut meta_args = builtin_args(&opts.build_platform, &opts.target());
-    for g in &globals {
-        if let Instruction::Arg(args) = &g.instruction {
-            for (k, default) in args {
-                let value = match opts.build_args.get(k) {
-                    Some(v) => Some(v.clone()),
-                    None => match default {
-                        Some(d) => Some(lexer.process_word(d, &meta_args).map_err(|e| expand_error(g, e))?),
-                        None => None,
-                    },
-                };
-                meta_args.retain(|(mk, _)| mk != k);
-                // An ARG without a value is declared but empty for FROM.
-                meta_args.push((k.clone(), value.unwrap_or_default()));
-            }
-        }
-    }
-
-    let target = match &opts.target {
-        Some(t) => {
-            let t = t.to_ascii_lowercase();
-            stages.iter().position(|s| s.name.as_deref() == Some(t.as_str())).ok_or_else(|| FrontendError::UnknownTarget {
-                name: t.clone(),
-                available: stages
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| s.name.clone().unwrap_or_else(|| i.to_string()))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?
-        }
-        None => stages.len() - 1,
-    };
-
+    let lexer = Lexer { escape: df.directives.escape };
+    let mut meta_args = global_args(&lexer, opts, &globals)?;
+    let target = target_stage(opts, &stages)?;
     // TARGETSTAGE names the stage being built (empty for an unnamed one), for FROM and ARG.
     let target_name = stages[target].name.clone().unwrap_or_default();
     meta_args.retain(|(k, _)| k != "TARGETSTAGE");
@@ -219,18 +149,80 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     let mut image = result.image;
     let base_diff_ids = std::mem::take(&mut image.rootfs).diff_ids;
     image.created = None;
-    // An explicit target platform is what the image says it is for (BuildKit forces it);
-    // otherwise the target stage's platform stands, falling back to the build platform.
-    let target = opts.target_platform.clone().unwrap_or(result.platform);
-    if opts.target_platform.is_some() || image.architecture.is_empty() || image.os.is_empty() {
-        let same = image.os == target.os && image.architecture == target.architecture;
-        image.os = target.os.clone();
-        image.architecture = target.architecture.clone();
-        if target.variant.is_some() || !same {
-            image.variant = target.variant.clone();
+    set_image_platform(&mut image, opts.target_platform.clone().unwrap_or(result.platform), opts.target_platform.is_some());
+    Ok(Lowered { definition: ctx.builder.finish(result.state), image, base_diff_ids, syntax: df.directives.syntax, warnings, check })
+}
+
+/// The global ARGs before the first FROM, and the stages (each FROM with what follows).
+fn split_stages(located: Vec<Located>) -> Result<(Vec<Located>, Vec<Stage>), FrontendError> {
+    let mut globals = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    for l in located {
+        match (&l.instruction, stages.last_mut()) {
+            (Instruction::From { image, name, platform }, _) => {
+                if let Some(n) = name
+                    && stages.iter().any(|s| s.name.as_deref() == Some(n.as_str()))
+                {
+                    return Err(
+                        DockerfileError::new(l.location.at(n), format!("duplicate stage name {n:?}")).expected("a stage name not used before").into()
+                    );
+                }
+                let (name, base, platform, location) = (name.clone(), image.clone(), platform.clone(), l.location.clone());
+                stages.push(Stage { name, base, platform, location, commands: Vec::new() });
+            }
+            (Instruction::Arg(_), None) => globals.push(l),
+            (_, None) => {
+                return Err(DockerfileError::new(l.location.clone(), "no build stage in current context: only ARG may come before the first FROM")
+                    .expected("FROM")
+                    .into());
+            }
+            (_, Some(stage)) => stage.commands.push(l),
         }
     }
-    Ok(Lowered { definition: ctx.builder.finish(result.state), image, base_diff_ids, syntax: df.directives.syntax, warnings, check })
+    Ok((globals, stages))
+}
+
+/// What FROM lines expand with: the built-in platform args, then the global ARGs (a
+/// build arg's value, else the default; declared without either, empty).
+fn global_args(lexer: &Lexer, opts: &BuildOptions, globals: &[Located]) -> Result<Vec<(String, String)>, FrontendError> {
+    let mut meta_args = builtin_args(&opts.build_platform, &opts.target());
+    for g in globals {
+        let Instruction::Arg(args) = &g.instruction else { continue };
+        for (k, default) in args {
+            let value = match (opts.build_args.get(k), default) {
+                (Some(v), _) => v.clone(),
+                (None, Some(d)) => lexer.process_word(d, &meta_args).map_err(|e| expand_error(g, e))?,
+                (None, None) => String::new(),
+            };
+            meta_args.retain(|(mk, _)| mk != k);
+            meta_args.push((k.clone(), value));
+        }
+    }
+    Ok(meta_args)
+}
+
+/// The stage `--target` names, else the last.
+fn target_stage(opts: &BuildOptions, stages: &[Stage]) -> Result<usize, FrontendError> {
+    let Some(t) = &opts.target else { return Ok(stages.len() - 1) };
+    let t = t.to_ascii_lowercase();
+    stages.iter().position(|s| s.name.as_deref() == Some(t.as_str())).ok_or_else(|| FrontendError::UnknownTarget {
+        name: t.clone(),
+        available: stages.iter().enumerate().map(|(i, s)| s.name.clone().unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// An explicit target platform is what the image says it is for (BuildKit forces it);
+/// otherwise the target stage's platform stands, filled in from `target` where missing.
+fn set_image_platform(image: &mut ImageConfig, target: Platform, forced: bool) {
+    if !forced && !image.architecture.is_empty() && !image.os.is_empty() {
+        return;
+    }
+    let same = image.os == target.os && image.architecture == target.architecture;
+    image.os = target.os.clone();
+    image.architecture = target.architecture.clone();
+    if target.variant.is_some() || !same {
+        image.variant = target.variant;
+    }
 }
 
 fn expand_error(l: &Located, e: crate::shell::ExpandError) -> DockerfileError {
@@ -428,32 +420,74 @@ impl Ctx<'_> {
 
     fn lower_stage_inner(&mut self, idx: usize) -> Result<StageResult, FrontendError> {
         let loc = self.stages[idx].location.clone();
+        let (state, mut image, platform) = self.stage_base(idx)?;
+        let triggers = self.onbuild_triggers(&loc, &mut image)?;
+        if image.env_value("PATH").is_none() {
+            image.config.env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        let prefix = match &self.stages[idx].name {
+            Some(n) => format!("{n} "),
+            None if self.stages.len() > 1 => format!("stage-{idx} "),
+            None => String::new(),
+        };
+        let shell = if image.config.shell.is_empty() { vec!["/bin/sh".into(), "-c".into()] } else { image.config.shell.clone() };
+        let mut run = StageRun {
+            idx,
+            state,
+            env: env_from_config(&image),
+            workdir: image.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
+            image,
+            build_args: Vec::new(),
+            shell,
+            cmd_set: false,
+            step: 1,
+            steps: triggers.len() + self.stages[idx].commands.len() + 1,
+            prefix,
+            platform,
+        };
+        let commands = std::mem::take(&mut self.stages[idx].commands);
+        let outcome = triggers.iter().chain(commands.iter()).try_for_each(|c| {
+            run.step += 1;
+            self.dispatch(&mut run, c)
+        });
+        self.stages[idx].commands = commands;
+        outcome?;
+        let r = StageResult { state: run.state, image: run.image, platform: run.platform };
+        self.results.insert(idx, r.clone());
+        Ok(r)
+    }
+
+    /// The platform `FROM --platform` asks for, expanded with the global args
+    /// (BUILDPLATFORM, TARGETPLATFORM …); None without the flag.
+    fn platform_flag(&self, idx: usize) -> Result<Option<Platform>, FrontendError> {
+        let loc = &self.stages[idx].location;
+        let Some(p) = self.stages[idx].platform.clone() else { return Ok(None) };
+        let want = self.lexer.process_word(&p, &self.meta_args).map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;
+        if want.is_empty() {
+            return Err(DockerfileError::new(loc.at(&p), format!("empty platform value from expression {p}"))
+                .expected("os/arch[/variant], such as linux/arm64")
+                .into());
+        }
+        Ok(Some(Platform::parse(&want).map_err(|e| {
+            DockerfileError::new(loc.at(&p), format!("failed to parse platform {p}: {e}"))
+                .expected("os/arch[/variant], such as linux/amd64, linux/arm64 or linux/arm/v7")
+        })?))
+    }
+
+    /// What a stage starts from (scratch, an earlier stage, or an image): its state, its
+    /// image config and its platform.
+    fn stage_base(&mut self, idx: usize) -> Result<(Option<Input>, ImageConfig, Platform), FrontendError> {
+        let loc = self.stages[idx].location.clone();
         let base_word = self.stages[idx].base.clone();
         let base = self.lexer.process_word(&base_word, &self.meta_args).map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;
-        // `FROM --platform` is expanded with the global args (BUILDPLATFORM, TARGETPLATFORM …);
-        // without it a stage is for the target platform.
-        let flag_platform = match self.stages[idx].platform.clone() {
-            Some(p) => {
-                let want = self.lexer.process_word(&p, &self.meta_args).map_err(|e| DockerfileError::new(loc.clone(), e.to_string()))?;
-                if want.is_empty() {
-                    return Err(DockerfileError::new(loc.at(&p), format!("empty platform value from expression {p}"))
-                        .expected("os/arch[/variant], such as linux/arm64")
-                        .into());
-                }
-                Some(Platform::parse(&want).map_err(|e| {
-                    DockerfileError::new(loc.at(&p), format!("failed to parse platform {p}: {e}"))
-                        .expected("os/arch[/variant], such as linux/amd64, linux/arm64 or linux/arm/v7")
-                })?)
-            }
-            None => None,
-        };
-        let stage_platform = flag_platform.clone().unwrap_or_else(|| self.opts.target());
+        // Without `--platform` a stage is for the target platform.
+        let stage_platform = self.platform_flag(idx)?.unwrap_or_else(|| self.opts.target());
         if base.is_empty() {
             return Err(DockerfileError::new(loc.at(&base_word), format!("base name ({base_word}) should not be blank"))
                 .expected("an image or stage name")
                 .into());
         }
-        let (state, mut image, platform) = if base == "scratch" {
+        if base == "scratch" {
             let mut image = ImageConfig {
                 architecture: stage_platform.architecture.clone(),
                 os: stage_platform.os.clone(),
@@ -462,17 +496,20 @@ impl Ctx<'_> {
             };
             // BuildKit's empty image: WorkingDir "/".
             image.config.working_dir = Some("/".into());
-            (None, image, stage_platform)
-        } else if let Some(s) = self.stage_by_name(&base, idx) {
+            return Ok((None, image, stage_platform));
+        }
+        if let Some(s) = self.stage_by_name(&base, idx) {
             // A stage built on another keeps that stage's platform, as in BuildKit.
             let r = self.lower_stage(s)?;
-            (r.state, r.image, r.platform)
-        } else {
-            let (input, cfg) = self.image_source(&base, &loc, &stage_platform)?;
-            (Some(input), cfg, stage_platform)
-        };
-        // The base's ONBUILD triggers run first, as if written right after FROM, and are not
-        // passed on to this stage's image.
+            return Ok((r.state, r.image, r.platform));
+        }
+        let (input, cfg) = self.image_source(&base, &loc, &stage_platform)?;
+        Ok((Some(input), cfg, stage_platform))
+    }
+
+    /// The base's ONBUILD triggers, taken out of its config: they run first, as if
+    /// written right after FROM, and are not passed on to this stage's image.
+    fn onbuild_triggers(&self, loc: &Location, image: &mut ImageConfig) -> Result<Vec<Located>, FrontendError> {
         let mut triggers = Vec::new();
         for t in std::mem::take(&mut image.config.on_build) {
             let bad = |m: String| DockerfileError::new(loc.clone(), format!("ONBUILD trigger {t:?} of the base image: {m}"));
@@ -487,45 +524,7 @@ impl Ctx<'_> {
             }
             triggers.push(parse_instruction(&raw)?);
         }
-        if image.env_value("PATH").is_none() {
-            image.config.env.push(format!("PATH={DEFAULT_PATH}"));
-        }
-        let env = env_from_config(&image);
-        let workdir = image.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
-        let multi = self.stages.len() > 1;
-        let prefix = match &self.stages[idx].name {
-            Some(n) => format!("{n} "),
-            None if multi => format!("stage-{idx} "),
-            None => String::new(),
-        };
-        let steps = triggers.len() + self.stages[idx].commands.len() + 1;
-        let mut run = StageRun {
-            idx,
-            state,
-            image,
-            env,
-            build_args: Vec::new(),
-            workdir,
-            shell: vec!["/bin/sh".into(), "-c".into()],
-            cmd_set: false,
-            step: 1,
-            steps,
-            prefix,
-            platform,
-        };
-        if !run.image.config.shell.is_empty() {
-            run.shell = run.image.config.shell.clone();
-        }
-        let commands = std::mem::take(&mut self.stages[idx].commands);
-        let outcome = triggers.iter().chain(commands.iter()).try_for_each(|c| {
-            run.step += 1;
-            self.dispatch(&mut run, c)
-        });
-        self.stages[idx].commands = commands;
-        outcome?;
-        let r = StageResult { state: run.state, image: run.image, platform: run.platform };
-        self.results.insert(idx, r.clone());
-        Ok(r)
+        Ok(triggers)
     }
 
     fn expand(&self, run: &StageRun, l: &Located, w: &str) -> Result<String, FrontendError> {
