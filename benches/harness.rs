@@ -669,8 +669,24 @@ fn ratio(a: Duration, b: Option<Duration>) -> String {
     b.map(|b| format!("{:.1}x", b.as_secs_f64() / a.as_secs_f64())).unwrap_or_else(|| "-".into())
 }
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// A workload: whether an argument names it, and what it measures.
+type Workload = (fn(&str) -> bool, fn(&Tools, &Path, usize) -> Result<Vec<Row>>);
+
+/// Every workload, in the order they run and print.
+const WORKLOADS: &[Workload] = &[
+    (|w| w.starts_with("run30"), workload_run30),
+    (|w| w == "context" || w.starts_with("context-"), workload_context),
+    (|w| w.starts_with("context5k"), workload_context5k),
+    (|w| w.starts_with("gc"), workload_gc),
+    (|w| w.starts_with("layer") || w.starts_with("oci"), workload_layer),
+    (|w| w == "registry", workload_registry),
+    (|w| w == "network", workload_network),
+    (|w| w == "realworld", workload_realworld),
+    (|w| w == "run", workload_run),
+];
+
+/// `[--runs N] [--baseline DIR] [WORKLOAD…]`.
+fn parse_args(args: &[String]) -> Result<(usize, Vec<String>, Option<PathBuf>)> {
     let mut runs = 5;
     let mut wanted: Vec<String> = Vec::new();
     let mut baseline: Option<PathBuf> = None;
@@ -687,9 +703,13 @@ fn main() -> Result<()> {
             i += 1;
         }
     }
+    Ok((runs, wanted, baseline))
+}
+
+/// The tools compared: this build's rdock, the baseline's, and BuildKit and Buildah when
+/// there, each with the busybox base loaded.
+fn tools(dir: &Path, baseline: Option<PathBuf>) -> Result<Tools> {
     let bins = bin_dir()?;
-    let dir = std::env::temp_dir().join("rdock-bench");
-    std::fs::create_dir_all(&dir)?;
     let base_tar = dir.join("busybox.tar");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.sh");
     run(Command::new("bash").arg(&script).arg(&base_tar))?;
@@ -702,53 +722,33 @@ fn main() -> Result<()> {
         run(Command::new("buildah").args(["pull", "-q"]).arg(format!("docker-archive:{}", base_tar.display())))?;
     }
     let baseline = baseline.map(|d| {
-        Box::new(Tools {
-            rdock: d.join("rdock"),
-            rdock_build: d.join("rdock-build"),
-            baseline: None,
-            docker,
-            buildah,
-            base_tar: base_tar.clone(),
-        })
+        let (rdock, rdock_build) = (d.join("rdock"), d.join("rdock-build"));
+        Box::new(Tools { rdock, rdock_build, baseline: None, docker, buildah, base_tar: base_tar.clone() })
     });
     let t = Tools { rdock: bins.join("rdock"), rdock_build: bins.join("rdock-build"), baseline, docker, buildah, base_tar };
     if !t.rdock_build.exists() {
         bail!("{} not built: run `cargo build --release` first", t.rdock_build.display());
     }
-    let all = wanted.is_empty();
+    Ok(t)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (runs, wanted, baseline) = parse_args(&args)?;
+    let dir = std::env::temp_dir().join("rdock-bench");
+    std::fs::create_dir_all(&dir)?;
+    let t = tools(&dir, baseline)?;
     let mut rows = Vec::new();
-    if all || wanted.iter().any(|w| w.starts_with("run30")) {
-        rows.extend(workload_run30(&t, &dir, runs)?);
-    }
-    if all || wanted.iter().any(|w| w == "context" || w.starts_with("context-")) {
-        rows.extend(workload_context(&t, &dir, runs)?);
-    }
-    if all || wanted.iter().any(|w| w.starts_with("context5k")) {
-        rows.extend(workload_context5k(&t, &dir, runs)?);
-    }
-    if all || wanted.iter().any(|w| w.starts_with("gc")) {
-        rows.extend(workload_gc(&t, &dir, runs)?);
-    }
-    if all || wanted.iter().any(|w| w.starts_with("layer") || w.starts_with("oci")) {
-        rows.extend(workload_layer(&t, &dir, runs)?);
-    }
-    if all || wanted.iter().any(|w| w == "registry") {
-        rows.extend(workload_registry(&t, &dir, runs)?);
-    }
-    if all || wanted.iter().any(|w| w == "network") {
-        rows.extend(workload_network(&t, &dir, runs)?);
-    }
-    if all || wanted.iter().any(|w| w == "realworld") {
-        rows.extend(workload_realworld(&t, &dir, runs)?);
-    }
-    if all || wanted.iter().any(|w| w == "run") {
-        rows.extend(workload_run(&t, &dir, runs)?);
+    for (named, workload) in WORKLOADS {
+        if wanted.is_empty() || wanted.iter().any(|w| named(w)) {
+            rows.extend(workload(&t, &dir, runs)?);
+        }
     }
     let _ = std::fs::remove_dir_all(dir.join("stores"));
     println!(
         "medians of {runs} runs; BuildKit: {}; Buildah: {}",
-        if docker { "docker (DOCKER_BUILDKIT=1)" } else { "not running" },
-        if buildah { "installed" } else { "not installed" }
+        if t.docker { "docker (DOCKER_BUILDKIT=1)" } else { "not running" },
+        if t.buildah { "installed" } else { "not installed" }
     );
     println!("| workload | rdock | per unit | BuildKit | rdock vs BuildKit | Buildah | rdock vs Buildah |");
     println!("|---|---|---|---|---|---|---|");

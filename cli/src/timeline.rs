@@ -25,10 +25,8 @@ fn tick_step(total: f64) -> f64 {
 pub fn svg(spans: &[Span]) -> String {
     let origin = spans.iter().map(|s| s.start_ns).min().unwrap_or(0);
     let end = spans.iter().map(|s| s.end_ns).max().unwrap_or(origin);
-    let total = ((end.saturating_sub(origin)) as f64 / 1e9).max(0.001);
-    let x = |ns: u128| LABEL_W + (ns.saturating_sub(origin)) as f64 / 1e9 / total * PLOT_W;
-    let height = TOP + ROW_H * spans.len() as f64 + 40.0;
-    let width = LABEL_W + PLOT_W + 70.0;
+    let chart = Chart { origin, total: ((end.saturating_sub(origin)) as f64 / 1e9).max(0.001), rows: spans.len() };
+    let (width, height) = (LABEL_W + PLOT_W + 70.0, TOP + ROW_H * spans.len() as f64 + 40.0);
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -37,40 +35,64 @@ pub fn svg(spans: &[Span]) -> String {
     let ran = spans.iter().filter(|s| !s.cached).count();
     let _ = writeln!(
         o,
-        r#"<text x="8" y="18" font-size="14" font-weight="bold">rdock build: {total:.2}s, {} steps ({ran} ran, {} cached); critical path in orange</text>"#,
+        r#"<text x="8" y="18" font-size="14" font-weight="bold">rdock build: {:.2}s, {} steps ({ran} ran, {} cached); critical path in orange</text>"#,
+        chart.total,
         spans.len(),
         spans.len() - ran
     );
-    // Time axis.
-    let step = tick_step(total);
-    let mut t = 0.0;
-    while t <= total + 1e-9 {
-        let tx = LABEL_W + t / total * PLOT_W;
-        let _ = writeln!(
-            o,
-            r##"<line class="tick" x1="{tx:.1}" y1="{}" x2="{tx:.1}" y2="{}" stroke="#ddd"/><text x="{tx:.1}" y="{}" text-anchor="middle" fill="#666">{}</text>"##,
-            TOP - 6.0,
-            TOP + ROW_H * spans.len() as f64,
-            TOP - 10.0,
-            if step < 1.0 { format!("{t:.2}s") } else { format!("{t:.0}s") }
-        );
-        t += step;
-    }
+    chart.axis(&mut o);
     for (i, s) in spans.iter().enumerate() {
+        chart.row(&mut o, i, s, width);
+    }
+    chart.legend(&mut o);
+    o.push_str("</svg>\n");
+    o
+}
+
+/// The chart's time scale: where the build starts, how long it took, how many rows.
+struct Chart {
+    origin: u128,
+    /// Seconds.
+    total: f64,
+    rows: usize,
+}
+
+impl Chart {
+    fn x(&self, ns: u128) -> f64 {
+        LABEL_W + (ns.saturating_sub(self.origin)) as f64 / 1e9 / self.total * PLOT_W
+    }
+
+    /// The time axis: a tick and a label per round step.
+    fn axis(&self, o: &mut String) {
+        let step = tick_step(self.total);
+        let mut t = 0.0;
+        while t <= self.total + 1e-9 {
+            let tx = LABEL_W + t / self.total * PLOT_W;
+            let _ = writeln!(
+                o,
+                r##"<line class="tick" x1="{tx:.1}" y1="{}" x2="{tx:.1}" y2="{}" stroke="#ddd"/><text x="{tx:.1}" y="{}" text-anchor="middle" fill="#666">{}</text>"##,
+                TOP - 6.0,
+                TOP + ROW_H * self.rows as f64,
+                TOP - 10.0,
+                if step < 1.0 { format!("{t:.2}s") } else { format!("{t:.0}s") }
+            );
+            t += step;
+        }
+    }
+
+    /// Row `i`: the step's label, and its bar (or a CACHED mark).
+    fn row(&self, o: &mut String, i: usize, s: &Span, width: f64) {
         let y = TOP + ROW_H * i as f64;
-        let mut class = vec!["row"];
-        class.push(if s.cached {
+        let state = if s.cached {
             "cached"
         } else if s.failed {
             "failed"
         } else {
             "executed"
-        });
-        if s.critical {
-            class.push("critical");
-        }
+        };
+        let class = if s.critical { format!("row {state} critical") } else { format!("row {state}") };
         let secs = (s.end_ns.saturating_sub(s.start_ns)) as f64 / 1e9;
-        let _ = writeln!(o, r#"<g class="{}" data-vertex="{}">"#, class.join(" "), esc(&s.vertex));
+        let _ = writeln!(o, r#"<g class="{class}" data-vertex="{}">"#, esc(&s.vertex));
         let title = if s.cached { format!("{} (cached)", s.name) } else { format!("{} ({secs:.3}s)", s.name) };
         let _ = writeln!(o, "<title>{}</title>", esc(&title));
         if i % 2 == 1 {
@@ -82,7 +104,7 @@ pub fn svg(spans: &[Span]) -> String {
         }
         let weight = if s.critical { "bold" } else { "normal" };
         let _ = writeln!(o, r#"<text x="8" y="{:.1}" font-weight="{weight}">{}</text>"#, y + 14.0, esc(&label));
-        let (x0, x1) = (x(s.start_ns), x(s.end_ns));
+        let (x0, x1) = (self.x(s.start_ns), self.x(s.end_ns));
         if s.cached {
             let _ = writeln!(
                 o,
@@ -112,17 +134,18 @@ pub fn svg(spans: &[Span]) -> String {
         }
         let _ = writeln!(o, "</g>");
     }
-    let ly = TOP + ROW_H * spans.len() as f64 + 24.0;
-    let _ = writeln!(
-        o,
-        r##"<g class="legend"><rect x="8" y="{:.1}" width="12" height="10" fill="#1f77b4"/><text x="24" y="{ly:.1}">ran</text><rect x="64" y="{:.1}" width="12" height="10" fill="#ff7f0e"/><text x="80" y="{ly:.1}">critical path</text><rect x="184" y="{:.1}" width="12" height="10" fill="none" stroke="#999"/><text x="200" y="{ly:.1}">cached</text><rect x="256" y="{:.1}" width="12" height="10" fill="#d62728"/><text x="272" y="{ly:.1}">failed</text></g>"##,
-        ly - 9.0,
-        ly - 9.0,
-        ly - 9.0,
-        ly - 9.0
-    );
-    o.push_str("</svg>\n");
-    o
+
+    fn legend(&self, o: &mut String) {
+        let ly = TOP + ROW_H * self.rows as f64 + 24.0;
+        let _ = writeln!(
+            o,
+            r##"<g class="legend"><rect x="8" y="{:.1}" width="12" height="10" fill="#1f77b4"/><text x="24" y="{ly:.1}">ran</text><rect x="64" y="{:.1}" width="12" height="10" fill="#ff7f0e"/><text x="80" y="{ly:.1}">critical path</text><rect x="184" y="{:.1}" width="12" height="10" fill="none" stroke="#999"/><text x="200" y="{ly:.1}">cached</text><rect x="256" y="{:.1}" width="12" height="10" fill="#d62728"/><text x="272" y="{ly:.1}">failed</text></g>"##,
+            ly - 9.0,
+            ly - 9.0,
+            ly - 9.0,
+            ly - 9.0
+        );
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,26 @@ pub struct Span {
 /// critical path filled in. A step still running when the events stop (a failed build)
 /// ends at the last event.
 pub fn spans(events: &[Event], def: &Definition) -> Vec<Span> {
+    let (mut by_vertex, order) = spans_by_vertex(events);
+    // Inputs by vertex, from the graph.
+    let inputs: HashMap<String, Vec<String>> =
+        def.nodes.iter().map(|n| (n.digest().to_string(), n.inputs.iter().map(|i| i.digest.to_string()).collect())).collect();
+    let deps: HashMap<String, Vec<String>> = order.iter().map(|v| (v.clone(), shown_deps(&inputs, &by_vertex, v))).collect();
+    for (v, d) in deps {
+        if let Some(s) = by_vertex.get_mut(&v) {
+            s.deps = d;
+        }
+    }
+    mark_critical_path(&mut by_vertex);
+    let mut out: Vec<Span> = order.into_iter().filter_map(|v| by_vertex.remove(&v)).collect();
+    out.sort_by_key(|s| (s.start_ns, s.end_ns));
+    assign_lanes(&mut out);
+    out
+}
+
+/// One span per vertex that started, hit the cache, completed or failed, and the order
+/// in which they first appeared.
+fn spans_by_vertex(events: &[Event]) -> (HashMap<String, Span>, Vec<String>) {
     let last = events.iter().map(|e| e.time_ns).max().unwrap_or(0);
     let mut by_vertex: HashMap<String, Span> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
@@ -70,34 +90,32 @@ pub fn spans(events: &[Event], def: &Definition) -> Vec<Span> {
             _ => {}
         }
     }
-    // Inputs by vertex, from the graph.
-    let inputs: HashMap<String, Vec<String>> =
-        def.nodes.iter().map(|n| (n.digest().to_string(), n.inputs.iter().map(|i| i.digest.to_string()).collect())).collect();
-    let deps_of = |v: &str| -> Vec<String> {
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
-        let mut todo: Vec<String> = inputs.get(v).cloned().unwrap_or_default();
-        while let Some(d) = todo.pop() {
-            if !seen.insert(d.clone()) {
-                continue;
-            }
-            if by_vertex.contains_key(&d) {
-                out.push(d);
-            } else {
-                todo.extend(inputs.get(&d).cloned().unwrap_or_default());
-            }
+    (by_vertex, order)
+}
+
+/// The spans `v` depends on: its inputs that have spans, looking through those that do
+/// not (sources, internal vertices) to theirs.
+fn shown_deps(inputs: &HashMap<String, Vec<String>>, spans: &HashMap<String, Span>, v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut todo: Vec<String> = inputs.get(v).cloned().unwrap_or_default();
+    while let Some(d) = todo.pop() {
+        if !seen.insert(d.clone()) {
+            continue;
         }
-        out.sort();
-        out
-    };
-    let deps: HashMap<String, Vec<String>> = order.iter().map(|v| (v.clone(), deps_of(v))).collect();
-    for (v, d) in deps {
-        if let Some(s) = by_vertex.get_mut(&v) {
-            s.deps = d;
+        if spans.contains_key(&d) {
+            out.push(d);
+        } else {
+            todo.extend(inputs.get(&d).cloned().unwrap_or_default());
         }
     }
-    // The critical path: from the vertex that ended last, back through whichever
-    // dependency ended last.
+    out.sort();
+    out
+}
+
+/// The critical path: from the vertex that ended last, back through whichever
+/// dependency ended last.
+fn mark_critical_path(by_vertex: &mut HashMap<String, Span>) {
     let mut at = by_vertex.values().max_by_key(|s| (s.end_ns, s.start_ns)).map(|s| s.vertex.clone());
     while let Some(v) = at.take() {
         let Some(s) = by_vertex.get_mut(&v) else { break };
@@ -108,11 +126,12 @@ pub fn spans(events: &[Event], def: &Definition) -> Vec<Span> {
         let deps = s.deps.clone();
         at = deps.iter().filter_map(|d| by_vertex.get(d)).max_by_key(|d| (d.end_ns, d.start_ns)).map(|d| d.vertex.clone());
     }
-    let mut out: Vec<Span> = order.into_iter().filter_map(|v| by_vertex.remove(&v)).collect();
-    out.sort_by_key(|s| (s.start_ns, s.end_ns));
-    // Lanes: each span takes the first lane free at its start.
+}
+
+/// Lanes: each span (in start order) takes the first lane free at its start.
+fn assign_lanes(spans: &mut [Span]) {
     let mut lane_end: Vec<u128> = Vec::new();
-    for s in &mut out {
+    for s in spans {
         match lane_end.iter().position(|&e| e <= s.start_ns) {
             Some(i) => {
                 s.lane = i;
@@ -124,7 +143,6 @@ pub fn spans(events: &[Event], def: &Definition) -> Vec<Span> {
             }
         }
     }
-    out
 }
 
 /// The spans as a Chrome trace: complete events (`ph: X`) for steps that ran, instant

@@ -406,6 +406,10 @@ fn words_or_empty(w: Vec<String>) -> Args {
 }
 
 /// BuildKit's extractBuilderFlags: leading `--…` words, quotes removed, escapes applied.
+///
+/// Long on purpose (about 95 lines): a state machine (spaces, word, quote) ported from
+/// BuildKit's function of the same name and kept whole, so that the two can be compared
+/// state by state.
 fn extract_flags(line: &str, escape: char) -> (String, Vec<String>) {
     let chars: Vec<(usize, char)> = line.char_indices().collect();
     let mut words = Vec::new();

@@ -318,6 +318,10 @@ impl<E: Env + ?Sized> Run<'_, E> {
     }
 
     /// After a `$`.
+    ///
+    /// Long on purpose (about 100 lines): one arm per substitution operator of BuildKit's
+    /// processDollar (`:-`, `:+`, `:?`, `-`, `+`, `?`, `#`, `##`, `%`, `%%`, `/`, `//`),
+    /// kept in its order so the two read side by side.
     fn dollar(&mut self) -> Result<String, ExpandError> {
         if self.chars.peek() != Some(&'{') {
             let name = self.name();

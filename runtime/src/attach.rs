@@ -122,98 +122,124 @@ fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) {
 /// Waits for the container's pid 1 to end, forwarding signals and copying the pty;
 /// returns its exit status (128+N if killed by signal N).
 pub fn wait(process: &mut Process, signals: &Signals, opts: &AttachOptions) -> Result<i32, RuntimeError> {
-    let mut deadline: Option<Instant> = None;
-    let mut pty_open = process.pty().is_some();
-    let mut stdin_open = opts.stdin && pty_open;
+    let mut a = Attached { deadline: None, pty_open: process.pty().is_some(), stdin_open: false, buf: vec![0u8; 32 * 1024] };
+    a.stdin_open = opts.stdin && a.pty_open;
     if let Some(pty) = process.pty() {
         nix::fcntl::fcntl(pty, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
             .map_err(|e| RuntimeError::Setup(format!("pty: {e}")))?;
     }
-    let mut buf = vec![0u8; 32 * 1024];
-    let stdout = std::io::stdout();
     loop {
         if let Some(code) = process.try_wait()? {
             // What the container wrote last is still in the pty.
             if let Some(pty) = process.pty() {
-                while let Some(n) = read_fd(pty, &mut buf).filter(|n| *n > 0) {
-                    let mut out = stdout.lock();
-                    let _ = out.write_all(&buf[..n]);
-                    let _ = out.flush();
+                while let Some(n) = read_fd(pty, &mut a.buf).filter(|n| *n > 0) {
+                    a.print(n);
                 }
             }
             return Ok(code);
         }
-        let timeout = match deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    let _ = process.signal(Signal::SIGKILL);
-                    deadline = None;
-                    continue;
-                }
-                nix::poll::PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1).unwrap_or(nix::poll::PollTimeout::MAX)
-            }
-            None => nix::poll::PollTimeout::NONE,
-        };
+        let Some(timeout) = a.timeout(process) else { continue };
+        let ready = a.poll(process, signals, timeout)?;
+        if ready[0] {
+            a.forward_signals(process, signals, opts);
+        }
+        a.copy(process, &ready[1..]);
+    }
+}
+
+/// A container being waited for: the stop deadline once asked to stop, and which of its
+/// streams are still open.
+struct Attached {
+    /// When SIGKILL follows the stop signal.
+    deadline: Option<Instant>,
+    pty_open: bool,
+    stdin_open: bool,
+    buf: Vec<u8>,
+}
+
+impl Attached {
+    fn print(&self, n: usize) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&self.buf[..n]);
+        let _ = out.flush();
+    }
+
+    /// How long to poll: until the stop deadline, or for ever. None when the deadline has
+    /// passed (the process has just been killed: look at it again).
+    fn timeout(&mut self, process: &Process) -> Option<nix::poll::PollTimeout> {
+        let Some(d) = self.deadline else { return Some(nix::poll::PollTimeout::NONE) };
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let _ = process.signal(Signal::SIGKILL);
+            self.deadline = None;
+            return None;
+        }
+        Some(nix::poll::PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1).unwrap_or(nix::poll::PollTimeout::MAX))
+    }
+
+    /// Polls the signal fd, the pty (while open) and stdin (while open); which are ready,
+    /// in that order.
+    fn poll(&self, process: &Process, signals: &Signals, timeout: nix::poll::PollTimeout) -> Result<Vec<bool>, RuntimeError> {
         let stdin = std::io::stdin();
-        let pty_fd = process.pty();
         let mut fds = vec![nix::poll::PollFd::new(signals.fd.as_fd(), nix::poll::PollFlags::POLLIN)];
-        if let (true, Some(p)) = (pty_open, pty_fd) {
+        if let (true, Some(p)) = (self.pty_open, process.pty()) {
             fds.push(nix::poll::PollFd::new(p, nix::poll::PollFlags::POLLIN));
         }
-        if stdin_open {
+        if self.stdin_open {
             fds.push(nix::poll::PollFd::new(stdin.as_fd(), nix::poll::PollFlags::POLLIN));
         }
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(RuntimeError::Setup(format!("poll: {e}"))),
         }
-        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
-        drop(fds);
-        if ready[0] {
-            while let Ok(Some(info)) = signals.fd.read_signal() {
-                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
-                match sig {
-                    Signal::SIGCHLD => {}
-                    Signal::SIGWINCH => {
-                        if let Some(p) = process.pty() {
-                            copy_size(p);
-                        }
+        Ok(fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect())
+    }
+
+    /// SIGWINCH resizes the pty; SIGTERM becomes the stop signal (SIGKILL after the stop
+    /// timeout); any other signal is passed on.
+    fn forward_signals(&mut self, process: &Process, signals: &Signals, opts: &AttachOptions) {
+        while let Ok(Some(info)) = signals.fd.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
+            match sig {
+                Signal::SIGCHLD => {}
+                Signal::SIGWINCH => {
+                    if let Some(p) = process.pty() {
+                        copy_size(p);
                     }
-                    Signal::SIGTERM => {
-                        let _ = process.signal(opts.stop_signal);
-                        deadline.get_or_insert(Instant::now() + opts.stop_timeout);
-                    }
-                    other => {
-                        let _ = process.signal(other);
-                    }
+                }
+                Signal::SIGTERM => {
+                    let _ = process.signal(opts.stop_signal);
+                    self.deadline.get_or_insert(Instant::now() + opts.stop_timeout);
+                }
+                other => {
+                    let _ = process.signal(other);
                 }
             }
         }
-        let mut i = 1;
-        if pty_open {
+    }
+
+    /// Copies the pty to stdout and stdin to the pty, for those `ready` (pty first).
+    fn copy(&mut self, process: &Process, ready: &[bool]) {
+        let mut i = 0;
+        if self.pty_open {
             if ready.get(i).copied().unwrap_or(false)
                 && let Some(p) = process.pty()
             {
-                match read_fd(p, &mut buf) {
-                    Some(n) => {
-                        let mut out = stdout.lock();
-                        let _ = out.write_all(&buf[..n]);
-                        let _ = out.flush();
-                    }
-                    None => pty_open = false,
+                match read_fd(p, &mut self.buf) {
+                    Some(n) => self.print(n),
+                    None => self.pty_open = false,
                 }
             }
             i += 1;
         }
-        if stdin_open && ready.get(i).copied().unwrap_or(false) {
-            match read_fd(stdin.as_fd(), &mut buf) {
+        if self.stdin_open && ready.get(i).copied().unwrap_or(false) {
+            match read_fd(std::io::stdin().as_fd(), &mut self.buf) {
                 Some(n) => {
                     if let Some(p) = process.pty() {
-                        write_all(p, &buf[..n]);
+                        write_all(p, &self.buf[..n]);
                     }
                 }
-                None => stdin_open = false,
+                None => self.stdin_open = false,
             }
         }
     }

@@ -266,48 +266,13 @@ impl Runtime {
             finished: None,
             runner: None,
             auto_remove: req.auto_remove,
-            settings: serde_json::json!({
-                "Hostname": hostname, "Env": pc.env, "WorkingDir": pc.cwd, "User": pc.user, "Tty": req.tty,
-                "OpenStdin": req.interactive, "Init": req.init, "NetworkMode": match req.network { Network::Host => "host", Network::None => "none", Network::Sandbox => "default" },
-                "PortBindings": req.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                "Binds": req.flags.volumes, "StopSignal": stop_signal.as_str(),
-                "Memory": req.limits.memory.unwrap_or(0), "NanoCpus": req.limits.millicpus.unwrap_or(0) * 1_000_000,
-                "PidsLimit": req.limits.pids,
-            }),
+            settings: settings(req, &pc, &hostname, stop_signal),
         };
         if let Err(e) = self.insert_named(record, req.name.as_deref()) {
             let _ = snaps.remove(&key);
             return Err(e);
         }
-        let spec = ContainerSpec {
-            exec: ExecSpec {
-                args: pc.args.clone(),
-                env: pc.env.clone(),
-                cwd: pc.cwd.clone(),
-                user,
-                network: req.network,
-                extra_hosts: req.extra_hosts.clone(),
-                security: Security::Sandbox,
-                mounts: binds
-                    .iter()
-                    .map(|b| ExtraMount {
-                        source: if b.source.is_dir() { MountSource::Dir(b.source.clone()) } else { MountSource::File(b.source.clone()) },
-                        dest: b.dest.clone(),
-                        readonly: b.readonly,
-                    })
-                    .collect(),
-            },
-            hostname,
-            streams: if req.tty {
-                let (rows, cols) = attach::terminal_size().unwrap_or((24, 80));
-                Streams::Tty { rows, cols }
-            } else {
-                Streams::Inherit { stdin: req.interactive }
-            },
-            init: req.init,
-            limits: req.limits,
-            ports: req.ports.clone(),
-        };
+        let spec = container_spec(req, &pc, user, hostname, &binds);
         let started = Process::start(&self.store().root().join("tmp"), &spec, &mounts);
         // Running containers hold no lease: garbage collection must not wait for them;
         // their snapshots are active, which it never removes.
@@ -321,10 +286,7 @@ impl Runtime {
             }
         };
         self.records.set_running(&id)?;
-        let raw = if req.tty && req.interactive { attach::RawMode::enable() } else { None };
-        let opts = AttachOptions { stop_signal, stop_timeout: req.stop_timeout, stdin: req.interactive };
-        let code = attach::wait(&mut process, signals, &opts);
-        drop(raw);
+        let code = self.supervise(&mut process, req, stop_signal, signals);
         let code = match code {
             Ok(c) => c,
             Err(e) => {
@@ -336,6 +298,16 @@ impl Runtime {
         };
         self.finish(&id, &key, req.auto_remove, State::Exited, code);
         Ok(code)
+    }
+
+    /// Attaches the terminal (raw while a tty is interactive) and waits for the process,
+    /// forwarding signals; its exit code.
+    fn supervise(&self, process: &mut Process, req: &RunRequest, stop_signal: nix::sys::signal::Signal, signals: &Signals) -> Result<i32, RuntimeError> {
+        let raw = if req.tty && req.interactive { attach::RawMode::enable() } else { None };
+        let opts = AttachOptions { stop_signal, stop_timeout: req.stop_timeout, stdin: req.interactive };
+        let code = attach::wait(process, signals, &opts);
+        drop(raw);
+        code
     }
 
     fn insert_named(&self, mut record: Record, name: Option<&str>) -> Result<(), RuntimeError> {
@@ -425,5 +397,53 @@ impl Runtime {
             self.images.tag(n, &image.manifest)?;
         }
         Ok(image)
+    }
+}
+
+/// What `rdock inspect` shows of a container's settings, in docker's keys.
+fn settings(req: &RunRequest, pc: &ProcessConfig, hostname: &str, stop_signal: nix::sys::signal::Signal) -> serde_json::Value {
+    serde_json::json!({
+        "Hostname": hostname, "Env": pc.env, "WorkingDir": pc.cwd, "User": pc.user, "Tty": req.tty,
+        "OpenStdin": req.interactive, "Init": req.init, "NetworkMode": match req.network { Network::Host => "host", Network::None => "none", Network::Sandbox => "default" },
+        "PortBindings": req.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "Binds": req.flags.volumes, "StopSignal": stop_signal.as_str(),
+        "Memory": req.limits.memory.unwrap_or(0), "NanoCpus": req.limits.millicpus.unwrap_or(0) * 1_000_000,
+        "PidsLimit": req.limits.pids,
+    })
+}
+
+/// The container as the worker runs it: the process, its bind mounts, streams, limits
+/// and ports.
+fn container_spec(req: &RunRequest, pc: &ProcessConfig, user: rdock_worker::ResolvedUser, hostname: String, binds: &[Bind]) -> ContainerSpec {
+    let mounts = binds
+        .iter()
+        .map(|b| ExtraMount {
+            source: if b.source.is_dir() { MountSource::Dir(b.source.clone()) } else { MountSource::File(b.source.clone()) },
+            dest: b.dest.clone(),
+            readonly: b.readonly,
+        })
+        .collect();
+    let streams = if req.tty {
+        let (rows, cols) = attach::terminal_size().unwrap_or((24, 80));
+        Streams::Tty { rows, cols }
+    } else {
+        Streams::Inherit { stdin: req.interactive }
+    };
+    ContainerSpec {
+        exec: ExecSpec {
+            args: pc.args.clone(),
+            env: pc.env.clone(),
+            cwd: pc.cwd.clone(),
+            user,
+            network: req.network,
+            extra_hosts: req.extra_hosts.clone(),
+            security: Security::Sandbox,
+            mounts,
+        },
+        hostname,
+        streams,
+        init: req.init,
+        limits: req.limits,
+        ports: req.ports.clone(),
     }
 }

@@ -133,83 +133,9 @@ fn mtime(p: &std::path::Path) -> i64 {
 /// and every cache mount each time (they do).
 pub fn inventory(store: &Store) -> Result<Inventory, SolveError> {
     let referenced = ImageStore::new(store.clone()).referenced()?.blobs;
-    // The cache table may not exist yet in a store that never built.
-    let _ = CacheStore::new(store.clone())?;
-    let cache_used: HashMap<String, i64> = {
-        let conn = store.db().conn();
-        let mut stmt = conn.prepare("SELECT snapshot, MAX(last_used) FROM cache GROUP BY snapshot")?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
-    };
-    let snaps = store.snapshots();
-    let records = snaps.records()?;
-    // Ids grow from parent to child, so one pass down gives depths and one pass up
-    // carries each child's last use to its parents.
-    let pos: HashMap<i64, usize> = records.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
-    let mut depth = vec![0usize; records.len()];
-    let mut used: Vec<i64> =
-        records.iter().map(|r| r.created.max(r.last_used.unwrap_or(0)).max(cache_used.get(&r.key).copied().unwrap_or(0))).collect();
-    for (i, r) in records.iter().enumerate() {
-        if let Some(&p) = r.parent.as_ref().and_then(|p| pos.get(p)) {
-            depth[i] = depth[p] + 1;
-        }
-    }
-    for (i, r) in records.iter().enumerate().rev() {
-        if let Some(&p) = r.parent.as_ref().and_then(|p| pos.get(p)) {
-            used[p] = used[p].max(used[i]);
-        }
-    }
-    let mut items = Vec::new();
-    let mut blob_used: HashMap<Digest, i64> = HashMap::new();
-    for (i, r) in records.iter().enumerate() {
-        let size = snaps.measure(r)?;
-        let shared = r.layer_blob.as_ref().is_some_and(|b| referenced.contains(b));
-        if let Some(b) = &r.layer_blob {
-            let e = blob_used.entry(b.clone()).or_insert(0);
-            *e = (*e).max(used[i]);
-        }
-        items.push(Item {
-            kind: ItemKind::Snapshots,
-            name: r.key.clone(),
-            size,
-            last_used: used[i],
-            shared,
-            // Active snapshots belong to a build or container that is running.
-            reclaimable: r.kind == Kind::Committed,
-            target: Target::Snapshot { id: r.id, key: r.key.clone(), parent: r.parent, layer_blob: r.layer_blob.clone(), depth: depth[i] },
-        });
-    }
-    let blobs = store.root().join("blobs/sha256");
-    for e in std::fs::read_dir(&blobs).map_err(|e| SnapshotError::io(&blobs, e))?.flatten() {
-        let Ok(d) = Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())) else { continue };
-        let Ok(md) = e.metadata() else { continue };
-        let needed = referenced.contains(&d);
-        items.push(Item {
-            kind: if needed { ItemKind::Images } else { ItemKind::Layers },
-            name: d.to_string(),
-            size: md.blocks() * 512,
-            last_used: blob_used.get(&d).copied().unwrap_or(md.mtime()),
-            shared: needed,
-            reclaimable: !needed,
-            target: Target::Blob(d),
-        });
-    }
-    let caches = store.root().join("cache");
-    if let Ok(rd) = std::fs::read_dir(&caches) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                items.push(Item {
-                    kind: ItemKind::CacheMounts,
-                    name: e.file_name().to_string_lossy().into_owned(),
-                    size: disk_usage(&p),
-                    last_used: mtime(&p),
-                    shared: false,
-                    reclaimable: true,
-                    target: Target::CacheMount(p),
-                });
-            }
-        }
-    }
+    let (mut items, blob_used) = snapshot_items(store, &referenced)?;
+    items.extend(blob_items(store, &referenced, &blob_used)?);
+    items.extend(cache_mount_items(store));
     // The store's reserve (room to recover from a full disk) is counted here too.
     let db: u64 = ["metadata.db", "metadata.db-wal", "metadata.db-shm", rdock_snapshotter::RESERVE_FILE]
         .iter()
@@ -226,6 +152,97 @@ pub fn inventory(store: &Store) -> Result<Inventory, SolveError> {
         target: Target::Metadata,
     });
     Ok(Inventory { items, referenced })
+}
+
+/// Every snapshot, last used when it or any snapshot above it (or a cache record naming
+/// it) was; and each layer blob's last use through its snapshots.
+fn snapshot_items(store: &Store, referenced: &HashSet<Digest>) -> Result<(Vec<Item>, HashMap<Digest, i64>), SolveError> {
+    // The cache table may not exist yet in a store that never built.
+    let _ = CacheStore::new(store.clone())?;
+    let cache_used: HashMap<String, i64> = {
+        let conn = store.db().conn();
+        let mut stmt = conn.prepare("SELECT snapshot, MAX(last_used) FROM cache GROUP BY snapshot")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+    };
+    let snaps = store.snapshots();
+    let records = snaps.records()?;
+    // Ids grow from parent to child, so one pass down gives depths and one pass up
+    // carries each child's last use to its parents.
+    let pos: HashMap<i64, usize> = records.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+    let parent_of = |r: &rdock_snapshotter::SnapshotRecord| r.parent.as_ref().and_then(|p| pos.get(p)).copied();
+    let mut depth = vec![0usize; records.len()];
+    let mut used: Vec<i64> =
+        records.iter().map(|r| r.created.max(r.last_used.unwrap_or(0)).max(cache_used.get(&r.key).copied().unwrap_or(0))).collect();
+    for (i, r) in records.iter().enumerate() {
+        if let Some(p) = parent_of(r) {
+            depth[i] = depth[p] + 1;
+        }
+    }
+    for (i, r) in records.iter().enumerate().rev() {
+        if let Some(p) = parent_of(r) {
+            used[p] = used[p].max(used[i]);
+        }
+    }
+    let mut items = Vec::new();
+    let mut blob_used: HashMap<Digest, i64> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if let Some(b) = &r.layer_blob {
+            let e = blob_used.entry(b.clone()).or_insert(0);
+            *e = (*e).max(used[i]);
+        }
+        items.push(Item {
+            kind: ItemKind::Snapshots,
+            name: r.key.clone(),
+            size: snaps.measure(r)?,
+            last_used: used[i],
+            shared: r.layer_blob.as_ref().is_some_and(|b| referenced.contains(b)),
+            // Active snapshots belong to a build or container that is running.
+            reclaimable: r.kind == Kind::Committed,
+            target: Target::Snapshot { id: r.id, key: r.key.clone(), parent: r.parent, layer_blob: r.layer_blob.clone(), depth: depth[i] },
+        });
+    }
+    Ok((items, blob_used))
+}
+
+/// Every blob: an image's (kept), or a layer no image needs.
+fn blob_items(store: &Store, referenced: &HashSet<Digest>, blob_used: &HashMap<Digest, i64>) -> Result<Vec<Item>, SolveError> {
+    let blobs = store.root().join("blobs/sha256");
+    let mut items = Vec::new();
+    for e in std::fs::read_dir(&blobs).map_err(|e| SnapshotError::io(&blobs, e))?.flatten() {
+        let Ok(d) = Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())) else { continue };
+        let Ok(md) = e.metadata() else { continue };
+        let needed = referenced.contains(&d);
+        items.push(Item {
+            kind: if needed { ItemKind::Images } else { ItemKind::Layers },
+            name: d.to_string(),
+            size: md.blocks() * 512,
+            last_used: blob_used.get(&d).copied().unwrap_or(md.mtime()),
+            shared: needed,
+            reclaimable: !needed,
+            target: Target::Blob(d),
+        });
+    }
+    Ok(items)
+}
+
+/// Every `RUN --mount=type=cache` directory.
+fn cache_mount_items(store: &Store) -> Vec<Item> {
+    let Ok(rd) = std::fs::read_dir(store.root().join("cache")) else { return Vec::new() };
+    rd.flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            let p = e.path();
+            Item {
+                kind: ItemKind::CacheMounts,
+                name: e.file_name().to_string_lossy().into_owned(),
+                size: disk_usage(&p),
+                last_used: mtime(&p),
+                shared: false,
+                reclaimable: true,
+                target: Target::CacheMount(p),
+            }
+        })
+        .collect()
 }
 
 /// What to prune.
@@ -261,28 +278,8 @@ impl PruneReport {
 /// proves no build is running ([`Store::exclusive`]).
 pub fn prune(store: &Store, opts: &PruneOptions, _exclusive: &FileLock) -> Result<PruneReport, SolveError> {
     let inv = inventory(store)?;
-    let mut total = inv.total();
-    let mut report = PruneReport { total_before: total, ..Default::default() };
+    let mut p = Pruner::new(store, &inv);
     let cutoff = opts.until.map(|d| now() - d.as_secs() as i64);
-    let mut children: HashMap<i64, usize> = HashMap::new();
-    let mut blob_users: HashMap<&Digest, usize> = HashMap::new();
-    let mut blob_size: HashMap<&Digest, u64> = HashMap::new();
-    for it in &inv.items {
-        match &it.target {
-            Target::Snapshot { parent, layer_blob, .. } => {
-                if let Some(p) = parent {
-                    *children.entry(*p).or_default() += 1;
-                }
-                if let Some(b) = layer_blob {
-                    *blob_users.entry(b).or_default() += 1;
-                }
-            }
-            Target::Blob(d) => {
-                blob_size.insert(d, it.size);
-            }
-            _ => {}
-        }
-    }
     // Children before parents (deeper first); times have a resolution of one second,
     // and within one second snapshots go in the order they were made.
     let order = |it: &Item| match &it.target {
@@ -292,73 +289,119 @@ pub fn prune(store: &Store, opts: &PruneOptions, _exclusive: &FileLock) -> Resul
     let mut candidates: Vec<&Item> =
         inv.items.iter().filter(|i| i.reclaimable && (opts.all || !i.shared) && cutoff.is_none_or(|c| i.last_used < c)).collect();
     candidates.sort_by_key(|i| (i.last_used, order(i)));
-    let mut removed_blobs: HashSet<Digest> = HashSet::new();
-    let snaps = store.snapshots();
     for it in candidates {
-        if opts.keep_storage.is_some_and(|cap| total <= cap) {
+        if opts.keep_storage.is_some_and(|cap| p.total <= cap) {
             break;
         }
         match &it.target {
-            Target::Snapshot { id, key, parent, layer_blob, .. } => {
-                if children.get(id).copied().unwrap_or(0) > 0 {
-                    continue;
-                }
-                // The record goes first: a record never names a missing snapshot.
-                store.db().conn().execute("DELETE FROM cache WHERE snapshot = ?1", params![key])?;
-                match snaps.remove(key) {
-                    Ok(()) => {}
-                    Err(SnapshotError::InUse(_)) | Err(SnapshotError::NotFound(_)) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-                total = total.saturating_sub(it.size);
-                report.removed.push((ItemKind::Snapshots, key.clone(), it.size));
-                if let Some(p) = parent
-                    && let Some(n) = children.get_mut(p)
-                {
-                    *n -= 1;
-                }
-                // Its layer blob goes with it unless an image or another snapshot has it.
-                if let Some(b) = layer_blob
-                    && let Some(n) = blob_users.get_mut(b)
-                {
-                    *n -= 1;
-                    if *n == 0 && !inv.referenced.contains(b) && remove_blob(store, b)? {
-                        let size = blob_size.get(b).copied().unwrap_or(0);
-                        total = total.saturating_sub(size);
-                        report.removed.push((ItemKind::Layers, b.to_string(), size));
-                        removed_blobs.insert(b.clone());
-                    }
-                }
-            }
-            Target::Blob(d) => {
-                // A blob still some snapshot's layer goes with that snapshot.
-                if removed_blobs.contains(d) || blob_users.get(d).copied().unwrap_or(0) > 0 {
-                    continue;
-                }
-                if remove_blob(store, d)? {
-                    total = total.saturating_sub(it.size);
-                    report.removed.push((ItemKind::Layers, d.to_string(), it.size));
-                }
-            }
-            Target::CacheMount(p) => {
-                std::fs::remove_dir_all(p).map_err(|e| SnapshotError::io(p, e))?;
-                let _ = std::fs::remove_file(PathBuf::from(format!("{}.lock", p.display())));
-                total = total.saturating_sub(it.size);
-                report.removed.push((ItemKind::CacheMounts, it.name.clone(), it.size));
+            Target::Snapshot { id, key, parent, layer_blob, .. } => p.snapshot(it, *id, key, *parent, layer_blob.as_ref())?,
+            Target::Blob(d) => p.orphan_blob(it, d)?,
+            Target::CacheMount(path) => {
+                std::fs::remove_dir_all(path).map_err(|e| SnapshotError::io(path, e))?;
+                let _ = std::fs::remove_file(PathBuf::from(format!("{}.lock", path.display())));
+                p.removed(ItemKind::CacheMounts, it.name.clone(), it.size);
             }
             Target::Metadata => {}
         }
     }
     // Records about what is gone. Skipped when a cap was already met: the collection
     // after every build must cost next to nothing when it has nothing to do.
-    if !report.removed.is_empty() || opts.keep_storage.is_none() {
+    if !p.report.removed.is_empty() || opts.keep_storage.is_none() {
         crate::explain::prune_records(store)?;
         crate::statcache::prune_records(store)?;
         // Hand the WAL's pages back to the file system.
         let _ = store.db().conn().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
     }
-    report.total_after = total;
-    Ok(report)
+    p.report.total_after = p.total;
+    Ok(p.report)
+}
+
+/// A prune under way: what is left, and who still uses each snapshot and blob.
+struct Pruner<'a> {
+    store: &'a Store,
+    referenced: &'a HashSet<Digest>,
+    total: u64,
+    report: PruneReport,
+    /// Children per snapshot id: a snapshot goes only once it has none.
+    children: HashMap<i64, usize>,
+    /// Snapshots per layer blob: a blob goes with the last of them.
+    blob_users: HashMap<&'a Digest, usize>,
+    blob_size: HashMap<&'a Digest, u64>,
+    removed_blobs: HashSet<Digest>,
+}
+
+impl<'a> Pruner<'a> {
+    fn new(store: &'a Store, inv: &'a Inventory) -> Pruner<'a> {
+        let total = inv.total();
+        let mut p = Pruner {
+            store,
+            referenced: &inv.referenced,
+            total,
+            report: PruneReport { total_before: total, ..Default::default() },
+            children: HashMap::new(),
+            blob_users: HashMap::new(),
+            blob_size: HashMap::new(),
+            removed_blobs: HashSet::new(),
+        };
+        for it in &inv.items {
+            match &it.target {
+                Target::Snapshot { parent, layer_blob, .. } => {
+                    if let Some(parent) = parent {
+                        *p.children.entry(*parent).or_default() += 1;
+                    }
+                    if let Some(b) = layer_blob {
+                        *p.blob_users.entry(b).or_default() += 1;
+                    }
+                }
+                Target::Blob(d) => drop(p.blob_size.insert(d, it.size)),
+                _ => {}
+            }
+        }
+        p
+    }
+
+    fn removed(&mut self, kind: ItemKind, name: String, size: u64) {
+        self.total = self.total.saturating_sub(size);
+        self.report.removed.push((kind, name, size));
+    }
+
+    /// Removes a snapshot without children, its cache records first (a record never names
+    /// a missing snapshot), and its layer blob unless an image or another snapshot has it.
+    fn snapshot(&mut self, it: &Item, id: i64, key: &str, parent: Option<i64>, layer_blob: Option<&Digest>) -> Result<(), SolveError> {
+        if self.children.get(&id).copied().unwrap_or(0) > 0 {
+            return Ok(());
+        }
+        self.store.db().conn().execute("DELETE FROM cache WHERE snapshot = ?1", params![key])?;
+        match self.store.snapshots().remove(key) {
+            Ok(()) => {}
+            Err(SnapshotError::InUse(_)) | Err(SnapshotError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        self.removed(ItemKind::Snapshots, key.to_string(), it.size);
+        if let Some(n) = parent.and_then(|p| self.children.get_mut(&p)) {
+            *n -= 1;
+        }
+        let Some(b) = layer_blob else { return Ok(()) };
+        let Some(n) = self.blob_users.get_mut(b) else { return Ok(()) };
+        *n -= 1;
+        if *n == 0 && !self.referenced.contains(b) && remove_blob(self.store, b)? {
+            let size = self.blob_size.get(b).copied().unwrap_or(0);
+            self.removed(ItemKind::Layers, b.to_string(), size);
+            self.removed_blobs.insert(b.clone());
+        }
+        Ok(())
+    }
+
+    /// Removes a blob no snapshot has as its layer (one that is goes with that snapshot).
+    fn orphan_blob(&mut self, it: &Item, d: &Digest) -> Result<(), SolveError> {
+        if self.removed_blobs.contains(d) || self.blob_users.get(d).copied().unwrap_or(0) > 0 {
+            return Ok(());
+        }
+        if remove_blob(self.store, d)? {
+            self.removed(ItemKind::Layers, d.to_string(), it.size);
+        }
+        Ok(())
+    }
 }
 
 fn remove_blob(store: &Store, d: &Digest) -> Result<bool, SolveError> {
