@@ -141,7 +141,7 @@ pub fn parse_network(flag: &str, spec: &str) -> anyhow::Result<rdock_llb::Networ
 
 /// Parses `--add-host HOST:IP` (and buildx's `HOST=IP`).
 pub fn parse_add_host(spec: &str) -> anyhow::Result<rdock_llb::HostIp> {
-    rdock_llb::HostIp::parse(spec).map_err(|e| UsageError(e).into())
+    rdock_llb::HostIp::parse(spec).map_err(|e| UsageError(e.to_string()).into())
 }
 
 /// Parses an `--ssh` spec: `default` (the agent in $SSH_AUTH_SOCK), `ID=SOCKET`: the id

@@ -113,15 +113,15 @@ pub fn run(args: RunArgs, signals: &Signals) -> anyhow::Result<i32> {
     let ports = args
         .publish
         .iter()
-        .map(|p| rdock_worker::network::PortMap::parse(p).map_err(|e| failed(125, e)))
+        .map(|p| rdock_worker::network::PortMap::parse(p).map_err(|e| failed(125, e.to_string())))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if !ports.is_empty() && network != rdock_llb::Network::Sandbox {
         return Err(failed(125, format!("-p publishes ports of the default network; --network {} has none", args.network)));
     }
     let extra_hosts =
-        args.add_hosts.iter().map(|h| rdock_llb::HostIp::parse(h).map_err(|e| failed(125, e))).collect::<anyhow::Result<Vec<_>>>()?;
+        args.add_hosts.iter().map(|h| rdock_llb::HostIp::parse(h).map_err(|e| failed(125, e.to_string()))).collect::<anyhow::Result<Vec<_>>>()?;
     let r = ImageRef::parse(image).map_err(|e| failed(125, format!("invalid reference format: {e}")))?;
-    let store = crate::open_store().map_err(|e| failed(125, format!("{e:#}")))?;
+    let store = crate::open_store().map_err(|e| failed(125, crate::render_error(&e)))?;
     let images = ImageStore::new(store.clone());
     let manifest = match images.find(image) {
         Ok(d) => images.platform_manifest(&d, &rdock_imagespec::Platform::host()).unwrap_or(d),
@@ -136,7 +136,7 @@ pub fn run(args: RunArgs, signals: &Signals) -> anyhow::Result<i32> {
             images.platform_manifest(&pulled.top, &rdock_imagespec::Platform::host()).unwrap_or(pulled.top)
         }
     };
-    let limits = container_limits(&store, &args).map_err(|e| failed(125, format!("{e:#}")))?;
+    let limits = container_limits(&store, &args).map_err(|e| failed(125, crate::render_error(&e)))?;
     let runtime = Runtime::new(store).map_err(RunFailed::from)?;
     let req = RunRequest {
         limits,

@@ -61,10 +61,25 @@ pub fn init_logging(debug: bool) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// An error and its causes on one line, `outer: inner: innermost`, each cause once: many
+/// of the libraries' errors already show their source in their own message (and keep it
+/// as their `source()` too), and it is not repeated.
+pub fn render_error(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
 /// Maps an error to the exit status of the contract: 2 for usage, 1 otherwise, printing it.
 pub fn exit_with(err: anyhow::Error) -> ! {
     let usage = err.downcast_ref::<UsageError>().is_some();
-    let text = format!("{err:#}");
+    let text = render_error(&err);
     // Dockerfile errors render their own `error:` header, like rustc's.
     if text.starts_with("error:") {
         eprintln!("{text}");
@@ -72,4 +87,30 @@ pub fn exit_with(err: anyhow::Error) -> ! {
         eprintln!("error: {text}");
     }
     std::process::exit(if usage { 2 } else { 1 });
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("io failed")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("downloading x: {source}")]
+        Shows {
+            #[source]
+            source: Inner,
+        },
+        #[error("exporting to y")]
+        Hides(#[source] Inner),
+    }
+
+    #[test]
+    fn causes_are_shown_once() {
+        let shown = anyhow::Error::new(Outer::Shows { source: Inner });
+        assert_eq!(super::render_error(&shown), "downloading x: io failed");
+        let hidden = anyhow::Error::new(Outer::Hides(Inner)).context("building");
+        assert_eq!(super::render_error(&hidden), "building: exporting to y: io failed");
+    }
 }

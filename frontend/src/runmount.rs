@@ -153,8 +153,17 @@ impl Fields {
     }
 }
 
+/// A `--mount` value that does not parse, with what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RunMountError(String);
+
 /// Parses one `--mount` value.
-pub fn parse_run_mount(spec: &str) -> Result<RunMount, String> {
+pub fn parse_run_mount(spec: &str) -> Result<RunMount, RunMountError> {
+    parse_fields(spec).map_err(RunMountError)
+}
+
+fn parse_fields(spec: &str) -> Result<RunMount, String> {
     let mut fields = Vec::new();
     for f in spec.split(',').map(str::trim).filter(|f| !f.is_empty()) {
         let (k, v) = f.split_once('=').unwrap_or((f, ""));
@@ -256,11 +265,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(parse_run_mount("type=cache").unwrap_err().contains("target"));
-        assert!(parse_run_mount("type=bind,target=/a,bogus=1").unwrap_err().contains("bogus"));
+        assert!(parse_run_mount("type=cache").unwrap_err().to_string().contains("target"));
+        assert!(parse_run_mount("type=bind,target=/a,bogus=1").unwrap_err().to_string().contains("bogus"));
         assert!(parse_run_mount("type=nope,target=/a").is_err());
         assert!(parse_run_mount("type=cache,target=/c,rw=maybe").is_err(), "flags are checked for every type that takes them");
-        assert!(parse_run_mount("type=cache,target=/c,mode=9").unwrap_err().contains("octal"));
+        assert!(parse_run_mount("type=cache,target=/c,mode=9").unwrap_err().to_string().contains("octal"));
         match parse_run_mount("type=secret,target=/etc/app/key.pem,env=KEY").unwrap() {
             RunMount::Secret { target, id, env, .. } => assert_eq!((target.as_str(), id.as_str(), env.as_deref()), ("/etc/app/key.pem", "key.pem", Some("KEY"))),
             other => panic!("{other:?}"),

@@ -312,11 +312,20 @@ pub struct HostIp {
     pub ip: std::net::IpAddr,
 }
 
+/// An `--add-host` value that is not `HOST:IP`, with what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HostIpError(String);
+
 impl HostIp {
     /// Parses docker's `HOST:IP` (the IP may be IPv6, `host:::1`; `host=IP` is accepted as
     /// buildx does). `host-gateway` is refused: rdock's default network does not reach the
     /// host.
-    pub fn parse(s: &str) -> Result<HostIp, String> {
+    pub fn parse(s: &str) -> Result<HostIp, HostIpError> {
+        HostIp::parse_message(s).map_err(HostIpError)
+    }
+
+    fn parse_message(s: &str) -> Result<HostIp, String> {
         let (host, ip) =
             s.split_once('=').or_else(|| s.split_once(':')).ok_or_else(|| format!("invalid --add-host {s:?}: expected HOST:IP"))?;
         if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '#') {

@@ -44,7 +44,7 @@ pub fn export_tar(store: &Store, top: Option<&str>, dest: &Path) -> Result<(), O
 fn copy_tree(from: &Path, to: &Path) -> Result<(), OciError> {
     let mut dirs = Vec::new();
     for e in walkdir::WalkDir::new(from).min_depth(1).follow_links(false).sort_by_file_name() {
-        let e = e.map_err(|e| OciError::Io(from.to_path_buf(), std::io::Error::other(e.to_string())))?;
+        let e = e.map_err(|e| OciError::Io(from.to_path_buf(), e.into()))?;
         let rel = e.path().strip_prefix(from).unwrap_or(e.path());
         let target = to.join(rel);
         let io = |err: std::io::Error| OciError::Io(target.clone(), err);

@@ -51,14 +51,14 @@ impl<'a> Entries<'a> {
         let mut e = Entries { path, images, small: HashMap::new(), blobs: HashMap::new() };
         let content = images.store().content();
         let mut archive = tar::Archive::new(open_maybe_gzip(path)?);
-        for entry in archive.entries().map_err(|err| e.bad(err.to_string()))? {
-            let mut entry = entry.map_err(|err| e.bad(err.to_string()))?;
+        for entry in archive.entries().map_err(|err| OciError::Io(path.to_path_buf(), err))? {
+            let mut entry = entry.map_err(|err| OciError::Io(path.to_path_buf(), err))?;
             if !entry.header().entry_type().is_file() {
                 continue;
             }
-            let p = entry.path().map_err(|err| e.bad(err.to_string()))?.to_string_lossy().trim_start_matches("./").to_string();
+            let p = entry.path().map_err(|err| OciError::Io(path.to_path_buf(), err))?.to_string_lossy().trim_start_matches("./").to_string();
             if let Some(hex) = p.strip_prefix("blobs/sha256/") {
-                let expected = Digest::parse(&format!("sha256:{hex}")).map_err(|err| e.bad(err.to_string()))?;
+                let expected = Digest::parse(&format!("sha256:{hex}")).map_err(|err| e.bad(format!("{p}: {err}")))?;
                 if !content.contains(&expected) {
                     content.put_reader(&mut entry, Some(&expected))?;
                 }
@@ -68,7 +68,7 @@ impl<'a> Entries<'a> {
                     return Err(e.bad(format!("{p} is implausibly large")));
                 }
                 let mut buf = Vec::new();
-                entry.read_to_end(&mut buf).map_err(|err| e.bad(err.to_string()))?;
+                entry.read_to_end(&mut buf).map_err(|err| OciError::Io(path.to_path_buf(), err))?;
                 e.small.insert(p, buf);
             } else {
                 let (d, _) = content.put_reader(&mut entry, None)?;

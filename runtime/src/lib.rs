@@ -44,8 +44,8 @@ pub enum RuntimeError {
     #[error("invalid volume: bind source path does not exist: {0}")]
     BindSource(PathBuf),
     /// `-u` names a user or group the image does not have.
-    #[error("{0}")]
-    User(String),
+    #[error(transparent)]
+    User(#[from] rdock_worker::user::UserError),
     /// No container by that name or id.
     #[error("No such container: {0}")]
     NoSuchContainer(String),
@@ -244,7 +244,7 @@ impl Runtime {
             Ok(layers.read_file(p)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
         };
         let user = resolve_user(&pc.user, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref())
-            .map_err(|e| RuntimeError::User(e.to_string()))?;
+            ?;
         if !pc.env.iter().any(|e| e.starts_with("HOME=")) {
             pc.env.push(format!("HOME={}", user.home));
         }

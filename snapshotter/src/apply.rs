@@ -95,16 +95,17 @@ impl ParentCache {
 /// (the layer's diff ID). `what` names the layer in errors.
 pub fn apply_layer(layer: &mut dyn Read, dest: &Path, what: &str) -> Result<Digest, SnapshotError> {
     let broken = |reason: String| SnapshotError::BrokenLayer { what: what.to_string(), reason };
+    let unreadable = |source: std::io::Error| SnapshotError::LayerRead { what: what.to_string(), source };
     let root = Root::open(dest).map_err(|e| SnapshotError::io(dest, e))?;
     let mut reader = HashingReader { inner: layer, hasher: Sha256::new() };
     let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut reader);
-        let entries = archive.entries().map_err(|e| broken(e.to_string()))?;
+        let entries = archive.entries().map_err(unreadable)?;
         let mut cache = ParentCache::default();
         for entry in entries {
-            let mut entry = entry.map_err(|e| broken(e.to_string()))?;
-            let raw = entry.path().map_err(|e| broken(e.to_string()))?.into_owned();
+            let mut entry = entry.map_err(unreadable)?;
+            let raw = entry.path().map_err(unreadable)?.into_owned();
             let rel = safe_relative(&raw)?;
             if rel.as_os_str().is_empty() {
                 continue;
@@ -120,7 +121,7 @@ pub fn apply_layer(layer: &mut dyn Read, dest: &Path, what: &str) -> Result<Dige
         }
     }
     // Drain the end-of-archive padding so the digest covers the whole stream.
-    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| broken(e.to_string()))?;
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(unreadable)?;
     // Files created inside a directory changed its mtime after its own entry was applied.
     for (dir, mtime) in dir_times.iter().rev() {
         if let Ok((parent, name)) = root.parent(dir, false) {

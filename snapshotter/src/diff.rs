@@ -88,10 +88,10 @@ fn append_tree<W: Write>(tar: &mut tar::Builder<W>, root: &Path) -> Result<(), S
     let mut links: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
     let walker = walkdir::WalkDir::new(root).min_depth(1).follow_links(false).sort_by(|a, b| a.file_name().cmp(b.file_name()));
     for entry in walker {
-        let entry = entry.map_err(|e| SnapshotError::io(root, std::io::Error::other(e.to_string())))?;
+        let entry = entry.map_err(|e| SnapshotError::io(root, e.into()))?;
         let path = entry.path();
         let rel = path.strip_prefix(root).unwrap_or(path);
-        let md = entry.metadata().map_err(|e| SnapshotError::io(path, std::io::Error::other(e.to_string())))?;
+        let md = entry.metadata().map_err(|e| SnapshotError::io(path, e.into()))?;
         let io = |e: std::io::Error| SnapshotError::io(path, e);
         let ft = md.file_type();
         if is_overlay_whiteout(&md) {

@@ -65,6 +65,15 @@ pub enum SnapshotError {
         /// The entry's path.
         entry: String,
     },
+    /// A tar layer's stream could not be read (truncated, corrupt compression).
+    #[error("broken layer {what}: {source}")]
+    LayerRead {
+        /// The layer.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A tar layer could not be read.
     #[error("broken layer {what}: {reason}")]
     BrokenLayer {

@@ -50,7 +50,7 @@ pub fn hash_copy_sources(
     let src = CopySource { root: dir, excludes: Some(excludes), reset_ownership: true };
     let copy_excludes = PatternMatcher::new(&copy.exclude).map_err(|e| SolveError::Context(format!("invalid --exclude pattern: {e}")))?;
     for pattern in &copy.src {
-        let found = expand_source(&src, pattern, copy.allow_wildcard).map_err(|e| SolveError::Context(e.to_string()))?;
+        let found = expand_source(&src, pattern, copy.allow_wildcard).map_err(SolveError::ContextPath)?;
         if found.is_empty() && !copy.allow_empty_wildcard {
             return Err(SolveError::SourceNotFound(pattern.trim_start_matches('/').to_string()));
         }
@@ -58,7 +58,7 @@ pub fn hash_copy_sources(
             let p = if rel == "." {
                 dir.to_path_buf()
             } else {
-                rdock_worker::resolve_in_root(dir, &rel, true).map_err(|e| SolveError::Context(e.to_string()))?
+                rdock_worker::resolve_in_root(dir, &rel, true).map_err(SolveError::ContextPath)?
             };
             if rel != "." && excluded(&src, &rel) {
                 return Err(SolveError::SourceNotFound(format!("{rel} (excluded by .dockerignore)")));
@@ -71,13 +71,13 @@ pub fn hash_copy_sources(
             if md.is_dir() {
                 let base = if rel == "." { String::new() } else { rel.clone() };
                 for e in walkdir::WalkDir::new(&p).min_depth(1).sort_by_file_name() {
-                    let e = e.map_err(|e| SolveError::Context(e.to_string()))?;
+                    let e = e.map_err(|e| SolveError::ContextRead(e.into()))?;
                     let r = e.path().strip_prefix(dir).unwrap_or(e.path()).to_string_lossy().into_owned();
                     let in_copy = r.strip_prefix(&base).unwrap_or(&r).trim_start_matches('/');
                     if excluded(&src, &r) || (!copy_excludes.is_empty() && copy_excludes.matches(in_copy)) {
                         continue;
                     }
-                    let md = e.metadata().map_err(|e| SolveError::Context(e.to_string()))?;
+                    let md = e.metadata().map_err(|e| SolveError::ContextRead(e.into()))?;
                     h.update(in_copy.as_bytes());
                     h.update(b"\0");
                     hash_entry(h, files, &r, e.path(), &md, seen)?;

@@ -61,6 +61,18 @@ pub enum SolveError {
     /// The build context could not be read.
     #[error("build context: {0}")]
     Context(String),
+    /// A build-context file could not be read.
+    #[error("build context: {0}")]
+    ContextRead(#[source] std::io::Error),
+    /// A path in the build context could not be resolved or expanded.
+    #[error("build context: {0}")]
+    ContextPath(#[source] rdock_worker::WorkerError),
+    /// An exclude pattern does not compile.
+    #[error(transparent)]
+    Pattern(#[from] rdock_llb::patterns::PatternError),
+    /// A document could not be encoded.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
     /// A source (a git repository, a download) or a cache mount's contents could not be
     /// fetched or unpacked.
     #[error("{what}: {source}")]

@@ -183,7 +183,7 @@ impl ExportBuilder {
     /// The config and manifest; the config goes into `content`.
     pub(crate) fn finish(self, content: &rdock_snapshotter::ContentStore) -> Result<CacheExport, SolveError> {
         let config = CacheConfig { version: 1, diff_ids: self.diff_ids, records: self.records, mounts: self.mounts };
-        let bytes = serde_json::to_vec(&config).map_err(|e| SolveError::Definition(e.to_string()))?;
+        let bytes = serde_json::to_vec(&config)?;
         let d = content.put(&bytes)?;
         let manifest = Manifest {
             schema_version: 2,

@@ -35,7 +35,7 @@ pub(crate) fn filtered_context(context: &Path, excludes: &PatternMatcher, scratc
     let mut view = ContextView { mounted: None, scratch: scratch.clone() };
     let mut walker = walkdir::WalkDir::new(context).min_depth(1).follow_links(false).into_iter();
     while let Some(entry) = walker.next() {
-        let entry = entry.map_err(|e| WorkerError::Io(context.to_path_buf(), std::io::Error::other(e.to_string())))?;
+        let entry = entry.map_err(|e| WorkerError::Io(context.to_path_buf(), e.into()))?;
         let rel = entry.path().strip_prefix(context).unwrap_or(entry.path());
         let rel_s = rel.to_string_lossy();
         if !excludes.matches(&rel_s) {

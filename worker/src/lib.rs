@@ -124,6 +124,9 @@ pub enum ExecError {
     /// The sandbox could not be set up.
     #[error("sandbox: {0}")]
     Setup(String),
+    /// The root's mount could not be planned.
+    #[error("sandbox: {0}")]
+    Root(#[source] SnapshotError),
     /// The program does not exist in the root filesystem.
     #[error("failed to execute {program:?}: {reason} (is it in the image and on its PATH?)")]
     NotFound {
@@ -190,8 +193,8 @@ pub enum WorkerError {
         limit: Option<LimitHit>,
     },
     /// User resolution failed.
-    #[error("{0}")]
-    User(String),
+    #[error(transparent)]
+    User(#[from] user::UserError),
     /// A COPY source is missing.
     #[error("failed to compute cache key: {0:?}: not found")]
     SourceNotFound(String),
@@ -296,7 +299,7 @@ impl Worker {
         let layers = self.store.snapshots().layer_dirs(parent)?;
         let read = |p: &str| -> Result<Option<String>, WorkerError> { Ok(layers.read_file(p)?.map(|b| String::from_utf8_lossy(&b).into_owned())) };
         let user = resolve_user(&op.user, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref())
-            .map_err(|e| WorkerError::User(e.to_string()))?;
+            ?;
         let mut env = op.env.clone();
         if !env.iter().any(|e| e.starts_with("HOME=")) {
             env.push(format!("HOME={}", user.home));

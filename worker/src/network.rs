@@ -284,11 +284,20 @@ impl std::fmt::Display for PortMap {
     }
 }
 
+/// A `-p` value rdock cannot publish, with what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PortMapError(String);
+
 impl PortMap {
     /// Parses docker's `-p` forms with explicit ports: `8080:80`, `127.0.0.1:8080:80`,
     /// `8080:80/udp`. A port range or a container port alone (a random host port) is an
     /// error that says so.
-    pub fn parse(s: &str) -> Result<PortMap, String> {
+    pub fn parse(s: &str) -> Result<PortMap, PortMapError> {
+        PortMap::parse_message(s).map_err(PortMapError)
+    }
+
+    fn parse_message(s: &str) -> Result<PortMap, String> {
         let (spec, proto) = match s.rsplit_once('/') {
             Some((a, "tcp")) => (a, Proto::Tcp),
             Some((a, "udp")) => (a, Proto::Udp),

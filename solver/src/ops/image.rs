@@ -26,7 +26,7 @@ impl SolverOp for ImageOp<'_> {
     }
 
     fn exec(&self, cx: &ExecCx<'_>, _inputs: &[Output], _log: &mut dyn FnMut(&[u8])) -> Result<Output, OpError> {
-        let r = ImageRef::parse(self.reference).map_err(|e| SolveError::Definition(e.to_string()))?;
+        let r = ImageRef::parse(self.reference).map_err(rdock_oci::OciError::from)?;
         let images = cx.env.images;
         let m = images.get(&r)?.ok_or_else(|| rdock_oci::OciError::NotFound(r.familiar()))?;
         fetch_layers(cx, &m)?;

@@ -26,7 +26,7 @@ impl<'a> LocalOp<'a> {
 impl SolverOp for LocalOp<'_> {
     fn cache_map(&self, cx: &mut KeyCx<'_>) -> Result<Option<LocalContent>, SolveError> {
         let dir = self.dir(cx.env)?.clone();
-        let excludes = PatternMatcher::new(&self.excludes).map_err(|e| SolveError::Context(e.to_string()))?;
+        let excludes = PatternMatcher::new(&self.excludes)?;
         if !cx.file_caches.contains_key(&dir) {
             let cache = crate::statcache::FileHashCache::load(cx.env.worker.store(), &dir)?;
             cx.file_caches.insert(dir.clone(), cache);

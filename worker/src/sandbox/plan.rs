@@ -102,7 +102,7 @@ pub(super) fn plan(
     seccomp: Option<libc::sock_fprog>,
 ) -> Result<Plan, ExecError> {
     // The child changes into the layers' common parent and names them relative to it.
-    let overlay = root.overlay_options("run").map_err(|e| ExecError::Setup(e.to_string()))?;
+    let overlay = root.overlay_options("run").map_err(ExecError::Root)?;
     let overlay_opts = overlay.as_ref().map(|d| Ok::<_, ExecError>((cpath(&d.base)?, cstr(d.relative())?))).transpose()?;
     let bind_root = match root {
         MountSpec::Bind { source, readonly } => Some((cpath(source)?, *readonly)),
