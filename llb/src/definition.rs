@@ -1,40 +1,10 @@
 //! Nodes, their digests, and the whole definition.
 
+use crate::digest::OpDigest;
+use crate::error::DefinitionError;
 use crate::op::{Input, Op};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
-use std::fmt;
-
-/// sha256 over a node's canonical encoding, `sha256:<hex>`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct OpDigest(String);
-
-impl OpDigest {
-    /// `sha256:<hex>`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The first 12 hex digits, for display.
-    pub fn short(&self) -> &str {
-        let hex = self.0.strip_prefix("sha256:").unwrap_or(&self.0);
-        &hex[..hex.len().min(12)]
-    }
-}
-
-impl fmt::Debug for OpDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Display for OpDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// An op and the outputs it reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +24,7 @@ impl Node {
 
     /// The node's digest.
     pub fn digest(&self) -> OpDigest {
-        OpDigest(format!("sha256:{}", hex::encode(Sha256::digest(self.canonical_bytes()))))
+        OpDigest::of(&self.canonical_bytes())
     }
 }
 
@@ -88,35 +58,6 @@ pub struct Definition {
     pub metadata: BTreeMap<OpDigest, OpMetadata>,
     /// The result; None is an empty (scratch) result.
     pub terminal: Option<Input>,
-}
-
-/// The definition could not be read back.
-#[derive(Debug, thiserror::Error)]
-pub enum DefinitionError {
-    /// A node reads an output no earlier node produces.
-    #[error("node {node} reads {input}, which no earlier node defines")]
-    DanglingInput {
-        /// The reader.
-        node: OpDigest,
-        /// The missing producer.
-        input: OpDigest,
-    },
-    /// A source identifier names nothing rdock can fetch.
-    #[error("source {identifier}: {reason}")]
-    BadSource {
-        /// The identifier.
-        identifier: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// An attribute's value is not what its key says it holds.
-    #[error("attribute {key}: {reason}")]
-    BadAttribute {
-        /// The attribute.
-        key: String,
-        /// What is wrong with its value.
-        reason: String,
-    },
 }
 
 impl Definition {

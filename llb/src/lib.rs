@@ -17,12 +17,16 @@
 
 mod chmod;
 mod definition;
+mod digest;
 mod dump;
+mod error;
 mod op;
 pub mod patterns;
 
 pub use chmod::{Chmod, ChmodError};
-pub use definition::{Definition, DefinitionBuilder, DefinitionError, Node, OpDigest, OpMetadata};
+pub use definition::{Definition, DefinitionBuilder, Node, OpMetadata};
+pub use digest::OpDigest;
+pub use error::DefinitionError;
 pub use op::{
     CacheSharing, ChownOpt, CopyAction, DiffOp, ExecOp, FileAction, FileOp, GitRef, HostIp, Input, MergeOp, Mount, MountKind, Network, Op,
     Security, Source, SourceOp, parse_git_ref,

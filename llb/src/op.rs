@@ -1,6 +1,6 @@
 //! The op kinds: source, exec, file, merge and diff.
 
-use crate::OpDigest;
+use crate::digest::OpDigest;
 use serde::{Deserialize, Serialize};
 
 /// A reference to one output of another node.
@@ -79,7 +79,7 @@ impl SourceOp {
 
     /// What the identifier names, parsed once here rather than by prefix wherever a
     /// source is handled. An identifier of no known scheme is an error that names it.
-    pub fn source(&self) -> Result<Source<'_>, crate::DefinitionError> {
+    pub fn source(&self) -> Result<Source<'_>, crate::error::DefinitionError> {
         let id = self.identifier.as_str();
         if let Some(r) = id.strip_prefix("docker-image://") {
             return Ok(Source::Image(r));
@@ -88,7 +88,7 @@ impl SourceOp {
             return Ok(Source::Local(name));
         }
         if let Some(spec) = id.strip_prefix("git:") {
-            return parse_git_ref(spec).map(Source::Git).ok_or_else(|| crate::DefinitionError::BadSource {
+            return parse_git_ref(spec).map(Source::Git).ok_or_else(|| crate::error::DefinitionError::BadSource {
                 identifier: id.to_string(),
                 reason: "not a git repository URL".into(),
             });
@@ -96,7 +96,7 @@ impl SourceOp {
         if id.starts_with("http://") || id.starts_with("https://") {
             return Ok(Source::Http(id));
         }
-        Err(crate::DefinitionError::BadSource {
+        Err(crate::error::DefinitionError::BadSource {
             identifier: id.to_string(),
             reason: "unknown scheme (docker-image://, local://, git:, http:// or https://)".into(),
         })
@@ -110,10 +110,10 @@ impl SourceOp {
     /// Patterns stored by [`SourceOp::local`] under `key` (none when absent). A value that
     /// is not a JSON list of strings is an error: read as "no patterns" it would silently
     /// exclude nothing.
-    pub fn patterns(&self, key: &str) -> Result<Vec<String>, crate::DefinitionError> {
+    pub fn patterns(&self, key: &str) -> Result<Vec<String>, crate::error::DefinitionError> {
         match self.attr(key) {
             None => Ok(Vec::new()),
-            Some(v) => serde_json::from_str(v).map_err(|e| crate::DefinitionError::BadAttribute {
+            Some(v) => serde_json::from_str(v).map_err(|e| crate::error::DefinitionError::BadAttribute {
                 key: key.to_string(),
                 reason: format!("not a JSON list of patterns: {e}"),
             }),

@@ -1,7 +1,7 @@
 //! The overlay snapshotter: each snapshot is a directory used as an overlay upper dir;
 //! its parents are the lower dirs. Records live in the `snapshots` table. This is the
 //! bookkeeping only: making layers from snapshots and snapshots from layers is
-//! [`crate::LayerStore`]'s.
+//! `LayerStore`'s (`layers.rs`).
 
 use crate::db::Db;
 use crate::mount::MountSpec;

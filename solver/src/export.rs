@@ -5,7 +5,8 @@ use crate::SolveError;
 use crate::key::CacheKey;
 use rdock_snapshotter::SnapshotName;
 use crate::remote::{CacheExport, CacheLayer, CacheMode, ExportBuilder, ImportedCache};
-use crate::{SolveOutput, Solver};
+use crate::Solver;
+use crate::request::SolveOutput;
 
 /// How many blobs an export compresses or fetches at once.
 const FETCH_THREADS: usize = 6;

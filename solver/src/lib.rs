@@ -27,6 +27,7 @@ mod ops;
 mod progress;
 mod scheduler;
 pub mod remote;
+mod request;
 mod run;
 mod slots;
 mod solve;
@@ -37,7 +38,8 @@ pub use explain::KeyInfo;
 pub use key::CacheKey;
 pub use progress::{Event, EventKind, NoProgress, ProgressSink, RecordingProgress};
 pub use slots::default_parallelism;
-pub use solve::{SolveOutput, SolveRequest, Solver};
+pub use request::{SolveOutput, SolveRequest};
+pub use solve::Solver;
 pub use statcache::{HashStats, RACY_WINDOW_NS};
 
 /// Why a solve failed.
