@@ -96,14 +96,7 @@ impl Pipeline {
         let started = std::time::Instant::now();
         let report = rdock_oci::push(&self.images, &self.client, r, d, &self.transfers)
             .map_err(|source| BuildError::Push { name: r.familiar(), source })?;
-        self.notices.done(&format!(
-            "pushed {} in {:.2}s: {} uploaded, {} mounted, {} already there",
-            r.familiar(),
-            started.elapsed().as_secs_f64(),
-            report.uploaded,
-            report.mounted,
-            report.existed
-        ));
+        self.notices.done(&report.summary(r, started.elapsed()));
         Ok(())
     }
 

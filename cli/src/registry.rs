@@ -98,14 +98,7 @@ pub fn push_image(
     let started = std::time::Instant::now();
     let report = rdock_oci::push(images, client, r, d, &printer(quiet)).with_context(|| format!("pushing {}", r.familiar()))?;
     if !quiet {
-        eprintln!(
-            "pushed {} in {:.2}s: {} uploaded, {} mounted, {} already there",
-            r.familiar(),
-            started.elapsed().as_secs_f64(),
-            report.uploaded,
-            report.mounted,
-            report.existed
-        );
+        eprintln!("{}", report.summary(r, started.elapsed()));
     }
     Ok(report)
 }

@@ -3,7 +3,6 @@
 
 use super::{ExecCx, local_input, KeyCx, LocalContent, OpError, Output, SolverOp};
 use crate::SolveError;
-use crate::slots::{Slot, Slots};
 use rdock_llb::{ExecOp, MountKind, Node, OpMetadata};
 use rdock_snapshotter::SnapshotName;
 use rdock_worker::{FileInput, WorkerError, cachemount};
@@ -58,10 +57,6 @@ impl SolverOp for ExecStep<'_> {
 
     fn is_step(&self) -> bool {
         true
-    }
-
-    fn acquire<'s>(&self, slots: &'s Slots) -> Option<Slot<'s>> {
-        Some(slots.acquire())
     }
 
     fn exec(&self, cx: &ExecCx<'_>, inputs: &[Output], log: &mut dyn FnMut(&[u8])) -> Result<Output, OpError> {

@@ -128,9 +128,9 @@ pub(crate) trait SolverOp: Send + Sync {
     fn is_step(&self) -> bool {
         false
     }
-    /// What the op holds while it runs: steps take one of the parallelism limit's slots.
-    fn acquire<'s>(&self, _slots: &'s Slots) -> Option<Slot<'s>> {
-        None
+    /// What the op holds while it runs: a step takes one of the parallelism limit's slots.
+    fn acquire<'s>(&self, slots: &'s Slots) -> Option<Slot<'s>> {
+        self.is_step().then(|| slots.acquire())
     }
     /// Runs the op on its inputs' results, passing its output (if any) to `log`.
     fn exec(&self, cx: &ExecCx<'_>, inputs: &[Output], log: &mut dyn FnMut(&[u8])) -> Result<Output, OpError>;
