@@ -11,7 +11,7 @@ use crate::remote::{CacheLayer, ImportedCache};
 use crate::scheduler::Graph;
 use crate::slots::Slots;
 use crate::{CacheStore, SolveError};
-use rdock_llb::{Node, OpMetadata};
+use rdock_llb::{Node, OpDigest, OpMetadata};
 use rdock_snapshotter::SnapshotName;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,6 +27,8 @@ pub(crate) struct Run<'a> {
     pub env: Env<'a>,
     pub cache: &'a CacheStore,
     pub nodes: Vec<&'a Node>,
+    /// Each node's digest, computed once (it hashes the node's encoding).
+    pub digests: Vec<OpDigest>,
     pub ops: Vec<Box<dyn SolverOp + 'a>>,
     /// Each vertex's inputs, by index.
     pub inputs: Vec<Vec<usize>>,
@@ -90,7 +92,7 @@ impl Graph for Run<'_> {
 
 impl Run<'_> {
     fn meta(&self, v: usize) -> Option<&OpMetadata> {
-        self.env.req.definition.metadata.get(&self.nodes[v].digest())
+        self.env.req.definition.metadata.get(&self.digests[v])
     }
 
     /// The vertex's name in progress: its description, else a summary of its op.
@@ -118,7 +120,7 @@ impl Run<'_> {
         {
             return Ok(out);
         }
-        let (vertex, name) = (self.nodes[v].digest().to_string(), self.name(v));
+        let (vertex, name) = (self.digests[v].to_string(), self.name(v));
         if let Some(ex) = &self.explainer {
             let mut e = Event::new(EventKind::CacheMiss, &vertex, &name);
             e.reasons = ex.why(&self.infos[v], key.as_str(), meta.ignore_cache);
@@ -167,7 +169,7 @@ impl Run<'_> {
             if self.env.worker.store().snapshots().exists(&made)? { made } else { SnapshotName::new(format!("op-{}", self.keys[v])) };
         tracing::debug!(step = %name, snapshot = %committed, elapsed_ms = started.elapsed().as_millis() as u64, "completed");
         self.cache.put(&self.keys[v], &committed)?;
-        let mut ev = Event::new(EventKind::Completed, &self.nodes[v].digest().to_string(), name);
+        let mut ev = Event::new(EventKind::Completed, &self.digests[v].to_string(), name);
         ev.duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
         self.env.req.progress.event(ev);
         self.executed.fetch_add(1, Ordering::Relaxed);
@@ -178,7 +180,7 @@ impl Run<'_> {
     }
 
     fn failed(&self, v: usize, meta: &OpMetadata, name: String, err: OpError, tail: Vec<String>) -> SolveError {
-        let vertex = self.nodes[v].digest().to_string();
+        let vertex = self.digests[v].to_string();
         let mut ev = Event::new(EventKind::Failed, &vertex, &name);
         let err = match err {
             OpError::Solve(e) => {
@@ -205,7 +207,7 @@ impl Run<'_> {
         if self.reported[v].swap(true, Ordering::Relaxed) {
             return;
         }
-        let (vertex, name) = (self.nodes[v].digest().to_string(), self.name(v));
+        let (vertex, name) = (self.digests[v].to_string(), self.name(v));
         self.env.req.progress.event(Event::new(EventKind::Cached, &vertex, &name));
         self.cached.fetch_add(1, Ordering::Relaxed);
     }

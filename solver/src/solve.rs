@@ -59,8 +59,7 @@ impl Solver {
         let Some(terminal) = &def.terminal else {
             return Ok(SolveOutput { top: None, executed: 0, cached: 0, keys: steps, cache_mounts });
         };
-        let index: HashMap<OpDigest, usize> = run.nodes.iter().enumerate().map(|(i, n)| (n.digest(), i)).collect();
-        let t = *index.get(&terminal.digest).ok_or_else(|| SolveError::Definition("terminal is not in the definition".into()))?;
+        let t = run.digests.iter().position(|d| *d == terminal.digest).ok_or_else(|| SolveError::Definition("terminal is not in the definition".into()))?;
         let out = if req.eager_layers { self.solve_making_layers(&run, t) } else { crate::scheduler::solve(&run, t) };
         // Recorded whether or not the build succeeded: the steps that completed are cached,
         // and the next build's misses are explained against this one.
@@ -106,13 +105,14 @@ impl Solver {
     fn prepare<'a>(&'a self, req: &'a SolveRequest<'a>) -> Result<Run<'a>, SolveError> {
         let def = req.definition;
         let nodes: Vec<&Node> = def.nodes.iter().collect();
-        let index: HashMap<OpDigest, usize> = nodes.iter().enumerate().map(|(i, n)| (n.digest(), i)).collect();
+        let digests: Vec<OpDigest> = nodes.iter().map(|n| n.digest()).collect();
+        let index: HashMap<&OpDigest, usize> = digests.iter().enumerate().map(|(i, d)| (d, i)).collect();
         let inputs: Vec<Vec<usize>> = nodes.iter().map(|n| n.inputs.iter().map(|inp| index[&inp.digest]).collect()).collect();
         let ops = nodes.iter().map(|n| crate::ops::for_node(n)).collect::<Result<Vec<_>, _>>()?;
         let env = Env { worker: &self.worker, images: &self.images, layers: self.layers.as_deref(), req };
         resolve_remote_sources(&env, &ops)?;
         let started = std::time::Instant::now();
-        let (keys, infos) = cache_keys(&env, &nodes, &inputs, &ops)?;
+        let (keys, infos) = cache_keys(&env, &nodes, &digests, &inputs, &ops)?;
         tracing::debug!(nodes = keys.len(), elapsed_ms = started.elapsed().as_millis() as u64, "cache keys computed");
         let n = nodes.len();
         Ok(Run {
@@ -120,6 +120,7 @@ impl Solver {
             env,
             cache: &self.cache,
             nodes,
+            digests,
             ops,
             inputs,
             keys,
@@ -151,6 +152,7 @@ fn resolve_remote_sources(env: &Env<'_>, ops: &[Box<dyn SolverOp + '_>]) -> Resu
 fn cache_keys(
     env: &Env<'_>,
     nodes: &[&Node],
+    digests: &[OpDigest],
     inputs: &[Vec<usize>],
     ops: &[Box<dyn SolverOp + '_>],
 ) -> Result<(Vec<CacheKey>, Vec<KeyInfo>), SolveError> {
@@ -159,7 +161,7 @@ fn cache_keys(
     let mut locals: Vec<Option<LocalContent>> = Vec::with_capacity(nodes.len());
     let mut file_caches = FileCaches::new();
     for (v, node) in nodes.iter().enumerate() {
-        let mut info = key_info(env, node);
+        let mut info = key_info(env, node, &digests[v]);
         for &j in &inputs[v] {
             let name = match &nodes[j].op {
                 Op::Source(src) => src.identifier.clone(),
@@ -195,8 +197,8 @@ fn cache_keys(
 }
 
 /// A node's name as the explanation of a miss shows it.
-fn key_info(env: &Env<'_>, node: &Node) -> KeyInfo {
-    match env.req.definition.metadata.get(&node.digest()) {
+fn key_info(env: &Env<'_>, node: &Node, digest: &OpDigest) -> KeyInfo {
+    match env.req.definition.metadata.get(digest) {
         Some(m) if !m.description.is_empty() => KeyInfo::new(&m.description),
         _ => KeyInfo::new(&node.op.summary()),
     }
