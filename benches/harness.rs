@@ -192,19 +192,25 @@ fn workload_run30(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         df.push_str(&format!("RUN echo {i} > /f{i}\n"));
     }
     std::fs::write(ctx.join("Dockerfile"), df)?;
-    let mut cold = Vec::new();
-    let mut noop = Vec::new();
-    let mut base = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let root = fresh_store(t, dir)?;
-        cold.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
-        noop.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
-        if let Some(b) = &t.baseline {
-            let root = fresh_store(b, dir)?;
-            base.0.push(time(&mut rdock_build(b, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
-            base.1.push(time(&mut rdock_build(b, &root, &ctx, &["--output", "type=image,name=bench:run30"]))?);
+    // This build and the baseline take turns going first: always running first tilted
+    // the comparison by several per cent on this machine.
+    let tools: Vec<&Tools> = std::iter::once(t).chain(t.baseline.as_deref()).collect();
+    let mut times = vec![(Vec::new(), Vec::new()); tools.len()];
+    for i in 0..runs {
+        let mut order: Vec<usize> = (0..tools.len()).collect();
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for k in order {
+            let root = fresh_store(tools[k], dir)?;
+            let build = || time(&mut rdock_build(tools[k], &root, &ctx, &["--output", "type=image,name=bench:run30"]));
+            times[k].0.push(build()?);
+            times[k].1.push(build()?);
         }
     }
+    let mut times = times.into_iter();
+    let (cold, noop) = times.next().unwrap_or_default();
+    let base = times.next().unwrap_or_default();
     let [(bk_cold, bk_noop), (ba_cold, ba_noop)] = others(t, &ctx, runs, true)?;
     let mut rows = vec![
         Row { name: "run30-cold".into(), rdock: median(cold), buildkit: bk_cold, buildah: ba_cold, per: Some((30, "step")) },
