@@ -2,6 +2,8 @@
 //! modules, one that imports it back. A module's imports are the `crate::name` paths in
 //! its files (outside `#[cfg(test)]`), `crate::{a, b}` groups, and names the crate root
 //! re-exports from a module (`pub use module::{Name}`), which count as that module.
+//! And no function outside tests is longer than a screen ([`MAX_FN_LINES`]) unless the
+//! comment above it says why ("Long on purpose").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -94,6 +96,57 @@ fn crates() -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
+}
+
+/// About 80 lines: what can be read at once.
+const MAX_FN_LINES: usize = 85;
+
+/// Functions of rustfmt-formatted `code` longer than [`MAX_FN_LINES`] whose comments do
+/// not say "Long on purpose": (first line, length, signature). A function ends at the
+/// first `}` at its own indentation.
+fn long_functions(code: &str) -> Vec<(usize, usize, String)> {
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let body = line.trim_start();
+        let head = ["pub(crate) ", "pub ", "const ", "async ", "unsafe "].iter().fold(body, |b, p| b.strip_prefix(p).unwrap_or(b));
+        if !head.starts_with("fn ") || line.trim_end().ends_with(';') {
+            continue;
+        }
+        let close = format!("{}}}", &line[..line.len() - body.len()]);
+        let Some(end) = lines[i..].iter().position(|l| l.trim_end() == close) else { continue };
+        let above = lines[..i].iter().rev().take_while(|l| l.trim_start().starts_with("//") || l.trim_start().starts_with("#["));
+        if end + 1 > MAX_FN_LINES && !above.into_iter().any(|l| l.contains("Long on purpose")) {
+            out.push((i + 1, end + 1, body.to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_is_longer_than_a_screen_without_a_reason() {
+    let mut long = Vec::new();
+    for src in crates() {
+        for e in walkdir::WalkDir::new(&src).into_iter().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "rs")) {
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for (line, len, sig) in long_functions(code) {
+                long.push(format!("{}:{line}: {len} lines: {sig}", e.path().display()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "functions over {MAX_FN_LINES} lines with no reason written above them:\n{}", long.join("\n"));
+}
+
+#[test]
+fn the_length_check_sees_long_functions_and_reasons() {
+    let body = "    let x = 1;\n".repeat(MAX_FN_LINES);
+    let code = format!("impl A {{\n    pub fn long(&self) {{\n{body}    }}\n    fn short() {{}}\n}}\n");
+    let found = long_functions(&code);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].0, found[0].1), (2, MAX_FN_LINES + 2));
+    let reasoned = code.replace("    pub fn long", "    /// Long on purpose: one arm per operator.\n    #[inline]\n    pub fn long");
+    assert!(long_functions(&reasoned).is_empty());
 }
 
 #[test]

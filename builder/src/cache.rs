@@ -44,7 +44,8 @@ pub(crate) fn import(
             let manifest = rdock_oci::read_layout(dir, tag).map_err(|e| failed(e.into()))?;
             let doc: rdock_imagespec::Manifest = serde_json::from_slice(&manifest).map_err(|e| failed(e.into()))?;
             let path = dir.join("blobs").join(doc.config.digest.algorithm()).join(doc.config.digest.hex());
-            let config = std::fs::read(&path).map_err(|source| failed(BuildError::Io { what: format!("reading {}", path.display()), source }))?;
+            let config =
+                std::fs::read(&path).map_err(|source| failed(BuildError::Io { what: format!("reading {}", path.display()), source }))?;
             Ok(Some(ImportedCache::parse(&name, &manifest, &config, Arc::new(LayoutSource { dir: dir.clone() }))?))
         }
     }

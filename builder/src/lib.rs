@@ -192,8 +192,8 @@ impl Pipeline {
 
     /// Reads the Dockerfile and lowers it to LLB, resolving its base images.
     pub fn load(&self, req: &BuildRequest) -> Result<Lowered, BuildError> {
-        let source = std::fs::read_to_string(&req.dockerfile)
-            .map_err(|source| BuildError::Dockerfile { path: req.dockerfile.clone(), source })?;
+        let source =
+            std::fs::read_to_string(&req.dockerfile).map_err(|source| BuildError::Dockerfile { path: req.dockerfile.clone(), source })?;
         if !req.context.is_dir() {
             return Err(BuildError::NotADirectory(req.context.clone()));
         }
@@ -275,11 +275,8 @@ impl Pipeline {
         let executor = Arc::new(NamespaceExecutor::new(self.store.root().join("tmp")).with_limits(self.limits));
         // The default network's first namespace starts while the context loads and the
         // cache is checked, so the first RUN that misses need not wait for it.
-        let default_network = lowered
-            .definition
-            .nodes
-            .iter()
-            .any(|n| matches!(&n.op, rdock_llb::Op::Exec(e) if e.network == rdock_llb::Network::Sandbox));
+        let default_network =
+            lowered.definition.nodes.iter().any(|n| matches!(&n.op, rdock_llb::Op::Exec(e) if e.network == rdock_llb::Network::Sandbox));
         if default_network {
             executor.net.prewarm();
         }

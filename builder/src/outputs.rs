@@ -34,7 +34,9 @@ impl Pipeline {
             }
             match (o, &committed) {
                 (Output::Docker { dest, names, form }, Some(c)) => {
-                    self.export_image(c, form, &plan.built, dest, |m| rdock_oci::export_archive(&self.images, m, names, ArchiveFormat::Docker, dest))?;
+                    self.export_image(c, form, &plan.built, dest, |m| {
+                        rdock_oci::export_archive(&self.images, m, names, ArchiveFormat::Docker, dest)
+                    })?;
                     written.names.extend(names.iter().cloned());
                 }
                 (Output::Oci { dest, names, form, tar }, Some(c)) => {

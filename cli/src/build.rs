@@ -5,8 +5,8 @@
 use crate::UsageError;
 use crate::progress::{self, Mode};
 use anyhow::{Context, bail};
-pub use rdock_builder::{BuildRequest, BuildSummary, Entitlement, Output};
 use rdock_builder::{BuildError, Notices, Pipeline};
+pub use rdock_builder::{BuildRequest, BuildSummary, Entitlement, Output};
 use rdock_imagespec::ImageRef;
 use rdock_oci::ExportForm;
 use std::collections::BTreeMap;
@@ -378,8 +378,8 @@ fn build(cmd: &BuildCommand, store: &rdock_snapshotter::Store) -> anyhow::Result
     };
     let client = crate::registry::client(&req.insecure_registries());
     let limits = crate::config::limits(store)?;
-    let pipeline = Pipeline::new(store.clone(), client, limits, crate::registry::printer(!plain), Arc::new(Stderr { quiet }))
-        .map_err(cli_error)?;
+    let pipeline =
+        Pipeline::new(store.clone(), client, limits, crate::registry::printer(!plain), Arc::new(Stderr { quiet })).map_err(cli_error)?;
     let lowered = pipeline.load(req).map_err(cli_error)?;
     if !show_checks(cmd, &lowered)? {
         return Ok(BuildSummary::default());

@@ -118,8 +118,11 @@ pub fn run(args: RunArgs, signals: &Signals) -> anyhow::Result<i32> {
     if !ports.is_empty() && network != rdock_llb::Network::Sandbox {
         return Err(failed(125, format!("-p publishes ports of the default network; --network {} has none", args.network)));
     }
-    let extra_hosts =
-        args.add_hosts.iter().map(|h| rdock_llb::HostIp::parse(h).map_err(|e| failed(125, e.to_string()))).collect::<anyhow::Result<Vec<_>>>()?;
+    let extra_hosts = args
+        .add_hosts
+        .iter()
+        .map(|h| rdock_llb::HostIp::parse(h).map_err(|e| failed(125, e.to_string())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let r = ImageRef::parse(image).map_err(|e| failed(125, format!("invalid reference format: {e}")))?;
     let store = crate::open_store().map_err(|e| failed(125, crate::render_error(&e)))?;
     let images = ImageStore::new(store.clone());

@@ -307,7 +307,9 @@ fn parse_from(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
         [img] => (img.clone(), None),
         [img, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => (img.clone(), Some(name.to_ascii_lowercase())),
         _ => {
-            return Err(DockerfileError::new(raw.location.clone(), "FROM requires either one or three arguments").expected("FROM IMAGE [AS NAME]"));
+            return Err(
+                DockerfileError::new(raw.location.clone(), "FROM requires either one or three arguments").expected("FROM IMAGE [AS NAME]")
+            );
         }
     };
     if let Some(n) = &name
@@ -346,8 +348,11 @@ fn parse_copy(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
     let ws = words(&raw.args);
     if ws.len() < 2 {
         let upper = raw.keyword.to_ascii_uppercase();
-        return Err(DockerfileError::new(raw.location.clone(), format!("{upper} requires at least two arguments, but only {} provided", ws.len()))
-            .expected(format!("{upper} SRC... DEST")));
+        return Err(DockerfileError::new(
+            raw.location.clone(),
+            format!("{upper} requires at least two arguments, but only {} provided", ws.len()),
+        )
+        .expected(format!("{upper} SRC... DEST")));
     }
     let (srcs, dest) = ws.split_at(ws.len() - 1);
     let unpack_given = raw.flags.iter().any(|x| x == "--unpack" || x.starts_with("--unpack="));
@@ -441,7 +446,8 @@ fn parse_healthcheck(raw: &RawInstruction) -> Result<Instruction, DockerfileErro
         }
         "NONE" => Ok(Instruction::Healthcheck(Healthcheck::None)),
         "CMD" => {
-            let dur = |name: &str| -> Result<Option<i64>, DockerfileError> { f.string(name)?.map(|v| parse_duration(raw, name, &v)).transpose() };
+            let dur =
+                |name: &str| -> Result<Option<i64>, DockerfileError> { f.string(name)?.map(|v| parse_duration(raw, name, &v)).transpose() };
             let retries = match f.string("retries")? {
                 None => None,
                 Some(v) => Some(v.parse::<i64>().map_err(|_| {
@@ -449,7 +455,9 @@ fn parse_healthcheck(raw: &RawInstruction) -> Result<Instruction, DockerfileErro
                 })?),
             };
             let Some(cmd) = command_form(cmd) else {
-                return Err(DockerfileError::new(raw.location.clone(), "missing command after HEALTHCHECK CMD").expected("HEALTHCHECK CMD command"));
+                return Err(
+                    DockerfileError::new(raw.location.clone(), "missing command after HEALTHCHECK CMD").expected("HEALTHCHECK CMD command")
+                );
             };
             Ok(Instruction::Healthcheck(Healthcheck::Cmd {
                 cmd,

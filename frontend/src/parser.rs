@@ -198,7 +198,8 @@ pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
     let source = source.strip_prefix('\u{feff}').unwrap_or(source);
     // scanLines: lines keep their '\n' until trimNewline removes "\r\n".
     let lines: Vec<&str> = source.split_inclusive('\n').map(|l| l.trim_end_matches(['\r', '\n'])).collect();
-    let mut sc = Scanner { file, lines: &lines, i: 0, directives: Directives::default(), dp: DirectiveParser { done: false, seen: Vec::new() } };
+    let mut sc =
+        Scanner { file, lines: &lines, i: 0, directives: Directives::default(), dp: DirectiveParser { done: false, seen: Vec::new() } };
     let mut instructions = Vec::new();
     let mut empty_continuations = Vec::new();
     let mut comments: Vec<String> = Vec::new();
@@ -238,8 +239,11 @@ pub fn parse(file: &str, source: &str) -> Result<Dockerfile, DockerfileError> {
         instructions.push(inst);
     }
     if instructions.is_empty() {
-        return Err(DockerfileError::new(Location::line(file, lines.len().max(1), lines.last().copied().unwrap_or("")), "file with no instructions")
-            .expected("at least one instruction, such as FROM"));
+        return Err(DockerfileError::new(
+            Location::line(file, lines.len().max(1), lines.last().copied().unwrap_or("")),
+            "file with no instructions",
+        )
+        .expected("at least one instruction, such as FROM"));
     }
     Ok(Dockerfile { directives: sc.directives, instructions, empty_continuations })
 }

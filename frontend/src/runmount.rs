@@ -111,7 +111,21 @@ fn known_keys(ty: &str) -> Option<&'static [&'static str]> {
     Some(match ty {
         "bind" => &["type", TARGET[0], TARGET[1], TARGET[2], "source", "src", "from", "ro", "rw", "readonly", "readwrite"],
         "cache" => &[
-            "type", TARGET[0], TARGET[1], TARGET[2], "id", "sharing", "mode", "uid", "gid", "ro", "rw", "readonly", "readwrite", "from", "source",
+            "type",
+            TARGET[0],
+            TARGET[1],
+            TARGET[2],
+            "id",
+            "sharing",
+            "mode",
+            "uid",
+            "gid",
+            "ro",
+            "rw",
+            "readonly",
+            "readwrite",
+            "from",
+            "source",
             "src",
         ],
         "tmpfs" => &["type", TARGET[0], TARGET[1], TARGET[2], "size"],
@@ -180,16 +194,17 @@ fn parse_fields(spec: &str) -> Result<RunMount, String> {
     let rw = f.flag(&["rw", "readwrite"])?.unwrap_or(false) || f.flag(&["ro", "readonly"])? == Some(false);
     let need_target = || if target.is_empty() { Err(format!("a {ty} mount needs target=PATH")) } else { Ok(target.clone()) };
     Ok(match ty.as_str() {
-        "bind" => {
-            RunMount::Bind { target: need_target()?, source: f.get(&["source", "src"]).unwrap_or_else(|| "/".into()), from: f.get(&["from"]), rw }
-        }
+        "bind" => RunMount::Bind {
+            target: need_target()?,
+            source: f.get(&["source", "src"]).unwrap_or_else(|| "/".into()),
+            from: f.get(&["from"]),
+            rw,
+        },
         "cache" => cache_mount(&f, need_target()?)?,
         "tmpfs" => RunMount::Tmpfs { target: need_target()?, size: f.get(&["size"]).map(|s| parse_size(&s)).transpose()? },
-        "ssh" => RunMount::Ssh {
-            target,
-            id: f.id().unwrap_or_else(|| "default".into()),
-            required: f.flag(&["required"])?.unwrap_or(false),
-        },
+        "ssh" => {
+            RunMount::Ssh { target, id: f.id().unwrap_or_else(|| "default".into()), required: f.flag(&["required"])?.unwrap_or(false) }
+        }
         _ => secret_mount(&f, target)?,
     })
 }
@@ -271,7 +286,9 @@ mod tests {
         assert!(parse_run_mount("type=cache,target=/c,rw=maybe").is_err(), "flags are checked for every type that takes them");
         assert!(parse_run_mount("type=cache,target=/c,mode=9").unwrap_err().to_string().contains("octal"));
         match parse_run_mount("type=secret,target=/etc/app/key.pem,env=KEY").unwrap() {
-            RunMount::Secret { target, id, env, .. } => assert_eq!((target.as_str(), id.as_str(), env.as_deref()), ("/etc/app/key.pem", "key.pem", Some("KEY"))),
+            RunMount::Secret { target, id, env, .. } => {
+                assert_eq!((target.as_str(), id.as_str(), env.as_deref()), ("/etc/app/key.pem", "key.pem", Some("KEY")))
+            }
             other => panic!("{other:?}"),
         }
     }

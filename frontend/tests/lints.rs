@@ -14,8 +14,12 @@ impl ImageResolver for Images {
     fn resolve(&self, r: &ImageRef, _platform: &Platform) -> Result<ResolvedImage, ResolveError> {
         let arch = if r.repository == "library/arm" { "arm64" } else { "amd64" };
         let env = vec!["PATH=/bin".into(), "HOME=/root".into()];
-        let config =
-            ImageConfig { architecture: arch.into(), os: "linux".into(), config: ContainerConfig { env, ..Default::default() }, ..Default::default() };
+        let config = ImageConfig {
+            architecture: arch.into(),
+            os: "linux".into(),
+            config: ContainerConfig { env, ..Default::default() },
+            ..Default::default()
+        };
         Ok(ResolvedImage { pinned: format!("{r}@sha256:{}", "a".repeat(64)), config })
     }
 }
@@ -31,7 +35,8 @@ fn warnings(path: &Path) -> String {
 #[test]
 fn build_checks_match_their_golden_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lint");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "Dockerfile")).collect();
+    let mut cases: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "Dockerfile")).collect();
     cases.sort();
     assert!(cases.len() >= 4, "the cases are in {}", dir.display());
     let mut rules = std::collections::BTreeSet::new();

@@ -38,4 +38,3 @@ impl fmt::Display for OpDigest {
         f.write_str(&self.0)
     }
 }
-

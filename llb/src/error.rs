@@ -30,4 +30,3 @@ pub enum DefinitionError {
         reason: String,
     },
 }
-

@@ -8,8 +8,8 @@
 //! Waste is every version of a file but the one the image ends with: bytes written and
 //! then changed or removed by a later layer. Efficiency is 1 − waste / bytes written.
 
-use rdock_imagespec::{Digest, ImageConfig, Manifest};
 use crate::{ImageStore, OciError};
+use rdock_imagespec::{Digest, ImageConfig, Manifest};
 use serde::Serialize;
 use std::collections::BTreeMap;
 

@@ -36,7 +36,10 @@ fn chain_names(layers: &[ChainBlob<'_>]) -> Vec<String> {
 
 /// The layers of a chain whose blob must be fetched before [`unpack_chain`]: those neither
 /// in the content store nor unpacked already.
-pub fn chain_blobs_missing<'l, 'a>(store: &rdock_snapshotter::Store, layers: &'l [ChainBlob<'a>]) -> Result<Vec<&'l ChainBlob<'a>>, OciError> {
+pub fn chain_blobs_missing<'l, 'a>(
+    store: &rdock_snapshotter::Store,
+    layers: &'l [ChainBlob<'a>],
+) -> Result<Vec<&'l ChainBlob<'a>>, OciError> {
     let mut missing = Vec::new();
     for (l, name) in layers.iter().zip(chain_names(layers)) {
         if !store.snapshots().exists(&name)? && !store.content().contains(&l.blob.digest) {
@@ -66,7 +69,11 @@ pub fn unpack_chain(store: &rdock_snapshotter::Store, layers: &[ChainBlob<'_>]) 
             for n in names[i..].iter().rev() {
                 let _ = rdock_snapshotter::Snapshotter::remove(snaps.as_ref(), n);
             }
-            return Err(OciError::LayerMismatch { layer: l.blob.digest.clone(), unpacked: info.diff_id.clone(), claimed: l.diff_id.clone() });
+            return Err(OciError::LayerMismatch {
+                layer: l.blob.digest.clone(),
+                unpacked: info.diff_id.clone(),
+                claimed: l.diff_id.clone(),
+            });
         }
     }
     Ok(names.last().cloned())
@@ -89,7 +96,8 @@ pub fn ensure_unpacked(images: &ImageStore, manifest: &Digest) -> Result<(Option
             reason: format!("{} layers but {} diff_ids in the config", m.layers.len(), config.rootfs.diff_ids.len()),
         });
     }
-    let layers: Vec<ChainBlob<'_>> = m.layers.iter().zip(&config.rootfs.diff_ids).map(|(blob, diff_id)| ChainBlob { blob, diff_id }).collect();
+    let layers: Vec<ChainBlob<'_>> =
+        m.layers.iter().zip(&config.rootfs.diff_ids).map(|(blob, diff_id)| ChainBlob { blob, diff_id }).collect();
     let parent = unpack_chain(images.store(), &layers).map_err(|e| match e {
         OciError::LayerMismatch { layer, unpacked, claimed } => OciError::Inconsistent {
             image: manifest.to_string(),

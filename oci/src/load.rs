@@ -56,7 +56,8 @@ impl<'a> Entries<'a> {
             if !entry.header().entry_type().is_file() {
                 continue;
             }
-            let p = entry.path().map_err(|err| OciError::Io(path.to_path_buf(), err))?.to_string_lossy().trim_start_matches("./").to_string();
+            let p =
+                entry.path().map_err(|err| OciError::Io(path.to_path_buf(), err))?.to_string_lossy().trim_start_matches("./").to_string();
             if let Some(hex) = p.strip_prefix("blobs/sha256/") {
                 let expected = Digest::parse(&format!("sha256:{hex}")).map_err(|err| e.bad(format!("{p}: {err}")))?;
                 if !content.contains(&expected) {

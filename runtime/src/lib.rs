@@ -243,8 +243,7 @@ impl Runtime {
         let read = |p: &str| -> Result<Option<String>, RuntimeError> {
             Ok(layers.read_file(p)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
         };
-        let user = resolve_user(&pc.user, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref())
-            ?;
+        let user = resolve_user(&pc.user, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref())?;
         if !pc.env.iter().any(|e| e.starts_with("HOME=")) {
             pc.env.push(format!("HOME={}", user.home));
         }
@@ -302,7 +301,13 @@ impl Runtime {
 
     /// Attaches the terminal (raw while a tty is interactive) and waits for the process,
     /// forwarding signals; its exit code.
-    fn supervise(&self, process: &mut Process, req: &RunRequest, stop_signal: nix::sys::signal::Signal, signals: &Signals) -> Result<i32, RuntimeError> {
+    fn supervise(
+        &self,
+        process: &mut Process,
+        req: &RunRequest,
+        stop_signal: nix::sys::signal::Signal,
+        signals: &Signals,
+    ) -> Result<i32, RuntimeError> {
         let raw = if req.tty && req.interactive { attach::RawMode::enable() } else { None };
         let opts = AttachOptions { stop_signal, stop_timeout: req.stop_timeout, stdin: req.interactive };
         let code = attach::wait(process, signals, &opts);
@@ -414,7 +419,13 @@ fn settings(req: &RunRequest, pc: &ProcessConfig, hostname: &str, stop_signal: n
 
 /// The container as the worker runs it: the process, its bind mounts, streams, limits
 /// and ports.
-fn container_spec(req: &RunRequest, pc: &ProcessConfig, user: rdock_worker::ResolvedUser, hostname: String, binds: &[Bind]) -> ContainerSpec {
+fn container_spec(
+    req: &RunRequest,
+    pc: &ProcessConfig,
+    user: rdock_worker::ResolvedUser,
+    hostname: String,
+    binds: &[Bind],
+) -> ContainerSpec {
     let mounts = binds
         .iter()
         .map(|b| ExtraMount {

@@ -6,8 +6,8 @@
 use crate::db::Db;
 use crate::mount::MountSpec;
 use crate::{SnapshotError, Snapshotter};
-use rdock_imagespec::time::unix_now as now;
 use rdock_imagespec::Digest;
+use rdock_imagespec::time::unix_now as now;
 use rdock_inroot::{Last, Root};
 use rusqlite::{OptionalExtension, params};
 use std::os::fd::{AsFd, OwnedFd};

@@ -2,11 +2,11 @@
 //! `--export-cache`.
 
 use crate::SolveError;
-use crate::key::CacheKey;
-use rdock_snapshotter::SnapshotName;
-use crate::remote::{CacheExport, CacheLayer, CacheMode, ExportBuilder, ImportedCache};
 use crate::Solver;
+use crate::key::CacheKey;
+use crate::remote::{CacheExport, CacheLayer, CacheMode, ExportBuilder, ImportedCache};
 use crate::request::SolveOutput;
+use rdock_snapshotter::SnapshotName;
 
 /// How many blobs an export compresses or fetches at once.
 const FETCH_THREADS: usize = 6;

@@ -51,4 +51,3 @@ pub struct SolveOutput {
     /// The ids of the build's `RUN --mount=type=cache` mounts.
     pub cache_mounts: Vec<String>,
 }
-

@@ -59,7 +59,11 @@ impl Solver {
         let Some(terminal) = &def.terminal else {
             return Ok(SolveOutput { top: None, executed: 0, cached: 0, keys: steps, cache_mounts });
         };
-        let t = run.digests.iter().position(|d| *d == terminal.digest).ok_or_else(|| SolveError::Definition("terminal is not in the definition".into()))?;
+        let t = run
+            .digests
+            .iter()
+            .position(|d| *d == terminal.digest)
+            .ok_or_else(|| SolveError::Definition("terminal is not in the definition".into()))?;
         let out = if req.eager_layers { self.solve_making_layers(&run, t) } else { crate::scheduler::solve(&run, t) };
         // Recorded whether or not the build succeeded: the steps that completed are cached,
         // and the next build's misses are explained against this one.

@@ -48,8 +48,7 @@ fn resolve_owner(root: &Path, chown: &Option<ChownOpt>) -> Result<Option<Owner>,
         None => c.user.clone(),
     };
     // A group given without entries in a missing /etc/group is a plain id; names need files.
-    let u =
-        resolve_user(&spec, read("/etc/passwd").as_deref(), read("/etc/group").as_deref())?;
+    let u = resolve_user(&spec, read("/etc/passwd").as_deref(), read("/etc/group").as_deref())?;
     Ok(Some(Owner { uid: u.uid, gid: u.gid }))
 }
 

@@ -297,9 +297,9 @@ impl Worker {
         output: &mut dyn FnMut(&[u8]),
     ) -> Result<(), WorkerError> {
         let layers = self.store.snapshots().layer_dirs(parent)?;
-        let read = |p: &str| -> Result<Option<String>, WorkerError> { Ok(layers.read_file(p)?.map(|b| String::from_utf8_lossy(&b).into_owned())) };
-        let user = resolve_user(&op.user, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref())
-            ?;
+        let read =
+            |p: &str| -> Result<Option<String>, WorkerError> { Ok(layers.read_file(p)?.map(|b| String::from_utf8_lossy(&b).into_owned())) };
+        let user = resolve_user(&op.user, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref())?;
         let mut env = op.env.clone();
         if !env.iter().any(|e| e.starts_with("HOME=")) {
             env.push(format!("HOME={}", user.home));

@@ -55,7 +55,13 @@ impl<'a> StepMounts<'a> {
 
     /// The mount for `m`, the `i`th of the step, adding to `env` what secrets and agents
     /// set; None when an optional secret or agent was not given.
-    pub(crate) fn mount(&mut self, i: usize, m: &Mount, secrets: &Secrets, env: &mut Vec<String>) -> Result<Option<ExtraMount>, WorkerError> {
+    pub(crate) fn mount(
+        &mut self,
+        i: usize,
+        m: &Mount,
+        secrets: &Secrets,
+        env: &mut Vec<String>,
+    ) -> Result<Option<ExtraMount>, WorkerError> {
         let source = match &m.kind {
             MountKind::Tmpfs { size } => MountSource::Tmpfs { size: *size },
             MountKind::Cache { .. } => self.cache(i, m)?,

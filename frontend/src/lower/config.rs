@@ -96,9 +96,11 @@ impl Ctx<'_> {
         let mut specs = Vec::new();
         for p in ports {
             for w in self.expand_words(run, l, p)? {
-                specs.extend(parse_port(&w).map_err(|m| {
-                    DockerfileError::new(l.location.at(p), m).expected("PORT[/PROTOCOL] or a range START-END[/PROTOCOL]")
-                })?);
+                specs.extend(
+                    parse_port(&w).map_err(|m| {
+                        DockerfileError::new(l.location.at(p), m).expected("PORT[/PROTOCOL] or a range START-END[/PROTOCOL]")
+                    })?,
+                );
             }
         }
         for s in &specs {
@@ -130,7 +132,9 @@ impl Ctx<'_> {
         for v in vs {
             let v = self.expand(run, l, v)?;
             if v.trim().is_empty() {
-                return Err(DockerfileError::new(l.location.clone(), "VOLUME specified can not be an empty string").expected("a path").into());
+                return Err(DockerfileError::new(l.location.clone(), "VOLUME specified can not be an empty string")
+                    .expected("a path")
+                    .into());
             }
             run.image.config.volumes.insert(v.clone(), Empty {});
             list.push(v);

@@ -198,7 +198,14 @@ impl Ctx<'_> {
 
     /// URL sources: each download is a source op (fetched and keyed by content by the
     /// solver) holding one file, copied like a file.
-    fn copy_urls(&mut self, l: &Located, args: &CopyArgs, urls: &[String], opts: &CopyOpts, op: &mut Assembly) -> Result<(), FrontendError> {
+    fn copy_urls(
+        &mut self,
+        l: &Located,
+        args: &CopyArgs,
+        urls: &[String],
+        opts: &CopyOpts,
+        op: &mut Assembly,
+    ) -> Result<(), FrontendError> {
         let checksum = match &args.checksum {
             Some(_) if urls.is_empty() => {
                 return Err(DockerfileError::new(l.location.at("--checksum"), "--checksum applies to URL sources only")
@@ -212,7 +219,8 @@ impl Ctx<'_> {
             let filename = source.attr("http.filename").unwrap_or_default().to_string();
             let description = format!("[internal] load remote file {url}");
             let src = self.builder.add(Op::Source(source), vec![], OpMetadata { description, ..Default::default() });
-            let a = CopyAction { unpack_archives: args.unpack == Some(true), ..action(opts, vec![format!("/{filename}")], opts.dest.clone()) };
+            let a =
+                CopyAction { unpack_archives: args.unpack == Some(true), ..action(opts, vec![format!("/{filename}")], opts.dest.clone()) };
             op.copy_from(src, a);
         }
         Ok(())

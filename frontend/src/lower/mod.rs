@@ -8,9 +8,7 @@ use crate::request::builtin_args;
 use crate::request::{BuildOptions, ImageResolver};
 use crate::shell::Lexer;
 use rdock_imagespec::{History, ImageConfig, ImageRef, Platform};
-use rdock_llb::{
-    ChownOpt, Definition, DefinitionBuilder, FileAction, FileOp, Input, Network, Op, OpMetadata, SourceOp,
-};
+use rdock_llb::{ChownOpt, Definition, DefinitionBuilder, FileAction, FileOp, Input, Network, Op, OpMetadata, SourceOp};
 use std::collections::HashMap;
 
 mod config;
@@ -163,18 +161,21 @@ fn split_stages(located: Vec<Located>) -> Result<(Vec<Located>, Vec<Stage>), Fro
                 if let Some(n) = name
                     && stages.iter().any(|s| s.name.as_deref() == Some(n.as_str()))
                 {
-                    return Err(
-                        DockerfileError::new(l.location.at(n), format!("duplicate stage name {n:?}")).expected("a stage name not used before").into()
-                    );
+                    return Err(DockerfileError::new(l.location.at(n), format!("duplicate stage name {n:?}"))
+                        .expected("a stage name not used before")
+                        .into());
                 }
                 let (name, base, platform, location) = (name.clone(), image.clone(), platform.clone(), l.location.clone());
                 stages.push(Stage { name, base, platform, location, commands: Vec::new() });
             }
             (Instruction::Arg(_), None) => globals.push(l),
             (_, None) => {
-                return Err(DockerfileError::new(l.location.clone(), "no build stage in current context: only ARG may come before the first FROM")
-                    .expected("FROM")
-                    .into());
+                return Err(DockerfileError::new(
+                    l.location.clone(),
+                    "no build stage in current context: only ARG may come before the first FROM",
+                )
+                .expected("FROM")
+                .into());
             }
             (_, Some(stage)) => stage.commands.push(l),
         }

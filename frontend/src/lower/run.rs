@@ -25,7 +25,13 @@ fn mount(dest: String, kind: MountKind, readonly: bool) -> Mount {
 }
 
 impl Ctx<'_> {
-    pub(super) fn dispatch_run(&mut self, run: &mut StageRun, l: &Located, cmd: &CommandForm, flags: RunFlags<'_>) -> Result<(), FrontendError> {
+    pub(super) fn dispatch_run(
+        &mut self,
+        run: &mut StageRun,
+        l: &Located,
+        cmd: &CommandForm,
+        flags: RunFlags<'_>,
+    ) -> Result<(), FrontendError> {
         let mut extra = self.run_mounts(run, l, flags.mounts)?;
         let (args, summary) = self.run_command(run, l, cmd, flags.heredocs, &mut extra)?;
         if args.is_empty() {

@@ -1,7 +1,7 @@
 //! Exec steps (RUN): keyed by their encoding and, for bind mounts of the build context,
 //! the content they show; run by the worker in a sandbox under a parallelism slot.
 
-use super::{ExecCx, local_input, KeyCx, LocalContent, OpError, Output, SolverOp};
+use super::{ExecCx, KeyCx, LocalContent, OpError, Output, SolverOp, local_input};
 use crate::SolveError;
 use rdock_llb::{ExecOp, MountKind, Node, OpMetadata};
 use rdock_snapshotter::SnapshotName;

@@ -1,7 +1,7 @@
 //! File steps (COPY, ADD, WORKDIR's mkdir): keyed by their encoding and, for copies from
 //! the build context, the content of exactly what they copy.
 
-use super::{ExecCx, local_input, KeyCx, LocalContent, OpError, Output, SolverOp};
+use super::{ExecCx, KeyCx, LocalContent, OpError, Output, SolverOp, local_input};
 use crate::SolveError;
 use rdock_llb::{FileAction, FileOp, Node};
 use rdock_snapshotter::SnapshotName;

@@ -10,11 +10,11 @@ mod http;
 mod image;
 mod local;
 
+use crate::SolveError;
 use crate::explain::KeyInfo;
+use crate::request::SolveRequest;
 use crate::slots::{Slot, Slots};
 use crate::statcache::FileHashCache;
-use crate::SolveError;
-use crate::request::SolveRequest;
 use rdock_llb::patterns::PatternMatcher;
 use rdock_llb::{Node, Op, OpMetadata, Source};
 use rdock_oci::{BlobSource, ImageStore};

@@ -75,10 +75,16 @@ fn dev_nodes() -> Result<Vec<(std::ffi::CString, std::ffi::CString, u64)>, ExecE
 }
 
 fn dev_links() -> Result<Vec<(std::ffi::CString, std::ffi::CString)>, ExecError> {
-    [("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr"), ("pts/ptmx", "ptmx")]
-        .iter()
-        .map(|(t, l)| Ok((cstr(*t)?, cstr(*l)?)))
-        .collect()
+    [
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+        ("pts/ptmx", "ptmx"),
+    ]
+    .iter()
+    .map(|(t, l)| Ok((cstr(*t)?, cstr(*l)?)))
+    .collect()
 }
 
 fn extra_mount(m: &crate::ExtraMount) -> Result<ExtraPlan, ExecError> {
@@ -172,7 +178,8 @@ mod tests {
             limits: Default::default(),
             netns: None,
         };
-        let files = RunFiles { rootfs: "/run/x/rootfs".into(), hosts: "/run/x/hosts".into(), resolv: "/run/x/resolv.conf".into(), hostname: None };
+        let files =
+            RunFiles { rootfs: "/run/x/rootfs".into(), hosts: "/run/x/hosts".into(), resolv: "/run/x/resolv.conf".into(), hostname: None };
         let root = MountSpec::Bind { source: "/snap/1/fs".into(), readonly: true };
         plan(spec, &root, &opts, &files, ChildFds { err: 9, stdio: ChildStdio::Capture(8), netns }, &["/cg/tasks".into()], None)
     }
@@ -230,10 +237,10 @@ mod tests {
         assert_eq!((p.uid, p.gid, p.groups.clone()), (1000, 100, vec![27]));
         assert_eq!(s(&p.cwd.path), "work/dir");
         assert_eq!(p.bind_root.as_ref().map(|(src, ro)| (s(src), *ro)), Some(("/snap/1/fs", true)));
-        assert_eq!(p.etc_files.iter().map(|(src, t)| (s(src), s(&t.path))).collect::<Vec<_>>(), vec![
-            ("/run/x/hosts", "etc/hosts"),
-            ("/run/x/resolv.conf", "etc/resolv.conf")
-        ]);
+        assert_eq!(
+            p.etc_files.iter().map(|(src, t)| (s(src), s(&t.path))).collect::<Vec<_>>(),
+            vec![("/run/x/hosts", "etc/hosts"), ("/run/x/resolv.conf", "etc/resolv.conf")]
+        );
         assert_eq!(p.envp.iter().map(s).collect::<Vec<_>>(), vec!["A=1"]);
         assert_eq!(p.cgroup_join.iter().map(s).collect::<Vec<_>>(), vec!["/cg/tasks"]);
     }
