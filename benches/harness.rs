@@ -29,6 +29,15 @@
 //!   run           `rdock run --rm busybox true` against `docker run --rm busybox true`:
 //!                 container start to exit (overlay mount, namespaces, exec, cleanup);
 //!                 at least 20 runs each after one warm-up
+//!   disk          what writes real data, cold with an image output, beside BuildKit,
+//!                 Buildah and the same work by host tools (a second table, "limit"): a
+//!                 RUN writing 512 MB (limit: head > file; sha256sum), exporting it to a
+//!                 gzip docker-archive (against `docker save | pigz -1`), COPY of the
+//!                 5,000-file context (limit: cp -a), `cp -a /usr/share` on Debian
+//!                 (limit: cp -a of the same tree)
+//!
+//! Stores and outputs are never deleted by the harness (see `fresh_store`): remove
+//! `$TMPDIR/rdock-bench/stores` when no benchmark follows.
 //!
 //! `--baseline DIR` also times the `rdock` and `rdock-build` in DIR (another build of
 //! rdock, say the last release's) on the run30 and run workloads, interleaved run by run
@@ -130,9 +139,10 @@ fn available(cmd: &str, args: &[&str]) -> bool {
     Command::new(cmd).args(args).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
-/// A fresh rdock store with the base image loaded. Stores are only removed when the whole
-/// run is over: ext4 skips recently freed inodes when allocating, so creating thousands
-/// of files right after deleting thousands measures the allocator, not the builder.
+/// A fresh rdock store with the base image loaded. The harness never removes stores: ext4
+/// without a journal skips recently freed inodes when allocating, so creating thousands of
+/// files right after deleting thousands (even at the end of the previous run) measures the
+/// allocator, not the builder.
 fn fresh_store(t: &Tools, dir: &Path) -> Result<PathBuf> {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let root = dir.join("stores").join(format!("{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
@@ -182,6 +192,8 @@ struct Row {
     buildkit: Option<Duration>,
     buildah: Option<Duration>,
     per: Option<(u32, &'static str)>,
+    /// What the same work costs done by plain tools on the host (the hardware's limit).
+    limit: Option<Duration>,
 }
 
 fn workload_run30(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
@@ -213,18 +225,26 @@ fn workload_run30(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     let base = times.next().unwrap_or_default();
     let [(bk_cold, bk_noop), (ba_cold, ba_noop)] = others(t, &ctx, runs, true)?;
     let mut rows = vec![
-        Row { name: "run30-cold".into(), rdock: median(cold), buildkit: bk_cold, buildah: ba_cold, per: Some((30, "step")) },
-        Row { name: "run30-noop".into(), rdock: median(noop), buildkit: bk_noop, buildah: ba_noop, per: None },
+        Row { limit: None, name: "run30-cold".into(), rdock: median(cold), buildkit: bk_cold, buildah: ba_cold, per: Some((30, "step")) },
+        Row { limit: None, name: "run30-noop".into(), rdock: median(noop), buildkit: bk_noop, buildah: ba_noop, per: None },
     ];
     if t.baseline.is_some() {
         rows.push(Row {
+            limit: None,
             name: "run30-cold (baseline)".into(),
             rdock: median(base.0),
             buildkit: bk_cold,
             buildah: ba_cold,
             per: Some((30, "step")),
         });
-        rows.push(Row { name: "run30-noop (baseline)".into(), rdock: median(base.1), buildkit: bk_noop, buildah: ba_noop, per: None });
+        rows.push(Row {
+            limit: None,
+            name: "run30-noop (baseline)".into(),
+            rdock: median(base.1),
+            buildkit: bk_noop,
+            buildah: ba_noop,
+            per: None,
+        });
     }
     Ok(rows)
 }
@@ -256,8 +276,8 @@ fn workload_context(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     }
     let [bk, ba] = others(t, &ctx, runs, true)?;
     Ok(vec![
-        Row { name: "context-copy-cold".into(), rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
-        Row { name: "context-hash-noop".into(), rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
+        Row { limit: None, name: "context-copy-cold".into(), rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
+        Row { limit: None, name: "context-hash-noop".into(), rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
     ])
 }
 
@@ -331,10 +351,10 @@ fn workload_context5k(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     }
     let [bk, ba] = theirs;
     Ok(vec![
-        Row { name: "context5k-cold".into(), rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
-        Row { name: "context5k-noop".into(), rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
-        Row { name: "context5k-one-changed".into(), rdock: median(one), buildkit: bk.2, buildah: ba.2, per: None },
-        Row { name: "context5k-one-changed-overhead".into(), rdock: median(over), buildkit: None, buildah: None, per: None },
+        Row { limit: None, name: "context5k-cold".into(), rdock: median(cold), buildkit: bk.0, buildah: ba.0, per: None },
+        Row { limit: None, name: "context5k-noop".into(), rdock: median(noop), buildkit: bk.1, buildah: ba.1, per: None },
+        Row { limit: None, name: "context5k-one-changed".into(), rdock: median(one), buildkit: bk.2, buildah: ba.2, per: None },
+        Row { limit: None, name: "context5k-one-changed-overhead".into(), rdock: median(over), buildkit: None, buildah: None, per: None },
     ])
 }
 
@@ -365,10 +385,17 @@ fn workload_gc(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         (bk_df, bk_prune) = (Some(median(df)), Some(median(pr)));
     }
     Ok(vec![
-        Row { name: "gc-noop-build-with-cap-first".into(), rdock: median(first_cap), buildkit: None, buildah: None, per: None },
-        Row { name: "gc-noop-build-with-cap".into(), rdock: median(capped), buildkit: None, buildah: None, per: None },
-        Row { name: "gc-du".into(), rdock: median(du), buildkit: bk_df, buildah: None, per: None },
-        Row { name: "gc-prune-all-5k-files".into(), rdock: median(prune), buildkit: bk_prune, buildah: None, per: None },
+        Row {
+            limit: None,
+            name: "gc-noop-build-with-cap-first".into(),
+            rdock: median(first_cap),
+            buildkit: None,
+            buildah: None,
+            per: None,
+        },
+        Row { limit: None, name: "gc-noop-build-with-cap".into(), rdock: median(capped), buildkit: None, buildah: None, per: None },
+        Row { limit: None, name: "gc-du".into(), rdock: median(du), buildkit: bk_df, buildah: None, per: None },
+        Row { limit: None, name: "gc-prune-all-5k-files".into(), rdock: median(prune), buildkit: bk_prune, buildah: None, per: None },
     ])
 }
 
@@ -386,8 +413,8 @@ fn workload_layer(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     }
     let [(bk, _), (ba, _)] = others(t, &ctx, runs, false)?;
     Ok(vec![
-        Row { name: "layer-commit-64MiB".into(), rdock: median(commit), buildkit: bk, buildah: ba, per: None },
-        Row { name: "oci-export-64MiB".into(), rdock: median(export), buildkit: None, buildah: None, per: None },
+        Row { limit: None, name: "layer-commit-64MiB".into(), rdock: median(commit), buildkit: bk, buildah: ba, per: None },
+        Row { limit: None, name: "oci-export-64MiB".into(), rdock: median(export), buildkit: None, buildah: None, per: None },
     ])
 }
 
@@ -408,8 +435,8 @@ fn start_registry(dir: &Path) -> Result<LoopbackRegistry> {
     std::fs::create_dir_all(dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let host = format!("127.0.0.1:{port}");
-    let data = dir.join("registry-data");
-    let _ = std::fs::remove_dir_all(&data);
+    // A new directory each time: nothing is deleted before a timed run.
+    let data = unique(dir, "registry-data");
     let cfg = dir.join("registry.yml");
     std::fs::write(
         &cfg,
@@ -500,15 +527,23 @@ fn workload_registry(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     }
     let opt = |v: Vec<Duration>| if v.is_empty() { None } else { Some(median(v)) };
     Ok(vec![
-        Row { name: "push-490MB (docker push; skopeo: -)".into(), rdock: median(push), buildkit: opt(dpush), buildah: None, per: None },
         Row {
+            limit: None,
+            name: "push-490MB (docker push; skopeo: -)".into(),
+            rdock: median(push),
+            buildkit: opt(dpush),
+            buildah: None,
+            per: None,
+        },
+        Row {
+            limit: None,
             name: "pull-490MB (docker pull; skopeo copy to oci-archive)".into(),
             rdock: median(pull),
             buildkit: opt(dpull),
             buildah: Some(median(skopeo)),
             per: None,
         },
-        Row { name: "import-cache-10-steps-empty-store".into(), rdock: median(hit), buildkit: None, buildah: None, per: None },
+        Row { limit: None, name: "import-cache-10-steps-empty-store".into(), rdock: median(hit), buildkit: None, buildah: None, per: None },
     ])
 }
 
@@ -540,9 +575,16 @@ fn workload_run(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     } else {
         None
     };
-    let mut rows = vec![Row { name: "run-rm-true".into(), rdock: median(times), buildkit: docker, buildah: None, per: None }];
+    let mut rows = vec![Row { limit: None, name: "run-rm-true".into(), rdock: median(times), buildkit: docker, buildah: None, per: None }];
     if !base_times.is_empty() {
-        rows.push(Row { name: "run-rm-true (baseline)".into(), rdock: median(base_times), buildkit: docker, buildah: None, per: None });
+        rows.push(Row {
+            limit: None,
+            name: "run-rm-true (baseline)".into(),
+            rdock: median(base_times),
+            buildkit: docker,
+            buildah: None,
+            per: None,
+        });
     }
     Ok(rows)
 }
@@ -570,8 +612,22 @@ fn workload_network(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
             ))?);
         }
         let [(bk, _), (ba, _)] = others(t, ctx, runs, false)?;
-        rows.push(Row { name: format!("{name} (default network)"), rdock: median(default), buildkit: bk, buildah: ba, per: Some(per) });
-        rows.push(Row { name: format!("{name} (--network none)"), rdock: median(none), buildkit: bk, buildah: ba, per: Some(per) });
+        rows.push(Row {
+            limit: None,
+            name: format!("{name} (default network)"),
+            rdock: median(default),
+            buildkit: bk,
+            buildah: ba,
+            per: Some(per),
+        });
+        rows.push(Row {
+            limit: None,
+            name: format!("{name} (--network none)"),
+            rdock: median(none),
+            buildkit: bk,
+            buildah: ba,
+            per: Some(per),
+        });
     }
     Ok(rows)
 }
@@ -650,8 +706,16 @@ fn workload_realworld(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
     let bk = if t.docker { Some(other(&|nc| docker_build(&ctx, nc))?) } else { None };
     let ba = if t.buildah { Some(other(&|nc| buildah_build(&ctx, nc))?) } else { None };
     Ok(vec![
-        Row { name: "realworld-cold".into(), rdock: median(cold), buildkit: bk.map(|b| b.0), buildah: ba.map(|b| b.0), per: None },
         Row {
+            limit: None,
+            name: "realworld-cold".into(),
+            rdock: median(cold),
+            buildkit: bk.map(|b| b.0),
+            buildah: ba.map(|b| b.0),
+            per: None,
+        },
+        Row {
+            limit: None,
             name: "realworld-one-file-changed".into(),
             rdock: median(warm),
             buildkit: bk.map(|b| b.1),
@@ -659,6 +723,105 @@ fn workload_realworld(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
             per: None,
         },
     ])
+}
+
+/// A shell command, for the host-side limits.
+fn sh(script: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.args(["-c", script]);
+    c
+}
+
+/// A path for one run's output that was never used before: nothing is deleted before a
+/// timed run (see [`fresh_store`]).
+fn unique(dir: &Path, what: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join("stores").join(format!("{what}-{}-{n}", std::process::id()))
+}
+
+/// What writes real data: a RUN writing 512 MB, exporting that image to a gzip docker
+/// archive, COPY of the 5,000-file context, and `cp -a /usr/share` on Debian. Each rdock
+/// figure is a cold build into a fresh store with an image output (so its layers are
+/// made), beside BuildKit's and Buildah's cold builds and the same work done by plain
+/// tools on the host.
+fn workload_disk(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let mut rows = disk_write512(t, dir, runs)?;
+    rows.push(disk_copy5k(t, dir, runs)?);
+    rows.push(disk_debian(t, dir, runs)?);
+    Ok(rows)
+}
+
+fn disk_write512(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
+    let ctx = dir.join("write512");
+    std::fs::create_dir_all(&ctx)?;
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN head -c 536870912 /dev/urandom > /big\n")?;
+    let (mut build, mut export, mut limit) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let root = fresh_store(t, dir)?;
+        run(&mut Command::new("sync"))?;
+        build.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:w512"]))?);
+        let dest = unique(dir, "w512.tar");
+        let out = format!("type=docker,dest={},name=bench:w512", dest.display());
+        export.push(time(&mut rdock_build(t, &root, &ctx, &["--output", &out]))?);
+        let f = unique(dir, "w512-limit");
+        limit.push(time(&mut sh(&format!("head -c 536870912 /dev/urandom > {0} && sha256sum {0} > /dev/null", f.display())))?);
+    }
+    let [(bk, _), (ba, _)] = others(t, &ctx, runs, false)?;
+    // docker's own export of the image its BuildKit just built, gzipped on every core.
+    let mut save = Vec::new();
+    if t.docker {
+        for _ in 0..runs {
+            let dest = unique(dir, "docker-save.tar.gz");
+            save.push(time(&mut sh(&format!("{} save rdock-bench:latest | pigz -1 > {}", docker_cli(), dest.display())))?);
+        }
+    }
+    Ok(vec![
+        Row { limit: Some(median(limit)), name: "write512-cold".into(), rdock: median(build), buildkit: bk, buildah: ba, per: None },
+        Row {
+            limit: None,
+            name: "write512-export-docker-gzip (BuildKit column: docker save | pigz -1)".into(),
+            rdock: median(export),
+            buildkit: (!save.is_empty()).then(|| median(save)),
+            buildah: None,
+            per: None,
+        },
+    ])
+}
+
+fn disk_copy5k(t: &Tools, dir: &Path, runs: usize) -> Result<Row> {
+    let ctx = context5k(dir)?;
+    let (mut cold, mut limit) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let root = fresh_store(t, dir)?;
+        run(&mut Command::new("sync"))?;
+        cold.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:c5k"]))?);
+        limit.push(time(Command::new("cp").arg("-a").arg(&ctx).arg(unique(dir, "c5k-limit")))?);
+    }
+    let [(bk, _), (ba, _)] = others(t, &ctx, runs, false)?;
+    Ok(Row { limit: Some(median(limit)), name: "copy5k-cold-image".into(), rdock: median(cold), buildkit: bk, buildah: ba, per: None })
+}
+
+fn disk_debian(t: &Tools, dir: &Path, runs: usize) -> Result<Row> {
+    let base = debian_base(t, dir)?;
+    let ctx = dir.join("debian-cp");
+    std::fs::create_dir_all(&ctx)?;
+    std::fs::write(ctx.join("Dockerfile"), "FROM rdbench/debian:bookworm\nRUN cp -a /usr/share /copy\n")?;
+    let rootfs = dir.join("debian-rootfs");
+    if !rootfs.join("usr/share").is_dir() {
+        std::fs::create_dir_all(&rootfs)?;
+        run(Command::new("tar").arg("-xJf").arg(dir.join("debian-base/rootfs.tar.xz")).arg("-C").arg(&rootfs))?;
+    }
+    let (mut cold, mut limit) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let root = unique(dir, "debian-cp");
+        run(Command::new(&t.rdock).args(["load", "-i"]).arg(&base).env("RDOCK_ROOT", &root))?;
+        run(&mut Command::new("sync"))?;
+        cold.push(time(&mut rdock_build(t, &root, &ctx, &["--output", "type=image,name=bench:debcp"]))?);
+        limit.push(time(Command::new("cp").arg("-a").arg(rootfs.join("usr/share")).arg(unique(dir, "share-limit")))?);
+    }
+    let [(bk, _), (ba, _)] = others(t, &ctx, runs, false)?;
+    Ok(Row { limit: Some(median(limit)), name: "debian-cp-usr-share".into(), rdock: median(cold), buildkit: bk, buildah: ba, per: None })
 }
 
 fn rdock_run_true(t: &Tools, root: &Path) -> Command {
@@ -689,6 +852,7 @@ const WORKLOADS: &[Workload] = &[
     (|w| w == "network", workload_network),
     (|w| w == "realworld", workload_realworld),
     (|w| w == "run", workload_run),
+    (|w| w == "disk", workload_disk),
 ];
 
 /// `[--runs N] [--baseline DIR] [WORKLOAD…]`.
@@ -750,7 +914,9 @@ fn main() -> Result<()> {
             rows.extend(workload(&t, &dir, runs)?);
         }
     }
-    let _ = std::fs::remove_dir_all(dir.join("stores"));
+    // Stores are kept: deleting them here would put the next run's stores on just-freed
+    // inodes (see fresh_store). Remove DIR/stores when no benchmark follows.
+    eprintln!("stores kept in {} (remove them when no benchmark follows)", dir.join("stores").display());
     println!(
         "medians of {runs} runs; BuildKit: {}; Buildah: {}",
         if t.docker { "docker (DOCKER_BUILDKIT=1)" } else { "not running" },
@@ -758,7 +924,7 @@ fn main() -> Result<()> {
     );
     println!("| workload | rdock | per unit | BuildKit | rdock vs BuildKit | Buildah | rdock vs Buildah |");
     println!("|---|---|---|---|---|---|---|");
-    for r in rows {
+    for r in &rows {
         let per = r.per.map(|(n, unit)| format!("{:.1} ms/{unit}", r.rdock.as_secs_f64() * 1000.0 / n as f64)).unwrap_or_default();
         println!(
             "| {} | {} | {} | {} | {} | {} | {} |",
@@ -770,6 +936,15 @@ fn main() -> Result<()> {
             fmt(r.buildah),
             ratio(r.rdock, r.buildah)
         );
+    }
+    let limited: Vec<&Row> = rows.iter().filter(|r| r.limit.is_some()).collect();
+    if !limited.is_empty() {
+        println!("\n| workload | rdock | limit (host tools) | rdock / limit |");
+        println!("|---|---|---|---|");
+        for r in limited {
+            let times = r.limit.map(|l| format!("{:.2}x", r.rdock.as_secs_f64() / l.as_secs_f64())).unwrap_or_default();
+            println!("| {} | {} | {} | {times} |", r.name, fmt(Some(r.rdock)), fmt(r.limit));
+        }
     }
     Ok(())
 }

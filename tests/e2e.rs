@@ -374,6 +374,31 @@ fn identical_steps_are_solved_once() {
     assert_eq!(runs, 1);
 }
 
+/// Layers are stored in the form cheapest to make (tars: the blob digest is the diff ID)
+/// and compressed only when they leave: an export has the build's layers as gzip, the same
+/// bytes each time, while `rdock save` (like `docker save`) writes the stored tars.
+#[test]
+fn layers_are_stored_as_tars_and_leave_the_machine_as_gzip() {
+    let f = Fixture::new();
+    let ctx = f.ctx("tars", &[("Dockerfile", "FROM busybox\nRUN head -c 300000 /dev/urandom > /noise && echo hi > /hi\n")]);
+    let (a, b, saved) = (f.path("a.tar"), f.path("b.tar"), f.path("saved.tar"));
+    assert_ok(&f.build(&ctx, &["--output", "type=image,name=tars:1", "--output", &format!("type=oci,dest={}", a.display())]));
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={}", b.display())]));
+    assert_ok(&f.rdock(&["save", "--format", "oci", "-o", saved.to_str().unwrap(), "tars:1"]));
+    let (ia, ib, stored) = (read_image(&a), read_image(&b), read_image(&saved));
+    assert_eq!(ia.manifest["layers"][1]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip", "{}", ia.manifest);
+    assert_eq!(ia.layer_digests, ib.layer_digests, "the same gzip bytes on a second export");
+    assert_eq!(stored.manifest["layers"][1]["mediaType"], "application/vnd.oci.image.layer.v1.tar", "{}", stored.manifest);
+    assert_eq!(stored.layer_digests[1], stored.config["rootfs"]["diff_ids"][1].as_str().unwrap(), "a stored layer is its diff");
+    assert_eq!(ia.config["rootfs"], stored.config["rootfs"]);
+    assert_eq!(ia.files_in_layers()["hi"], b"hi\n");
+    assert_eq!(ia.files_in_layers()["noise"], stored.files_in_layers()["noise"]);
+    // compression=uncompressed ships them as stored.
+    let c = f.path("c.tar");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={},compression=uncompressed", c.display())]));
+    assert_eq!(read_image(&c).layer_digests[1], stored.layer_digests[1]);
+}
+
 #[test]
 fn outputs_are_accepted_by_skopeo_and_umoci() {
     let f = Fixture::new();

@@ -74,6 +74,11 @@ fn push_pull_round_trip_through_a_real_registry() {
     let info = skopeo_inspect(&app, &[]);
     assert_eq!(info["Digest"], digest.as_str(), "{info}");
     assert_eq!(info["Layers"].as_array().unwrap().len(), 3);
+    // Stored as tars, the build's layers leave as gzip.
+    let raw = skopeo_inspect(&app, &["--raw"]);
+    for l in raw["layers"].as_array().unwrap() {
+        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip", "{raw}");
+    }
     // ... and umoci unpacks it (after skopeo copies it to an OCI layout).
     let layout = a.path("layout");
     sh("skopeo", &["copy", "--src-tls-verify=false", &format!("docker://{app}"), &format!("oci:{}:app", layout.display())]);

@@ -3,7 +3,7 @@
 //! `--metadata-file` that reports it.
 
 use crate::{BuildError, Output, Pipeline};
-use rdock_imagespec::ImageRef;
+use rdock_imagespec::{Descriptor, Digest, ImageRef};
 use rdock_oci::{ArchiveFormat, BuiltOn, CommittedImage, ExportForm, ImageStore};
 use std::path::Path;
 
@@ -13,6 +13,16 @@ use std::path::Path;
 pub(crate) struct Written {
     pub image: Option<CommittedImage>,
     pub names: Vec<ImageRef>,
+    /// The manifest as the first output that sends it away wrote it (an export, a push):
+    /// the stored one keeps its layers as tars, this one has them compressed.
+    pub shipped: Option<Shipped>,
+}
+
+/// A manifest as it left the machine, and its config's digest.
+#[derive(Clone)]
+pub(crate) struct Shipped {
+    pub manifest: Descriptor,
+    pub config: Digest,
 }
 
 /// How the image of this build is made: its config, times and base.
@@ -34,20 +44,26 @@ impl Pipeline {
             }
             match (o, &committed) {
                 (Output::Docker { dest, names, form }, Some(c)) => {
-                    self.export_image(c, form, &plan.built, dest, |m| {
+                    let m = self.export_image(c, form, &plan.built, dest, |m| {
                         rdock_oci::export_archive(&self.images, m, names, ArchiveFormat::Docker, dest)
                     })?;
+                    self.shipped(&mut written, &m)?;
                     written.names.extend(names.iter().cloned());
                 }
                 (Output::Oci { dest, names, form, tar }, Some(c)) => {
-                    self.export_image(c, form, &plan.built, dest, |m| match tar {
+                    let m = self.export_image(c, form, &plan.built, dest, |m| match tar {
                         true => rdock_oci::export_archive(&self.images, m, names, ArchiveFormat::Oci, dest),
                         false => rdock_oci::export_layout_dir(&self.images, m, names, dest),
                     })?;
+                    self.shipped(&mut written, &m)?;
                     written.names.extend(names.iter().cloned());
                 }
                 (Output::Image { names, push, rewrite_timestamp, .. }, Some(c)) => {
-                    written.image = Some(self.store_image(c, names, *push, *rewrite_timestamp, &plan.built)?);
+                    let (image, pushed) = self.store_image(c, names, *push, *rewrite_timestamp, &plan.built)?;
+                    written.image = Some(image);
+                    if let Some(d) = pushed {
+                        self.shipped(&mut written, &d)?;
+                    }
                     written.names.extend(names.iter().cloned());
                 }
                 (Output::Local { dest }, _) => rdock_oci::export_local(&self.store, top, dest).map_err(|e| exporting(dest, e))?,
@@ -59,7 +75,19 @@ impl Pipeline {
         Ok(written)
     }
 
-    /// An image archive of `c` in `form`, written by `write`.
+    /// Records `manifest` as the shipped one unless an earlier output was.
+    fn shipped(&self, written: &mut Written, manifest: &Digest) -> Result<(), BuildError> {
+        if written.shipped.is_none() {
+            let bytes = self.images.store().content().read(manifest)?;
+            let m: rdock_imagespec::Manifest = serde_json::from_slice(&bytes)?;
+            let media = m.media_type.unwrap_or_else(|| rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST.to_string());
+            let manifest = Descriptor::new(&media, manifest.clone(), bytes.len() as u64);
+            written.shipped = Some(Shipped { manifest, config: m.config.digest });
+        }
+        Ok(())
+    }
+
+    /// An image archive of `c` in `form`, written by `write`; the manifest written.
     fn export_image(
         &self,
         c: &CommittedImage,
@@ -67,13 +95,14 @@ impl Pipeline {
         built: &BuiltOn,
         dest: &Path,
         write: impl FnOnce(&rdock_imagespec::Digest) -> Result<(), rdock_oci::OciError>,
-    ) -> Result<(), BuildError> {
+    ) -> Result<Digest, BuildError> {
         self.warn_without_epoch(form.rewrite_timestamp, built);
         let manifest = rdock_oci::convert_manifest(&self.images, &c.manifest, form, built).map_err(|e| exporting(dest, e))?;
-        write(&manifest).map_err(|e| exporting(dest, e))
+        write(&manifest).map_err(|e| exporting(dest, e))?;
+        Ok(manifest)
     }
 
-    /// Tags (and pushes) the image, rewritten first when asked.
+    /// Tags (and pushes) the image, rewritten first when asked; with the digest pushed.
     fn store_image(
         &self,
         c: &CommittedImage,
@@ -81,25 +110,26 @@ impl Pipeline {
         push: bool,
         rewrite_timestamp: bool,
         built: &BuiltOn,
-    ) -> Result<CommittedImage, BuildError> {
+    ) -> Result<(CommittedImage, Option<Digest>), BuildError> {
         self.warn_without_epoch(rewrite_timestamp, built);
         let c = if rewrite_timestamp && built.epoch.is_some() { rewritten(&self.images, c, built)? } else { c.clone() };
+        let mut pushed = None;
         for n in names {
             self.images.tag(n, &c.manifest)?;
             if push {
-                self.push(n, &c.manifest)?;
+                pushed.get_or_insert(self.push(n, &c.manifest)?);
             }
         }
-        Ok(c)
+        Ok((c, pushed))
     }
 
-    /// Pushes the local image `d` as `r`.
-    fn push(&self, r: &ImageRef, d: &rdock_imagespec::Digest) -> Result<(), BuildError> {
+    /// Pushes the local image `d` as `r`; the digest pushed.
+    fn push(&self, r: &ImageRef, d: &rdock_imagespec::Digest) -> Result<Digest, BuildError> {
         let started = std::time::Instant::now();
         let report = rdock_oci::push(&self.images, &self.client, r, d, &self.transfers)
             .map_err(|source| BuildError::Push { name: r.familiar(), source })?;
         self.notices.done(&report.summary(r, started.elapsed()));
-        Ok(())
+        Ok(report.digest)
     }
 
     /// BuildKit's warning for `rewrite-timestamp=true` without an epoch to clamp to.
@@ -117,7 +147,8 @@ fn exporting(dest: &Path, source: rdock_oci::OciError) -> BuildError {
 
 /// The committed image with its own layers' times clamped, written to the store.
 fn rewritten(images: &ImageStore, c: &CommittedImage, built: &BuiltOn) -> Result<CommittedImage, BuildError> {
-    let form = ExportForm { rewrite_timestamp: true, ..ExportForm::stored() };
+    // Stored, so kept as tars: compressing is for what leaves the machine.
+    let form = ExportForm { rewrite_timestamp: true, compression: Some(rdock_snapshotter::Compression::None), ..ExportForm::stored() };
     let manifest = rdock_oci::convert_manifest(images, &c.manifest, &form, built)?;
     let bytes = images.store().content().read(&manifest)?;
     let manifest_doc: rdock_imagespec::Manifest = serde_json::from_slice(&bytes)?;
@@ -128,12 +159,14 @@ fn rewritten(images: &ImageStore, c: &CommittedImage, built: &BuiltOn) -> Result
 pub(crate) fn write_metadata(path: &Path, written: &Written) -> Result<(), BuildError> {
     let mut doc = serde_json::Map::new();
     if let Some(c) = &written.image {
-        doc.insert("containerimage.digest".into(), c.manifest.to_string().into());
-        doc.insert("containerimage.config.digest".into(), c.config.to_string().into());
-        doc.insert(
-            "containerimage.descriptor".into(),
-            serde_json::json!({"mediaType": rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST, "digest": c.manifest, "size": c.manifest_size}),
-        );
+        // What left the machine, as BuildKit reports it; else the stored manifest.
+        let Shipped { manifest: d, config } = written.shipped.clone().unwrap_or_else(|| Shipped {
+            manifest: Descriptor::new(rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST, c.manifest.clone(), c.manifest_size),
+            config: c.config.clone(),
+        });
+        doc.insert("containerimage.digest".into(), d.digest.to_string().into());
+        doc.insert("containerimage.config.digest".into(), config.to_string().into());
+        doc.insert("containerimage.descriptor".into(), serde_json::json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size}));
     }
     if !written.names.is_empty() {
         doc.insert("image.name".into(), written.names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",").into());

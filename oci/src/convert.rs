@@ -12,13 +12,14 @@ use crate::{ImageStore, OciError};
 use rdock_imagespec::{Descriptor, Digest, Manifest};
 use rdock_snapshotter::Compression;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 
 /// The layer and manifest form an export asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportForm {
-    /// The layers' compression; None keeps every layer as it is stored (uncompressed base
-    /// layers stay so, as `docker save` wrote them).
+    /// The layers' compression. None: the build's own layers (stored as tars) become gzip,
+    /// and the base image's stay as they are (uncompressed ones stay so, as `docker save`
+    /// wrote them).
     pub compression: Option<Compression>,
     /// gzip 0–9, zstd 1–22 (None: gzip 1, zstd 3, as BuildKit's defaults are fast levels).
     pub level: Option<i32>,
@@ -35,7 +36,7 @@ pub struct ExportForm {
 }
 
 impl ExportForm {
-    /// What rdock stores: gzip layers, OCI media types, no annotations.
+    /// No conversion asked for: the build's layers as gzip, OCI media types, no annotations.
     pub fn stored() -> ExportForm {
         ExportForm {
             compression: None,
@@ -88,43 +89,25 @@ pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportFor
     let mut config = images.config(&stored)?;
     let base = built.base_layers(&config.rootfs.diff_ids);
     let clamp_to = built.epoch.filter(|_| form.rewrite_timestamp);
-    let mut layers = Vec::with_capacity(m.layers.len());
-    for (i, l) in m.layers.iter().enumerate() {
-        // A foreign layer is not ours to change: its digest is what its URLs serve.
-        if l.is_non_distributable() {
-            layers.push(l.clone());
-            continue;
-        }
-        let mut head = [0u8; 4];
-        let n = content.open(&l.digest)?.read(&mut head).map_err(|e| OciError::Io(content.path(&l.digest), e))?;
-        let current = Compression::sniff(&head[..n]);
+    // Layers convert in parallel, two at once (each compressor is itself on every core).
+    let slots: Vec<std::sync::Mutex<Option<Converted>>> = m.layers.iter().map(|_| Default::default()).collect();
+    let indices: Vec<usize> = (0..m.layers.len()).collect();
+    crate::parallel(&indices, 2, |&i| {
         let own = i >= base;
-        let mut target = if own || form.force { form.compression.unwrap_or(current) } else { current };
-        if target == Compression::Zstd && !form.oci_media_types {
-            // A zstd base layer in docker media types: docker's have no zstd.
-            target = Compression::Gzip;
+        let clamp = clamp_to.filter(|_| own).map(|epoch| (epoch, config.rootfs.diff_ids.get(i)));
+        let c = convert_layer(images, &m.layers[i], own, form, clamp)?;
+        *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+        Ok(())
+    })?;
+    let mut layers = Vec::with_capacity(m.layers.len());
+    for (i, slot) in slots.into_iter().enumerate() {
+        let Some(c) = slot.into_inner().unwrap_or_else(|p| p.into_inner()) else { continue };
+        if let Some(diff_id) = c.diff_id
+            && let Some(d) = config.rootfs.diff_ids.get_mut(i)
+        {
+            *d = diff_id;
         }
-        let clamped = match clamp_to {
-            Some(epoch) if own => {
-                let (diff_id, size) = crate::epoch::clamp_stored_layer(content, &l.digest, epoch)?;
-                let changed = config.rootfs.diff_ids.get(i) != Some(&diff_id);
-                if changed && let Some(d) = config.rootfs.diff_ids.get_mut(i) {
-                    *d = diff_id.clone();
-                }
-                changed.then_some((diff_id, size))
-            }
-            _ => None,
-        };
-        let (digest, size) = match clamped {
-            Some((d, size)) if target == Compression::None => (d, size),
-            Some((d, _)) => recompress(images, &d, target, form.level)?,
-            None if current == target && !(form.force && form.compression.is_some()) => (l.digest.clone(), l.size),
-            None => recompress(images, &l.digest, target, form.level)?,
-        };
-        let mut d = Descriptor::new(layer_media_type(target, form.oci_media_types), digest, size);
-        d.annotations = l.annotations.clone();
-        d.urls = l.urls.clone();
-        layers.push(d);
+        layers.push(c.layer);
     }
     m.layers = layers;
     if clamp_to.is_some() {
@@ -150,30 +133,108 @@ pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportFor
     Ok(content.put(&m.to_json())?)
 }
 
-/// The layer `digest` uncompressed and compressed again as `form` asks, into the store.
-fn recompress(images: &ImageStore, digest: &Digest, target: Compression, level: Option<i32>) -> Result<(Digest, u64), OciError> {
+/// A layer as an export carries it, and its new diff ID if its file times were clamped.
+struct Converted {
+    layer: Descriptor,
+    diff_id: Option<Digest>,
+}
+
+/// Layer `l` in `form`; `own` for the build's own layers (not the base image's); with
+/// `clamp`, its file times clamped to the epoch, which counts as a change only if the diff
+/// ID differs from the one the config claims.
+fn convert_layer(
+    images: &ImageStore,
+    l: &Descriptor,
+    own: bool,
+    form: &ExportForm,
+    clamp: Option<(i64, Option<&Digest>)>,
+) -> Result<Converted, OciError> {
+    // A foreign layer is not ours to change: its digest is what its URLs serve.
+    if l.is_non_distributable() {
+        return Ok(Converted { layer: l.clone(), diff_id: None });
+    }
     let content = images.store().content();
-    let mut src = content.open_uncompressed(digest)?;
-    let mut w = content.writer()?;
-    let io = |e: std::io::Error| OciError::Io(content.path(digest), e);
-    match target {
-        Compression::None => {
-            std::io::copy(&mut src, &mut w).map_err(io)?;
+    let mut head = [0u8; 4];
+    let n = content.open(&l.digest)?.read(&mut head).map_err(|e| OciError::Io(content.path(&l.digest), e))?;
+    let current = Compression::sniff(&head[..n]);
+    // A layer the build made is stored as a tar and leaves as gzip unless asked otherwise,
+    // as BuildKit's layers do.
+    let default = if current == Compression::None { Compression::Gzip } else { current };
+    let mut target = if own || form.force { form.compression.unwrap_or(default) } else { current };
+    if target == Compression::Zstd && !form.oci_media_types {
+        // A zstd base layer in docker media types: docker's have no zstd.
+        target = Compression::Gzip;
+    }
+    let clamped = match clamp {
+        Some((epoch, claimed)) => {
+            let (diff_id, size) = crate::epoch::clamp_stored_layer(content, &l.digest, epoch)?;
+            (claimed != Some(&diff_id)).then_some((diff_id, size))
         }
-        Compression::Gzip => {
-            let level = level.unwrap_or(1).clamp(0, 9) as u32;
-            let mut gz = flate2::write::GzEncoder::new(&mut w, flate2::Compression::new(level));
-            std::io::copy(&mut src, &mut gz).map_err(io)?;
-            gz.finish().map_err(io)?;
-        }
-        Compression::Zstd => {
-            let mut z = zstd::stream::write::Encoder::new(&mut w, level.unwrap_or(3).clamp(1, 22)).map_err(io)?;
-            // Every core; libzstd's output is the same for any number of workers (≥ 1).
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-            z.multithread(threads).map_err(io)?;
-            std::io::copy(&mut src, &mut z).map_err(io)?;
-            z.finish().map_err(io)?.flush().map_err(io)?;
+        None => None,
+    };
+    let (digest, size) = match &clamped {
+        Some((d, size)) if target == Compression::None => (d.clone(), *size),
+        Some((d, _)) => recompress(images, d, target, form.level)?,
+        None if current == target && !(form.force && form.compression.is_some()) => (l.digest.clone(), l.size),
+        None => recompress(images, &l.digest, target, form.level)?,
+    };
+    let mut layer = Descriptor::new(layer_media_type(target, form.oci_media_types), digest, size);
+    layer.annotations = l.annotations.clone();
+    layer.urls = l.urls.clone();
+    Ok(Converted { layer, diff_id: clamped.map(|(d, _)| d) })
+}
+
+/// The layer `digest` uncompressed and compressed again as `form` asks, into the store
+/// (made on every core, and remembered: a second export finds it made).
+fn recompress(images: &ImageStore, digest: &Digest, target: Compression, level: Option<i32>) -> Result<(Digest, u64), OciError> {
+    Ok(images.store().compressor().compressed(digest, rdock_snapshotter::Form::new(target, level))?)
+}
+
+/// The manifest `manifest` as it leaves for a registry: each uncompressed layer as gzip
+/// (made on every core, or found made before), media types in the manifest's own family;
+/// `manifest` itself when every layer is compressed already.
+pub fn distributable(images: &ImageStore, manifest: &Digest) -> Result<Digest, OciError> {
+    let stored: Manifest = images.manifest(manifest)?;
+    let mut m = stored.clone();
+    let docker = m.media_type.as_deref() == Some(rdock_imagespec::MEDIA_TYPE_DOCKER_MANIFEST);
+    let tars: Vec<usize> = (0..m.layers.len()).filter(|&i| is_tar(&m.layers[i]) && !m.layers[i].is_non_distributable()).collect();
+    if tars.is_empty() {
+        return Ok(manifest.clone());
+    }
+    // Two at once: each is itself on every core, and a second keeps them busy between blocks.
+    let made: Vec<std::sync::Mutex<Option<(Digest, u64)>>> = tars.iter().map(|_| Default::default()).collect();
+    crate::parallel(&(0..tars.len()).collect::<Vec<_>>(), 2, |&k| {
+        let r = recompress(images, &stored.layers[tars[k]].digest, Compression::Gzip, None)?;
+        *made[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        Ok(())
+    })?;
+    for (&i, made) in tars.iter().zip(made) {
+        let Some((digest, size)) = made.into_inner().unwrap_or_else(|p| p.into_inner()) else { continue };
+        let l = &mut m.layers[i];
+        l.media_type = layer_media_type(Compression::Gzip, !docker).to_string();
+        l.digest = digest;
+        l.size = size;
+    }
+    Ok(images.store().content().put(&m.to_json())?)
+}
+
+fn is_tar(l: &Descriptor) -> bool {
+    l.media_type == rdock_imagespec::MEDIA_TYPE_OCI_LAYER || l.media_type == "application/vnd.docker.image.rootfs.diff.tar"
+}
+
+/// `index` (JSON) with each `(old, new, size)` manifest descriptor pointing at `new`.
+pub fn replace_in_index(index: &[u8], replaced: &[(Digest, Digest, u64)]) -> Result<Vec<u8>, OciError> {
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(index).map_err(|source| OciError::Json { what: "image index".into(), source })?;
+    if let Some(ms) = doc.get_mut("manifests").and_then(|m| m.as_array_mut()) {
+        for m in ms {
+            let Some((_, new, size)) = replaced.iter().find(|(old, _, _)| m.get("digest").and_then(|d| d.as_str()) == Some(old.as_str()))
+            else {
+                continue;
+            };
+            m["digest"] = serde_json::Value::String(new.to_string());
+            m["size"] = serde_json::Value::from(*size);
         }
     }
-    Ok(w.commit(None)?)
+    Ok(serde_json::to_vec(&doc).unwrap_or_default())
 }

@@ -363,28 +363,45 @@ pub fn push_blobs(
 
 /// Pushes the image whose manifest (or index) is `digest` in the local store to `target`
 /// (tag, or its own digest if `target` has none). An index is pushed whole when every
-/// manifest it lists is in the store, else as the host platform's manifest alone.
+/// manifest it lists is in the store, else as the host platform's manifest alone. Layers
+/// stored uncompressed leave as gzip ([`crate::convert::distributable`]), so the pushed
+/// digest is that of the converted manifest, as docker's differs from its image ID.
 pub fn push(images: &ImageStore, client: &Client, target: &ImageRef, digest: &Digest, on: &OnTransfer) -> Result<PushReport, OciError> {
     let content = images.store().content();
     let mut report = PushReport::new();
     let bytes = content.read(digest)?;
     let mut top = (digest.clone(), bytes);
     let as_index = crate::store::as_index(&top.1);
+    let mut whole_index = false;
     if let Some(index) = &as_index {
-        let complete = index.manifests.iter().all(|m| content.contains(&m.digest));
-        if complete {
+        whole_index = index.manifests.iter().all(|m| content.contains(&m.digest));
+        if whole_index {
+            let mut replaced = Vec::new();
             for m in &index.manifests {
-                let mb = content.read(&m.digest)?;
-                push_manifest(images, client, target, &m.digest, &mb, on, &mut report, Some(m.digest.as_str()))?;
+                let d = crate::convert::distributable(images, &m.digest)?;
+                let mb = content.read(&d)?;
+                push_manifest(images, client, target, &d, &mb, on, &mut report, Some(d.as_str()))?;
+                if d != m.digest {
+                    replaced.push((m.digest.clone(), d, mb.len() as u64));
+                }
+            }
+            if !replaced.is_empty() {
+                top.1 = crate::convert::replace_in_index(&top.1, &replaced)?;
+                top.0 = content.put(&top.1)?;
             }
         } else {
-            let d = images.platform_manifest(digest, &Platform::host())?;
+            let d = crate::convert::distributable(images, &images.platform_manifest(digest, &Platform::host())?)?;
             let b = content.read(&d)?;
             top = (d, b);
         }
+    } else {
+        let d = crate::convert::distributable(images, digest)?;
+        if d != *digest {
+            top = (d.clone(), content.read(&d)?);
+        }
     }
     let reference = target.tag.clone().unwrap_or_else(|| top.0.to_string());
-    if as_index.is_some() && top.0 == *digest {
+    if whole_index {
         let media = media_type_of(&top.1, rdock_imagespec::MEDIA_TYPE_OCI_INDEX);
         report.digest = client.put_manifest(target, &reference, &media, &top.1)?;
         report.size = top.1.len() as u64;

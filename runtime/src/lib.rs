@@ -21,7 +21,7 @@ pub use config::{Bind, ProcessConfig, RunFlags, parse_volume, process_config};
 pub use records::{Record, Records, State};
 
 use rdock_imagespec::time::unix_now as now;
-use rdock_imagespec::{Digest, History, ImageRef, MEDIA_TYPE_OCI_LAYER_GZIP};
+use rdock_imagespec::{Digest, History, ImageRef, MEDIA_TYPE_OCI_LAYER};
 use rdock_llb::{Network, Security};
 use rdock_oci::{CommittedImage, ImageStore, OciError, chain_snapshot_name, commit_image, ensure_unpacked};
 use rdock_snapshotter::{SnapshotError, Snapshotter, Store, active_key};
@@ -386,7 +386,7 @@ impl Runtime {
         let mut diff_ids = config.rootfs.diff_ids.clone();
         diff_ids.push(blob.diff_id.clone());
         let top = chain_snapshot_name(&diff_ids).ok_or_else(|| RuntimeError::Setup("empty chain".into()))?;
-        self.store().layers().import_layer(&top, r.parent.as_deref(), &blob.blob, MEDIA_TYPE_OCI_LAYER_GZIP)?;
+        self.store().layers().import_layer(&top, r.parent.as_deref(), &blob.diff_id, MEDIA_TYPE_OCI_LAYER)?;
         let created = rdock_imagespec::time::build_time();
         config.created = Some(created.clone());
         if !config.history.is_empty() || config.rootfs.diff_ids.is_empty() {

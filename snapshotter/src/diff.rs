@@ -1,65 +1,38 @@
 //! Upper dir → tar layer: overlay whiteouts become OCI whiteouts, entries come in a
 //! deterministic order (depth first, bytewise by name) with normalised headers (numeric
-//! owners only, no user/group names, no atime/ctime), gzip at a pinned level, stored by
-//! sha256. The same tree always gives the same bytes.
+//! owners only, no user/group names, no atime/ctime). The same tree always gives the same
+//! bytes. Layers are stored uncompressed (their blob digest is their diff ID): compressing
+//! is for what leaves the machine (`compress.rs`).
 
 use crate::SnapshotError;
 use crate::content::{BlobWriter, ContentStore};
 use crate::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_opaque, is_overlay_whiteout};
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use rdock_imagespec::Digest;
-use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-/// gzip level for layers. Pinned: compressed bytes are digests. Level 1 (zlib-rs) is
-/// several times faster than 6 for a few percent in size.
-pub const GZIP_LEVEL: u32 = 1;
-
-/// A layer written to the content store.
+/// A layer written to the content store, uncompressed: its blob digest is its diff ID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerBlob {
-    /// sha256 of the uncompressed tar.
+    /// sha256 of the tar, which is both the diff ID and the blob's digest.
     pub diff_id: Digest,
-    /// sha256 of the gzip blob.
-    pub blob: Digest,
-    /// Size of the gzip blob.
+    /// Size of the tar.
     pub size: u64,
 }
 
-struct Tee<W: Write> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> Write for Tee<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Writes the diff held in `upper` (an overlay upper dir) as a gzip tar layer.
+/// Writes the diff held in `upper` (an overlay upper dir) as an uncompressed tar layer,
+/// hashed once as it is written.
 pub fn write_layer(upper: &Path, content: &ContentStore) -> Result<LayerBlob, SnapshotError> {
     let blob: BlobWriter = content.writer()?;
-    let gz = GzEncoder::new(blob, Compression::new(GZIP_LEVEL));
-    let tee = Tee { inner: gz, hasher: Sha256::new() };
-    let mut tar = tar::Builder::new(tee);
+    let mut tar = tar::Builder::new(blob);
     tar.mode(tar::HeaderMode::Complete);
     tar.follow_symlinks(false);
     append_tree(&mut tar, upper)?;
-    let tee = tar.into_inner().map_err(|e| SnapshotError::io(upper, e))?;
-    let diff_id = Digest::from_sha256(tee.hasher.finalize().into());
-    let blob = tee.inner.finish().map_err(|e| SnapshotError::io(upper, e))?;
-    let (digest, size) = blob.commit(None)?;
-    Ok(LayerBlob { diff_id, blob: digest, size })
+    let blob = tar.into_inner().map_err(|e| SnapshotError::io(upper, e))?;
+    let (diff_id, size) = blob.commit(None)?;
+    Ok(LayerBlob { diff_id, size })
 }
 
 /// Writes the tree under `root` (not `root` itself) as an uncompressed tar stream, with

@@ -8,14 +8,16 @@ use crate::db::Db;
 use crate::diff::write_layer;
 use crate::overlay::{Kind, OverlaySnapshotter, active_key};
 use crate::{SnapshotError, Snapshotter};
-use rdock_imagespec::{Digest, MEDIA_TYPE_OCI_LAYER_GZIP};
+use rdock_imagespec::{Digest, MEDIA_TYPE_OCI_LAYER};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The layer blob of a committed snapshot.
+/// The layer blob of a committed snapshot: an uncompressed tar for the layers rdock makes
+/// (since store version 2; earlier stores' gzip ones stay valid), the blob as it came for
+/// pulled and imported ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerInfo {
     /// Uncompressed digest.
@@ -66,7 +68,8 @@ impl LayerStore {
             return Ok(l);
         }
         let blob = write_layer(&self.snapshots.fs_dir(name)?, &self.content)?;
-        let l = LayerInfo { diff_id: blob.diff_id, blob: blob.blob, size: blob.size, media_type: MEDIA_TYPE_OCI_LAYER_GZIP.to_string() };
+        let l =
+            LayerInfo { blob: blob.diff_id.clone(), diff_id: blob.diff_id, size: blob.size, media_type: MEDIA_TYPE_OCI_LAYER.to_string() };
         self.record_layer(info.id, &l)?;
         Ok(l)
     }

@@ -27,6 +27,7 @@
 
 mod apply;
 mod check;
+pub mod compress;
 mod content;
 mod db;
 mod diff;
@@ -42,6 +43,7 @@ pub mod testsuite;
 mod whiteout;
 
 pub use apply::apply_layer;
+pub use compress::{Compressor, Form};
 pub use content::{Compression, ContentStore};
 pub use db::Db;
 pub use diff::{LayerBlob, write_layer, write_tree_tar};
@@ -87,6 +89,7 @@ pub struct Store {
     content: ContentStore,
     snapshots: Arc<OverlaySnapshotter>,
     layers: Arc<LayerStore>,
+    compressor: Arc<Compressor>,
 }
 
 impl Store {
@@ -102,7 +105,8 @@ impl Store {
         let snapshots = Arc::new(OverlaySnapshotter::new(root, db.clone())?);
         snapshots.clean_abandoned()?;
         let layers = Arc::new(LayerStore::new(root, db.clone(), content.clone(), snapshots.clone()));
-        Ok(Store { root: root.to_path_buf(), db, content, snapshots, layers })
+        let compressor = Arc::new(Compressor::new(db.clone(), content.clone()));
+        Ok(Store { root: root.to_path_buf(), db, content, snapshots, layers, compressor })
     }
 
     /// The root directory.
@@ -128,6 +132,11 @@ impl Store {
     /// Layer blobs of snapshots, and snapshots of layer blobs (diff and apply).
     pub fn layers(&self) -> &Arc<LayerStore> {
         &self.layers
+    }
+
+    /// Compressed forms of blobs, for what leaves the machine.
+    pub fn compressor(&self) -> &Arc<Compressor> {
+        &self.compressor
     }
 
     /// The store lease a build holds while it runs (shared with other builds): garbage

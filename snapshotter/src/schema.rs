@@ -11,7 +11,9 @@
 //! Version 1 is the schema as it stood when versioning began. Stores made before that
 //! (`user_version` 0) hold some or all of its tables, created by each crate on first use,
 //! and perhaps lack the snapshot columns added later: version 1 is written so that it
-//! completes any of them without touching their rows.
+//! completes any of them without touching their rows. Version 2 adds the compressed
+//! forms of blobs (`compress.rs`), when layers began to be stored uncompressed: layer rows
+//! of earlier versions name gzip blobs and stay valid as they are.
 
 use crate::SnapshotError;
 use rusqlite::Connection;
@@ -24,8 +26,9 @@ struct Migration {
 }
 
 /// The schema, oldest first; the store's version is how many of these it has.
-const MIGRATIONS: &[Migration] = &[Migration {
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        sql: "
         -- snapshotter: snapshots and the layer blob each committed one was diffed into
         CREATE TABLE IF NOT EXISTS snapshots (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -63,10 +66,21 @@ const MIGRATIONS: &[Migration] = &[Migration {
             created INTEGER NOT NULL, state TEXT NOT NULL, exit_code INTEGER, finished INTEGER, pid INTEGER, pid_start INTEGER,
             auto_remove INTEGER NOT NULL, settings TEXT NOT NULL);
     ",
-    // Added to snapshots before versioning: when it was last used (garbage collection is
-    // least-recently-used first) and its disk use (measured once).
-    columns: &[("snapshots", "last_used", "INTEGER"), ("snapshots", "size", "INTEGER")],
-}];
+        // Added to snapshots before versioning: when it was last used (garbage collection is
+        // least-recently-used first) and its disk use (measured once).
+        columns: &[("snapshots", "last_used", "INTEGER"), ("snapshots", "size", "INTEGER")],
+    },
+    Migration {
+        sql: "
+        -- compressor: the compressed forms made of blobs (layers are stored uncompressed
+        -- from version 2 on), kept after the blob is gone: the bytes can be made again,
+        -- and a push can ask a registry for the digest first
+        CREATE TABLE compressed (source TEXT NOT NULL, compression TEXT NOT NULL, level INTEGER NOT NULL,
+            target TEXT NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (source, compression, level)) WITHOUT ROWID;
+    ",
+        columns: &[],
+    },
+];
 
 /// The newest schema version this rdock knows.
 pub const VERSION: u32 = MIGRATIONS.len() as u32;

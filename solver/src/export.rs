@@ -6,7 +6,7 @@ use crate::Solver;
 use crate::key::CacheKey;
 use crate::remote::{CacheExport, CacheLayer, CacheMode, ExportBuilder, ImportedCache};
 use crate::request::SolveOutput;
-use rdock_snapshotter::SnapshotName;
+use rdock_snapshotter::{Compression, Form, LayerInfo, SnapshotName};
 
 /// How many blobs an export compresses or fetches at once.
 const FETCH_THREADS: usize = 6;
@@ -27,7 +27,7 @@ impl Solver {
         let layers = self.worker.store().layers();
         let content = self.worker.store().content();
         let top: Vec<rdock_imagespec::Digest> = match &out.top {
-            Some(t) => layers.chain_layers(t)?.into_iter().map(|l| l.blob).collect(),
+            Some(t) => layers.chain_layers(t)?.into_iter().map(|l| l.diff_id).collect(),
             None => Vec::new(),
         };
         let mut seen = std::collections::HashSet::new();
@@ -54,14 +54,22 @@ impl Solver {
             }
         }
         rdock_oci::parallel(&chain_names, FETCH_THREADS, |n| layers.layer(n).map(|_| ()).map_err(Into::into))?;
-        let in_output = |chain: &[CacheLayer]| chain.len() <= top.len() && chain.iter().zip(&top).all(|(a, b)| a.blob.digest == *b);
+        // What leaves the machine is compressed: each stored tar gets its gzip form, made
+        // once (and remembered) however many records share it.
+        let mut tars: Vec<rdock_imagespec::Digest> = Vec::new();
+        for n in &chain_names {
+            let l = layers.layer(n)?;
+            if l.media_type == rdock_imagespec::MEDIA_TYPE_OCI_LAYER && !tars.contains(&l.blob) {
+                tars.push(l.blob);
+            }
+        }
+        rdock_oci::parallel(&tars, FETCH_THREADS, |d| {
+            self.worker.store().compressor().compressed(d, gzip()).map(|_| ()).map_err(Into::into)
+        })?;
+        let in_output = |chain: &[CacheLayer]| chain.len() <= top.len() && chain.iter().zip(&top).all(|(a, b)| a.diff_id == *b);
         let mut b = ExportBuilder::default();
         for (key, snap) in &local {
-            let chain: Vec<CacheLayer> = layers
-                .chain_layers(snap)?
-                .into_iter()
-                .map(|l| CacheLayer { blob: rdock_imagespec::Descriptor::new(&l.media_type, l.blob, l.size), diff_id: l.diff_id })
-                .collect();
+            let chain: Vec<CacheLayer> = layers.chain_layers(snap)?.into_iter().map(|l| self.shipped(l)).collect::<Result<_, _>>()?;
             if mode == CacheMode::Max || in_output(&chain) {
                 b.record(key.as_str(), &chain);
             }
@@ -78,8 +86,9 @@ impl Solver {
                 let dir = rdock_worker::cachemount::dir(&root, id);
                 if dir.is_dir() {
                     let lb = rdock_snapshotter::write_layer(&dir, content)?;
+                    let (blob, size) = self.worker.store().compressor().compressed(&lb.diff_id, gzip())?;
                     let layer = CacheLayer {
-                        blob: rdock_imagespec::Descriptor::new(rdock_imagespec::MEDIA_TYPE_OCI_LAYER_GZIP, lb.blob, lb.size),
+                        blob: rdock_imagespec::Descriptor::new(rdock_imagespec::MEDIA_TYPE_OCI_LAYER_GZIP, blob, size),
                         diff_id: lb.diff_id,
                     };
                     b.mount(id, &layer);
@@ -88,4 +97,21 @@ impl Solver {
         }
         b.finish(content)
     }
+
+    /// A stored layer as a cache export carries it: gzip in place of an uncompressed tar
+    /// (remembered, so usually already made), anything else as it is.
+    fn shipped(&self, l: LayerInfo) -> Result<CacheLayer, SolveError> {
+        let blob = if l.media_type == rdock_imagespec::MEDIA_TYPE_OCI_LAYER {
+            let (d, size) = self.worker.store().compressor().compressed(&l.blob, gzip())?;
+            rdock_imagespec::Descriptor::new(rdock_imagespec::MEDIA_TYPE_OCI_LAYER_GZIP, d, size)
+        } else {
+            rdock_imagespec::Descriptor::new(&l.media_type, l.blob, l.size)
+        };
+        Ok(CacheLayer { blob, diff_id: l.diff_id })
+    }
+}
+
+/// The form cache layers travel in: gzip at its default level, as BuildKit's cache exports.
+fn gzip() -> Form {
+    Form::new(Compression::Gzip, None)
 }
