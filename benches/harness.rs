@@ -911,7 +911,19 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for (named, workload) in WORKLOADS {
         if wanted.is_empty() || wanted.iter().any(|w| named(w)) {
-            rows.extend(workload(&t, &dir, runs)?);
+            let done = workload(&t, &dir, runs)?;
+            // As each workload ends, so that a later failure loses nothing measured.
+            for r in &done {
+                eprintln!(
+                    "{}: rdock {}, BuildKit {}, Buildah {}, limit {}",
+                    r.name,
+                    fmt(Some(r.rdock)),
+                    fmt(r.buildkit),
+                    fmt(r.buildah),
+                    fmt(r.limit)
+                );
+            }
+            rows.extend(done);
         }
     }
     // Stores are kept: deleting them here would put the next run's stores on just-freed

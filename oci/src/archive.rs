@@ -126,8 +126,10 @@ fn write_image(
         if !seen.insert(l.digest.clone()) {
             continue;
         }
-        let mut f = content.open(&l.digest)?;
+        let f = content.open(&l.digest)?;
         let len = f.metadata().map_err(io)?.len();
+        // 1 MiB reads: the copy behind `put` goes 8 KiB at a time, a system call each.
+        let mut f = std::io::BufReader::with_capacity((len as usize).clamp(8 << 10, 1 << 20), f);
         put(&format!("blobs/sha256/{}", l.digest.hex()), len, Some(&mut f)).map_err(io)?;
     }
     if format == ArchiveFormat::Docker {

@@ -12,7 +12,7 @@ use rdock_worker::CopySource;
 use rdock_worker::fileop::{excluded, expand_source};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Hashes the subtree `path` of the context at `dir` that a bind mount shows.
 pub fn hash_mount_source(
@@ -70,17 +70,22 @@ pub fn hash_copy_sources(
             hash_entry(h, files, &rel, &p, &md, seen)?;
             if md.is_dir() {
                 let base = if rel == "." { String::new() } else { rel.clone() };
+                let mut entries = Vec::new();
                 for e in walkdir::WalkDir::new(&p).min_depth(1).sort_by_file_name() {
                     let e = e.map_err(|e| SolveError::ContextRead(e.into()))?;
                     let r = e.path().strip_prefix(dir).unwrap_or(e.path()).to_string_lossy().into_owned();
-                    let in_copy = r.strip_prefix(&base).unwrap_or(&r).trim_start_matches('/');
-                    if excluded(&src, &r) || (!copy_excludes.is_empty() && copy_excludes.matches(in_copy)) {
+                    let in_copy = r.strip_prefix(&base).unwrap_or(&r).trim_start_matches('/').to_string();
+                    if excluded(&src, &r) || (!copy_excludes.is_empty() && copy_excludes.matches(&in_copy)) {
                         continue;
                     }
                     let md = e.metadata().map_err(|e| SolveError::ContextRead(e.into()))?;
-                    h.update(in_copy.as_bytes());
+                    entries.push(Walked { rel: r, in_copy, path: e.path().to_path_buf(), md });
+                }
+                let digests = file_digests(files, &entries)?;
+                for (e, d) in entries.iter().zip(digests) {
+                    h.update(e.in_copy.as_bytes());
                     h.update(b"\0");
-                    hash_entry(h, files, &r, e.path(), &md, seen)?;
+                    hash_entry_with(h, &e.rel, &e.path, &e.md, d, seen)?;
                 }
             }
         }
@@ -99,11 +104,54 @@ fn hash_entry(
     md: &std::fs::Metadata,
     seen: &mut BTreeMap<String, FileNote>,
 ) -> Result<(), SolveError> {
+    let digest = if md.is_file() { Some(files.digest(rel, p, md)?) } else { None };
+    hash_entry_with(h, rel, p, md, digest, seen)
+}
+
+/// A context entry a copy reads: its path in the context and in the copy, and its stat.
+struct Walked {
+    rel: String,
+    in_copy: String,
+    path: PathBuf,
+    md: std::fs::Metadata,
+}
+
+/// The content digests of the regular files among `entries` (None for the rest), read on
+/// every core: a cold context is mostly reading and hashing.
+fn file_digests(files: &FileHashCache, entries: &[Walked]) -> Result<Vec<Option<[u8; 32]>>, SolveError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(entries.len().max(1));
+    let chunk = entries.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || -> Result<Vec<Option<[u8; 32]>>, SolveError> {
+                    part.iter().map(|e| if e.md.is_file() { files.digest(&e.rel, &e.path, &e.md).map(Some) } else { Ok(None) }).collect()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for p in parts {
+            let part = p.join().map_err(|_| SolveError::Context("a hashing thread panicked".into()))??;
+            out.extend(part);
+        }
+        Ok(out)
+    })
+}
+
+/// [`hash_entry`] with the file's digest already known.
+fn hash_entry_with(
+    h: &mut blake3::Hasher,
+    rel: &str,
+    p: &Path,
+    md: &std::fs::Metadata,
+    digest: Option<[u8; 32]>,
+    seen: &mut BTreeMap<String, FileNote>,
+) -> Result<(), SolveError> {
     h.update(&md.mode().to_le_bytes());
     let ft = md.file_type();
-    let content = if ft.is_file() {
+    let content = if let (true, Some(d)) = (ft.is_file(), digest) {
         h.update(&md.len().to_le_bytes());
-        let d = files.digest(rel, p, md)?;
         h.update(&d);
         let mut prefix = [0u8; 12];
         prefix.copy_from_slice(&d[..12]);

@@ -229,7 +229,10 @@ impl NetPool {
             }
             if s.warming == 0 {
                 drop(s);
-                return NetNs::create(None);
+                let started = std::time::Instant::now();
+                let made = NetNs::create(None);
+                tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "network namespace made on demand");
+                return made;
             }
             s = match self.changed.wait(s) {
                 Ok(s) => s,
