@@ -482,8 +482,7 @@ fn workload_registry(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         push.push(time(Command::new(&t.rdock).args(["push", "-q", &name]).env("RDOCK_ROOT", &root))?);
         let empty = dir.join("stores").join(format!("pull-{}-{n}", std::process::id()));
         pull.push(time(Command::new(&t.rdock).args(["pull", "-q", &name]).env("RDOCK_ROOT", &empty))?);
-        let archive = dir.join("skopeo.tar");
-        let _ = std::fs::remove_file(&archive);
+        let archive = unique(dir, "skopeo.tar");
         skopeo.push(time(Command::new("skopeo").args([
             "copy",
             "-q",
@@ -491,6 +490,7 @@ fn workload_registry(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
             &format!("docker://{name}"),
             &format!("oci-archive:{}", archive.display()),
         ]))?);
+        drop_output(&[&archive]);
         if t.docker {
             // A registry of its own: docker remembers which registries had its layers and
             // would mount them instead of uploading.
@@ -732,6 +732,13 @@ fn sh(script: &str) -> Command {
     c
 }
 
+/// Removes single output files once timed; never a store or a tree of many files.
+fn drop_output(files: &[&Path]) {
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
 /// A path for one run's output that was never used before: nothing is deleted before a
 /// timed run (see [`fresh_store`]).
 fn unique(dir: &Path, what: &str) -> PathBuf {
@@ -766,6 +773,9 @@ fn disk_write512(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         export.push(time(&mut rdock_build(t, &root, &ctx, &["--output", &out]))?);
         let f = unique(dir, "w512-limit");
         limit.push(time(&mut sh(&format!("head -c 536870912 /dev/urandom > {0} && sha256sum {0} > /dev/null", f.display())))?);
+        // Single large files go as soon as they are timed (a handful of inodes, unlike a
+        // store): five runs of them filled this machine's disk.
+        drop_output(&[&dest, &f]);
     }
     let [(bk, _), (ba, _)] = others(t, &ctx, runs, false)?;
     // docker's own export of the image its BuildKit just built, gzipped on every core.
@@ -774,6 +784,7 @@ fn disk_write512(t: &Tools, dir: &Path, runs: usize) -> Result<Vec<Row>> {
         for _ in 0..runs {
             let dest = unique(dir, "docker-save.tar.gz");
             save.push(time(&mut sh(&format!("{} save rdock-bench:latest | pigz -1 > {}", docker_cli(), dest.display())))?);
+            drop_output(&[&dest]);
         }
     }
     Ok(vec![
@@ -928,7 +939,8 @@ fn main() -> Result<()> {
     }
     // Stores are kept: deleting them here would put the next run's stores on just-freed
     // inodes (see fresh_store). Remove DIR/stores when no benchmark follows.
-    eprintln!("stores kept in {} (remove them when no benchmark follows)", dir.join("stores").display());
+    let kept = Command::new("du").args(["-sh"]).arg(dir.join("stores")).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    eprintln!("stores kept: {} (remove them when no benchmark follows)", kept.unwrap_or_default().trim());
     println!(
         "medians of {runs} runs; BuildKit: {}; Buildah: {}",
         if t.docker { "docker (DOCKER_BUILDKIT=1)" } else { "not running" },

@@ -60,39 +60,6 @@ fn run_steps_reach_the_outside_world_by_default_but_not_the_hosts_loopback() {
     assert!(dest.join("fetched").exists());
 }
 
-/// Steps of parallel stages start together: the build makes one namespace ahead for each
-/// step that may run at once, so neither waits for slirp4netns to start on demand (the
-/// second of two parallel steps used to, about 0.2 s).
-#[test]
-fn parallel_steps_find_their_network_namespaces_made_ahead() {
-    let f = Fixture::new();
-    let df = "FROM busybox AS a\nRUN echo a > /a\nFROM busybox AS b\nRUN echo b > /b\n\
-              FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\nRUN cat /a /b\n";
-    let ctx = f.ctx("parallel", &[("Dockerfile", df)]);
-    let c = format!("context={}", ctx.display());
-    let out = Command::new(RDOCK_BUILD)
-        .args(["--frontend", "dockerfile", "--local", &c, "--local", &format!("dockerfile={}", ctx.display())])
-        .args(["--progress=plain", "--max-parallelism", "2"])
-        .env("RDOCK_ROOT", &f.root)
-        .env("RDOCK_LOG", "rdock_worker=debug")
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let text = out_text(&out);
-    assert!(text.contains("echo a") && text.contains("echo b"), "{text}");
-    assert!(!text.contains("made on demand"), "a step waited for a namespace:\n{text}");
-    // With one step at a time, one namespace made ahead serves them all.
-    let again = Command::new(RDOCK_BUILD)
-        .args(["--frontend", "dockerfile", "--local", &c, "--local", &format!("dockerfile={}", ctx.display())])
-        .args(["--progress=plain", "--max-parallelism", "1", "--no-cache"])
-        .env("RDOCK_ROOT", &f.root)
-        .env("RDOCK_LOG", "rdock_worker=debug")
-        .output()
-        .unwrap();
-    assert_ok(&again);
-    assert!(!out_text(&again).contains("made on demand"), "{}", out_text(&again));
-}
-
 #[test]
 fn build_wide_network_none_is_said_in_the_error_of_a_step_that_cannot_resolve() {
     let f = Fixture::new();

@@ -414,3 +414,80 @@ fn the_configured_cap_holds_after_every_build_and_prune_waits_for_running_builds
     let img = read_image(&saved);
     assert!(img.layers.iter().flatten().any(|e| e.path == "second" && e.data == b"first\n"));
 }
+
+/// Turns this rdock's store into what the rdock before store version 2 left: every layer a
+/// build made as a gzip blob (named so in the `layers` table and in the image's manifest), no tar
+/// blobs, no `compressed` table, `user_version` 1.
+fn make_version_1_store(f: &Fixture, image: &str) -> Vec<String> {
+    use std::io::Write;
+    let conn = rusqlite::Connection::open(f.root.join("metadata.db")).unwrap();
+    let blobs = f.root.join("blobs/sha256");
+    let rows: Vec<(i64, String)> = {
+        // The layers builds made (`op-` snapshots); loaded images kept their blobs as they came.
+        let mut s = conn
+            .prepare(
+                "SELECT l.snapshot, l.blob FROM layers l JOIN snapshots s ON s.id = l.snapshot \
+                 WHERE l.media_type = 'application/vnd.oci.image.layer.v1.tar' AND s.key LIKE 'op-%'",
+            )
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    assert!(!rows.is_empty(), "the build made no layer");
+    let mut renamed = Vec::new();
+    for (snapshot, tar) in &rows {
+        let bytes = std::fs::read(blobs.join(tar.trim_start_matches("sha256:"))).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+        gz.write_all(&bytes).unwrap();
+        let gz = gz.finish().unwrap();
+        let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&gz)));
+        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), &gz).unwrap();
+        std::fs::remove_file(blobs.join(tar.trim_start_matches("sha256:"))).unwrap();
+        conn.execute(
+            "UPDATE layers SET blob = ?1, size = ?2, media_type = 'application/vnd.oci.image.layer.v1.tar+gzip' WHERE snapshot = ?3",
+            rusqlite::params![digest, gz.len() as i64, snapshot],
+        )
+        .unwrap();
+        renamed.push((tar.clone(), digest, gz.len()));
+    }
+    let manifest: String = conn.query_row("SELECT manifest FROM images WHERE name = ?1", [image], |r| r.get(0)).unwrap();
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blobs.join(manifest.trim_start_matches("sha256:"))).unwrap()).unwrap();
+    for l in doc["layers"].as_array_mut().unwrap() {
+        if let Some((_, gz, size)) = renamed.iter().find(|(tar, _, _)| l["digest"] == tar.as_str()) {
+            l["digest"] = serde_json::json!(gz);
+            l["size"] = serde_json::json!(size);
+            l["mediaType"] = serde_json::json!("application/vnd.oci.image.layer.v1.tar+gzip");
+        }
+    }
+    let bytes = serde_json::to_vec(&doc).unwrap();
+    let new_manifest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
+    std::fs::write(blobs.join(new_manifest.trim_start_matches("sha256:")), &bytes).unwrap();
+    conn.execute("UPDATE images SET manifest = ?1 WHERE name = ?2", rusqlite::params![new_manifest, image]).unwrap();
+    conn.execute_batch("DROP TABLE compressed; PRAGMA user_version = 1;").unwrap();
+    renamed.into_iter().map(|(_, gz, _)| gz).collect()
+}
+
+/// A store from before layers were kept as tars (gzip layer blobs, schema version 1)
+/// upgrades when opened and keeps working: builds on its images hit its cache, exports
+/// ship its gzip layers byte for byte, and `fsck` finds nothing wrong.
+#[test]
+fn a_store_with_gzip_layers_from_before_version_2_keeps_working() {
+    let f = Fixture::new();
+    let ctx = f.ctx("old", &[("Dockerfile", "FROM busybox\nRUN echo old > /old\n")]);
+    assert_ok(&f.build(&ctx, &["--output", "type=image,name=old:1"]));
+    let gz = make_version_1_store(&f, "docker.io/library/old:1");
+    let ctx2 = f.ctx("new", &[("Dockerfile", "FROM busybox\nRUN echo old > /old\nRUN echo new > /new\n")]);
+    let out = f.path("new.tar");
+    let built = f.build(&ctx2, &["--output", &format!("type=oci,dest={}", out.display())]);
+    assert_ok(&built);
+    assert!(stderr(&built).contains("CACHED"), "the old store's step is a hit: {}", stderr(&built));
+    let img = read_image(&out);
+    for d in &gz {
+        assert!(img.layer_digests.contains(d), "the old gzip layer {d} ships as it is: {:?}", img.layer_digests);
+    }
+    assert!(img.manifest["layers"][2]["mediaType"].as_str().unwrap().ends_with("+gzip"), "{}", img.manifest);
+    assert_eq!(img.files_in_layers()["new"], b"new\n");
+    let conn = rusqlite::Connection::open(f.root.join("metadata.db")).unwrap();
+    assert_eq!(conn.query_row::<u32, _, _>("PRAGMA user_version", [], |r| r.get(0)).unwrap(), 2);
+    fsck(&f);
+}
