@@ -109,8 +109,10 @@ fn push_pull_round_trip_through_a_real_registry() {
 
     // Pulled back on an empty store, it runs the same.
     let b = Fixture::empty();
-    let pulled = b.rdock(&["pull", &app]);
+    let pulled = Command::new(RDOCK).args(["pull", &app]).env("RDOCK_ROOT", &b.root).env("RDOCK_LOG", "rdock_oci=debug").output().unwrap();
     assert_ok(&pulled);
+    // Each layer was unpacked as it downloaded, in one pass, not after.
+    assert_eq!(stderr(&pulled).matches("unpacked while downloading").count(), 3, "{}", stderr(&pulled));
     assert!(String::from_utf8_lossy(&pulled.stdout).contains(&digest));
     let ctx_b = b.ctx("run", &[("Dockerfile", &format!("FROM {app}\nRUN cat /msg /built > /seen && wc -c < /blob >> /seen\n"))]);
     let out = b.path("out.tar");

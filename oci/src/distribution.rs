@@ -82,6 +82,14 @@ pub struct RegistrySource {
 
 impl BlobSource for RegistrySource {
     fn fetch(&self, desc: &Descriptor, content: &ContentStore) -> Result<(), OciError> {
+        self.fetch_tapped(desc, content, &|| None)
+    }
+}
+
+impl RegistrySource {
+    /// [`BlobSource::fetch`], the bytes from the registry also written to what `tap` makes
+    /// (see [`Client::fetch_blob_tapped`]); not those of a foreign layer's URLs.
+    pub fn fetch_tapped(&self, desc: &Descriptor, content: &ContentStore, tap: &rdock_registry::Tap<'_>) -> Result<(), OciError> {
         if content.contains(&desc.digest) {
             (self.on)(Transfer::Done(desc, "exists"));
             return Ok(());
@@ -101,7 +109,7 @@ impl BlobSource for RegistrySource {
                 }
             }
         }
-        match self.client.fetch_blob(&self.repo, desc, content, &progress) {
+        match self.client.fetch_blob_tapped(&self.repo, desc, content, &progress, tap) {
             Ok(()) => {}
             Err(e) => return Err(first_err.unwrap_or(e).into()),
         }
@@ -275,8 +283,13 @@ pub fn pull(images: &ImageStore, client: &Arc<Client>, r: &ImageRef, platform: &
     tracing::debug!(image = %r, manifest = %resolved.manifest, layers = resolved.manifest_doc.layers.len(), "pulling");
     let new: Vec<&Descriptor> = resolved.manifest_doc.layers.iter().filter(|l| !content.contains(&l.digest)).collect();
     let source = RegistrySource { client: client.clone(), repo: r.clone(), on };
-    let result = parallel(&resolved.manifest_doc.layers, PARALLEL, |l| source.fetch(l, content))
+    let streamed = StreamedLayers::new(images.store(), &resolved)?;
+    let indices: Vec<usize> = (0..resolved.manifest_doc.layers.len()).collect();
+    let fetched = parallel(&indices, PARALLEL, |&i| source.fetch_tapped(&resolved.manifest_doc.layers[i], content, &|| streamed.tap(i)));
+    let unpacked = streamed.finish();
+    let result = fetched
         .and_then(|_| resolved.store(images))
+        .and_then(|_| place_streamed(images.store(), &resolved, unpacked))
         .and_then(|_| crate::ensure_unpacked(images, &resolved.manifest).map(|_| ()));
     if let Err(e) = result {
         for l in new {
@@ -290,6 +303,85 @@ pub fn pull(images: &ImageStore, client: &Arc<Client>, r: &ImageRef, platform: &
         images.tag(&name, &resolved.top)?;
     }
     Ok(resolved)
+}
+
+/// The layers of a pull being unpacked as they download: one unpacking thread per
+/// download attempt of each layer not yet a snapshot, fed through a pipe.
+struct StreamedLayers {
+    layers: Arc<rdock_snapshotter::LayerStore>,
+    /// Per layer: whether it is wanted (not unpacked yet), and its unpacking threads.
+    wanted: Vec<bool>,
+    threads: Vec<std::sync::Mutex<Vec<Unpacking>>>,
+}
+
+type Unpacking = std::thread::JoinHandle<Result<rdock_snapshotter::Unpacked, rdock_snapshotter::SnapshotError>>;
+
+impl StreamedLayers {
+    fn new(store: &rdock_snapshotter::Store, resolved: &Resolved) -> Result<StreamedLayers, OciError> {
+        let names = crate::image::chain_names_of(&resolved.config.rootfs.diff_ids);
+        let wanted = names.iter().map(|n| store.snapshots().exists(n).map(|e| !e)).collect::<Result<Vec<_>, _>>()?;
+        let threads = names.iter().map(|_| Default::default()).collect();
+        Ok(StreamedLayers { layers: store.layers().clone(), wanted, threads })
+    }
+
+    /// The writer for one download attempt of layer `i`: a pipe to a new unpacking thread.
+    fn tap(&self, i: usize) -> Option<Box<dyn std::io::Write + Send>> {
+        if !self.wanted.get(i).copied().unwrap_or(false) {
+            return None;
+        }
+        let (r, w) = std::io::pipe().ok()?;
+        let layers = self.layers.clone();
+        let what = format!("layer {i}");
+        let t = std::thread::spawn(move || layers.unpack_stream(r, &what));
+        self.threads[i].lock().unwrap_or_else(|p| p.into_inner()).push(t);
+        Some(Box::new(w))
+    }
+
+    /// Waits for every unpacking thread (each download is over, so each pipe is closed);
+    /// per layer, what its last attempt unpacked. Earlier attempts' directories go.
+    fn finish(self) -> Vec<Option<rdock_snapshotter::Unpacked>> {
+        self.threads
+            .into_iter()
+            .map(|t| {
+                let attempts = t.into_inner().unwrap_or_else(|p| p.into_inner());
+                attempts.into_iter().map(|h| h.join().ok().and_then(Result::ok)).last().flatten()
+            })
+            .collect()
+    }
+}
+
+/// Places the layers a pull unpacked while downloading, bottom up, as the snapshots
+/// [`crate::ensure_unpacked`] would make (which then has nothing left to do but what was
+/// not streamed). Each must have unpacked to the diff ID the config claims.
+fn place_streamed(
+    store: &rdock_snapshotter::Store,
+    resolved: &Resolved,
+    unpacked: Vec<Option<rdock_snapshotter::Unpacked>>,
+) -> Result<(), OciError> {
+    let diff_ids = &resolved.config.rootfs.diff_ids;
+    let names = crate::image::chain_names_of(diff_ids);
+    let mut parent: Option<&str> = None;
+    for (i, u) in unpacked.into_iter().enumerate() {
+        if !store.snapshots().exists(&names[i])? {
+            let Some(u) = u else { break };
+            let l = &resolved.manifest_doc.layers[i];
+            if u.diff_id() != Some(&diff_ids[i]) {
+                return Err(OciError::Inconsistent {
+                    image: resolved.manifest.to_string(),
+                    reason: format!(
+                        "layer {} unpacks to {}, but the config says {}",
+                        l.digest,
+                        u.diff_id().map(|d| d.to_string()).unwrap_or_default(),
+                        diff_ids[i]
+                    ),
+                });
+            }
+            store.layers().place_unpacked(&names[i], parent, u, &l.digest, &l.media_type)?;
+            tracing::debug!(layer = %l.digest, "unpacked while downloading");
+        }
+        parent = Some(&names[i]);
+    }
+    Ok(())
 }
 
 /// What a push did.

@@ -31,7 +31,12 @@ pub struct ChainBlob<'a> {
 /// The snapshot names of a chain, bottom first: one per prefix, by chain ID.
 fn chain_names(layers: &[ChainBlob<'_>]) -> Vec<String> {
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
-    (0..layers.len()).map(|i| chain_snapshot_name(&diff_ids[..=i]).unwrap_or_default()).collect()
+    chain_names_of(&diff_ids)
+}
+
+/// [`chain_names`] from the diff IDs alone.
+pub(crate) fn chain_names_of(diff_ids: &[Digest]) -> Vec<String> {
+    (0..diff_ids.len()).map(|i| chain_snapshot_name(&diff_ids[..=i]).unwrap_or_default()).collect()
 }
 
 /// The layers of a chain whose blob must be fetched before [`unpack_chain`]: those neither

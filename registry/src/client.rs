@@ -14,6 +14,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Makes, for each attempt of a download, a writer that sees its bytes too (or none).
+pub type Tap<'a> = dyn Fn() -> Option<Box<dyn std::io::Write + Send>> + Sync + 'a;
+
 /// Manifests larger than this are refused: containerd and BuildKit use the same limit, and
 /// no real image needs more.
 pub const MAX_MANIFEST: u64 = 4 << 20;
@@ -574,9 +577,24 @@ impl Client {
         content: &ContentStore,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
+        self.fetch_blob_tapped(repo, desc, content, progress, &|| None)
+    }
+
+    /// [`Client::fetch_blob`], with every attempt's bytes also written, as they arrive, to a
+    /// writer `tap` makes for it (a pull unpacks a layer while it downloads). A tap that
+    /// stops accepting bytes is let go; the download goes on. The tap of an attempt that
+    /// breaks is dropped before the next begins, so its reader sees the stream end.
+    pub fn fetch_blob_tapped(
+        &self,
+        repo: &ImageRef,
+        desc: &Descriptor,
+        content: &ContentStore,
+        progress: &(dyn Fn(u64) + Sync),
+        tap: &Tap<'_>,
+    ) -> Result<(), RegistryError> {
         let what = format!("blob {} of {}", desc.digest, repo.name());
         let call = self.call("GET", repo, &format!("blobs/{}", desc.digest), false);
-        self.download(&call, &repo.registry, what, desc, content, progress)
+        self.download(&call, &repo.registry, what, desc, content, progress, tap)
     }
 
     /// Downloads a foreign (non-distributable) layer from one of the URLs its descriptor
@@ -603,12 +621,13 @@ impl Client {
             headers: Vec::new(),
             body: Payload::None,
         };
-        self.download(&call, &host, format!("foreign layer {} from {url}", desc.digest), desc, content, progress)
+        self.download(&call, &host, format!("foreign layer {} from {url}", desc.digest), desc, content, progress, &|| None)
     }
 
     /// Streams the body of `call` into the content store (unless the blob is there): it
     /// becomes visible only once its size and digest match `desc`; a connection that
     /// breaks is retried from the start.
+    #[allow(clippy::too_many_arguments)]
     fn download(
         &self,
         call: &Call<'_>,
@@ -617,6 +636,7 @@ impl Client {
         desc: &Descriptor,
         content: &ContentStore,
         progress: &(dyn Fn(u64) + Sync),
+        tap: &Tap<'_>,
     ) -> Result<(), RegistryError> {
         if content.contains(&desc.digest) {
             return Ok(());
@@ -630,6 +650,7 @@ impl Client {
                 _ => return Err(unexpected(call, &mut resp)),
             }
             let mut w = content.writer()?;
+            let mut tapped = tap();
             let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
             let mut buf = vec![0u8; 256 << 10];
             let mut got = 0u64;
@@ -643,12 +664,16 @@ impl Client {
                         }
                         std::io::Write::write_all(&mut w, &buf[..n])
                             .map_err(|e| RegistryError::Io { path: content.path(&desc.digest), source: e })?;
+                        if tapped.as_mut().is_some_and(|t| std::io::Write::write_all(t, &buf[..n]).is_err()) {
+                            tapped = None;
+                        }
                         progress(got);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => break Some(e),
                 }
             };
+            drop(tapped);
             if let Some(e) = broke {
                 drop(w);
                 if attempt + 1 >= self.opts.attempts {

@@ -22,6 +22,6 @@ pub mod credentials;
 mod error;
 
 pub use auth::{Challenge, parse_challenge};
-pub use client::{Client, FetchedManifest, MAX_MANIFEST, Options, Pushed};
+pub use client::{Client, FetchedManifest, MAX_MANIFEST, Options, Pushed, Tap};
 pub use credentials::Credentials;
 pub use error::RegistryError;

@@ -85,14 +85,7 @@ impl ContentStore {
     /// their magic bytes, as containerd does, whatever the media type says (some
     /// producers label a zstd layer `+gzip`, or an uncompressed one either way).
     pub fn open_uncompressed(&self, d: &Digest) -> Result<Box<dyn Read + Send>, SnapshotError> {
-        use std::io::BufRead;
-        let mut r = std::io::BufReader::with_capacity(256 * 1024, self.open(d)?);
-        let head = r.fill_buf().map_err(|e| SnapshotError::io(self.path(d), e))?;
-        match Compression::sniff(head) {
-            Compression::Gzip => Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r))),
-            Compression::Zstd => Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(|e| SnapshotError::io(self.path(d), e))?)),
-            Compression::None => Ok(Box::new(r)),
-        }
+        uncompressed(self.open(d)?).map_err(|e| SnapshotError::io(self.path(d), e))
     }
 
     /// Stores bytes, returning their digest.
@@ -221,6 +214,18 @@ mod tests {
         let d = cs.put(b"hello").unwrap();
         std::fs::write(cs.path(&d), b"hellO").unwrap();
         assert!(matches!(cs.read(&d), Err(SnapshotError::DigestMismatch { .. })));
+    }
+}
+
+/// A layer stream as its uncompressed tar: gzip and zstd are told by their magic bytes.
+pub fn uncompressed<R: Read + Send + 'static>(r: R) -> std::io::Result<Box<dyn Read + Send>> {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::with_capacity(256 * 1024, r);
+    let head = r.fill_buf()?;
+    match Compression::sniff(head) {
+        Compression::Gzip => Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r))),
+        Compression::Zstd => Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r)?)),
+        Compression::None => Ok(Box::new(r)),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::{SnapshotError, Snapshotter};
 use rdock_imagespec::{Digest, MEDIA_TYPE_OCI_LAYER};
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -213,6 +214,40 @@ impl LayerStore {
         Ok(out)
     }
 
+    /// Unpacks a layer stream (gzip, zstd or a tar) into a new directory under `tmp/`, for
+    /// [`LayerStore::place_unpacked`]: a pull unpacks each layer while it downloads. The
+    /// directory goes with the [`Unpacked`] unless it is placed.
+    pub fn unpack_stream<R: Read + Send + 'static>(&self, r: R, what: &str) -> Result<Unpacked, SnapshotError> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = self.root.join("tmp").join(format!("stream-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io(&dir, e))?;
+        let mut dir = Unpacked { dir, diff_id: None };
+        let mut r = crate::content::uncompressed(r).map_err(|source| SnapshotError::LayerRead { what: what.to_string(), source })?;
+        let diff_id = crate::apply_layer(&mut r, &dir.dir, what)?;
+        // The rest of the stream (gzip's trailer, tar's padding) is read, so the writer
+        // never blocks on a reader that has gone.
+        std::io::copy(&mut r, &mut std::io::sink()).map_err(|source| SnapshotError::LayerRead { what: what.to_string(), source })?;
+        dir.diff_id = Some(diff_id);
+        Ok(dir)
+    }
+
+    /// Makes `unpacked` the committed snapshot `name` on `parent`, with `blob` (of
+    /// `media_type`, in the content store) as its layer.
+    pub fn place_unpacked(
+        &self,
+        name: &str,
+        parent: Option<&str>,
+        unpacked: Unpacked,
+        blob: &Digest,
+        media_type: &str,
+    ) -> Result<LayerInfo, SnapshotError> {
+        let diff_id = unpacked.diff_id.clone().ok_or_else(|| SnapshotError::NotFound(unpacked.dir.display().to_string()))?;
+        let size = std::fs::metadata(self.content.path(blob)).map(|m| m.len()).unwrap_or(0);
+        let info = LayerInfo { diff_id, blob: blob.clone(), size, media_type: media_type.to_string() };
+        self.place(name, parent, &unpacked.dir, &info)?;
+        Ok(info)
+    }
+
     /// Applies a layer blob into a new directory `dest`, returning its diff ID.
     fn unpack_into(&self, blob: &Digest, dest: &Path) -> Result<Digest, SnapshotError> {
         std::fs::create_dir_all(dest).map_err(|e| SnapshotError::io(dest, e))?;
@@ -227,6 +262,30 @@ impl LayerStore {
             Some(id) => self.record_layer(id, l),
             // Another process made it first: theirs stands.
             None => Ok(()),
+        }
+    }
+}
+
+/// A layer unpacked into a directory of its own, not yet a snapshot: the directory is
+/// removed when this is dropped, unless [`LayerStore::place_unpacked`] renamed it into
+/// place.
+#[derive(Debug)]
+pub struct Unpacked {
+    dir: PathBuf,
+    diff_id: Option<Digest>,
+}
+
+impl Unpacked {
+    /// The diff ID the layer unpacked to.
+    pub fn diff_id(&self) -> Option<&Digest> {
+        self.diff_id.as_ref()
+    }
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

@@ -48,7 +48,7 @@ pub use content::{Compression, ContentStore};
 pub use db::Db;
 pub use diff::{LayerBlob, write_layer, write_tree_tar};
 pub use error::SnapshotError;
-pub use layers::{ChainLayer, LayerInfo, LayerStore};
+pub use layers::{ChainLayer, LayerInfo, LayerStore, Unpacked};
 pub use mount::{MountSpec, Mounted, OverlayData};
 pub use name::SnapshotName;
 pub use overlay::{Info, Kind, OverlaySnapshotter, SnapshotRecord, Usage, active_key, disk_usage};
