@@ -539,6 +539,30 @@ fn layers_of(tar: &Path) -> Vec<String> {
     read_image(tar).layer_digests
 }
 
+/// An image keys by its layers (their chain ID), not by its manifest: the store that
+/// pushed busybox (whose `docker save` layers it keeps as tars and sends as gzip, a new
+/// manifest digest) builds on its local tag and exports the cache, and an empty store that
+/// pulls the pushed image hits every step of it.
+#[test]
+fn an_image_keys_the_same_in_the_store_that_pushed_it_and_one_that_pulled_it() {
+    let reg = Registry::start(Auth::None);
+    let a = Fixture::new();
+    let base = reg.image("base:1");
+    assert_ok(&a.rdock(&["tag", "busybox:latest", &base]));
+    assert_ok(&a.rdock(&["push", &base]));
+    let df = format!("FROM {base}\nRUN echo one > /one\nRUN echo two > /two\n");
+    let ctx = a.ctx("keys", &[("Dockerfile", &df)]);
+    let cache = format!("type=registry,ref={},mode=max", reg.image("cache/keys:1"));
+    assert_ok(&a.build(&ctx, &["--export-cache", &cache]));
+    let b = Fixture::empty();
+    let ctx_b = b.ctx("keys", &[("Dockerfile", &df)]);
+    let (out, events) = b.build_events(&ctx_b, &["--import-cache", &cache.replace(",mode=max", "")]);
+    assert_ok(&out);
+    let cached = kinds(&events, "cached");
+    assert!(cached.iter().any(|n| n.contains("echo two")), "every step a hit: {cached:?}\n{}", stderr(&out));
+    assert!(kinds(&events, "started").iter().all(|n| !n.contains("echo")), "{}", stderr(&out));
+}
+
 #[test]
 fn cache_exported_from_one_store_makes_every_step_a_hit_on_an_empty_one() {
     let reg = Registry::start(Auth::None);

@@ -174,7 +174,7 @@ fn cache_keys(
             info.inputs.push((name, keys[j].to_string()));
         }
         let mut h = CacheKey::hasher();
-        h.update(&serde_json::to_vec(&node.op).unwrap_or_default());
+        h.update(&ops[v].key_bytes(env, node));
         for (&j, input) in inputs[v].iter().zip(&node.inputs) {
             h.update(keys[j].as_str().as_bytes());
             h.update(&input.index.to_le_bytes());

@@ -1,9 +1,10 @@
 //! Image sources (`docker-image://REF`): the image's layer chain, fetched lazily from the
 //! registry it was resolved on and unpacked once into snapshots shared by every build.
 
-use super::{ExecCx, KeyCx, LocalContent, OpError, Output, SolverOp};
+use super::{Env, ExecCx, KeyCx, LocalContent, OpError, Output, SolverOp};
 use crate::SolveError;
 use rdock_imagespec::{Digest, ImageRef};
+use rdock_llb::Node;
 use rdock_snapshotter::SnapshotName;
 
 /// How many layers an image source fetches at once.
@@ -20,7 +21,23 @@ impl<'a> ImageOp<'a> {
 }
 
 impl SolverOp for ImageOp<'_> {
-    /// The reference in the op is pinned by digest: the encoding says it all.
+    /// The image's filesystem: the chain ID of its layers' diff IDs, as BuildKit keys an
+    /// image (`cacheKeyFromConfig`), not its manifest digest, which changes with the
+    /// layers' compression. An image pushed from this store (its tars gzipped) and the
+    /// same image pulled elsewhere key alike, so a cache exported on one hits on the other.
+    /// An image not in the store, or without layers, keys by its pinned reference.
+    fn key_bytes(&self, env: &Env<'_>, node: &Node) -> Vec<u8> {
+        let chain = ImageRef::parse(self.reference).ok().and_then(|r| {
+            let m = env.images.get(&r).ok()??;
+            let config = env.images.config(&env.images.manifest(&m).ok()?).ok()?;
+            rdock_oci::chain_snapshot_name(&config.rootfs.diff_ids)
+        });
+        match chain {
+            Some(c) => format!("image-chain:{c}").into_bytes(),
+            None => serde_json::to_vec(&node.op).unwrap_or_default(),
+        }
+    }
+
     fn cache_map(&self, _cx: &mut KeyCx<'_>) -> Result<Option<LocalContent>, SolveError> {
         Ok(None)
     }

@@ -121,6 +121,10 @@ pub(crate) trait SolverOp: Send + Sync {
     fn resolve(&self, _env: &Env<'_>) -> Result<(), SolveError> {
         Ok(())
     }
+    /// What of the op itself its key is made of: by default its whole LLB encoding.
+    fn key_bytes(&self, _env: &Env<'_>, node: &Node) -> Vec<u8> {
+        serde_json::to_vec(&node.op).unwrap_or_default()
+    }
     /// Adds to the key what the op's encoding does not say: the content it reads. A local
     /// source returns the context it shows to the ops above it.
     fn cache_map(&self, cx: &mut KeyCx<'_>) -> Result<Option<LocalContent>, SolveError>;
