@@ -90,18 +90,14 @@ pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportFor
     let base = built.base_layers(&config.rootfs.diff_ids);
     let clamp_to = built.epoch.filter(|_| form.rewrite_timestamp);
     // Layers convert in parallel, two at once (each compressor is itself on every core).
-    let slots: Vec<std::sync::Mutex<Option<Converted>>> = m.layers.iter().map(|_| Default::default()).collect();
     let indices: Vec<usize> = (0..m.layers.len()).collect();
-    crate::parallel(&indices, 2, |&i| {
+    let converted = crate::parallel_map(&indices, 2, |&i| {
         let own = i >= base;
         let clamp = clamp_to.filter(|_| own).map(|epoch| (epoch, config.rootfs.diff_ids.get(i)));
-        let c = convert_layer(images, &m.layers[i], own, form, clamp)?;
-        *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
-        Ok(())
+        convert_layer(images, &m.layers[i], own, form, clamp)
     })?;
     let mut layers = Vec::with_capacity(m.layers.len());
-    for (i, slot) in slots.into_iter().enumerate() {
-        let Some(c) = slot.into_inner().unwrap_or_else(|p| p.into_inner()) else { continue };
+    for (i, c) in converted.into_iter().enumerate() {
         if let Some(diff_id) = c.diff_id
             && let Some(d) = config.rootfs.diff_ids.get_mut(i)
         {
@@ -202,14 +198,8 @@ pub fn distributable(images: &ImageStore, manifest: &Digest) -> Result<Digest, O
         return Ok(manifest.clone());
     }
     // Two at once: each is itself on every core, and a second keeps them busy between blocks.
-    let made: Vec<std::sync::Mutex<Option<(Digest, u64)>>> = tars.iter().map(|_| Default::default()).collect();
-    crate::parallel(&(0..tars.len()).collect::<Vec<_>>(), 2, |&k| {
-        let r = recompress(images, &stored.layers[tars[k]].digest, Compression::Gzip, None)?;
-        *made[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-        Ok(())
-    })?;
-    for (&i, made) in tars.iter().zip(made) {
-        let Some((digest, size)) = made.into_inner().unwrap_or_else(|p| p.into_inner()) else { continue };
+    let made = crate::parallel_map(&tars, 2, |&i| recompress(images, &stored.layers[i].digest, Compression::Gzip, None))?;
+    for (&i, (digest, size)) in tars.iter().zip(made) {
         let l = &mut m.layers[i];
         l.media_type = layer_media_type(Compression::Gzip, !docker).to_string();
         l.digest = digest;

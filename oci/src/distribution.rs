@@ -67,6 +67,22 @@ pub fn parallel<T: Sync>(items: &[T], threads: usize, f: impl Fn(&T) -> Result<(
     }
 }
 
+/// [`parallel`] with a result per item, in the items' order.
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> Result<R, OciError> + Sync,
+) -> Result<Vec<R>, OciError> {
+    let slots: Vec<std::sync::Mutex<Option<R>>> = items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let indexed: Vec<(usize, &T)> = items.iter().enumerate().collect();
+    parallel(&indexed, threads, |(i, item)| {
+        let r = f(item)?;
+        *slots[*i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        Ok(())
+    })?;
+    Ok(slots.into_iter().filter_map(|s| s.into_inner().unwrap_or_else(|p| p.into_inner())).collect())
+}
+
 /// How many blobs move at once.
 const PARALLEL: usize = 6;
 
@@ -366,15 +382,8 @@ fn place_streamed(
             let Some(u) = u else { break };
             let l = &resolved.manifest_doc.layers[i];
             if u.diff_id() != Some(&diff_ids[i]) {
-                return Err(OciError::Inconsistent {
-                    image: resolved.manifest.to_string(),
-                    reason: format!(
-                        "layer {} unpacks to {}, but the config says {}",
-                        l.digest,
-                        u.diff_id().map(|d| d.to_string()).unwrap_or_default(),
-                        diff_ids[i]
-                    ),
-                });
+                let unpacked = u.diff_id().cloned().unwrap_or_else(|| Digest::of(b""));
+                return Err(crate::image::unpacked_wrong(&resolved.manifest, l.digest.clone(), unpacked, diff_ids[i].clone()));
             }
             store.layers().place_unpacked(&names[i], parent, u, &l.digest, &l.media_type)?;
             tracing::debug!(layer = %l.digest, "unpacked while downloading");

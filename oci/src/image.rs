@@ -104,10 +104,7 @@ pub fn ensure_unpacked(images: &ImageStore, manifest: &Digest) -> Result<(Option
     let layers: Vec<ChainBlob<'_>> =
         m.layers.iter().zip(&config.rootfs.diff_ids).map(|(blob, diff_id)| ChainBlob { blob, diff_id }).collect();
     let parent = unpack_chain(images.store(), &layers).map_err(|e| match e {
-        OciError::LayerMismatch { layer, unpacked, claimed } => OciError::Inconsistent {
-            image: manifest.to_string(),
-            reason: format!("layer {layer} unpacks to {unpacked}, but the config says {claimed}"),
-        },
+        OciError::LayerMismatch { layer, unpacked, claimed } => unpacked_wrong(manifest, layer, unpacked, claimed),
         e => e,
     })?;
     if let Some(top) = &parent {
@@ -115,6 +112,15 @@ pub fn ensure_unpacked(images: &ImageStore, manifest: &Digest) -> Result<(Option
         images.store().snapshots().touch(top)?;
     }
     Ok((parent, config))
+}
+
+/// The error for a layer of image `manifest` that unpacked to another diff ID than its
+/// config claims (whether unpacked from the store or while it downloaded).
+pub(crate) fn unpacked_wrong(manifest: &Digest, layer: Digest, unpacked: Digest, claimed: Digest) -> OciError {
+    OciError::Inconsistent {
+        image: manifest.to_string(),
+        reason: format!("layer {layer} unpacks to {unpacked}, but the config says {claimed}"),
+    }
 }
 
 /// An image written to the content store.

@@ -28,7 +28,7 @@ mod store;
 pub use archive::{ArchiveFormat, export_archive, export_layout_dir};
 pub use convert::{BuiltOn, ExportForm, convert_manifest};
 pub use distribution::{
-    BlobSource, LayoutSource, OnTransfer, OriginSource, PushReport, RegistrySource, Resolved, Transfer, parallel, pull, push,
+    BlobSource, LayoutSource, OnTransfer, OriginSource, PushReport, RegistrySource, Resolved, Transfer, parallel, parallel_map, pull, push,
     push_artifact, push_blobs, quiet, read_layout, resolve_remote, write_layout,
 };
 pub use error::OciError;

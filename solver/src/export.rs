@@ -43,7 +43,9 @@ impl Solver {
                 remote.push((key.clone(), chain, c));
             }
         }
-        // Every snapshot of every chain gets its layer blob, compressed in parallel.
+        // Every snapshot of every chain gets its layer blob and, since what leaves the
+        // machine is compressed, a stored tar its gzip form (remembered, so `shipped` below
+        // finds it made), in parallel.
         let mut chain_names: Vec<String> = Vec::new();
         let mut named = std::collections::HashSet::new();
         for (_, snap) in &local {
@@ -53,18 +55,12 @@ impl Solver {
                 }
             }
         }
-        rdock_oci::parallel(&chain_names, FETCH_THREADS, |n| layers.layer(n).map(|_| ()).map_err(Into::into))?;
-        // What leaves the machine is compressed: each stored tar gets its gzip form, made
-        // once (and remembered) however many records share it.
-        let mut tars: Vec<rdock_imagespec::Digest> = Vec::new();
-        for n in &chain_names {
+        rdock_oci::parallel(&chain_names, FETCH_THREADS, |n| {
             let l = layers.layer(n)?;
-            if l.media_type == rdock_imagespec::MEDIA_TYPE_OCI_LAYER && !tars.contains(&l.blob) {
-                tars.push(l.blob);
+            if l.media_type == rdock_imagespec::MEDIA_TYPE_OCI_LAYER {
+                self.worker.store().compressor().compressed(&l.blob, gzip())?;
             }
-        }
-        rdock_oci::parallel(&tars, FETCH_THREADS, |d| {
-            self.worker.store().compressor().compressed(d, gzip()).map(|_| ()).map_err(Into::into)
+            Ok(())
         })?;
         let in_output = |chain: &[CacheLayer]| chain.len() <= top.len() && chain.iter().zip(&top).all(|(a, b)| a.diff_id == *b);
         let mut b = ExportBuilder::default();
