@@ -433,15 +433,20 @@ fn make_version_1_store(f: &Fixture, image: &str) -> Vec<String> {
         s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
     };
     assert!(!rows.is_empty(), "the build made no layer");
+    // Since store version 2 a built layer's tar is made from its snapshot when read: the
+    // tars come from a save.
+    let saved = f.path("version-1-source.tar");
+    assert_ok(&f.rdock(&["save", "--format", "oci", "-o", saved.to_str().unwrap(), image]));
+    let archive = read_tar_files(&saved);
     let mut renamed = Vec::new();
     for (snapshot, tar) in &rows {
-        let bytes = std::fs::read(blobs.join(tar.trim_start_matches("sha256:"))).unwrap();
+        let bytes = &archive[&format!("blobs/sha256/{}", tar.trim_start_matches("sha256:"))];
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
-        gz.write_all(&bytes).unwrap();
+        gz.write_all(bytes).unwrap();
         let gz = gz.finish().unwrap();
         let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&gz)));
         std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), &gz).unwrap();
-        std::fs::remove_file(blobs.join(tar.trim_start_matches("sha256:"))).unwrap();
+        let _ = std::fs::remove_file(blobs.join(tar.trim_start_matches("sha256:")));
         conn.execute(
             "UPDATE layers SET blob = ?1, size = ?2, media_type = 'application/vnd.oci.image.layer.v1.tar+gzip' WHERE snapshot = ?3",
             rusqlite::params![digest, gz.len() as i64, snapshot],
@@ -490,4 +495,67 @@ fn a_store_with_gzip_layers_from_before_version_2_keeps_working() {
     let conn = rusqlite::Connection::open(f.root.join("metadata.db")).unwrap();
     assert_eq!(conn.query_row::<u32, _, _>("PRAGMA user_version", [], |r| r.get(0)).unwrap(), 2);
     fsck(&f);
+}
+
+/// Issue 16: a step's layer is hashed when the step commits, not written out, so a build
+/// writes its files once. Its tar is made from the snapshot whenever something reads it,
+/// byte for byte what was hashed; a snapshot changed since is an error naming it, never a
+/// wrong layer; `prune --all` writes the tar out before the snapshot goes, and the image
+/// keeps its layer.
+#[test]
+fn a_built_layer_is_kept_once_and_made_from_its_snapshot_when_read() {
+    let f = Fixture::new();
+    let ctx = f.ctx("once", &[("Dockerfile", "FROM busybox\nRUN head -c 2000000 /dev/urandom > /noise && echo hi > /hi\n")]);
+    assert_ok(&f.build(&ctx, &["--output", "type=image,name=once:1"]));
+    let blob_file = |d: &str| f.root.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let save = |name: &str, to: &str| f.rdock(&["save", "--format", "oci", "-o", f.path(to).to_str().unwrap(), name]);
+    assert_ok(&save("once:1", "a.tar"));
+    let img = read_image(&f.path("a.tar"));
+    let layer = img.layer_digests[1].clone();
+    assert_eq!(img.config["rootfs"]["diff_ids"][1], layer.as_str(), "a stored layer is its diff");
+    let bytes = &img.files[&format!("blobs/sha256/{}", layer.trim_start_matches("sha256:"))];
+    assert_eq!(
+        format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))),
+        layer,
+        "the tar made again hashes as recorded"
+    );
+    assert_eq!(img.files_in_layers()["hi"], b"hi\n");
+    assert_eq!(img.files_in_layers()["noise"].len(), 2_000_000);
+    assert!(!blob_file(&layer).exists(), "the build or the save wrote the layer's tar into the store");
+    fsck(&f);
+    // An image built on it unpacks it from the snapshot and names it with its true size.
+    let child = f.ctx("child", &[("Dockerfile", "FROM once:1\nRUN echo child > /child\n")]);
+    assert_ok(&f.build(&child, &["--output", "type=image,name=child:1"]));
+    assert_ok(&save("child:1", "child.tar"));
+    let kid = read_image(&f.path("child.tar"));
+    assert_eq!(kid.layer_digests[..2], img.layer_digests[..]);
+    assert_eq!(kid.manifest["layers"][1]["size"], img.manifest["layers"][1]["size"]);
+    assert_eq!(kid.files_in_layers()["child"], b"child\n");
+
+    // prune --all removes every snapshot: the image's layer is written out first.
+    assert_ok(&f.rdock(&["prune", "--all"]));
+    assert_eq!(kind_of(&du_json(&f), "snapshots")["count"], 0);
+    assert!(blob_file(&layer).exists(), "prune removed the only copy of an image's layer");
+    assert_ok(&save("once:1", "b.tar"));
+    assert_eq!(read_image(&f.path("b.tar")).layer_digests, img.layer_digests);
+    fsck(&f);
+
+    // A snapshot changed behind rdock's back does not pass for the layer it was.
+    let ctx = f.ctx("changed", &[("Dockerfile", "FROM busybox\nRUN echo before > /changed\n")]);
+    assert_ok(&f.build(&ctx, &["--output", "type=image,name=changed:1"]));
+    let conn = rusqlite::Connection::open(f.root.join("metadata.db")).unwrap();
+    let id: i64 = conn
+        .query_row(
+            "SELECT snapshot FROM layers WHERE media_type = 'application/vnd.oci.image.layer.v1.tar' ORDER BY snapshot DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    std::fs::write(f.root.join(format!("snapshots/{id}/fs/changed")), "after!\n").unwrap();
+    let out = save("changed:1", "c.tar");
+    assert!(!out.status.success(), "a changed snapshot was saved as its layer");
+    assert!(stderr(&out).contains("the snapshot changed"), "{}", stderr(&out));
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+    fsck(&f);
+    assert_ok(&save("once:1", "d.tar"));
 }

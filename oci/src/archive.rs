@@ -82,6 +82,39 @@ pub fn export_layout_dir(images: &ImageStore, manifest: &Digest, names: &[ImageR
     })
 }
 
+/// A blob's bytes, which must be exactly its descriptor's size: the archive's entry header
+/// says that size before the bytes follow, so a blob of another length would leave a
+/// broken archive behind a successful export. Reads the source to its end, where a layer
+/// made from a snapshot is checked against its digest.
+struct Exact<'a, R> {
+    inner: R,
+    left: u64,
+    digest: &'a Digest,
+}
+
+impl<R: std::io::Read> std::io::Read for Exact<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let wrong = |how: &str| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("blob {} is {how} than its descriptor says", self.digest))
+        };
+        if self.left == 0 {
+            let mut one = [0u8; 1];
+            return match self.inner.read(&mut one)? {
+                0 => Ok(0),
+                _ => Err(wrong("longer")),
+            };
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        match self.inner.read(&mut buf[..want])? {
+            0 => Err(wrong("shorter")),
+            n => {
+                self.left -= n as u64;
+                Ok(n)
+            }
+        }
+    }
+}
+
 /// One entry of an image layout: a directory (no reader) or a file of `len` bytes.
 type Put<'a> = dyn FnMut(&str, u64, Option<&mut dyn std::io::Read>) -> std::io::Result<()> + 'a;
 
@@ -126,10 +159,11 @@ fn write_image(
         if !seen.insert(l.digest.clone()) {
             continue;
         }
-        let f = content.open(&l.digest)?;
-        let len = f.metadata().map_err(io)?.len();
+        // A layer made from a snapshot streams from it: nothing is written but the archive.
+        let len = l.size;
         // 1 MiB reads: the copy behind `put` goes 8 KiB at a time, a system call each.
-        let mut f = std::io::BufReader::with_capacity((len as usize).clamp(8 << 10, 1 << 20), f);
+        let f = std::io::BufReader::with_capacity((len as usize).clamp(8 << 10, 1 << 20), content.reader(&l.digest)?);
+        let mut f = Exact { inner: f, left: len, digest: &l.digest };
         put(&format!("blobs/sha256/{}", l.digest.hex()), len, Some(&mut f)).map_err(io)?;
     }
     if format == ArchiveFormat::Docker {

@@ -12,7 +12,6 @@ use crate::{ImageStore, OciError};
 use rdock_imagespec::{Descriptor, Digest, Manifest};
 use rdock_snapshotter::Compression;
 use std::collections::BTreeMap;
-use std::io::Read;
 
 /// The layer and manifest form an export asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,9 +149,7 @@ fn convert_layer(
         return Ok(Converted { layer: l.clone(), diff_id: None });
     }
     let content = images.store().content();
-    let mut head = [0u8; 4];
-    let n = content.open(&l.digest)?.read(&mut head).map_err(|e| OciError::Io(content.path(&l.digest), e))?;
-    let current = Compression::sniff(&head[..n]);
+    let current = content.compression(&l.digest)?;
     // A layer the build made is stored as a tar and leaves as gzip unless asked otherwise,
     // as BuildKit's layers do.
     let default = if current == Compression::None { Compression::Gzip } else { current };

@@ -440,10 +440,10 @@ pub fn push_blobs(
     let content = images.store().content();
     let counts = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
     parallel(blobs, PARALLEL, |b| {
+        // A layer made from a snapshot is written out to be uploaded (push sends gzip, so
+        // only an uncompressed push gets here with one).
+        content.ensure(&b.digest)?;
         let path = content.path(&b.digest);
-        if !path.exists() {
-            return Err(OciError::Snapshot(rdock_snapshotter::SnapshotError::BlobNotFound(b.digest.to_string())));
-        }
         let from = images.origins(&b.digest)?.into_iter().find(|(reg, repo_name)| *reg == repo.registry && *repo_name != repo.repository);
         let how = client.push_blob(repo, b, &path, from.as_ref().map(|(_, r)| r.as_str()))?;
         let (i, word) = match how {
@@ -564,6 +564,7 @@ pub fn write_layout(images: &ImageStore, dir: &Path, manifest: &[u8], media_type
         if dest.exists() {
             continue;
         }
+        content.ensure(&b.digest)?;
         let tmp = blobs.join(format!(".{}.tmp{}", b.digest.hex(), std::process::id()));
         // A hard link when the layout is on the store's filesystem, else a copy.
         if std::fs::hard_link(content.path(&b.digest), &tmp).is_err() {

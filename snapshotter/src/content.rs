@@ -1,20 +1,33 @@
 //! The content-addressed blob store: `blobs/sha256/HEX`, written through `tmp/` and
 //! renamed into place only once the digest is verified.
+//!
+//! The layers rdock makes are not written here when their step commits: their tar is a
+//! pure function of the committed snapshot's directory (see `diff.rs`), so only its
+//! digest is recorded, and the bytes are made from the snapshot when something reads the
+//! blob ([`ContentStore::reader`] streams them, [`ContentStore::ensure`] writes them out
+//! for whoever needs a file). Writing every layer twice, once as files and once as a tar,
+//! made the disk the limit of every build that writes real data.
 
 use crate::SnapshotError;
+use crate::db::Db;
 use rdock_imagespec::Digest;
+use rusqlite::{OptionalExtension, params};
 use sha2::{Digest as _, Sha256};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The blob store under a store root.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ContentStore {
     root: PathBuf,
+    /// The store's records, where the layers made from snapshots are found; None for a
+    /// bare blob store.
+    layers: Option<Arc<Db>>,
 }
 
 /// A blob being written: bytes go to a temp file and through sha256.
@@ -26,28 +39,107 @@ pub struct BlobWriter {
     blobs: PathBuf,
 }
 
+impl std::fmt::Debug for ContentStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentStore").field("root", &self.root).field("layers", &self.layers.is_some()).finish()
+    }
+}
+
 impl ContentStore {
     /// The store rooted at `root` (blobs in `root/blobs/sha256`, temp files in `root/tmp`).
     pub fn new(root: &Path) -> ContentStore {
-        ContentStore { root: root.to_path_buf() }
+        ContentStore { root: root.to_path_buf(), layers: None }
     }
 
-    /// Where a blob lives (it may not exist).
+    /// The blob store of a whole store, whose layers made from snapshots (the `layers`
+    /// table in `db`, snapshot directories under `root/snapshots`) are blobs too.
+    pub fn with_layers(root: &Path, db: Arc<Db>) -> ContentStore {
+        ContentStore { root: root.to_path_buf(), layers: Some(db) }
+    }
+
+    /// Where a blob's file lives (it may not exist: see [`ContentStore::ensure`]).
     pub fn path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(d.hex())
     }
 
-    /// True if the blob is present.
+    /// True if the blob can be read: its file is here, or it is a layer made from a
+    /// snapshot that is.
     pub fn contains(&self, d: &Digest) -> bool {
+        self.has_file(d) || self.layer_dir(d).is_some()
+    }
+
+    /// True if the blob's file is here (garbage collection and `fsck` count files).
+    pub fn has_file(&self, d: &Digest) -> bool {
         self.path(d).exists()
     }
 
-    /// Opens a blob for reading.
+    /// The committed snapshot directory whose tar is the layer blob `d`, if `d` is one
+    /// rdock made (its blob digest is its diff ID).
+    fn layer_dir(&self, d: &Digest) -> Option<PathBuf> {
+        let db = self.layers.as_ref()?;
+        let id: i64 = db
+            .conn()
+            .query_row(
+                "SELECT l.snapshot FROM layers l JOIN snapshots s ON s.id = l.snapshot
+                 WHERE l.blob = ?1 AND l.diff_id = ?1 AND s.kind = 'committed' LIMIT 1",
+                params![d.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .ok()??;
+        let dir = self.root.join("snapshots").join(id.to_string()).join("fs");
+        dir.is_dir().then_some(dir)
+    }
+
+    /// A blob's size in bytes: its file's, or the size recorded for a layer made from a
+    /// snapshot.
+    pub fn size(&self, d: &Digest) -> Result<u64, SnapshotError> {
+        match std::fs::metadata(self.path(d)) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let db = self.layers.as_ref().ok_or_else(|| SnapshotError::BlobNotFound(d.to_string()))?;
+                let size: Option<i64> = db
+                    .conn()
+                    .query_row("SELECT size FROM layers WHERE blob = ?1 AND diff_id = ?1 LIMIT 1", params![d.as_str()], |r| r.get(0))
+                    .optional()?;
+                size.map(|s| s as u64).ok_or_else(|| SnapshotError::BlobNotFound(d.to_string()))
+            }
+            Err(e) => Err(SnapshotError::io(self.path(d), e)),
+        }
+    }
+
+    /// Makes sure the blob's file is here, writing out a layer made from a snapshot (and
+    /// checking it still hashes to its digest). For whoever needs a path; readers use
+    /// [`ContentStore::reader`], which writes nothing.
+    pub fn ensure(&self, d: &Digest) -> Result<(), SnapshotError> {
+        if self.has_file(d) {
+            return Ok(());
+        }
+        let Some(dir) = self.layer_dir(d) else { return Err(SnapshotError::BlobNotFound(d.to_string())) };
+        let w = crate::diff::write_tree_tar(&dir, self.writer()?)?;
+        w.commit(Some(d))?;
+        Ok(())
+    }
+
+    /// Opens a blob's file for reading, writing it out first if it is a layer made from a
+    /// snapshot (see [`ContentStore::ensure`]).
     pub fn open(&self, d: &Digest) -> Result<File, SnapshotError> {
+        self.ensure(d)?;
         File::open(self.path(d)).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => SnapshotError::BlobNotFound(d.to_string()),
             _ => SnapshotError::io(self.path(d), e),
         })
+    }
+
+    /// A blob's bytes: its file, or for a layer made from a snapshot, its tar made as it is
+    /// read (the stream ends in an error if the bytes do not hash to `d`).
+    pub fn reader(&self, d: &Digest) -> Result<Box<dyn Read + Send>, SnapshotError> {
+        if !self.has_file(d)
+            && let Some(dir) = self.layer_dir(d)
+        {
+            return Ok(Box::new(crate::diff::TreeReader::spawn(dir, d.clone())?));
+        }
+        Ok(Box::new(self.open(d)?))
     }
 
     /// Reads a whole (small) blob, verifying its digest.
@@ -81,11 +173,29 @@ impl ContentStore {
         Ok(Digest::from_sha256(h.finalize().into()))
     }
 
+    /// How a stored blob is compressed, told by its first bytes (a layer made from a
+    /// snapshot is a tar without being read).
+    pub fn compression(&self, d: &Digest) -> Result<Compression, SnapshotError> {
+        if !self.has_file(d) && self.layer_dir(d).is_some() {
+            return Ok(Compression::None);
+        }
+        let mut head = [0u8; 4];
+        let mut f = self.open(d)?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]).map_err(|e| SnapshotError::io(self.path(d), e))? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(Compression::sniff(&head[..n]))
+    }
+
     /// Opens a layer blob as its uncompressed tar stream. gzip and zstd are recognised by
     /// their magic bytes, as containerd does, whatever the media type says (some
     /// producers label a zstd layer `+gzip`, or an uncompressed one either way).
     pub fn open_uncompressed(&self, d: &Digest) -> Result<Box<dyn Read + Send>, SnapshotError> {
-        uncompressed(self.open(d)?).map_err(|e| SnapshotError::io(self.path(d), e))
+        uncompressed(self.reader(d)?).map_err(|e| SnapshotError::io(self.path(d), e))
     }
 
     /// Stores bytes, returning their digest.
@@ -120,6 +230,16 @@ impl ContentStore {
         std::io::copy(r, &mut w).map_err(|e| SnapshotError::io(&w.tmp, e))?;
         w.commit(expected)
     }
+}
+
+/// Writes the diff held in `upper` (an overlay upper dir) into `content` as an uncompressed
+/// tar layer, hashed once as it is written: for directories that are not committed
+/// snapshots (`rdock commit`'s container upper, a cache export's cache mounts), whose tar
+/// cannot be made again later.
+pub fn write_layer(upper: &Path, content: &ContentStore) -> Result<crate::LayerBlob, SnapshotError> {
+    let blob = crate::diff::write_tree_tar(upper, content.writer()?)?;
+    let (diff_id, size) = blob.commit(None)?;
+    Ok(crate::LayerBlob { diff_id, size })
 }
 
 impl Write for BlobWriter {

@@ -1,17 +1,19 @@
 //! Upper dir → tar layer: overlay whiteouts become OCI whiteouts, entries come in a
 //! deterministic order (depth first, bytewise by name) with normalised headers (numeric
 //! owners only, no user/group names, no atime/ctime). The same tree always gives the same
-//! bytes. Layers are stored uncompressed (their blob digest is their diff ID): compressing
-//! is for what leaves the machine (`compress.rs`).
+//! bytes. That is what lets a layer be recorded by its digest alone and its tar made
+//! again from the snapshot whenever it is read (`content.rs`). Layers are uncompressed
+//! (their blob digest is their diff ID): compressing is for what leaves the machine
+//! (`compress.rs`).
 
 use crate::SnapshotError;
-use crate::content::{BlobWriter, ContentStore};
 use crate::whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX, is_opaque, is_overlay_whiteout};
 use rdock_imagespec::Digest;
+use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A layer written to the content store, uncompressed: its blob digest is its diff ID.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,17 +24,74 @@ pub struct LayerBlob {
     pub size: u64,
 }
 
-/// Writes the diff held in `upper` (an overlay upper dir) as an uncompressed tar layer,
-/// hashed once as it is written.
-pub fn write_layer(upper: &Path, content: &ContentStore) -> Result<LayerBlob, SnapshotError> {
-    let blob: BlobWriter = content.writer()?;
-    let mut tar = tar::Builder::new(blob);
-    tar.mode(tar::HeaderMode::Complete);
-    tar.follow_symlinks(false);
-    append_tree(&mut tar, upper)?;
-    let blob = tar.into_inner().map_err(|e| SnapshotError::io(upper, e))?;
-    let (diff_id, size) = blob.commit(None)?;
-    Ok(LayerBlob { diff_id, size })
+/// The digest and size of the layer the diff held in `upper` makes, without writing it:
+/// what a committed step records (its tar is made again when read).
+pub fn hash_layer(upper: &Path) -> Result<LayerBlob, SnapshotError> {
+    let sink = write_tree_tar(upper, HashSink { hasher: Sha256::new(), size: 0 })?;
+    Ok(LayerBlob { diff_id: Digest::from_sha256(sink.hasher.finalize().into()), size: sink.size })
+}
+
+/// Counts and hashes what is written, keeping nothing.
+struct HashSink {
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Write for HashSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buf);
+        self.size += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A layer's tar made from its snapshot directory on a thread of its own while it is
+/// read, through a pipe. The end of the stream is an error unless the tar was made whole
+/// and hashes to the digest recorded for it: a snapshot changed since would otherwise pass
+/// for its layer.
+pub(crate) struct TreeReader {
+    pipe: std::io::PipeReader,
+    hasher: Sha256,
+    expected: Digest,
+    maker: Option<std::thread::JoinHandle<Result<(), SnapshotError>>>,
+}
+
+impl TreeReader {
+    /// Starts making the tar of `dir`, which must hash to `expected`.
+    pub(crate) fn spawn(dir: PathBuf, expected: Digest) -> Result<TreeReader, SnapshotError> {
+        let (pipe, w) = std::io::pipe().map_err(|e| SnapshotError::io(&dir, e))?;
+        // 1 MiB writes: a pipe takes 64 KiB at a time, and each write is a system call.
+        let maker = std::thread::spawn(move || write_tree_tar(&dir, std::io::BufWriter::with_capacity(1 << 20, w)).map(drop));
+        Ok(TreeReader { pipe, hasher: Sha256::new(), expected, maker: Some(maker) })
+    }
+}
+
+impl Read for TreeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.pipe.read(buf)?;
+        if n > 0 {
+            self.hasher.update(&buf[..n]);
+            return Ok(n);
+        }
+        let Some(maker) = self.maker.take() else { return Ok(0) };
+        match maker.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(std::io::Error::other(e)),
+            Err(_) => return Err(std::io::Error::other("the thread making a layer's tar panicked")),
+        }
+        let actual = Digest::from_sha256(std::mem::replace(&mut self.hasher, Sha256::new()).finalize().into());
+        if actual != self.expected {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("layer {} made from its snapshot hashes to {actual}: the snapshot changed", self.expected),
+            ));
+        }
+        Ok(0)
+    }
 }
 
 /// Writes the tree under `root` (not `root` itself) as an uncompressed tar stream, with

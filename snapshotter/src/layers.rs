@@ -5,7 +5,7 @@
 
 use crate::content::ContentStore;
 use crate::db::Db;
-use crate::diff::write_layer;
+use crate::diff::hash_layer;
 use crate::overlay::{Kind, OverlaySnapshotter, active_key};
 use crate::{SnapshotError, Snapshotter};
 use rdock_imagespec::{Digest, MEDIA_TYPE_OCI_LAYER};
@@ -57,7 +57,8 @@ impl LayerStore {
         LayerStore { root: root.to_path_buf(), db, content, snapshots }
     }
 
-    /// The layer blob of a committed snapshot, computing and storing it the first time.
+    /// The layer blob of a committed snapshot, hashing and recording it the first time.
+    /// Its bytes are made from the snapshot when read (see `content.rs`).
     pub fn layer(&self, name: &str) -> Result<LayerInfo, SnapshotError> {
         let info = self.snapshots.info(name)?;
         if info.kind != Kind::Committed {
@@ -68,7 +69,7 @@ impl LayerStore {
         {
             return Ok(l);
         }
-        let blob = write_layer(&self.snapshots.fs_dir(name)?, &self.content)?;
+        let blob = hash_layer(&self.snapshots.fs_dir(name)?)?;
         let l =
             LayerInfo { blob: blob.diff_id.clone(), diff_id: blob.diff_id, size: blob.size, media_type: MEDIA_TYPE_OCI_LAYER.to_string() };
         self.record_layer(info.id, &l)?;
@@ -115,7 +116,7 @@ impl LayerStore {
             let fs = snaps.fs_dir(&key)?;
             let mut r = self.content.open_uncompressed(blob)?;
             let diff_id = crate::apply_layer(&mut r, &fs, blob.as_str())?;
-            let size = std::fs::metadata(self.content.path(blob)).map(|m| m.len()).unwrap_or(0);
+            let size = self.content.size(blob)?;
             Ok(LayerInfo { diff_id, blob: blob.clone(), size, media_type: media_type.to_string() })
         })();
         match result {
@@ -201,7 +202,14 @@ impl LayerStore {
                     return Err(e);
                 }
             };
-            let size = std::fs::metadata(self.content.path(l.blob)).map(|m| m.len()).unwrap_or(0);
+            let size = match self.content.size(l.blob) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    cleanup(&unpacked);
+                    return Err(e);
+                }
+            };
             let info = LayerInfo { diff_id, blob: l.blob.clone(), size, media_type: l.media_type.to_string() };
             if let Err(e) = self.place(l.name, below.as_deref(), &tmp, &info) {
                 let _ = std::fs::remove_dir_all(&tmp);
@@ -242,7 +250,7 @@ impl LayerStore {
         media_type: &str,
     ) -> Result<LayerInfo, SnapshotError> {
         let diff_id = unpacked.diff_id.clone().ok_or_else(|| SnapshotError::NotFound(unpacked.dir.display().to_string()))?;
-        let size = std::fs::metadata(self.content.path(blob)).map(|m| m.len()).unwrap_or(0);
+        let size = self.content.size(blob)?;
         let info = LayerInfo { diff_id, blob: blob.clone(), size, media_type: media_type.to_string() };
         self.place(name, parent, &unpacked.dir, &info)?;
         Ok(info)

@@ -44,9 +44,9 @@ mod whiteout;
 
 pub use apply::apply_layer;
 pub use compress::{Compressor, Form};
-pub use content::{Compression, ContentStore};
+pub use content::{Compression, ContentStore, write_layer};
 pub use db::Db;
-pub use diff::{LayerBlob, write_layer, write_tree_tar};
+pub use diff::{LayerBlob, hash_layer, write_tree_tar};
 pub use error::SnapshotError;
 pub use layers::{ChainLayer, LayerInfo, LayerStore, Unpacked};
 pub use mount::{MountSpec, Mounted, OverlayData};
@@ -101,7 +101,7 @@ impl Store {
         }
         reserve::keep(root);
         let db = Arc::new(Db::open(&root.join("metadata.db"))?);
-        let content = ContentStore::new(root);
+        let content = ContentStore::with_layers(root, db.clone());
         let snapshots = Arc::new(OverlaySnapshotter::new(root, db.clone())?);
         snapshots.clean_abandoned()?;
         let layers = Arc::new(LayerStore::new(root, db.clone(), content.clone(), snapshots.clone()));

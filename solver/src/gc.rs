@@ -372,6 +372,14 @@ impl<'a> Pruner<'a> {
             return Ok(());
         }
         self.store.db().conn().execute("DELETE FROM cache WHERE snapshot = ?1", params![key])?;
+        if let Some(b) = layer_blob
+            && self.referenced.contains(b)
+            && !self.store.content().has_file(b)
+        {
+            // The snapshot is the only copy of a layer an image needs (its tar is made from
+            // it when read): the tar is written out before the snapshot goes.
+            self.store.content().ensure(b)?;
+        }
         match self.store.snapshots().remove(key) {
             Ok(()) => {}
             Err(SnapshotError::InUse(_)) | Err(SnapshotError::NotFound(_)) => return Ok(()),
