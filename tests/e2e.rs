@@ -872,6 +872,29 @@ fn copy_chmod_accepts_octal_and_symbolic_modes() {
     assert!(stderr(&out).contains("invalid chmod value") && stderr(&out).contains("Dockerfile:2"), "{}", stderr(&out));
 }
 
+/// COPY keeps set-user-ID and set-group-ID bits through --chown, as BuildKit does (owner
+/// first, then mode: a chown after the chmod clears them), and replaces what was there.
+#[test]
+fn copy_keeps_setuid_bits_through_chown_and_replaces_what_was_there() {
+    let f = Fixture::new();
+    let df =
+        "FROM busybox\nRUN echo old > /tool && ln -s /etc/passwd /link\nCOPY --chown=7:8 tool /tool\nCOPY tool /link\nCOPY tool /plain\n";
+    let ctx = f.ctx("suid", &[("Dockerfile", df), ("tool", "#!/bin/sh\n")]);
+    std::fs::set_permissions(ctx.join("tool"), std::os::unix::fs::PermissionsExt::from_mode(0o6755)).unwrap();
+    let out = f.path("suid.tar");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=oci,dest={}", out.display())]));
+    let img = read_image(&out);
+    let last = |p: &str| {
+        img.new_entries().into_iter().rev().find(|e| e.path.trim_start_matches('/') == p).cloned().unwrap_or_else(|| panic!("{p} missing"))
+    };
+    let tool = last("tool");
+    assert_eq!((tool.mode & 0o7777, tool.uid, tool.gid, tool.data.as_slice()), (0o6755, 7, 8, &b"#!/bin/sh\n"[..]));
+    // The destination's symlink is followed inside the root, as Docker does.
+    let through = last("etc/passwd");
+    assert_eq!((through.mode & 0o7777, through.data.as_slice()), (0o6755, &b"#!/bin/sh\n"[..]));
+    assert_eq!(last("plain").mode & 0o7777, 0o6755);
+}
+
 #[test]
 fn build_checks_warn_like_a_compiler_and_check_directive_is_honoured() {
     let f = Fixture::new();
