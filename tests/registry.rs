@@ -630,6 +630,22 @@ fn cache_exported_from_one_store_makes_every_step_a_hit_on_an_empty_one() {
         fsck(&b);
     }
 
+    // An imported chain's layers are unpacked while they download, as a pull's are.
+    let d = Fixture::empty();
+    let ctx_d = cache_ctx(&d, &base, "conf-1\n");
+    let out = Command::new(RDOCK_BUILD)
+        .args(["--frontend", "dockerfile", "--local", &format!("context={}", ctx_d.display())])
+        .args(["--local", &format!("dockerfile={}", ctx_d.display()), "--import-cache", &format!("type=registry,ref={max_ref}")])
+        .args(["--output", &format!("type=oci,dest={}", d.path("d.tar").display())])
+        .env("RDOCK_ROOT", &d.root)
+        .env("RDOCK_LOG", "rdock_oci=debug")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(layers_of(&d.path("d.tar")), layers_a);
+    assert!(stderr(&out).matches("unpacked while downloading").count() >= 2, "{}", stderr(&out));
+    fsck(&d);
+
     // A changed context file misses only the steps that read it: the final stage's COPY of
     // it and the RUN after; the builder stage and the COPY --from stay hits.
     let c = Fixture::empty();

@@ -1,185 +1,20 @@
 //! Images ↔ registries: resolving a reference to a platform's manifest and config, pulling
-//! layers in parallel (only those the store lacks), pushing (only blobs the registry
-//! lacks, mounted from another repository of the same registry when we know one that has
-//! them), and the blob sources that remote cache imports and lazily pulled base images
-//! fetch from. Every blob is verified before it becomes visible in the store; the tag is
-//! written last, so a failed pull leaves no name pointing at a half-stored image.
+//! layers in parallel (only those the store lacks, through `fetch.rs`), pushing (only blobs
+//! the registry lacks, mounted from another repository of the same registry when we know
+//! one that has them). Every blob is verified before it becomes visible in the store; the
+//! tag is written last, so a failed pull leaves no name pointing at a half-stored image.
 
-use crate::{ImageStore, OciError};
+use crate::fetch::{OnTransfer, RegistrySource, Transfer, fetch_unpacking, parallel};
+use crate::{ChainBlob, ImageStore, OciError};
 use rdock_imagespec::{Descriptor, Digest, ImageConfig, ImageRef, Index, Manifest, Platform};
 use rdock_registry::{Client, Pushed};
-use rdock_snapshotter::ContentStore;
 use rusqlite::params;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// What happened to one blob, for progress displays.
-#[derive(Debug, Clone, Copy)]
-pub enum Transfer<'a> {
-    /// Bytes moved so far.
-    Bytes(&'a Descriptor, u64),
-    /// Finished: `"downloaded"`, `"exists"`, `"uploaded"`, `"mounted"`, or what happened
-    /// to a foreign layer.
-    Done(&'a Descriptor, &'static str),
-}
-
-/// A progress callback; called from several threads at once.
-pub type OnTransfer = Arc<dyn Fn(Transfer<'_>) + Send + Sync>;
-
-/// A progress callback that ignores everything.
-pub fn quiet() -> OnTransfer {
-    Arc::new(|_| {})
-}
-
-/// Where blobs the store lacks can be fetched from: a registry repository, an OCI layout
-/// directory, or wherever the store recorded a blob coming from.
-pub trait BlobSource: Send + Sync {
-    /// Puts the blob into `content`, verified against its digest and size.
-    fn fetch(&self, desc: &Descriptor, content: &ContentStore) -> Result<(), OciError>;
-}
-
-/// Runs `f` over `items` on up to `threads` threads; the first error wins.
-pub fn parallel<T: Sync>(items: &[T], threads: usize, f: impl Fn(&T) -> Result<(), OciError> + Sync) -> Result<(), OciError> {
-    if items.len() <= 1 || threads <= 1 {
-        return items.iter().try_for_each(f);
-    }
-    let next = AtomicUsize::new(0);
-    let first_err = std::sync::Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(items.len()) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(item) = items.get(i) else { break };
-                    if let Err(e) = f(item) {
-                        first_err.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
-                        next.store(items.len(), Ordering::Relaxed);
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// [`parallel`] with a result per item, in the items' order.
-pub fn parallel_map<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    f: impl Fn(&T) -> Result<R, OciError> + Sync,
-) -> Result<Vec<R>, OciError> {
-    let slots: Vec<std::sync::Mutex<Option<R>>> = items.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let indexed: Vec<(usize, &T)> = items.iter().enumerate().collect();
-    parallel(&indexed, threads, |(i, item)| {
-        let r = f(item)?;
-        *slots[*i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-        Ok(())
-    })?;
-    Ok(slots.into_iter().filter_map(|s| s.into_inner().unwrap_or_else(|p| p.into_inner())).collect())
-}
-
 /// How many blobs move at once.
 const PARALLEL: usize = 6;
-
-/// A blob source over one registry repository.
-pub struct RegistrySource {
-    /// The client.
-    pub client: Arc<Client>,
-    /// The repository (tag and digest ignored).
-    pub repo: ImageRef,
-    /// Progress.
-    pub on: OnTransfer,
-}
-
-impl BlobSource for RegistrySource {
-    fn fetch(&self, desc: &Descriptor, content: &ContentStore) -> Result<(), OciError> {
-        self.fetch_tapped(desc, content, &|| None)
-    }
-}
-
-impl RegistrySource {
-    /// [`BlobSource::fetch`], the bytes from the registry also written to what `tap` makes
-    /// (see [`Client::fetch_blob_tapped`]); not those of a foreign layer's URLs.
-    pub fn fetch_tapped(&self, desc: &Descriptor, content: &ContentStore, tap: &rdock_registry::Tap<'_>) -> Result<(), OciError> {
-        if content.contains(&desc.digest) {
-            (self.on)(Transfer::Done(desc, "exists"));
-            return Ok(());
-        }
-        let progress = |n| (self.on)(Transfer::Bytes(desc, n));
-        // A foreign layer comes from its URLs first, as docker and containerd fetch it;
-        // the registry is the fallback (a mirror may hold it).
-        let mut first_err = None;
-        for url in &desc.urls {
-            match self.client.fetch_url(url, desc, content, &progress) {
-                Ok(()) => {
-                    (self.on)(Transfer::Done(desc, "downloaded from its URL (foreign layer)"));
-                    return Ok(());
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        match self.client.fetch_blob_tapped(&self.repo, desc, content, &progress, tap) {
-            Ok(()) => {}
-            Err(e) => return Err(first_err.unwrap_or(e).into()),
-        }
-        (self.on)(Transfer::Done(desc, "downloaded"));
-        Ok(())
-    }
-}
-
-/// A blob source over an OCI image layout directory (`blobs/sha256/HEX`).
-pub struct LayoutSource {
-    /// The layout's root.
-    pub dir: PathBuf,
-}
-
-impl BlobSource for LayoutSource {
-    fn fetch(&self, desc: &Descriptor, content: &ContentStore) -> Result<(), OciError> {
-        if content.contains(&desc.digest) {
-            return Ok(());
-        }
-        let path = self.dir.join("blobs").join(desc.digest.algorithm()).join(desc.digest.hex());
-        let mut f = std::fs::File::open(&path).map_err(|e| OciError::Io(path.clone(), e))?;
-        content.put_reader(&mut f, Some(&desc.digest))?;
-        Ok(())
-    }
-}
-
-/// Fetches blobs from the registry repositories the store recorded them in (the layers
-/// of base images whose manifests were resolved but whose layers were not yet needed).
-pub struct OriginSource {
-    /// The client.
-    pub client: Arc<Client>,
-    /// The store whose origins are consulted.
-    pub images: ImageStore,
-    /// Progress.
-    pub on: OnTransfer,
-}
-
-impl BlobSource for OriginSource {
-    fn fetch(&self, desc: &Descriptor, content: &ContentStore) -> Result<(), OciError> {
-        if content.contains(&desc.digest) {
-            return Ok(());
-        }
-        let origins = self.images.origins(&desc.digest)?;
-        let mut last = None;
-        for (registry, repository) in origins {
-            let repo = ImageRef { registry, repository, tag: None, digest: None };
-            match (RegistrySource { client: self.client.clone(), repo, on: self.on.clone() }).fetch(desc, content) {
-                Ok(()) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| OciError::Snapshot(rdock_snapshotter::SnapshotError::BlobNotFound(desc.digest.to_string()))))
-    }
-}
 
 impl ImageStore {
     /// Records that `repo` of its registry holds these blobs: later pulls fetch missing
@@ -299,13 +134,21 @@ pub fn pull(images: &ImageStore, client: &Arc<Client>, r: &ImageRef, platform: &
     tracing::debug!(image = %r, manifest = %resolved.manifest, layers = resolved.manifest_doc.layers.len(), "pulling");
     let new: Vec<&Descriptor> = resolved.manifest_doc.layers.iter().filter(|l| !content.contains(&l.digest)).collect();
     let source = RegistrySource { client: client.clone(), repo: r.clone(), on };
-    let streamed = StreamedLayers::new(images.store(), &resolved)?;
-    let indices: Vec<usize> = (0..resolved.manifest_doc.layers.len()).collect();
-    let fetched = parallel(&indices, PARALLEL, |&i| source.fetch_tapped(&resolved.manifest_doc.layers[i], content, &|| streamed.tap(i)));
-    let unpacked = streamed.finish();
-    let result = fetched
+    let layers: Vec<ChainBlob<'_>> = resolved
+        .manifest_doc
+        .layers
+        .iter()
+        .zip(&resolved.config.rootfs.diff_ids)
+        .map(|(blob, diff_id)| ChainBlob { blob, diff_id })
+        .collect();
+    let result = fetch_unpacking(images.store(), &layers, &source, PARALLEL)
+        .map_err(|e| match e {
+            OciError::LayerMismatch { layer, unpacked, claimed } => {
+                crate::image::unpacked_wrong(&resolved.manifest, layer, unpacked, claimed)
+            }
+            e => e,
+        })
         .and_then(|_| resolved.store(images))
-        .and_then(|_| place_streamed(images.store(), &resolved, unpacked))
         .and_then(|_| crate::ensure_unpacked(images, &resolved.manifest).map(|_| ()));
     if let Err(e) = result {
         for l in new {
@@ -319,78 +162,6 @@ pub fn pull(images: &ImageStore, client: &Arc<Client>, r: &ImageRef, platform: &
         images.tag(&name, &resolved.top)?;
     }
     Ok(resolved)
-}
-
-/// The layers of a pull being unpacked as they download: one unpacking thread per
-/// download attempt of each layer not yet a snapshot, fed through a pipe.
-struct StreamedLayers {
-    layers: Arc<rdock_snapshotter::LayerStore>,
-    /// Per layer: whether it is wanted (not unpacked yet), and its unpacking threads.
-    wanted: Vec<bool>,
-    threads: Vec<std::sync::Mutex<Vec<Unpacking>>>,
-}
-
-type Unpacking = std::thread::JoinHandle<Result<rdock_snapshotter::Unpacked, rdock_snapshotter::SnapshotError>>;
-
-impl StreamedLayers {
-    fn new(store: &rdock_snapshotter::Store, resolved: &Resolved) -> Result<StreamedLayers, OciError> {
-        let names = crate::image::chain_names_of(&resolved.config.rootfs.diff_ids);
-        let wanted = names.iter().map(|n| store.snapshots().exists(n).map(|e| !e)).collect::<Result<Vec<_>, _>>()?;
-        let threads = names.iter().map(|_| Default::default()).collect();
-        Ok(StreamedLayers { layers: store.layers().clone(), wanted, threads })
-    }
-
-    /// The writer for one download attempt of layer `i`: a pipe to a new unpacking thread.
-    fn tap(&self, i: usize) -> Option<Box<dyn std::io::Write + Send>> {
-        if !self.wanted.get(i).copied().unwrap_or(false) {
-            return None;
-        }
-        let (r, w) = std::io::pipe().ok()?;
-        let layers = self.layers.clone();
-        let what = format!("layer {i}");
-        let t = std::thread::spawn(move || layers.unpack_stream(r, &what));
-        self.threads[i].lock().unwrap_or_else(|p| p.into_inner()).push(t);
-        Some(Box::new(w))
-    }
-
-    /// Waits for every unpacking thread (each download is over, so each pipe is closed);
-    /// per layer, what its last attempt unpacked. Earlier attempts' directories go.
-    fn finish(self) -> Vec<Option<rdock_snapshotter::Unpacked>> {
-        self.threads
-            .into_iter()
-            .map(|t| {
-                let attempts = t.into_inner().unwrap_or_else(|p| p.into_inner());
-                attempts.into_iter().map(|h| h.join().ok().and_then(Result::ok)).last().flatten()
-            })
-            .collect()
-    }
-}
-
-/// Places the layers a pull unpacked while downloading, bottom up, as the snapshots
-/// [`crate::ensure_unpacked`] would make (which then has nothing left to do but what was
-/// not streamed). Each must have unpacked to the diff ID the config claims.
-fn place_streamed(
-    store: &rdock_snapshotter::Store,
-    resolved: &Resolved,
-    unpacked: Vec<Option<rdock_snapshotter::Unpacked>>,
-) -> Result<(), OciError> {
-    let diff_ids = &resolved.config.rootfs.diff_ids;
-    let names = crate::image::chain_names_of(diff_ids);
-    let mut parent: Option<&str> = None;
-    for (i, u) in unpacked.into_iter().enumerate() {
-        if !store.snapshots().exists(&names[i])? {
-            let Some(u) = u else { break };
-            let l = &resolved.manifest_doc.layers[i];
-            if u.diff_id() != Some(&diff_ids[i]) {
-                let unpacked = u.diff_id().cloned().unwrap_or_else(|| Digest::of(b""));
-                return Err(crate::image::unpacked_wrong(&resolved.manifest, l.digest.clone(), unpacked, diff_ids[i].clone()));
-            }
-            store.layers().place_unpacked(&names[i], parent, u, &l.digest, &l.media_type)?;
-            tracing::debug!(layer = %l.digest, "unpacked while downloading");
-        }
-        parent = Some(&names[i]);
-    }
-    Ok(())
 }
 
 /// What a push did.

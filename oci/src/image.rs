@@ -29,29 +29,14 @@ pub struct ChainBlob<'a> {
 }
 
 /// The snapshot names of a chain, bottom first: one per prefix, by chain ID.
-fn chain_names(layers: &[ChainBlob<'_>]) -> Vec<String> {
+pub(crate) fn chain_names(layers: &[ChainBlob<'_>]) -> Vec<String> {
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
     chain_names_of(&diff_ids)
 }
 
 /// [`chain_names`] from the diff IDs alone.
-pub(crate) fn chain_names_of(diff_ids: &[Digest]) -> Vec<String> {
+fn chain_names_of(diff_ids: &[Digest]) -> Vec<String> {
     (0..diff_ids.len()).map(|i| chain_snapshot_name(&diff_ids[..=i]).unwrap_or_default()).collect()
-}
-
-/// The layers of a chain whose blob must be fetched before [`unpack_chain`]: those neither
-/// in the content store nor unpacked already.
-pub fn chain_blobs_missing<'l, 'a>(
-    store: &rdock_snapshotter::Store,
-    layers: &'l [ChainBlob<'a>],
-) -> Result<Vec<&'l ChainBlob<'a>>, OciError> {
-    let mut missing = Vec::new();
-    for (l, name) in layers.iter().zip(chain_names(layers)) {
-        if !store.snapshots().exists(&name)? && !store.content().contains(&l.blob.digest) {
-            missing.push(l);
-        }
-    }
-    Ok(missing)
 }
 
 /// Unpacks a layer chain into snapshots named by chain ID (each layer once per store,
@@ -87,6 +72,16 @@ pub fn unpack_chain(store: &rdock_snapshotter::Store, layers: &[ChainBlob<'_>]) 
 /// Makes sure every layer of the image with manifest `manifest` is unpacked; returns the
 /// top snapshot's name (None for an image without layers) and the config.
 pub fn ensure_unpacked(images: &ImageStore, manifest: &Digest) -> Result<(Option<String>, ImageConfig), OciError> {
+    unpack_image_with(images, manifest, unpack_chain)
+}
+
+/// [`ensure_unpacked`], with `unpack` making the chain's snapshots (fetching what the store
+/// lacks, say).
+pub(crate) fn unpack_image_with(
+    images: &ImageStore,
+    manifest: &Digest,
+    unpack: impl FnOnce(&rdock_snapshotter::Store, &[ChainBlob<'_>]) -> Result<Option<String>, OciError>,
+) -> Result<(Option<String>, ImageConfig), OciError> {
     let m = images.manifest(manifest)?;
     let config = images.config(&m)?;
     if m.layers.len() > rdock_imagespec::MAX_LAYERS {
@@ -103,7 +98,7 @@ pub fn ensure_unpacked(images: &ImageStore, manifest: &Digest) -> Result<(Option
     }
     let layers: Vec<ChainBlob<'_>> =
         m.layers.iter().zip(&config.rootfs.diff_ids).map(|(blob, diff_id)| ChainBlob { blob, diff_id }).collect();
-    let parent = unpack_chain(images.store(), &layers).map_err(|e| match e {
+    let parent = unpack(images.store(), &layers).map_err(|e| match e {
         OciError::LayerMismatch { layer, unpacked, claimed } => unpacked_wrong(manifest, layer, unpacked, claimed),
         e => e,
     })?;

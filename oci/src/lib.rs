@@ -20,6 +20,7 @@ mod convert;
 mod distribution;
 mod epoch;
 mod error;
+mod fetch;
 mod filesystem;
 mod image;
 mod load;
@@ -27,12 +28,13 @@ mod store;
 
 pub use archive::{ArchiveFormat, export_archive, export_layout_dir};
 pub use convert::{BuiltOn, ExportForm, convert_manifest};
-pub use distribution::{
-    BlobSource, LayoutSource, OnTransfer, OriginSource, PushReport, RegistrySource, Resolved, Transfer, parallel, parallel_map, pull, push,
-    push_artifact, push_blobs, quiet, read_layout, resolve_remote, write_layout,
-};
+pub use distribution::{PushReport, Resolved, pull, push, push_artifact, push_blobs, read_layout, resolve_remote, write_layout};
 pub use error::OciError;
+pub use fetch::{
+    BlobSource, LayoutSource, OnTransfer, OriginSource, RegistrySource, Transfer, fetch_unpacked_image, fetch_unpacking, parallel,
+    parallel_map, quiet,
+};
 pub use filesystem::{export_local, export_tar};
-pub use image::{ChainBlob, CommittedImage, chain_blobs_missing, chain_snapshot_name, commit_image, ensure_unpacked, unpack_chain};
+pub use image::{ChainBlob, CommittedImage, chain_snapshot_name, commit_image, ensure_unpacked, unpack_chain};
 pub use load::load_archive;
 pub use store::{ImageRecord, ImageStore, Referenced};

@@ -244,14 +244,13 @@ impl Run<'_> {
     }
 
     /// Unpacks an imported chain into snapshots named by chain ID (shared with images
-    /// that have the same layers), fetching only the blobs of layers not unpacked yet.
+    /// that have the same layers), fetching only the blobs of layers not unpacked yet,
+    /// each unpacked while it downloads.
     fn materialize(&self, c: &ImportedCache, chain: &[CacheLayer]) -> Result<SnapshotName, SolveError> {
         let store = self.env.worker.store();
         let layers: Vec<rdock_oci::ChainBlob<'_>> =
             chain.iter().map(|l| rdock_oci::ChainBlob { blob: &l.blob, diff_id: &l.diff_id }).collect();
-        let missing = rdock_oci::chain_blobs_missing(store, &layers)?;
-        rdock_oci::parallel(&missing, FETCH_THREADS, |l| c.source().fetch(l.blob, store.content()))?;
-        let top = rdock_oci::unpack_chain(store, &layers).map_err(|e| match e {
+        let top = rdock_oci::fetch_unpacking(store, &layers, c.source(), FETCH_THREADS).map_err(|e| match e {
             rdock_oci::OciError::LayerMismatch { layer, unpacked, claimed } => SolveError::Definition(format!(
                 "cache import {}: layer {layer} unpacks to {unpacked}, but the export says {claimed}",
                 c.name

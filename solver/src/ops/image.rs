@@ -3,7 +3,7 @@
 
 use super::{Env, ExecCx, KeyCx, LocalContent, OpError, Output, SolverOp};
 use crate::SolveError;
-use rdock_imagespec::{Digest, ImageRef};
+use rdock_imagespec::ImageRef;
 use rdock_llb::Node;
 use rdock_snapshotter::SnapshotName;
 
@@ -46,27 +46,11 @@ impl SolverOp for ImageOp<'_> {
         let r = ImageRef::parse(self.reference).map_err(rdock_oci::OciError::from)?;
         let images = cx.env.images;
         let m = images.get(&r)?.ok_or_else(|| rdock_oci::OciError::NotFound(r.familiar()))?;
-        fetch_layers(cx, &m)?;
-        let (top, _) = rdock_oci::ensure_unpacked(images, &m)?;
+        // Layers left to fetch when first needed download now, each unpacked as it comes.
+        let (top, _) = match cx.env.layers {
+            Some(source) => rdock_oci::fetch_unpacked_image(images, &m, source, FETCH_THREADS)?,
+            None => rdock_oci::ensure_unpacked(images, &m)?,
+        };
         Ok(Output::Snapshot(top.map(SnapshotName::new)))
     }
-}
-
-/// Fetches the layers of the image with manifest `m` that the store lacks and that are not
-/// unpacked yet, in parallel, from the layer source.
-fn fetch_layers(cx: &ExecCx<'_>, m: &Digest) -> Result<(), SolveError> {
-    let Some(source) = cx.env.layers else { return Ok(()) };
-    let images = cx.env.images;
-    let manifest = images.manifest(m)?;
-    let config = images.config(&manifest)?;
-    let store = cx.env.worker.store();
-    if manifest.layers.len() != config.rootfs.diff_ids.len() {
-        // Unpacking says what is wrong with the image.
-        return Ok(());
-    }
-    let layers: Vec<rdock_oci::ChainBlob<'_>> =
-        manifest.layers.iter().zip(&config.rootfs.diff_ids).map(|(blob, diff_id)| rdock_oci::ChainBlob { blob, diff_id }).collect();
-    let needed = rdock_oci::chain_blobs_missing(store, &layers)?;
-    rdock_oci::parallel(&needed, FETCH_THREADS, |l| source.fetch(l.blob, store.content()))?;
-    Ok(())
 }
