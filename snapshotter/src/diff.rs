@@ -115,16 +115,64 @@ fn header_for(md: &std::fs::Metadata, kind: tar::EntryType) -> tar::Header {
     h
 }
 
-/// Files up to this size are read by the walking thread, ahead of the tar; larger ones are
-/// streamed by the writer.
+/// Files up to this size are read whole by the walking thread, ahead of the tar; larger
+/// ones are read by it in chunks, a few ahead of the hash.
 const READ_AHEAD_MAX: u64 = 256 << 10;
 
-/// One entry of a tree, in tar order, with a small file's bytes already read.
+/// The chunk size for larger files, and how many chunks are read ahead.
+const CHUNK: usize = 1 << 20;
+const CHUNKS_AHEAD: usize = 4;
+
+/// One entry of a tree, in tar order, with its file's bytes read or being read.
 struct Walked {
     path: PathBuf,
     md: std::fs::Metadata,
     opaque: bool,
-    data: Option<Vec<u8>>,
+    data: Data,
+}
+
+/// A regular file's bytes as the walking thread hands them over.
+enum Data {
+    /// Not read: not a regular file, or a file with several links (read where first met).
+    Unread,
+    /// A small file, read whole.
+    Whole(Vec<u8>),
+    /// A larger file, arriving in chunks.
+    Chunks(Chunks),
+}
+
+/// A larger file's bytes in the chunks the walking thread reads, checked to add up to the
+/// size the tar header says.
+struct Chunks {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    left: u64,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) if c.len() as u64 > self.left => return Err(changed()),
+                Ok(Ok(c)) => {
+                    self.left -= c.len() as u64;
+                    (self.chunk, self.pos) = (c, 0);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) if self.left > 0 => return Err(changed()),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.pos);
+        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn changed() -> std::io::Error {
+    std::io::Error::other("the file changed while its layer was made")
 }
 
 /// Appends every entry under `root` (not `root` itself). A thread walks the tree and reads
@@ -150,20 +198,64 @@ fn append_tree<W: Write>(tar: &mut tar::Builder<W>, root: &Path) -> Result<(), S
 fn walk_ahead(root: &Path, tx: std::sync::mpsc::SyncSender<Result<Walked, SnapshotError>>) {
     let walker = walkdir::WalkDir::new(root).min_depth(1).follow_links(false).sort_by(|a, b| a.file_name().cmp(b.file_name()));
     for entry in walker {
+        let mut large = None;
         let walked = entry.map_err(|e| SnapshotError::io(root, e.into())).and_then(|entry| {
             let md = entry.metadata().map_err(|e| SnapshotError::io(entry.path(), e.into()))?;
             let path = entry.into_path();
             let opaque = md.is_dir() && is_opaque(&path);
             // A hard link's bytes are read only where it is first met (by the writer).
-            let small = md.is_file() && md.len() <= READ_AHEAD_MAX && md.nlink() == 1;
-            let data = if small { Some(std::fs::read(&path).map_err(|e| SnapshotError::io(&path, e))?) } else { None };
+            let data = match (md.is_file() && md.nlink() == 1, md.len() <= READ_AHEAD_MAX) {
+                (false, _) => Data::Unread,
+                (true, true) => Data::Whole(std::fs::read(&path).map_err(|e| SnapshotError::io(&path, e))?),
+                (true, false) => {
+                    let file = std::fs::File::open(&path).map_err(|e| SnapshotError::io(&path, e))?;
+                    let (ctx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+                    large = Some((file, ctx));
+                    Data::Chunks(Chunks { rx, chunk: Vec::new(), pos: 0, left: md.len() })
+                }
+            };
             Ok(Walked { path, md, opaque, data })
         });
         let failed = walked.is_err();
         if tx.send(walked).is_err() || failed {
             return;
         }
+        if let Some((file, ctx)) = large.take()
+            && !send_chunks(file, &ctx)
+        {
+            return;
+        }
     }
+}
+
+/// Reads `file` in chunks into `ctx`; false if the receiver is gone (the tar was given up).
+fn send_chunks(mut file: std::fs::File, ctx: &std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>) -> bool {
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let n = match read_full(&mut file, &mut chunk) {
+            Ok(n) => n,
+            Err(e) => return ctx.send(Err(e)).is_ok(),
+        };
+        if n == 0 {
+            return true;
+        }
+        chunk.truncate(n);
+        if ctx.send(Ok(chunk)).is_err() {
+            return false;
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 /// Appends one walked entry; `links` maps the (device, inode) of files with several links
@@ -208,14 +300,13 @@ fn append_entry<W: Write>(
         }
         let mut h = header_for(&md, tar::EntryType::Regular);
         h.set_size(md.len());
+        // The header says the size the walk saw: bytes of another length would break the
+        // tar, so they are an error.
         match data {
-            // The header says the size the walk saw: bytes of another length would break
-            // the tar.
-            Some(bytes) if bytes.len() as u64 != md.len() => {
-                return Err(io(std::io::Error::other("the file changed while its layer was made")));
-            }
-            Some(bytes) => tar.append_data(&mut h, rel, &bytes[..]).map_err(io)?,
-            None => {
+            Data::Whole(bytes) if bytes.len() as u64 != md.len() => return Err(io(changed())),
+            Data::Whole(bytes) => tar.append_data(&mut h, rel, &bytes[..]).map_err(io)?,
+            Data::Chunks(chunks) => tar.append_data(&mut h, rel, chunks).map_err(io)?,
+            Data::Unread => {
                 // Read in 1 MiB chunks (io::copy uses a BufReader's own buffer): 8 KiB
                 // reads made a 512 MB layer 65,536 system calls, each dear under gVisor.
                 // Sized to the file, so small files take no large allocation.
@@ -286,6 +377,19 @@ mod tests {
         let mut made = Vec::new();
         TreeReader::spawn(root.to_path_buf(), l.diff_id.clone()).unwrap().read_to_end(&mut made).unwrap();
         assert_eq!((made.len() as u64, Digest::of(&made)), (l.size, l.diff_id));
+    }
+
+    /// A file that grew or shrank after the walk saw its size would break the tar whose
+    /// header says that size: it is an error instead.
+    #[test]
+    fn chunks_that_do_not_add_up_to_the_size_seen_are_an_error() {
+        for (sent, seen) in [(10usize, 20u64), (30, 20), (20, 20)] {
+            let (tx, rx) = std::sync::mpsc::sync_channel(4);
+            tx.send(Ok(vec![1u8; sent])).unwrap();
+            drop(tx);
+            let read = Chunks { rx, chunk: Vec::new(), pos: 0, left: seen }.read_to_end(&mut Vec::new());
+            assert_eq!(read.is_ok(), sent as u64 == seen, "{sent} bytes sent, {seen} seen: {read:?}");
+        }
     }
 
     const FROZEN: (&str, u64) = ("sha256:0ca32886f9b7894377268f29ab6e8f9097f691afcce46e8da57c14d6b7960044", 304640);
