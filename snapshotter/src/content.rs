@@ -179,16 +179,9 @@ impl ContentStore {
         if !self.has_file(d) && self.layer_dir(d).is_some() {
             return Ok(Compression::None);
         }
-        let mut head = [0u8; 4];
-        let mut f = self.open(d)?;
-        let mut n = 0;
-        while n < head.len() {
-            match f.read(&mut head[n..]).map_err(|e| SnapshotError::io(self.path(d), e))? {
-                0 => break,
-                k => n += k,
-            }
-        }
-        Ok(Compression::sniff(&head[..n]))
+        let mut head = Vec::with_capacity(4);
+        self.open(d)?.take(4).read_to_end(&mut head).map_err(|e| SnapshotError::io(self.path(d), e))?;
+        Ok(Compression::sniff(&head))
     }
 
     /// Opens a layer blob as its uncompressed tar stream. gzip and zstd are recognised by

@@ -176,12 +176,14 @@ fn changed() -> std::io::Error {
 }
 
 /// Appends every entry under `root` (not `root` itself). A thread walks the tree and reads
-/// small files ahead while this one makes the tar: a tree of many small files is mostly
-/// system calls (stat, open, read, close), and they no longer wait on the hashing and
-/// writing of what came before.
+/// the files ahead (small ones whole, larger ones in chunks) while this one makes the tar:
+/// a tree of many small files is mostly system calls (stat, open, read, close), a large
+/// file mostly reading, and neither waits any more on the hashing and writing of what
+/// came before.
 fn append_tree<W: Write>(tar: &mut tar::Builder<W>, root: &Path) -> Result<(), SnapshotError> {
     std::thread::scope(|s| {
-        // At most 128 entries ahead: 32 MiB of read-ahead at the very most.
+        // At most 128 entries ahead (32 MiB of small files at the very most), and
+        // CHUNKS_AHEAD chunks of a larger file.
         let (tx, rx) = std::sync::mpsc::sync_channel(128);
         s.spawn(move || walk_ahead(root, tx));
         let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
@@ -231,31 +233,17 @@ fn walk_ahead(root: &Path, tx: std::sync::mpsc::SyncSender<Result<Walked, Snapsh
 /// Reads `file` in chunks into `ctx`; false if the receiver is gone (the tar was given up).
 fn send_chunks(mut file: std::fs::File, ctx: &std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>) -> bool {
     loop {
-        let mut chunk = vec![0u8; CHUNK];
-        let n = match read_full(&mut file, &mut chunk) {
-            Ok(n) => n,
+        let mut chunk = Vec::with_capacity(CHUNK);
+        match (&mut file).take(CHUNK as u64).read_to_end(&mut chunk) {
             Err(e) => return ctx.send(Err(e)).is_ok(),
-        };
-        if n == 0 {
-            return true;
-        }
-        chunk.truncate(n);
-        if ctx.send(Ok(chunk)).is_err() {
-            return false;
-        }
-    }
-}
-
-/// Reads until `buf` is full or the file ends.
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
+            Ok(0) => return true,
+            Ok(_) => {
+                if ctx.send(Ok(chunk)).is_err() {
+                    return false;
+                }
+            }
         }
     }
-    Ok(n)
 }
 
 /// Appends one walked entry; `links` maps the (device, inode) of files with several links
