@@ -85,17 +85,43 @@ fn mkdir_all(dir: &Path, root: &Path, owner: Option<Owner>) -> Result<(), Worker
     }
 }
 
-/// Applies `actions` to the tree mounted at `root`. `sources` are indexed by the copy
+/// The tree a file op changes: `root`, where the snapshot is mounted, and, when that
+/// mount is an overlay, `upper`, its writable directory.
+///
+/// What a copy puts inside a directory it has just created has nothing beneath it in any
+/// lower layer, so it goes straight into `upper`: the same files, without the overlay's
+/// lookups in the layers below for each one (under gVisor, `cp -a` of 5,000 files into an
+/// overlay took 0.66 s, into a plain directory 0.35 s). Only the op's last action does
+/// this, so no later action looks through the overlay at names written behind its back;
+/// directories are still made, and finished, through the overlay.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The mounted snapshot.
+    pub root: &'a Path,
+    /// The overlay's upper directory, if `root` is an overlay.
+    pub upper: Option<&'a Path>,
+}
+
+impl Target<'_> {
+    /// Where `path` (inside `root`, in a directory this op created) is written directly.
+    fn direct(&self, path: &Path) -> Option<PathBuf> {
+        Some(self.upper?.join(path.strip_prefix(self.root).ok()?))
+    }
+}
+
+/// Applies `actions` to the tree mounted at `target`. `sources` are indexed by the copy
 /// action's `src_input`.
-pub fn apply_actions(root: &Path, actions: &[FileAction], sources: &[Option<CopySource<'_>>]) -> Result<(), WorkerError> {
-    for a in actions {
+pub fn apply_actions(target: Target<'_>, actions: &[FileAction], sources: &[Option<CopySource<'_>>]) -> Result<(), WorkerError> {
+    let root = target.root;
+    for (i, a) in actions.iter().enumerate() {
         match a {
             FileAction::Copy(c) => {
                 let src = sources
                     .get(c.src_input as usize)
                     .and_then(|s| s.as_ref())
                     .ok_or_else(|| WorkerError::Path { path: c.src.join(" "), reason: "copy source input is missing".into() })?;
-                copy(root, c, src)?;
+                let last = i + 1 == actions.len();
+                copy(Target { root, upper: target.upper.filter(|_| last) }, c, src)?;
             }
             FileAction::Mkdir { path, mode, make_parents, chown } => {
                 let owner = resolve_owner(root, chown)?;
@@ -172,7 +198,8 @@ pub fn excluded(src: &CopySource<'_>, rel: &str) -> bool {
     src.excludes.is_some_and(|m| !m.is_empty() && m.matches(rel))
 }
 
-fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerError> {
+fn copy(target: Target<'_>, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerError> {
+    let root = target.root;
     let owner = resolve_owner(root, &c.chown)?;
     let exclude = if c.exclude.is_empty() {
         None
@@ -210,6 +237,7 @@ fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerE
         }
         let ctx = CopyCtx {
             src,
+            target,
             owner,
             chmod: c.chmod.as_ref(),
             exclude: exclude.as_ref(),
@@ -224,7 +252,7 @@ fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerE
             let dest = resolve_in_root(root, &dir_dest, true)?;
             let existed = dest.is_dir();
             mkdir_all(&dest, root, owner)?;
-            copy_tree(&src_path, &dest, &ctx)?;
+            copy_tree(&src_path, &dest, !existed, &ctx)?;
             // A directory the copy made takes the source's mtime, as BuildKit's copy does
             // (it had the time of the build, so two builds of one context differed).
             if !existed {
@@ -258,6 +286,7 @@ fn copy(root: &Path, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerE
 
 struct CopyCtx<'a> {
     src: &'a CopySource<'a>,
+    target: Target<'a>,
     owner: Option<Owner>,
     chmod: Option<&'a rdock_llb::Chmod>,
     exclude: Option<&'a PatternMatcher>,
@@ -316,14 +345,18 @@ impl Deferred {
     }
 }
 
-/// Copies what is inside the directory `from` into the directory `to`.
-fn copy_tree(from: &Path, to: &Path, ctx: &CopyCtx<'_>) -> Result<(), WorkerError> {
+/// Copies what is inside the directory `from` into the directory `to`, which the copy
+/// created if `made`.
+fn copy_tree(from: &Path, to: &Path, made: bool, ctx: &CopyCtx<'_>) -> Result<(), WorkerError> {
     let mut later = Deferred::default();
-    copy_dir_contents(from, to, ctx, &mut later)?;
+    copy_dir_contents(from, to, made, ctx, &mut later)?;
     later.run(ctx)
 }
 
-fn copy_dir_contents(from: &Path, to: &Path, ctx: &CopyCtx<'_>, later: &mut Deferred) -> Result<(), WorkerError> {
+/// Copies the entries of `from` into `to`; if the copy `made` `to`, its leaves are written
+/// straight into the overlay's upper directory when there is one (see [`Target`]).
+fn copy_dir_contents(from: &Path, to: &Path, made: bool, ctx: &CopyCtx<'_>, later: &mut Deferred) -> Result<(), WorkerError> {
+    let direct = if made { ctx.target.direct(to).filter(|d| d.is_dir()) } else { None };
     let mut entries: Vec<_> = std::fs::read_dir(from).map_err(|e| WorkerError::Io(from.to_path_buf(), e))?.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -353,9 +386,13 @@ fn copy_dir_contents(from: &Path, to: &Path, ctx: &CopyCtx<'_>, later: &mut Defe
             }
         }
         let md = std::fs::symlink_metadata(&p).map_err(|e| WorkerError::Io(p.clone(), e))?;
+        if !is_dir && let Some(d) = &direct {
+            later.leaves.push((p, md, d.join(e.file_name())));
+            continue;
+        }
         let dest = to.join(e.file_name());
         let existed = walk_only && std::fs::symlink_metadata(&dest).is_ok();
-        copy_entry(&p, &md, &dest, ctx, later)?;
+        copy_entry(&p, &md, &dest, !walk_only, ctx, later)?;
         if walk_only && !existed {
             later.dirs.push(DirFinish::RemoveIfEmpty(dest));
         }
@@ -364,21 +401,33 @@ fn copy_dir_contents(from: &Path, to: &Path, ctx: &CopyCtx<'_>, later: &mut Defe
 }
 
 /// Copies a directory's tree (its leaves and last steps go to `later`) or defers a leaf.
-fn copy_entry(from: &Path, md: &std::fs::Metadata, to: &Path, ctx: &CopyCtx<'_>, later: &mut Deferred) -> Result<(), WorkerError> {
+/// A directory the copy makes (if `may_write_direct`) gets its leaves written directly.
+fn copy_entry(
+    from: &Path,
+    md: &std::fs::Metadata,
+    to: &Path,
+    may_write_direct: bool,
+    ctx: &CopyCtx<'_>,
+    later: &mut Deferred,
+) -> Result<(), WorkerError> {
     if !md.file_type().is_dir() {
         later.leaves.push((from.to_path_buf(), md.clone(), to.to_path_buf()));
         return Ok(());
     }
     let io = |e: std::io::Error| WorkerError::Io(to.to_path_buf(), e);
-    match std::fs::symlink_metadata(to) {
-        Ok(m) if m.is_dir() => {}
+    let made = match std::fs::symlink_metadata(to) {
+        Ok(m) if m.is_dir() => false,
         Ok(_) => {
             std::fs::remove_file(to).map_err(io)?;
             std::fs::create_dir(to).map_err(io)?;
+            true
         }
-        Err(_) => std::fs::create_dir(to).map_err(io)?,
-    }
-    copy_dir_contents(from, to, ctx, later)?;
+        Err(_) => {
+            std::fs::create_dir(to).map_err(io)?;
+            true
+        }
+    };
+    copy_dir_contents(from, to, made && may_write_direct, ctx, later)?;
     later.dirs.push(DirFinish::Meta(to.to_path_buf(), md.clone()));
     Ok(())
 }
@@ -579,6 +628,116 @@ mod tests {
         std::io::Write::write_all(&mut e, &[b'n'; 600]).unwrap();
         std::fs::write(&p, e.finish().unwrap()).unwrap();
         assert_eq!(archive_kind(&p), None);
+    }
+
+    /// A copy whose new directories' files went straight into the overlay's upper
+    /// directory shows, through the overlay and in the layer, what a copy through the
+    /// overlay shows: merged into a directory the base has, replacing a base file with a
+    /// directory and a directory with a file, keeping set-user-ID bits and links; and a
+    /// later action of the same op sees what the copy wrote.
+    #[test]
+    fn a_copy_written_beside_the_overlay_merges_as_one_through_it() {
+        use rdock_snapshotter::{MountSpec, Mounted};
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let d = |p: &str| dir.path().join(p);
+        let write = |p: PathBuf, text: &str| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write(d("lower/keep/old.txt"), "old");
+        write(d("lower/keep/sub/x"), "x");
+        write(d("lower/was-file"), "f");
+        write(d("lower/was-dir/y"), "y");
+        write(d("src/keep/new.txt"), "new");
+        write(d("src/keep/sub/z"), "z");
+        write(d("src/fresh/a/b.txt"), "b");
+        std::fs::set_permissions(d("src/fresh/a/b.txt"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        write(d("src/fresh/a/gone.txt"), "gone");
+        symlink("a/b.txt", d("src/fresh/link")).unwrap();
+        write(d("src/was-file/inner"), "inner");
+        write(d("src/was-dir"), "now a file");
+        for p in ["upper", "work", "root", "check"] {
+            std::fs::create_dir(d(p)).unwrap();
+        }
+        let spec = MountSpec::Overlay { lower: vec![d("lower")], upper: Some(d("upper")), work: Some(d("work")) };
+        let root = Mounted::new(&spec, d("root/m")).unwrap();
+        let copy = CopyAction {
+            src_input: 0,
+            src: vec![".".into()],
+            dest: "/".into(),
+            chown: None,
+            chmod: None,
+            allow_wildcard: false,
+            allow_empty_wildcard: false,
+            unpack_archives: false,
+            exclude: vec![],
+            parents: false,
+        };
+        let actions = [
+            FileAction::Copy(CopyAction { dest: "/copied/".into(), ..copy.clone() }),
+            FileAction::Rm { path: "/copied/fresh/a/gone.txt".into(), allow_not_found: false },
+            FileAction::Copy(copy),
+        ];
+        let src = d("src");
+        let sources = [Some(CopySource { root: &src, excludes: None, reset_ownership: true })];
+        apply_actions(Target { root: root.path(), upper: Some(&d("upper")) }, &actions, &sources).unwrap();
+        drop(root);
+        // The last copy's new directories were written directly.
+        assert!(d("upper/fresh/a/b.txt").is_file());
+        let view = MountSpec::Overlay { lower: vec![d("upper"), d("lower")], upper: None, work: None };
+        let merged = Mounted::new(&view, d("check/m")).unwrap();
+        let m = |p: &str| merged.path().join(p);
+        let read = |p: &str| std::fs::read_to_string(m(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!(read("keep/old.txt"), "old");
+        assert_eq!(read("keep/new.txt"), "new");
+        assert_eq!(read("keep/sub/x"), "x");
+        assert_eq!(read("keep/sub/z"), "z");
+        assert_eq!(read("fresh/a/b.txt"), "b");
+        assert_eq!(std::fs::metadata(m("fresh/a/b.txt")).unwrap().permissions().mode() & 0o7777, 0o4755);
+        assert_eq!(std::fs::read_link(m("fresh/link")).unwrap(), Path::new("a/b.txt"));
+        assert_eq!(read("was-file/inner"), "inner");
+        assert_eq!(read("was-dir"), "now a file");
+        assert_eq!(read("copied/fresh/a/b.txt"), "b");
+        assert!(!m("copied/fresh/a/gone.txt").exists(), "the rm after the first copy saw its file");
+        assert!(m("fresh/a/gone.txt").is_file());
+    }
+
+    /// The files of a directory the copy made go to the upper directory, the rest through
+    /// the root; and only for the op's last action. (Two plain directories stand in for
+    /// the overlay and its upper, so where each file went shows.)
+    #[test]
+    fn only_the_last_copys_files_in_directories_it_made_go_to_the_upper_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = |p: &str| dir.path().join(p);
+        for p in ["src/new", "root/old", "upper/new", "root2", "upper2/new"] {
+            std::fs::create_dir_all(d(p)).unwrap();
+        }
+        std::fs::write(d("src/new/f"), "f").unwrap();
+        std::fs::create_dir(d("src/old")).unwrap();
+        std::fs::write(d("src/old/g"), "g").unwrap();
+        let copy = CopyAction {
+            src_input: 0,
+            src: vec![".".into()],
+            dest: "/".into(),
+            chown: None,
+            chmod: None,
+            allow_wildcard: false,
+            allow_empty_wildcard: false,
+            unpack_archives: false,
+            exclude: vec![],
+            parents: false,
+        };
+        let src = d("src");
+        let sources = [Some(CopySource { root: &src, excludes: None, reset_ownership: true })];
+        let (root, upper) = (d("root"), d("upper"));
+        apply_actions(Target { root: &root, upper: Some(&upper) }, &[FileAction::Copy(copy.clone())], &sources).unwrap();
+        assert!(d("upper/new/f").is_file() && !d("root/new/f").exists(), "a made directory's file goes to the upper directory");
+        assert!(d("root/old/g").is_file() && !d("upper/old").exists(), "an existing directory's file goes through the root");
+        let (root, upper) = (d("root2"), d("upper2"));
+        let actions = [FileAction::Copy(copy), FileAction::Mkdir { path: "/x".into(), mode: 0o755, make_parents: false, chown: None }];
+        apply_actions(Target { root: &root, upper: Some(&upper) }, &actions, &sources).unwrap();
+        assert!(d("root2/new/f").is_file() && !d("upper2/new/f").exists(), "a copy other actions follow goes through the root");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod network;
 mod sandbox;
 pub mod seccomp;
 mod stepmounts;
+mod teardown;
 mod udprelay;
 pub mod user;
 
@@ -246,12 +247,14 @@ const MOUNT_STUBS: &[&str] = &["etc/hosts", "etc/resolv.conf", "proc", "dev", "s
 pub struct Worker {
     store: Store,
     executor: Arc<dyn Executor>,
+    /// File ops' mounted roots, unmounted off the steps' path (see `teardown.rs`).
+    teardown: Arc<teardown::Teardown>,
 }
 
 impl Worker {
     /// A worker over `store` running steps with `executor`.
     pub fn new(store: Store, executor: Arc<dyn Executor>) -> Worker {
-        Worker { store, executor }
+        Worker { store, executor, teardown: Arc::default() }
     }
 
     /// The store.
@@ -426,14 +429,20 @@ impl Worker {
                 .zip(matchers.iter())
                 .map(|(r, m)| r.as_ref().map(|(p, reset)| CopySource { root: p.as_path(), excludes: m.as_ref(), reset_ownership: *reset }))
                 .collect();
-            let applied = fileop::apply_actions(root.path(), &op.actions, &sources);
-            drop(root);
+            let upper = match &mounts {
+                MountSpec::Overlay { upper, .. } => upper.as_deref(),
+                MountSpec::Bind { .. } => None,
+            };
+            let applied = fileop::apply_actions(fileop::Target { root: root.path(), upper }, &op.actions, &sources);
             for (vkey, m) in views {
                 drop(m);
                 let _ = snaps.remove(&vkey);
             }
-            applied
+            // The root is unmounted off the step's path once the copy is complete; a failed
+            // op's, before its snapshot is removed.
+            applied.map(|()| root)
         })();
+        let result = result.map(|root| self.teardown.later(root));
         self.finish(result, name, &key)
     }
 }

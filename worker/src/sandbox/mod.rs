@@ -45,12 +45,14 @@ pub struct NamespaceExecutor {
     pub limits: Limits,
     /// The default network's namespaces, shared by the executor's clones.
     pub net: std::sync::Arc<crate::network::NetPool>,
+    /// Finished steps' mount namespaces, let go of off the steps' path.
+    teardown: std::sync::Arc<crate::teardown::Teardown>,
 }
 
 impl NamespaceExecutor {
     /// An executor using `scratch` for per-run files, with the default limits.
     pub fn new(scratch: PathBuf) -> NamespaceExecutor {
-        NamespaceExecutor { scratch, limits: Limits::default(), net: Default::default() }
+        NamespaceExecutor { scratch, limits: Limits::default(), net: Default::default(), teardown: Default::default() }
     }
 
     /// The same with `limits` for every step (`[limits]` in config.toml).
@@ -122,10 +124,25 @@ pub(crate) struct Spawned {
     reaped: bool,
     /// Dropped after the child is reaped (fields drop after `Drop::drop`): killed, removed.
     cgroup: Cgroup,
-    _dir: RunDir,
+    held: Held,
+}
+
+/// What holds a sandbox's mounts once its processes are gone: its mount namespace (so that
+/// releasing it, which under gVisor writes back what the step wrote, can happen off the
+/// step's path; see `teardown.rs`), then its scratch directory, which holds the root's
+/// mount point and is removed once the namespace is gone. Dropped in that order.
+pub(crate) struct Held {
+    _ns: Option<OwnedFd>,
+    _dir: Option<RunDir>,
 }
 
 impl Spawned {
+    /// What still holds the sandbox's mounts, for the caller to let go of; call it once the
+    /// child is reaped.
+    pub fn take_held(&mut self) -> Held {
+        std::mem::replace(&mut self.held, Held { _ns: None, _dir: None })
+    }
+
     /// Waits until the command has been executed, or setup failed; a failure is
     /// returned (the child is reaped), success means the command runs.
     pub fn started(&mut self) -> Result<(), ExecError> {
@@ -312,6 +329,9 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
     // could allocate or unwind, ending in execve or _exit.
     let pid = unsafe { nix::sched::clone(Box::new(|| child(&plan, &argv_ptrs, &envp_ptrs)), &mut stack, flags, Some(libc::SIGCHLD)) }
         .map_err(|e| ExecError::Setup(format!("clone into new namespaces: {e}")))?;
+    // The child cannot have been reaped yet, so this is its namespace (None only if /proc
+    // will not say: the namespace then ends with the child, as it always did).
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok().map(OwnedFd::from);
     let Pipes { err_r, err_w, out, sock } = pipes;
     // The child's ends close here: reads see EOF when it execs or exits.
     drop(err_w);
@@ -326,7 +346,7 @@ pub(crate) fn spawn(scratch: &Path, spec: &ExecSpec, root: &MountSpec, opts: &Sp
         prog: spec.args.first().cloned().unwrap_or_default(),
         reaped: false,
         cgroup,
-        _dir: dir,
+        held: Held { _ns: ns, _dir: Some(dir) },
     })
 }
 
@@ -378,6 +398,7 @@ impl Executor for NamespaceExecutor {
             }
         }
         let code = child.wait()?;
+        self.teardown.later(child.take_held());
         let limit_hit = match (code, &self.limits) {
             (0, _) => None,
             (_, Limits { pids: Some(n), .. }) if child.cgroup.hit_pids_limit() => Some(crate::LimitHit::Pids(*n)),
