@@ -172,12 +172,15 @@ fn apply_entry<R: Read>(
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
             let f =
                 rdock_inroot::open_at(parent.as_raw_fd(), &name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW, 0o600)?;
-            let mut f = std::fs::File::from(f);
-            std::io::copy(entry, &mut f).map_err(|e| match e.raw_os_error() {
+            // Written up to 1 MiB at a time: `io::copy` reads into a `BufWriter`'s buffer,
+            // where on its own it wrote 8 KiB per system call (60,000 for a 490 MB pull).
+            let cap = usize::try_from(header.size().unwrap_or(0)).unwrap_or(usize::MAX).clamp(1, 1 << 20);
+            let mut w = std::io::BufWriter::with_capacity(cap, std::fs::File::from(f));
+            std::io::copy(entry, &mut w).and_then(|_| std::io::Write::flush(&mut w)).map_err(|e| match e.raw_os_error() {
                 Some(_) => EntryError::Io(e),
                 None => EntryError::Broken(e.to_string()),
             })?;
-            meta.apply(parent, &name, Target::Open(f.as_fd()))?;
+            meta.apply(parent, &name, Target::Open(w.get_ref().as_fd()))?;
         }
         tar::EntryType::Symlink => {
             let target = link_name(entry)?;

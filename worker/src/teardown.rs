@@ -29,7 +29,12 @@ impl Teardown {
         for h in done {
             let _ = h.join();
         }
-        if let Ok(h) = std::thread::Builder::new().name("teardown".into()).spawn(move || drop(held)) {
+        let release = move || {
+            let started = std::time::Instant::now();
+            drop(held);
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "mounts released");
+        };
+        if let Ok(h) = std::thread::Builder::new().name("teardown".into()).spawn(release) {
             pending.push(h);
         }
     }
@@ -37,9 +42,14 @@ impl Teardown {
     /// Waits for every release started so far.
     pub(crate) fn wait(&self) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
         for h in pending {
             let _ = h.join();
         }
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "waited for mounts to be released");
     }
 }
 

@@ -196,3 +196,19 @@ fn xattrs_apply_but_overlay_ones_do_not() {
     assert_eq!(n, 1, "user.k not set");
     assert_eq!(buf[0], b'v');
 }
+
+/// Files are written 1 MiB at a time: one larger than the buffer, one of exactly its size,
+/// an empty one and a small one come out byte for byte.
+#[test]
+fn files_of_every_size_come_out_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..(3 << 20) + 12_345).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let exact = vec![7u8; 1 << 20];
+    let data = tar_of(&[E::File("big", &big), E::File("exact", &exact), E::File("empty", b""), E::File("small", b"abc")]);
+    apply_layer(&mut &data[..], dir.path(), "test").unwrap();
+    let read = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
+    assert!(read("big") == big, "the large file differs");
+    assert!(read("exact") == exact);
+    assert_eq!(read("empty"), b"");
+    assert_eq!(read("small"), b"abc");
+}
