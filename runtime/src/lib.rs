@@ -263,7 +263,7 @@ impl Runtime {
             state: State::Created,
             exit_code: None,
             finished: None,
-            runner: None,
+            runner: Some(records::this_runner()),
             auto_remove: req.auto_remove,
             settings: settings(req, &pc, &hostname, stop_signal),
         };

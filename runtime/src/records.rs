@@ -85,6 +85,12 @@ pub fn process_start(pid: i32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
+/// This process as a record's runner: its pid and start time.
+pub fn this_runner() -> (i32, u64) {
+    let pid = std::process::id() as i32;
+    (pid, process_start(pid).unwrap_or(0))
+}
+
 fn alive(runner: Option<(i32, u64)>) -> bool {
     runner.is_some_and(|(pid, start)| process_start(pid) == Some(start))
 }
@@ -136,11 +142,10 @@ impl Records {
 
     /// Marks a container running, run by this process.
     pub fn set_running(&self, id: &str) -> Result<(), RuntimeError> {
-        let pid = std::process::id() as i32;
-        let start = process_start(pid).unwrap_or(0) as i64;
+        let (pid, start) = this_runner();
         self.db
             .conn()
-            .execute("UPDATE containers SET state = 'running', pid = ?2, pid_start = ?3 WHERE id = ?1", params![id, pid, start])?;
+            .execute("UPDATE containers SET state = 'running', pid = ?2, pid_start = ?3 WHERE id = ?1", params![id, pid, start as i64])?;
         Ok(())
     }
 
@@ -160,13 +165,20 @@ impl Records {
     }
 
     /// Every record, newest first, after settling those whose runner is gone: `--rm` ones
-    /// are returned in `gone` for their snapshots to be removed, others become exited.
+    /// are returned in `gone` for their snapshots to be removed, others become exited. A
+    /// created container's runner counts too: its command may run before the record says
+    /// running, and a runner killed in between left it behind.
     pub fn list(&self) -> Result<(Vec<Record>, Vec<Record>), RuntimeError> {
         let all = self.query("", params![])?;
         let mut out = Vec::new();
         let mut gone = Vec::new();
         for mut r in all {
-            if r.state == State::Running && !alive(r.runner) {
+            let abandoned = match r.state {
+                State::Running => !alive(r.runner),
+                State::Created => r.runner.is_some() && !alive(r.runner),
+                _ => false,
+            };
+            if abandoned {
                 if r.auto_remove {
                     self.delete(&r.id)?;
                     gone.push(r);
@@ -238,5 +250,51 @@ impl Records {
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, auto_remove: bool, runner: Option<(i32, u64)>) -> Record {
+        Record {
+            id: id.to_string(),
+            name: id.to_string(),
+            image: "busybox".into(),
+            manifest: Digest::of(b"m"),
+            image_id: Digest::of(b"c"),
+            snapshot: format!("ctr-{id}"),
+            parent: None,
+            command: vec!["true".into()],
+            created: 0,
+            state: State::Created,
+            exit_code: None,
+            finished: None,
+            runner,
+            auto_remove,
+            settings: serde_json::Value::Null,
+        }
+    }
+
+    /// A runner killed after its container's command started but before the record said
+    /// running left a created record behind, listed by `ps -a` even with `--rm`.
+    #[test]
+    fn a_created_container_whose_runner_died_is_settled_like_a_running_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(Arc::new(Db::open(&dir.path().join("metadata.db")).unwrap())).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = (child.id() as i32, process_start(child.id() as i32).unwrap_or(1));
+        child.wait().unwrap();
+        records.insert(&record("rm", true, Some(dead))).unwrap();
+        records.insert(&record("kept", false, Some(dead))).unwrap();
+        records.insert(&record("starting", true, Some(this_runner()))).unwrap();
+        records.insert(&record("never-started", false, None)).unwrap();
+        let (out, gone) = records.list().unwrap();
+        assert_eq!(gone.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["rm"]);
+        let state = |id: &str| out.iter().find(|r| r.id == id).map(|r| (r.state, r.exit_code));
+        assert_eq!(state("kept"), Some((State::Exited, Some(137))));
+        assert_eq!(state("starting"), Some((State::Created, None)), "its runner is alive");
+        assert_eq!(state("never-started"), Some((State::Created, None)));
     }
 }
