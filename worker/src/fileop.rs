@@ -630,6 +630,22 @@ mod tests {
         assert_eq!(archive_kind(&p), None);
     }
 
+    /// `COPY . /` from input 0.
+    fn copy_everything() -> CopyAction {
+        CopyAction {
+            src_input: 0,
+            src: vec![".".into()],
+            dest: "/".into(),
+            chown: None,
+            chmod: None,
+            allow_wildcard: false,
+            allow_empty_wildcard: false,
+            unpack_archives: false,
+            exclude: vec![],
+            parents: false,
+        }
+    }
+
     /// A copy whose new directories' files went straight into the overlay's upper
     /// directory shows, through the overlay and in the layer, what a copy through the
     /// overlay shows: merged into a directory the base has, replacing a base file with a
@@ -662,18 +678,7 @@ mod tests {
         }
         let spec = MountSpec::Overlay { lower: vec![d("lower")], upper: Some(d("upper")), work: Some(d("work")) };
         let root = Mounted::new(&spec, d("root/m")).unwrap();
-        let copy = CopyAction {
-            src_input: 0,
-            src: vec![".".into()],
-            dest: "/".into(),
-            chown: None,
-            chmod: None,
-            allow_wildcard: false,
-            allow_empty_wildcard: false,
-            unpack_archives: false,
-            exclude: vec![],
-            parents: false,
-        };
+        let copy = copy_everything();
         let actions = [
             FileAction::Copy(CopyAction { dest: "/copied/".into(), ..copy.clone() }),
             FileAction::Rm { path: "/copied/fresh/a/gone.txt".into(), allow_not_found: false },
@@ -716,18 +721,7 @@ mod tests {
         std::fs::write(d("src/new/f"), "f").unwrap();
         std::fs::create_dir(d("src/old")).unwrap();
         std::fs::write(d("src/old/g"), "g").unwrap();
-        let copy = CopyAction {
-            src_input: 0,
-            src: vec![".".into()],
-            dest: "/".into(),
-            chown: None,
-            chmod: None,
-            allow_wildcard: false,
-            allow_empty_wildcard: false,
-            unpack_archives: false,
-            exclude: vec![],
-            parents: false,
-        };
+        let copy = copy_everything();
         let src = d("src");
         let sources = [Some(CopySource { root: &src, excludes: None, reset_ownership: true })];
         let (root, upper) = (d("root"), d("upper"));
