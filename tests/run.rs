@@ -226,6 +226,8 @@ fn bad_input_gets_clear_errors_and_leaves_nothing_behind() {
         (vec!["-v".into(), "relative:/x".into(), "busybox".into(), "true".into()], 125, "absolute host path".into()),
         (vec!["-w".into(), "rel".into(), "busybox".into(), "true".into()], 125, "absolute path".into()),
         (vec!["nocmd:1".into()], 125, "no command specified".into()),
+        // A flag rdock lacks is named, never taken for an image to pull.
+        (vec!["--privileged".into(), "busybox".into(), "true".into()], 125, "unexpected argument '--privileged'".into()),
     ];
     for rm in [true, false] {
         for (args, code, needle) in &cases {

@@ -70,8 +70,9 @@ pub struct RunArgs {
     /// Tasks limit (-1 or 0: none); default `[limits] pids` in config.toml, else 4096.
     #[arg(long, allow_hyphen_values = true)]
     pub pids_limit: Option<i64>,
-    /// IMAGE [ARG...].
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
+    /// IMAGE [ARG...]. Arguments after the image may start with `-`; the image may not,
+    /// so a flag rdock lacks (`--privileged`) is an error that names it, not an image to pull.
+    #[arg(required = true, trailing_var_arg = true, num_args = 1..)]
     pub command: Vec<String>,
 }
 

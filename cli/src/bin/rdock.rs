@@ -349,8 +349,19 @@ fn run_container(args: containers::RunArgs) -> ! {
     }
 }
 
+/// Prints a command line clap refused and exits: with 125 for `rdock run`, as `docker run`
+/// does for a flag it does not know, else with clap's own status (help and version: 0).
+fn usage_error(e: clap::Error) -> ! {
+    let is_run = std::env::args().skip(1).find(|a| !a.starts_with('-')).is_some_and(|a| a == "run");
+    if is_run && e.use_stderr() {
+        let _ = e.print();
+        std::process::exit(125);
+    }
+    e.exit()
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     rdock_cli::init_logging(cli.debug);
     if let Command::Run { help: _, args } = cli.command {
         run_container(args);
