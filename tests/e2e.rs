@@ -1522,6 +1522,34 @@ fn no_cache_filter_reruns_only_the_named_stages_and_cache_mounts_survive_no_cach
     assert_ok(&out);
     assert_eq!(started(&ev).len(), 4, "{:?}", started(&ev));
     assert_eq!(std::fs::read_to_string(o.join("b")).unwrap().trim(), "3");
+    // A stage the Dockerfile lacks is an error, not a filter that filters nothing.
+    let out = f.build(&ctx, &["--no-cache-filter", "a,nosuch"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--no-cache-filter: stage \"nosuch\" could not be found (stages: a, b, 2)"), "{}", stderr(&out));
+}
+
+/// What CI scripts lean on: a context whose Dockerfile is spelt `dockerfile` builds with
+/// both binaries (BuildKit falls back to the lowercase name), and both say their version.
+#[test]
+fn a_lowercase_dockerfile_is_found_and_both_binaries_have_a_version() {
+    let f = Fixture::new();
+    let ctx = f.ctx("lower", &[("dockerfile", "FROM busybox\nRUN echo lower > /which\n")]);
+    let o = f.path("o1");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", o.display())]));
+    assert_eq!(std::fs::read_to_string(o.join("which")).unwrap(), "lower\n");
+    let o = f.path("o2");
+    assert_ok(&f.rdock(&["build", "-o", o.to_str().unwrap(), ctx.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(o.join("which")).unwrap(), "lower\n");
+    // With both spellings present, `Dockerfile` wins.
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN echo upper > /which\n").unwrap();
+    let o = f.path("o3");
+    assert_ok(&f.rdock(&["build", "-o", o.to_str().unwrap(), ctx.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(o.join("which")).unwrap(), "upper\n");
+    for bin in [RDOCK, RDOCK_BUILD] {
+        let v = std::process::Command::new(bin).arg("--version").output().unwrap();
+        assert_ok(&v);
+        assert!(out(&v).starts_with("rdock") && out(&v).trim_end().ends_with(env!("CARGO_PKG_VERSION")), "{}", out(&v));
+    }
 }
 
 /// `cache miss: NAME` blocks printed by `--explain-cache`: name → reasons.

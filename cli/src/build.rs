@@ -10,7 +10,7 @@ pub use rdock_builder::{BuildRequest, BuildSummary, Entitlement, Output};
 use rdock_imagespec::ImageRef;
 use rdock_oci::ExportForm;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// LLB dump formats.
@@ -135,6 +135,14 @@ impl CommonFlags {
 }
 
 /// Parses a build-wide network mode (`--network`, `force-network-mode`).
+/// The default Dockerfile in `dir`: `Dockerfile`, or `dockerfile` when only that exists
+/// (BuildKit's frontend falls back to the lowercase name for the default filename only).
+pub fn default_dockerfile(dir: &Path) -> PathBuf {
+    let upper = dir.join("Dockerfile");
+    let lower = dir.join("dockerfile");
+    if !upper.exists() && lower.is_file() { lower } else { upper }
+}
+
 pub fn parse_network(flag: &str, spec: &str) -> anyhow::Result<rdock_llb::Network> {
     rdock_frontend::parse_network(spec).ok_or_else(|| UsageError(format!("{flag} {spec}: expected default, none or host")).into())
 }

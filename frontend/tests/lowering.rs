@@ -104,6 +104,16 @@ fn unreachable_stages_are_not_lowered() {
 }
 
 #[test]
+fn a_no_cache_filter_naming_no_stage_is_an_error() {
+    let df = "FROM busybox AS Base\nRUN true\nFROM base\nRUN true\n";
+    let opts = |stages: &[&str]| BuildOptions { no_cache_stages: stages.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    assert!(lower(df, &opts(&["BASE"]), &Images).is_ok(), "stage names match case-insensitively");
+    let err = lower(df, &opts(&["base", "nosuch"]), &Images).unwrap_err();
+    assert!(matches!(&err, FrontendError::UnknownNoCacheStage { name, .. } if name == "nosuch"), "{err}");
+    assert_eq!(err.to_string(), "--no-cache-filter: stage \"nosuch\" could not be found (stages: base, 1)");
+}
+
+#[test]
 fn shell_and_exec_forms_and_shell_instruction() {
     let e = execs(
         "FROM busybox\nRUN echo a\nRUN [\"echo\", \"b\"]\nSHELL [\"/bin/ash\", \"-eo\", \"pipefail\", \"-c\"]\nRUN echo c\n",

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "rdock-build", about = "Build a Dockerfile into an image, BuildKit-style, without a daemon")]
+#[command(name = "rdock-build", version, about = "Build a Dockerfile into an image, BuildKit-style, without a daemon")]
 struct Args {
     /// Show diagnostics on standard error; RDOCK_LOG=FILTER chooses them finer.
     #[arg(long)]
@@ -52,7 +52,7 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
     }
     let context = locals.get("context").cloned().ok_or_else(|| UsageError("--local context=DIR is required".into()))?;
     let dockerfile_dir = locals.get("dockerfile").cloned().unwrap_or_else(|| context.clone());
-    let mut filename = "Dockerfile".to_string();
+    let mut filename: Option<String> = None;
     let mut target = None;
     let mut build_args = BTreeMap::new();
     let mut platform = None;
@@ -65,7 +65,7 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
             build_args.insert(arg.to_string(), v.to_string());
         } else {
             match k {
-                "filename" => filename = v.to_string(),
+                "filename" => filename = Some(v.to_string()),
                 "target" => target = Some(v.to_string()),
                 "platform" => platform = Some(parse_platform(v)?),
                 // BuildKit's frontend option: empty means every stage, else a list of stages.
@@ -93,7 +93,11 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
         }
     };
     let outputs = a.outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
-    let mut req = a.common.request(context, dockerfile_dir.join(filename), target, build_args, outputs, dump)?;
+    let dockerfile = match filename {
+        Some(f) => dockerfile_dir.join(f),
+        None => rdock_cli::build::default_dockerfile(&dockerfile_dir),
+    };
+    let mut req = a.common.request(context, dockerfile, target, build_args, outputs, dump)?;
     req.build.platform = platform;
     req.build.network = network;
     req.build.extra_hosts = extra_hosts;

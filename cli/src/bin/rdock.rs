@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "rdock", about = "Build and manage container images without a daemon")]
+#[command(name = "rdock", version, about = "Build and manage container images without a daemon")]
 struct Cli {
     /// Show diagnostics (what the solver, store, registry client and sandbox do) on
     /// standard error; RDOCK_LOG=FILTER chooses them finer.
@@ -288,7 +288,14 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     None => std::env::var(&a).ok().map(|v| args.insert(a.clone(), v)).unwrap_or(None),
                 };
             }
-            let mut req = common.request(context.clone(), file.unwrap_or_else(|| context.join("Dockerfile")), target, args, outs, None)?;
+            let mut req = common.request(
+                context.clone(),
+                file.unwrap_or_else(|| rdock_cli::build::default_dockerfile(&context)),
+                target,
+                args,
+                outs,
+                None,
+            )?;
             req.build.platform = platform.as_deref().map(parse_platform).transpose()?;
             req.build.network = parse_network("--network", &network)?;
             req.build.extra_hosts = add_hosts.iter().map(|h| parse_add_host(h)).collect::<anyhow::Result<_>>()?;

@@ -56,6 +56,14 @@ pub enum FrontendError {
         /// What there is.
         available: String,
     },
+    /// `--no-cache-filter` names no stage (it would otherwise silently leave the cache on).
+    #[error("--no-cache-filter: stage {name:?} could not be found (stages: {available})")]
+    UnknownNoCacheStage {
+        /// Requested.
+        name: String,
+        /// What there is.
+        available: String,
+    },
     /// No FROM at all.
     #[error("{file}: the Dockerfile has no FROM instruction, so there is no stage to build")]
     NoStages {
@@ -128,6 +136,7 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     let lexer = Lexer { escape: df.directives.escape };
     let mut meta_args = global_args(&lexer, opts, &globals)?;
     let target = target_stage(opts, &stages)?;
+    check_no_cache_stages(opts, &stages)?;
     // TARGETSTAGE names the stage being built (empty for an unnamed one), for FROM and ARG.
     let target_name = stages[target].name.clone().unwrap_or_default();
     meta_args.retain(|(k, _)| k != "TARGETSTAGE");
@@ -206,10 +215,24 @@ fn global_args(lexer: &Lexer, opts: &BuildOptions, globals: &[Located]) -> Resul
 fn target_stage(opts: &BuildOptions, stages: &[Stage]) -> Result<usize, FrontendError> {
     let Some(t) = &opts.target else { return Ok(stages.len() - 1) };
     let t = t.to_ascii_lowercase();
-    stages.iter().position(|s| s.name.as_deref() == Some(t.as_str())).ok_or_else(|| FrontendError::UnknownTarget {
-        name: t.clone(),
-        available: stages.iter().enumerate().map(|(i, s)| s.name.clone().unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join(", "),
-    })
+    stages
+        .iter()
+        .position(|s| s.name.as_deref() == Some(t.as_str()))
+        .ok_or_else(|| FrontendError::UnknownTarget { name: t.clone(), available: stage_names(stages) })
+}
+
+/// Every stage `--no-cache-filter` names exists.
+fn check_no_cache_stages(opts: &BuildOptions, stages: &[Stage]) -> Result<(), FrontendError> {
+    let known = |n: &str| stages.iter().any(|s| s.name.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(n)));
+    match opts.no_cache_stages.iter().find(|n| !known(n)) {
+        Some(n) => Err(FrontendError::UnknownNoCacheStage { name: n.clone(), available: stage_names(stages) }),
+        None => Ok(()),
+    }
+}
+
+/// The stages as errors list them: by name, or by index when unnamed.
+fn stage_names(stages: &[Stage]) -> String {
+    stages.iter().enumerate().map(|(i, s)| s.name.clone().unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join(", ")
 }
 
 /// An explicit target platform is what the image says it is for (BuildKit forces it);
