@@ -291,6 +291,32 @@ fn missing_sources_unknown_images_stages_and_targets_are_named() {
     assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
 }
 
+/// BuildKit's rule for wildcards: `COPY foo nomatch* /` copies foo, from the context or
+/// from a stage; only a COPY where nothing matched at all, or a plain name that is missing,
+/// fails, naming the source.
+#[test]
+fn a_wildcard_that_matches_nothing_is_fine_beside_one_that_does() {
+    let f = Fixture::new();
+    let df = "FROM busybox AS base\nRUN mkdir /src && echo s > /src/s1\n\
+              FROM busybox\nCOPY foo nomatch* /out/\nCOPY --from=base /src/s* /src/nomatch* /out2/\n";
+    let ctx = f.ctx("wild", &[("Dockerfile", df), ("foo", "foo\n")]);
+    let o = f.path("o");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", o.display())]));
+    assert_eq!(std::fs::read_to_string(o.join("out/foo")).unwrap(), "foo\n");
+    assert_eq!(std::fs::read_to_string(o.join("out2/s1")).unwrap(), "s\n");
+    for (df, missing) in [
+        ("FROM busybox\nCOPY nomatch* other* /x/\n", "nomatch*"),
+        ("FROM busybox AS base\nFROM busybox\nCOPY --from=base /nomatch* /x/\n", "nomatch*"),
+        ("FROM busybox\nCOPY foo missing.txt /x/\n", "missing.txt"),
+    ] {
+        std::fs::write(ctx.join("Dockerfile"), df).unwrap();
+        let out = f.build(&ctx, &[]);
+        assert_eq!(out.status.code(), Some(1), "{df}");
+        assert!(stderr(&out).contains(missing), "{df}: {}", stderr(&out));
+    }
+    assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+}
+
 fn started(events: &[serde_json::Value]) -> Vec<String> {
     events.iter().filter(|e| e["kind"] == "started").map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }

@@ -9,7 +9,7 @@ use crate::statcache::FileHashCache;
 use rdock_llb::CopyAction;
 use rdock_llb::patterns::PatternMatcher;
 use rdock_worker::CopySource;
-use rdock_worker::fileop::{excluded, expand_source};
+use rdock_worker::fileop::{excluded, expand_sources};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -49,11 +49,11 @@ pub fn hash_copy_sources(
 ) -> Result<(), SolveError> {
     let src = CopySource { root: dir, excludes: Some(excludes), reset_ownership: true };
     let copy_excludes = PatternMatcher::new(&copy.exclude).map_err(|e| SolveError::Context(format!("invalid --exclude pattern: {e}")))?;
-    for pattern in &copy.src {
-        let found = expand_source(&src, pattern, copy.allow_wildcard).map_err(SolveError::ContextPath)?;
-        if found.is_empty() && !copy.allow_empty_wildcard {
-            return Err(SolveError::SourceNotFound(pattern.trim_start_matches('/').to_string()));
-        }
+    let sources = expand_sources(&src, copy).map_err(|e| match e {
+        rdock_worker::WorkerError::SourceNotFound(p) => SolveError::SourceNotFound(p),
+        e => SolveError::ContextPath(e),
+    })?;
+    for (_, found) in sources {
         for rel in found {
             let p = if rel == "." {
                 dir.to_path_buf()

@@ -193,6 +193,24 @@ pub fn expand_source(src: &CopySource<'_>, pattern: &str, allow_wildcard: bool) 
     Ok(out)
 }
 
+/// Each source pattern of `c` with the paths it matches, as [`expand_source`] gives them.
+/// A wildcard that matches nothing is fine when another source matched (BuildKit's rule:
+/// `COPY foo nomatch* /` copies foo); when nothing matched at all, the first pattern that
+/// found nothing is the missing source, unless the copy allows that.
+pub fn expand_sources<'c>(src: &CopySource<'_>, c: &'c CopyAction) -> Result<Vec<(&'c str, Vec<String>)>, WorkerError> {
+    let mut out = Vec::with_capacity(c.src.len());
+    for pattern in &c.src {
+        out.push((pattern.as_str(), expand_source(src, pattern, c.allow_wildcard)?));
+    }
+    if !c.allow_empty_wildcard
+        && out.iter().all(|(_, found)| found.is_empty())
+        && let Some((pattern, _)) = out.first()
+    {
+        return Err(WorkerError::SourceNotFound(pattern.trim_start_matches('/').to_string()));
+    }
+    Ok(out)
+}
+
 /// True if the source excludes `rel`.
 pub fn excluded(src: &CopySource<'_>, rel: &str) -> bool {
     src.excludes.is_some_and(|m| !m.is_empty() && m.matches(rel))
@@ -209,11 +227,7 @@ fn copy(target: Target<'_>, c: &CopyAction, src: &CopySource<'_>) -> Result<(), 
     // Each match keeps, for --parents, the part of its path to recreate under the
     // destination: everything, or what follows a `/./` pivot in its pattern.
     let mut matches: Vec<(String, Option<String>)> = Vec::new();
-    for pattern in &c.src {
-        let found = expand_source(src, pattern, c.allow_wildcard)?;
-        if found.is_empty() && !c.allow_empty_wildcard {
-            return Err(WorkerError::SourceNotFound(pattern.trim_start_matches('/').to_string()));
-        }
+    for (pattern, found) in expand_sources(src, c)? {
         let pivot = pattern.split_once("/./").map(|(before, _)| clean_path(before)).filter(|p| p != ".");
         for rel in found {
             let kept = c.parents.then(|| match &pivot {
