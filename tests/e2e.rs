@@ -317,6 +317,19 @@ fn a_wildcard_that_matches_nothing_is_fine_beside_one_that_does() {
     assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
 }
 
+/// `--build-arg http_proxy=…` reaches RUN under both spellings, as BuildKit's executor sets
+/// them, and stays out of the image.
+#[test]
+fn a_proxy_build_arg_reaches_run_in_both_spellings() {
+    let f = Fixture::new();
+    let ctx = f.ctx("proxy", &[("Dockerfile", "FROM busybox\nRUN env | grep -i '^[a-z]*_proxy=' | sort > /p\n")]);
+    let o = f.path("o");
+    let out =
+        f.build(&ctx, &["--opt", "build-arg:http_proxy=http://p.invalid:3128", "--output", &format!("type=local,dest={}", o.display())]);
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(o.join("p")).unwrap(), "HTTP_PROXY=http://p.invalid:3128\nhttp_proxy=http://p.invalid:3128\n");
+}
+
 fn started(events: &[serde_json::Value]) -> Vec<String> {
     events.iter().filter(|e| e["kind"] == "started").map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }

@@ -380,16 +380,25 @@ impl Ctx<'_> {
         }
     }
 
-    /// `--build-arg` proxy variables, which every RUN gets without an ARG (BuildKit's
-    /// proxyEnvFromBuildArgs), unless the stage declared them (then they are ordinary env).
+    /// `--build-arg` proxy variables, which every RUN gets without an ARG, under both
+    /// spellings whichever one was given (BuildKit's proxyEnvFromBuildArgs, then its
+    /// executor's `HTTP_PROXY=v`, `http_proxy=v`, …), unless the stage declared that name
+    /// (then it is ordinary env). Given in both spellings, the lowercase one wins.
     fn proxy_env(&self, run: &StageRun) -> Vec<String> {
-        const PROXIES: &[&str] = &["http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"];
-        self.opts
-            .build_args
-            .iter()
-            .filter(|(k, _)| PROXIES.iter().any(|p| k.eq_ignore_ascii_case(p)) && !run.env.iter().any(|(e, _)| e == *k))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect()
+        const PROXIES: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY"];
+        let declared = |name: &str| run.env.iter().any(|(e, _)| e == name);
+        let mut env = Vec::new();
+        for upper in PROXIES {
+            let Some(v) = self.opts.build_args.iter().filter(|(k, _)| k.eq_ignore_ascii_case(upper)).map(|(_, v)| v).last() else {
+                continue;
+            };
+            for name in [upper.to_string(), upper.to_ascii_lowercase()] {
+                if !declared(&name) {
+                    env.push(format!("{name}={v}"));
+                }
+            }
+        }
+        env
     }
 
     fn context_source(&mut self) -> Input {
