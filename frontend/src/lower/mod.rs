@@ -389,7 +389,7 @@ impl Ctx<'_> {
         let declared = |name: &str| run.env.iter().any(|(e, _)| e == name);
         let mut env = Vec::new();
         for upper in PROXIES {
-            let Some(v) = self.opts.build_args.iter().filter(|(k, _)| k.eq_ignore_ascii_case(upper)).map(|(_, v)| v).last() else {
+            let Some(v) = self.opts.build_args.iter().filter(|(k, _)| k.eq_ignore_ascii_case(upper)).map(|(_, v)| v).next_back() else {
                 continue;
             };
             for name in [upper.to_string(), upper.to_ascii_lowercase()] {
