@@ -330,6 +330,25 @@ fn a_proxy_build_arg_reaches_run_in_both_spellings() {
     assert_eq!(std::fs::read_to_string(o.join("p")).unwrap(), "HTTP_PROXY=http://p.invalid:3128\nhttp_proxy=http://p.invalid:3128\n");
 }
 
+/// `BUILDKIT_SANDBOX_HOSTNAME` names RUN's sandbox (and its /etc/hosts line); a value that
+/// is no hostname is refused before anything runs.
+#[test]
+fn the_sandbox_hostname_build_arg_names_run_steps() {
+    let f = Fixture::new();
+    let ctx = f.ctx("hn", &[("Dockerfile", "FROM busybox\nRUN hostname > /h; grep -c myhost /etc/hosts >> /h || true\n")]);
+    let o = f.path("o");
+    let out =
+        f.build(&ctx, &["--opt", "build-arg:BUILDKIT_SANDBOX_HOSTNAME=myhost", "--output", &format!("type=local,dest={}", o.display())]);
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(o.join("h")).unwrap(), "myhost\n1\n");
+    let o = f.path("o2");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", o.display())]));
+    assert_eq!(std::fs::read_to_string(o.join("h")).unwrap(), "buildkitsandbox\n0\n");
+    let out = f.build(&ctx, &["--opt", "build-arg:BUILDKIT_SANDBOX_HOSTNAME=bad host\nx"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("BUILDKIT_SANDBOX_HOSTNAME"), "{}", stderr(&out));
+}
+
 fn started(events: &[serde_json::Value]) -> Vec<String> {
     events.iter().filter(|e| e["kind"] == "started").map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }

@@ -62,6 +62,7 @@ mod tests {
                 }],
                 platform: None,
                 extra_hosts: Vec::new(),
+                hostname: None,
             }),
             vec![img],
             OpMetadata { description: "RUN echo hi > /f".into(), ..Default::default() },

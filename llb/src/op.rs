@@ -301,6 +301,10 @@ pub struct ExecOp {
     /// BuildKit's `ExtraHosts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_hosts: Vec<HostIp>,
+    /// The sandbox's hostname (the `BUILDKIT_SANDBOX_HOSTNAME` build arg); None is
+    /// BuildKit's `buildkitsandbox`. Part of the digest, as BuildKit's `Meta.Hostname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// One `/etc/hosts` entry added to an exec's sandbox.

@@ -448,6 +448,7 @@ fn container_spec(
             user,
             network: req.network,
             extra_hosts: req.extra_hosts.clone(),
+            hostname: None,
             security: Security::Sandbox,
             mounts,
         },

@@ -71,6 +71,7 @@ fn exec(b: &mut DefinitionBuilder, base: Option<Input>, cmd: &str, ignore_cache:
         }],
         platform: None,
         extra_hosts: Vec::new(),
+        hostname: None,
     };
     b.add(
         Op::Exec(op),

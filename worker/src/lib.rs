@@ -63,6 +63,9 @@ pub struct ExecSpec {
     pub mounts: Vec<ExtraMount>,
     /// Extra `/etc/hosts` entries.
     pub extra_hosts: Vec<rdock_llb::HostIp>,
+    /// A build step's hostname, if not [`SANDBOX_HOSTNAME`] (a container's is its own, given
+    /// where it is spawned).
+    pub hostname: Option<String>,
 }
 
 /// A mount besides the root filesystem.
@@ -329,6 +332,7 @@ impl Worker {
             security: op.security,
             mounts: extra,
             extra_hosts: op.extra_hosts.clone(),
+            hostname: op.hostname.clone(),
         };
         let res = self.executor.run(&spec, root, output).map_err(|e| match (e, &op.platform) {
             (ExecError::ExecFormat { program }, Some(p)) if Platform::parse(p).map_or(true, |p| !p.satisfies(&Platform::host())) => {

@@ -64,6 +64,12 @@ pub enum FrontendError {
         /// What there is.
         available: String,
     },
+    /// `BUILDKIT_SANDBOX_HOSTNAME` is no hostname (it goes to sethostname and /etc/hosts).
+    #[error("build arg BUILDKIT_SANDBOX_HOSTNAME={value:?} is not a hostname: letters, digits, '-' and '.', at most 64 characters")]
+    BadHostname {
+        /// The value given.
+        value: String,
+    },
     /// No FROM at all.
     #[error("{file}: the Dockerfile has no FROM instruction, so there is no stage to build")]
     NoStages {
@@ -137,6 +143,7 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     let mut meta_args = global_args(&lexer, opts, &globals)?;
     let target = target_stage(opts, &stages)?;
     check_no_cache_stages(opts, &stages)?;
+    check_sandbox_hostname(opts)?;
     // TARGETSTAGE names the stage being built (empty for an unnamed one), for FROM and ARG.
     let target_name = stages[target].name.clone().unwrap_or_default();
     meta_args.retain(|(k, _)| k != "TARGETSTAGE");
@@ -228,6 +235,13 @@ fn check_no_cache_stages(opts: &BuildOptions, stages: &[Stage]) -> Result<(), Fr
         Some(n) => Err(FrontendError::UnknownNoCacheStage { name: n.clone(), available: stage_names(stages) }),
         None => Ok(()),
     }
+}
+
+/// The `BUILDKIT_SANDBOX_HOSTNAME` build arg, if given, can be a hostname.
+fn check_sandbox_hostname(opts: &BuildOptions) -> Result<(), FrontendError> {
+    let Some(h) = opts.build_args.get("BUILDKIT_SANDBOX_HOSTNAME").filter(|h| !h.is_empty()) else { return Ok(()) };
+    let ok = h.len() <= 64 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok { Ok(()) } else { Err(FrontendError::BadHostname { value: h.clone() }) }
 }
 
 /// The stages as errors list them: by name, or by index when unnamed.

@@ -358,7 +358,7 @@ impl Executor for NamespaceExecutor {
             _ => None,
         };
         let opts = SpawnOptions {
-            hostname: SANDBOX_HOSTNAME,
+            hostname: spec.hostname.as_deref().unwrap_or(SANDBOX_HOSTNAME),
             hostname_file: false,
             stdio: Stdio::Capture,
             init: false,

@@ -166,6 +166,7 @@ mod tests {
             security: Security::Sandbox,
             mounts,
             extra_hosts: Vec::new(),
+            hostname: None,
         }
     }
 
