@@ -349,6 +349,27 @@ fn the_sandbox_hostname_build_arg_names_run_steps() {
     assert!(stderr(&out).contains("BUILDKIT_SANDBOX_HOSTNAME"), "{}", stderr(&out));
 }
 
+/// `rdock build -q` prints only the image ID and `--iidfile` writes it, as docker's; the
+/// ID is the one `inspect` shows, and a build without `-t` still has one.
+#[test]
+fn quiet_builds_print_the_image_id_and_iidfile_writes_it() {
+    let f = Fixture::new();
+    let ctx = f.ctx("q", &[("Dockerfile", "FROM busybox\nRUN echo q > /q\n")]);
+    let iid = f.path("iid");
+    let o = f.rdock(&["build", "-q", "--iidfile", iid.to_str().unwrap(), "-t", "quiet:1", ctx.to_str().unwrap()]);
+    assert_ok(&o);
+    let id = out(&o);
+    assert!(id.starts_with("sha256:") && id.len() == "sha256:".len() + 64 + 1, "{id:?}");
+    assert_eq!(stderr(&o), "", "-q shows no progress");
+    assert_eq!(std::fs::read_to_string(&iid).unwrap(), id.trim_end());
+    let inspected: serde_json::Value = serde_json::from_str(&out(&f.rdock(&["inspect", "quiet:1"]))).unwrap();
+    assert_eq!(inspected[0]["Id"].as_str(), Some(id.trim_end()), "{inspected}");
+    // Without -t there is still an image, and its ID (its own: the config's time differs).
+    let o = f.rdock(&["build", "-q", ctx.to_str().unwrap()]);
+    assert_ok(&o);
+    assert!(out(&o).starts_with("sha256:") && out(&o).len() == id.len(), "{:?}", out(&o));
+}
+
 fn started(events: &[serde_json::Value]) -> Vec<String> {
     events.iter().filter(|e| e["kind"] == "started").map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }

@@ -266,7 +266,12 @@ impl Pipeline {
         if let Some(path) = &req.metadata_file {
             outputs::write_metadata(path, &written)?;
         }
-        Ok(BuildSummary { executed: out.executed, cached: out.cached, manifest: written.image.map(|c| c.manifest.to_string()) })
+        Ok(BuildSummary {
+            executed: out.executed,
+            cached: out.cached,
+            manifest: written.image.as_ref().map(|c| c.manifest.to_string()),
+            image_id: written.image.as_ref().map(|c| c.config.to_string()),
+        })
     }
 
     /// A solver whose worker runs steps in namespaces under the configured limits, and

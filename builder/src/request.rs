@@ -190,4 +190,6 @@ pub struct BuildSummary {
     pub cached: usize,
     /// The image manifest digest, if an image was made.
     pub manifest: Option<String>,
+    /// The image ID (its config's digest), if an image was made.
+    pub image_id: Option<String>,
 }

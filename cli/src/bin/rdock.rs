@@ -1,5 +1,6 @@
 //! `rdock`: docker-like. Parses flags and calls `rdock_cli`.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rdock_cli::build::{CommonFlags, Output, parse_add_host, parse_network, parse_output, run};
 use rdock_cli::format::parse_platform;
@@ -61,6 +62,12 @@ enum Command {
         /// Add `HOST:IP` to every RUN step's /etc/hosts.
         #[arg(long = "add-host", value_name = "HOST:IP")]
         add_hosts: Vec<String>,
+        /// Show no progress; print the image ID when done.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Write the image ID here when done.
+        #[arg(long, value_name = "FILE")]
+        iidfile: Option<PathBuf>,
         #[command(flatten)]
         common: CommonFlags,
         /// The build context directory.
@@ -250,6 +257,18 @@ fn json_format(format: Option<&str>) -> anyhow::Result<bool> {
     }
 }
 
+/// `-q` prints the image ID, `--iidfile` writes it (without a newline, as docker's).
+fn report_image_id(summary: &rdock_builder::BuildSummary, quiet: bool, iidfile: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let Some(id) = &summary.image_id else { return Ok(()) };
+    if let Some(path) = iidfile {
+        std::fs::write(path, id).with_context(|| format!("writing --iidfile {}", path.display()))?;
+    }
+    if quiet {
+        println!("{id}");
+    }
+    Ok(())
+}
+
 fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Build {
@@ -264,15 +283,25 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             push,
             network,
             add_hosts,
+            quiet,
+            iidfile,
             mut common,
             context,
         } => {
+            if quiet {
+                common.progress = "quiet".into();
+            }
             // dockerd grants network.host to its builds by default; so does `rdock build`.
             common.allow.push("network.host".into());
             if push && tags.is_empty() {
                 return Err(UsageError("--push needs a name: give -t NAME".into()).into());
             }
             let mut outs: Vec<Output> = outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
+            // An image ID needs an image: without -t, one with no name, as `docker build`
+            // makes.
+            if tags.is_empty() && (quiet || iidfile.is_some()) && !outs.iter().any(Output::needs_image) {
+                outs.push(Output::Image { names: Vec::new(), push: false, insecure: false, rewrite_timestamp: false });
+            }
             if !tags.is_empty() {
                 let names = tags
                     .iter()
@@ -301,7 +330,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             req.build.extra_hosts = add_hosts.iter().map(|h| parse_add_host(h)).collect::<anyhow::Result<_>>()?;
             req.build.cache_imports = cache_from.iter().map(|c| parse_cache_import("--cache-from", c)).collect::<anyhow::Result<_>>()?;
             req.build.cache_exports = cache_to.iter().map(|c| parse_cache_export("--cache-to", c)).collect::<anyhow::Result<_>>()?;
-            run(&req).map(|_| ())
+            let summary = run(&req)?;
+            report_image_id(&summary, quiet, iidfile.as_deref())
         }
         Command::Run { .. } => unreachable!("run is dispatched before anything else"),
         Command::Ps { all, quiet, format } => containers::ps(all, quiet, json_format(format.as_deref())?),
