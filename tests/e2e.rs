@@ -370,6 +370,22 @@ fn quiet_builds_print_the_image_id_and_iidfile_writes_it() {
     assert!(out(&o).starts_with("sha256:") && out(&o).len() == id.len(), "{:?}", out(&o));
 }
 
+/// `--label` (`--opt label:K=V` for rdock-build) labels the image over the Dockerfile's
+/// LABELs, as buildx's; `--label K` is an empty value, as docker's.
+#[test]
+fn build_labels_go_over_the_dockerfiles() {
+    let f = Fixture::new();
+    let ctx = f.ctx("lbl", &[("Dockerfile", "FROM busybox\nLABEL a=0 c=3\n")]);
+    assert_ok(&f.rdock(&["build", "--label", "a=1", "--label", "b", "-t", "l:1", ctx.to_str().unwrap()]));
+    assert_ok(&f.build(&ctx, &["--opt", "label:x=y", "--output", "type=image,name=l:2"]));
+    let labels = |name: &str| {
+        let v: serde_json::Value = serde_json::from_str(&out(&f.rdock(&["inspect", name]))).unwrap();
+        v[0]["Config"]["Labels"].clone()
+    };
+    assert_eq!(labels("l:1"), serde_json::json!({"a": "1", "b": "", "c": "3"}));
+    assert_eq!(labels("l:2"), serde_json::json!({"a": "0", "c": "3", "x": "y"}));
+}
+
 fn started(events: &[serde_json::Value]) -> Vec<String> {
     events.iter().filter(|e| e["kind"] == "started").map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }

@@ -211,6 +211,7 @@ impl Pipeline {
             target_platform: req.platform.clone(),
             network: req.network,
             extra_hosts: req.extra_hosts.clone(),
+            labels: req.labels.clone(),
             ..Default::default()
         };
         let resolver = resolver::StoreResolver { images: self.images.clone(), client: self.client.clone(), answers: Default::default() };

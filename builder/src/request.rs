@@ -120,6 +120,8 @@ pub struct BuildRequest {
     pub target: Option<String>,
     /// Build args.
     pub build_args: BTreeMap<String, String>,
+    /// Labels of the image, over the Dockerfile's (`--label`).
+    pub labels: BTreeMap<String, String>,
     /// Outputs.
     pub outputs: Vec<Output>,
     /// Run every step, ignoring cache records.
@@ -154,6 +156,7 @@ impl BuildRequest {
             dockerfile,
             target: None,
             build_args: BTreeMap::new(),
+            labels: BTreeMap::new(),
             outputs: Vec::new(),
             no_cache: false,
             no_cache_stages: Vec::new(),

@@ -79,6 +79,8 @@ pub struct BuildOptions {
     pub network: Network,
     /// `--add-host HOST:IP`: `/etc/hosts` entries of every RUN.
     pub extra_hosts: Vec<HostIp>,
+    /// `--label K=V` (`--opt label:K=V`): labels of the image, over the Dockerfile's.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Default for BuildOptions {
@@ -94,6 +96,7 @@ impl Default for BuildOptions {
             no_cache_stages: Vec::new(),
             network: Network::Sandbox,
             extra_hosts: Vec::new(),
+            labels: BTreeMap::new(),
         }
     }
 }

@@ -59,10 +59,13 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
     let mut no_cache: Option<Vec<String>> = None;
     let mut network = rdock_llb::Network::Sandbox;
     let mut extra_hosts = Vec::new();
+    let mut labels = BTreeMap::new();
     for o in &a.opts {
         let (k, v) = o.split_once('=').ok_or_else(|| UsageError(format!("--opt {o}: expected KEY=VALUE")))?;
         if let Some(arg) = k.strip_prefix("build-arg:") {
             build_args.insert(arg.to_string(), v.to_string());
+        } else if let Some(label) = k.strip_prefix("label:") {
+            labels.insert(label.to_string(), v.to_string());
         } else {
             match k {
                 "filename" => filename = Some(v.to_string()),
@@ -101,6 +104,7 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
     req.build.platform = platform;
     req.build.network = network;
     req.build.extra_hosts = extra_hosts;
+    req.build.labels = labels;
     req.build.cache_exports = a.export_cache.iter().map(|c| parse_cache_export("--export-cache", c)).collect::<anyhow::Result<_>>()?;
     req.build.cache_imports = a.import_cache.iter().map(|c| parse_cache_import("--import-cache", c)).collect::<anyhow::Result<_>>()?;
     match no_cache {

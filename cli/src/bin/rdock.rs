@@ -62,6 +62,9 @@ enum Command {
         /// Add `HOST:IP` to every RUN step's /etc/hosts.
         #[arg(long = "add-host", value_name = "HOST:IP")]
         add_hosts: Vec<String>,
+        /// `KEY=VALUE`: a label of the image, over the Dockerfile's LABELs.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
         /// Show no progress; print the image ID when done.
         #[arg(short = 'q', long)]
         quiet: bool,
@@ -283,6 +286,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             push,
             network,
             add_hosts,
+            labels,
             quiet,
             iidfile,
             mut common,
@@ -326,6 +330,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 None,
             )?;
             req.build.platform = platform.as_deref().map(parse_platform).transpose()?;
+            for l in &labels {
+                // `--label K` is K with an empty value, as docker's.
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                req.build.labels.insert(k.to_string(), v.to_string());
+            }
             req.build.network = parse_network("--network", &network)?;
             req.build.extra_hosts = add_hosts.iter().map(|h| parse_add_host(h)).collect::<anyhow::Result<_>>()?;
             req.build.cache_imports = cache_from.iter().map(|c| parse_cache_import("--cache-from", c)).collect::<anyhow::Result<_>>()?;

@@ -163,6 +163,7 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     let mut image = result.image;
     let base_diff_ids = std::mem::take(&mut image.rootfs).diff_ids;
     image.created = None;
+    image.config.labels.extend(opts.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     set_image_platform(&mut image, opts.target_platform.clone().unwrap_or(result.platform), opts.target_platform.is_some());
     Ok(Lowered { definition: ctx.builder.finish(result.state), image, base_diff_ids, syntax: df.directives.syntax, warnings, check })
 }
