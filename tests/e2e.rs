@@ -386,6 +386,29 @@ fn build_labels_go_over_the_dockerfiles() {
     assert_eq!(labels("l:2"), serde_json::json!({"a": "0", "c": "3", "x": "y"}));
 }
 
+/// `BUILDKIT_PROGRESS` chooses the progress mode when `--progress` is not given, as in
+/// buildx; the flag wins over it.
+#[test]
+fn buildkit_progress_sets_the_default_progress_mode() {
+    let f = Fixture::new();
+    let ctx = f.ctx("bp", &[("Dockerfile", "FROM busybox\nRUN echo one\n")]);
+    let build = |extra: &[&str]| {
+        std::process::Command::new(RDOCK_BUILD)
+            .args(["--frontend", "dockerfile", "--local", &format!("context={}", ctx.display()), "--opt", "no-cache="])
+            .args(extra)
+            .env("RDOCK_ROOT", &f.root)
+            .env("BUILDKIT_PROGRESS", "rawjson")
+            .output()
+            .unwrap()
+    };
+    let o = build(&[]);
+    assert_ok(&o);
+    assert!(stderr(&o).lines().any(|l| l.starts_with('{')), "{}", stderr(&o));
+    let o = build(&["--progress", "plain"]);
+    assert_ok(&o);
+    assert!(!stderr(&o).lines().any(|l| l.starts_with('{')) && stderr(&o).contains("RUN echo one"), "{}", stderr(&o));
+}
+
 fn started(events: &[serde_json::Value]) -> Vec<String> {
     events.iter().filter(|e| e["kind"] == "started").map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }

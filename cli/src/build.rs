@@ -57,8 +57,8 @@ pub struct CommonFlags {
     /// Run the steps of these stages (comma-separated names) again, ignoring cache records.
     #[arg(long = "no-cache-filter", value_name = "STAGE")]
     pub no_cache_filter: Vec<String>,
-    /// auto, tty, plain, rawjson or quiet.
-    #[arg(long, default_value = "auto")]
+    /// auto, tty, plain, rawjson or quiet (default: $BUILDKIT_PROGRESS, as buildx's, else auto).
+    #[arg(long, default_value = "auto", env = "BUILDKIT_PROGRESS")]
     pub progress: String,
     /// Write result digests as JSON here.
     #[arg(long)]
