@@ -543,6 +543,25 @@ fn outputs_are_accepted_by_skopeo_and_umoci() {
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path("meta.json")).unwrap()).unwrap();
     assert_eq!(inspect["Digest"], meta["containerimage.digest"]);
     assert_eq!(meta["image.name"], json!("example.com/out:v1,docker.io/library/out:v1"));
+    let build_ref = meta["buildx.build.ref"].as_str().unwrap();
+    assert!(build_ref.starts_with("rdock/local/") && build_ref.len() == "rdock/local/".len() + 25, "{build_ref}");
+    // A name two outputs write is named once.
+    let again = f.path("meta2.json");
+    let out = f.build(
+        &ctx,
+        &[
+            "--output",
+            "type=image,name=twice:1",
+            "--output",
+            &format!("type=docker,dest={},name=twice:1", f.path("t2.tar").display()),
+            "--metadata-file",
+            again.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let meta2: serde_json::Value = serde_json::from_slice(&std::fs::read(&again).unwrap()).unwrap();
+    assert_eq!(meta2["image.name"], json!("docker.io/library/twice:1"));
+    assert_ne!(meta2["buildx.build.ref"], meta["buildx.build.ref"]);
 
     let d: serde_json::Value = serde_json::from_str(&sh("skopeo", &["inspect", &format!("docker-archive:{}", docker.display())])).unwrap();
     assert_eq!(d["Layers"].as_array().unwrap().len(), 2);

@@ -156,6 +156,15 @@ fn rewritten(images: &ImageStore, c: &CommittedImage, built: &BuiltOn) -> Result
 }
 
 /// buildx's `--metadata-file`: the image's digests and names.
+/// A build's reference: 25 hex digits (buildx's are 25 of [a-z0-9]), unique per build
+/// (from the process, the time and a counter).
+fn build_ref() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let seed = format!("{}-{nanos}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    Digest::of(seed.as_bytes()).hex()[..25].to_string()
+}
+
 pub(crate) fn write_metadata(path: &Path, written: &Written) -> Result<(), BuildError> {
     let mut doc = serde_json::Map::new();
     if let Some(c) = &written.image {
@@ -168,9 +177,18 @@ pub(crate) fn write_metadata(path: &Path, written: &Written) -> Result<(), Build
         doc.insert("containerimage.config.digest".into(), config.to_string().into());
         doc.insert("containerimage.descriptor".into(), serde_json::json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size}));
     }
-    if !written.names.is_empty() {
-        doc.insert("image.name".into(), written.names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",").into());
+    // Each name once, though several outputs wrote it (a tag and a push, say).
+    let mut names: Vec<String> = Vec::new();
+    for n in written.names.iter().map(|n| n.to_string()) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
     }
+    if !names.is_empty() {
+        doc.insert("image.name".into(), names.join(",").into());
+    }
+    // buildx's `builder/node/ref` of the build, which scripts read to tell builds apart.
+    doc.insert("buildx.build.ref".into(), format!("rdock/local/{}", build_ref()).into());
     let bytes = serde_json::to_vec_pretty(&doc)?;
     std::fs::write(path, bytes).map_err(|source| BuildError::Io { what: format!("writing {}", path.display()), source })
 }
