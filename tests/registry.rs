@@ -145,6 +145,36 @@ fn push_pull_round_trip_through_a_real_registry() {
     assert_eq!(skopeo_inspect(&third, &[])["Digest"], digest.as_str());
 }
 
+/// `--pull` (`--opt image-resolve-mode=pull`) asks the registry for a base the store
+/// already has by that name; without it the stored one is used.
+#[test]
+fn pull_asks_the_registry_for_a_base_the_store_has() {
+    let reg = Registry::start(Auth::None);
+    let name = seed_busybox(&reg);
+    let f = Fixture::new();
+    assert_ok(&f.rdock(&["pull", &name]));
+    // The registry's tag moves on to an image with /v in it.
+    let other = Fixture::new();
+    let newer = other.ctx("newer", &[("Dockerfile", "FROM busybox\nRUN echo 2 > /v\n")]);
+    assert_ok(&other.rdock(&["build", "-t", &name, "--push", newer.to_str().unwrap()]));
+    let ctx = f.ctx("p", &[("Dockerfile", &format!("FROM {name}\nRUN (cat /v 2>/dev/null || echo stored) > /seen\n"))]);
+    let seen = |extra: &[&str]| {
+        let o = f.path(&format!("o{}", extra.len()));
+        let mut args = vec!["build", "-o", o.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        assert_ok(&f.rdock(&args));
+        std::fs::read_to_string(o.join("seen")).unwrap()
+    };
+    assert_eq!(seen(&[]), "stored\n");
+    assert_eq!(seen(&["--pull"]), "2\n");
+    let o = f.path("obk");
+    assert_ok(&f.build(&ctx, &["--opt", "image-resolve-mode=pull", "--output", &format!("type=local,dest={}", o.display())]));
+    assert_eq!(std::fs::read_to_string(o.join("seen")).unwrap(), "2\n");
+    let bad = f.build(&ctx, &["--opt", "image-resolve-mode=sometimes"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("image-resolve-mode=sometimes"), "{}", stderr(&bad));
+}
+
 #[test]
 fn chunked_uploads_and_docker_media_types() {
     let reg = Registry::start(Auth::None);

@@ -214,7 +214,12 @@ impl Pipeline {
             labels: req.labels.clone(),
             ..Default::default()
         };
-        let resolver = resolver::StoreResolver { images: self.images.clone(), client: self.client.clone(), answers: Default::default() };
+        let resolver = resolver::StoreResolver {
+            images: self.images.clone(),
+            client: self.client.clone(),
+            answers: Default::default(),
+            pull: req.pull,
+        };
         Ok(rdock_frontend::lower(&source, &opts, &resolver)?)
     }
 

@@ -146,6 +146,8 @@ pub struct BuildRequest {
     pub extra_hosts: Vec<rdock_llb::HostIp>,
     /// How many steps run at once.
     pub max_parallelism: std::num::NonZeroUsize,
+    /// Ask base images' registries even for images the store has (`--pull`).
+    pub pull: bool,
 }
 
 impl BuildRequest {
@@ -169,6 +171,7 @@ impl BuildRequest {
             network: rdock_llb::Network::Sandbox,
             extra_hosts: Vec::new(),
             max_parallelism: rdock_solver::default_parallelism(),
+            pull: false,
         }
     }
 

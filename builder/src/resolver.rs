@@ -16,6 +16,9 @@ pub(crate) struct StoreResolver {
     pub client: Arc<rdock_registry::Client>,
     /// Asked once per build: the build checks and the lowering both ask.
     pub answers: Mutex<Answers>,
+    /// `--pull`: the registry first, for every name it can answer for (a name pinned by
+    /// digest the store has needs no registry).
+    pub pull: bool,
 }
 
 impl ImageResolver for StoreResolver {
@@ -33,7 +36,8 @@ impl ImageResolver for StoreResolver {
 impl StoreResolver {
     fn resolve_uncached(&self, image: &ImageRef, platform: &Platform) -> Result<ResolvedImage, ResolveError> {
         let local = |e: rdock_oci::OciError| ResolveError::failed("the local store", e);
-        if let Some(digest) = self.images.resolve(image, platform).map_err(local)? {
+        let local_first = !self.pull || image.digest.is_some();
+        if local_first && let Some(digest) = self.images.resolve(image, platform).map_err(local)? {
             let m = self.images.manifest(&digest).map_err(local)?;
             let config = self.images.config(&m).map_err(local)?;
             let mut pinned = image.clone();
@@ -45,6 +49,7 @@ impl StoreResolver {
                 rdock_oci::OciError::Registry(rdock_registry::RegistryError::NotFound { .. }) => {
                     ResolveError::NotFound { registry: image.registry.clone() }
                 }
+                other if !local_first => ResolveError::failed("--pull asked its registry, and pulling it failed", other),
                 other => ResolveError::failed("not in the local store, and pulling it failed", other),
             },
         )?;

@@ -60,6 +60,7 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
     let mut network = rdock_llb::Network::Sandbox;
     let mut extra_hosts = Vec::new();
     let mut labels = BTreeMap::new();
+    let mut pull = false;
     for o in &a.opts {
         let (k, v) = o.split_once('=').ok_or_else(|| UsageError(format!("--opt {o}: expected KEY=VALUE")))?;
         if let Some(arg) = k.strip_prefix("build-arg:") {
@@ -74,6 +75,16 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
                 // BuildKit's frontend option: empty means every stage, else a list of stages.
                 "no-cache" => {
                     no_cache = Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>())
+                }
+                // BuildKit's spelling of `--pull`: `pull`, or `default`/`local` (the store first).
+                "image-resolve-mode" => {
+                    pull = match v {
+                        "pull" => true,
+                        "default" | "local" => false,
+                        other => {
+                            return Err(UsageError(format!("--opt image-resolve-mode={other}: expected default, pull or local")).into());
+                        }
+                    }
                 }
                 "force-network-mode" => network = parse_network("--opt force-network-mode=", v)?,
                 // BuildKit's spelling: `host=ip,host2=ip2`.
@@ -105,6 +116,7 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
     req.build.network = network;
     req.build.extra_hosts = extra_hosts;
     req.build.labels = labels;
+    req.build.pull = pull;
     req.build.cache_exports = a.export_cache.iter().map(|c| parse_cache_export("--export-cache", c)).collect::<anyhow::Result<_>>()?;
     req.build.cache_imports = a.import_cache.iter().map(|c| parse_cache_import("--import-cache", c)).collect::<anyhow::Result<_>>()?;
     match no_cache {

@@ -55,6 +55,10 @@ enum Command {
         /// Push the image to its registry after building (`-t` names).
         #[arg(long)]
         push: bool,
+        /// Ask base images' registries for their current manifests, even for images the
+        /// store has.
+        #[arg(long)]
+        pull: bool,
         /// The network of RUN steps without their own `--network`: `default` (egress
         /// through a user-mode stack), `none` or `host`.
         #[arg(long, default_value = "default")]
@@ -284,6 +288,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             cache_from,
             cache_to,
             push,
+            pull,
             network,
             add_hosts,
             labels,
@@ -330,6 +335,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 None,
             )?;
             req.build.platform = platform.as_deref().map(parse_platform).transpose()?;
+            req.build.pull = pull;
             for l in &labels {
                 // `--label K` is K with an empty value, as docker's.
                 let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
