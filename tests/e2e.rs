@@ -368,6 +368,11 @@ fn quiet_builds_print_the_image_id_and_iidfile_writes_it() {
     let o = f.rdock(&["build", "-q", ctx.to_str().unwrap()]);
     assert_ok(&o);
     assert!(out(&o).starts_with("sha256:") && out(&o).len() == id.len(), "{:?}", out(&o));
+    // buildx's --load is accepted: the result is kept in the store (here under -t).
+    let o = f.rdock(&["build", "--load", "-q", "-t", "loaded:1", ctx.to_str().unwrap()]);
+    assert_ok(&o);
+    let inspected: serde_json::Value = serde_json::from_str(&out(&f.rdock(&["inspect", "loaded:1"]))).unwrap();
+    assert_eq!(inspected[0]["Id"].as_str(), Some(out(&o).trim_end()));
 }
 
 /// `--label` (`--opt label:K=V` for rdock-build) labels the image over the Dockerfile's

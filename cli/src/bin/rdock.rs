@@ -59,6 +59,10 @@ enum Command {
         /// store has.
         #[arg(long)]
         pull: bool,
+        /// Keep the result as an image in the local store, as buildx's `--load` puts it in
+        /// docker's (named by -t; without -t it has only an ID, as `-q` prints it).
+        #[arg(long)]
+        load: bool,
         /// The network of RUN steps without their own `--network`: `default` (egress
         /// through a user-mode stack), `none` or `host`.
         #[arg(long, default_value = "default")]
@@ -289,6 +293,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             cache_to,
             push,
             pull,
+            load,
             network,
             add_hosts,
             labels,
@@ -308,7 +313,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             let mut outs: Vec<Output> = outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
             // An image ID needs an image: without -t, one with no name, as `docker build`
             // makes.
-            if tags.is_empty() && (quiet || iidfile.is_some()) && !outs.iter().any(Output::needs_image) {
+            if tags.is_empty() && (quiet || load || iidfile.is_some()) && !outs.iter().any(Output::needs_image) {
                 outs.push(Output::Image { names: Vec::new(), push: false, insecure: false, rewrite_timestamp: false });
             }
             if !tags.is_empty() {
