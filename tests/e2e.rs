@@ -414,6 +414,31 @@ fn buildkit_progress_sets_the_default_progress_mode() {
     assert!(!stderr(&o).lines().any(|l| l.starts_with('{')) && stderr(&o).contains("RUN echo one"), "{}", stderr(&o));
 }
 
+/// `--shm-size` and `--ulimit` (`--opt shm-size=`, `--opt ulimit=`) reach RUN steps, and are
+/// part of the step's key: changing them runs it again. A limit rdock does not know is an
+/// error naming it.
+#[test]
+fn shm_size_and_ulimits_reach_run_steps() {
+    let f = Fixture::new();
+    let df = "FROM busybox\nRUN df -k /dev/shm | tail -1 | awk '{print $2}' > /r && ulimit -n >> /r && ulimit -Hn >> /r\n";
+    let ctx = f.ctx("res", &[("Dockerfile", df)]);
+    let read = |o: &std::path::Path| std::fs::read_to_string(o.join("r")).unwrap();
+    let o = f.path("o1");
+    assert_ok(&f.rdock(&["build", "--shm-size", "128m", "--ulimit", "nofile=1000:2000", "-o", o.to_str().unwrap(), ctx.to_str().unwrap()]));
+    assert_eq!(read(&o), "131072\n1000\n2000\n");
+    let o = f.path("o2");
+    assert_ok(&f.build(
+        &ctx,
+        &["--opt", "shm-size=33554432", "--opt", "ulimit=nofile=500", "--output", &format!("type=local,dest={}", o.display())],
+    ));
+    assert_eq!(read(&o), "32768\n500\n500\n");
+    let o = f.path("o3");
+    assert_ok(&f.build(&ctx, &["--output", &format!("type=local,dest={}", o.display())]));
+    assert!(read(&o).starts_with("65536\n"), "{}", read(&o));
+    let bad = f.rdock(&["build", "--ulimit", "bogus=1", ctx.to_str().unwrap()]);
+    assert!(!bad.status.success() && stderr(&bad).contains("unknown limit \"bogus\""), "{}", stderr(&bad));
+}
+
 fn started(events: &[serde_json::Value]) -> Vec<String> {
     events.iter().filter(|e| e["kind"] == "started").map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }

@@ -212,6 +212,7 @@ impl Pipeline {
             network: req.network,
             extra_hosts: req.extra_hosts.clone(),
             labels: req.labels.clone(),
+            resources: req.resources.clone(),
             ..Default::default()
         };
         let resolver = resolver::StoreResolver {

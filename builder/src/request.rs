@@ -148,6 +148,8 @@ pub struct BuildRequest {
     pub max_parallelism: std::num::NonZeroUsize,
     /// Ask base images' registries even for images the store has (`--pull`).
     pub pull: bool,
+    /// `--shm-size` and `--ulimit` of every RUN.
+    pub resources: rdock_llb::Resources,
 }
 
 impl BuildRequest {
@@ -172,6 +174,7 @@ impl BuildRequest {
             extra_hosts: Vec::new(),
             max_parallelism: rdock_solver::default_parallelism(),
             pull: false,
+            resources: Default::default(),
         }
     }
 

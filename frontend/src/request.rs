@@ -81,6 +81,8 @@ pub struct BuildOptions {
     pub extra_hosts: Vec<HostIp>,
     /// `--label K=V` (`--opt label:K=V`): labels of the image, over the Dockerfile's.
     pub labels: BTreeMap<String, String>,
+    /// `--shm-size` and `--ulimit` of every RUN.
+    pub resources: rdock_llb::Resources,
 }
 
 impl Default for BuildOptions {
@@ -97,6 +99,7 @@ impl Default for BuildOptions {
             network: Network::Sandbox,
             extra_hosts: Vec::new(),
             labels: BTreeMap::new(),
+            resources: Default::default(),
         }
     }
 }

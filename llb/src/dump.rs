@@ -63,6 +63,7 @@ mod tests {
                 platform: None,
                 extra_hosts: Vec::new(),
                 hostname: None,
+                resources: Default::default(),
             }),
             vec![img],
             OpMetadata { description: "RUN echo hi > /f".into(), ..Default::default() },

@@ -29,5 +29,5 @@ pub use digest::OpDigest;
 pub use error::DefinitionError;
 pub use op::{
     CacheSharing, ChownOpt, CopyAction, DiffOp, ExecOp, FileAction, FileOp, GitRef, HostIp, Input, MergeOp, Mount, MountKind, Network, Op,
-    Security, Source, SourceOp, parse_git_ref,
+    Resources, Security, Source, SourceOp, ULIMITS, Ulimit, UlimitError, parse_git_ref,
 };

@@ -305,7 +305,91 @@ pub struct ExecOp {
     /// BuildKit's `buildkitsandbox`. Part of the digest, as BuildKit's `Meta.Hostname`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// `/dev/shm`'s size and the process's rlimits (`--shm-size`, `--ulimit`): part of the
+    /// digest, as BuildKit's `ShmSize` and `Ulimit`; omitted when default.
+    #[serde(default, skip_serializing_if = "Resources::is_default")]
+    pub resources: Resources,
 }
+
+/// What a sandbox's process may use beyond the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// `/dev/shm`'s size in bytes (None: 64 MiB, as Docker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+    /// Resource limits, set before the command runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+}
+
+impl Resources {
+    /// True when nothing differs from the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == Resources::default()
+    }
+}
+
+/// One `--ulimit NAME=SOFT[:HARD]` (-1: unlimited).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// Docker's name of the limit: `nofile`, `nproc`, `core`, `stack`, …
+    pub name: String,
+    /// Soft limit.
+    pub soft: i64,
+    /// Hard limit.
+    pub hard: i64,
+}
+
+/// The limits `--ulimit` knows, by Docker's names, and their `RLIMIT_*` numbers on Linux.
+pub const ULIMITS: &[(&str, u32)] = &[
+    ("cpu", 0),
+    ("fsize", 1),
+    ("data", 2),
+    ("stack", 3),
+    ("core", 4),
+    ("rss", 5),
+    ("nproc", 6),
+    ("nofile", 7),
+    ("memlock", 8),
+    ("as", 9),
+    ("locks", 10),
+    ("sigpending", 11),
+    ("msgqueue", 12),
+    ("nice", 13),
+    ("rtprio", 14),
+    ("rttime", 15),
+];
+
+impl Ulimit {
+    /// Parses `NAME=SOFT[:HARD]` as `docker build --ulimit` takes it.
+    pub fn parse(s: &str) -> Result<Ulimit, UlimitError> {
+        let bad = |why: &str| UlimitError(format!("--ulimit {s}: {why}"));
+        let (name, limits) = s.split_once('=').ok_or_else(|| bad("expected NAME=SOFT[:HARD]"))?;
+        if !ULIMITS.iter().any(|(n, _)| *n == name) {
+            let known = ULIMITS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+            return Err(bad(&format!("unknown limit {name:?} (known: {known})")));
+        }
+        let (soft, hard) = limits.split_once(':').unwrap_or((limits, limits));
+        let num =
+            |v: &str| v.parse::<i64>().ok().filter(|n| *n >= -1).ok_or_else(|| bad(&format!("{v:?} is not a limit (a number, or -1)")));
+        let (soft, hard) = (num(soft)?, num(hard)?);
+        let unlimited = |n: i64| if n < 0 { u64::MAX } else { n as u64 };
+        if unlimited(soft) > unlimited(hard) {
+            return Err(bad("the soft limit is above the hard one"));
+        }
+        Ok(Ulimit { name: name.to_string(), soft, hard })
+    }
+
+    /// The limit's `RLIMIT_*` number.
+    pub fn resource(&self) -> Option<u32> {
+        ULIMITS.iter().find(|(n, _)| *n == self.name).map(|(_, r)| *r)
+    }
+}
+
+/// A `--ulimit` value that is not `NAME=SOFT[:HARD]` of a known limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UlimitError(String);
 
 /// One `/etc/hosts` entry added to an exec's sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

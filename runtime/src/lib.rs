@@ -449,6 +449,7 @@ fn container_spec(
             network: req.network,
             extra_hosts: req.extra_hosts.clone(),
             hostname: None,
+            resources: Default::default(),
             security: Security::Sandbox,
             mounts,
         },

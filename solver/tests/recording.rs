@@ -72,6 +72,7 @@ fn exec(b: &mut DefinitionBuilder, base: Option<Input>, cmd: &str, ignore_cache:
         platform: None,
         extra_hosts: Vec::new(),
         hostname: None,
+        resources: Default::default(),
     };
     b.add(
         Op::Exec(op),

@@ -66,6 +66,8 @@ pub struct ExecSpec {
     /// A build step's hostname, if not [`SANDBOX_HOSTNAME`] (a container's is its own, given
     /// where it is spawned).
     pub hostname: Option<String>,
+    /// `/dev/shm`'s size and rlimits.
+    pub resources: rdock_llb::Resources,
 }
 
 /// A mount besides the root filesystem.
@@ -333,6 +335,7 @@ impl Worker {
             mounts: extra,
             extra_hosts: op.extra_hosts.clone(),
             hostname: op.hostname.clone(),
+            resources: op.resources.clone(),
         };
         let res = self.executor.run(&spec, root, output).map_err(|e| match (e, &op.platform) {
             (ExecError::ExecFormat { program }, Some(p)) if Platform::parse(p).map_or(true, |p| !p.satisfies(&Platform::host())) => {

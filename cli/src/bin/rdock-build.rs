@@ -61,6 +61,7 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
     let mut extra_hosts = Vec::new();
     let mut labels = BTreeMap::new();
     let mut pull = false;
+    let mut resources = rdock_llb::Resources::default();
     for o in &a.opts {
         let (k, v) = o.split_once('=').ok_or_else(|| UsageError(format!("--opt {o}: expected KEY=VALUE")))?;
         if let Some(arg) = k.strip_prefix("build-arg:") {
@@ -75,6 +76,16 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
                 // BuildKit's frontend option: empty means every stage, else a list of stages.
                 "no-cache" => {
                     no_cache = Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>())
+                }
+                // BuildKit's frontend options behind buildx's --shm-size (bytes) and --ulimit
+                // (comma-separated NAME=SOFT[:HARD]).
+                "shm-size" => {
+                    resources.shm_size = Some(v.parse().map_err(|_| UsageError(format!("--opt shm-size={v}: expected a number of bytes")))?)
+                }
+                "ulimit" => {
+                    for u in v.split(',').filter(|u| !u.is_empty()) {
+                        resources.ulimits.push(rdock_llb::Ulimit::parse(u).map_err(|e| UsageError(e.to_string()))?);
+                    }
                 }
                 // BuildKit's spelling of `--pull`: `pull`, or `default`/`local` (the store first).
                 "image-resolve-mode" => {
@@ -117,6 +128,7 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
     req.build.extra_hosts = extra_hosts;
     req.build.labels = labels;
     req.build.pull = pull;
+    req.build.resources = resources;
     req.build.cache_exports = a.export_cache.iter().map(|c| parse_cache_export("--export-cache", c)).collect::<anyhow::Result<_>>()?;
     req.build.cache_imports = a.import_cache.iter().map(|c| parse_cache_import("--import-cache", c)).collect::<anyhow::Result<_>>()?;
     match no_cache {

@@ -73,6 +73,12 @@ enum Command {
         /// `KEY=VALUE`: a label of the image, over the Dockerfile's LABELs.
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
+        /// The size of RUN steps' /dev/shm (`128m`; default 64 MiB).
+        #[arg(long, value_name = "SIZE")]
+        shm_size: Option<String>,
+        /// `NAME=SOFT[:HARD]`: a resource limit of RUN steps (`nofile=1024:2048`; -1 unlimited).
+        #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+        ulimits: Vec<String>,
         /// Show no progress; print the image ID when done.
         #[arg(short = 'q', long)]
         quiet: bool,
@@ -297,6 +303,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             network,
             add_hosts,
             labels,
+            shm_size,
+            ulimits,
             quiet,
             iidfile,
             mut common,
@@ -341,6 +349,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
             )?;
             req.build.platform = platform.as_deref().map(parse_platform).transpose()?;
             req.build.pull = pull;
+            req.build.resources.shm_size = shm_size.as_deref().map(rdock_cli::format::parse_size).transpose()?;
+            req.build.resources.ulimits =
+                ulimits.iter().map(|u| rdock_llb::Ulimit::parse(u)).collect::<Result<_, _>>().map_err(|e| UsageError(e.to_string()))?;
             for l in &labels {
                 // `--label K` is K with an empty value, as docker's.
                 let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));

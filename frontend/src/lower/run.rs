@@ -67,6 +67,7 @@ impl Ctx<'_> {
             platform: Some(run.platform.to_string()),
             extra_hosts: self.opts.extra_hosts.clone(),
             hostname: self.opts.build_args.get("BUILDKIT_SANDBOX_HOSTNAME").filter(|h| !h.is_empty()).cloned(),
+            resources: self.opts.resources.clone(),
         };
         let mut desc = self.description(run, l);
         if let Some(s) = summary {

@@ -40,6 +40,7 @@ pub(super) enum Stage {
     Masks,
     Seccomp,
     Network,
+    Rlimits,
 }
 
 impl Stage {
@@ -64,6 +65,7 @@ impl Stage {
             17 => "masking /proc and /sys paths",
             18 => "installing the seccomp filter",
             19 => "joining the network namespace",
+            20 => "setting resource limits (--ulimit)",
             _ => "setting up the sandbox",
         }
     }
@@ -151,6 +153,10 @@ pub(super) struct Plan {
     pub cgroup_join: Vec<CString>,
 
     pub hostname: CString,
+    /// /dev/shm's tmpfs options (its size).
+    pub shm_opts: CString,
+    /// `--ulimit`s: `RLIMIT_*` number, soft, hard (`RLIM_INFINITY` for -1).
+    pub rlimits: Vec<(u32, libc::rlim_t, libc::rlim_t)>,
     pub cwd: Target,
     pub uid: u32,
     pub gid: u32,
@@ -247,6 +253,13 @@ pub(super) fn child(p: &Plan, argv: &[*const libc::c_char], envp: &[*const libc:
         // The root is `/` now: the working directory cannot resolve out of it.
         if !enter_workdir(p) {
             return fail(p.err_fd, Stage::Workdir);
+        }
+        // Before the capabilities go: raising a hard limit needs CAP_SYS_RESOURCE.
+        for (resource, soft, hard) in &p.rlimits {
+            let limit = libc::rlimit { rlim_cur: *soft, rlim_max: *hard };
+            if libc::setrlimit(*resource as _, &limit) != 0 {
+                return fail(p.err_fd, Stage::Rlimits);
+            }
         }
         if let Err(stage) = drop_privileges(p) {
             return fail(p.err_fd, stage);
@@ -441,7 +454,7 @@ unsafe fn mount_dev(p: &Plan, root: i32) -> bool {
             c"shm".as_ptr(),
             c"tmpfs".as_ptr(),
             libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV,
-            c"mode=1777,size=65536k".as_ptr().cast(),
+            p.shm_opts.as_ptr().cast(),
         );
         for (target, link) in &p.dev_links {
             libc::symlink(target.as_ptr(), link.as_ptr());

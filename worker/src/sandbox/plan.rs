@@ -132,6 +132,17 @@ pub(super) fn plan(
         extra: spec.mounts.iter().map(extra_mount).collect::<Result<_, _>>()?,
         cgroup_join: cgroup_join.iter().map(|p| cpath(p)).collect::<Result<_, _>>()?,
         hostname: cstr(opts.hostname)?,
+        // 64 MiB by default, as Docker's.
+        shm_opts: cstr(format!("mode=1777,size={}", spec.resources.shm_size.unwrap_or(64 << 20)))?,
+        rlimits: spec
+            .resources
+            .ulimits
+            .iter()
+            .filter_map(|u| {
+                let limit = |n: i64| if n < 0 { libc::RLIM_INFINITY } else { n as libc::rlim_t };
+                Some((u.resource()?, limit(u.soft), limit(u.hard)))
+            })
+            .collect(),
         cwd: Target::new(&spec.cwd, false).unwrap_or(Target { path: cstr(".")?, file_in: None }),
         uid: spec.user.uid,
         gid: spec.user.gid,
@@ -167,6 +178,7 @@ mod tests {
             mounts,
             extra_hosts: Vec::new(),
             hostname: None,
+            resources: Default::default(),
         }
     }
 
