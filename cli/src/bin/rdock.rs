@@ -417,11 +417,12 @@ fn run_container(args: containers::RunArgs) -> ! {
     }
 }
 
-/// Prints a command line clap refused and exits: with 125 for `rdock run`, as `docker run`
-/// does for a flag it does not know, else with clap's own status (help and version: 0).
+/// Prints a command line clap refused and exits: with 125 for a flag `rdock run` does not
+/// know, as `docker run` does, else with clap's own status (usage errors 2; help and
+/// version 0).
 fn usage_error(e: clap::Error) -> ! {
     let is_run = std::env::args().skip(1).find(|a| !a.starts_with('-')).is_some_and(|a| a == "run");
-    if is_run && e.use_stderr() {
+    if is_run && e.kind() == clap::error::ErrorKind::UnknownArgument {
         let _ = e.print();
         std::process::exit(125);
     }
