@@ -41,6 +41,89 @@ struct Args {
     dump_llb: Option<String>,
 }
 
+/// The frontend options (`--opt KEY=VALUE`), BuildKit's dockerfile frontend's spellings.
+struct FrontendOpts {
+    filename: Option<String>,
+    target: Option<String>,
+    build_args: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    platform: Option<rdock_imagespec::Platform>,
+    /// `no-cache`: empty for every stage, else the stages.
+    no_cache: Option<Vec<String>>,
+    network: rdock_llb::Network,
+    extra_hosts: Vec<rdock_llb::HostIp>,
+    pull: bool,
+    resources: rdock_llb::Resources,
+}
+
+impl FrontendOpts {
+    fn parse(opts: &[String]) -> anyhow::Result<FrontendOpts> {
+        let mut o = FrontendOpts {
+            filename: None,
+            target: None,
+            build_args: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            platform: None,
+            no_cache: None,
+            network: rdock_llb::Network::Sandbox,
+            extra_hosts: Vec::new(),
+            pull: false,
+            resources: rdock_llb::Resources::default(),
+        };
+        for opt in opts {
+            let (k, v) = opt.split_once('=').ok_or_else(|| UsageError(format!("--opt {opt}: expected KEY=VALUE")))?;
+            o.set(k, v)?;
+        }
+        Ok(o)
+    }
+
+    fn set(&mut self, k: &str, v: &str) -> anyhow::Result<()> {
+        if let Some(arg) = k.strip_prefix("build-arg:") {
+            self.build_args.insert(arg.to_string(), v.to_string());
+            return Ok(());
+        }
+        if let Some(label) = k.strip_prefix("label:") {
+            self.labels.insert(label.to_string(), v.to_string());
+            return Ok(());
+        }
+        match k {
+            "filename" => self.filename = Some(v.to_string()),
+            "target" => self.target = Some(v.to_string()),
+            "platform" => self.platform = Some(parse_platform(v)?),
+            // BuildKit's frontend option: empty means every stage, else a list of stages.
+            "no-cache" => self.no_cache = Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()),
+            // The options behind buildx's --shm-size (bytes) and --ulimit (comma-separated
+            // NAME=SOFT[:HARD]).
+            "shm-size" => {
+                self.resources.shm_size =
+                    Some(v.parse().map_err(|_| UsageError(format!("--opt shm-size={v}: expected a number of bytes")))?)
+            }
+            "ulimit" => {
+                for u in v.split(',').filter(|u| !u.is_empty()) {
+                    self.resources.ulimits.push(rdock_llb::Ulimit::parse(u).map_err(|e| UsageError(e.to_string()))?);
+                }
+            }
+            // BuildKit's spelling of `--pull`: `pull`, or `default`/`local` (the store first).
+            "image-resolve-mode" => {
+                self.pull = match v {
+                    "pull" => true,
+                    "default" | "local" => false,
+                    other => return Err(UsageError(format!("--opt image-resolve-mode={other}: expected default, pull or local")).into()),
+                }
+            }
+            "force-network-mode" => self.network = parse_network("--opt force-network-mode=", v)?,
+            // BuildKit's spelling: `host=ip,host2=ip2`.
+            "add-hosts" => {
+                for h in v.split(',').filter(|h| !h.is_empty()) {
+                    self.extra_hosts.push(parse_add_host(h)?);
+                }
+            }
+            _ => return Err(UsageError(format!("--opt {k} is not supported yet")).into()),
+        }
+        Ok(())
+    }
+}
+
 fn request(a: Args) -> anyhow::Result<BuildCommand> {
     if a.frontend != "dockerfile" && a.frontend != "dockerfile.v0" {
         return Err(UsageError(format!("unknown frontend {:?} (only dockerfile)", a.frontend)).into());
@@ -52,62 +135,7 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
     }
     let context = locals.get("context").cloned().ok_or_else(|| UsageError("--local context=DIR is required".into()))?;
     let dockerfile_dir = locals.get("dockerfile").cloned().unwrap_or_else(|| context.clone());
-    let mut filename: Option<String> = None;
-    let mut target = None;
-    let mut build_args = BTreeMap::new();
-    let mut platform = None;
-    let mut no_cache: Option<Vec<String>> = None;
-    let mut network = rdock_llb::Network::Sandbox;
-    let mut extra_hosts = Vec::new();
-    let mut labels = BTreeMap::new();
-    let mut pull = false;
-    let mut resources = rdock_llb::Resources::default();
-    for o in &a.opts {
-        let (k, v) = o.split_once('=').ok_or_else(|| UsageError(format!("--opt {o}: expected KEY=VALUE")))?;
-        if let Some(arg) = k.strip_prefix("build-arg:") {
-            build_args.insert(arg.to_string(), v.to_string());
-        } else if let Some(label) = k.strip_prefix("label:") {
-            labels.insert(label.to_string(), v.to_string());
-        } else {
-            match k {
-                "filename" => filename = Some(v.to_string()),
-                "target" => target = Some(v.to_string()),
-                "platform" => platform = Some(parse_platform(v)?),
-                // BuildKit's frontend option: empty means every stage, else a list of stages.
-                "no-cache" => {
-                    no_cache = Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>())
-                }
-                // BuildKit's frontend options behind buildx's --shm-size (bytes) and --ulimit
-                // (comma-separated NAME=SOFT[:HARD]).
-                "shm-size" => {
-                    resources.shm_size = Some(v.parse().map_err(|_| UsageError(format!("--opt shm-size={v}: expected a number of bytes")))?)
-                }
-                "ulimit" => {
-                    for u in v.split(',').filter(|u| !u.is_empty()) {
-                        resources.ulimits.push(rdock_llb::Ulimit::parse(u).map_err(|e| UsageError(e.to_string()))?);
-                    }
-                }
-                // BuildKit's spelling of `--pull`: `pull`, or `default`/`local` (the store first).
-                "image-resolve-mode" => {
-                    pull = match v {
-                        "pull" => true,
-                        "default" | "local" => false,
-                        other => {
-                            return Err(UsageError(format!("--opt image-resolve-mode={other}: expected default, pull or local")).into());
-                        }
-                    }
-                }
-                "force-network-mode" => network = parse_network("--opt force-network-mode=", v)?,
-                // BuildKit's spelling: `host=ip,host2=ip2`.
-                "add-hosts" => {
-                    for h in v.split(',').filter(|h| !h.is_empty()) {
-                        extra_hosts.push(parse_add_host(h)?);
-                    }
-                }
-                _ => return Err(UsageError(format!("--opt {k} is not supported yet")).into()),
-            }
-        }
-    }
+    let o = FrontendOpts::parse(&a.opts)?;
     let dump = match a.dump_llb.as_deref() {
         None => None,
         Some("json") => Some(DumpFormat::Json),
@@ -118,20 +146,20 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
         }
     };
     let outputs = a.outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
-    let dockerfile = match filename {
+    let dockerfile = match o.filename {
         Some(f) => dockerfile_dir.join(f),
         None => rdock_cli::build::default_dockerfile(&dockerfile_dir),
     };
-    let mut req = a.common.request(context, dockerfile, target, build_args, outputs, dump)?;
-    req.build.platform = platform;
-    req.build.network = network;
-    req.build.extra_hosts = extra_hosts;
-    req.build.labels = labels;
-    req.build.pull = pull;
-    req.build.resources = resources;
+    let mut req = a.common.request(context, dockerfile, o.target, o.build_args, outputs, dump)?;
+    req.build.platform = o.platform;
+    req.build.network = o.network;
+    req.build.extra_hosts = o.extra_hosts;
+    req.build.labels = o.labels;
+    req.build.pull = o.pull;
+    req.build.resources = o.resources;
     req.build.cache_exports = a.export_cache.iter().map(|c| parse_cache_export("--export-cache", c)).collect::<anyhow::Result<_>>()?;
     req.build.cache_imports = a.import_cache.iter().map(|c| parse_cache_import("--import-cache", c)).collect::<anyhow::Result<_>>()?;
-    match no_cache {
+    match o.no_cache {
         Some(stages) if stages.is_empty() => req.build.no_cache = true,
         Some(stages) => req.build.no_cache_stages.extend(stages),
         None => {}

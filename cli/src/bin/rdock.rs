@@ -26,70 +26,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build an image from a Dockerfile.
-    Build {
-        /// Name and tag the result (stores it in the local image store).
-        #[arg(short = 't', long = "tag")]
-        tags: Vec<String>,
-        /// The Dockerfile (default CONTEXT/Dockerfile).
-        #[arg(short = 'f', long = "file")]
-        file: Option<PathBuf>,
-        /// The stage to build.
-        #[arg(long)]
-        target: Option<String>,
-        /// K=V.
-        #[arg(long = "build-arg")]
-        build_args: Vec<String>,
-        /// Output spec, or a directory.
-        #[arg(short = 'o', long = "output")]
-        outputs: Vec<String>,
-        /// Target platform (`linux/arm64`); the host's by default.
-        #[arg(long)]
-        platform: Option<String>,
-        /// Import a build cache: `REF`, `type=registry,ref=REF` or `type=local,src=DIR`.
-        #[arg(long = "cache-from")]
-        cache_from: Vec<String>,
-        /// Export the build cache: `type=registry,ref=REF` or `type=local,dest=DIR`, with
-        /// `mode=min|max` and `cache-mounts=true`.
-        #[arg(long = "cache-to")]
-        cache_to: Vec<String>,
-        /// Push the image to its registry after building (`-t` names).
-        #[arg(long)]
-        push: bool,
-        /// Ask base images' registries for their current manifests, even for images the
-        /// store has.
-        #[arg(long)]
-        pull: bool,
-        /// Keep the result as an image in the local store, as buildx's `--load` puts it in
-        /// docker's (named by -t; without -t it has only an ID, as `-q` prints it).
-        #[arg(long)]
-        load: bool,
-        /// The network of RUN steps without their own `--network`: `default` (egress
-        /// through a user-mode stack), `none` or `host`.
-        #[arg(long, default_value = "default")]
-        network: String,
-        /// Add `HOST:IP` to every RUN step's /etc/hosts.
-        #[arg(long = "add-host", value_name = "HOST:IP")]
-        add_hosts: Vec<String>,
-        /// `KEY=VALUE`: a label of the image, over the Dockerfile's LABELs.
-        #[arg(long = "label", value_name = "KEY=VALUE")]
-        labels: Vec<String>,
-        /// The size of RUN steps' /dev/shm (`128m`; default 64 MiB).
-        #[arg(long, value_name = "SIZE")]
-        shm_size: Option<String>,
-        /// `NAME=SOFT[:HARD]`: a resource limit of RUN steps (`nofile=1024:2048`; -1 unlimited).
-        #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
-        ulimits: Vec<String>,
-        /// Show no progress; print the image ID when done.
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        /// Write the image ID here when done.
-        #[arg(long, value_name = "FILE")]
-        iidfile: Option<PathBuf>,
-        #[command(flatten)]
-        common: CommonFlags,
-        /// The build context directory.
-        context: PathBuf,
-    },
+    Build(BuildArgs),
     /// Run a command in a new container from an image, in the foreground.
     #[command(disable_help_flag = true)]
     Run {
@@ -274,6 +211,150 @@ fn json_format(format: Option<&str>) -> anyhow::Result<bool> {
     }
 }
 
+/// `rdock build`'s flags, as docker build and buildx take them.
+#[derive(clap::Args, Debug)]
+struct BuildArgs {
+    /// Name and tag the result (stores it in the local image store).
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// The Dockerfile (default CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// The stage to build.
+    #[arg(long)]
+    target: Option<String>,
+    /// K=V.
+    #[arg(long = "build-arg")]
+    build_args: Vec<String>,
+    /// Output spec, or a directory.
+    #[arg(short = 'o', long = "output")]
+    outputs: Vec<String>,
+    /// Target platform (`linux/arm64`); the host's by default.
+    #[arg(long)]
+    platform: Option<String>,
+    /// Import a build cache: `REF`, `type=registry,ref=REF` or `type=local,src=DIR`.
+    #[arg(long = "cache-from")]
+    cache_from: Vec<String>,
+    /// Export the build cache: `type=registry,ref=REF` or `type=local,dest=DIR`, with
+    /// `mode=min|max` and `cache-mounts=true`.
+    #[arg(long = "cache-to")]
+    cache_to: Vec<String>,
+    /// Push the image to its registry after building (`-t` names).
+    #[arg(long)]
+    push: bool,
+    /// Ask base images' registries for their current manifests, even for images the
+    /// store has.
+    #[arg(long)]
+    pull: bool,
+    /// Keep the result as an image in the local store, as buildx's `--load` puts it in
+    /// docker's (named by -t; without -t it has only an ID, as `-q` prints it).
+    #[arg(long)]
+    load: bool,
+    /// The network of RUN steps without their own `--network`: `default` (egress
+    /// through a user-mode stack), `none` or `host`.
+    #[arg(long, default_value = "default")]
+    network: String,
+    /// Add `HOST:IP` to every RUN step's /etc/hosts.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    add_hosts: Vec<String>,
+    /// `KEY=VALUE`: a label of the image, over the Dockerfile's LABELs.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// The size of RUN steps' /dev/shm (`128m`; default 64 MiB).
+    #[arg(long, value_name = "SIZE")]
+    shm_size: Option<String>,
+    /// `NAME=SOFT[:HARD]`: a resource limit of RUN steps (`nofile=1024:2048`; -1 unlimited).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimits: Vec<String>,
+    /// Show no progress; print the image ID when done.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Write the image ID here when done.
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonFlags,
+    /// The build context directory.
+    context: PathBuf,
+}
+
+/// `rdock build`.
+fn build(a: BuildArgs) -> anyhow::Result<()> {
+    let BuildArgs {
+        tags,
+        file,
+        target,
+        build_args,
+        outputs,
+        platform,
+        cache_from,
+        cache_to,
+        push,
+        pull,
+        load,
+        network,
+        add_hosts,
+        labels,
+        shm_size,
+        ulimits,
+        quiet,
+        iidfile,
+        mut common,
+        context,
+    } = a;
+    if quiet {
+        common.progress = "quiet".into();
+    }
+    // dockerd grants network.host to its builds by default; so does `rdock build`.
+    common.allow.push("network.host".into());
+    if push && tags.is_empty() {
+        return Err(UsageError("--push needs a name: give -t NAME".into()).into());
+    }
+    let mut outs: Vec<Output> = outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
+    // An image ID needs an image: without -t, one with no name, as `docker build`
+    // makes.
+    if tags.is_empty() && (quiet || load || iidfile.is_some()) && !outs.iter().any(Output::needs_image) {
+        outs.push(Output::Image { names: Vec::new(), push: false, insecure: false, rewrite_timestamp: false });
+    }
+    if !tags.is_empty() {
+        let names =
+            tags.iter().map(|t| ImageRef::parse(t).map_err(|e| UsageError(e.to_string()).into())).collect::<anyhow::Result<Vec<_>>>()?;
+        outs.push(Output::Image { names, push, insecure: false, rewrite_timestamp: false });
+    }
+    let mut args = BTreeMap::new();
+    for a in build_args {
+        match a.split_once('=') {
+            Some((k, v)) => args.insert(k.to_string(), v.to_string()),
+            // `--build-arg K` takes K from the environment, as docker does.
+            None => std::env::var(&a).ok().map(|v| args.insert(a.clone(), v)).unwrap_or(None),
+        };
+    }
+    let mut req = common.request(
+        context.clone(),
+        file.unwrap_or_else(|| rdock_cli::build::default_dockerfile(&context)),
+        target,
+        args,
+        outs,
+        None,
+    )?;
+    req.build.platform = platform.as_deref().map(parse_platform).transpose()?;
+    req.build.pull = pull;
+    req.build.resources.shm_size = shm_size.as_deref().map(rdock_cli::format::parse_size).transpose()?;
+    req.build.resources.ulimits =
+        ulimits.iter().map(|u| rdock_llb::Ulimit::parse(u)).collect::<Result<_, _>>().map_err(|e| UsageError(e.to_string()))?;
+    for l in &labels {
+        // `--label K` is K with an empty value, as docker's.
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        req.build.labels.insert(k.to_string(), v.to_string());
+    }
+    req.build.network = parse_network("--network", &network)?;
+    req.build.extra_hosts = add_hosts.iter().map(|h| parse_add_host(h)).collect::<anyhow::Result<_>>()?;
+    req.build.cache_imports = cache_from.iter().map(|c| parse_cache_import("--cache-from", c)).collect::<anyhow::Result<_>>()?;
+    req.build.cache_exports = cache_to.iter().map(|c| parse_cache_export("--cache-to", c)).collect::<anyhow::Result<_>>()?;
+    let summary = run(&req)?;
+    report_image_id(&summary, quiet, iidfile.as_deref())
+}
+
 /// `-q` prints the image ID, `--iidfile` writes it (without a newline, as docker's).
 fn report_image_id(summary: &rdock_builder::BuildSummary, quiet: bool, iidfile: Option<&std::path::Path>) -> anyhow::Result<()> {
     let Some(id) = &summary.image_id else { return Ok(()) };
@@ -288,82 +369,7 @@ fn report_image_id(summary: &rdock_builder::BuildSummary, quiet: bool, iidfile: 
 
 fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Build {
-            tags,
-            file,
-            target,
-            build_args,
-            outputs,
-            platform,
-            cache_from,
-            cache_to,
-            push,
-            pull,
-            load,
-            network,
-            add_hosts,
-            labels,
-            shm_size,
-            ulimits,
-            quiet,
-            iidfile,
-            mut common,
-            context,
-        } => {
-            if quiet {
-                common.progress = "quiet".into();
-            }
-            // dockerd grants network.host to its builds by default; so does `rdock build`.
-            common.allow.push("network.host".into());
-            if push && tags.is_empty() {
-                return Err(UsageError("--push needs a name: give -t NAME".into()).into());
-            }
-            let mut outs: Vec<Output> = outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
-            // An image ID needs an image: without -t, one with no name, as `docker build`
-            // makes.
-            if tags.is_empty() && (quiet || load || iidfile.is_some()) && !outs.iter().any(Output::needs_image) {
-                outs.push(Output::Image { names: Vec::new(), push: false, insecure: false, rewrite_timestamp: false });
-            }
-            if !tags.is_empty() {
-                let names = tags
-                    .iter()
-                    .map(|t| ImageRef::parse(t).map_err(|e| UsageError(e.to_string()).into()))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                outs.push(Output::Image { names, push, insecure: false, rewrite_timestamp: false });
-            }
-            let mut args = BTreeMap::new();
-            for a in build_args {
-                match a.split_once('=') {
-                    Some((k, v)) => args.insert(k.to_string(), v.to_string()),
-                    // `--build-arg K` takes K from the environment, as docker does.
-                    None => std::env::var(&a).ok().map(|v| args.insert(a.clone(), v)).unwrap_or(None),
-                };
-            }
-            let mut req = common.request(
-                context.clone(),
-                file.unwrap_or_else(|| rdock_cli::build::default_dockerfile(&context)),
-                target,
-                args,
-                outs,
-                None,
-            )?;
-            req.build.platform = platform.as_deref().map(parse_platform).transpose()?;
-            req.build.pull = pull;
-            req.build.resources.shm_size = shm_size.as_deref().map(rdock_cli::format::parse_size).transpose()?;
-            req.build.resources.ulimits =
-                ulimits.iter().map(|u| rdock_llb::Ulimit::parse(u)).collect::<Result<_, _>>().map_err(|e| UsageError(e.to_string()))?;
-            for l in &labels {
-                // `--label K` is K with an empty value, as docker's.
-                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
-                req.build.labels.insert(k.to_string(), v.to_string());
-            }
-            req.build.network = parse_network("--network", &network)?;
-            req.build.extra_hosts = add_hosts.iter().map(|h| parse_add_host(h)).collect::<anyhow::Result<_>>()?;
-            req.build.cache_imports = cache_from.iter().map(|c| parse_cache_import("--cache-from", c)).collect::<anyhow::Result<_>>()?;
-            req.build.cache_exports = cache_to.iter().map(|c| parse_cache_export("--cache-to", c)).collect::<anyhow::Result<_>>()?;
-            let summary = run(&req)?;
-            report_image_id(&summary, quiet, iidfile.as_deref())
-        }
+        Command::Build(args) => build(args),
         Command::Run { .. } => unreachable!("run is dispatched before anything else"),
         Command::Ps { all, quiet, format } => containers::ps(all, quiet, json_format(format.as_deref())?),
         Command::Rm { force, containers: names } => containers::rm(&names, force),
