@@ -131,6 +131,7 @@ pub(crate) struct Spawned {
 /// releasing it, which under gVisor writes back what the step wrote, can happen off the
 /// step's path; see `teardown.rs`), then its scratch directory, which holds the root's
 /// mount point and is removed once the namespace is gone. Dropped in that order.
+#[derive(Default)]
 pub(crate) struct Held {
     _ns: Option<OwnedFd>,
     _dir: Option<RunDir>,
@@ -140,7 +141,7 @@ impl Spawned {
     /// What still holds the sandbox's mounts, for the caller to let go of; call it once the
     /// child is reaped.
     pub fn take_held(&mut self) -> Held {
-        std::mem::replace(&mut self.held, Held { _ns: None, _dir: None })
+        std::mem::take(&mut self.held)
     }
 
     /// Waits until the command has been executed, or setup failed; a failure is
