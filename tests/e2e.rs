@@ -11,20 +11,6 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use support::*;
 
-fn tar_bytes(entries: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (p, c) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(c.len() as u64);
-        h.set_mode(0o600);
-        h.set_uid(1234);
-        h.set_gid(1234);
-        h.set_mtime(1_600_000_000);
-        b.append_data(&mut h, p, c.as_bytes()).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 const CORE: &str = r#"FROM busybox AS base
 ARG VERSION=1.0
 ENV APP_HOME=/srv/app PATH_EXTRA="a b"
@@ -437,10 +423,6 @@ fn shm_size_and_ulimits_reach_run_steps() {
     assert!(read(&o).starts_with("65536\n"), "{}", read(&o));
     let bad = f.rdock(&["build", "--ulimit", "bogus=1", ctx.to_str().unwrap()]);
     assert!(!bad.status.success() && stderr(&bad).contains("unknown limit \"bogus\""), "{}", stderr(&bad));
-}
-
-fn started(events: &[serde_json::Value]) -> Vec<String> {
-    events.iter().filter(|e| e["kind"] == "started").map(|e| e["name"].as_str().unwrap().to_string()).collect()
 }
 
 #[test]
@@ -1098,41 +1080,6 @@ fn build_checks_warn_like_a_compiler_and_check_directive_is_honoured() {
     assert!(stderr(&out).contains("check=error=true") && !stderr(&out).contains("StageNameCasing"), "{}", stderr(&out));
 }
 
-/// A static file server on loopback (python's http.server), stopped when dropped.
-struct HttpServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl HttpServer {
-    fn serve(dir: &std::path::Path) -> HttpServer {
-        let mut child = Command::new("python3")
-            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // It announces its port on its first line: wait for that, not for a fixed time.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line
-            .split("port ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected: {line}"));
-        HttpServer { child, port }
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn add_downloads_urls_verifies_checksums_and_caches_by_content() {
     let f = Fixture::new();
@@ -1192,20 +1139,6 @@ fn copy_parents_keeps_source_directories() {
     assert!(!o.join("pivot/src").exists());
     assert_eq!(std::fs::read_to_string(o.join("whole/a/b/one.txt")).unwrap(), "1");
     assert_eq!(std::fs::read_to_string(o.join("linked")).unwrap(), "1");
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -27,14 +27,15 @@
 //! ```
 
 mod cache;
+pub mod context;
 mod entitlements;
 mod outputs;
 mod request;
 mod resolver;
 
-pub use request::{BuildRequest, BuildSummary, CacheExportSpec, CacheLocation, Entitlement, Output};
+pub use request::{BuildRequest, BuildSummary, CacheExportSpec, CacheLocation, DockerfileSource, Entitlement, NamedContextSource, Output};
 
-use rdock_frontend::{BuildOptions, Lowered};
+use rdock_frontend::{BuildOptions, Lowered, NamedContext};
 use rdock_imagespec::Platform;
 use rdock_oci::{BuiltOn, ImageStore, OnTransfer};
 use rdock_registry::Client;
@@ -68,6 +69,18 @@ pub enum BuildError {
     /// The context is not a directory (a usage error).
     #[error("build context {} is not a directory", .0.display())]
     NotADirectory(PathBuf),
+    /// A stdin, git or URL context could not be laid out.
+    #[error(transparent)]
+    Context(#[from] context::ContextError),
+    /// A named context's image could not be read.
+    #[error("named context {name}")]
+    NamedContext {
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: rdock_oci::OciError,
+    },
     /// `SOURCE_DATE_EPOCH` is not a number (a usage error).
     #[error("SOURCE_DATE_EPOCH={0}: expected Unix seconds")]
     SourceDateEpoch(String),
@@ -192,20 +205,22 @@ impl Pipeline {
 
     /// Reads the Dockerfile and lowers it to LLB, resolving its base images.
     pub fn load(&self, req: &BuildRequest) -> Result<Lowered, BuildError> {
-        let source =
-            std::fs::read_to_string(&req.dockerfile).map_err(|source| BuildError::Dockerfile { path: req.dockerfile.clone(), source })?;
+        let (source, filename, specific) = match &req.dockerfile {
+            DockerfileSource::Path(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| BuildError::Dockerfile { path: p.clone(), source })?;
+                // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's.
+                (text, p.display().to_string(), Some(PathBuf::from(format!("{}.dockerignore", p.display()))))
+            }
+            DockerfileSource::Text(t) => (t.clone(), "Dockerfile".to_string(), None),
+        };
         if !req.context.is_dir() {
             return Err(BuildError::NotADirectory(req.context.clone()));
         }
-        // `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's, as in BuildKit.
-        let specific = PathBuf::from(format!("{}.dockerignore", req.dockerfile.display()));
-        let ignore =
-            std::fs::read_to_string(&specific).or_else(|_| std::fs::read_to_string(req.context.join(".dockerignore"))).unwrap_or_default();
         let opts = BuildOptions {
-            filename: req.dockerfile.display().to_string(),
+            filename,
             target: req.target.clone(),
             build_args: req.build_args.clone(),
-            excludes: rdock_frontend::dockerignore::parse(&ignore),
+            excludes: dockerignore(specific.as_deref(), &req.context),
             no_cache: req.no_cache,
             no_cache_stages: req.no_cache_stages.clone(),
             target_platform: req.platform.clone(),
@@ -213,6 +228,7 @@ impl Pipeline {
             extra_hosts: req.extra_hosts.clone(),
             labels: req.labels.clone(),
             resources: req.resources.clone(),
+            named_contexts: self.named_contexts(req)?,
             ..Default::default()
         };
         let resolver = resolver::StoreResolver {
@@ -222,6 +238,35 @@ impl Pipeline {
             pull: req.pull,
         };
         Ok(rdock_frontend::lower(&source, &opts, &resolver)?)
+    }
+
+    /// The request's named contexts as the frontend takes them: a directory becomes a
+    /// local source with its own `.dockerignore`, an OCI layout's image is brought into
+    /// the store and named by digest.
+    fn named_contexts(&self, req: &BuildRequest) -> Result<BTreeMap<String, NamedContext>, BuildError> {
+        let mut out = BTreeMap::new();
+        for (name, src) in &req.named_contexts {
+            let c = match src {
+                NamedContextSource::Dir(dir) => {
+                    if !dir.is_dir() {
+                        return Err(BuildError::NotADirectory(dir.clone()));
+                    }
+                    NamedContext::Local { source: local_source_name(name), excludes: dockerignore(None, dir) }
+                }
+                NamedContextSource::Image(r) => NamedContext::Image(r.clone()),
+                NamedContextSource::OciLayout { dir, pick } => {
+                    let fail = |source| BuildError::NamedContext { name: name.clone(), source };
+                    let digest = rdock_oci::load_layout_image(&self.images, dir, pick).map_err(fail)?;
+                    let safe: String = name.to_ascii_lowercase().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+                    let r = rdock_imagespec::ImageRef::parse(&format!("local/oci-layout-{safe}@{digest}")).map_err(|e| fail(e.into()))?;
+                    NamedContext::Image(r)
+                }
+                NamedContextSource::Git(u) => NamedContext::Git(u.clone()),
+                NamedContextSource::Url(u) => NamedContext::Http(u.clone()),
+            };
+            out.insert(name.clone(), c);
+        }
+        Ok(out)
     }
 
     /// Whether what `load` lowered may be built as asked: `# check=error=true` without
@@ -246,7 +291,14 @@ impl Pipeline {
         // relative path would be taken from there rather than from the working directory.
         let context = std::fs::canonicalize(&req.context)
             .map_err(|source| BuildError::Io { what: format!("build context {}", req.context.display()), source })?;
-        let locals = HashMap::from([("context".to_string(), context)]);
+        let mut locals = HashMap::from([("context".to_string(), context)]);
+        for (name, src) in &req.named_contexts {
+            if let NamedContextSource::Dir(dir) = src {
+                let dir = std::fs::canonicalize(dir)
+                    .map_err(|source| BuildError::Io { what: format!("named context {name} ({})", dir.display()), source })?;
+                locals.insert(local_source_name(name), dir);
+            }
+        }
         let target = target_id(req);
         let out = solver.solve(&SolveRequest {
             definition: &lowered.definition,
@@ -300,6 +352,20 @@ impl Pipeline {
     }
 }
 
+/// The local source a named context's directory is sent as.
+fn local_source_name(name: &str) -> String {
+    format!("context:{name}")
+}
+
+/// The patterns of `specific` (`<Dockerfile>.dockerignore`), else of `dir/.dockerignore`.
+fn dockerignore(specific: Option<&std::path::Path>, dir: &std::path::Path) -> Vec<String> {
+    let text = specific
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .or_else(|| std::fs::read_to_string(dir.join(".dockerignore")).ok())
+        .unwrap_or_default();
+    rdock_frontend::dockerignore::parse(&text)
+}
+
 /// What identifies "the same build" for explaining cache misses: context, Dockerfile,
 /// stage and platform.
 fn target_id(req: &BuildRequest) -> String {
@@ -307,7 +373,10 @@ fn target_id(req: &BuildRequest) -> String {
     format!(
         "{}|{}|{}|{}",
         canon(&req.context),
-        canon(&req.dockerfile),
+        match &req.dockerfile {
+            DockerfileSource::Path(p) => canon(p),
+            DockerfileSource::Text(_) => "-".into(),
+        },
         req.target.as_deref().unwrap_or(""),
         req.platform.clone().unwrap_or_else(Platform::host)
     )

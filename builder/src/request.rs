@@ -109,13 +109,84 @@ pub struct CacheExportSpec {
     pub mounts: bool,
 }
 
+/// Where the Dockerfile comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerfileSource {
+    /// A file (`-f PATH`, or the context's `Dockerfile`); `PATH.dockerignore` beside it
+    /// wins over the context's `.dockerignore`, as in BuildKit.
+    Path(PathBuf),
+    /// Its text: `-f -` (standard input), or read from a fetched context.
+    Text(String),
+}
+
+/// What a named context (`--build-context NAME=VALUE`) is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContextSource {
+    /// A local directory.
+    Dir(PathBuf),
+    /// `docker-image://REF`: an image, from the store or its registry.
+    Image(ImageRef),
+    /// `oci-layout://DIR[:TAG|@DIGEST]`: an image in an OCI layout directory.
+    OciLayout {
+        /// The layout.
+        dir: PathBuf,
+        /// Which of its images.
+        pick: rdock_oci::LayoutPick,
+    },
+    /// A git repository (`https://host/repo.git#ref:subdir`, `git@host:repo.git`).
+    Git(String),
+    /// An http(s) URL: its body, as one file named `context`.
+    Url(String),
+}
+
+impl NamedContextSource {
+    /// Reads buildx's spelling of a named context's value.
+    pub fn parse(value: &str) -> Result<NamedContextSource, String> {
+        if let Some(r) = value.strip_prefix("docker-image://") {
+            return ImageRef::parse(r).map(NamedContextSource::Image).map_err(|e| format!("docker-image://{r}: {e}"));
+        }
+        if let Some(rest) = value.strip_prefix("oci-layout://") {
+            return parse_layout(rest);
+        }
+        if rdock_llb::parse_git_ref(value).is_some() {
+            return Ok(NamedContextSource::Git(value.to_string()));
+        }
+        if value.starts_with("http://") || value.starts_with("https://") {
+            return Ok(NamedContextSource::Url(value.to_string()));
+        }
+        if let Some((scheme, _)) = value.split_once("://") {
+            return Err(format!(
+                "{scheme}:// is not a kind of context rdock knows (docker-image://, oci-layout://, a git or http(s) URL, or a directory)"
+            ));
+        }
+        Ok(NamedContextSource::Dir(PathBuf::from(value)))
+    }
+}
+
+/// `DIR@sha256:…`, `DIR:TAG` or `DIR` (tag `latest`), as buildx reads `oci-layout://`.
+fn parse_layout(rest: &str) -> Result<NamedContextSource, String> {
+    if let Some((dir, d)) = rest.rsplit_once('@') {
+        let digest = rdock_imagespec::Digest::parse(d).map_err(|e| format!("oci-layout://{rest}: {e}"))?;
+        return Ok(NamedContextSource::OciLayout { dir: dir.into(), pick: rdock_oci::LayoutPick::Digest(digest) });
+    }
+    let last = rest.rsplit('/').next().unwrap_or(rest);
+    let (dir, tag) = match last.rsplit_once(':') {
+        Some((_, tag)) => (&rest[..rest.len() - tag.len() - 1], tag),
+        None => (rest, "latest"),
+    };
+    if dir.is_empty() {
+        return Err(format!("oci-layout://{rest}: no directory"));
+    }
+    Ok(NamedContextSource::OciLayout { dir: dir.into(), pick: rdock_oci::LayoutPick::Tag(tag.to_string()) })
+}
+
 /// Everything a build needs.
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
     /// The context directory.
     pub context: PathBuf,
-    /// The Dockerfile's path.
-    pub dockerfile: PathBuf,
+    /// The Dockerfile.
+    pub dockerfile: DockerfileSource,
     /// The stage to build (None: the last).
     pub target: Option<String>,
     /// Build args.
@@ -150,6 +221,8 @@ pub struct BuildRequest {
     pub pull: bool,
     /// `--shm-size` and `--ulimit` of every RUN.
     pub resources: rdock_llb::Resources,
+    /// Named contexts by name (`--build-context NAME=VALUE`).
+    pub named_contexts: BTreeMap<String, NamedContextSource>,
 }
 
 impl BuildRequest {
@@ -157,7 +230,7 @@ impl BuildRequest {
     pub fn new(context: PathBuf, dockerfile: PathBuf) -> BuildRequest {
         BuildRequest {
             context,
-            dockerfile,
+            dockerfile: DockerfileSource::Path(dockerfile),
             target: None,
             build_args: BTreeMap::new(),
             labels: BTreeMap::new(),
@@ -175,6 +248,7 @@ impl BuildRequest {
             max_parallelism: rdock_solver::default_parallelism(),
             pull: false,
             resources: Default::default(),
+            named_contexts: BTreeMap::new(),
         }
     }
 
@@ -201,4 +275,27 @@ pub struct BuildSummary {
     pub manifest: Option<String>,
     /// The image ID (its config's digest), if an image was made.
     pub image_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_contexts_are_read_as_buildx_spells_them() {
+        let p = |v: &str| NamedContextSource::parse(v).unwrap();
+        assert_eq!(p("./dir"), NamedContextSource::Dir("./dir".into()));
+        assert!(matches!(p("docker-image://busybox:1.36"), NamedContextSource::Image(r) if r.tag.as_deref() == Some("1.36")));
+        assert_eq!(p("https://example.com/r.git#main"), NamedContextSource::Git("https://example.com/r.git#main".into()));
+        assert_eq!(p("https://example.com/a.tar"), NamedContextSource::Url("https://example.com/a.tar".into()));
+        let tag = |t: &str| rdock_oci::LayoutPick::Tag(t.into());
+        assert_eq!(p("oci-layout:///l/x"), NamedContextSource::OciLayout { dir: "/l/x".into(), pick: tag("latest") });
+        assert_eq!(p("oci-layout:///l/x:v2"), NamedContextSource::OciLayout { dir: "/l/x".into(), pick: tag("v2") });
+        let d = format!("sha256:{}", "a".repeat(64));
+        let NamedContextSource::OciLayout { dir, pick: rdock_oci::LayoutPick::Digest(got) } = p(&format!("oci-layout://./l@{d}")) else {
+            panic!()
+        };
+        assert_eq!((dir, got.to_string()), (PathBuf::from("./l"), d));
+        assert!(NamedContextSource::parse("s3://bucket/x").unwrap_err().contains("s3://"));
+    }
 }

@@ -41,6 +41,8 @@ pub struct BuildCommand {
     pub trace: Option<PathBuf>,
     /// Draw the build as an SVG Gantt chart here.
     pub timeline: Option<PathBuf>,
+    /// A fetched context's directory, kept until the build is done.
+    pub guard: Option<Arc<rdock_builder::context::Fetched>>,
 }
 
 /// Parses an entitlement as `--allow` spells it.
@@ -98,7 +100,7 @@ impl CommonFlags {
     pub fn request(
         &self,
         context: PathBuf,
-        dockerfile: PathBuf,
+        dockerfile: rdock_builder::DockerfileSource,
         target: Option<String>,
         build_args: BTreeMap<String, String>,
         outputs: Vec<Output>,
@@ -106,7 +108,8 @@ impl CommonFlags {
     ) -> anyhow::Result<BuildCommand> {
         let progress = progress::Mode::parse(&self.progress)
             .ok_or_else(|| UsageError(format!("--progress {}: expected auto, tty, plain, rawjson or quiet", self.progress)))?;
-        let mut build = BuildRequest::new(context, dockerfile);
+        let mut build = BuildRequest::new(context, PathBuf::new());
+        build.dockerfile = dockerfile;
         build.target = target;
         build.build_args = build_args;
         build.outputs = outputs;
@@ -130,11 +133,64 @@ impl CommonFlags {
             explain_cache: self.explain_cache,
             trace: self.trace.clone(),
             timeline: self.timeline.clone(),
+            guard: None,
         })
     }
 }
 
-/// Parses a build-wide network mode (`--network`, `force-network-mode`).
+/// A build's context and Dockerfile as the command line names them, laid out: a local
+/// directory is used where it is; standard input, a git repository or a URL is fetched
+/// into a private directory that lives as long as the returned guard.
+pub struct ResolvedContext {
+    /// The context directory.
+    pub dir: PathBuf,
+    /// The Dockerfile.
+    pub dockerfile: rdock_builder::DockerfileSource,
+    /// Keeps a fetched context's directory until the build is done.
+    pub guard: Option<Arc<rdock_builder::context::Fetched>>,
+}
+
+/// Resolves `context` (a directory, `-`, a git or http(s) URL) and `file` (`-f`: a path,
+/// `-` for standard input, or for a fetched context a name inside it).
+pub fn resolve_context(context: &str, file: Option<&str>, build_args: &BTreeMap<String, String>) -> anyhow::Result<ResolvedContext> {
+    use rdock_builder::DockerfileSource;
+    use rdock_builder::context::{ContextSource, fetch};
+    let src = ContextSource::parse(context);
+    if file == Some("-") {
+        if src == ContextSource::Stdin {
+            return Err(UsageError("the Dockerfile (-f -) and the context (-) cannot both come from standard input".into()).into());
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading the Dockerfile from standard input")?;
+        let ResolvedContext { dir, guard, .. } = resolve_context(context, None, build_args)?;
+        return Ok(ResolvedContext { dir, dockerfile: DockerfileSource::Text(text), guard });
+    }
+    // BuildKit's build argument for keeping a git context's .git.
+    let keep_git = build_args.get("BUILDKIT_CONTEXT_KEEP_GIT_DIR").is_some_and(|v| matches!(v.as_str(), "1" | "true"));
+    let tmp = crate::store_root().join("tmp");
+    match fetch(&src, &mut std::io::stdin(), &tmp, file, keep_git)? {
+        Some(f) => {
+            let text = f.dockerfile.clone().unwrap_or_default();
+            Ok(ResolvedContext { dir: f.dir.clone(), dockerfile: DockerfileSource::Text(text), guard: Some(Arc::new(f)) })
+        }
+        None => {
+            let dir = PathBuf::from(context);
+            let dockerfile = file.map(PathBuf::from).unwrap_or_else(|| default_dockerfile(&dir));
+            Ok(ResolvedContext { dir, dockerfile: DockerfileSource::Path(dockerfile), guard: None })
+        }
+    }
+}
+
+/// Parses `NAME=VALUE` of `--build-context` (`--opt context:NAME=VALUE`).
+pub fn parse_build_context(flag: &str, spec: &str) -> anyhow::Result<(String, rdock_builder::NamedContextSource)> {
+    let (name, value) = spec.split_once('=').ok_or_else(|| UsageError(format!("{flag} {spec}: expected NAME=VALUE")))?;
+    if name.is_empty() {
+        return Err(UsageError(format!("{flag} {spec}: the name is empty")).into());
+    }
+    let src = rdock_builder::NamedContextSource::parse(value).map_err(|e| UsageError(format!("{flag} {spec}: {e}")))?;
+    Ok((name.to_string(), src))
+}
+
 /// The default Dockerfile in `dir`: `Dockerfile`, or `dockerfile` when only that exists
 /// (BuildKit's frontend falls back to the lowercase name for the default filename only).
 pub fn default_dockerfile(dir: &Path) -> PathBuf {
@@ -143,6 +199,7 @@ pub fn default_dockerfile(dir: &Path) -> PathBuf {
     if !upper.exists() && lower.is_file() { lower } else { upper }
 }
 
+/// Parses a build-wide network mode (`--network`, `force-network-mode`).
 pub fn parse_network(flag: &str, spec: &str) -> anyhow::Result<rdock_llb::Network> {
     rdock_frontend::parse_network(spec).ok_or_else(|| UsageError(format!("{flag} {spec}: expected default, none or host")).into())
 }

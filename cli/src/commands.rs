@@ -221,11 +221,19 @@ pub fn history(name: &str, no_trunc: bool, json: bool) -> anyhow::Result<()> {
 }
 
 /// `rdock load -i FILE`.
-pub fn load(file: &Path) -> anyhow::Result<()> {
+pub fn load(file: Option<&Path>) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let images = images()?;
     // Blobs are written before the name that keeps them: garbage collection must wait.
     let _lease = images.store().lease()?;
-    let loaded = load_archive(&images, file).with_context(|| format!("loading {}", file.display()))?;
+    let loaded = match file {
+        Some(f) => load_archive(&images, f).with_context(|| format!("loading {}", f.display()))?,
+        None if std::io::stdin().is_terminal() => {
+            return Err(UsageError("requested load from standard input, which is a terminal: give -i FILE or redirect".into()).into());
+        }
+        None => rdock_oci::load_stream(&images, Path::new("standard input"), Box::new(std::io::stdin()))
+            .context("loading from standard input")?,
+    };
     for (name, d) in loaded {
         match name {
             Some(n) => println!("Loaded image: {}", n.familiar()),
@@ -235,12 +243,21 @@ pub fn load(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rdock save -o FILE [--format docker|oci] IMAGE`.
-pub fn save(file: &Path, name: &str, format: &str) -> anyhow::Result<()> {
+/// `rdock save [-o FILE] [--format docker|oci] IMAGE`: to standard output without -o, as
+/// docker's, which refuses a terminal.
+pub fn save(file: Option<&Path>, name: &str, format: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let format = match format {
         "docker" | "docker-archive" => ArchiveFormat::Docker,
         "oci" | "oci-archive" => ArchiveFormat::Oci,
         f => return Err(UsageError(format!("unknown format {f:?}: docker or oci")).into()),
+    };
+    let file = match file {
+        Some(f) => f,
+        None if std::io::stdout().is_terminal() => {
+            return Err(UsageError("refusing to write an image archive to a terminal: give -o FILE or redirect".into()).into());
+        }
+        None => Path::new("-"),
     };
     let images = images()?;
     let d = images.find(name)?;

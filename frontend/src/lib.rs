@@ -34,4 +34,4 @@ pub mod shell;
 
 pub use error::{DockerfileError, Location};
 pub use lower::{DEFAULT_PATH, FrontendError, HISTORY_COMMENT, Lowered, lower, network_name, parse_network};
-pub use request::{BuildOptions, ImageResolver, ResolveError, ResolvedImage};
+pub use request::{BuildOptions, ImageResolver, NamedContext, ResolveError, ResolvedImage};

@@ -580,6 +580,7 @@ impl Linter<'_> {
         if let Some(env) = self.stage_env.get(&lname) {
             inherited.extend(env.iter().cloned());
         } else if base != "scratch"
+            && self.opts.named_context(&base).is_none()
             && let Ok(r) = ImageRef::parse(&base)
             && let Ok(img) = self.resolver.resolve(&r, &target)
         {

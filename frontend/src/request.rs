@@ -83,6 +83,29 @@ pub struct BuildOptions {
     pub labels: BTreeMap<String, String>,
     /// `--shm-size` and `--ulimit` of every RUN.
     pub resources: rdock_llb::Resources,
+    /// Named contexts by name (`--build-context NAME=…`, `--opt context:NAME=…`).
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// A named context as the frontend uses it: in place of a stage of its name, of
+/// `FROM NAME`, of `COPY --from=NAME` and of `RUN --mount=from=NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local source of this name, which the caller maps to a directory, and its
+    /// `.dockerignore` patterns.
+    Local {
+        /// The local source's name.
+        source: String,
+        /// Patterns left out.
+        excludes: Vec<String>,
+    },
+    /// An image (`docker-image://REF`; an OCI layout's image, loaded by the caller and
+    /// named by digest).
+    Image(ImageRef),
+    /// A git repository, `URL#ref:subdir`.
+    Git(String),
+    /// An http(s) URL: its body as one file, `/context`.
+    Http(String),
 }
 
 impl Default for BuildOptions {
@@ -100,11 +123,24 @@ impl Default for BuildOptions {
             extra_hosts: Vec::new(),
             labels: BTreeMap::new(),
             resources: Default::default(),
+            named_contexts: BTreeMap::new(),
         }
     }
 }
 
 impl BuildOptions {
+    /// The named context `name` stands for, and the name it is known by, looked up as
+    /// BuildKit does: the name as written, then its familiar form without `:latest`
+    /// (`docker.io/library/alpine:latest` is `alpine`).
+    pub fn named_context(&self, name: &str) -> Option<(String, NamedContext)> {
+        if let Some(c) = self.named_contexts.get(name) {
+            return Some((name.to_string(), c.clone()));
+        }
+        let familiar = ImageRef::parse(name).ok()?.familiar();
+        let short = familiar.strip_suffix(":latest").unwrap_or(&familiar);
+        self.named_contexts.get(short).map(|c| (short.to_string(), c.clone()))
+    }
+
     /// TARGETPLATFORM: the explicit target, else the build platform.
     pub fn target(&self) -> Platform {
         self.target_platform.clone().unwrap_or_else(|| self.build_platform.clone())

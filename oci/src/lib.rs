@@ -36,5 +36,5 @@ pub use fetch::{
 };
 pub use filesystem::{export_local, export_tar};
 pub use image::{ChainBlob, CommittedImage, chain_snapshot_name, commit_image, ensure_unpacked, unpack_chain};
-pub use load::load_archive;
+pub use load::{LayoutPick, load_archive, load_layout_image, load_stream};
 pub use store::{ImageRecord, ImageStore, Referenced};

@@ -25,16 +25,63 @@ use serde::Deserialize;
 
 const SMALL: u64 = 64 << 20;
 
-/// Loads every image in the tarball at `path`.
+/// Loads every image in the tarball at `path`, or in the OCI layout directory at `path`.
 pub fn load_archive(images: &ImageStore, path: &Path) -> Result<Loaded, OciError> {
-    let entries = Entries::read(images, path)?;
+    let entries = if path.is_dir() {
+        Entries::from_dir(images, path)?
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| OciError::Io(path.to_path_buf(), e))?;
+        Entries::from_tar(images, path, maybe_gunzip(file).map_err(|e| OciError::Io(path.to_path_buf(), e))?)?
+    };
+    load_entries(images, &entries)
+}
+
+/// Loads every image in the tarball `reader` yields (standard input: `label` names it in
+/// errors), gzip or not.
+pub fn load_stream(images: &ImageStore, label: &Path, reader: Box<dyn Read>) -> Result<Loaded, OciError> {
+    let entries = Entries::from_tar(images, label, maybe_gunzip(reader).map_err(|e| OciError::Io(label.to_path_buf(), e))?)?;
+    load_entries(images, &entries)
+}
+
+fn load_entries(images: &ImageStore, entries: &Entries<'_>) -> Result<Loaded, OciError> {
     if entries.small.contains_key("manifest.json") {
-        load_docker(images, &entries)
+        load_docker(images, entries)
     } else if entries.small.contains_key("index.json") {
-        load_oci(images, &entries)
+        load_oci(images, entries)
     } else {
         Err(entries.bad("neither manifest.json nor index.json found".into()))
     }
+}
+
+/// Which image of an OCI layout: its `org.opencontainers.image.ref.name`, or its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutPick {
+    /// The tag (`latest` when none is given).
+    Tag(String),
+    /// The manifest's or index's digest.
+    Digest(Digest),
+}
+
+/// Brings the image `pick` names in the OCI layout directory `dir` into the store, every
+/// platform unpacked, without giving it a name, and returns its digest (a manifest's or an
+/// index's): an `oci-layout://` named context.
+pub fn load_layout_image(images: &ImageStore, dir: &Path, pick: &LayoutPick) -> Result<Digest, OciError> {
+    let entries = Entries::from_dir(images, dir)?;
+    let index: Index = serde_json::from_slice(&entries.bytes_at("index.json")?).map_err(|e| OciError::json("index.json", e))?;
+    let found = index.manifests.iter().find(|m| match pick {
+        LayoutPick::Digest(d) => &m.digest == d,
+        LayoutPick::Tag(t) => m.annotations.get("org.opencontainers.image.ref.name").is_some_and(|n| n == t),
+    });
+    let found = match (found, pick) {
+        (Some(f), _) => f,
+        // A layout of one untagged image is that image, whatever the tag asked.
+        (None, LayoutPick::Tag(_)) if index.manifests.len() == 1 && index.manifests[0].annotations.is_empty() => &index.manifests[0],
+        (None, _) => return Err(entries.bad(format!("no image {pick:?} in its index.json"))),
+    };
+    for m in platform_manifests(images, found)? {
+        ensure_unpacked(images, &m)?;
+    }
+    Ok(found.digest.clone())
 }
 
 /// An archive's files: blobs go to the content store as they are read (verified against
@@ -47,10 +94,9 @@ struct Entries<'a> {
 }
 
 impl<'a> Entries<'a> {
-    fn read(images: &'a ImageStore, path: &'a Path) -> Result<Entries<'a>, OciError> {
+    fn from_tar(images: &'a ImageStore, path: &'a Path, reader: Box<dyn Read>) -> Result<Entries<'a>, OciError> {
         let mut e = Entries { path, images, small: HashMap::new(), blobs: HashMap::new() };
-        let content = images.store().content();
-        let mut archive = tar::Archive::new(open_maybe_gzip(path)?);
+        let mut archive = tar::Archive::new(reader);
         for entry in archive.entries().map_err(|err| OciError::Io(path.to_path_buf(), err))? {
             let mut entry = entry.map_err(|err| OciError::Io(path.to_path_buf(), err))?;
             if !entry.header().entry_type().is_file() {
@@ -58,25 +104,63 @@ impl<'a> Entries<'a> {
             }
             let p =
                 entry.path().map_err(|err| OciError::Io(path.to_path_buf(), err))?.to_string_lossy().trim_start_matches("./").to_string();
-            if let Some(hex) = p.strip_prefix("blobs/sha256/") {
-                let expected = Digest::parse(&format!("sha256:{hex}")).map_err(|err| e.bad(format!("{p}: {err}")))?;
-                if !content.contains(&expected) {
-                    content.put_reader(&mut entry, Some(&expected))?;
-                }
-                e.blobs.insert(p.clone(), expected);
-            } else if p.ends_with(".json") || p == "oci-layout" || p == "repositories" {
-                if entry.header().size().unwrap_or(0) > SMALL {
-                    return Err(e.bad(format!("{p} is implausibly large")));
-                }
-                let mut buf = Vec::new();
-                entry.read_to_end(&mut buf).map_err(|err| OciError::Io(path.to_path_buf(), err))?;
-                e.small.insert(p, buf);
-            } else {
-                let (d, _) = content.put_reader(&mut entry, None)?;
-                e.blobs.insert(p, d);
-            }
+            let size = entry.header().size().unwrap_or(0);
+            e.add(p, size, &mut entry)?;
         }
         Ok(e)
+    }
+
+    /// An OCI layout directory: `index.json`, `oci-layout` and the regular files under
+    /// `blobs/` (links are not followed: the layout is read as a tarball of it would be).
+    fn from_dir(images: &'a ImageStore, dir: &'a Path) -> Result<Entries<'a>, OciError> {
+        let mut e = Entries { path: dir, images, small: HashMap::new(), blobs: HashMap::new() };
+        let io = |p: &Path, err| OciError::Io(p.to_path_buf(), err);
+        let mut files = vec!["index.json".to_string(), "oci-layout".to_string()];
+        for alg in std::fs::read_dir(dir.join("blobs")).map_err(|err| io(&dir.join("blobs"), err))? {
+            let alg = alg.map_err(|err| io(dir, err))?;
+            if !alg.file_type().map_err(|err| io(&alg.path(), err))?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(alg.path()).map_err(|err| io(&alg.path(), err))? {
+                let f = f.map_err(|err| io(&alg.path(), err))?;
+                files.push(format!("blobs/{}/{}", alg.file_name().to_string_lossy(), f.file_name().to_string_lossy()));
+            }
+        }
+        for rel in files {
+            let p = dir.join(&rel);
+            let md = match std::fs::symlink_metadata(&p) {
+                Ok(md) if md.is_file() => md,
+                Ok(_) => continue,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound && rel == "oci-layout" => continue,
+                Err(err) => return Err(io(&p, err)),
+            };
+            let mut f = std::fs::File::open(&p).map_err(|err| io(&p, err))?;
+            e.add(rel, md.len(), &mut f)?;
+        }
+        Ok(e)
+    }
+
+    /// Takes the file `p` of `size` bytes: a blob into the content store, a document kept.
+    fn add(&mut self, p: String, size: u64, r: &mut dyn Read) -> Result<(), OciError> {
+        let content = self.images.store().content();
+        if let Some(hex) = p.strip_prefix("blobs/sha256/") {
+            let expected = Digest::parse(&format!("sha256:{hex}")).map_err(|err| self.bad(format!("{p}: {err}")))?;
+            if !content.contains(&expected) {
+                content.put_reader(r, Some(&expected))?;
+            }
+            self.blobs.insert(p, expected);
+        } else if p.ends_with(".json") || p == "oci-layout" || p == "repositories" {
+            if size > SMALL {
+                return Err(self.bad(format!("{p} is implausibly large")));
+            }
+            let mut buf = Vec::new();
+            r.read_to_end(&mut buf).map_err(|err| OciError::Io(self.path.join(&p), err))?;
+            self.small.insert(p, buf);
+        } else {
+            let (d, _) = content.put_reader(r, None)?;
+            self.blobs.insert(p, d);
+        }
+        Ok(())
     }
 
     fn bad(&self, reason: String) -> OciError {
@@ -95,11 +179,10 @@ impl<'a> Entries<'a> {
     }
 }
 
-/// The file at `path`, gunzipped on the way if it is gzip.
-fn open_maybe_gzip(path: &Path) -> Result<Box<dyn Read>, OciError> {
-    let file = std::fs::File::open(path).map_err(|e| OciError::Io(path.to_path_buf(), e))?;
-    let mut buffered = std::io::BufReader::with_capacity(1 << 20, file);
-    let head = std::io::BufRead::fill_buf(&mut buffered).map_err(|e| OciError::Io(path.to_path_buf(), e))?;
+/// `r`, gunzipped on the way if it is gzip.
+fn maybe_gunzip(r: impl Read + 'static) -> std::io::Result<Box<dyn Read>> {
+    let mut buffered = std::io::BufReader::with_capacity(1 << 20, r);
+    let head = std::io::BufRead::fill_buf(&mut buffered)?;
     let gz = head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b;
     Ok(if gz { Box::new(flate2::bufread::MultiGzDecoder::new(buffered)) } else { Box::new(buffered) })
 }

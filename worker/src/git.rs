@@ -53,6 +53,26 @@ pub fn resolve_commit(r: &GitRef) -> Result<String, WorkerError> {
     best.ok_or_else(|| WorkerError::Path { path: r.remote.clone(), reason: format!("no ref {want:?} in the repository") })
 }
 
+/// Checks out `commit` of `r` (with its submodules) into `work`, which must not exist, and
+/// returns the directory `r` names: `work`, or its `#ref:subdir` resolved inside it.
+pub fn checkout(r: &GitRef, commit: &str, work: &Path, keep_git_dir: bool) -> Result<std::path::PathBuf, WorkerError> {
+    let w = work.to_string_lossy().into_owned();
+    git(&["clone", "--quiet", "--no-checkout", &r.remote, &w], None)?;
+    git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", commit], Some(work))?;
+    git(&["submodule", "update", "--init", "--recursive", "--quiet"], Some(work)).ok();
+    if !keep_git_dir {
+        std::fs::remove_dir_all(work.join(".git")).map_err(|e| WorkerError::Io(work.join(".git"), e))?;
+    }
+    let from = match &r.subdir {
+        Some(d) => crate::resolve_in_root(work, d, true)?,
+        None => work.to_path_buf(),
+    };
+    if !from.is_dir() {
+        return Err(WorkerError::SourceNotFound(format!("{}#{}", r.remote, r.subdir.clone().unwrap_or_default())));
+    }
+    Ok(from)
+}
+
 impl crate::Worker {
     /// Checks out `commit` of `r` into a committed snapshot and returns its name.
     pub fn git_snapshot(&self, r: &GitRef, commit: &str, keep_git_dir: bool) -> Result<String, WorkerError> {
@@ -66,20 +86,7 @@ impl crate::Worker {
         snaps.prepare(&key, None)?;
         let work = self.store().root().join("tmp").join(format!("{key}-clone"));
         let result = (|| {
-            let w = work.to_string_lossy().into_owned();
-            git(&["clone", "--quiet", "--no-checkout", &r.remote, &w], None)?;
-            git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", commit], Some(&work))?;
-            git(&["submodule", "update", "--init", "--recursive", "--quiet"], Some(&work)).ok();
-            if !keep_git_dir {
-                std::fs::remove_dir_all(work.join(".git")).map_err(|e| WorkerError::Io(work.join(".git"), e))?;
-            }
-            let from = match &r.subdir {
-                Some(d) => crate::resolve_in_root(&work, d, true)?,
-                None => work.clone(),
-            };
-            if !from.is_dir() {
-                return Err(WorkerError::SourceNotFound(format!("{}#{}", r.remote, r.subdir.clone().unwrap_or_default())));
-            }
+            let from = checkout(r, commit, &work, keep_git_dir)?;
             let fs = snaps.fs_dir(&key)?;
             let ok = Command::new("cp")
                 .arg("-a")

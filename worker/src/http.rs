@@ -52,6 +52,15 @@ pub fn fetch(url: &str, checksum: Option<&str>, content: &ContentStore) -> Resul
     Ok(Fetched { digest, mtime })
 }
 
+/// Downloads `url` into the file `dest` (a build context fetched from a URL).
+pub fn download(url: &str, dest: &std::path::Path) -> Result<(), WorkerError> {
+    let fail = |reason: String| WorkerError::Path { path: url.to_string(), reason };
+    let mut resp = ureq::get(url).call().map_err(|e| fail(format!("download failed: {e}")))?;
+    let mut out = std::fs::File::create(dest).map_err(|e| WorkerError::Io(dest.to_path_buf(), e))?;
+    std::io::copy(&mut resp.body_mut().as_reader(), &mut out).map_err(|e| fail(format!("download failed: {e}")))?;
+    Ok(())
+}
+
 impl crate::Worker {
     /// Lays a fetched body out as a committed snapshot holding one file, `/<filename>`
     /// (mode 0600, BuildKit's default for downloads), and returns its name.

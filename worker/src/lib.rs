@@ -13,6 +13,7 @@
 //! # let _ = worker;
 //! ```
 
+pub mod archive;
 pub mod cachemount;
 mod caps;
 pub mod cgroup;

@@ -54,6 +54,11 @@ struct FrontendOpts {
     extra_hosts: Vec<rdock_llb::HostIp>,
     pull: bool,
     resources: rdock_llb::Resources,
+    /// `context=URL`: a git or http(s) context in place of `--local context=`.
+    context: Option<String>,
+    /// `context:NAME=VALUE`, the value as `--build-context` takes it, or `local:NAME` for
+    /// the directory `--local NAME=` gives.
+    named: Vec<(String, String)>,
 }
 
 impl FrontendOpts {
@@ -69,6 +74,8 @@ impl FrontendOpts {
             extra_hosts: Vec::new(),
             pull: false,
             resources: rdock_llb::Resources::default(),
+            context: None,
+            named: Vec::new(),
         };
         for opt in opts {
             let (k, v) = opt.split_once('=').ok_or_else(|| UsageError(format!("--opt {opt}: expected KEY=VALUE")))?;
@@ -82,12 +89,17 @@ impl FrontendOpts {
             self.build_args.insert(arg.to_string(), v.to_string());
             return Ok(());
         }
+        if let Some(name) = k.strip_prefix("context:") {
+            self.named.push((name.to_string(), v.to_string()));
+            return Ok(());
+        }
         if let Some(label) = k.strip_prefix("label:") {
             self.labels.insert(label.to_string(), v.to_string());
             return Ok(());
         }
         match k {
             "filename" => self.filename = Some(v.to_string()),
+            "context" => self.context = Some(v.to_string()),
             "target" => self.target = Some(v.to_string()),
             "platform" => self.platform = Some(parse_platform(v)?),
             // BuildKit's frontend option: empty means every stage, else a list of stages.
@@ -133,9 +145,8 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
         let (k, v) = l.split_once('=').ok_or_else(|| UsageError(format!("--local {l}: expected NAME=DIR")))?;
         locals.insert(k.to_string(), PathBuf::from(v));
     }
-    let context = locals.get("context").cloned().ok_or_else(|| UsageError("--local context=DIR is required".into()))?;
-    let dockerfile_dir = locals.get("dockerfile").cloned().unwrap_or_else(|| context.clone());
     let o = FrontendOpts::parse(&a.opts)?;
+    let context = context_and_dockerfile(&locals, &o)?;
     let dump = match a.dump_llb.as_deref() {
         None => None,
         Some("json") => Some(DumpFormat::Json),
@@ -146,11 +157,19 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
         }
     };
     let outputs = a.outputs.iter().map(|o| parse_output(o)).collect::<anyhow::Result<_>>()?;
-    let dockerfile = match o.filename {
-        Some(f) => dockerfile_dir.join(f),
-        None => rdock_cli::build::default_dockerfile(&dockerfile_dir),
-    };
-    let mut req = a.common.request(context, dockerfile, o.target, o.build_args, outputs, dump)?;
+    let mut req = a.common.request(context.dir.clone(), context.dockerfile.clone(), o.target, o.build_args, outputs, dump)?;
+    req.guard = context.guard;
+    for (name, value) in &o.named {
+        let spec = match value.strip_prefix("local:") {
+            Some(l) => {
+                let dir = locals.get(l).ok_or_else(|| UsageError(format!("--opt context:{name}={value}: no --local {l}=DIR")))?;
+                format!("{name}={}", dir.display())
+            }
+            None => format!("{name}={value}"),
+        };
+        let (name, src) = rdock_cli::build::parse_build_context("--opt context:", &spec)?;
+        req.build.named_contexts.insert(name, src);
+    }
     req.build.platform = o.platform;
     req.build.network = o.network;
     req.build.extra_hosts = o.extra_hosts;
@@ -165,6 +184,21 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
         None => {}
     }
     Ok(req)
+}
+
+/// The context (`--local context=DIR`, or `--opt context=URL`) and the Dockerfile
+/// (`--local dockerfile=DIR` and `--opt filename=`; inside a fetched context).
+fn context_and_dockerfile(locals: &BTreeMap<String, PathBuf>, o: &FrontendOpts) -> anyhow::Result<rdock_cli::build::ResolvedContext> {
+    if let Some(url) = &o.context {
+        return rdock_cli::build::resolve_context(url, o.filename.as_deref(), &o.build_args);
+    }
+    let context = locals.get("context").cloned().ok_or_else(|| UsageError("--local context=DIR is required".into()))?;
+    let dockerfile_dir = locals.get("dockerfile").cloned().unwrap_or_else(|| context.clone());
+    let dockerfile = match &o.filename {
+        Some(f) => dockerfile_dir.join(f),
+        None => rdock_cli::build::default_dockerfile(&dockerfile_dir),
+    };
+    Ok(rdock_cli::build::ResolvedContext { dir: context, dockerfile: rdock_builder::DockerfileSource::Path(dockerfile), guard: None })
 }
 
 fn main() {

@@ -118,17 +118,18 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// Load a docker-archive or OCI-layout tarball.
+    /// Load a docker-archive or OCI-layout tarball (gzip or not), or an OCI layout
+    /// directory.
     Load {
-        /// The tarball.
+        /// The tarball or directory (default: standard input).
         #[arg(short = 'i', long = "input")]
-        input: PathBuf,
+        input: Option<PathBuf>,
     },
     /// Save an image as a docker-archive tarball (or an OCI archive).
     Save {
-        /// Where.
+        /// Where (default: standard output, unless it is a terminal).
         #[arg(short = 'o', long = "output")]
-        output: PathBuf,
+        output: Option<PathBuf>,
         /// `docker` (docker-archive, the default) or `oci` (an OCI image layout).
         #[arg(long, default_value = "docker")]
         format: String,
@@ -217,9 +218,10 @@ struct BuildArgs {
     /// Name and tag the result (stores it in the local image store).
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,
-    /// The Dockerfile (default CONTEXT/Dockerfile).
+    /// The Dockerfile (default CONTEXT/Dockerfile; `-`: standard input; for a context
+    /// fetched from stdin, git or a URL, a name inside it).
     #[arg(short = 'f', long = "file")]
-    file: Option<PathBuf>,
+    file: Option<String>,
     /// The stage to build.
     #[arg(long)]
     target: Option<String>,
@@ -272,10 +274,17 @@ struct BuildArgs {
     /// Write the image ID here when done.
     #[arg(long, value_name = "FILE")]
     iidfile: Option<PathBuf>,
+    /// `NAME=VALUE`: a named context for `FROM NAME`, `COPY --from=NAME` and
+    /// `RUN --mount=from=NAME`: a directory, `docker-image://REF`,
+    /// `oci-layout://DIR[:TAG|@DIGEST]`, a git URL or an http(s) URL.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
     #[command(flatten)]
     common: CommonFlags,
-    /// The build context directory.
-    context: PathBuf,
+    /// The build context: a directory, `-` (a tar archive, or a Dockerfile alone, on
+    /// standard input), a git URL (`https://host/repo.git#ref:subdir`) or an http(s) URL
+    /// of a tar archive or a Dockerfile.
+    context: String,
 }
 
 /// `rdock build`.
@@ -299,6 +308,7 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         ulimits,
         quiet,
         iidfile,
+        build_contexts,
         mut common,
         context,
     } = a;
@@ -329,14 +339,13 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
             None => std::env::var(&a).ok().map(|v| args.insert(a.clone(), v)).unwrap_or(None),
         };
     }
-    let mut req = common.request(
-        context.clone(),
-        file.unwrap_or_else(|| rdock_cli::build::default_dockerfile(&context)),
-        target,
-        args,
-        outs,
-        None,
-    )?;
+    let ctx = rdock_cli::build::resolve_context(&context, file.as_deref(), &args)?;
+    let mut req = common.request(ctx.dir.clone(), ctx.dockerfile.clone(), target, args, outs, None)?;
+    req.guard = ctx.guard;
+    for b in &build_contexts {
+        let (name, src) = rdock_cli::build::parse_build_context("--build-context", b)?;
+        req.build.named_contexts.insert(name, src);
+    }
     req.build.platform = platform.as_deref().map(parse_platform).transpose()?;
     req.build.pull = pull;
     req.build.resources.shm_size = shm_size.as_deref().map(rdock_cli::format::parse_size).transpose()?;
@@ -380,8 +389,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Inspect { objects } => commands::inspect(&objects),
         Command::History { image, no_trunc, format } => commands::history(&image, no_trunc, json_format(format.as_deref())?),
         Command::Layers { image, format, limit } => inspect::layers(&image, json_format(format.as_deref())?, limit),
-        Command::Load { input } => commands::load(&input),
-        Command::Save { output, format, image } => commands::save(&output, &image, &format),
+        Command::Load { input } => commands::load(input.as_deref()),
+        Command::Save { output, format, image } => commands::save(output.as_deref(), &image, &format),
         Command::Pull { reference, platform, quiet } => registry::pull(&reference, platform.as_deref(), quiet),
         Command::Push { reference, quiet } => registry::push(&reference, quiet),
         Command::Login { username, password, password_stdin, server } => {

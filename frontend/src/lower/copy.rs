@@ -178,6 +178,11 @@ impl Ctx<'_> {
                 match self.stage_by_name(&from, run.idx).or_else(|| from.parse::<usize>().ok().filter(|i| *i < run.idx)) {
                     Some(s) => self.lower_stage(s)?.state,
                     None => {
+                        if let Some(r) = self.named_context_state(&from, &l.location, &run.platform.clone())? {
+                            return r.state.ok_or_else(|| {
+                                DockerfileError::new(l.location.clone(), format!("{what} --from refers to an empty stage")).into()
+                            });
+                        }
                         let later_stage = self.stages.iter().any(|s| s.name.as_deref() == Some(from.to_ascii_lowercase().as_str()));
                         if later_stage || from.parse::<usize>().is_ok() {
                             return Err(DockerfileError::new(

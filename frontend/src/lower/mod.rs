@@ -12,6 +12,7 @@ use rdock_llb::{ChownOpt, Definition, DefinitionBuilder, FileAction, FileOp, Inp
 use std::collections::HashMap;
 
 mod config;
+mod context;
 mod copy;
 mod run;
 
@@ -468,6 +469,14 @@ impl Ctx<'_> {
 
     fn lower_stage_inner(&mut self, idx: usize) -> Result<StageResult, FrontendError> {
         let loc = self.stages[idx].location.clone();
+        // A named context of a stage's name replaces the whole stage, as in BuildKit.
+        if let Some(name) = self.stages[idx].name.clone() {
+            let platform = self.platform_flag(idx)?.unwrap_or_else(|| self.opts.target());
+            if let Some(r) = self.named_context_state(&name, &loc, &platform)? {
+                self.results.insert(idx, r.clone());
+                return Ok(r);
+            }
+        }
         let (state, mut image, platform) = self.stage_base(idx)?;
         let triggers = self.onbuild_triggers(&loc, &mut image)?;
         if image.env_value("PATH").is_none() {
@@ -536,19 +545,14 @@ impl Ctx<'_> {
                 .into());
         }
         if base == "scratch" {
-            let mut image = ImageConfig {
-                architecture: stage_platform.architecture.clone(),
-                os: stage_platform.os.clone(),
-                variant: stage_platform.variant.clone(),
-                ..Default::default()
-            };
-            // BuildKit's empty image: WorkingDir "/".
-            image.config.working_dir = Some("/".into());
-            return Ok((None, image, stage_platform));
+            return Ok((None, context::scratch_config(&stage_platform), stage_platform));
         }
         if let Some(s) = self.stage_by_name(&base, idx) {
             // A stage built on another keeps that stage's platform, as in BuildKit.
             let r = self.lower_stage(s)?;
+            return Ok((r.state, r.image, r.platform));
+        }
+        if let Some(r) = self.named_context_state(&base, &loc, &stage_platform)? {
             return Ok((r.state, r.image, r.platform));
         }
         let (input, cfg) = self.image_source(&base, &loc, &stage_platform)?;

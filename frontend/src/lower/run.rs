@@ -82,12 +82,15 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// The state `--mount=from=NAME` names: an earlier stage (by name or index), else an
-    /// image.
+    /// The state `--mount=from=NAME` names: an earlier stage (by name or index), a named
+    /// context, else an image.
     fn mount_from(&mut self, run: &StageRun, l: &Located, from: &str) -> Result<Option<Input>, FrontendError> {
         match self.stage_by_name(from, run.idx).or_else(|| from.parse::<usize>().ok().filter(|i| *i < run.idx)) {
             Some(s) => Ok(self.lower_stage(s)?.state),
-            None => Ok(Some(self.image_source(from, &l.location, &run.platform.clone())?.0)),
+            None => match self.named_context_state(from, &l.location, &run.platform.clone())? {
+                Some(r) => Ok(r.state),
+                None => Ok(Some(self.image_source(from, &l.location, &run.platform.clone())?.0)),
+            },
         }
     }
 
