@@ -30,6 +30,7 @@ mod cache;
 pub mod context;
 mod entitlements;
 mod outputs;
+mod platforms;
 mod request;
 mod resolver;
 
@@ -81,6 +82,9 @@ pub enum BuildError {
         #[source]
         source: rdock_oci::OciError,
     },
+    /// The request asks for something rdock cannot do (a usage error).
+    #[error("{0} is not supported")]
+    Unsupported(String),
     /// `SOURCE_DATE_EPOCH` is not a number (a usage error).
     #[error("SOURCE_DATE_EPOCH={0}: expected Unix seconds")]
     SourceDateEpoch(String),
@@ -172,7 +176,7 @@ impl From<rdock_frontend::FrontendError> for BuildError {
 impl BuildError {
     /// Whether the request itself was wrong (exit status 2 in the CLI's contract).
     pub fn is_usage(&self) -> bool {
-        matches!(self, BuildError::NotADirectory(_) | BuildError::SourceDateEpoch(_))
+        matches!(self, BuildError::NotADirectory(_) | BuildError::SourceDateEpoch(_) | BuildError::Unsupported(_))
     }
 }
 
@@ -203,8 +207,14 @@ impl Pipeline {
         Ok(Pipeline { store, images, client, limits, transfers, notices, _lease: lease })
     }
 
-    /// Reads the Dockerfile and lowers it to LLB, resolving its base images.
+    /// Reads the Dockerfile and lowers it to LLB, resolving its base images: for the
+    /// first of the request's platforms (the others are lowered by `build`).
     pub fn load(&self, req: &BuildRequest) -> Result<Lowered, BuildError> {
+        self.lower(req, req.platforms.first())
+    }
+
+    /// Lowers the Dockerfile for `platform` (None: the host's).
+    fn lower(&self, req: &BuildRequest, platform: Option<&Platform>) -> Result<Lowered, BuildError> {
         let (source, filename, specific) = match &req.dockerfile {
             DockerfileSource::Path(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| BuildError::Dockerfile { path: p.clone(), source })?;
@@ -223,7 +233,8 @@ impl Pipeline {
             excludes: dockerignore(specific.as_deref(), &req.context),
             no_cache: req.no_cache,
             no_cache_stages: req.no_cache_stages.clone(),
-            target_platform: req.platform.clone(),
+            target_platform: platform.cloned(),
+            platform_in_names: req.platforms.len() > 1,
             network: req.network,
             extra_hosts: req.extra_hosts.clone(),
             labels: req.labels.clone(),
@@ -279,46 +290,23 @@ impl Pipeline {
     }
 
     /// Solves what `load` lowered and writes the outputs, reporting steps to `progress`.
+    /// With several platforms, `lowered` is the first's and the others are lowered here.
     pub fn build(&self, req: &BuildRequest, lowered: &Lowered, progress: &dyn ProgressSink) -> Result<BuildSummary, BuildError> {
         self.admit(req, lowered)?;
         let epoch = source_date_epoch(&req.build_args)?;
-        let solver = self.solver(lowered)?;
         let mut imports = Vec::new();
         for loc in &req.cache_imports {
             imports.extend(cache::import(loc, &self.images, &self.client, self.notices.as_ref())?);
         }
-        // Absolute: the worker mounts context views through a descriptor of `/`, and a
-        // relative path would be taken from there rather than from the working directory.
-        let context = std::fs::canonicalize(&req.context)
-            .map_err(|source| BuildError::Io { what: format!("build context {}", req.context.display()), source })?;
-        let mut locals = HashMap::from([("context".to_string(), context)]);
-        for (name, src) in &req.named_contexts {
-            if let NamedContextSource::Dir(dir) = src {
-                let dir = std::fs::canonicalize(dir)
-                    .map_err(|source| BuildError::Io { what: format!("named context {name} ({})", dir.display()), source })?;
-                locals.insert(local_source_name(name), dir);
-            }
+        if req.platforms.len() > 1 {
+            return self.build_platforms(req, lowered, progress, &imports, epoch);
         }
-        let target = target_id(req);
-        let out = solver.solve(&SolveRequest {
-            definition: &lowered.definition,
-            locals: &locals,
-            progress,
-            secrets: &req.secrets,
-            target: Some(&target),
-            imports: &imports,
-            max_parallelism: req.max_parallelism,
-            // Layers are made while later steps run when something will need them.
-            eager_layers: !req.cache_exports.is_empty() || req.outputs.iter().any(Output::needs_image),
-        })?;
+        let (solver, out) = self.solve(req, lowered, req.platforms.first(), progress, &imports)?;
         for spec in &req.cache_exports {
             let export = solver.export_cache(&out, spec.mode, spec.mounts, &imports)?;
             cache::export(spec, &export, &self.images, &self.client, self.notices.as_ref())?;
         }
-        let created = match epoch {
-            Some(e) => rdock_imagespec::time::rfc3339(e, 0),
-            None => rdock_imagespec::time::build_time(),
-        };
+        let created = created_time(epoch);
         let built = BuiltOn { base_diff_ids: lowered.base_diff_ids.clone(), epoch };
         let plan = outputs::ImagePlan { config: &lowered.image, created, built };
         let written = self.write_outputs(&req.outputs, out.top.as_deref(), &plan)?;
@@ -331,6 +319,32 @@ impl Pipeline {
             manifest: written.image.as_ref().map(|c| c.manifest.to_string()),
             image_id: written.image.as_ref().map(|c| c.config.to_string()),
         })
+    }
+
+    /// Solves `lowered` (for `platform`, None: the host's) with the request's contexts.
+    fn solve(
+        &self,
+        req: &BuildRequest,
+        lowered: &Lowered,
+        platform: Option<&Platform>,
+        progress: &dyn ProgressSink,
+        imports: &[rdock_solver::remote::ImportedCache],
+    ) -> Result<(Solver, rdock_solver::SolveOutput), BuildError> {
+        let solver = self.solver(lowered)?;
+        let locals = locals(req)?;
+        let target = target_id(req, platform);
+        let out = solver.solve(&SolveRequest {
+            definition: &lowered.definition,
+            locals: &locals,
+            progress,
+            secrets: &req.secrets,
+            target: Some(&target),
+            imports,
+            max_parallelism: req.max_parallelism,
+            // Layers are made while later steps run when something will need them.
+            eager_layers: !req.cache_exports.is_empty() || req.outputs.iter().any(Output::needs_image),
+        })?;
+        Ok((solver, out))
     }
 
     /// A solver whose worker runs steps in namespaces under the configured limits, and
@@ -352,6 +366,28 @@ impl Pipeline {
     }
 }
 
+/// The image's creation time: `SOURCE_DATE_EPOCH`'s, else now (RFC 3339).
+fn created_time(epoch: Option<i64>) -> String {
+    match epoch {
+        Some(e) => rdock_imagespec::time::rfc3339(e, 0),
+        None => rdock_imagespec::time::build_time(),
+    }
+}
+
+/// The directories of the build's local sources: the context and named contexts.
+/// Absolute: the worker mounts context views through a descriptor of `/`, and a relative
+/// path would be taken from there rather than from the working directory.
+fn locals(req: &BuildRequest) -> Result<HashMap<String, PathBuf>, BuildError> {
+    let canon = |p: &std::path::Path, what: String| std::fs::canonicalize(p).map_err(|source| BuildError::Io { what, source });
+    let mut locals = HashMap::from([("context".to_string(), canon(&req.context, format!("build context {}", req.context.display()))?)]);
+    for (name, src) in &req.named_contexts {
+        if let NamedContextSource::Dir(dir) = src {
+            locals.insert(local_source_name(name), canon(dir, format!("named context {name} ({})", dir.display()))?);
+        }
+    }
+    Ok(locals)
+}
+
 /// The local source a named context's directory is sent as.
 fn local_source_name(name: &str) -> String {
     format!("context:{name}")
@@ -368,7 +404,7 @@ fn dockerignore(specific: Option<&std::path::Path>, dir: &std::path::Path) -> Ve
 
 /// What identifies "the same build" for explaining cache misses: context, Dockerfile,
 /// stage and platform.
-fn target_id(req: &BuildRequest) -> String {
+fn target_id(req: &BuildRequest, platform: Option<&Platform>) -> String {
     let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
     format!(
         "{}|{}|{}|{}",
@@ -378,7 +414,7 @@ fn target_id(req: &BuildRequest) -> String {
             DockerfileSource::Text(_) => "-".into(),
         },
         req.target.as_deref().unwrap_or(""),
-        req.platform.clone().unwrap_or_else(Platform::host)
+        platform.cloned().unwrap_or_else(Platform::host)
     )
 }
 

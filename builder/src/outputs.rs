@@ -18,11 +18,12 @@ pub(crate) struct Written {
     pub shipped: Option<Shipped>,
 }
 
-/// A manifest as it left the machine, and its config's digest.
+/// A manifest (or a multi-platform index) as it left the machine, and the manifest's
+/// config's digest (an index has none).
 #[derive(Clone)]
 pub(crate) struct Shipped {
     pub manifest: Descriptor,
-    pub config: Digest,
+    pub config: Option<Digest>,
 }
 
 /// How the image of this build is made: its config, times and base.
@@ -82,7 +83,7 @@ impl Pipeline {
             let m: rdock_imagespec::Manifest = serde_json::from_slice(&bytes)?;
             let media = m.media_type.unwrap_or_else(|| rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST.to_string());
             let manifest = Descriptor::new(&media, manifest.clone(), bytes.len() as u64);
-            written.shipped = Some(Shipped { manifest, config: m.config.digest });
+            written.shipped = Some(Shipped { manifest, config: Some(m.config.digest) });
         }
         Ok(())
     }
@@ -124,7 +125,7 @@ impl Pipeline {
     }
 
     /// Pushes the local image `d` as `r`; the digest pushed.
-    fn push(&self, r: &ImageRef, d: &rdock_imagespec::Digest) -> Result<Digest, BuildError> {
+    pub(crate) fn push(&self, r: &ImageRef, d: &rdock_imagespec::Digest) -> Result<Digest, BuildError> {
         let started = std::time::Instant::now();
         let report = rdock_oci::push(&self.images, &self.client, r, d, &self.transfers)
             .map_err(|source| BuildError::Push { name: r.familiar(), source })?;
@@ -167,14 +168,16 @@ fn build_ref() -> String {
 
 pub(crate) fn write_metadata(path: &Path, written: &Written) -> Result<(), BuildError> {
     let mut doc = serde_json::Map::new();
-    if let Some(c) = &written.image {
-        // What left the machine, as BuildKit reports it; else the stored manifest.
-        let Shipped { manifest: d, config } = written.shipped.clone().unwrap_or_else(|| Shipped {
-            manifest: Descriptor::new(rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST, c.manifest.clone(), c.manifest_size),
-            config: c.config.clone(),
-        });
+    // What left the machine, as BuildKit reports it; else the stored manifest.
+    let stored = written.image.as_ref().map(|c| Shipped {
+        manifest: Descriptor::new(rdock_imagespec::MEDIA_TYPE_OCI_MANIFEST, c.manifest.clone(), c.manifest_size),
+        config: Some(c.config.clone()),
+    });
+    if let Some(Shipped { manifest: d, config }) = written.shipped.clone().or(stored) {
         doc.insert("containerimage.digest".into(), d.digest.to_string().into());
-        doc.insert("containerimage.config.digest".into(), config.to_string().into());
+        if let Some(config) = config {
+            doc.insert("containerimage.config.digest".into(), config.to_string().into());
+        }
         doc.insert("containerimage.descriptor".into(), serde_json::json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size}));
     }
     // Each name once, though several outputs wrote it (a tag and a push, say).

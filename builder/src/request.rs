@@ -203,8 +203,9 @@ pub struct BuildRequest {
     pub metadata_file: Option<PathBuf>,
     /// Secret values and SSH agents by id.
     pub secrets: rdock_worker::Secrets,
-    /// The target platform (None: the host's).
-    pub platform: Option<Platform>,
+    /// The target platforms: none for the host's; several make one image per platform,
+    /// built in parallel, in one OCI index.
+    pub platforms: Vec<Platform>,
     /// Entitlements granted: what RUN --network=host and --security=insecure need.
     pub allow: Vec<Entitlement>,
     /// Caches to import.
@@ -239,7 +240,7 @@ impl BuildRequest {
             no_cache_stages: Vec::new(),
             metadata_file: None,
             secrets: rdock_worker::Secrets::default(),
-            platform: None,
+            platforms: Vec::new(),
             allow: Vec::new(),
             cache_imports: Vec::new(),
             cache_exports: Vec::new(),

@@ -451,6 +451,9 @@ fn build(cmd: &BuildCommand, store: &rdock_snapshotter::Store) -> anyhow::Result
     }
     pipeline.admit(req, &lowered).map_err(cli_error)?;
     if let Some(fmt) = cmd.dump {
+        if req.platforms.len() > 1 {
+            return Err(UsageError("--dump-llb shows one platform's graph: give one platform".into()).into());
+        }
         let text = match fmt {
             DumpFormat::Json => lowered.definition.to_json(),
             DumpFormat::Ron => lowered.definition.to_ron(),

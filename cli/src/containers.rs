@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// Tasks limit (-1 or 0: none); default `[limits] pids` in config.toml, else 4096.
     #[arg(long, allow_hyphen_values = true)]
     pub pids_limit: Option<i64>,
+    /// The image's platform to run (`linux/arm64`; other architectures through the
+    /// emulator registered in binfmt_misc); the host's by default.
+    #[arg(long)]
+    pub platform: Option<String>,
     /// IMAGE [ARG...]. Arguments after the image may start with `-`; the image may not,
     /// so a flag rdock lacks (`--privileged`) is an error that names it, not an image to pull.
     #[arg(required = true, trailing_var_arg = true, num_args = 1..)]
@@ -94,6 +98,21 @@ impl From<RuntimeError> for RunFailed {
     fn from(e: RuntimeError) -> RunFailed {
         RunFailed { code: e.exit_code(), message: e.to_string() }
     }
+}
+
+/// `m`, if its config is for `want` (or names no platform); else docker's error.
+fn check_platform(
+    images: &ImageStore,
+    r: &ImageRef,
+    m: &rdock_imagespec::Digest,
+    want: &rdock_imagespec::Platform,
+) -> anyhow::Result<rdock_imagespec::Digest> {
+    let config = images.manifest(m).and_then(|doc| images.config(&doc)).map_err(|e| failed(125, e.to_string()))?;
+    let got = rdock_imagespec::Platform { os: config.os, architecture: config.architecture, variant: config.variant };
+    if got.architecture.is_empty() || got.satisfies(want) {
+        return Ok(m.clone());
+    }
+    Err(failed(125, format!("image {} was found but does not match the specified platform: wanted {want}, actual: {got}", r.familiar())))
 }
 
 /// `rdock run`: returns the container's exit status. `signals` must have been blocked
@@ -127,18 +146,29 @@ pub fn run(args: RunArgs, signals: &Signals) -> anyhow::Result<i32> {
     let r = ImageRef::parse(image).map_err(|e| failed(125, format!("invalid reference format: {e}")))?;
     let store = crate::open_store().map_err(|e| failed(125, crate::render_error(&e)))?;
     let images = ImageStore::new(store.clone());
-    let manifest = match images.find(image) {
-        Ok(d) => images.platform_manifest(&d, &rdock_imagespec::Platform::host()).unwrap_or(d),
-        Err(_) => {
+    let asked = args.platform.as_deref().map(crate::format::parse_platform).transpose().map_err(|e| failed(125, e.to_string()))?;
+    let platform = asked.clone().unwrap_or_else(rdock_imagespec::Platform::host);
+    // An index whose manifest for this platform was never pulled counts as missing.
+    let local = images.find(image).ok().filter(|d| {
+        images.platform_manifest(d, &platform).map(|m| store.content().contains(&m)).unwrap_or(asked.is_none())
+    });
+    let found = match local {
+        Some(d) => d,
+        None => {
             eprintln!("Unable to find image '{}' locally", r.familiar());
             let client = crate::registry::client(&[]);
             let _lease = store.lease().map_err(|e| failed(125, e.to_string()))?;
-            let pulled = rdock_oci::pull(&images, &client, &r, &rdock_imagespec::Platform::host(), crate::registry::printer(false))
-                .map_err(|e| {
-                    failed(125, format!("unable to find image {}: not in the local store, and pulling it failed: {e}", r.familiar()))
-                })?;
-            images.platform_manifest(&pulled.top, &rdock_imagespec::Platform::host()).unwrap_or(pulled.top)
+            let pulled = rdock_oci::pull(&images, &client, &r, &platform, crate::registry::printer(false)).map_err(|e| {
+                failed(125, format!("unable to find image {}: not in the local store, and pulling it failed: {e}", r.familiar()))
+            })?;
+            pulled.top
         }
+    };
+    let manifest = match (images.platform_manifest(&found, &platform), &asked) {
+        (Ok(m), Some(want)) => check_platform(&images, &r, &m, want)?,
+        (Ok(m), None) => m,
+        (Err(e), Some(_)) => return Err(failed(125, e.to_string())),
+        (Err(_), None) => found,
     };
     let limits = container_limits(&store, &args).map_err(|e| failed(125, crate::render_error(&e)))?;
     let runtime = Runtime::new(store).map_err(RunFailed::from)?;

@@ -89,17 +89,37 @@ pub fn parse_size(s: &str) -> Result<u64, UsageError> {
 /// supported.
 pub fn parse_platform(spec: &str) -> anyhow::Result<Platform> {
     if spec.contains(',') {
-        return Err(UsageError(format!(
-            "platform {spec}: building for several platforms at once is not supported; build once per platform"
-        ))
-        .into());
+        return Err(UsageError(format!("platform {spec}: one platform here, not a list")).into());
     }
     Platform::parse(spec).map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// Parses `--platform`'s comma-separated list (`linux/amd64,linux/arm64`), each once.
+pub fn parse_platforms(spec: &str) -> anyhow::Result<Vec<Platform>> {
+    let mut out: Vec<Platform> = Vec::new();
+    for p in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let p = parse_platform(p)?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    if out.is_empty() {
+        return Err(UsageError(format!("platform {spec:?}: expected os/arch[/variant], comma-separated")).into());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platform_lists_parse_each_once() {
+        let got = parse_platforms("linux/amd64, linux/arm64,linux/amd64").unwrap();
+        assert_eq!(got.iter().map(|p| p.to_string()).collect::<Vec<_>>(), ["linux/amd64", "linux/arm64"]);
+        assert!(parse_platforms(",").is_err());
+        assert!(parse_platforms("linux/amd64,linux/potato").is_err());
+    }
 
     #[test]
     fn sizes_parse_as_docker_parses_them() {

@@ -85,6 +85,9 @@ pub struct BuildOptions {
     pub resources: rdock_llb::Resources,
     /// Named contexts by name (`--build-context NAME=…`, `--opt context:NAME=…`).
     pub named_contexts: BTreeMap<String, NamedContext>,
+    /// Step names start with the target platform (`[linux/arm64 2/3] RUN …`), as
+    /// BuildKit names them in a build for several platforms.
+    pub platform_in_names: bool,
 }
 
 /// A named context as the frontend uses it: in place of a stage of its name, of
@@ -124,6 +127,7 @@ impl Default for BuildOptions {
             labels: BTreeMap::new(),
             resources: Default::default(),
             named_contexts: BTreeMap::new(),
+            platform_in_names: false,
         }
     }
 }

@@ -127,12 +127,21 @@ fn write_image(
     format: ArchiveFormat,
     put: &mut Put<'_>,
 ) -> Result<(), OciError> {
-    let m = images.manifest(manifest)?;
-    let manifest_bytes = images.store().content().read(manifest)?;
+    let top_bytes = images.store().content().read(manifest)?;
+    let index = crate::store::as_index(&top_bytes);
+    if index.is_some() && format == ArchiveFormat::Docker {
+        return Err(OciError::Inconsistent {
+            image: manifest.to_string(),
+            reason: "a multi-platform image (an index) cannot be a docker archive: export it as OCI, or build one platform".into(),
+        });
+    }
     let io = |e: std::io::Error| OciError::Io(std::path::PathBuf::from(manifest.to_string()), e);
     let bytes = |put: &mut Put<'_>, path: &str, b: &[u8]| put(path, b.len() as u64, Some(&mut &b[..]));
     bytes(put, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io)?;
-    let media = m.media_type.clone().unwrap_or_else(|| MEDIA_TYPE_OCI_MANIFEST.to_string());
+    let media = match &index {
+        Some(i) => i.media_type.clone().unwrap_or_else(|| MEDIA_TYPE_OCI_INDEX.to_string()),
+        None => images.manifest(manifest)?.media_type.unwrap_or_else(|| MEDIA_TYPE_OCI_MANIFEST.to_string()),
+    };
     let mut manifests = Vec::new();
     let targets: Vec<Option<&ImageRef>> = if names.is_empty() { vec![None] } else { names.iter().map(Some).collect() };
     for name in &targets {
@@ -143,18 +152,56 @@ fn write_image(
                 annotations.insert("org.opencontainers.image.ref.name".to_string(), tag.clone());
             }
         }
-        let mut d = Descriptor::new(&media, manifest.clone(), manifest_bytes.len() as u64);
+        let mut d = Descriptor::new(&media, manifest.clone(), top_bytes.len() as u64);
         d.annotations = annotations;
         manifests.push(d);
     }
-    let index = Index { schema_version: 2, media_type: Some(MEDIA_TYPE_OCI_INDEX.to_string()), manifests };
+    let top_index = Index { schema_version: 2, media_type: Some(MEDIA_TYPE_OCI_INDEX.to_string()), manifests };
     put("blobs/", 0, None).map_err(io)?;
     put("blobs/sha256/", 0, None).map_err(io)?;
-    let content = images.store().content();
-    bytes(put, &format!("blobs/sha256/{}", manifest.hex()), &manifest_bytes).map_err(io)?;
-    let config_bytes = content.read(&m.config.digest)?;
-    bytes(put, &format!("blobs/sha256/{}", m.config.digest.hex()), &config_bytes).map_err(io)?;
     let mut seen = std::collections::BTreeSet::new();
+    let children = match &index {
+        Some(i) => {
+            bytes(put, &format!("blobs/sha256/{}", manifest.hex()), &top_bytes).map_err(io)?;
+            i.manifests.iter().map(|m| m.digest.clone()).collect()
+        }
+        None => vec![manifest.clone()],
+    };
+    for child in &children {
+        write_manifest_blobs(images, child, &mut seen, put)?;
+    }
+    let m = images.manifest(manifest).ok();
+    if let (ArchiveFormat::Docker, Some(m)) = (format, m) {
+        let repo_tags: Vec<String> = names.iter().filter(|n| n.tag.is_some()).map(|n| n.familiar()).collect();
+        let doc = serde_json::json!([{
+            "Config": format!("blobs/sha256/{}", m.config.digest.hex()),
+            "RepoTags": repo_tags,
+            "Layers": m.layers.iter().map(|l| format!("blobs/sha256/{}", l.digest.hex())).collect::<Vec<_>>(),
+        }]);
+        bytes(put, "manifest.json", doc.to_string().as_bytes()).map_err(io)?;
+    }
+    // Last: a reader of a layout directory finds everything index.json names.
+    bytes(put, "index.json", &top_index.to_json()).map_err(io)?;
+    Ok(())
+}
+
+/// A manifest's own bytes, its config and its layers (each blob once across the archive).
+fn write_manifest_blobs(
+    images: &ImageStore,
+    manifest: &Digest,
+    seen: &mut std::collections::BTreeSet<Digest>,
+    put: &mut Put<'_>,
+) -> Result<(), OciError> {
+    let io = |e: std::io::Error| OciError::Io(std::path::PathBuf::from(manifest.to_string()), e);
+    let content = images.store().content();
+    let m = images.manifest(manifest)?;
+    let manifest_bytes = content.read(manifest)?;
+    let config_bytes = content.read(&m.config.digest)?;
+    for (d, b) in [(manifest, &manifest_bytes), (&m.config.digest, &config_bytes)] {
+        if seen.insert(d.clone()) {
+            put(&format!("blobs/sha256/{}", d.hex()), b.len() as u64, Some(&mut &b[..])).map_err(io)?;
+        }
+    }
     for l in &m.layers {
         if !seen.insert(l.digest.clone()) {
             continue;
@@ -166,16 +213,21 @@ fn write_image(
         let mut f = Exact { inner: f, left: len, digest: &l.digest };
         put(&format!("blobs/sha256/{}", l.digest.hex()), len, Some(&mut f)).map_err(io)?;
     }
-    if format == ArchiveFormat::Docker {
-        let repo_tags: Vec<String> = names.iter().filter(|n| n.tag.is_some()).map(|n| n.familiar()).collect();
-        let doc = serde_json::json!([{
-            "Config": format!("blobs/sha256/{}", m.config.digest.hex()),
-            "RepoTags": repo_tags,
-            "Layers": m.layers.iter().map(|l| format!("blobs/sha256/{}", l.digest.hex())).collect::<Vec<_>>(),
-        }]);
-        bytes(put, "manifest.json", doc.to_string().as_bytes()).map_err(io)?;
-    }
-    // Last: a reader of a layout directory finds everything index.json names.
-    bytes(put, "index.json", &index.to_json()).map_err(io)?;
     Ok(())
+}
+
+/// Writes an OCI image index of `children` (manifests in the store, each with its
+/// platform) to the content store: a multi-platform image. Returns its digest.
+pub fn make_index(images: &ImageStore, children: &[(Digest, rdock_imagespec::Platform)]) -> Result<Digest, OciError> {
+    let content = images.store().content();
+    let mut manifests = Vec::new();
+    for (d, platform) in children {
+        let bytes = content.read(d)?;
+        let m = images.manifest(d)?;
+        let mut desc = Descriptor::new(m.media_type.as_deref().unwrap_or(MEDIA_TYPE_OCI_MANIFEST), d.clone(), bytes.len() as u64);
+        desc.platform = Some(platform.clone());
+        manifests.push(desc);
+    }
+    let index = Index { schema_version: 2, media_type: Some(MEDIA_TYPE_OCI_INDEX.to_string()), manifests };
+    Ok(content.put(&index.to_json())?)
 }

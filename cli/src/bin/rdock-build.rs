@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use rdock_cli::build::{BuildCommand, CommonFlags, DumpFormat, parse_add_host, parse_network, parse_output, run};
-use rdock_cli::format::parse_platform;
+use rdock_cli::format::parse_platforms;
 use rdock_cli::registry::{parse_cache_export, parse_cache_import};
 use rdock_cli::{UsageError, exit_with};
 use std::collections::BTreeMap;
@@ -47,7 +47,7 @@ struct FrontendOpts {
     target: Option<String>,
     build_args: BTreeMap<String, String>,
     labels: BTreeMap<String, String>,
-    platform: Option<rdock_imagespec::Platform>,
+    platforms: Vec<rdock_imagespec::Platform>,
     /// `no-cache`: empty for every stage, else the stages.
     no_cache: Option<Vec<String>>,
     network: rdock_llb::Network,
@@ -68,7 +68,7 @@ impl FrontendOpts {
             target: None,
             build_args: BTreeMap::new(),
             labels: BTreeMap::new(),
-            platform: None,
+            platforms: Vec::new(),
             no_cache: None,
             network: rdock_llb::Network::Sandbox,
             extra_hosts: Vec::new(),
@@ -101,7 +101,7 @@ impl FrontendOpts {
             "filename" => self.filename = Some(v.to_string()),
             "context" => self.context = Some(v.to_string()),
             "target" => self.target = Some(v.to_string()),
-            "platform" => self.platform = Some(parse_platform(v)?),
+            "platform" => self.platforms = parse_platforms(v)?,
             // BuildKit's frontend option: empty means every stage, else a list of stages.
             "no-cache" => self.no_cache = Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()),
             // The options behind buildx's --shm-size (bytes) and --ulimit (comma-separated
@@ -170,7 +170,7 @@ fn request(a: Args) -> anyhow::Result<BuildCommand> {
         let (name, src) = rdock_cli::build::parse_build_context("--opt context:", &spec)?;
         req.build.named_contexts.insert(name, src);
     }
-    req.build.platform = o.platform;
+    req.build.platforms = o.platforms;
     req.build.network = o.network;
     req.build.extra_hosts = o.extra_hosts;
     req.build.labels = o.labels;

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rdock_cli::build::{CommonFlags, Output, parse_add_host, parse_network, parse_output, run};
-use rdock_cli::format::parse_platform;
+use rdock_cli::format::parse_platforms;
 use rdock_cli::registry::{self, parse_cache_export, parse_cache_import};
 use rdock_cli::{UsageError, commands, containers, exit_with, gc, inspect};
 use rdock_imagespec::ImageRef;
@@ -231,7 +231,8 @@ struct BuildArgs {
     /// Output spec, or a directory.
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
-    /// Target platform (`linux/arm64`); the host's by default.
+    /// Target platforms (`linux/arm64`, or `linux/amd64,linux/arm64`: one image per
+    /// platform, built in parallel, in one OCI index); the host's by default.
     #[arg(long)]
     platform: Option<String>,
     /// Import a build cache: `REF`, `type=registry,ref=REF` or `type=local,src=DIR`.
@@ -346,7 +347,7 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         let (name, src) = rdock_cli::build::parse_build_context("--build-context", b)?;
         req.build.named_contexts.insert(name, src);
     }
-    req.build.platform = platform.as_deref().map(parse_platform).transpose()?;
+    req.build.platforms = platform.as_deref().map(parse_platforms).transpose()?.unwrap_or_default();
     req.build.pull = pull;
     req.build.resources.shm_size = shm_size.as_deref().map(rdock_cli::format::parse_size).transpose()?;
     req.build.resources.ulimits =

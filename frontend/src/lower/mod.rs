@@ -442,10 +442,26 @@ impl Ctx<'_> {
             DockerfileError::new(l.at(image), format!("failed to resolve image {}: {e}", r.familiar()))
                 .expected("an image in the local store (rdock load / rdock pull)")
         })?;
+        self.check_base_platform(&r, &resolved.config, l.at(image), platform)?;
         let op = Op::Source(SourceOp::image(&resolved.pinned));
         let input =
             self.builder.add(op, vec![], OpMetadata { description: format!("[internal] load metadata for {}", r), ..Default::default() });
         Ok((input, resolved.config))
+    }
+
+    /// A base image of one platform, asked for another: an error when the platform was
+    /// asked for (`--platform`, or `FROM --platform` other than the build's own), since
+    /// the image would be labelled with a platform its binaries are not for. Otherwise (the
+    /// default platform) a build check warns, as in BuildKit.
+    fn check_base_platform(&self, r: &ImageRef, config: &ImageConfig, at: Location, want: &Platform) -> Result<(), FrontendError> {
+        let got = Platform { os: config.os.clone(), architecture: config.architecture.clone(), variant: config.variant.clone() };
+        let asked = self.opts.target_platform.is_some() || *want != self.opts.build_platform;
+        if !asked || got.architecture.is_empty() || got.satisfies(want) {
+            return Ok(());
+        }
+        Err(DockerfileError::new(at, format!("base image {} is for {got} only, not {want}", r.familiar()))
+            .expected(format!("an image with a {want} manifest (a multi-platform index), or the platform {got}"))
+            .into())
     }
 
     fn lower_stage(&mut self, idx: usize) -> Result<StageResult, FrontendError> {
@@ -482,11 +498,14 @@ impl Ctx<'_> {
         if image.env_value("PATH").is_none() {
             image.config.env.push(format!("PATH={DEFAULT_PATH}"));
         }
-        let prefix = match &self.stages[idx].name {
+        let mut prefix = match &self.stages[idx].name {
             Some(n) => format!("{n} "),
             None if self.stages.len() > 1 => format!("stage-{idx} "),
             None => String::new(),
         };
+        if self.opts.platform_in_names {
+            prefix.insert_str(0, &format!("{} ", self.opts.target()));
+        }
         let shell = if image.config.shell.is_empty() { vec!["/bin/sh".into(), "-c".into()] } else { image.config.shell.clone() };
         let mut run = StageRun {
             idx,
