@@ -235,6 +235,7 @@ impl Pipeline {
             no_cache_stages: req.no_cache_stages.clone(),
             target_platform: platform.cloned(),
             platform_in_names: req.platforms.len() > 1,
+            name_prefix: req.name_prefix.clone(),
             network: req.network,
             extra_hosts: req.extra_hosts.clone(),
             labels: req.labels.clone(),

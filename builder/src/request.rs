@@ -224,6 +224,8 @@ pub struct BuildRequest {
     pub resources: rdock_llb::Resources,
     /// Named contexts by name (`--build-context NAME=VALUE`).
     pub named_contexts: BTreeMap<String, NamedContextSource>,
+    /// A word every step's name starts with (a bake target's name).
+    pub name_prefix: Option<String>,
 }
 
 impl BuildRequest {
@@ -250,6 +252,7 @@ impl BuildRequest {
             pull: false,
             resources: Default::default(),
             named_contexts: BTreeMap::new(),
+            name_prefix: None,
         }
     }
 

@@ -149,9 +149,10 @@ pub fn run(args: RunArgs, signals: &Signals) -> anyhow::Result<i32> {
     let asked = args.platform.as_deref().map(crate::format::parse_platform).transpose().map_err(|e| failed(125, e.to_string()))?;
     let platform = asked.clone().unwrap_or_else(rdock_imagespec::Platform::host);
     // An index whose manifest for this platform was never pulled counts as missing.
-    let local = images.find(image).ok().filter(|d| {
-        images.platform_manifest(d, &platform).map(|m| store.content().contains(&m)).unwrap_or(asked.is_none())
-    });
+    let local = images
+        .find(image)
+        .ok()
+        .filter(|d| images.platform_manifest(d, &platform).map(|m| store.content().contains(&m)).unwrap_or(asked.is_none()));
     let found = match local {
         Some(d) => d,
         None => {

@@ -2,6 +2,7 @@
 //! build pipeline (frontend → solver → exporters), progress rendering and the small
 //! image-management commands. Binaries parse flags and call into here.
 
+pub mod bake;
 pub mod build;
 pub mod commands;
 pub mod config;

@@ -88,6 +88,9 @@ pub struct BuildOptions {
     /// Step names start with the target platform (`[linux/arm64 2/3] RUN …`), as
     /// BuildKit names them in a build for several platforms.
     pub platform_in_names: bool,
+    /// A word step names start with (`[app 2/3] RUN …`): the bake target's name, as
+    /// buildx bake names steps when it builds several targets.
+    pub name_prefix: Option<String>,
 }
 
 /// A named context as the frontend uses it: in place of a stage of its name, of
@@ -128,6 +131,7 @@ impl Default for BuildOptions {
             resources: Default::default(),
             named_contexts: BTreeMap::new(),
             platform_in_names: false,
+            name_prefix: None,
         }
     }
 }

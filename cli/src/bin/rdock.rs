@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Build an image from a Dockerfile.
     Build(BuildArgs),
+    /// Build the targets of bake files (docker-bake.hcl, docker-bake.json, compose.yaml),
+    /// as `docker buildx bake`.
+    Bake(rdock_cli::bake::BakeArgs),
     /// Run a command in a new container from an image, in the foreground.
     #[command(disable_help_flag = true)]
     Run {
@@ -380,6 +383,7 @@ fn report_image_id(summary: &rdock_builder::BuildSummary, quiet: bool, iidfile: 
 fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Build(args) => build(args),
+        Command::Bake(args) => rdock_cli::bake::bake(args),
         Command::Run { .. } => unreachable!("run is dispatched before anything else"),
         Command::Ps { all, quiet, format } => containers::ps(all, quiet, json_format(format.as_deref())?),
         Command::Rm { force, containers: names } => containers::rm(&names, force),

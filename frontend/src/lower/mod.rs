@@ -506,6 +506,9 @@ impl Ctx<'_> {
         if self.opts.platform_in_names {
             prefix.insert_str(0, &format!("{} ", self.opts.target()));
         }
+        if let Some(p) = &self.opts.name_prefix {
+            prefix.insert_str(0, &format!("{p} "));
+        }
         let shell = if image.config.shell.is_empty() { vec!["/bin/sh".into(), "-c".into()] } else { image.config.shell.clone() };
         let mut run = StageRun {
             idx,
