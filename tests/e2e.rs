@@ -361,6 +361,82 @@ fn quiet_builds_print_the_image_id_and_iidfile_writes_it() {
     assert_eq!(inspected[0]["Id"].as_str(), Some(out(&o).trim_end()));
 }
 
+/// A build without a name is listed as `<none>` with its ID, as docker lists it, survives
+/// garbage collection, and goes with `rmi ID` or when it is named.
+#[test]
+fn untagged_builds_are_listed_as_none_until_removed_or_named() {
+    let f = Fixture::new();
+    let ctx = f.ctx(
+        "u",
+        &[(
+            "Dockerfile",
+            "FROM busybox
+RUN echo u > /u
+",
+        )],
+    );
+    let o = f.rdock(&["build", "-q", ctx.to_str().unwrap()]);
+    assert_ok(&o);
+    let id = out(&o).trim().to_string();
+    let listed = || -> Vec<serde_json::Value> {
+        out(&f.rdock(&["images", "--format", "json"])).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let none: Vec<_> = listed().into_iter().filter(|i| i["Repository"] == "<none>").collect();
+    assert_eq!(none.len(), 1, "{none:?}");
+    assert_eq!(none[0]["Tag"], "<none>");
+    assert_eq!(none[0]["ID"].as_str(), Some(id.as_str()));
+    let table = out(&f.rdock(&["images"]));
+    assert!(table.lines().any(|l| l.starts_with("<none>") && l.contains(&id["sha256:".len()..][..12])), "{table}");
+    // Garbage collection keeps it, as docker keeps dangling images until pruned.
+    assert_ok(&f.rdock(&["prune", "--all"]));
+    assert_eq!(out(&f.rdock(&["run", "--rm", &id["sha256:".len()..][..12], "cat", "/u"])), "u\n");
+    // rmi by ID removes it.
+    let o = f.rdock(&["rmi", &id["sha256:".len()..][..12]]);
+    assert_ok(&o);
+    assert!(listed().iter().all(|i| i["Repository"] != "<none>"));
+    // Naming one takes it off the <none> list.
+    let o = f.rdock(&["build", "-q", "--no-cache", ctx.to_str().unwrap()]);
+    let id = out(&o).trim().to_string();
+    assert_ok(&f.rdock(&["tag", &id["sha256:".len()..][..12], "named:1"]));
+    assert!(listed().iter().all(|i| i["Repository"] != "<none>"));
+    assert_ok(&f.rdock(&["fsck"]));
+}
+
+/// `--annotation` annotates the manifest that is stored, exported and inspected.
+#[test]
+fn annotations_reach_the_manifest() {
+    let f = Fixture::new();
+    let ctx = f.ctx(
+        "ann",
+        &[(
+            "Dockerfile",
+            "FROM busybox
+",
+        )],
+    );
+    let oci = f.path("ann.tar");
+    let o = f.rdock(&[
+        "build",
+        "--annotation",
+        "org.opencontainers.image.vendor=rdock",
+        "--annotation",
+        "manifest:com.example.k=v",
+        "-t",
+        "ann:1",
+        "-o",
+        &format!("type=oci,dest={}", oci.display()),
+        ctx.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let raw: serde_json::Value =
+        serde_json::from_str(&sh("skopeo", &["inspect", "--raw", &format!("oci-archive:{}", oci.display())])).unwrap();
+    assert_eq!(raw["annotations"]["org.opencontainers.image.vendor"], "rdock", "{raw}");
+    assert_eq!(raw["annotations"]["com.example.k"], "v", "{raw}");
+    let o = f.rdock(&["build", "--annotation", "index:k=v", ctx.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("index"), "{}", stderr(&o));
+}
+
 /// `--label` (`--opt label:K=V` for rdock-build) labels the image over the Dockerfile's
 /// LABELs, as buildx's; `--label K` is an empty value, as docker's.
 #[test]

@@ -309,7 +309,7 @@ impl Pipeline {
         }
         let created = created_time(epoch);
         let built = BuiltOn { base_diff_ids: lowered.base_diff_ids.clone(), epoch };
-        let plan = outputs::ImagePlan { config: &lowered.image, created, built };
+        let plan = outputs::ImagePlan { config: &lowered.image, created, built, annotations: &req.annotations };
         let written = self.write_outputs(&req.outputs, out.top.as_deref(), &plan)?;
         if let Some(path) = &req.metadata_file {
             outputs::write_metadata(path, &written)?;

@@ -32,6 +32,8 @@ pub(crate) struct ImagePlan<'a> {
     /// RFC 3339 creation time.
     pub created: String,
     pub built: BuiltOn,
+    /// `--annotation`s of the manifest.
+    pub annotations: &'a std::collections::BTreeMap<String, String>,
 }
 
 impl Pipeline {
@@ -41,7 +43,8 @@ impl Pipeline {
         let mut written = Written::default();
         for o in outputs {
             if o.needs_image() && committed.is_none() {
-                committed = Some(rdock_oci::commit_image(&self.images, top, plan.config.clone(), &plan.created)?);
+                let c = rdock_oci::commit_image(&self.images, top, plan.config.clone(), &plan.created)?;
+                committed = Some(c.annotated(&self.images, plan.annotations)?);
             }
             match (o, &committed) {
                 (Output::Docker { dest, names, form }, Some(c)) => {
@@ -115,6 +118,9 @@ impl Pipeline {
         self.warn_without_epoch(rewrite_timestamp, built);
         let c = if rewrite_timestamp && built.epoch.is_some() { rewritten(&self.images, c, built)? } else { c.clone() };
         let mut pushed = None;
+        if names.is_empty() {
+            self.images.keep_untagged(&c.manifest)?;
+        }
         for n in names {
             self.images.tag(n, &c.manifest)?;
             if push {

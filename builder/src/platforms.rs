@@ -61,7 +61,8 @@ impl Pipeline {
                 }
             }
             if req.outputs.iter().any(Output::needs_image) {
-                let image = rdock_oci::commit_image(&self.images, out.top.as_deref(), l.image.clone(), &created)?;
+                let image = rdock_oci::commit_image(&self.images, out.top.as_deref(), l.image.clone(), &created)?
+                    .annotated(&self.images, &req.annotations)?;
                 built.push(Built { platform: platform.clone(), image, on: BuiltOn { base_diff_ids: l.base_diff_ids.clone(), epoch } });
             }
         }
@@ -96,6 +97,9 @@ impl Pipeline {
                         false => Ok(b.image.manifest.clone()),
                     })?;
                     let mut shipped = index.clone();
+                    if names.is_empty() {
+                        self.images.keep_untagged(&index)?;
+                    }
                     for n in names {
                         self.images.tag(n, &index)?;
                         if *push {

@@ -226,6 +226,9 @@ pub struct BuildRequest {
     pub named_contexts: BTreeMap<String, NamedContextSource>,
     /// A word every step's name starts with (a bake target's name).
     pub name_prefix: Option<String>,
+    /// Annotations of the image's manifest (`--annotation`), each platform's in a build
+    /// for several.
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl BuildRequest {
@@ -253,6 +256,7 @@ impl BuildRequest {
             resources: Default::default(),
             named_contexts: BTreeMap::new(),
             name_prefix: None,
+            annotations: BTreeMap::new(),
         }
     }
 

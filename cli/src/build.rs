@@ -181,6 +181,23 @@ pub fn resolve_context(context: &str, file: Option<&str>, build_args: &BTreeMap<
     }
 }
 
+/// Parses `--annotation KEY=VALUE` or `manifest:KEY=VALUE`, as buildx takes it; the
+/// other levels (`index:`, descriptors, per platform) are refused by name.
+pub fn parse_annotation(spec: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = spec.split_once('=').ok_or_else(|| UsageError(format!("--annotation {spec}: expected KEY=VALUE")))?;
+    let k = match k.split_once(':') {
+        Some(("manifest", key)) => key,
+        Some((level, _)) if ["index", "manifest-descriptor", "index-descriptor"].contains(&level) || level.contains('[') => {
+            return Err(UsageError(format!("--annotation {spec}: {level}: annotations are not supported (manifest: is)")).into());
+        }
+        _ => k,
+    };
+    if k.is_empty() {
+        return Err(UsageError(format!("--annotation {spec}: the key is empty")).into());
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
 /// Parses `NAME=VALUE` of `--build-context` (`--opt context:NAME=VALUE`).
 pub fn parse_build_context(flag: &str, spec: &str) -> anyhow::Result<(String, rdock_builder::NamedContextSource)> {
     let (name, value) = spec.split_once('=').ok_or_else(|| UsageError(format!("{flag} {spec}: expected NAME=VALUE")))?;

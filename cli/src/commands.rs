@@ -52,6 +52,27 @@ pub fn list(json: bool) -> anyhow::Result<()> {
         }
         rows.push(vec![repo, tag, m.config.digest.hex()[..12].to_string(), short_time(cfg.created.as_deref()), human(size)]);
     }
+    // Images built without a name, as docker lists them.
+    for (d, _) in images.untagged()? {
+        let Ok(m) = images.manifest(&d) else { continue };
+        let created = images.config(&m).ok().and_then(|c| c.created);
+        let size: u64 = m.layers.iter().map(|l| l.size).sum();
+        if json {
+            let doc = serde_json::json!({
+                "Repository": "<none>", "Tag": "<none>", "ID": m.config.digest, "Digest": d,
+                "CreatedAt": created, "Size": human(size), "SizeBytes": size,
+            });
+            println!("{doc}");
+            continue;
+        }
+        rows.push(vec![
+            "<none>".into(),
+            "<none>".into(),
+            m.config.digest.hex()[..12].to_string(),
+            short_time(created.as_deref()),
+            human(size),
+        ]);
+    }
     if !json {
         table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows);
     }
@@ -73,6 +94,15 @@ pub fn rmi(names: &[String], force: bool) -> anyhow::Result<()> {
     let images = images()?;
     let mut failures = Vec::new();
     for n in names {
+        // An untagged image goes by its ID.
+        if let Ok(d) = images.find(n)
+            && images.untagged()?.iter().any(|(u, _)| *u == d)
+            && ImageRef::parse(n).ok().and_then(|r| images.get(&r).ok().flatten()).is_none()
+        {
+            images.forget_untagged(&d)?;
+            println!("Deleted: {d}");
+            continue;
+        }
         let r = parse_ref(n)?;
         let Some(d) = images.get(&r)? else {
             failures.push(format!("No such image: {n}"));

@@ -4,6 +4,7 @@
 use crate::{ImageStore, OciError};
 use rdock_imagespec::{Descriptor, Digest, ImageConfig, MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_MANIFEST, Manifest};
 use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
 
 /// The snapshot name for the chain of `diff_ids` (OCI chain ID), shared by every image
 /// with the same layers, so each layer is unpacked once.
@@ -129,6 +130,21 @@ pub struct CommittedImage {
     pub config: Digest,
     /// The manifest itself.
     pub manifest_doc: Manifest,
+}
+
+impl CommittedImage {
+    /// The same image with `annotations` on its manifest (`--annotation`), written to the
+    /// store; itself when there are none.
+    pub fn annotated(self, images: &ImageStore, annotations: &BTreeMap<String, String>) -> Result<CommittedImage, OciError> {
+        if annotations.is_empty() {
+            return Ok(self);
+        }
+        let mut doc = self.manifest_doc;
+        doc.annotations.extend(annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let bytes = doc.to_json();
+        let manifest = images.store().content().put(&bytes)?;
+        Ok(CommittedImage { manifest, manifest_size: bytes.len() as u64, config: self.config, manifest_doc: doc })
+    }
 }
 
 /// Writes the image made of the snapshot chain ending at `top` with `config`: fills in

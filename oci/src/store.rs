@@ -52,12 +52,46 @@ impl ImageStore {
 
     /// Points `name` at `manifest`.
     pub fn tag(&self, name: &ImageRef, manifest: &Digest) -> Result<(), OciError> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        self.store.db().conn().execute(
+        let conn = self.store.db().conn();
+        conn.execute(
             "INSERT OR REPLACE INTO images (name, manifest, created) VALUES (?1, ?2, ?3)",
-            params![name.to_string(), manifest.as_str(), now],
+            params![name.to_string(), manifest.as_str(), now()],
         )?;
+        // Named now: no longer one of the untagged.
+        conn.execute("DELETE FROM untagged WHERE manifest = ?1", params![manifest.as_str()])?;
         Ok(())
+    }
+
+    /// Keeps an image that has no name (a build without `-t`): listed as `<none>`, a root
+    /// for garbage collection, until it is named or removed by ID.
+    pub fn keep_untagged(&self, manifest: &Digest) -> Result<(), OciError> {
+        let conn = self.store.db().conn();
+        let named: bool =
+            conn.query_row("SELECT count(*) > 0 FROM images WHERE manifest = ?1", params![manifest.as_str()], |r| r.get(0))?;
+        if !named {
+            conn.execute("INSERT OR REPLACE INTO untagged (manifest, created) VALUES (?1, ?2)", params![manifest.as_str(), now()])?;
+        }
+        Ok(())
+    }
+
+    /// The images kept without a name, newest first.
+    pub fn untagged(&self) -> Result<Vec<(Digest, i64)>, OciError> {
+        let conn = self.store.db().conn();
+        let mut stmt = conn.prepare("SELECT manifest, created FROM untagged ORDER BY created DESC")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (m, created) = row?;
+            if let Ok(d) = Digest::parse(&m) {
+                out.push((d, created));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets an untagged image; false if it was not one.
+    pub fn forget_untagged(&self, manifest: &Digest) -> Result<bool, OciError> {
+        Ok(self.store.db().conn().execute("DELETE FROM untagged WHERE manifest = ?1", params![manifest.as_str()])? > 0)
     }
 
     /// The manifest `name` points at.
@@ -93,7 +127,8 @@ impl ImageStore {
             return Ok(d);
         }
         if hex.len() >= 4 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            for img in self.list()? {
+            let untagged = self.untagged()?.into_iter().map(|(manifest, created)| ImageRecord { name: String::new(), manifest, created });
+            for img in self.list()?.into_iter().chain(untagged) {
                 // The manifest digest, or the image ID (the config digest) as docker shows it.
                 let config = self.manifest(&img.manifest).map(|m| m.config.digest.hex().starts_with(&hex)).unwrap_or(false);
                 if img.manifest.hex().starts_with(&hex) || config {
@@ -222,7 +257,13 @@ impl ImageStore {
     pub fn referenced(&self) -> Result<Referenced, OciError> {
         let mut out = Referenced::default();
         let content = self.store.content();
-        for img in self.list()? {
+        let mut roots = self.list()?;
+        roots.extend(self.untagged()?.into_iter().map(|(manifest, created)| ImageRecord {
+            name: format!("<none>@{manifest}"),
+            manifest,
+            created,
+        }));
+        for img in roots {
             let mut todo = vec![img.manifest.clone()];
             while let Some(d) = todo.pop() {
                 if !out.blobs.insert(d.clone()) {
@@ -279,4 +320,9 @@ pub(crate) fn as_index(bytes: &[u8]) -> Option<Index> {
         return None;
     }
     serde_json::from_slice(bytes).ok()
+}
+
+/// Now, in Unix seconds.
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

@@ -13,7 +13,8 @@
 //! and perhaps lack the snapshot columns added later: version 1 is written so that it
 //! completes any of them without touching their rows. Version 2 adds the compressed
 //! forms of blobs (`compress.rs`), when layers began to be stored uncompressed: layer rows
-//! of earlier versions name gzip blobs and stay valid as they are.
+//! of earlier versions name gzip blobs and stay valid as they are. Version 3 records the
+//! images built without a name.
 
 use crate::SnapshotError;
 use rusqlite::Connection;
@@ -77,6 +78,14 @@ const MIGRATIONS: &[Migration] = &[
         -- and a push can ask a registry for the digest first
         CREATE TABLE compressed (source TEXT NOT NULL, compression TEXT NOT NULL, level INTEGER NOT NULL,
             target TEXT NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (source, compression, level)) WITHOUT ROWID;
+    ",
+        columns: &[],
+    },
+    Migration {
+        sql: "
+        -- oci: images built without a name (`rdock build -q`, `--iidfile`, `--load`), listed
+        -- as <none> and kept, as docker keeps them, until removed by ID or named
+        CREATE TABLE untagged (manifest TEXT PRIMARY KEY, created INTEGER NOT NULL) WITHOUT ROWID;
     ",
         columns: &[],
     },

@@ -263,6 +263,10 @@ struct BuildArgs {
     /// Add `HOST:IP` to every RUN step's /etc/hosts.
     #[arg(long = "add-host", value_name = "HOST:IP")]
     add_hosts: Vec<String>,
+    /// `KEY=VALUE` (or `manifest:KEY=VALUE`): an annotation of the image's manifest,
+    /// stored, pushed and exported with it.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
     /// `KEY=VALUE`: a label of the image, over the Dockerfile's LABELs.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
@@ -313,6 +317,7 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         quiet,
         iidfile,
         build_contexts,
+        annotations,
         mut common,
         context,
     } = a;
@@ -346,6 +351,10 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
     let ctx = rdock_cli::build::resolve_context(&context, file.as_deref(), &args)?;
     let mut req = common.request(ctx.dir.clone(), ctx.dockerfile.clone(), target, args, outs, None)?;
     req.guard = ctx.guard;
+    for an in &annotations {
+        let (k, v) = rdock_cli::build::parse_annotation(an)?;
+        req.build.annotations.insert(k, v);
+    }
     for b in &build_contexts {
         let (name, src) = rdock_cli::build::parse_build_context("--build-context", b)?;
         req.build.named_contexts.insert(name, src);
