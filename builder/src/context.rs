@@ -153,7 +153,7 @@ fn unpack_or_text(file: &Path, root: &Path, from: &str) -> Result<Option<String>
     std::fs::create_dir(root).map_err(io(format!("creating {}", root.display())))?;
     match archive_kind(file) {
         Some(kind) => {
-            unpack_archive(file, kind, root).map_err(|source| ContextError::Unpack { from: from.to_string(), source })?;
+            unpack_archive(file, kind, root, None).map_err(|source| ContextError::Unpack { from: from.to_string(), source })?;
             Ok(None)
         }
         None => {

@@ -108,6 +108,15 @@ pub enum BuildError {
     /// The solve failed.
     #[error(transparent)]
     Solve(#[from] rdock_solver::SolveError),
+    /// A step failed, and these are its Dockerfile lines.
+    #[error("{source}\n{excerpt}")]
+    Step {
+        /// Why.
+        #[source]
+        source: rdock_solver::SolveError,
+        /// The step's lines, framed.
+        excerpt: String,
+    },
     /// Image store, archive or registry trouble.
     #[error(transparent)]
     Image(#[from] rdock_oci::OciError),
@@ -333,18 +342,24 @@ impl Pipeline {
     ) -> Result<(Solver, rdock_solver::SolveOutput), BuildError> {
         let solver = self.solver(lowered)?;
         let locals = locals(req)?;
+        let with_lines = |e: rdock_solver::SolveError| match e.lines() {
+            Some(lines) => BuildError::Step { excerpt: rdock_frontend::excerpt(&lowered.source.0, &lowered.source.1, lines), source: e },
+            None => BuildError::Solve(e),
+        };
         let target = target_id(req, platform);
-        let out = solver.solve(&SolveRequest {
-            definition: &lowered.definition,
-            locals: &locals,
-            progress,
-            secrets: &req.secrets,
-            target: Some(&target),
-            imports,
-            max_parallelism: req.max_parallelism,
-            // Layers are made while later steps run when something will need them.
-            eager_layers: !req.cache_exports.is_empty() || req.outputs.iter().any(Output::needs_image),
-        })?;
+        let out = solver
+            .solve(&SolveRequest {
+                definition: &lowered.definition,
+                locals: &locals,
+                progress,
+                secrets: &req.secrets,
+                target: Some(&target),
+                imports,
+                max_parallelism: req.max_parallelism,
+                // Layers are made while later steps run when something will need them.
+                eager_layers: !req.cache_exports.is_empty() || req.outputs.iter().any(Output::needs_image),
+            })
+            .map_err(with_lines)?;
         Ok((solver, out))
     }
 

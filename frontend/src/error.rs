@@ -88,9 +88,30 @@ impl fmt::Display for DockerfileError {
     }
 }
 
+/// Lines `lines` (1-based, inclusive) of the Dockerfile `file` whose text is `source`,
+/// framed as a [`DockerfileError`] frames its line: for errors found while building (a
+/// failed step, a missing COPY source), which know their lines but not a column. At most
+/// eight lines are shown.
+pub fn excerpt(file: &str, source: &str, lines: (usize, usize)) -> String {
+    let (first, last) = (lines.0.max(1), lines.1.max(lines.0).min(lines.0 + 7));
+    let pad = " ".repeat(last.to_string().len());
+    let mut out = format!("{pad}--> {file}:{first}\n{pad} |");
+    for (n, text) in source.lines().enumerate().map(|(i, t)| (i + 1, t)).filter(|(n, _)| (first..=last).contains(n)) {
+        out.push_str(&format!("\n{n:>w$} | {}", text.trim_end(), w = pad.len()));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excerpts_frame_the_lines_of_a_step() {
+        let src = "FROM busybox\nRUN a \\\n  b\nCOPY x /\n";
+        assert_eq!(excerpt("Dockerfile", src, (4, 4)), " --> Dockerfile:4\n  |\n4 | COPY x /");
+        assert_eq!(excerpt("Dockerfile", src, (2, 3)), " --> Dockerfile:2\n  |\n2 | RUN a \\\n3 |   b");
+    }
 
     #[test]
     fn renders_like_rustc() {

@@ -431,7 +431,16 @@ fn parse_onbuild(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
         )
         .expected("an instruction other than ONBUILD, FROM or MAINTAINER"));
     }
-    Ok(Instruction::Onbuild(raw.rest.clone()))
+    // A heredoc trigger keeps its bodies, each followed by its delimiter line, so that the
+    // trigger parses whole when an image built on this one runs it (BuildKit's
+    // testOnBuildHeredoc).
+    let mut trigger = raw.rest.clone();
+    for h in &raw.heredocs {
+        trigger.push('\n');
+        trigger.push_str(&h.content);
+        trigger.push_str(&h.name);
+    }
+    Ok(Instruction::Onbuild(trigger))
 }
 
 fn parse_healthcheck(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {

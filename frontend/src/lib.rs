@@ -32,6 +32,6 @@ mod request;
 pub mod runmount;
 pub mod shell;
 
-pub use error::{DockerfileError, Location};
+pub use error::{DockerfileError, Location, excerpt};
 pub use lower::{DEFAULT_PATH, FrontendError, HISTORY_COMMENT, Lowered, lower, network_name, parse_network};
 pub use request::{BuildOptions, ImageResolver, NamedContext, ResolveError, ResolvedImage};

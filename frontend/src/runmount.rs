@@ -249,6 +249,14 @@ fn secret_mount(f: &Fields, target: String) -> Result<RunMount, String> {
     })
 }
 
+/// Whether the unexpanded mount `spec` has a `from=` with a `$` before its last character,
+/// which BuildKit refuses (its parseMount).
+pub fn from_has_variable(spec: &str) -> bool {
+    spec.split(',')
+        .filter_map(|f| f.split_once('='))
+        .any(|(k, v)| k.trim().eq_ignore_ascii_case("from") && v.find('$').is_some_and(|i| i + 1 != v.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,8 +76,8 @@ struct Run<'a, E: Env + ?Sized> {
     cur: String,
     cur_started: bool,
     input: &'a str,
-    /// Heredoc content: quotes are plain characters and the escape only protects `$`,
-    /// itself and a backtick, as a shell expands an unquoted heredoc.
+    /// Heredoc content: quotes are plain characters; the escape keeps the character after
+    /// it, whatever it is, as BuildKit expands an unquoted COPY/ADD heredoc.
     heredoc: bool,
     /// Bytes substituted so far (bounded by [`MAX_EXPANSION`]).
     expanded: usize,
@@ -165,12 +165,10 @@ impl<E: Env + ?Sized> Run<'_, E> {
                 continue;
             }
             if self.heredoc && c == self.escape {
-                match self.chars.peek().copied() {
-                    Some(n) if n == '$' || n == self.escape || n == '`' => {
-                        self.chars.next();
-                        self.push(n);
-                    }
-                    _ => self.push(c),
+                // As BuildKit's lexer with SkipProcessQuotes: the escape keeps whatever
+                // follows it (a newline too) and is itself dropped, at the very end as well.
+                if let Some(n) = self.chars.next() {
+                    self.push(n);
                 }
                 continue;
             }
@@ -554,6 +552,17 @@ mod tests {
         assert_eq!(w("${U:-${A}}"), "hello world");
         assert!(Lexer::default().process_word("${U:?missing}", &env()).is_err());
         assert!(Lexer::default().process_word("'open", &env()).is_err());
+    }
+
+    /// BuildKit's testCopyHeredocSpecialSymbols, unquoted half (the quoted half is not
+    /// expanded at all).
+    #[test]
+    fn heredoc_escapes_keep_the_character_after_them() {
+        let x = |s: &str| Lexer::default().process_heredoc(s, &env()).unwrap();
+        assert_eq!(x("\\\n"), "\n");
+        assert_eq!(x("\\\\\n"), "\\\n");
+        assert_eq!(x("\\$\n"), "$\n");
+        assert_eq!(x("a\\"), "a");
     }
 
     #[test]

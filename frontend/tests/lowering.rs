@@ -192,6 +192,18 @@ fn onbuild_triggers_run_first_and_are_not_inherited() {
     assert!(out.image.config.on_build.is_empty());
 }
 
+/// BuildKit's testOnBuildHeredoc: a heredoc trigger keeps its whole body in the config,
+/// and runs whole in a stage built on it.
+#[test]
+fn an_onbuild_heredoc_keeps_its_body_and_runs_whole() {
+    let df = "FROM busybox AS base\nONBUILD RUN <<EOF\necho \"hello world\" >> /dest\nEOF\n";
+    let out = lower(df, &BuildOptions::default(), &Images).unwrap();
+    assert_eq!(out.image.config.on_build, vec!["RUN <<EOF\necho \"hello world\" >> /dest\nEOF"]);
+    let child = format!("{df}FROM base\nRUN echo own\n");
+    let runs: Vec<Vec<String>> = execs(&child, &BuildOptions::default()).iter().map(|e| e.args.clone()).collect();
+    assert!(runs[0].iter().any(|a| a.contains("echo \"hello world\" >> /dest")), "{runs:?}");
+}
+
 #[test]
 fn base_image_platform_is_checked() {
     let out = lower("FROM arm\n", &BuildOptions::default(), &Images).unwrap();
@@ -225,6 +237,22 @@ fn proxy_args_reach_run_but_not_the_graph_and_targetstage_is_set() {
     assert!(e.env.contains(&"TARGETSTAGE=final".to_string()), "{:?}", e.env);
     assert!(!e.env.iter().any(|v| v.starts_with("HTTP_PROXY")));
     assert!(a.image.history.iter().all(|h| !h.created_by.as_deref().unwrap_or("").contains("one:1")));
+}
+
+/// BuildKit's testTargetStageNameArg: the target as asked, else the last stage's name,
+/// else `default`; only where ARG TARGETSTAGE declares it.
+#[test]
+fn targetstage_is_the_target_or_the_last_stages_name_or_default() {
+    let df = "FROM busybox AS base\nRUN echo first $TARGETSTAGE\nARG TARGETSTAGE\nRUN echo second $TARGETSTAGE\n\
+              FROM scratch AS foo\nCOPY --from=base / /\nFROM scratch\nCOPY --from=base / /\n";
+    let seen = |df: &str, target: Option<&str>| -> Vec<String> {
+        let opts = BuildOptions { target: target.map(str::to_string), ..Default::default() };
+        execs(df, &opts).iter().map(|e| e.env.iter().find(|v| v.starts_with("TARGETSTAGE=")).cloned().unwrap_or_default()).collect()
+    };
+    assert_eq!(seen(df, Some("foo")), ["", "TARGETSTAGE=foo"]);
+    assert_eq!(seen(df, None), ["", "TARGETSTAGE=default"]);
+    let named_last = format!("{df}FROM scratch AS final\nCOPY --from=base / /\n");
+    assert_eq!(seen(&named_last, None), ["", "TARGETSTAGE=final"]);
 }
 
 #[test]

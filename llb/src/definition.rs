@@ -46,6 +46,10 @@ pub struct OpMetadata {
     /// fails to resolve a host name. Kept out of the op, so it never changes a digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_origin: Option<String>,
+    /// For a COPY or ADD `--from`: what it copies from (`stage build`, `image alpine:3`,
+    /// `context docs`), named when a source is missing. Kept out of the op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_from: Option<String>,
 }
 
 /// A whole build graph: nodes in topological order (inputs first), per-node metadata, and

@@ -50,7 +50,7 @@ pub fn hash_copy_sources(
     let src = CopySource { root: dir, excludes: Some(excludes), reset_ownership: true };
     let copy_excludes = PatternMatcher::new(&copy.exclude).map_err(|e| SolveError::Context(format!("invalid --exclude pattern: {e}")))?;
     let sources = expand_sources(&src, copy).map_err(|e| match e {
-        rdock_worker::WorkerError::SourceNotFound(p) => SolveError::SourceNotFound(p),
+        rdock_worker::WorkerError::SourceNotFound(p) => SolveError::source_not_found(p),
         e => SolveError::ContextPath(e),
     })?;
     for (_, found) in sources {
@@ -61,9 +61,9 @@ pub fn hash_copy_sources(
                 rdock_worker::resolve_in_root(dir, &rel, true).map_err(SolveError::ContextPath)?
             };
             if rel != "." && excluded(&src, &rel) {
-                return Err(SolveError::SourceNotFound(format!("{rel} (excluded by .dockerignore)")));
+                return Err(SolveError::source_not_found(format!("{rel} (excluded by .dockerignore)")));
             }
-            let md = std::fs::symlink_metadata(&p).map_err(|_| SolveError::SourceNotFound(rel.clone()))?;
+            let md = std::fs::symlink_metadata(&p).map_err(|_| SolveError::source_not_found(rel.clone()))?;
             h.update(b"src\0");
             h.update(rel.as_bytes());
             h.update(b"\0");

@@ -57,9 +57,18 @@ pub enum SolveError {
         /// The last lines of its output.
         output: Vec<String>,
     },
-    /// A COPY/ADD source is not in the build context.
-    #[error("failed to compute cache key: {0:?}: not found in the build context")]
-    SourceNotFound(String),
+    /// A COPY/ADD source is missing from what it copies from.
+    #[error("{}failed to compute cache key: \"/{}\": not found in {}", step.as_ref().map(|s| format!("{s}: ")).unwrap_or_default(), path.trim_start_matches('/'), from.as_deref().unwrap_or("the build context"))]
+    SourceNotFound {
+        /// The path, as the step names it.
+        path: String,
+        /// What it copies from (`stage build`, `image alpine`); None: the build context.
+        from: Option<String>,
+        /// The step (`[2/3] COPY nope /x`), once known.
+        step: Option<String>,
+        /// Dockerfile lines of the step.
+        lines: Option<(usize, usize)>,
+    },
     /// The build context could not be read.
     #[error("build context: {0}")]
     Context(String),
@@ -100,6 +109,34 @@ pub enum SolveError {
     /// The definition does not read back.
     #[error("invalid definition: {0}")]
     Llb(#[from] rdock_llb::DefinitionError),
+}
+
+impl SolveError {
+    /// A source missing at `path`, before the step is known.
+    pub(crate) fn source_not_found(path: impl Into<String>) -> SolveError {
+        SolveError::SourceNotFound { path: path.into(), from: None, step: None, lines: None }
+    }
+
+    /// The Dockerfile lines the failed step came from, if known.
+    pub fn lines(&self) -> Option<(usize, usize)> {
+        match self {
+            SolveError::Step { lines, .. } | SolveError::SourceNotFound { lines, .. } => *lines,
+            _ => None,
+        }
+    }
+
+    /// The error with the step it happened in (name, lines, what it copies from).
+    pub(crate) fn in_step(self, name: &str, meta: &rdock_llb::OpMetadata) -> SolveError {
+        match self {
+            SolveError::SourceNotFound { path, from, step: None, .. } => SolveError::SourceNotFound {
+                path,
+                from: from.or_else(|| meta.copy_from.clone()),
+                step: Some(name.to_string()),
+                lines: meta.source_lines,
+            },
+            other => other,
+        }
+    }
 }
 
 fn render_step(name: &str, lines: &Option<(usize, usize)>, error: &str, output: &[String]) -> String {

@@ -184,6 +184,7 @@ impl Run<'_> {
         let mut ev = Event::new(EventKind::Failed, &vertex, &name);
         let err = match err {
             OpError::Solve(e) => {
+                let e = e.in_step(&name, meta);
                 ev.detail = e.to_string();
                 self.env.req.progress.event(ev);
                 return e;
@@ -193,7 +194,7 @@ impl Run<'_> {
         ev.detail = err.to_string();
         self.env.req.progress.event(ev);
         if let rdock_worker::WorkerError::SourceNotFound(p) = &err {
-            return SolveError::SourceNotFound(p.clone());
+            return SolveError::source_not_found(p.clone()).in_step(&name, meta);
         }
         let mut error = err.to_string();
         if let Some(note) = self.ops[v].failure_note(&err, &tail, meta) {

@@ -186,7 +186,10 @@ fn cache_keys(
             inputs: inputs[v].iter().map(|&j| locals[j].as_ref()).collect(),
             file_caches: &mut file_caches,
         };
-        let local = ops[v].cache_map(&mut cx)?;
+        let local = ops[v].cache_map(&mut cx).map_err(|e| match env.req.definition.metadata.get(&digests[v]) {
+            Some(meta) => e.in_step(&meta.description, meta),
+            None => e,
+        })?;
         locals.push(local);
         keys.push(CacheKey::finish(&h));
         infos.push(info);

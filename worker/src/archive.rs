@@ -53,7 +53,9 @@ fn decompressor(f: std::fs::File, kind: ArchiveKind) -> std::io::Result<Box<dyn 
     })
 }
 
-pub fn unpack_archive(p: &Path, kind: ArchiveKind, dest: &Path) -> Result<(), WorkerError> {
+/// Unpacks the archive at `p` into `dest`. With `owner` (`ADD --chown`), every entry is
+/// given that owner, as BuildKit does, instead of the archive's.
+pub fn unpack_archive(p: &Path, kind: ArchiveKind, dest: &Path, owner: Option<(u32, u32)>) -> Result<(), WorkerError> {
     let f = std::fs::File::open(p).map_err(|e| WorkerError::Io(p.to_path_buf(), e))?;
     let reader = decompressor(f, kind).map_err(|e| WorkerError::Io(p.to_path_buf(), e))?;
     let mut a = tar::Archive::new(reader);
@@ -69,6 +71,12 @@ pub fn unpack_archive(p: &Path, kind: ArchiveKind, dest: &Path) -> Result<(), Wo
         }
         if !entry.unpack_in(dest).map_err(|e| WorkerError::Io(dest.join(&path), e))? {
             return Err(WorkerError::Path { path: path.display().to_string(), reason: "archive entry escapes the destination".into() });
+        }
+        // unpack_in checked that the entry's parent lies inside `dest`; lchown does not
+        // follow the entry itself.
+        if let Some((uid, gid)) = owner {
+            let at = dest.join(&path);
+            std::os::unix::fs::lchown(&at, Some(uid), Some(gid)).map_err(|e| WorkerError::Io(at.clone(), e))?;
         }
     }
     Ok(())
@@ -113,7 +121,7 @@ mod tests {
             assert_eq!(archive_kind(&p), Some(kind), "{name}");
             let out = dir.path().join(format!("out-{name}"));
             std::fs::create_dir_all(&out).unwrap();
-            unpack_archive(&p, kind, &out).unwrap();
+            unpack_archive(&p, kind, &out, None).unwrap();
             assert_eq!(std::fs::read(out.join("etc/x")).unwrap(), b"abc");
         }
         // xz of something that is not a tar is a file to copy.

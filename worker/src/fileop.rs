@@ -61,7 +61,8 @@ fn set_mtime(p: &Path, md: &std::fs::Metadata) {
 }
 
 /// Creates `dir` (inside root) and missing parents with mode 0755 and `owner`.
-fn mkdir_all(dir: &Path, root: &Path, owner: Option<Owner>) -> Result<(), WorkerError> {
+/// Makes `dir` and its missing parents (each `mode`, owned by `owner`).
+fn mkdir_all(dir: &Path, root: &Path, owner: Option<Owner>, mode: u32) -> Result<(), WorkerError> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -69,11 +70,11 @@ fn mkdir_all(dir: &Path, root: &Path, owner: Option<Owner>) -> Result<(), Worker
         && parent.starts_with(root)
         && parent != dir
     {
-        mkdir_all(parent, root, owner)?;
+        mkdir_all(parent, root, owner, mode)?;
     }
     match std::fs::create_dir(dir) {
         Ok(()) => {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| WorkerError::Io(dir.to_path_buf(), e))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| WorkerError::Io(dir.to_path_buf(), e))?;
             if let Some(o) = owner {
                 lchown(dir, o)?;
             }
@@ -129,7 +130,7 @@ pub fn apply_actions(target: Target<'_>, actions: &[FileAction], sources: &[Opti
                     continue;
                 }
                 if *make_parents {
-                    mkdir_all(&p, root, owner)?;
+                    mkdir_all(&p, root, owner, 0o755)?;
                 } else {
                     std::fs::create_dir(&p).map_err(|e| WorkerError::Io(p.clone(), e))?;
                     if let Some(o) = owner {
@@ -218,6 +219,9 @@ pub fn excluded(src: &CopySource<'_>, rel: &str) -> bool {
 fn copy(target: Target<'_>, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerError> {
     let root = target.root;
     let owner = resolve_owner(root, &c.chown)?;
+    // Directories the copy makes to reach its destination take `--chmod`, as in BuildKit
+    // (its testCopyChmod).
+    let dir_mode = c.chmod.as_ref().map(|m| m.apply(0o755, true)).unwrap_or(0o755);
     let exclude = if c.exclude.is_empty() {
         None
     } else {
@@ -264,7 +268,7 @@ fn copy(target: Target<'_>, c: &CopyAction, src: &CopySource<'_>) -> Result<(), 
             };
             let dest = resolve_in_root(root, &dir_dest, true)?;
             let existed = dest.is_dir();
-            mkdir_all(&dest, root, owner)?;
+            mkdir_all(&dest, root, owner, dir_mode)?;
             copy_tree(&src_path, &dest, !existed, &ctx)?;
             // A directory the copy made takes the source's mtime, as BuildKit's copy does
             // (it had the time of the build, so two builds of one context differed).
@@ -278,16 +282,16 @@ fn copy(target: Target<'_>, c: &CopyAction, src: &CopySource<'_>) -> Result<(), 
             if c.unpack_archives
                 && let Some(kind) = crate::archive::archive_kind(&src_path)
             {
-                mkdir_all(&dest_resolved, root, owner)?;
-                crate::archive::unpack_archive(&src_path, kind, &dest_resolved)?;
+                mkdir_all(&dest_resolved, root, owner, dir_mode)?;
+                crate::archive::unpack_archive(&src_path, kind, &dest_resolved, owner.map(|o| (o.uid, o.gid)))?;
                 continue;
             }
             let dest_file = if into_dir {
-                mkdir_all(&dest_resolved, root, owner)?;
+                mkdir_all(&dest_resolved, root, owner, dir_mode)?;
                 dest_resolved.join(name)
             } else {
                 if let Some(p) = dest_resolved.parent() {
-                    mkdir_all(p, root, owner)?;
+                    mkdir_all(p, root, owner, dir_mode)?;
                 }
                 dest_resolved
             };

@@ -85,11 +85,14 @@ pub fn resolve_user(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Re
             }
         };
     }
-    let additional_gids = if g.is_none() && !name.is_empty() {
-        group_entries(group).filter(|(_, id, members)| *id != gid && members.contains(&name.as_str())).map(|(_, id, _)| id).collect()
-    } else {
-        Vec::new()
-    };
+    // The primary group first, as containerd sets them since CVE-2023-25173 (BuildKit's
+    // testUserAdditionalGids): then, for a user named in /etc/passwd and without a group
+    // of its own asked for, the groups /etc/group lists it in.
+    let mut additional_gids = vec![gid];
+    if g.is_none() && !name.is_empty() {
+        additional_gids
+            .extend(group_entries(group).filter(|(_, id, members)| *id != gid && members.contains(&name.as_str())).map(|(_, id, _)| id));
+    }
     let home = if home.is_empty() { "/".into() } else { home };
     Ok(ResolvedUser { uid, gid, additional_gids, home })
 }
@@ -105,9 +108,12 @@ mod tests {
     fn names_ids_and_groups() {
         assert_eq!(resolve_user("", Some(PASSWD), Some(GROUP)).unwrap().home, "/root");
         let app = resolve_user("app", Some(PASSWD), Some(GROUP)).unwrap();
-        assert_eq!((app.uid, app.gid, app.additional_gids.clone()), (1000, 1000, vec![10]));
-        assert_eq!(resolve_user("app:wheel", Some(PASSWD), Some(GROUP)).unwrap().gid, 10);
-        assert_eq!(resolve_user("4242:4343", None, None).unwrap().uid, 4242);
+        assert_eq!((app.uid, app.gid, app.additional_gids.clone()), (1000, 1000, vec![1000, 10]));
+        let wheel = resolve_user("app:wheel", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!((wheel.gid, wheel.additional_gids), (10, vec![10]), "a group asked for is the only one");
+        let anon = resolve_user("4242:4343", None, None).unwrap();
+        assert_eq!((anon.uid, anon.additional_gids), (4242, vec![4343]));
+        assert_eq!(resolve_user("1234", Some(PASSWD), Some(GROUP)).unwrap().additional_gids, vec![0], "no passwd entry: root's group");
         assert_eq!(resolve_user("nobody", Some(PASSWD), Some(GROUP)).unwrap_err(), UserError::NoUser("nobody".into()));
     }
 }

@@ -64,7 +64,7 @@ impl Ctx<'_> {
         }
         let chown = run.image.config.user.as_deref().filter(|u| !u.is_empty()).map(parse_chown);
         let action = FileAction::Mkdir { path: wd.clone(), mode: 0o755, make_parents: true, chown };
-        self.file_op(run, l, vec![action], vec![])?;
+        self.file_op(run, l, vec![action], vec![], None)?;
         history(&mut run.image, format!("WORKDIR {wd}"), true);
         // BuildKit writes no " # buildkit" suffix for WORKDIR.
         if let Some(h) = run.image.history.last_mut() {

@@ -121,7 +121,11 @@ impl Ctx<'_> {
             op.copy_from(file, action(&opts, vec![format!("/{}", doc.name)], opts.dest.clone()));
         }
         let msg = copy_history(what, &opts, args, &sources, &dest_word);
-        self.file_op(run, l, op.actions, op.extra)?;
+        let from = match &args.from {
+            Some(f) => Some(self.source_label(run.idx, f)),
+            None => None,
+        };
+        self.file_op(run, l, op.actions, op.extra, from)?;
         history(&mut run.image, msg, true);
         Ok(())
     }
@@ -169,12 +173,34 @@ impl Ctx<'_> {
         Ok(CopyOpts { dest: relative_to(&run.workdir, dest_word), chown, chmod, exclude })
     }
 
+    /// What `--from=FROM` names, for errors: `stage NAME`, `context NAME`, `image REF`.
+    fn source_label(&self, idx: usize, from: &str) -> String {
+        if self.stage_by_name(from, idx).is_some() || from.parse::<usize>().is_ok_and(|i| i < idx) {
+            format!("stage {from}")
+        } else if self.opts.named_context(from).is_some() {
+            format!("context {from}")
+        } else {
+            format!("image {from}")
+        }
+    }
+
     /// Where paths are copied from: the build context, an earlier stage, or an image.
     fn copy_from_state(&mut self, run: &StageRun, l: &Located, args: &CopyArgs, what: &str) -> Result<Input, FrontendError> {
         let state = match &args.from {
             None => Some(self.context_source()),
             Some(from) => {
-                let from = self.expand(run, l, from)?;
+                // BuildKit expands nothing in --from, and says so rather than copying from
+                // an image named `$VAR` (its toCommand).
+                let empty: Vec<(String, String)> = Vec::new();
+                if self.lexer.process_word(from, &empty).ok().as_deref() != Some(from.as_str()) {
+                    return Err(DockerfileError::new(
+                        l.location.at(from),
+                        "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
+                    )
+                    .expected("a stage name, a stage index or an image name, as written")
+                    .into());
+                }
+                let from = from.clone();
                 match self.stage_by_name(&from, run.idx).or_else(|| from.parse::<usize>().ok().filter(|i| *i < run.idx)) {
                     Some(s) => self.lower_stage(s)?.state,
                     None => {

@@ -95,6 +95,8 @@ pub struct Lowered {
     pub warnings: Vec<crate::lint::Warning>,
     /// The `# check=` configuration.
     pub check: crate::lint::CheckConfig,
+    /// The Dockerfile's name and text, to show the lines of a step that fails.
+    pub source: (String, String),
 }
 
 struct Stage {
@@ -145,8 +147,9 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     let target = target_stage(opts, &stages)?;
     check_no_cache_stages(opts, &stages)?;
     check_sandbox_hostname(opts)?;
-    // TARGETSTAGE names the stage being built (empty for an unnamed one), for FROM and ARG.
-    let target_name = stages[target].name.clone().unwrap_or_default();
+    // TARGETSTAGE names the stage being built, for FROM and ARG: the target as asked, else
+    // the last stage's name, else `default`, as BuildKit's `defaultArgs`.
+    let target_name = opts.target.clone().or_else(|| stages[target].name.clone()).unwrap_or_else(|| "default".into());
     meta_args.retain(|(k, _)| k != "TARGETSTAGE");
     meta_args.push(("TARGETSTAGE".to_string(), target_name));
     let mut ctx = Ctx {
@@ -166,7 +169,15 @@ pub fn lower(source: &str, opts: &BuildOptions, resolver: &dyn ImageResolver) ->
     image.created = None;
     image.config.labels.extend(opts.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     set_image_platform(&mut image, opts.target_platform.clone().unwrap_or(result.platform), opts.target_platform.is_some());
-    Ok(Lowered { definition: ctx.builder.finish(result.state), image, base_diff_ids, syntax: df.directives.syntax, warnings, check })
+    Ok(Lowered {
+        definition: ctx.builder.finish(result.state),
+        image,
+        base_diff_ids,
+        syntax: df.directives.syntax,
+        warnings,
+        check,
+        source: (opts.filename.clone(), source.to_string()),
+    })
 }
 
 /// The global ARGs before the first FROM, and the stages (each FROM with what follows).
@@ -393,6 +404,7 @@ impl Ctx<'_> {
             source_lines: Some((l.location.start_line, l.location.end_line)),
             proxy_env: Vec::new(),
             network_origin: None,
+            copy_from: None,
         }
     }
 
@@ -670,9 +682,16 @@ impl Ctx<'_> {
         }
     }
 
-    fn file_op(&mut self, run: &mut StageRun, l: &Located, actions: Vec<FileAction>, extra: Vec<Input>) -> Result<(), FrontendError> {
+    fn file_op(
+        &mut self,
+        run: &mut StageRun,
+        l: &Located,
+        actions: Vec<FileAction>,
+        extra: Vec<Input>,
+        copy_from: Option<String>,
+    ) -> Result<(), FrontendError> {
         let desc = self.description(run, l);
-        let meta = self.meta(run, desc, l);
+        let meta = OpMetadata { copy_from, ..self.meta(run, desc, l) };
         let mut inputs: Vec<Input> = run.state.iter().cloned().collect();
         let base = run.state.as_ref().map(|_| 0);
         inputs.extend(extra);

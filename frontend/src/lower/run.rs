@@ -98,6 +98,14 @@ impl Ctx<'_> {
     fn run_mounts(&mut self, run: &StageRun, l: &Located, specs: &[String]) -> Result<Vec<ExtraMount>, FrontendError> {
         let mut extra: Vec<ExtraMount> = Vec::new();
         for spec in specs {
+            if crate::runmount::from_has_variable(spec) {
+                return Err(DockerfileError::new(
+                    l.location.at(spec),
+                    "'from' doesn't support variable expansion, define alias stage instead",
+                )
+                .expected("from=STAGE or from=IMAGE, as written")
+                .into());
+            }
             let expanded = self.expand(run, l, spec)?;
             let parsed = parse_run_mount(&expanded).map_err(|m| {
                 DockerfileError::new(l.location.at("--mount"), format!("invalid --mount={spec}: {m}"))
