@@ -111,9 +111,9 @@ pub enum BuildError {
     /// A step failed, and these are its Dockerfile lines.
     #[error("{source}\n{excerpt}")]
     Step {
-        /// Why.
+        /// Why. (Boxed: a solve error is large, and every result would pay for it.)
         #[source]
-        source: rdock_solver::SolveError,
+        source: Box<rdock_solver::SolveError>,
         /// The step's lines, framed.
         excerpt: String,
     },
@@ -343,7 +343,9 @@ impl Pipeline {
         let solver = self.solver(lowered)?;
         let locals = locals(req)?;
         let with_lines = |e: rdock_solver::SolveError| match e.lines() {
-            Some(lines) => BuildError::Step { excerpt: rdock_frontend::excerpt(&lowered.source.0, &lowered.source.1, lines), source: e },
+            Some(lines) => {
+                BuildError::Step { excerpt: rdock_frontend::excerpt(&lowered.source.0, &lowered.source.1, lines), source: Box::new(e) }
+            }
             None => BuildError::Solve(e),
         };
         let target = target_id(req, platform);

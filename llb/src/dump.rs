@@ -107,6 +107,7 @@ mod tests {
                 source_lines: Some((1, 1)),
                 proxy_env: vec!["HTTP_PROXY=x".into()],
                 network_origin: Some("--network none".into()),
+                copy_from: Some("stage x".into()),
             },
         );
         assert_eq!(img.digest, a.nodes[0].digest());
