@@ -35,6 +35,8 @@
 //!                 gzip docker-archive (against `docker save | pigz -1`), COPY of the
 //!                 5,000-file context (limit: cp -a), `cp -a /usr/share` on Debian
 //!                 (limit: cp -a of the same tree)
+//!   streams       a tar context on standard input, `rdock bake` of two targets sharing a
+//!                 step, and a build for linux/amd64,linux/arm64 (see streams.rs)
 //!
 //! Stores and outputs are never deleted by the harness (see `fresh_store`): remove
 //! `$TMPDIR/rdock-bench/stores` when no benchmark follows.
@@ -42,6 +44,8 @@
 //! `--baseline DIR` also times the `rdock` and `rdock-build` in DIR (another build of
 //! rdock, say the last release's) on the run30 and run workloads, interleaved run by run
 //! with this one's, as extra rows marked "(baseline)".
+
+mod streams;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -867,6 +871,7 @@ const WORKLOADS: &[Workload] = &[
     (|w| w == "realworld", workload_realworld),
     (|w| w == "run", workload_run),
     (|w| w == "disk", workload_disk),
+    (|w| w == "streams", streams::workload_streams),
 ];
 
 /// `[--runs N] [--baseline DIR] [WORKLOAD…]`.

@@ -73,7 +73,8 @@ fn entrypoint_cmd_env_workdir_and_user_combine_as_docker() {
     // USER from the image, overridden by -u; numeric ids need no passwd entry.
     build_image(&f, "asuser:1", "FROM busybox\nUSER nobody\nCMD [\"id\", \"-u\"]\n");
     assert_eq!(out(&run(&f, &["--rm", "asuser:1"])), "65534\n");
-    assert_eq!(out(&run(&f, &["--rm", "-u", "1234:55", "asuser:1", "id"])), "uid=1234 gid=55\n");
+    // As docker 20.10.24 (and containerd since CVE-2023-25173): the primary group is listed too.
+    assert_eq!(out(&run(&f, &["--rm", "-u", "1234:55", "asuser:1", "id"])), "uid=1234 gid=55 groups=55\n");
     // Shell-form CMD, and the status passes through.
     build_image(&f, "shell:1", "FROM busybox\nCMD echo shell form $$; exit 3\n");
     let o = run(&f, &["--rm", "shell:1"]);

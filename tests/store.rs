@@ -468,7 +468,7 @@ fn make_version_1_store(f: &Fixture, image: &str) -> Vec<String> {
     let new_manifest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
     std::fs::write(blobs.join(new_manifest.trim_start_matches("sha256:")), &bytes).unwrap();
     conn.execute("UPDATE images SET manifest = ?1 WHERE name = ?2", rusqlite::params![new_manifest, image]).unwrap();
-    conn.execute_batch("DROP TABLE compressed; PRAGMA user_version = 1;").unwrap();
+    conn.execute_batch("DROP TABLE compressed; DROP TABLE untagged; PRAGMA user_version = 1;").unwrap();
     renamed.into_iter().map(|(_, gz, _)| gz).collect()
 }
 
@@ -493,7 +493,7 @@ fn a_store_with_gzip_layers_from_before_version_2_keeps_working() {
     assert!(img.manifest["layers"][2]["mediaType"].as_str().unwrap().ends_with("+gzip"), "{}", img.manifest);
     assert_eq!(img.files_in_layers()["new"], b"new\n");
     let conn = rusqlite::Connection::open(f.root.join("metadata.db")).unwrap();
-    assert_eq!(conn.query_row::<u32, _, _>("PRAGMA user_version", [], |r| r.get(0)).unwrap(), 2);
+    assert_eq!(conn.query_row::<u32, _, _>("PRAGMA user_version", [], |r| r.get(0)).unwrap(), rdock_snapshotter::schema::VERSION);
     fsck(&f);
 }
 

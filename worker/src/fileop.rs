@@ -219,9 +219,13 @@ pub fn excluded(src: &CopySource<'_>, rel: &str) -> bool {
 fn copy(target: Target<'_>, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerError> {
     let root = target.root;
     let owner = resolve_owner(root, &c.chown)?;
-    // Directories the copy makes to reach its destination take `--chmod`, as in BuildKit
-    // (its testCopyChmod).
-    let dir_mode = c.chmod.as_ref().map(|m| m.apply(0o755, true)).unwrap_or(0o755);
+    // Directories the copy makes to reach its destination take an octal `--chmod`, as in
+    // current BuildKit (fsutil's copy.Copy makes them with the copy's mode; its
+    // testCopyChmod); a symbolic one leaves them 0755, as there.
+    let dir_mode = match c.chmod {
+        Some(rdock_llb::Chmod::Octal(m)) => m,
+        _ => 0o755,
+    };
     let exclude = if c.exclude.is_empty() {
         None
     } else {
