@@ -380,8 +380,17 @@ fn parse_key_values(raw: &RawInstruction) -> Result<Instruction, DockerfileError
         let upper = raw.keyword.to_ascii_uppercase();
         return Err(DockerfileError::new(raw.location.clone(), format!("{upper} requires at least one argument")).expected("KEY=VALUE"));
     };
+    let upper = raw.keyword.to_ascii_uppercase();
+    if kvs.iter().any(|kv| kv.key.is_empty()) {
+        return Err(blank_names(raw, &upper));
+    }
     let pairs = kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect();
     Ok(if raw.keyword == "env" { Instruction::Env(pairs) } else { Instruction::Label(pairs) })
+}
+
+/// BuildKit's words for `ENV =x`, `LABEL =x`, `ARG =x`.
+fn blank_names(raw: &RawInstruction, upper: &str) -> DockerfileError {
+    DockerfileError::new(raw.location.at("="), format!("{upper} names can not be blank")).expected("NAME=VALUE")
 }
 
 fn parse_arg(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
@@ -393,7 +402,10 @@ fn parse_arg(raw: &RawInstruction) -> Result<Instruction, DockerfileError> {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
             None => (w, None),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    if pairs.iter().any(|(k, _)| k.is_empty()) {
+        return Err(blank_names(raw, "ARG"));
+    }
     Ok(Instruction::Arg(pairs))
 }
 
@@ -503,6 +515,19 @@ mod tests {
         );
         assert_eq!(one("ENV a one two").unwrap(), Instruction::Env(vec![("a".into(), "one two".into())]));
         assert!(one("ENV a=1 b").is_err());
+    }
+
+    /// BuildKit's errBlankCommandNames.
+    #[test]
+    fn blank_names_are_refused_in_buildkits_words() {
+        for (line, words) in [
+            ("ENV =x", "ENV names can not be blank"),
+            ("LABEL =x", "LABEL names can not be blank"),
+            ("ARG =x", "ARG names can not be blank"),
+        ] {
+            let e = one(line).unwrap_err().to_string();
+            assert!(e.contains(words), "{line}: {e}");
+        }
     }
 
     #[test]
