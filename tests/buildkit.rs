@@ -86,16 +86,10 @@ fn user_additional_gids() {
 #[test]
 fn add_chown_archive() {
     let f = Fixture::new();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_size(8);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    b.append_data(&mut h, "foo", &b"content0"[..]).unwrap();
+    // The archive's entries are 1234:1234: --chown must win over them.
+    let archive = tar_bytes(&[("foo", "content0")]);
     let ctx = f.ctx("chown", &[("Dockerfile", "FROM scratch\nADD --chown=100:200 t.tar /out/\n")]);
-    std::fs::write(ctx.join("t.tar"), b.into_inner().unwrap()).unwrap();
+    std::fs::write(ctx.join("t.tar"), archive).unwrap();
     let tar = f.path("out.tar");
     assert_ok(&build(&f, &ctx, &["-o", &format!("type=tar,dest={}", tar.display())]));
     let mut a = tar::Archive::new(std::fs::File::open(&tar).unwrap());
