@@ -216,16 +216,20 @@ pub fn excluded(src: &CopySource<'_>, rel: &str) -> bool {
     src.excludes.is_some_and(|m| !m.is_empty() && m.matches(rel))
 }
 
+/// The mode of the directories a copy makes to reach its destination: an octal `--chmod`,
+/// as in current BuildKit (fsutil's copy.Copy makes them with the copy's mode; its
+/// testCopyChmod); a symbolic one leaves them 0755, as there.
+fn made_dir_mode(c: &CopyAction) -> u32 {
+    match c.chmod {
+        Some(rdock_llb::Chmod::Octal(m)) => m,
+        _ => 0o755,
+    }
+}
+
 fn copy(target: Target<'_>, c: &CopyAction, src: &CopySource<'_>) -> Result<(), WorkerError> {
     let root = target.root;
     let owner = resolve_owner(root, &c.chown)?;
-    // Directories the copy makes to reach its destination take an octal `--chmod`, as in
-    // current BuildKit (fsutil's copy.Copy makes them with the copy's mode; its
-    // testCopyChmod); a symbolic one leaves them 0755, as there.
-    let dir_mode = match c.chmod {
-        Some(rdock_llb::Chmod::Octal(m)) => m,
-        _ => 0o755,
-    };
+    let dir_mode = made_dir_mode(c);
     let exclude = if c.exclude.is_empty() {
         None
     } else {
