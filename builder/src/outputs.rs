@@ -112,11 +112,11 @@ impl Pipeline {
         c: &CommittedImage,
         names: &[ImageRef],
         push: bool,
-        rewrite_timestamp: bool,
+        rewrite_timestamp: rdock_oci::RewriteTimestamp,
         built: &BuiltOn,
     ) -> Result<(CommittedImage, Option<Digest>), BuildError> {
         self.warn_without_epoch(rewrite_timestamp, built);
-        let c = if rewrite_timestamp && built.epoch.is_some() { rewritten(&self.images, c, built)? } else { c.clone() };
+        let c = if rewrite_timestamp.clamps() && built.epoch.is_some() { rewritten(&self.images, c, built)? } else { c.clone() };
         let mut pushed = None;
         if names.is_empty() {
             self.images.keep_untagged(&c.manifest)?;
@@ -140,8 +140,8 @@ impl Pipeline {
     }
 
     /// BuildKit's warning for `rewrite-timestamp=true` without an epoch to clamp to.
-    fn warn_without_epoch(&self, asked: bool, built: &BuiltOn) {
-        if asked && built.epoch.is_none() {
+    fn warn_without_epoch(&self, rewrite: rdock_oci::RewriteTimestamp, built: &BuiltOn) {
+        if rewrite == rdock_oci::RewriteTimestamp::Asked && built.epoch.is_none() {
             self.notices
                 .warning("rewrite-timestamp=true without SOURCE_DATE_EPOCH (environment or --build-arg): file times are left as built");
         }
@@ -155,7 +155,11 @@ fn exporting(dest: &Path, source: rdock_oci::OciError) -> BuildError {
 /// The committed image with its own layers' times clamped, written to the store.
 fn rewritten(images: &ImageStore, c: &CommittedImage, built: &BuiltOn) -> Result<CommittedImage, BuildError> {
     // Stored, so kept as tars: compressing is for what leaves the machine.
-    let form = ExportForm { rewrite_timestamp: true, compression: Some(rdock_snapshotter::Compression::None), ..ExportForm::stored() };
+    let form = ExportForm {
+        rewrite_timestamp: rdock_oci::RewriteTimestamp::WithEpoch,
+        compression: Some(rdock_snapshotter::Compression::None),
+        ..ExportForm::stored()
+    };
     let manifest = rdock_oci::convert_manifest(images, &c.manifest, &form, built)?;
     let bytes = images.store().content().read(&manifest)?;
     let manifest_doc: rdock_imagespec::Manifest = serde_json::from_slice(&bytes)?;

@@ -92,7 +92,7 @@ impl Pipeline {
                         compression: Some(rdock_snapshotter::Compression::None),
                         ..rdock_oci::ExportForm::stored()
                     };
-                    let index = self.index_of(built, |b| match rewrite_timestamp {
+                    let index = self.index_of(built, |b| match rewrite_timestamp.clamps() && b.on.epoch.is_some() {
                         true => rdock_oci::convert_manifest(&self.images, &b.image.manifest, &form, &b.on),
                         false => Ok(b.image.manifest.clone()),
                     })?;

@@ -47,9 +47,9 @@ pub enum Output {
         push: bool,
         /// `registry.insecure=true`: plain HTTP to these registries.
         insecure: bool,
-        /// `rewrite-timestamp=true`: the stored (and pushed) image has its own layers'
-        /// file times clamped to `SOURCE_DATE_EPOCH`.
-        rewrite_timestamp: bool,
+        /// Whether the stored (and pushed) image has its own layers' file times clamped to
+        /// `SOURCE_DATE_EPOCH` (by default, whenever it is set).
+        rewrite_timestamp: rdock_oci::RewriteTimestamp,
     },
 }
 

@@ -187,7 +187,7 @@ fn outputs(name: &str, t: &Target, plan: &Plan, a: &BakeArgs, layouts: &Path) ->
         return Err(UsageError(format!("--push: target {name} has no tags to push")).into());
     }
     if !names.is_empty() || a.load {
-        outs.push(Output::Image { names, push: a.push, insecure: false, rewrite_timestamp: false });
+        outs.push(Output::Image { names, push: a.push, insecure: false, rewrite_timestamp: Default::default() });
     }
     if plan.targets.values().any(|other| target_deps(other).iter().any(|d| d == name)) {
         let latest = ImageRef::parse("latest").map_err(|e| UsageError(e.to_string()))?;

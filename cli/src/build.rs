@@ -322,7 +322,7 @@ pub fn parse_output(spec: &str) -> anyhow::Result<Output> {
                 names,
                 push,
                 insecure: flag(spec, &m, "registry.insecure")?.unwrap_or(false),
-                rewrite_timestamp: flag(spec, &m, "rewrite-timestamp")?.unwrap_or(false),
+                rewrite_timestamp: rdock_oci::RewriteTimestamp::from_flag(flag(spec, &m, "rewrite-timestamp")?),
             }
         }
         other => {
@@ -402,7 +402,7 @@ fn export_form(spec: &str, m: &BTreeMap<String, String>, oci: bool) -> anyhow::R
         Some(l) => Some(l.parse().map_err(|_| UsageError(format!("--output {spec}: compression-level={l}: expected a number")))?),
     };
     form.force = flag(spec, m, "force-compression")?.unwrap_or(false);
-    form.rewrite_timestamp = flag(spec, m, "rewrite-timestamp")?.unwrap_or(false);
+    form.rewrite_timestamp = rdock_oci::RewriteTimestamp::from_flag(flag(spec, m, "rewrite-timestamp")?);
     // BuildKit's defaults: OCI media types for oci, docker's for docker unless zstd asks for OCI's.
     form.oci_media_types =
         flag(spec, m, "oci-mediatypes")?.unwrap_or(oci || form.compression == Some(rdock_snapshotter::Compression::Zstd));

@@ -29,9 +29,39 @@ pub struct ExportForm {
     pub oci_media_types: bool,
     /// Annotations of the manifest.
     pub annotations: BTreeMap<String, String>,
-    /// `rewrite-timestamp=true`: clamp the file times of the build's own layers to
+    /// Whether the file times of the build's own layers are clamped to
     /// `SOURCE_DATE_EPOCH` ([`BuiltOn::epoch`]).
-    pub rewrite_timestamp: bool,
+    pub rewrite_timestamp: RewriteTimestamp,
+}
+
+/// Whether the build's own layers have their file times clamped to `SOURCE_DATE_EPOCH`
+/// (BuildKit's `rewrite-timestamp`). BuildKit clamps only when asked; rdock clamps whenever
+/// an epoch is set, so that pinning `SOURCE_DATE_EPOCH` is all a reproducible image takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RewriteTimestamp {
+    /// Nothing said: clamped when `SOURCE_DATE_EPOCH` is set.
+    #[default]
+    WithEpoch,
+    /// `rewrite-timestamp=true`: as `WithEpoch`, and asking without an epoch is warned of.
+    Asked,
+    /// `rewrite-timestamp=false`: the times as built.
+    Off,
+}
+
+impl RewriteTimestamp {
+    /// From the output option's value, absent (None) or given.
+    pub fn from_flag(v: Option<bool>) -> RewriteTimestamp {
+        match v {
+            None => RewriteTimestamp::WithEpoch,
+            Some(true) => RewriteTimestamp::Asked,
+            Some(false) => RewriteTimestamp::Off,
+        }
+    }
+
+    /// Whether times are clamped when there is an epoch.
+    pub fn clamps(self) -> bool {
+        self != RewriteTimestamp::Off
+    }
 }
 
 impl ExportForm {
@@ -43,7 +73,7 @@ impl ExportForm {
             force: false,
             oci_media_types: true,
             annotations: BTreeMap::new(),
-            rewrite_timestamp: false,
+            rewrite_timestamp: RewriteTimestamp::Off,
         }
     }
 }
@@ -87,7 +117,7 @@ pub fn convert_manifest(images: &ImageStore, manifest: &Digest, form: &ExportFor
     let content = images.store().content();
     let mut config = images.config(&stored)?;
     let base = built.base_layers(&config.rootfs.diff_ids);
-    let clamp_to = built.epoch.filter(|_| form.rewrite_timestamp);
+    let clamp_to = built.epoch.filter(|_| form.rewrite_timestamp.clamps());
     // Layers convert in parallel, two at once (each compressor is itself on every core).
     let indices: Vec<usize> = (0..m.layers.len()).collect();
     let converted = crate::parallel_map(&indices, 2, |&i| {

@@ -27,7 +27,7 @@ mod load;
 mod store;
 
 pub use archive::{ArchiveFormat, export_archive, export_layout_dir, make_index};
-pub use convert::{BuiltOn, ExportForm, convert_manifest};
+pub use convert::{BuiltOn, ExportForm, RewriteTimestamp, convert_manifest};
 pub use distribution::{PushReport, Resolved, pull, push, push_artifact, push_blobs, read_layout, resolve_remote, write_layout};
 pub use error::OciError;
 pub use fetch::{

@@ -333,12 +333,12 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
     // An image ID needs an image: without -t, one with no name, as `docker build`
     // makes.
     if tags.is_empty() && (quiet || load || iidfile.is_some()) && !outs.iter().any(Output::needs_image) {
-        outs.push(Output::Image { names: Vec::new(), push: false, insecure: false, rewrite_timestamp: false });
+        outs.push(Output::Image { names: Vec::new(), push: false, insecure: false, rewrite_timestamp: Default::default() });
     }
     if !tags.is_empty() {
         let names =
             tags.iter().map(|t| ImageRef::parse(t).map_err(|e| UsageError(e.to_string()).into())).collect::<anyhow::Result<Vec<_>>>()?;
-        outs.push(Output::Image { names, push, insecure: false, rewrite_timestamp: false });
+        outs.push(Output::Image { names, push, insecure: false, rewrite_timestamp: Default::default() });
     }
     let mut args = BTreeMap::new();
     for a in build_args {
