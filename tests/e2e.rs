@@ -2185,6 +2185,45 @@ fn source_date_epoch_alone_makes_builds_reproducible() {
     assert!(mtimes(&oci_layers(&tb).2[2].1).iter().any(|(_, t)| *t > EPOCH));
 }
 
+/// `rdock verify` rebuilds without the cache in scratch stores and says whether the result
+/// is bit-identical, and if not, where and how (issue 18, item 2).
+#[test]
+fn verify_says_whether_a_rebuild_is_bit_identical_and_where_not() {
+    let f = Fixture::new();
+    let verify = |ctx: &std::path::Path, extra: &[&str], epoch: bool| {
+        let mut c = Command::new(RDOCK);
+        c.arg("verify").args(extra).arg(ctx).env("RDOCK_ROOT", &f.root).env_remove("SOURCE_DATE_EPOCH");
+        if epoch {
+            c.env("SOURCE_DATE_EPOCH", "1700000000");
+        }
+        c.output().unwrap()
+    };
+    let ctx = f.ctx("v", &[("Dockerfile", "FROM busybox\nCOPY a.txt /app/\nRUN mkdir -p /out && echo hi > /out/f\n"), ("a.txt", "a\n")]);
+    let o = verify(&ctx, &[], true);
+    assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), stderr(&o));
+    assert!(out(&o).contains("bit-identical"), "{}", out(&o));
+    // Without the epoch the config's times differ.
+    let o = verify(&ctx, &[], false);
+    assert_eq!(o.status.code(), Some(1), "{}{}", out(&o), stderr(&o));
+    assert!(out(&o).contains("config: created") && stderr(&o).contains("SOURCE_DATE_EPOCH is not set"), "{}{}", out(&o), stderr(&o));
+    // A step that writes random bytes: held against the image the store has.
+    std::fs::write(ctx.join("Dockerfile"), "FROM busybox\nRUN echo same > /same && head -c 8 /dev/urandom > /r\n").unwrap();
+    let b = Command::new(RDOCK)
+        .args(["build", "-q", "-t", "rand:1"])
+        .arg(&ctx)
+        .env("RDOCK_ROOT", &f.root)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert_ok(&b);
+    let o = verify(&ctx, &["--against", "rand:1"], true);
+    assert_eq!(o.status.code(), Some(1), "{}{}", out(&o), stderr(&o));
+    let text = out(&o);
+    assert!(text.contains("the rebuild and rand:1 differ") && text.contains("layer 1 (") && text.contains("  /r: content"), "{text}");
+    assert!(!text.contains("  /same:"), "an identical file is not listed: {text}");
+    assert!(f.leftovers().is_empty(), "scratch stores left behind: {:?}", f.leftovers());
+}
+
 /// Downloads (and git refs) are resolved all at once, not one after another: three ADDs of
 /// URLs from a server that takes 600 ms per answer are in flight together.
 #[test]

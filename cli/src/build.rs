@@ -448,6 +448,11 @@ fn cli_error(e: BuildError) -> anyhow::Error {
     if e.is_usage() { UsageError(e.to_string()).into() } else { e.into() }
 }
 
+/// Runs `cmd` on `store` (the store at RDOCK_ROOT for `run`; `rdock verify` uses scratch ones).
+pub fn run_in(cmd: &BuildCommand, store: &rdock_snapshotter::Store) -> anyhow::Result<BuildSummary> {
+    build(cmd, store)
+}
+
 fn build(cmd: &BuildCommand, store: &rdock_snapshotter::Store) -> anyhow::Result<BuildSummary> {
     let req = &cmd.build;
     let quiet = cmd.progress == progress::Mode::Quiet;

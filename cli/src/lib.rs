@@ -14,6 +14,7 @@ pub mod progress;
 pub mod registry;
 pub mod timeline;
 pub mod trace;
+pub mod verify;
 
 use anyhow::Context;
 use rdock_snapshotter::Store;

@@ -16,6 +16,7 @@
 pub mod analysis;
 mod archive;
 mod atomic;
+mod compare;
 mod convert;
 mod distribution;
 mod epoch;
@@ -27,6 +28,7 @@ mod load;
 mod store;
 
 pub use archive::{ArchiveFormat, export_archive, export_layout_dir, make_index};
+pub use compare::{ImageDiff, LayerDiff, compare_images};
 pub use convert::{BuiltOn, ExportForm, RewriteTimestamp, convert_manifest};
 pub use distribution::{PushReport, Resolved, pull, push, push_artifact, push_blobs, read_layout, resolve_remote, write_layout};
 pub use error::OciError;

@@ -30,6 +30,10 @@ enum Command {
     /// Build the targets of bake files (docker-bake.hcl, docker-bake.json, compose.yaml),
     /// as `docker buildx bake`.
     Bake(rdock_cli::bake::BakeArgs),
+    /// Rebuild without the cache in scratch stores and say whether the result is
+    /// bit-identical, and if not, which layers and files differ and how (exit 0 only when
+    /// identical).
+    Verify(rdock_cli::verify::VerifyArgs),
     /// Run a command in a new container from an image, in the foreground.
     #[command(disable_help_flag = true)]
     Run {
@@ -393,6 +397,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Build(args) => build(args),
         Command::Bake(args) => rdock_cli::bake::bake(args),
+        Command::Verify(args) => match rdock_cli::verify::verify(args)? {
+            0 => Ok(()),
+            code => std::process::exit(code),
+        },
         Command::Run { .. } => unreachable!("run is dispatched before anything else"),
         Command::Ps { all, quiet, format } => containers::ps(all, quiet, json_format(format.as_deref())?),
         Command::Rm { force, containers: names } => containers::rm(&names, force),
