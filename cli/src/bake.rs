@@ -162,16 +162,7 @@ fn command(name: &str, t: &Target, plan: &Plan, a: &BakeArgs, mode: Mode, layout
     if a.metadata_file.is_some() {
         req.metadata_file = Some(layouts.join(format!("{name}.metadata.json")));
     }
-    Ok(BuildCommand {
-        build: req,
-        progress: mode,
-        dump: None,
-        check: false,
-        explain_cache: false,
-        trace: None,
-        timeline: None,
-        guard: ctx.guard,
-    })
+    Ok(BuildCommand::plain(req, mode, ctx.guard))
 }
 
 /// A target's outputs: its own, its tags (pushed with `--push`), and an OCI layout when

@@ -45,6 +45,14 @@ pub struct BuildCommand {
     pub guard: Option<Arc<rdock_builder::context::Fetched>>,
 }
 
+impl BuildCommand {
+    /// `build`, shown with `progress` and nothing more (no checks, dumps or traces), with
+    /// `guard` keeping a fetched context alive: what `rdock bake` and `rdock verify` run.
+    pub fn plain(build: BuildRequest, progress: Mode, guard: Option<Arc<rdock_builder::context::Fetched>>) -> BuildCommand {
+        BuildCommand { build, progress, dump: None, check: false, explain_cache: false, trace: None, timeline: None, guard }
+    }
+}
+
 /// Parses an entitlement as `--allow` spells it.
 fn parse_entitlement(s: &str) -> anyhow::Result<Entitlement> {
     Entitlement::parse(s).ok_or_else(|| UsageError(format!("--allow {s}: expected network.host or security.insecure")).into())

@@ -75,16 +75,7 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<i32> {
         insecure: false,
         rewrite_timestamp: Default::default(),
     }];
-    let cmd = BuildCommand {
-        build: req,
-        progress: mode,
-        dump: None,
-        check: false,
-        explain_cache: false,
-        trace: None,
-        timeline: None,
-        guard: ctx.guard,
-    };
+    let cmd = BuildCommand::plain(req, mode, ctx.guard);
     let user = crate::open_store()?;
     let scratch = |n: &str| -> anyhow::Result<(tempfile::TempDir, Store)> {
         let dir = tempfile::Builder::new().prefix(&format!("verify-{}-{n}-", std::process::id())).tempdir_in(user.root().join("tmp"))?;
