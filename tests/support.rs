@@ -19,12 +19,30 @@ use std::time::{Duration, Instant};
 pub const RDOCK: &str = env!("CARGO_BIN_EXE_rdock");
 pub const RDOCK_BUILD: &str = env!("CARGO_BIN_EXE_rdock-build");
 
+/// This test process's directory `rdock-e2e-KIND-PID` under the temporary directory, for
+/// what it makes once per run; those of processes that are gone are removed first, so
+/// runs do not pile them up.
+fn own_dir(kind: &str) -> PathBuf {
+    let prefix = format!("rdock-e2e-{kind}-");
+    for e in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The busybox docker-archive, made once per test run.
 pub fn busybox_tar() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("rdock-e2e-base-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = own_dir("base");
         let out = dir.join("busybox.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image.sh");
         let st = Command::new("bash").arg(script).arg(&out).output().unwrap();
@@ -43,8 +61,7 @@ pub fn multiarch_busybox_tar() -> &'static Path {
         let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let arm = ws.join(".test-deps/arm64/busybox");
         assert!(arm.is_file(), "{} is missing: run scripts/test-deps.sh (.ci/run does)", arm.display());
-        let dir = std::env::temp_dir().join(format!("rdock-e2e-multi-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = own_dir("multi");
         let mut foreign = std::fs::read(&arm).unwrap();
         foreign[18] = 75; // e_machine = EM_VAX
         foreign[19] = 0;
