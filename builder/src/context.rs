@@ -93,9 +93,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContextError {
 pub struct Fetched {
     /// The context's root.
     pub dir: PathBuf,
-    /// The Dockerfile's text, when the source was a Dockerfile rather than a tree (then
-    /// the context is empty), or when `-f` named one inside the tree.
-    pub dockerfile: Option<String>,
+    /// The Dockerfile's text: the source itself when it was a Dockerfile (then the
+    /// context is empty), else the one `-f` names inside the tree (default `Dockerfile`).
+    pub dockerfile: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -141,8 +141,8 @@ pub fn fetch(
         }
     };
     let dockerfile = match text {
-        Some(t) => Some(t),
-        None => Some(read_dockerfile(&dir, dockerfile, &from)?),
+        Some(t) => t,
+        None => read_dockerfile(&dir, dockerfile, &from)?,
     };
     Ok(Some(Fetched { dir, dockerfile, _tmp: t }))
 }
@@ -195,7 +195,7 @@ mod tests {
     fn a_dockerfile_on_stdin_makes_an_empty_context_and_a_tar_a_full_one() {
         let tmp = tempfile::tempdir().unwrap();
         let got = fetch(&ContextSource::Stdin, &mut &b"FROM scratch\n"[..], tmp.path(), None, false).unwrap().unwrap();
-        assert_eq!(got.dockerfile.as_deref(), Some("FROM scratch\n"));
+        assert_eq!(got.dockerfile, "FROM scratch\n");
         assert_eq!(std::fs::read_dir(&got.dir).unwrap().count(), 0);
 
         let mut tar = tar::Builder::new(Vec::new());
@@ -211,7 +211,7 @@ mod tests {
         }
         let bytes = tar.into_inner().unwrap();
         let got = fetch(&ContextSource::Stdin, &mut &bytes[..], tmp.path(), None, false).unwrap().unwrap();
-        assert_eq!(got.dockerfile.as_deref(), Some("FROM busybox\n"));
+        assert_eq!(got.dockerfile, "FROM busybox\n");
         assert_eq!(std::fs::read(got.dir.join("sub/f")).unwrap(), b"f");
         let dir = got.dir.clone();
         drop(got);

@@ -178,7 +178,7 @@ pub fn resolve_context(context: &str, file: Option<&str>, build_args: &BTreeMap<
     let tmp = crate::store_root().join("tmp");
     match fetch(&src, &mut std::io::stdin(), &tmp, file, keep_git)? {
         Some(f) => {
-            let text = f.dockerfile.clone().unwrap_or_default();
+            let text = f.dockerfile.clone();
             Ok(ResolvedContext { dir: f.dir.clone(), dockerfile: DockerfileSource::Text(text), guard: Some(Arc::new(f)) })
         }
         None => {
